@@ -1,0 +1,34 @@
+//! Cache keys: lower-cased question name, type, class, and the DO and CD bits, built in a
+//! stack buffer so a lookup allocates nothing.
+
+use crate::dns::wire::{QueryInfo, HEADER_LEN};
+
+/// Enough for a 255-byte name, type, class and flags.
+pub type KeyBuf = [u8; 264];
+
+pub struct CacheKey {
+    buf: KeyBuf,
+    len: usize,
+}
+
+impl CacheKey {
+    pub fn new(query: &[u8], qi: &QueryInfo) -> CacheKey {
+        let mut buf = [0u8; 264];
+        let name = query.get(HEADER_LEN..qi.qname_end).unwrap_or(&[]);
+        let n = name.len().min(255);
+        for (d, s) in buf[..n].iter_mut().zip(name) {
+            *d = s.to_ascii_lowercase();
+        }
+        buf[n..n + 2].copy_from_slice(&qi.qtype.to_be_bytes());
+        buf[n + 2..n + 4].copy_from_slice(&qi.qclass.to_be_bytes());
+        buf[n + 4] = u8::from(qi.do_bit()) | (u8::from(qi.cd()) << 1);
+        CacheKey { buf, len: n + 5 }
+    }
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+    /// The lower-cased wire-format name inside the key.
+    pub fn name(&self) -> &[u8] {
+        &self.buf[..self.len.saturating_sub(5)]
+    }
+}

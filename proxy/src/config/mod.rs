@@ -1,0 +1,735 @@
+//! The proxy's configuration schema: defined once here, read from YAML by the proxy and
+//! rendered by the operator from these same types.
+//!
+//! Loading is two steps: parse (serde, unknown fields refused) and [`Config::validate`],
+//! which collects every semantic error with the path of the field at fault.
+
+mod duration;
+mod upstream_url;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use duration::{Dur, DurationError};
+pub use upstream_url::{parse_upstream_url, UpstreamUrlError};
+
+#[cfg(feature = "schema")]
+use schemars::JsonSchema;
+
+/// The whole proxy configuration (one YAML document).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Addresses to serve plain DNS on, UDP and TCP each.
+    pub listen: Vec<SocketAddr>,
+    /// Runtime worker threads; 0 means one per CPU the process may run on.
+    pub workers: usize,
+    pub log: LogConfig,
+    pub admin: AdminConfig,
+    /// Defaults applied to every TLS upstream.
+    pub tls: TlsDefaults,
+    /// Named groups of upstream servers.
+    pub upstream_groups: Vec<UpstreamGroup>,
+    /// Zone routing: longest matching suffix wins; `.` is the default route.
+    pub zones: Vec<ZoneRoute>,
+    /// Allow a plain-DNS group to serve the `.` zone. Off by default: everything not
+    /// explicitly routed elsewhere goes over TLS.
+    pub allow_plain_default: bool,
+    pub cache: CacheConfig,
+    pub tcp: TcpConfig,
+    pub rate_limit: RateLimitConfig,
+    pub privacy: PrivacyConfig,
+    /// How long in-flight queries may take to finish after SIGTERM.
+    pub shutdown_grace: Dur,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 5353))],
+            workers: 0,
+            log: LogConfig::default(),
+            admin: AdminConfig::default(),
+            tls: TlsDefaults::default(),
+            upstream_groups: vec![UpstreamGroup {
+                name: DEFAULT_GROUP.to_string(),
+                policy: Policy::Failover,
+                timeout: Dur::secs(2),
+                servers: vec![
+                    UpstreamServer::tls(SocketAddr::from(([1, 1, 1, 1], 853)), "cloudflare-dns.com"),
+                    UpstreamServer::tls(SocketAddr::from(([1, 0, 0, 1], 853)), "cloudflare-dns.com"),
+                ],
+            }],
+            zones: vec![ZoneRoute { zone: ".".into(), group: DEFAULT_GROUP.into() }],
+            allow_plain_default: false,
+            cache: CacheConfig::default(),
+            tcp: TcpConfig::default(),
+            rate_limit: RateLimitConfig::default(),
+            privacy: PrivacyConfig::default(),
+            shutdown_grace: Dur::secs(5),
+        }
+    }
+}
+
+/// The name of the group that `--upstream` flags fill.
+pub const DEFAULT_GROUP: &str = "default";
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A tracing filter: `info`, `debug`, `dot_proxy=debug,info`. Query names appear only at debug.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: LogFormat::Text, level: "info".into() }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address of the HTTP server for /metrics, /healthz and /readyz; `null` turns it off.
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig { listen: Some(SocketAddr::from(([127, 0, 0, 1], 9253))) }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsDefaults {
+    /// PEM file of CA certificates that replaces the system roots for every TLS upstream
+    /// that has no `ca_file` of its own.
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamGroup {
+    pub name: String,
+    #[serde(default)]
+    pub policy: Policy,
+    /// Time to wait for an answer before the client gets SERVFAIL (or a stale answer).
+    #[serde(default = "default_query_timeout")]
+    pub timeout: Dur,
+    pub servers: Vec<UpstreamServer>,
+}
+
+fn default_query_timeout() -> Dur {
+    Dur::secs(2)
+}
+
+/// How a group picks a server for each query.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Policy {
+    /// In order: the first healthy server.
+    #[default]
+    Failover,
+    /// Each healthy server in turn.
+    RoundRobin,
+    /// The healthy server with the lowest smoothed latency, probing the others now and then.
+    Fastest,
+    /// Ask two servers at once; the first good answer wins.
+    Race,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// DNS over TLS (RFC 7858). Always verified.
+    #[default]
+    Tls,
+    /// Plain DNS over UDP, retried over TCP when truncated. Only for in-cluster zones.
+    Plain,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamServer {
+    /// IP address and port, e.g. `1.1.1.1:853` or `[2606:4700::1111]:853`.
+    pub address: SocketAddr,
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Name the certificate must be valid for. Required for TLS unless `spki_pins` is set
+    /// and `verify_ca` is false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_name: Option<String>,
+    /// Base64 SHA-256 digests of the server's SubjectPublicKeyInfo (RFC 7858 section 4.2).
+    /// With pins, the server's key must match one of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spki_pins: Vec<String>,
+    /// Also verify the chain against the CAs (default true). Setting false with pins gives
+    /// pin-only authentication.
+    #[serde(default = "yes")]
+    pub verify_ca: bool,
+    /// CA bundle for this server only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Long-lived TLS connections kept to this server.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+    /// Close a connection after this long without traffic (the server's own
+    /// edns-tcp-keepalive timeout is used when shorter).
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: Dur,
+    /// Re-open connections at least this often so certificates are verified again.
+    #[serde(default = "default_max_age")]
+    pub max_connection_age: Dur,
+    /// Time allowed for TCP connect plus TLS handshake.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Dur,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_pool_size() -> usize {
+    2
+}
+fn default_idle_timeout() -> Dur {
+    Dur::secs(30)
+}
+fn default_max_age() -> Dur {
+    Dur::secs(3600)
+}
+fn default_connect_timeout() -> Dur {
+    Dur::secs(2)
+}
+
+impl UpstreamServer {
+    pub fn tls(address: SocketAddr, name: &str) -> Self {
+        UpstreamServer {
+            address,
+            protocol: Protocol::Tls,
+            tls_name: Some(name.to_string()),
+            spki_pins: Vec::new(),
+            verify_ca: true,
+            ca_file: None,
+            pool_size: default_pool_size(),
+            idle_timeout: default_idle_timeout(),
+            max_connection_age: default_max_age(),
+            connect_timeout: default_connect_timeout(),
+        }
+    }
+    pub fn plain(address: SocketAddr) -> Self {
+        UpstreamServer { protocol: Protocol::Plain, tls_name: None, ..Self::tls(address, "") }
+    }
+    /// A short label for logs and metrics: `tls://1.1.1.1:853#cloudflare-dns.com`.
+    pub fn label(&self) -> String {
+        match self.protocol {
+            Protocol::Tls => {
+                format!("tls://{}#{}", self.address, self.tls_name.as_deref().unwrap_or(""))
+            }
+            Protocol::Plain => format!("udp://{}", self.address),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ZoneRoute {
+    /// A domain (`cluster.local`) or `.` for everything else.
+    pub zone: String,
+    /// Name of the upstream group that answers this zone.
+    pub group: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    pub enabled: bool,
+    /// Most answers kept.
+    pub max_entries: usize,
+    /// Most bytes of answers kept (wire size plus bookkeeping).
+    pub max_bytes: u64,
+    /// Lower clamp on positive TTLs, seconds.
+    pub min_ttl: u32,
+    /// Upper clamp on positive TTLs, seconds.
+    pub max_ttl: u32,
+    /// Upper clamp on negative (NXDOMAIN/NODATA) TTLs, seconds.
+    pub negative_max_ttl: u32,
+    /// How long a SERVFAIL is kept, seconds (RFC 9520 caps it at 5 minutes; keep it short).
+    pub servfail_ttl: u32,
+    /// Serve expired answers up to this long after expiry when upstreams fail (RFC 8767);
+    /// `0s` turns serve-stale off.
+    pub stale_max_age: Dur,
+    /// TTL put on stale answers.
+    pub stale_ttl: u32,
+    pub prefetch: PrefetchConfig,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            enabled: true,
+            max_entries: 100_000,
+            max_bytes: 64 * 1024 * 1024,
+            min_ttl: 0,
+            max_ttl: 86_400,
+            negative_max_ttl: 3_600,
+            servfail_ttl: 5,
+            stale_max_age: Dur::secs(86_400),
+            stale_ttl: 30,
+            prefetch: PrefetchConfig::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+#[serde(deny_unknown_fields, default)]
+pub struct PrefetchConfig {
+    pub enabled: bool,
+    /// A name is hot once it has been asked this many times during its TTL.
+    pub min_hits: u32,
+    /// At most this many names are kept hot at once (the most asked).
+    pub top_n: usize,
+    /// Refresh when this fraction of the original TTL is left (0.0–0.5).
+    pub remaining_fraction: f64,
+}
+
+impl Default for PrefetchConfig {
+    fn default() -> Self {
+        PrefetchConfig { enabled: true, min_hits: 5, top_n: 1000, remaining_fraction: 0.1 }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+#[serde(deny_unknown_fields, default)]
+pub struct TcpConfig {
+    /// Most client TCP connections open at once.
+    pub max_connections: usize,
+    /// Most TCP connections open at once from one client address.
+    pub max_connections_per_client: usize,
+    /// Close a client connection with no query for this long.
+    pub idle_timeout: Dur,
+    /// A started frame (length prefix and message) must arrive within this long.
+    pub frame_timeout: Dur,
+    /// Most queries one connection may have in flight.
+    pub max_inflight_per_connection: usize,
+}
+
+impl Default for TcpConfig {
+    fn default() -> Self {
+        TcpConfig {
+            max_connections: 1024,
+            max_connections_per_client: 64,
+            idle_timeout: Dur::secs(10),
+            frame_timeout: Dur::secs(2),
+            max_inflight_per_connection: 256,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    pub enabled: bool,
+    /// Sustained queries per second per client.
+    pub qps: f64,
+    /// Bucket size: queries a client may send at once.
+    pub burst: u32,
+    /// IPv6 clients are grouped by this prefix length.
+    pub ipv6_prefix: u8,
+    /// What an over-limit query gets: `refused` or `drop`.
+    pub action: LimitAction,
+    /// Answer every Nth limited UDP query with TC=1 instead (0 = never).
+    pub slip: u32,
+    /// Client buckets kept at most; idle ones are evicted first.
+    pub max_clients: usize,
+    /// Size of the top-clients list exported for metrics.
+    pub top_k: usize,
+    /// Per-CIDR overrides, most specific prefix wins.
+    pub overrides: Vec<RateLimitOverride>,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            enabled: false,
+            qps: 200.0,
+            burst: 400,
+            ipv6_prefix: 64,
+            action: LimitAction::Refused,
+            slip: 0,
+            max_clients: 65_536,
+            top_k: 10,
+            overrides: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum LimitAction {
+    #[default]
+    Refused,
+    Drop,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitOverride {
+    /// `10.0.0.5/32`, `fd00::/64`.
+    pub cidr: String,
+    /// Queries per second; ignored when `exempt`.
+    #[serde(default)]
+    pub qps: Option<f64>,
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// No limit at all for these clients.
+    #[serde(default)]
+    pub exempt: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+#[serde(deny_unknown_fields, default)]
+pub struct PrivacyConfig {
+    /// Remove EDNS Client Subnet from queries before they leave the node.
+    pub strip_ecs: bool,
+    /// Pad queries sent over TLS to a multiple of this many bytes (RFC 7830/8467); 0 = off.
+    pub padding_block: u16,
+}
+
+impl Default for PrivacyConfig {
+    fn default() -> Self {
+        PrivacyConfig { strip_ecs: true, padding_block: 128 }
+    }
+}
+
+/// Every problem found in a config, each with the path of its field.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<FieldError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {errors}")]
+    Invalid { path: PathBuf, errors: ConfigErrors },
+}
+
+impl Config {
+    /// Parses YAML text (unknown fields and duplicate keys are errors) without validating.
+    pub fn from_yaml(text: &str) -> Result<Config, String> {
+        if text.trim().is_empty() {
+            return Ok(Config::default());
+        }
+        serde_saphyr::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, LoadError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| LoadError::Read { path: path.to_path_buf(), source })?;
+        let cfg = Config::from_yaml(&text)
+            .map_err(|message| LoadError::Parse { path: path.to_path_buf(), message })?;
+        cfg.validate().map_err(|errors| LoadError::Invalid { path: path.to_path_buf(), errors })?;
+        Ok(cfg)
+    }
+
+    pub fn to_yaml(&self) -> String {
+        serde_saphyr::to_string(self).unwrap_or_default()
+    }
+
+    /// Checks everything that serde cannot: references between sections, ranges, names.
+    pub fn validate(&self) -> Result<(), ConfigErrors> {
+        let mut errs = Vec::new();
+        let mut err = |field: String, message: String| errs.push(FieldError { field, message });
+
+        if self.listen.is_empty() {
+            err("listen".into(), "at least one listen address is required".into());
+        }
+        for (i, a) in self.listen.iter().enumerate() {
+            if self.listen[..i].contains(a) {
+                err(format!("listen[{i}]"), format!("{a} is listed twice"));
+            }
+        }
+        if self.workers > 1024 {
+            err("workers".into(), "must be at most 1024".into());
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            err("log.level".into(), format!("invalid filter: {e}"));
+        }
+        if let Some(ca) = &self.tls.ca_file {
+            check_readable(&mut err, "tls.ca_file", ca);
+        }
+
+        if self.upstream_groups.is_empty() {
+            err("upstream_groups".into(), "at least one upstream group is required".into());
+        }
+        for (gi, g) in self.upstream_groups.iter().enumerate() {
+            let gp = format!("upstream_groups[{gi}]");
+            if g.name.is_empty() {
+                err(format!("{gp}.name"), "must not be empty".into());
+            }
+            if self.upstream_groups[..gi].iter().any(|o| o.name == g.name) {
+                err(format!("{gp}.name"), format!("group {:?} is defined twice", g.name));
+            }
+            if g.servers.is_empty() {
+                err(format!("{gp}.servers"), "at least one server is required".into());
+            }
+            if g.timeout.get().is_zero() || g.timeout.get().as_secs() > 60 {
+                err(format!("{gp}.timeout"), "must be between 1ms and 60s".into());
+            }
+            for (si, s) in g.servers.iter().enumerate() {
+                validate_server(&mut err, &format!("{gp}.servers[{si}]"), s);
+            }
+        }
+
+        let mut has_root = false;
+        for (zi, z) in self.zones.iter().enumerate() {
+            let zp = format!("zones[{zi}]");
+            let norm = match normalize_zone(&z.zone) {
+                Ok(n) => n,
+                Err(m) => {
+                    err(format!("{zp}.zone"), m);
+                    continue;
+                }
+            };
+            if self.zones[..zi].iter().any(|o| normalize_zone(&o.zone).ok().as_deref() == Some(&norm)) {
+                err(format!("{zp}.zone"), format!("zone {:?} is routed twice", z.zone));
+            }
+            let group = self.upstream_groups.iter().find(|g| g.name == z.group);
+            match group {
+                None => err(format!("{zp}.group"), format!("no upstream group named {:?}", z.group)),
+                Some(g) if norm == "." => {
+                    has_root = true;
+                    let plain = g.servers.iter().any(|s| s.protocol == Protocol::Plain);
+                    if plain && !self.allow_plain_default {
+                        err(
+                            format!("{zp}.group"),
+                            format!(
+                                "group {:?} has plain-DNS servers and serves \".\"; set allow_plain_default: true to allow unencrypted default forwarding",
+                                g.name
+                            ),
+                        );
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        if !has_root {
+            err("zones".into(), "a route for \".\" (the default) is required".into());
+        }
+
+        let c = &self.cache;
+        if c.enabled && c.max_entries == 0 {
+            err("cache.max_entries".into(), "must be at least 1 (or set cache.enabled: false)".into());
+        }
+        if c.enabled && c.max_bytes < 4096 {
+            err("cache.max_bytes".into(), "must be at least 4096".into());
+        }
+        if c.min_ttl > c.max_ttl {
+            err("cache.min_ttl".into(), format!("{} is above cache.max_ttl ({})", c.min_ttl, c.max_ttl));
+        }
+        if c.servfail_ttl > 300 {
+            err("cache.servfail_ttl".into(), "must be at most 300 (RFC 9520)".into());
+        }
+        if c.stale_ttl == 0 {
+            err("cache.stale_ttl".into(), "must be at least 1".into());
+        }
+        let p = &c.prefetch;
+        if !(0.0..=0.5).contains(&p.remaining_fraction) || p.remaining_fraction.is_nan() {
+            err("cache.prefetch.remaining_fraction".into(), "must be between 0.0 and 0.5".into());
+        }
+
+        let t = &self.tcp;
+        if t.max_connections == 0 {
+            err("tcp.max_connections".into(), "must be at least 1".into());
+        }
+        if t.max_connections_per_client == 0 {
+            err("tcp.max_connections_per_client".into(), "must be at least 1".into());
+        }
+        if t.idle_timeout.get().is_zero() {
+            err("tcp.idle_timeout".into(), "must be above 0".into());
+        }
+        if t.frame_timeout.get().is_zero() {
+            err("tcp.frame_timeout".into(), "must be above 0".into());
+        }
+        if t.max_inflight_per_connection == 0 {
+            err("tcp.max_inflight_per_connection".into(), "must be at least 1".into());
+        }
+
+        let r = &self.rate_limit;
+        if !(r.qps.is_finite() && r.qps > 0.0) {
+            err("rate_limit.qps".into(), "must be a number above 0".into());
+        }
+        if r.burst == 0 {
+            err("rate_limit.burst".into(), "must be at least 1".into());
+        }
+        if r.ipv6_prefix == 0 || r.ipv6_prefix > 128 {
+            err("rate_limit.ipv6_prefix".into(), "must be between 1 and 128".into());
+        }
+        if r.max_clients == 0 {
+            err("rate_limit.max_clients".into(), "must be at least 1".into());
+        }
+        for (i, o) in r.overrides.iter().enumerate() {
+            let op = format!("rate_limit.overrides[{i}]");
+            if let Err(m) = crate::guard::cidr::Cidr::parse(&o.cidr) {
+                err(format!("{op}.cidr"), m);
+            }
+            if let Some(q) = o.qps {
+                if !(q.is_finite() && q > 0.0) {
+                    err(format!("{op}.qps"), "must be a number above 0".into());
+                }
+            }
+            if o.burst == Some(0) {
+                err(format!("{op}.burst"), "must be at least 1".into());
+            }
+        }
+
+        let pad = self.privacy.padding_block;
+        if pad > 1024 {
+            err("privacy.padding_block".into(), "must be at most 1024".into());
+        }
+        if self.shutdown_grace.get().as_secs() > 600 {
+            err("shutdown_grace".into(), "must be at most 10m".into());
+        }
+
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(errs))
+        }
+    }
+}
+
+fn check_readable(err: &mut impl FnMut(String, String), field: &str, path: &Path) {
+    if let Err(e) = std::fs::metadata(path) {
+        err(field.to_string(), format!("cannot read {}: {e}", path.display()));
+    }
+}
+
+fn validate_server(err: &mut impl FnMut(String, String), sp: &str, s: &UpstreamServer) {
+    if s.address.port() == 0 {
+        err(format!("{sp}.address"), "port must not be 0".into());
+    }
+    if s.address.ip().is_unspecified() {
+        err(format!("{sp}.address"), "must not be an unspecified address".into());
+    }
+    match s.protocol {
+        Protocol::Tls => {
+            match s.tls_name.as_deref() {
+                Some(n) if rustls_pki_types::ServerName::try_from(n).is_err() => {
+                    err(format!("{sp}.tls_name"), format!("{n:?} is not a valid DNS name or IP address"))
+                }
+                None | Some("") if s.verify_ca || s.spki_pins.is_empty() => err(
+                    format!("{sp}.tls_name"),
+                    "required for a TLS upstream (the name its certificate must be valid for)".into(),
+                ),
+                _ => {}
+            }
+            if !s.verify_ca && s.spki_pins.is_empty() {
+                err(format!("{sp}.verify_ca"), "may be false only when spki_pins are set".into());
+            }
+            for (pi, pin) in s.spki_pins.iter().enumerate() {
+                if let Err(m) = crate::upstream::tls_config::decode_pin(pin) {
+                    err(format!("{sp}.spki_pins[{pi}]"), m);
+                }
+            }
+            if let Some(ca) = &s.ca_file {
+                check_readable(err, &format!("{sp}.ca_file"), ca);
+            }
+            if s.pool_size == 0 || s.pool_size > 64 {
+                err(format!("{sp}.pool_size"), "must be between 1 and 64".into());
+            }
+        }
+        Protocol::Plain => {
+            if s.tls_name.is_some() || !s.spki_pins.is_empty() || s.ca_file.is_some() {
+                err(format!("{sp}.protocol"), "plain servers take no tls_name, spki_pins or ca_file".into());
+            }
+        }
+    }
+    if s.idle_timeout.get().is_zero() {
+        err(format!("{sp}.idle_timeout"), "must be above 0".into());
+    }
+    if s.max_connection_age.get() < std::time::Duration::from_secs(1) {
+        err(format!("{sp}.max_connection_age"), "must be at least 1s".into());
+    }
+    if s.connect_timeout.get().is_zero() {
+        err(format!("{sp}.connect_timeout"), "must be above 0".into());
+    }
+}
+
+/// Lower-cases a zone name and strips the trailing dot; `.` stays `.`.
+pub fn normalize_zone(zone: &str) -> Result<String, String> {
+    let z = zone.trim();
+    if z == "." {
+        return Ok(".".into());
+    }
+    let z = z.strip_suffix('.').unwrap_or(z).to_ascii_lowercase();
+    if z.is_empty() {
+        return Err("must not be empty (use \".\" for the default route)".into());
+    }
+    if z.len() > 253 {
+        return Err("longer than 253 characters".into());
+    }
+    for label in z.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Err(format!("{zone:?} has an empty or over-long label"));
+        }
+        if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return Err(format!("{zone:?} has a character not allowed in a domain name"));
+        }
+    }
+    Ok(z)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,65 @@
+//! The `--upstream` flag form: `tls://IP:PORT#tls-name` or `udp://IP:PORT`.
+
+use std::net::SocketAddr;
+
+use super::UpstreamServer;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid upstream {0:?}: expected tls://IP[:PORT]#NAME (IPv6 in brackets) or udp://IP[:PORT]")]
+pub struct UpstreamUrlError(pub String);
+
+pub fn parse_upstream_url(s: &str) -> Result<UpstreamServer, UpstreamUrlError> {
+    let bad = || UpstreamUrlError(s.to_string());
+    let (scheme, rest) = s.split_once("://").unwrap_or(("tls", s));
+    let (addr, name) = match rest.split_once('#') {
+        Some((a, n)) => (a, Some(n)),
+        None => (rest, None),
+    };
+    let default_port = match scheme {
+        "tls" => 853,
+        "udp" | "dns" | "plain" => 53,
+        _ => return Err(bad()),
+    };
+    let address = parse_addr(addr, default_port).ok_or_else(bad)?;
+    if scheme == "tls" {
+        let name = name.filter(|n| !n.is_empty()).ok_or_else(bad)?;
+        Ok(UpstreamServer::tls(address, name))
+    } else {
+        if name.is_some() {
+            return Err(bad());
+        }
+        Ok(UpstreamServer::plain(address))
+    }
+}
+
+fn parse_addr(s: &str, default_port: u16) -> Option<SocketAddr> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Some(a);
+    }
+    let ip = s.strip_prefix('[').and_then(|x| x.strip_suffix(']')).unwrap_or(s);
+    ip.parse::<std::net::IpAddr>().ok().map(|ip| SocketAddr::new(ip, default_port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Protocol;
+
+    #[test]
+    fn forms() {
+        let u = parse_upstream_url("tls://127.0.0.53:853#upstream.test").expect("valid");
+        assert_eq!(u.address, "127.0.0.53:853".parse().expect("addr"));
+        assert_eq!(u.tls_name.as_deref(), Some("upstream.test"));
+        let u = parse_upstream_url("tls://[::1]:8853#x.test").expect("valid");
+        assert_eq!(u.address, "[::1]:8853".parse().expect("addr"));
+        let u = parse_upstream_url("tls://[2606:4700::1111]#one.one.one.one").expect("valid");
+        assert_eq!(u.address.port(), 853);
+        let u = parse_upstream_url("1.1.1.1#cloudflare-dns.com").expect("valid");
+        assert_eq!(u.address.port(), 853);
+        let u = parse_upstream_url("udp://10.96.0.10").expect("valid");
+        assert_eq!((u.protocol, u.address.port()), (Protocol::Plain, 53));
+        for bad in ["tls://1.1.1.1:853", "tls://host.example:853#x", "http://1.1.1.1#x", "udp://1.1.1.1#x", "tls://[::1:853#x"] {
+            assert!(parse_upstream_url(bad).is_err(), "{bad}");
+        }
+    }
+}

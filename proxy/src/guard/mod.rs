@@ -1,0 +1,8 @@
+//! The guard: what happens to a client packet before it may use the cache or an upstream.
+//! Validation (header, question, EDNS) lives in `dns::wire::parse_query`; this module adds
+//! per-client rate limiting.
+
+pub mod cidr;
+pub mod ratelimit;
+
+pub use ratelimit::{Decision, RateLimiter};

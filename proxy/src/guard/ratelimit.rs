@@ -1,0 +1,271 @@
+//! Per-client token buckets: per IPv4 address, per IPv6 prefix (/64 by default), with
+//! per-CIDR overrides (longest prefix wins; thousands of /32 and /128 entries cost one hash
+//! lookup). The table is sharded so the hot path never serialises on one lock, and bounded:
+//! when a shard is full, idle clients are evicted first.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+
+use tokio::time::Instant;
+
+use super::cidr::{ip_bits, mask, Cidr, PrefixTable};
+use crate::config::{LimitAction, RateLimitConfig};
+
+const SHARDS: usize = 64;
+/// A bucket untouched for this long may be evicted before a busier one.
+const IDLE_SECS: f64 = 10.0;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Limit {
+    Exempt,
+    Rate { qps: f64, burst: f64 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Allow,
+    Refuse,
+    Drop,
+    /// Answer with TC=1 so a real client retries over TCP (slip).
+    Truncate,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    last: f64,
+    /// Queries counted in the current one-second window, and the rate of the last full one.
+    window_start: f64,
+    window_count: u32,
+    last_rate: f64,
+    limited: u32,
+}
+
+#[derive(Default)]
+struct Shard {
+    buckets: HashMap<(bool, u128), Bucket>,
+}
+
+pub struct RateLimiter {
+    default: Limit,
+    overrides: PrefixTable<Limit>,
+    ipv6_prefix: u8,
+    action: LimitAction,
+    slip: u32,
+    per_shard: usize,
+    shards: Box<[Mutex<Shard>]>,
+    epoch: Instant,
+}
+
+/// A client's recent query rate, for the top-K list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientRate {
+    pub client: String,
+    pub qps: f64,
+}
+
+impl RateLimiter {
+    /// Builds the limiter from validated config.
+    pub fn new(cfg: &RateLimitConfig) -> RateLimiter {
+        let default = Limit::Rate { qps: cfg.qps, burst: f64::from(cfg.burst) };
+        let mut overrides = PrefixTable::default();
+        for o in &cfg.overrides {
+            let Ok(c) = Cidr::parse(&o.cidr) else { continue };
+            let l = if o.exempt {
+                Limit::Exempt
+            } else {
+                let qps = o.qps.unwrap_or(cfg.qps);
+                Limit::Rate { qps, burst: f64::from(o.burst.unwrap_or_else(|| cfg.burst.max(qps.ceil() as u32))) }
+            };
+            overrides.insert(c, l);
+        }
+        RateLimiter {
+            default,
+            overrides,
+            ipv6_prefix: cfg.ipv6_prefix,
+            action: cfg.action,
+            slip: cfg.slip,
+            per_shard: cfg.max_clients.div_ceil(SHARDS).max(1),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn key(&self, ip: IpAddr) -> (bool, u128) {
+        let (bits, v6) = ip_bits(ip);
+        if v6 {
+            (true, mask(bits, self.ipv6_prefix, true))
+        } else {
+            (false, bits)
+        }
+    }
+
+    /// Takes one token for `ip`.
+    pub fn check(&self, ip: IpAddr, udp: bool, now: Instant) -> Decision {
+        let limit = self.overrides.lookup(ip).copied().unwrap_or(self.default);
+        let Limit::Rate { qps, burst } = limit else { return Decision::Allow };
+        let key = self.key(ip);
+        let t = now.saturating_duration_since(self.epoch).as_secs_f64();
+        let idx = (key.1 as usize ^ (key.1 >> 64) as usize).wrapping_mul(0x9E37_79B9) % SHARDS;
+        let mut shard = self.shards[idx].lock().unwrap_or_else(|p| p.into_inner());
+        if !shard.buckets.contains_key(&key) && shard.buckets.len() >= self.per_shard {
+            shard.buckets.retain(|_, b| t - b.last < IDLE_SECS);
+            if shard.buckets.len() >= self.per_shard {
+                if let Some(k) = shard.buckets.iter().min_by(|a, b| a.1.last.total_cmp(&b.1.last)).map(|(k, _)| *k) {
+                    shard.buckets.remove(&k);
+                }
+            }
+        }
+        let b = shard.buckets.entry(key).or_insert(Bucket {
+            tokens: burst,
+            last: t,
+            window_start: t,
+            window_count: 0,
+            last_rate: 0.0,
+            limited: 0,
+        });
+        b.tokens = (b.tokens + (t - b.last).max(0.0) * qps).min(burst);
+        b.last = t;
+        if t - b.window_start >= 1.0 {
+            let span = t - b.window_start;
+            b.last_rate = if span < 2.0 { f64::from(b.window_count) / span } else { 0.0 };
+            b.window_start = t;
+            b.window_count = 0;
+        }
+        b.window_count += 1;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            return Decision::Allow;
+        }
+        b.limited = b.limited.wrapping_add(1);
+        if udp && self.slip > 0 && b.limited % self.slip == 0 {
+            return Decision::Truncate;
+        }
+        match self.action {
+            LimitAction::Refused => Decision::Refuse,
+            LimitAction::Drop => Decision::Drop,
+        }
+    }
+
+    /// Clients with a bucket.
+    pub fn clients(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).buckets.len()).sum()
+    }
+
+    /// The `k` busiest clients by query rate over the last second or so.
+    pub fn top(&self, k: usize, now: Instant) -> Vec<ClientRate> {
+        let t = now.saturating_duration_since(self.epoch).as_secs_f64();
+        let mut all: Vec<((bool, u128), f64)> = Vec::new();
+        for s in self.shards.iter() {
+            let s = s.lock().unwrap_or_else(|p| p.into_inner());
+            for (key, b) in &s.buckets {
+                let span = t - b.window_start;
+                let rate = if span > 2.0 {
+                    0.0
+                } else if span >= 1.0 {
+                    f64::from(b.window_count) / span
+                } else {
+                    b.last_rate.max(f64::from(b.window_count))
+                };
+                if rate > 0.0 {
+                    all.push((*key, rate));
+                }
+            }
+        }
+        all.sort_by(|a, b| b.1.total_cmp(&a.1));
+        all.truncate(k);
+        all.into_iter()
+            .map(|((v6, bits), qps)| {
+                let client = if v6 {
+                    format!("{}/{}", std::net::Ipv6Addr::from(bits), self.ipv6_prefix)
+                } else {
+                    std::net::Ipv4Addr::from(bits as u32).to_string()
+                };
+                ClientRate { client, qps }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RateLimitOverride;
+    use std::time::Duration;
+
+    fn cfg() -> RateLimitConfig {
+        RateLimitConfig { enabled: true, qps: 10.0, burst: 5, ..Default::default() }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bucket_refills_at_qps() {
+        let rl = RateLimiter::new(&cfg());
+        let ip: IpAddr = "10.0.0.1".parse().expect("ip");
+        let now = Instant::now();
+        for _ in 0..5 {
+            assert_eq!(rl.check(ip, true, now), Decision::Allow);
+        }
+        assert_eq!(rl.check(ip, true, now), Decision::Refuse);
+        // Another client is not affected.
+        assert_eq!(rl.check("10.0.0.2".parse().expect("ip"), true, now), Decision::Allow);
+        let later = now + Duration::from_millis(300);
+        let allowed = (0..10).filter(|_| rl.check(ip, true, later) == Decision::Allow).count();
+        assert_eq!(allowed, 3, "0.3 s at 10 qps refills 3 tokens");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ipv6_grouped_by_prefix_and_overrides() {
+        let mut c = cfg();
+        c.overrides = vec![
+            RateLimitOverride { cidr: "10.0.0.9/32".into(), qps: None, burst: None, exempt: true },
+            RateLimitOverride { cidr: "10.0.1.0/24".into(), qps: Some(1.0), burst: Some(1), exempt: false },
+        ];
+        let rl = RateLimiter::new(&c);
+        let now = Instant::now();
+        for i in 0..5 {
+            assert_eq!(rl.check(format!("2001:db8::{i}").parse().expect("ip"), false, now), Decision::Allow);
+        }
+        assert_eq!(rl.check("2001:db8::99".parse().expect("ip"), false, now), Decision::Refuse, "same /64 shares a bucket");
+        assert_eq!(rl.check("2001:db8:0:1::1".parse().expect("ip"), false, now), Decision::Allow);
+        for _ in 0..100 {
+            assert_eq!(rl.check("10.0.0.9".parse().expect("ip"), true, now), Decision::Allow);
+        }
+        assert_eq!(rl.check("10.0.1.7".parse().expect("ip"), true, now), Decision::Allow);
+        assert_eq!(rl.check("10.0.1.7".parse().expect("ip"), true, now), Decision::Refuse);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slip_and_drop() {
+        let mut c = cfg();
+        c.action = LimitAction::Drop;
+        c.slip = 2;
+        let rl = RateLimiter::new(&c);
+        let ip: IpAddr = "10.0.0.1".parse().expect("ip");
+        let now = Instant::now();
+        for _ in 0..5 {
+            rl.check(ip, true, now);
+        }
+        let d: Vec<Decision> = (0..4).map(|_| rl.check(ip, true, now)).collect();
+        assert_eq!(d, vec![Decision::Drop, Decision::Truncate, Decision::Drop, Decision::Truncate]);
+        assert_eq!(rl.check(ip, false, now), Decision::Drop, "no slip over TCP");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn table_is_bounded_and_top_k() {
+        let mut c = cfg();
+        c.max_clients = 128;
+        let rl = RateLimiter::new(&c);
+        let now = Instant::now();
+        for i in 0..10_000u32 {
+            rl.check(IpAddr::V4((0x0a00_0000 + i).into()), true, now);
+        }
+        assert!(rl.clients() <= 128 + SHARDS, "bounded: {}", rl.clients());
+        for _ in 0..50 {
+            rl.check("192.0.2.1".parse().expect("ip"), true, now);
+        }
+        let top = rl.top(3, now);
+        assert_eq!(top[0].client, "192.0.2.1");
+        assert!(top.len() <= 3);
+    }
+}

@@ -1,0 +1,22 @@
+//! dot-proxy: a node-local DNS resolver. Plain DNS in over UDP and TCP, answers from a
+//! cache, or forwarded over DNS-over-TLS (RFC 7858) to upstream resolvers.
+//!
+//! A query's path: [`listener`] -> guard ([`dns::wire::parse_query`], [`guard`]) ->
+//! [`cache`] -> zone router ([`route`]) -> [`upstream`] group -> TLS connection -> back.
+//! [`pipeline`] ties those steps together; [`server`] assembles a running proxy.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod cache;
+pub mod cli;
+pub mod config;
+pub mod dns;
+pub mod guard;
+pub mod listener;
+pub mod logging;
+pub mod metrics;
+pub mod pipeline;
+pub mod reload;
+pub mod route;
+pub mod server;
+pub mod upstream;

@@ -1,0 +1,240 @@
+//! The TCP listener (RFC 7766): pipelined queries on one connection are answered as each
+//! completes, out of order. Limits: total and per-client connections, idle timeout, a
+//! deadline for each frame once it has started (slowloris), queries in flight per
+//! connection.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::time::{timeout, Instant};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::TcpConfig;
+use crate::metrics::{QueryCounters, Transport};
+use crate::pipeline::{Fast, Pipeline};
+
+#[derive(Clone)]
+pub struct TcpLimits {
+    pub max_connections: usize,
+    pub per_client: usize,
+    pub idle: Duration,
+    pub frame: Duration,
+    pub inflight: usize,
+}
+
+impl From<&TcpConfig> for TcpLimits {
+    fn from(c: &TcpConfig) -> Self {
+        TcpLimits {
+            max_connections: c.max_connections,
+            per_client: c.max_connections_per_client,
+            idle: c.idle_timeout.get(),
+            frame: c.frame_timeout.get(),
+            inflight: c.max_inflight_per_connection,
+        }
+    }
+}
+
+/// Connection counts shared by every TCP listener of the process.
+pub struct ConnTable {
+    total: Arc<Semaphore>,
+    per_client: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl ConnTable {
+    pub fn new(max: usize) -> Arc<ConnTable> {
+        Arc::new(ConnTable { total: Arc::new(Semaphore::new(max)), per_client: Mutex::new(HashMap::new()) })
+    }
+}
+
+struct ClientSlot {
+    table: Arc<ConnTable>,
+    ip: IpAddr,
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut m = self.table.per_client.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub async fn serve(
+    listener: TcpListener,
+    pipeline: Arc<ArcSwap<Pipeline>>,
+    limits: Arc<ArcSwap<TcpLimits>>,
+    table: Arc<ConnTable>,
+    counters: QueryCounters,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            biased;
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "tcp accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => break,
+        };
+        accept(stream, peer, &pipeline, &limits, &table, &counters, &stop, &tracker);
+    }
+    // Connections already queued by the kernel are served rather than reset.
+    loop {
+        let r = futures::FutureExt::now_or_never(listener.accept());
+        match r {
+            Some(Ok((stream, peer))) => accept(stream, peer, &pipeline, &limits, &table, &counters, &stop, &tracker),
+            _ => break,
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn accept(
+    stream: TcpStream,
+    peer: SocketAddr,
+    pipeline: &Arc<ArcSwap<Pipeline>>,
+    limits: &Arc<ArcSwap<TcpLimits>>,
+    table: &Arc<ConnTable>,
+    counters: &QueryCounters,
+    stop: &CancellationToken,
+    tracker: &TaskTracker,
+) {
+    let l = limits.load_full();
+    let Ok(permit) = table.total.clone().try_acquire_owned() else {
+        return; // Over the total limit: the connection is closed at once.
+    };
+    {
+        let mut m = table.per_client.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(peer.ip()).or_insert(0);
+        if *n >= l.per_client {
+            return;
+        }
+        *n += 1;
+    }
+    let slot = ClientSlot { table: table.clone(), ip: peer.ip() };
+    let _ = stream.set_nodelay(true);
+    let p = pipeline.clone();
+    let counters = counters.clone();
+    let stop = stop.clone();
+    let t2 = tracker.clone();
+    tracker.spawn(async move {
+        let metrics = p.load().metrics.clone();
+        metrics.tcp_connections.inc();
+        connection(stream, peer, p, &l, counters, stop, t2).await;
+        metrics.tcp_connections.dec();
+        drop(slot);
+        drop(permit);
+    });
+}
+
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    pipeline: Arc<ArcSwap<Pipeline>>,
+    l: &TcpLimits,
+    counters: QueryCounters,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let (rd, wr) = stream.into_split();
+    let mut rd = BufReader::with_capacity(8 * 1024, rd);
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(l.inflight.max(1));
+    let writer = tokio::spawn(async move {
+        let mut w = BufWriter::with_capacity(16 * 1024, wr);
+        while let Some(msg) = rx.recv().await {
+            let mut ok = write_frame(&mut w, &msg).await;
+            while ok {
+                match rx.try_recv() {
+                    Ok(m) => ok = write_frame(&mut w, &m).await,
+                    Err(_) => break,
+                }
+            }
+            if !ok || timeout(Duration::from_secs(10), w.flush()).await.map_or(true, |r| r.is_err()) {
+                break;
+            }
+        }
+        let _ = w.shutdown().await;
+    });
+    let inflight = Arc::new(Semaphore::new(l.inflight.max(1)));
+    let mut out = Vec::with_capacity(4096);
+    let mut buf = vec![0u8; 65_535];
+    loop {
+        // Idle: waiting for the first byte of the next frame.
+        let first = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            r = timeout(l.idle, rd.read_u8()) => match r {
+                Ok(Ok(b)) => b,
+                _ => break,
+            },
+        };
+        // Once a frame has started, all of it must arrive within the frame timeout.
+        let frame = timeout(l.frame, async {
+            let second = rd.read_u8().await?;
+            let len = u16::from_be_bytes([first, second]) as usize;
+            rd.read_exact(&mut buf[..len]).await?;
+            Ok::<usize, std::io::Error>(len)
+        })
+        .await;
+        let len = match frame {
+            Ok(Ok(len)) => len,
+            _ => break,
+        };
+        let query = &buf[..len];
+        let start = Instant::now();
+        let p = pipeline.load_full();
+        match p.handle_fast(query, peer.ip(), Transport::tcp, start, &mut out) {
+            Fast::Answered => {
+                crate::listener::udp::count(&counters, query, &out, start);
+                if tx.send(out.clone()).await.is_err() {
+                    break;
+                }
+            }
+            Fast::Drop => {}
+            Fast::Miss(qi) => {
+                let Ok(permit) = inflight.clone().acquire_owned().await else { break };
+                let q = query.to_vec();
+                let tx = tx.clone();
+                let counters = counters.clone();
+                tracker.spawn(async move {
+                    let mut out = Vec::with_capacity(512);
+                    p.metrics.inflight.inc();
+                    p.resolve(&q, &qi, Transport::tcp, &mut out).await;
+                    p.metrics.inflight.dec();
+                    crate::listener::udp::count(&counters, &q, &out, start);
+                    let _ = tx.send(out).await;
+                    drop(permit);
+                });
+            }
+        }
+    }
+    // Answers still being resolved are written before the connection closes.
+    drop(tx);
+    let _ = writer.await;
+}
+
+async fn write_frame<W: AsyncWriteExt + Unpin>(w: &mut W, msg: &[u8]) -> bool {
+    let len = (msg.len().min(65_535) as u16).to_be_bytes();
+    let fut = async {
+        w.write_all(&len).await?;
+        w.write_all(&msg[..msg.len().min(65_535)]).await
+    };
+    matches!(timeout(Duration::from_secs(10), fut).await, Ok(Ok(())))
+}

@@ -1,0 +1,86 @@
+//! `dot-proxy`: thin entry point. Load config (exit 64 with one line if it is bad), start,
+//! wait for SIGTERM/SIGINT, drain within the grace period, exit 0.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use dot_proxy::cli::{Cli, Command};
+use dot_proxy::config::Config;
+use dot_proxy::reload::load_effective;
+use dot_proxy::server::{effective_workers, Server};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match &cli.command {
+        Some(Command::CheckConfig { file }) => {
+            return match Config::load(file) {
+                Ok(_) => {
+                    println!("{}: ok", file.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(1)
+                }
+            };
+        }
+        Some(Command::PrintConfig) => {
+            print!("{}", Config::default().to_yaml());
+            return ExitCode::SUCCESS;
+        }
+        None => {}
+    }
+    let cfg = match load_effective(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("dot-proxy: invalid configuration: {e}");
+            return ExitCode::from(64);
+        }
+    };
+    dot_proxy::logging::init(&cfg.log);
+    let workers = effective_workers(cfg.workers);
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("dot-proxy: cannot start runtime: {e}");
+            return ExitCode::from(71);
+        }
+    };
+    rt.block_on(run(Arc::new(cli), cfg))
+}
+
+async fn run(cli: Arc<Cli>, cfg: Config) -> ExitCode {
+    let grace = cfg.shutdown_grace.get();
+    let server = match Server::start(cfg).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            return ExitCode::from(71);
+        }
+    };
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), "dot-proxy started");
+    tokio::spawn(dot_proxy::reload::run(server.clone(), cli));
+    wait_for_stop().await;
+    tracing::info!(grace_ms = grace.as_millis() as u64, "shutting down: no new queries accepted, finishing those in flight");
+    server.shutdown(grace).await;
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_stop() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let term = async {
+        match term.as_mut() {
+            Some(t) => {
+                t.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

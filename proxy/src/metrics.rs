@@ -1,0 +1,413 @@
+//! Prometheus metrics, all under the `dot_proxy_` prefix. Label values are enums or come
+//! from the config (upstream and group names): no query name or client address is ever a
+//! label. Hot-path counters are resolved to handles once, so counting is an atomic add.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Registry, Unit};
+
+pub const PREFIX: &str = "dot_proxy";
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Transport {
+    udp,
+    tcp,
+}
+
+/// Query types with their own label value; everything else is OTHER.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum QType {
+    A,
+    AAAA,
+    CNAME,
+    HTTPS,
+    MX,
+    NS,
+    PTR,
+    SOA,
+    SRV,
+    TXT,
+    DS,
+    DNSKEY,
+    ANY,
+    OTHER,
+}
+
+impl QType {
+    pub const ALL: [QType; 14] = [
+        QType::A,
+        QType::AAAA,
+        QType::CNAME,
+        QType::HTTPS,
+        QType::MX,
+        QType::NS,
+        QType::PTR,
+        QType::SOA,
+        QType::SRV,
+        QType::TXT,
+        QType::DS,
+        QType::DNSKEY,
+        QType::ANY,
+        QType::OTHER,
+    ];
+    pub fn from_u16(t: u16) -> QType {
+        use crate::dns::rtype as r;
+        match t {
+            r::A => QType::A,
+            r::AAAA => QType::AAAA,
+            r::CNAME => QType::CNAME,
+            r::HTTPS => QType::HTTPS,
+            r::MX => QType::MX,
+            r::NS => QType::NS,
+            r::PTR => QType::PTR,
+            r::SOA => QType::SOA,
+            r::SRV => QType::SRV,
+            r::TXT => QType::TXT,
+            r::DS => QType::DS,
+            r::DNSKEY => QType::DNSKEY,
+            r::ANY => QType::ANY,
+            _ => QType::OTHER,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Rcode {
+    NOERROR,
+    FORMERR,
+    SERVFAIL,
+    NXDOMAIN,
+    NOTIMP,
+    REFUSED,
+    OTHER,
+    /// No answer was sent (dropped by a rate limit).
+    DROPPED,
+}
+
+impl Rcode {
+    pub const ALL: [Rcode; 8] =
+        [Rcode::NOERROR, Rcode::FORMERR, Rcode::SERVFAIL, Rcode::NXDOMAIN, Rcode::NOTIMP, Rcode::REFUSED, Rcode::OTHER, Rcode::DROPPED];
+    pub fn from_u8(r: u8) -> Rcode {
+        match r {
+            0 => Rcode::NOERROR,
+            1 => Rcode::FORMERR,
+            2 => Rcode::SERVFAIL,
+            3 => Rcode::NXDOMAIN,
+            4 => Rcode::NOTIMP,
+            5 => Rcode::REFUSED,
+            _ => Rcode::OTHER,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueryLabels {
+    pub transport: Transport,
+    pub qtype: QType,
+    pub rcode: Rcode,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransportLabels {
+    pub transport: Transport,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    pub group: String,
+    pub upstream: String,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum UpstreamErrorKind {
+    timeout,
+    connect,
+    tls,
+    closed,
+    malformed,
+    servfail,
+    overloaded,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamErrorLabels {
+    pub group: String,
+    pub upstream: String,
+    pub kind: UpstreamErrorKind,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GroupLabels {
+    pub group: String,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum ReloadResult {
+    success,
+    failure,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    pub result: ReloadResult,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum LimitedAction {
+    refused,
+    dropped,
+    truncated,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitedLabels {
+    pub action: LimitedAction,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RankLabels {
+    pub rank: u16,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum PolicyKind {
+    rewrite,
+    static_answer,
+    block,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    pub rule: PolicyKind,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum DropReason {
+    too_short,
+    response,
+    rate_limited,
+    overloaded,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabels {
+    pub reason: DropReason,
+}
+
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0].into_iter()
+}
+
+/// Every metric of the proxy. Cheap to share (`Arc<Metrics>`).
+#[derive(Debug)]
+pub struct Metrics {
+    pub queries: Family<QueryLabels, Counter>,
+    pub query_duration: Family<TransportLabels, Histogram>,
+    pub dropped: Family<DropLabels, Counter>,
+    pub upstream_queries: Family<UpstreamLabels, Counter>,
+    pub upstream_duration: Family<UpstreamLabels, Histogram>,
+    pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    pub upstream_connections_open: Family<UpstreamLabels, Gauge>,
+    pub upstream_connections_opened: Family<UpstreamLabels, Counter>,
+    pub upstream_connections_resumed: Family<UpstreamLabels, Counter>,
+    pub upstream_healthy: Family<UpstreamLabels, Gauge>,
+    pub upstream_cert_expiry: Family<UpstreamLabels, Gauge>,
+    pub group_healthy_upstreams: Family<GroupLabels, Gauge>,
+    pub cache_hits: Counter,
+    pub cache_misses: Counter,
+    pub cache_stale: Counter,
+    pub cache_prefetches: Counter,
+    pub cache_evictions: Counter,
+    pub cache_inserts: Counter,
+    pub cache_coalesced: Counter,
+    pub cache_entries: Gauge,
+    pub cache_bytes: Gauge,
+    pub rate_limited: Family<LimitedLabels, Counter>,
+    pub rate_limit_clients: Gauge,
+    pub rate_limit_top_qps: Family<RankLabels, Gauge<f64, AtomicU64>>,
+    pub rate_limit_configured_qps: Gauge<f64, AtomicU64>,
+    pub policy_actions: Family<PolicyLabels, Counter>,
+    pub config_reloads: Family<ReloadLabels, Counter>,
+    pub config_last_success: Gauge,
+    pub tcp_connections: Gauge,
+    pub inflight: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            queries: Family::default(),
+            query_duration: Family::new_with_constructor(|| Histogram::new(latency_buckets())),
+            dropped: Family::default(),
+            upstream_queries: Family::default(),
+            upstream_duration: Family::new_with_constructor(|| Histogram::new(latency_buckets())),
+            upstream_errors: Family::default(),
+            upstream_connections_open: Family::default(),
+            upstream_connections_opened: Family::default(),
+            upstream_connections_resumed: Family::default(),
+            upstream_healthy: Family::default(),
+            upstream_cert_expiry: Family::default(),
+            group_healthy_upstreams: Family::default(),
+            cache_hits: Counter::default(),
+            cache_misses: Counter::default(),
+            cache_stale: Counter::default(),
+            cache_prefetches: Counter::default(),
+            cache_evictions: Counter::default(),
+            cache_inserts: Counter::default(),
+            cache_coalesced: Counter::default(),
+            cache_entries: Gauge::default(),
+            cache_bytes: Gauge::default(),
+            rate_limited: Family::default(),
+            rate_limit_clients: Gauge::default(),
+            rate_limit_top_qps: Family::default(),
+            rate_limit_configured_qps: Gauge::default(),
+            policy_actions: Family::default(),
+            config_reloads: Family::default(),
+            config_last_success: Gauge::default(),
+            tcp_connections: Gauge::default(),
+            inflight: Gauge::default(),
+        }
+    }
+}
+
+impl Metrics {
+    /// Creates the metrics and a registry that exposes them.
+    pub fn new() -> (Arc<Metrics>, Registry) {
+        let m = Arc::new(Metrics::default());
+        let mut reg = Registry::with_prefix(PREFIX);
+        m.register(&mut reg);
+        (m, reg)
+    }
+
+    fn register(&self, r: &mut Registry) {
+        r.register("queries", "Client queries answered, by transport, query type and response code", self.queries.clone());
+        r.register_with_unit("query_duration", "Time from receiving a client query to sending its answer", Unit::Seconds, self.query_duration.clone());
+        r.register("dropped_packets", "Client packets not answered, by reason", self.dropped.clone());
+        r.register("upstream_queries", "Queries sent to each upstream", self.upstream_queries.clone());
+        r.register_with_unit("upstream_duration", "Upstream round-trip time of answered queries", Unit::Seconds, self.upstream_duration.clone());
+        r.register("upstream_errors", "Upstream failures by kind", self.upstream_errors.clone());
+        r.register("upstream_connections_open", "TLS connections open to each upstream", self.upstream_connections_open.clone());
+        r.register("upstream_connections_opened", "TLS connections opened to each upstream", self.upstream_connections_opened.clone());
+        r.register("upstream_connections_resumed", "TLS connections opened with session resumption", self.upstream_connections_resumed.clone());
+        r.register("upstream_healthy", "1 when the upstream is considered usable, 0 when marked down", self.upstream_healthy.clone());
+        r.register_with_unit("upstream_certificate_expiry", "Unix time at which the upstream's certificate expires", Unit::Seconds, self.upstream_cert_expiry.clone());
+        r.register("group_healthy_upstreams", "Usable upstreams in each group", self.group_healthy_upstreams.clone());
+        r.register("cache_hits", "Queries answered from the cache", self.cache_hits.clone());
+        r.register("cache_misses", "Cacheable queries not found fresh in the cache", self.cache_misses.clone());
+        r.register("cache_stale_answers", "Expired answers served because upstreams failed (RFC 8767)", self.cache_stale.clone());
+        r.register("cache_prefetches", "Background refreshes of hot names before expiry", self.cache_prefetches.clone());
+        r.register("cache_evictions", "Answers evicted to stay within the cache bounds", self.cache_evictions.clone());
+        r.register("cache_inserts", "Answers stored in the cache", self.cache_inserts.clone());
+        r.register("cache_coalesced", "Queries that waited for an identical query already in flight", self.cache_coalesced.clone());
+        r.register("cache_entries", "Answers in the cache", self.cache_entries.clone());
+        r.register_with_unit("cache", "Memory held by cached answers", Unit::Bytes, self.cache_bytes.clone());
+        r.register("rate_limited", "Queries over their client's rate limit, by action taken", self.rate_limited.clone());
+        r.register("rate_limit_clients", "Clients with a rate-limit bucket", self.rate_limit_clients.clone());
+        r.register("rate_limit_top_client_qps", "Query rate of the busiest clients, by rank (1 = busiest)", self.rate_limit_top_qps.clone());
+        r.register("rate_limit_configured_qps", "Default per-client rate limit (0 when off)", self.rate_limit_configured_qps.clone());
+        r.register("policy_actions", "Queries matched by a local policy rule, by rule kind", self.policy_actions.clone());
+        r.register("config_reloads", "Config reloads by result", self.config_reloads.clone());
+        r.register_with_unit("config_last_reload_success_timestamp", "Unix time of the last config successfully loaded", Unit::Seconds, self.config_last_success.clone());
+        r.register("tcp_connections", "Client TCP connections open", self.tcp_connections.clone());
+        r.register("inflight_queries", "Client queries waiting for an upstream", self.inflight.clone());
+        let info = Info::new(vec![("version".to_string(), env!("CARGO_PKG_VERSION").to_string())]);
+        r.register("build", "Build information", info);
+        r.register_collector(Box::new(ProcessCollector));
+    }
+
+    /// Pre-resolved counters for every (transport, qtype, rcode), so the hot path does no
+    /// map lookup.
+    pub fn query_counters(&self, t: Transport) -> QueryCounters {
+        let counters = QType::ALL
+            .iter()
+            .map(|&qtype| {
+                Rcode::ALL
+                    .iter()
+                    .map(|&rcode| self.queries.get_or_create_owned(&QueryLabels { transport: t, qtype, rcode }))
+                    .collect()
+            })
+            .collect();
+        QueryCounters { counters, duration: self.query_duration.get_or_create_owned(&TransportLabels { transport: t }) }
+    }
+}
+
+/// Counter handles for one transport.
+#[derive(Clone, Debug)]
+pub struct QueryCounters {
+    counters: Vec<Vec<Counter>>,
+    pub duration: Histogram,
+}
+
+impl QueryCounters {
+    #[inline]
+    pub fn count(&self, qtype: QType, rcode: Rcode) {
+        let qi = QType::ALL.iter().position(|&q| q == qtype).unwrap_or(QType::ALL.len() - 1);
+        let ri = Rcode::ALL.iter().position(|&r| r == rcode).unwrap_or(0);
+        if let Some(c) = self.counters.get(qi).and_then(|v| v.get(ri)) {
+            c.inc();
+        }
+    }
+}
+
+/// Process CPU, memory, file descriptors and threads, read from /proc at scrape time.
+#[derive(Debug)]
+struct ProcessCollector;
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(p) = read_proc() else { return Ok(()) };
+        let cpu = ConstCounter::new(p.cpu_seconds);
+        cpu.encode(enc.encode_descriptor("process_cpu_seconds", "User and system CPU time spent", None, cpu.metric_type())?)?;
+        let rss = ConstGauge::new(p.rss_bytes as i64);
+        rss.encode(enc.encode_descriptor("process_resident_memory_bytes", "Resident memory size", None, rss.metric_type())?)?;
+        let fds = ConstGauge::new(p.open_fds as i64);
+        fds.encode(enc.encode_descriptor("process_open_fds", "Open file descriptors", None, fds.metric_type())?)?;
+        let th = ConstGauge::new(p.threads as i64);
+        th.encode(enc.encode_descriptor("process_threads", "OS threads", None, th.metric_type())?)?;
+        Ok(())
+    }
+}
+
+struct ProcStats {
+    cpu_seconds: f64,
+    rss_bytes: u64,
+    open_fds: u64,
+    threads: u64,
+}
+
+fn read_proc() -> Option<ProcStats> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = 100.0; // USER_HZ is 100 on every Linux platform Prometheus' own client assumes.
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    let threads: u64 = f.get(17)?.parse().ok()?;
+    let rss_pages: u64 = f.get(21)?.parse().ok()?;
+    let open_fds = std::fs::read_dir("/proc/self/fd").map(|d| d.count() as u64).unwrap_or(0);
+    Some(ProcStats { cpu_seconds: (utime + stime) / ticks, rss_bytes: rss_pages * 4096, open_fds, threads })
+}
+
+/// Encodes the registry as OpenMetrics text.
+pub fn encode(reg: &Registry) -> String {
+    let mut out = String::new();
+    if prometheus_client::encoding::text::encode(&mut out, reg).is_err() {
+        out.clear();
+    }
+    out
+}

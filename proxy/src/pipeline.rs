@@ -1,0 +1,265 @@
+//! The query path after the listener: guard (validate, rate-limit) -> cache -> zone router
+//! -> upstream group -> answer. One `Pipeline` is built per config; a reload builds a new
+//! one (reusing the cache and unchanged groups) and swaps it in atomically.
+//!
+//! `handle_fast` runs inline on the listener for everything that needs no upstream (cache
+//! hits, errors, limits); `resolve` is the async path for misses, with identical concurrent
+//! misses coalesced into one upstream query.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use crate::cache::{Cache, CacheKey, Lookup};
+use crate::dns::message::{self, error_answer, upstream_query, Answer, BADVERS};
+use crate::dns::wire::{self, QueryInfo, Rejection};
+use crate::dns::rcode;
+use crate::guard::{Decision, RateLimiter};
+use crate::metrics::{DropLabels, DropReason, LimitedAction, LimitedLabels, Metrics, Transport};
+use crate::route::Router;
+use crate::upstream::{Group, GroupError};
+
+/// What the inline path decided.
+pub enum Fast {
+    /// `out` holds the answer.
+    Answered,
+    /// Send nothing.
+    Drop,
+    /// Needs an upstream: call [`Pipeline::resolve`].
+    Miss(QueryInfo),
+}
+
+type Outcome = Result<Arc<Answer>, GroupError>;
+
+#[derive(Default)]
+struct Coalescer {
+    waiting: Mutex<HashMap<Box<[u8]>, Vec<oneshot::Sender<Outcome>>>>,
+}
+
+enum Role {
+    Leader,
+    Follower(oneshot::Receiver<Outcome>),
+}
+
+impl Coalescer {
+    fn join(&self, key: &[u8]) -> Role {
+        let mut m = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(v) = m.get_mut(key) {
+            let (tx, rx) = oneshot::channel();
+            v.push(tx);
+            Role::Follower(rx)
+        } else {
+            m.insert(key.into(), Vec::new());
+            Role::Leader
+        }
+    }
+    fn finish(&self, key: &[u8], outcome: &Outcome) {
+        let waiters = self.waiting.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+        for w in waiters.into_iter().flatten() {
+            let _ = w.send(outcome.clone());
+        }
+    }
+}
+
+/// Ends a leader's turn even when its task is cancelled, so followers never hang.
+struct LeaderGuard<'a> {
+    co: &'a Coalescer,
+    key: &'a [u8],
+    done: bool,
+}
+
+impl Drop for LeaderGuard<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.co.finish(self.key, &Err(GroupError::Timeout));
+        }
+    }
+}
+
+pub struct Pipeline {
+    pub limiter: Option<Arc<RateLimiter>>,
+    pub cache: Option<Arc<Cache>>,
+    pub router: Router,
+    pub groups: Vec<Arc<Group>>,
+    pub strip_ecs: bool,
+    pub metrics: Arc<Metrics>,
+    coalescer: Coalescer,
+}
+
+impl Pipeline {
+    pub fn new(
+        limiter: Option<Arc<RateLimiter>>,
+        cache: Option<Arc<Cache>>,
+        router: Router,
+        groups: Vec<Arc<Group>>,
+        strip_ecs: bool,
+        metrics: Arc<Metrics>,
+    ) -> Pipeline {
+        Pipeline { limiter, cache, router, groups, strip_ecs, metrics, coalescer: Coalescer::default() }
+    }
+
+    /// True when some upstream of every group is usable (readiness).
+    pub fn ready(&self) -> bool {
+        self.groups.iter().any(|g| g.any_up())
+    }
+
+    /// Validates, rate-limits and answers from the cache when it can. `max_len` is the
+    /// largest answer this transport takes (the client's UDP size, or 65535 on TCP).
+    pub fn handle_fast(self: &Arc<Self>, query: &[u8], client: IpAddr, transport: Transport, now: Instant, out: &mut Vec<u8>) -> Fast {
+        let qi = match wire::parse_query(query) {
+            Ok(qi) => qi,
+            Err(Rejection::Drop) => {
+                let reason = if query.len() < wire::HEADER_LEN { DropReason::too_short } else { DropReason::response };
+                self.metrics.dropped.get_or_create(&DropLabels { reason }).inc();
+                return Fast::Drop;
+            }
+            Err(Rejection::Answer { rcode, question_end }) => {
+                error_answer(query, question_end, rcode, None, out);
+                return Fast::Answered;
+            }
+            Err(Rejection::BadVersion { question_end }) => {
+                let e = wire::Edns::default();
+                error_answer(query, Some(question_end), BADVERS, Some(&e), out);
+                return Fast::Answered;
+            }
+        };
+        if let Some(rl) = &self.limiter {
+            let udp = transport == Transport::udp;
+            match rl.check(client, udp, now) {
+                Decision::Allow => {}
+                Decision::Refuse => {
+                    self.limited(LimitedAction::refused);
+                    error_answer(query, Some(qi.question_end), rcode::REFUSED, qi.edns.as_ref(), out);
+                    return Fast::Answered;
+                }
+                Decision::Drop => {
+                    self.limited(LimitedAction::dropped);
+                    return Fast::Drop;
+                }
+                Decision::Truncate => {
+                    self.limited(LimitedAction::truncated);
+                    error_answer(query, Some(qi.question_end), rcode::NOERROR, qi.edns.as_ref(), out);
+                    if out.len() >= 4 {
+                        out[2] |= 0x02;
+                    }
+                    return Fast::Answered;
+                }
+            }
+        }
+        if let Some(cache) = self.cache_for(&qi) {
+            let key = CacheKey::new(query, &qi);
+            match cache.lookup(key.as_bytes(), now) {
+                Lookup::Fresh { entry, prefetch } => {
+                    self.metrics.cache_hits.inc();
+                    entry.answer.render(query, &qi, entry.age_secs(now), None, max_len(transport, &qi), out);
+                    if prefetch {
+                        self.refresh(query.to_vec(), qi, entry);
+                    }
+                    return Fast::Answered;
+                }
+                Lookup::Stale(_) | Lookup::Miss => {
+                    self.metrics.cache_misses.inc();
+                }
+            }
+        }
+        Fast::Miss(qi)
+    }
+
+    fn limited(&self, action: LimitedAction) {
+        self.metrics.rate_limited.get_or_create(&LimitedLabels { action }).inc();
+    }
+
+    fn cache_for(&self, qi: &QueryInfo) -> Option<&Arc<Cache>> {
+        // A query keeping its ECS option may get an answer only for its subnet.
+        let ecs_kept = !self.strip_ecs && qi.edns.is_some_and(|e| e.has_ecs);
+        self.cache.as_ref().filter(|_| !ecs_kept)
+    }
+
+    /// The async path for a query `handle_fast` could not answer. Always produces an answer.
+    pub async fn resolve(self: &Arc<Self>, query: &[u8], qi: &QueryInfo, transport: Transport, out: &mut Vec<u8>) {
+        let key = CacheKey::new(query, qi);
+        let outcome = if self.cache_for(qi).is_some() {
+            match self.coalescer.join(key.as_bytes()) {
+                Role::Follower(rx) => {
+                    self.metrics.cache_coalesced.inc();
+                    rx.await.unwrap_or(Err(GroupError::Timeout))
+                }
+                Role::Leader => {
+                    let mut guard = LeaderGuard { co: &self.coalescer, key: key.as_bytes(), done: false };
+                    let outcome = self.fetch(query, qi, &key).await;
+                    self.coalescer.finish(key.as_bytes(), &outcome);
+                    guard.done = true;
+                    outcome
+                }
+            }
+        } else {
+            self.fetch(query, qi, &key).await
+        };
+        let max = max_len(transport, qi);
+        match outcome {
+            Ok(answer) => answer.render(query, qi, 0, None, max, out),
+            Err(e) => {
+                let now = Instant::now();
+                let stale = self.cache_for(qi).and_then(|c| c.stale(key.as_bytes(), now).map(|s| (c, s)));
+                if let Some((cache, entry)) = stale {
+                    self.metrics.cache_stale.inc();
+                    entry.answer.render(query, qi, 0, Some(cache.config().stale_ttl), max, out);
+                    if entry.start_refresh() {
+                        self.refresh(query.to_vec(), *qi, entry);
+                    }
+                } else {
+                    tracing::debug!(error = %e, "answering SERVFAIL");
+                    message::servfail(query, qi, out);
+                }
+            }
+        }
+    }
+
+    /// Asks the zone's group and caches the answer.
+    async fn fetch(&self, query: &[u8], qi: &QueryInfo, key: &CacheKey) -> Outcome {
+        let group = &self.groups[self.router.route(key.name()).min(self.groups.len().saturating_sub(1))];
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            tracing::debug!(name = %wire::name_to_string(key.name()), qtype = qi.qtype, group = %group.name, "forwarding");
+        }
+        let mut msg = Vec::with_capacity(query.len() + 160);
+        upstream_query(query, qi, &group.query_options(), &mut msg);
+        let resp = group.query(&msg).await?;
+        let policy = self.cache.as_ref().map(|c| *c.ttl_policy()).unwrap_or_default();
+        let answer = Arc::new(
+            Answer::from_upstream(&resp, query, qi, &policy)
+                .map_err(|_| GroupError::Failed(crate::upstream::UpstreamError::Malformed))?,
+        );
+        if let Some(cache) = self.cache_for(qi) {
+            if cache.insert(key.as_bytes(), answer.clone(), Instant::now()) {
+                self.metrics.cache_inserts.inc();
+            }
+        }
+        Ok(answer)
+    }
+
+    /// Refreshes a cached name in the background (prefetch, or after serving stale).
+    fn refresh(self: &Arc<Self>, query: Vec<u8>, qi: QueryInfo, entry: Arc<crate::cache::Entry>) {
+        self.metrics.cache_prefetches.inc();
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            let key = CacheKey::new(&query, &qi);
+            if let Role::Leader = me.coalescer.join(key.as_bytes()) {
+                let mut guard = LeaderGuard { co: &me.coalescer, key: key.as_bytes(), done: false };
+                let outcome = me.fetch(&query, &qi, &key).await;
+                me.coalescer.finish(key.as_bytes(), &outcome);
+                guard.done = true;
+            }
+            entry.end_refresh();
+        });
+    }
+}
+
+pub fn max_len(transport: Transport, qi: &QueryInfo) -> usize {
+    match transport {
+        Transport::udp => qi.max_udp_size(),
+        Transport::tcp => 65_535,
+    }
+}

@@ -1,0 +1,367 @@
+//! Assembly of a running proxy: builds the pipeline from a config, binds listeners, runs
+//! the admin server, applies reloads atomically, and drains on shutdown.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::AdminState;
+use crate::cache::Cache;
+use crate::config::{Config, Protocol, UpstreamGroup};
+use crate::dns::message::UpstreamQueryOptions;
+use crate::guard::RateLimiter;
+use crate::listener::tcp::{ConnTable, TcpLimits};
+use crate::metrics::{Metrics, RankLabels, ReloadLabels, ReloadResult, Transport};
+use crate::pipeline::Pipeline;
+use crate::route::Router;
+use crate::upstream::plain::PlainUpstream;
+use crate::upstream::tls::{ConnOptions, TlsUpstream, UpstreamStats};
+use crate::upstream::{tls_config, Group, Upstream};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot bind {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("{0}")]
+    Upstream(String),
+}
+
+/// A group built from config, kept so a reload with the same settings reuses it (and its
+/// open connections).
+struct BuiltGroup {
+    cfg: UpstreamGroup,
+    ca: Option<PathBuf>,
+    privacy: crate::config::PrivacyConfig,
+    group: Arc<Group>,
+}
+
+struct ListenerSet {
+    stop: CancellationToken,
+}
+
+pub struct Server {
+    pub metrics: Arc<Metrics>,
+    registry: Registry,
+    pipeline: Arc<ArcSwap<Pipeline>>,
+    tcp_limits: Arc<ArcSwap<TcpLimits>>,
+    conn_table: Arc<ConnTable>,
+    config: ArcSwap<Config>,
+    groups: Mutex<Vec<BuiltGroup>>,
+    listeners: Mutex<HashMap<SocketAddr, ListenerSet>>,
+    admin_listener: Mutex<Option<(SocketAddr, CancellationToken)>>,
+    /// Cancelled on shutdown: listeners stop accepting.
+    pub stop: CancellationToken,
+    /// Every task serving a query: shutdown waits for them.
+    pub tracker: TaskTracker,
+    loaded: AtomicBool,
+    workers: usize,
+}
+
+impl Server {
+    /// Builds everything from a validated config and binds every listener.
+    pub async fn start(cfg: Config) -> Result<Arc<Server>, StartError> {
+        let (metrics, registry) = Metrics::new();
+        let workers = effective_workers(cfg.workers);
+        let groups = build_groups(&cfg, &[], &metrics).map_err(StartError::Upstream)?;
+        let pipeline = build_pipeline(&cfg, &groups, None, &metrics);
+        let server = Arc::new(Server {
+            metrics: metrics.clone(),
+            registry,
+            pipeline: Arc::new(ArcSwap::from_pointee(pipeline)),
+            tcp_limits: Arc::new(ArcSwap::from_pointee(TcpLimits::from(&cfg.tcp))),
+            conn_table: ConnTable::new(cfg.tcp.max_connections),
+            config: ArcSwap::from_pointee(cfg.clone()),
+            groups: Mutex::new(groups),
+            listeners: Mutex::new(HashMap::new()),
+            admin_listener: Mutex::new(None),
+            stop: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            loaded: AtomicBool::new(true),
+            workers,
+        });
+        for addr in &cfg.listen {
+            server.bind_listener(*addr)?;
+        }
+        if let Some(addr) = cfg.admin.listen {
+            server.bind_admin(addr)?;
+        }
+        server.start_background();
+        metrics.config_reloads.get_or_create(&ReloadLabels { result: ReloadResult::success }).inc();
+        metrics.config_last_success.set(unix_now());
+        Ok(server)
+    }
+
+    /// Addresses the DNS listeners are bound to.
+    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.lock().unwrap_or_else(|p| p.into_inner()).keys().copied().collect()
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_listener.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|(a, _)| *a)
+    }
+
+    pub fn current_config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    pub fn pipeline(&self) -> Arc<Pipeline> {
+        self.pipeline.load_full()
+    }
+
+    fn bind_listener(self: &Arc<Self>, addr: SocketAddr) -> Result<(), StartError> {
+        let bind_err = |source| StartError::Bind { addr, source };
+        let stop = self.stop.child_token();
+        let sockets = crate::listener::udp::bind_all(addr, self.workers).map_err(bind_err)?;
+        // Port 0 means "any": the TCP listener takes the port the first UDP socket got.
+        let bound = sockets[0].local_addr().map_err(bind_err)?;
+        let tcp = crate::listener::bind_tcp(bound).map_err(|source| StartError::Bind { addr: bound, source })?;
+        for sock in sockets {
+            let counters = self.metrics.query_counters(Transport::udp);
+            tokio::spawn(crate::listener::udp::serve(sock, self.pipeline.clone(), counters, stop.clone(), self.tracker.clone()));
+        }
+        tokio::spawn(crate::listener::tcp::serve(
+            tcp,
+            self.pipeline.clone(),
+            self.tcp_limits.clone(),
+            self.conn_table.clone(),
+            self.metrics.query_counters(Transport::tcp),
+            stop.clone(),
+            self.tracker.clone(),
+        ));
+        tracing::info!(%bound, "listening on UDP and TCP");
+        self.listeners.lock().unwrap_or_else(|p| p.into_inner()).insert(if addr.port() == 0 { bound } else { addr }, ListenerSet { stop });
+        Ok(())
+    }
+
+    fn bind_admin(self: &Arc<Self>, addr: SocketAddr) -> Result<(), StartError> {
+        let l = crate::listener::bind_tcp(addr).map_err(|source| StartError::Bind { addr, source })?;
+        let bound = l.local_addr().unwrap_or(addr);
+        let stop = self.stop.child_token();
+        let state: Arc<dyn AdminState> = self.clone();
+        tokio::spawn(crate::admin::serve(l, state, stop.clone()));
+        tracing::info!(%bound, "admin server (metrics, health) listening");
+        *self.admin_listener.lock().unwrap_or_else(|p| p.into_inner()) = Some((bound, stop));
+        Ok(())
+    }
+
+    fn start_background(self: &Arc<Self>) {
+        // Health probes of down upstreams.
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tick.tick().await;
+                let Some(s) = weak.upgrade() else { break };
+                if s.stop.is_cancelled() {
+                    break;
+                }
+                let groups = s.pipeline.load().groups.clone();
+                drop(s);
+                futures::future::join_all(groups.iter().map(|g| g.probe_down_members())).await;
+            }
+        });
+    }
+
+    /// Applies a new validated config: the new pipeline is built first (reusing the cache
+    /// and unchanged groups), then swapped in; listeners are added and removed to match.
+    /// On error nothing changes.
+    pub fn apply(self: &Arc<Self>, cfg: Config) -> Result<(), String> {
+        let old = self.pipeline.load_full();
+        let old_cfg = self.config.load_full();
+        let mut groups_guard = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+        let groups = build_groups(&cfg, &groups_guard, &self.metrics)?;
+        let pipeline = build_pipeline(&cfg, &groups, Some((&old, &old_cfg)), &self.metrics);
+        // Listeners first, so a bind failure leaves everything as it was.
+        let current: Vec<SocketAddr> = self.listen_addrs();
+        let mut added = Vec::new();
+        for addr in cfg.listen.iter().filter(|a| !current.contains(a)) {
+            if let Err(e) = self.bind_listener(*addr) {
+                for a in added {
+                    self.close_listener(a);
+                }
+                return Err(e.to_string());
+            }
+            added.push(*addr);
+        }
+        for addr in current.iter().filter(|a| !cfg.listen.contains(a)) {
+            self.close_listener(*addr);
+        }
+        let old_admin = self.admin_addr();
+        if old_admin != cfg.admin.listen {
+            if let Some((_, stop)) = self.admin_listener.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                stop.cancel();
+            }
+            if let Some(a) = cfg.admin.listen {
+                if let Err(e) = self.bind_admin(a) {
+                    tracing::warn!(error = %e, "admin server not moved");
+                }
+            }
+        }
+        self.pipeline.store(Arc::new(pipeline));
+        self.tcp_limits.store(Arc::new(TcpLimits::from(&cfg.tcp)));
+        *groups_guard = groups;
+        self.config.store(Arc::new(cfg));
+        Ok(())
+    }
+
+    fn close_listener(&self, addr: SocketAddr) {
+        if let Some(l) = self.listeners.lock().unwrap_or_else(|p| p.into_inner()).remove(&addr) {
+            tracing::info!(%addr, "listener closed");
+            l.stop.cancel();
+        }
+    }
+
+    /// Records a reload attempt in metrics and logs.
+    pub fn record_reload(&self, result: &Result<(), String>) {
+        let r = if result.is_ok() { ReloadResult::success } else { ReloadResult::failure };
+        self.metrics.config_reloads.get_or_create(&ReloadLabels { result: r }).inc();
+        match result {
+            Ok(()) => {
+                self.metrics.config_last_success.set(unix_now());
+                tracing::info!("config reloaded");
+            }
+            Err(e) => tracing::error!(error = %e, "config reload refused; keeping the last good config"),
+        }
+    }
+
+    /// Stops accepting, lets in-flight queries finish within `grace`, then returns.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.stop.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
+            tracing::warn!("shutdown grace period over with queries still in flight");
+        }
+    }
+
+    fn refresh_gauges(&self) {
+        let p = self.pipeline.load();
+        if let Some(c) = &p.cache {
+            self.metrics.cache_entries.set(c.len() as i64);
+            self.metrics.cache_bytes.set(c.weight() as i64);
+        }
+        let cfg = self.config.load();
+        match &p.limiter {
+            Some(rl) => {
+                let now = tokio::time::Instant::now();
+                self.metrics.rate_limit_clients.set(rl.clients() as i64);
+                self.metrics.rate_limit_configured_qps.set(cfg.rate_limit.qps);
+                let top = rl.top(cfg.rate_limit.top_k, now);
+                for rank in 1..=cfg.rate_limit.top_k.min(100) {
+                    let qps = top.get(rank - 1).map_or(0.0, |c| c.qps);
+                    self.metrics.rate_limit_top_qps.get_or_create(&RankLabels { rank: rank as u16 }).set(qps);
+                }
+            }
+            None => {
+                self.metrics.rate_limit_configured_qps.set(0.0);
+            }
+        }
+    }
+}
+
+impl AdminState for Server {
+    fn metrics_text(&self) -> String {
+        self.refresh_gauges();
+        crate::metrics::encode(&self.registry)
+    }
+    fn ready(&self) -> Result<(), String> {
+        if !self.loaded.load(Ordering::Relaxed) {
+            return Err("config not loaded".into());
+        }
+        if self.stop.is_cancelled() {
+            return Err("shutting down".into());
+        }
+        if !self.pipeline.load().ready() {
+            return Err("no upstream usable".into());
+        }
+        Ok(())
+    }
+    fn hot_names(&self) -> String {
+        let p = self.pipeline.load();
+        let names = p.cache.as_ref().map(|c| c.hot_names()).unwrap_or_default();
+        let v: Vec<serde_json::Value> = names
+            .iter()
+            .map(|h| serde_json::json!({"name": h.name, "qtype": h.qtype, "hits": h.hits, "prefetches": h.prefetches}))
+            .collect();
+        serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+pub fn effective_workers(n: usize) -> usize {
+    if n > 0 {
+        n
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
+}
+
+fn build_groups(cfg: &Config, old: &[BuiltGroup], metrics: &Metrics) -> Result<Vec<BuiltGroup>, String> {
+    let mut out = Vec::new();
+    for g in &cfg.upstream_groups {
+        if let Some(o) = old.iter().find(|o| o.cfg == *g && o.ca == cfg.tls.ca_file && o.privacy == cfg.privacy) {
+            out.push(BuiltGroup { cfg: g.clone(), ca: o.ca.clone(), privacy: o.privacy.clone(), group: o.group.clone() });
+            continue;
+        }
+        let mut upstreams = Vec::new();
+        for s in &g.servers {
+            let label = s.label();
+            let stats = UpstreamStats::new(metrics, &g.name, &label);
+            let u = match s.protocol {
+                Protocol::Tls => {
+                    let setup = tls_config::build(s, cfg.tls.ca_file.as_deref()).map_err(|e| format!("upstream {label}: {e}"))?;
+                    let opts = ConnOptions {
+                        pool_size: s.pool_size,
+                        idle_timeout: s.idle_timeout.get(),
+                        max_age: s.max_connection_age.get(),
+                        connect_timeout: s.connect_timeout.get(),
+                        stall_timeout: g.timeout.get().max(Duration::from_secs(2)) * 2,
+                        write_timeout: Duration::from_secs(5),
+                    };
+                    Upstream::Tls(TlsUpstream::new(label, s.address, setup, opts, stats))
+                }
+                Protocol::Plain => Upstream::Plain(PlainUpstream::new(label, s.address, stats)),
+            };
+            upstreams.push(u);
+        }
+        let tls = g.servers.iter().all(|s| s.protocol == Protocol::Tls);
+        let qopts = UpstreamQueryOptions {
+            strip_ecs: cfg.privacy.strip_ecs,
+            padding_block: if tls { cfg.privacy.padding_block } else { 0 },
+            keepalive: tls,
+        };
+        let group = Group::new(g.name.clone(), g.policy, g.timeout.get(), upstreams, qopts, metrics);
+        group.warm();
+        out.push(BuiltGroup { cfg: g.clone(), ca: cfg.tls.ca_file.clone(), privacy: cfg.privacy.clone(), group });
+    }
+    Ok(out)
+}
+
+fn build_pipeline(cfg: &Config, groups: &[BuiltGroup], old: Option<(&Pipeline, &Config)>, metrics: &Arc<Metrics>) -> Pipeline {
+    let routes: Vec<(String, usize)> = cfg
+        .zones
+        .iter()
+        .filter_map(|z| groups.iter().position(|g| g.cfg.name == z.group).map(|i| (z.zone.clone(), i)))
+        .collect();
+    // The cache is kept across reloads; only a change of its size bounds starts it afresh.
+    let cache = cfg.cache.enabled.then(|| match old.and_then(|(p, _)| p.cache.clone()).filter(|c| c.compatible(&cfg.cache)) {
+        Some(c) if *c.config() == cfg.cache => c,
+        Some(c) => Arc::new(c.with_config(&cfg.cache)),
+        None => Arc::new(Cache::new(&cfg.cache, metrics.cache_evictions.clone())),
+    });
+    let limiter = cfg.rate_limit.enabled.then(|| match old {
+        Some((p, oc)) if oc.rate_limit == cfg.rate_limit && p.limiter.is_some() => p.limiter.clone().unwrap_or_else(|| Arc::new(RateLimiter::new(&cfg.rate_limit))),
+        _ => Arc::new(RateLimiter::new(&cfg.rate_limit)),
+    });
+    Pipeline::new(limiter, cache, Router::new(&routes), groups.iter().map(|g| g.group.clone()).collect(), cfg.privacy.strip_ecs, metrics.clone())
+}

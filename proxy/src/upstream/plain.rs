@@ -1,0 +1,82 @@
+//! Plain DNS to one server, for zones whose config allows it (in-cluster DNS): UDP from a
+//! fresh random port with a random ID, retried over TCP when the answer is truncated.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+use super::tls::UpstreamStats;
+use super::UpstreamError;
+use crate::dns::wire::{self, header};
+
+pub struct PlainUpstream {
+    label: String,
+    addr: SocketAddr,
+    pub stats: UpstreamStats,
+}
+
+impl PlainUpstream {
+    pub fn new(label: String, addr: SocketAddr, stats: UpstreamStats) -> Arc<Self> {
+        Arc::new(PlainUpstream { label, addr, stats })
+    }
+
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// Sends the query; the caller bounds the time.
+    pub async fn query(&self, msg: &[u8]) -> Result<Vec<u8>, UpstreamError> {
+        let start = tokio::time::Instant::now();
+        self.stats.queries.inc();
+        let id: u16 = rand::random();
+        let mut q = msg.to_vec();
+        header::set_id(&mut q, id);
+        let resp = self.udp(&q, id).await?;
+        let resp = if header::is_truncated(&resp) { self.tcp(&q, id).await? } else { resp };
+        self.stats.duration.observe(start.elapsed().as_secs_f64());
+        Ok(resp)
+    }
+
+    async fn udp(&self, q: &[u8], id: u16) -> Result<Vec<u8>, UpstreamError> {
+        let bind: SocketAddr = if self.addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
+        let sock = UdpSocket::bind(bind).await.map_err(|e| UpstreamError::Connect(e.to_string()))?;
+        sock.connect(self.addr).await.map_err(|e| UpstreamError::Connect(e.to_string()))?;
+        sock.send(q).await.map_err(|e| UpstreamError::Connect(e.to_string()))?;
+        let mut buf = vec![0u8; 65_535];
+        loop {
+            let n = sock.recv(&mut buf).await.map_err(|e| UpstreamError::Connect(e.to_string()))?;
+            let r = &buf[..n];
+            // Anything not matching our ID and question is ignored (spoofing, stale answers).
+            if n >= wire::HEADER_LEN && header::id(r) == id && header::is_response(r) && same_question(q, r) {
+                return Ok(r.to_vec());
+            }
+        }
+    }
+
+    async fn tcp(&self, q: &[u8], id: u16) -> Result<Vec<u8>, UpstreamError> {
+        let mut s = TcpStream::connect(self.addr).await.map_err(|e| UpstreamError::Connect(e.to_string()))?;
+        let _ = s.set_nodelay(true);
+        let mut frame = Vec::with_capacity(q.len() + 2);
+        frame.extend_from_slice(&(q.len() as u16).to_be_bytes());
+        frame.extend_from_slice(q);
+        s.write_all(&frame).await.map_err(|_| UpstreamError::Closed)?;
+        let len = s.read_u16().await.map_err(|_| UpstreamError::Closed)? as usize;
+        let mut r = vec![0u8; len];
+        s.read_exact(&mut r).await.map_err(|_| UpstreamError::Closed)?;
+        if r.len() < wire::HEADER_LEN || header::id(&r) != id {
+            return Err(UpstreamError::Malformed);
+        }
+        Ok(r)
+    }
+}
+
+fn same_question(q: &[u8], r: &[u8]) -> bool {
+    let qe = wire::skip_plain_name(q, wire::HEADER_LEN).map(|e| e + 4);
+    let re = wire::skip_plain_name(r, wire::HEADER_LEN).map(|e| e + 4);
+    match (qe, re) {
+        (Ok(a), Ok(b)) => matches!((q.get(12..a), r.get(12..b)), (Some(x), Some(y)) if wire::names_equal_ci(x, y)),
+        _ => false,
+    }
+}
