@@ -43,6 +43,14 @@ pub struct Config {
     pub tcp: TcpConfig,
     pub rate_limit: RateLimitConfig,
     pub privacy: PrivacyConfig,
+    /// Per-client upstream group choices (most specific prefix wins), checked before zone
+    /// routing. The operator writes one /32 or /128 entry per annotated pod.
+    pub client_groups: Vec<ClientGroup>,
+    /// Per-node overrides written by the operator into sharded ConfigMaps.
+    pub overrides: OverridesConfig,
+    /// The node-local address (dummy interface and NOTRACK rules), set up by
+    /// `dot-proxy node-local`, which runs apart from the serving process.
+    pub node_local: NodeLocalConfig,
     /// How long in-flight queries may take to finish after SIGTERM.
     pub shutdown_grace: Dur,
 }
@@ -70,6 +78,9 @@ impl Default for Config {
             tcp: TcpConfig::default(),
             rate_limit: RateLimitConfig::default(),
             privacy: PrivacyConfig::default(),
+            client_groups: Vec::new(),
+            overrides: OverridesConfig::default(),
+            node_local: NodeLocalConfig::default(),
             shutdown_grace: Dur::secs(5),
         }
     }
@@ -431,6 +442,80 @@ impl Default for PrivacyConfig {
     }
 }
 
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ClientGroup {
+    /// Client address or prefix, e.g. `10.244.1.7/32`.
+    pub cidr: String,
+    /// Upstream group that answers every query from these clients.
+    pub group: String,
+}
+
+/// Where per-node overrides come from.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+#[serde(deny_unknown_fields, default)]
+pub struct OverridesConfig {
+    /// Directory of `*.yaml` files, each an [`OverridesFile`] (node name -> overrides).
+    /// Watched and reloaded like the config file.
+    pub dir: Option<PathBuf>,
+    /// This node's name (the chart sets it from the downward API through
+    /// `DOT_PROXY_NODE_NAME`). Entries for other nodes are ignored.
+    pub node_name: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeLocalConfig {
+    pub enabled: bool,
+    /// Name of the dummy interface holding the addresses.
+    pub interface: String,
+    /// Link-local addresses pods send DNS to (IPv4 and/or IPv6).
+    pub addresses: Vec<std::net::IpAddr>,
+    /// DNS port on those addresses.
+    pub port: u16,
+    /// Conntrack bypass rules: `auto` (nftables if available, else iptables), `nftables`,
+    /// `iptables`, or `none`.
+    pub firewall: Firewall,
+}
+
+impl Default for NodeLocalConfig {
+    fn default() -> Self {
+        NodeLocalConfig {
+            enabled: false,
+            interface: "dot-proxy0".into(),
+            addresses: vec![std::net::IpAddr::from([169, 254, 20, 10])],
+            port: 53,
+            firewall: Firewall::Auto,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Firewall {
+    #[default]
+    Auto,
+    Nftables,
+    Iptables,
+    None,
+}
+
+/// Overrides for the pods of one node.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeOverrides {
+    pub rate_limits: Vec<RateLimitOverride>,
+    pub client_groups: Vec<ClientGroup>,
+}
+
+/// One override file: node name -> that node's overrides.
+pub type OverridesFile = std::collections::BTreeMap<String, NodeOverrides>;
+
 /// Every problem found in a config, each with the path of its field.
 #[derive(Debug, thiserror::Error)]
 pub struct ConfigErrors(pub Vec<FieldError>);
@@ -631,6 +716,28 @@ impl Config {
             }
             if o.burst == Some(0) {
                 err(format!("{op}.burst"), "must be at least 1".into());
+            }
+        }
+
+        for (i, c) in self.client_groups.iter().enumerate() {
+            if let Err(m) = crate::guard::cidr::Cidr::parse(&c.cidr) {
+                err(format!("client_groups[{i}].cidr"), m);
+            }
+            if !self.upstream_groups.iter().any(|g| g.name == c.group) {
+                err(format!("client_groups[{i}].group"), format!("no upstream group named {:?}", c.group));
+            }
+        }
+
+        let nl = &self.node_local;
+        if nl.enabled {
+            if nl.addresses.is_empty() {
+                err("node_local.addresses".into(), "at least one address is required when enabled".into());
+            }
+            if nl.interface.is_empty() || nl.interface.len() > 15 || !nl.interface.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.') {
+                err("node_local.interface".into(), "must be 1-15 characters of letters, digits, '-', '_' or '.'".into());
+            }
+            if nl.port == 0 {
+                err("node_local.port".into(), "must not be 0".into());
             }
         }
 
