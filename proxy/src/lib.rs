@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod cache;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod dns;
 pub mod guard;

@@ -11,9 +11,9 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
-use tokio::time::Instant;
 
 use crate::cache::{Cache, CacheKey, Lookup};
+use crate::clock::Clock;
 use crate::dns::message::{self, error_answer, upstream_query, Answer, BADVERS};
 use crate::dns::wire::{self, QueryInfo, Rejection};
 use crate::dns::rcode;
@@ -86,6 +86,7 @@ pub struct Pipeline {
     pub groups: Vec<Arc<Group>>,
     pub strip_ecs: bool,
     pub metrics: Arc<Metrics>,
+    pub clock: Arc<Clock>,
     coalescer: Coalescer,
 }
 
@@ -97,8 +98,9 @@ impl Pipeline {
         groups: Vec<Arc<Group>>,
         strip_ecs: bool,
         metrics: Arc<Metrics>,
+        clock: Arc<Clock>,
     ) -> Pipeline {
-        Pipeline { limiter, cache, router, groups, strip_ecs, metrics, coalescer: Coalescer::default() }
+        Pipeline { limiter, cache, router, groups, strip_ecs, metrics, clock, coalescer: Coalescer::default() }
     }
 
     /// True when some upstream of every group is usable (readiness).
@@ -108,7 +110,8 @@ impl Pipeline {
 
     /// Validates, rate-limits and answers from the cache when it can. `max_len` is the
     /// largest answer this transport takes (the client's UDP size, or 65535 on TCP).
-    pub fn handle_fast(self: &Arc<Self>, query: &[u8], client: IpAddr, transport: Transport, now: Instant, out: &mut Vec<u8>) -> Fast {
+    pub fn handle_fast(self: &Arc<Self>, query: &[u8], client: IpAddr, transport: Transport, out: &mut Vec<u8>) -> Fast {
+        let now = self.clock.now();
         let qi = match wire::parse_query(query) {
             Ok(qi) => qi,
             Err(Rejection::Drop) => {
@@ -202,7 +205,7 @@ impl Pipeline {
         match outcome {
             Ok(answer) => answer.render(query, qi, 0, None, max, out),
             Err(e) => {
-                let now = Instant::now();
+                let now = self.clock.now();
                 let stale = self.cache_for(qi).and_then(|c| c.stale(key.as_bytes(), now).map(|s| (c, s)));
                 if let Some((cache, entry)) = stale {
                     self.metrics.cache_stale.inc();
@@ -233,7 +236,7 @@ impl Pipeline {
                 .map_err(|_| GroupError::Failed(crate::upstream::UpstreamError::Malformed))?,
         );
         if let Some(cache) = self.cache_for(qi) {
-            if cache.insert(key.as_bytes(), answer.clone(), Instant::now()) {
+            if cache.insert(key.as_bytes(), answer.clone(), self.clock.now()) {
                 self.metrics.cache_inserts.inc();
             }
         }

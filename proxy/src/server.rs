@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::AdminState;
 use crate::cache::Cache;
+use crate::clock::Clock;
 use crate::config::{Config, Protocol, UpstreamGroup};
 use crate::dns::message::UpstreamQueryOptions;
 use crate::guard::RateLimiter;
@@ -63,6 +64,7 @@ pub struct Server {
     pub tracker: TaskTracker,
     loaded: AtomicBool,
     workers: usize,
+    pub clock: Arc<Clock>,
 }
 
 impl Server {
@@ -71,7 +73,8 @@ impl Server {
         let (metrics, registry) = Metrics::new();
         let workers = effective_workers(cfg.workers);
         let groups = build_groups(&cfg, &[], &metrics).map_err(StartError::Upstream)?;
-        let pipeline = build_pipeline(&cfg, &groups, None, &metrics);
+        let clock = Arc::new(Clock::default());
+        let pipeline = build_pipeline(&cfg, &groups, None, &metrics, &clock);
         let server = Arc::new(Server {
             metrics: metrics.clone(),
             registry,
@@ -86,6 +89,7 @@ impl Server {
             tracker: TaskTracker::new(),
             loaded: AtomicBool::new(true),
             workers,
+            clock,
         });
         for addr in &cfg.listen {
             server.bind_listener(*addr)?;
@@ -178,7 +182,7 @@ impl Server {
         let old_cfg = self.config.load_full();
         let mut groups_guard = self.groups.lock().unwrap_or_else(|p| p.into_inner());
         let groups = build_groups(&cfg, &groups_guard, &self.metrics)?;
-        let pipeline = build_pipeline(&cfg, &groups, Some((&old, &old_cfg)), &self.metrics);
+        let pipeline = build_pipeline(&cfg, &groups, Some((&old, &old_cfg)), &self.metrics, &self.clock);
         // Listeners first, so a bind failure leaves everything as it was.
         let current: Vec<SocketAddr> = self.listen_addrs();
         let mut added = Vec::new();
@@ -250,7 +254,7 @@ impl Server {
         let cfg = self.config.load();
         match &p.limiter {
             Some(rl) => {
-                let now = tokio::time::Instant::now();
+                let now = self.clock.now();
                 self.metrics.rate_limit_clients.set(rl.clients() as i64);
                 self.metrics.rate_limit_configured_qps.set(cfg.rate_limit.qps);
                 let top = rl.top(cfg.rate_limit.top_k, now);
@@ -347,7 +351,7 @@ fn build_groups(cfg: &Config, old: &[BuiltGroup], metrics: &Metrics) -> Result<V
     Ok(out)
 }
 
-fn build_pipeline(cfg: &Config, groups: &[BuiltGroup], old: Option<(&Pipeline, &Config)>, metrics: &Arc<Metrics>) -> Pipeline {
+fn build_pipeline(cfg: &Config, groups: &[BuiltGroup], old: Option<(&Pipeline, &Config)>, metrics: &Arc<Metrics>, clock: &Arc<Clock>) -> Pipeline {
     let routes: Vec<(String, usize)> = cfg
         .zones
         .iter()
@@ -363,5 +367,5 @@ fn build_pipeline(cfg: &Config, groups: &[BuiltGroup], old: Option<(&Pipeline, &
         Some((p, oc)) if oc.rate_limit == cfg.rate_limit && p.limiter.is_some() => p.limiter.clone().unwrap_or_else(|| Arc::new(RateLimiter::new(&cfg.rate_limit))),
         _ => Arc::new(RateLimiter::new(&cfg.rate_limit)),
     });
-    Pipeline::new(limiter, cache, Router::new(&routes), groups.iter().map(|g| g.group.clone()).collect(), cfg.privacy.strip_ecs, metrics.clone())
+    Pipeline::new(limiter, cache, Router::new(&routes), groups.iter().map(|g| g.group.clone()).collect(), cfg.privacy.strip_ecs, metrics.clone(), clock.clone())
 }

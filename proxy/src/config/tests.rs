@@ -1,1 +1,54 @@
+use super::*;
 
+#[test]
+fn default_config_is_valid_and_round_trips() {
+    let c = Config::default();
+    c.validate().expect("defaults are valid");
+    let back = Config::from_yaml(&c.to_yaml()).expect("parses");
+    assert_eq!(back, c);
+    assert_eq!(Config::from_yaml("").expect("empty"), c);
+}
+
+fn errors(yaml: &str) -> String {
+    match Config::from_yaml(yaml) {
+        Err(e) => e,
+        Ok(c) => c.validate().err().map(|e| e.to_string()).unwrap_or_default(),
+    }
+}
+
+#[test]
+fn bad_fields_are_named() {
+    assert!(errors("listn: []").contains("listn"), "unknown field named");
+    assert!(errors("listen: [nonsense]").contains("listen"));
+    assert!(errors("cache:\n  min_ttl: 100\n  max_ttl: 10\n").contains("cache.min_ttl"));
+    let e = errors("upstream_groups:\n- name: default\n  servers:\n  - address: 1.1.1.1:853\n");
+    assert!(e.contains("upstream_groups[0].servers[0].tls_name"), "{e}");
+    let e = errors("upstream_groups:\n- name: default\n  servers:\n  - address: 1.1.1.1:853\n    tls_name: x\n    spki_pins: [abc]\n");
+    assert!(e.contains("spki_pins[0]"), "{e}");
+    let e = errors("zones:\n- zone: cluster.local\n  group: default\n");
+    assert!(e.contains("zones") && e.contains("\".\""), "{e}");
+    let e = errors("zones:\n- zone: .\n  group: nope\n");
+    assert!(e.contains("zones[0].group"), "{e}");
+    let e = errors("listen: [127.0.0.1:53]\nlisten: [127.0.0.1:54]\n");
+    assert!(e.to_lowercase().contains("duplicate"), "{e}");
+    assert!(errors("shutdown_grace: 5 seconds").contains("shutdown_grace"));
+}
+
+#[test]
+fn plain_default_route_needs_opt_in() {
+    let yaml = "upstream_groups:\n- name: default\n  servers:\n  - address: 10.96.0.10:53\n    protocol: plain\n";
+    assert!(errors(yaml).contains("allow_plain_default"));
+    let ok = format!("{yaml}allow_plain_default: true\n");
+    assert_eq!(errors(&ok), "");
+    // Plain DNS for an in-cluster zone is fine.
+    let split = "upstream_groups:\n- name: default\n  servers:\n  - {address: 1.1.1.1:853, tls_name: cloudflare-dns.com}\n- name: cluster\n  servers:\n  - {address: 10.96.0.10:53, protocol: plain}\nzones:\n- {zone: ., group: default}\n- {zone: cluster.local, group: cluster}\n";
+    assert_eq!(errors(split), "");
+}
+
+#[test]
+fn zones_normalize() {
+    assert_eq!(normalize_zone("Cluster.Local.").expect("ok"), "cluster.local");
+    assert_eq!(normalize_zone(".").expect("ok"), ".");
+    assert!(normalize_zone("a..b").is_err());
+    assert!(normalize_zone("").is_err());
+}

@@ -200,7 +200,7 @@ async fn connection(
         let query = &buf[..len];
         let start = Instant::now();
         let p = pipeline.load_full();
-        match p.handle_fast(query, peer.ip(), Transport::tcp, start, &mut out) {
+        match p.handle_fast(query, peer.ip(), Transport::tcp, &mut out) {
             Fast::Answered => {
                 crate::listener::udp::count(&counters, query, &out, start);
                 if tx.send(out.clone()).await.is_err() {

@@ -62,7 +62,7 @@ async fn handle(
 ) {
     let start = Instant::now();
     let p = pipeline.load_full();
-    match p.handle_fast(query, peer.ip(), Transport::udp, start, out) {
+    match p.handle_fast(query, peer.ip(), Transport::udp, out) {
         Fast::Answered => {
             send(sock, out, peer).await;
             count(counters, query, out, start);

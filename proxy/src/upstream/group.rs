@@ -284,7 +284,9 @@ impl Group {
         }
         while let Some((i, r)) = futs.next().await {
             match r {
-                Ok(Ok(resp)) if resp.len() >= wire::HEADER_LEN && header::rcode(&resp) != rcode::SERVFAIL => self.mark_up(i),
+                // Any well-formed answer shows the server is reachable and its TLS identity
+                // checks out; how well it resolves is judged on real traffic.
+                Ok(Ok(resp)) if resp.len() >= wire::HEADER_LEN && header::is_response(&resp) => self.mark_up(i),
                 _ => self.mark_down(i),
             }
         }
@@ -298,10 +300,12 @@ impl Group {
     }
 }
 
-/// `. IN NS`, which every resolver answers.
+/// `localhost. IN A`: resolvers answer it themselves (RFC 6761), without recursion, so the
+/// probe measures the server and the path to it, not the Internet behind it.
 fn probe_query(o: &UpstreamQueryOptions) -> Vec<u8> {
-    let mut q = vec![0, 0, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 0];
-    q.extend_from_slice(&rtype::NS.to_be_bytes());
+    let mut q = vec![0, 0, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    q.extend_from_slice(b"\x09localhost\x00");
+    q.extend_from_slice(&rtype::A.to_be_bytes());
     q.extend_from_slice(&1u16.to_be_bytes());
     let qi = match wire::parse_query(&q) {
         Ok(qi) => qi,

@@ -180,7 +180,9 @@ impl TlsUpstream {
     pub async fn query(self: &Arc<Self>, msg: &[u8]) -> Result<Vec<u8>, UpstreamError> {
         self.last_used.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
         let mut last_err = UpstreamError::Closed;
-        for _attempt in 0..2 {
+        // A query in flight on a connection that dies is retried on a fresh one (RFC 7766
+        // servers may close at any time); the group's deadline bounds the whole.
+        for _attempt in 0..3 {
             let conn = self.connection().await?;
             let (tx, rx) = oneshot::channel();
             if conn.tx.send(Request { msg: msg.to_vec(), reply: tx }).await.is_err() {

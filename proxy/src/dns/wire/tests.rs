@@ -1,1 +1,109 @@
+use super::*;
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
+use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
+use hickory_proto::rr::{Name, RecordType};
 
+fn q(name: &str, edns: bool) -> Vec<u8> {
+    let mut m = Message::new(0x1234, MessageType::Query, OpCode::Query);
+    m.metadata.recursion_desired = true;
+    let mut qq = Query::new();
+    qq.set_name(Name::from_ascii(name).expect("name")).set_query_type(RecordType::AAAA);
+    m.add_query(qq);
+    if edns {
+        let mut e = Edns::new();
+        e.set_max_payload(4000);
+        e.set_dnssec_ok(true);
+        e.options_mut().insert(EdnsOption::Subnet(ClientSubnet::new("192.0.2.0".parse().expect("ip"), 24, 0)));
+        m.set_edns(e);
+    }
+    m.to_vec().expect("encode")
+}
+
+#[test]
+fn parses_a_plain_query() {
+    let b = q("WwW.Example.Com.", false);
+    let qi = parse_query(&b).expect("valid");
+    assert_eq!(qi.id, 0x1234);
+    assert_eq!(qi.qtype, 28);
+    assert_eq!(qi.qclass, 1);
+    assert!(qi.rd());
+    assert_eq!(&b[12..qi.qname_end], b"\x03WwW\x07Example\x03Com\x00");
+    assert_eq!(qi.max_udp_size(), 512);
+    assert!(qi.edns.is_none());
+}
+
+#[test]
+fn parses_edns() {
+    let b = q("example.com.", true);
+    let qi = parse_query(&b).expect("valid");
+    let e = qi.edns.expect("edns");
+    assert_eq!(e.udp_size, 4000);
+    assert!(e.do_bit && e.has_ecs);
+    assert_eq!(qi.max_udp_size(), 4000);
+    assert_eq!(e.end, b.len());
+    let opts: Vec<u16> = edns_options(&b, &e).map(|(c, _)| c).collect();
+    assert_eq!(opts, vec![crate::dns::opt::ECS]);
+}
+
+#[test]
+fn rejections() {
+    assert_eq!(parse_query(&[0; 11]), Err(Rejection::Drop));
+    let mut r = q("a.", false);
+    r[2] |= 0x80;
+    assert_eq!(parse_query(&r), Err(Rejection::Drop));
+    let mut r = q("a.", false);
+    r[2] |= 2 << 3;
+    assert!(matches!(parse_query(&r), Err(Rejection::Answer { rcode: 4, .. })));
+    let mut r = q("a.", false);
+    r[5] = 0;
+    assert!(matches!(parse_query(&r), Err(Rejection::Answer { rcode: 1, question_end: None })));
+    // A 64-byte label.
+    let mut r = vec![0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 64];
+    r.extend_from_slice(&[b'a'; 64]);
+    r.extend_from_slice(&[0, 0, 1, 0, 1]);
+    assert!(matches!(parse_query(&r), Err(Rejection::Answer { rcode: 1, .. })));
+    // Two OPT records.
+    let mut r = q("a.", true);
+    let opt = r[r.len() - 11 - 12..].to_vec();
+    r.extend_from_slice(&opt);
+    r[11] = 2;
+    assert!(matches!(parse_query(&r), Err(Rejection::Answer { rcode: 1, .. })));
+    // AXFR is not served.
+    let mut r = q("a.", false);
+    let n = r.len();
+    r[n - 3] = 252;
+    assert!(matches!(parse_query(&r), Err(Rejection::Answer { rcode: 4, .. })));
+}
+
+#[test]
+fn never_panics_on_prefixes_and_bit_flips() {
+    let b = q("www.example.com.", true);
+    for n in 0..b.len() {
+        let _ = parse_query(&b[..n]);
+        let _ = parse_response(&b[..n]);
+    }
+    for i in 0..b.len() {
+        for bit in 0..8 {
+            let mut c = b.clone();
+            c[i] ^= 1 << bit;
+            let _ = parse_query(&c);
+            let _ = parse_response(&c);
+        }
+    }
+}
+
+#[test]
+fn name_text() {
+    assert_eq!(name_to_string(b"\x03www\x07example\x00"), "www.example.");
+    assert_eq!(name_to_string(b"\x00"), ".");
+    assert_eq!(name_to_string(b"\x03a.b\x00"), "a\\046b.");
+}
+
+#[test]
+fn lowercase_name_follows_pointers_safely() {
+    let msg = [0u8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, b'A', 0, 0xC0, 12, 0xC0, 17];
+    let mut out = Vec::new();
+    read_name_lower(&msg, 15, &mut out).expect("pointer back");
+    assert_eq!(out, b"\x01a\x00");
+    assert!(read_name_lower(&msg, 17, &mut out).is_err(), "pointer to itself is refused");
+}

@@ -1,0 +1,49 @@
+# dot-proxy: common tasks. `make run` and `make test` are the two commands README.md opens with.
+CARGO ?= cargo
+
+.PHONY: run test unit interop k8s lint fmt build release images bench fuzz clean
+
+## Run the proxy with the built-in defaults: 127.0.0.1:5353 (UDP+TCP) -> Cloudflare over TLS.
+run:
+	$(CARGO) run --release -p dot-proxy
+
+## Every test: unit and integration (cargo), then the Unbound interop test.
+test: unit interop
+
+unit:
+	$(CARGO) test --workspace
+
+## Real Unbound as a DoT upstream, dig and kdig as clients (needs unbound, dig, kdig).
+interop: release
+	bash tests/interop/run.sh
+
+## Chart, manifests, alert rules and dashboard validation (Helm SDK, kubernetes-validate, checkov, promtool).
+k8s:
+	bash tests/k8s/validate.sh
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+build:
+	$(CARGO) build --workspace
+
+## The same build command the Dockerfiles run.
+release:
+	$(CARGO) build --release --locked -p dot-proxy -p dot-proxy-operator
+
+## Container images (needs a Docker engine).
+images:
+	docker build -f Dockerfile.proxy -t dot-proxy:dev .
+	docker build -f Dockerfile.operator -t dot-proxy-operator:dev .
+
+## Side-by-side benchmark against Unbound, dnsdist, Stubby, kresd and hickory (see docs/benchmarks.md).
+bench: release
+	CANDIDATE_NAME=dot-proxy CANDIDATE_CMD="$(CURDIR)/target/release/dot-proxy --listen 127.0.0.1:{port} --upstream tls://{upstream_addr}#{tls_name} --tls-ca-file {ca} --workers 1 --admin-listen off --log-level warn" \
+		bash ../shared/bench/run.sh --quick
+
+clean:
+	$(CARGO) clean

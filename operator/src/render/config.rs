@@ -1,0 +1,252 @@
+//! `DotProxyConfigSpec` -> the proxy's own `Config`, checked by the proxy's own `validate()`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use dot_proxy::config::{
+    AdminConfig, CacheConfig, Config, LogConfig, NodeLocalConfig, OverridesConfig, PrefetchConfig, PrivacyConfig,
+    Protocol, RateLimitConfig, UpstreamGroup, UpstreamServer, ZoneRoute,
+};
+
+use crate::resource::{Checked, DotProxyConfigSpec, UpstreamServerSpec};
+use crate::OVERRIDES_DIR;
+
+/// Builds the proxy config a spec describes. Per-pod overrides are not in it (they go to the
+/// shards); `overrides.dir` points at where the chart mounts those.
+///
+/// Errors name the resource field (`spec.upstreamGroups[0].servers[1].tlsName: ...`), both for
+/// what the conversion finds and for what the proxy's `Config::validate()` reports.
+pub fn proxy_config(spec: &DotProxyConfigSpec) -> Result<Config, Vec<String>> {
+    let mut errs = Vec::new();
+    let defaults = Config::default();
+
+    let listen = spec
+        .listen
+        .iter()
+        .enumerate()
+        .filter_map(|(i, a)| {
+            a.trim()
+                .parse::<SocketAddr>()
+                .map_err(|_| errs.push(format!("spec.listen[{i}]: {a:?} is not IP:PORT (IPv6 as [addr]:port)")))
+                .ok()
+        })
+        .collect();
+
+    let mut upstream_groups = Vec::new();
+    for (gi, g) in spec.upstream_groups.iter().enumerate() {
+        let gp = format!("spec.upstreamGroups[{gi}]");
+        let policy = checked(&mut errs, &format!("{gp}.policy"), &g.policy, "failover, round_robin, fastest, race");
+        let timeout = checked(&mut errs, &format!("{gp}.timeout"), &g.timeout, "a duration like 2s or 500ms");
+        let servers = g
+            .servers
+            .iter()
+            .enumerate()
+            .filter_map(|(si, s)| server(&mut errs, &format!("{gp}.servers[{si}]"), s))
+            .collect();
+        upstream_groups.push(UpstreamGroup {
+            name: g.name.clone(),
+            policy: policy.unwrap_or_default(),
+            timeout: timeout.unwrap_or(dot_proxy::config::Dur::secs(2)),
+            servers,
+        });
+    }
+
+    let zones = spec.zones.iter().map(|z| ZoneRoute { zone: z.zone.clone(), group: z.group.clone() }).collect();
+
+    let c = &spec.cache;
+    let stale_max_age = checked(&mut errs, "spec.cache.staleMaxAge", &c.stale_max_age, "a duration like 1d");
+    let cache = CacheConfig {
+        enabled: c.enabled,
+        max_entries: c.max_entries as usize,
+        max_bytes: c.max_bytes,
+        min_ttl: c.min_ttl,
+        max_ttl: c.max_ttl,
+        negative_max_ttl: c.negative_max_ttl,
+        servfail_ttl: c.servfail_ttl,
+        stale_max_age: stale_max_age.unwrap_or(defaults.cache.stale_max_age),
+        stale_ttl: c.stale_ttl,
+        prefetch: PrefetchConfig {
+            enabled: c.prefetch.enabled,
+            min_hits: c.prefetch.min_hits,
+            top_n: c.prefetch.top_n as usize,
+            remaining_fraction: c.prefetch.remaining_fraction,
+        },
+    };
+
+    let r = &spec.rate_limit;
+    let action = checked(&mut errs, "spec.rateLimit.action", &r.action, "refused, drop");
+    let rate_limit = RateLimitConfig {
+        enabled: r.enabled,
+        qps: r.qps,
+        burst: r.burst,
+        ipv6_prefix: r.ipv6_prefix,
+        action: action.unwrap_or_default(),
+        slip: r.slip,
+        max_clients: r.max_clients as usize,
+        overrides: Vec::new(),
+        ..defaults.rate_limit.clone()
+    };
+
+    let nl = &spec.node_local;
+    let firewall = checked(&mut errs, "spec.nodeLocal.firewall", &nl.firewall, "auto, nftables, iptables, none");
+    let addresses = nl
+        .addresses
+        .iter()
+        .enumerate()
+        .filter_map(|(i, a)| {
+            a.trim()
+                .parse::<IpAddr>()
+                .map_err(|_| errs.push(format!("spec.nodeLocal.addresses[{i}]: {a:?} is not an IP address")))
+                .ok()
+        })
+        .collect();
+    let node_local = NodeLocalConfig {
+        enabled: nl.enabled,
+        interface: nl.interface.clone(),
+        addresses,
+        port: nl.port,
+        firewall: firewall.unwrap_or_default(),
+    };
+
+    let log_format = checked(&mut errs, "spec.log.format", &spec.log.format, "text, json");
+    let admin_listen = match spec.admin_listen.trim() {
+        "" => None,
+        a => a
+            .parse::<SocketAddr>()
+            .map_err(|_| errs.push(format!("spec.adminListen: {a:?} is not IP:PORT (or empty to turn it off)")))
+            .ok(),
+    };
+
+    let config = Config {
+        listen,
+        log: LogConfig { format: log_format.unwrap_or(defaults.log.format), level: spec.log.level.clone() },
+        admin: AdminConfig { listen: admin_listen },
+        upstream_groups,
+        zones,
+        allow_plain_default: spec.allow_plain_default,
+        cache,
+        rate_limit,
+        privacy: PrivacyConfig { strip_ecs: spec.privacy.strip_ecs, padding_block: spec.privacy.padding_block },
+        client_groups: Vec::new(),
+        overrides: OverridesConfig { dir: Some(PathBuf::from(OVERRIDES_DIR)), node_name: None },
+        node_local,
+        ..defaults
+    };
+
+    if let Err(e) = config.validate() {
+        for fe in e.0 {
+            // A field the conversion already reported (an address it could not parse, so
+            // left out) would only be reported again in the proxy's words.
+            let field = spec_path(&fe.field);
+            if !errs.iter().any(|m| m.starts_with(&field)) {
+                errs.push(format!("{field}: {}", spec_words(&fe.message)));
+            }
+        }
+    }
+    if errs.is_empty() {
+        Ok(config)
+    } else {
+        Err(errs)
+    }
+}
+
+fn checked<T: Clone>(errs: &mut Vec<String>, field: &str, v: &Checked<T>, expected: &str) -> Option<T> {
+    match v.get() {
+        Ok(v) => Some(v.clone()),
+        Err(m) => {
+            errs.push(format!("{field}: {m} (expected {expected})"));
+            None
+        }
+    }
+}
+
+fn server(errs: &mut Vec<String>, sp: &str, s: &UpstreamServerSpec) -> Option<UpstreamServer> {
+    let protocol = checked(errs, &format!("{sp}.protocol"), &s.protocol, "tls, plain")?;
+    let default_port = match protocol {
+        Protocol::Tls => 853,
+        Protocol::Plain => 53,
+    };
+    let Some(address) = parse_server_address(&s.address, default_port) else {
+        errs.push(format!("{sp}.address: {:?} is not an IP address or IP:PORT (IPv6 as [addr]:port)", s.address));
+        return None;
+    };
+    let base = match protocol {
+        Protocol::Tls => UpstreamServer::tls(address, ""),
+        Protocol::Plain => UpstreamServer::plain(address),
+    };
+    let mut dur = |name: &str, v: &Option<Checked<dot_proxy::config::Dur>>, default| match v {
+        None => default,
+        Some(c) => checked(errs, &format!("{sp}.{name}"), c, "a duration like 30s").unwrap_or(default),
+    };
+    Some(UpstreamServer {
+        idle_timeout: dur("idleTimeout", &s.idle_timeout, base.idle_timeout),
+        max_connection_age: dur("maxConnectionAge", &s.max_connection_age, base.max_connection_age),
+        connect_timeout: dur("connectTimeout", &s.connect_timeout, base.connect_timeout),
+        tls_name: s.tls_name.clone(),
+        spki_pins: s.spki_pins.clone(),
+        verify_ca: s.verify_ca,
+        pool_size: s.pool_size as usize,
+        ..base
+    })
+}
+
+/// `IP:PORT`, `[IPv6]:PORT`, or a bare IP (IPv6 with or without brackets) on `default_port`.
+fn parse_server_address(s: &str, default_port: u16) -> Option<SocketAddr> {
+    let s = s.trim();
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Some(a);
+    }
+    let ip = s.strip_prefix('[').and_then(|x| x.strip_suffix(']')).unwrap_or(s);
+    ip.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, default_port))
+}
+
+/// Turns a proxy config path (`upstream_groups[0].servers[1].tls_name`) into the resource's
+/// (`spec.upstreamGroups[0].servers[1].tlsName`).
+pub fn spec_path(proxy_field: &str) -> String {
+    if proxy_field == "admin.listen" {
+        return "spec.adminListen".into();
+    }
+    let mut out = String::from("spec.");
+    let mut upper = false;
+    for c in proxy_field.chars() {
+        match c {
+            '_' => upper = true,
+            c if upper => {
+                out.push(c.to_ascii_uppercase());
+                upper = false;
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The proxy's messages mention its own field names; a few read better in the resource's.
+fn spec_words(message: &str) -> String {
+    message.replace("allow_plain_default: true", "spec.allowPlainDefault: true").replace("cache.max_ttl", "spec.cache.maxTtl")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_follow_the_resource() {
+        assert_eq!(spec_path("upstream_groups[0].servers[1].tls_name"), "spec.upstreamGroups[0].servers[1].tlsName");
+        assert_eq!(spec_path("rate_limit.ipv6_prefix"), "spec.rateLimit.ipv6Prefix");
+        assert_eq!(spec_path("cache.prefetch.remaining_fraction"), "spec.cache.prefetch.remainingFraction");
+        assert_eq!(spec_path("admin.listen"), "spec.adminListen");
+        assert_eq!(spec_path("zones"), "spec.zones");
+    }
+
+    #[test]
+    fn server_addresses() {
+        assert_eq!(parse_server_address("1.1.1.1", 853), Some("1.1.1.1:853".parse().expect("addr")));
+        assert_eq!(parse_server_address("1.1.1.1:8853", 853), Some("1.1.1.1:8853".parse().expect("addr")));
+        assert_eq!(parse_server_address("[2606:4700::1111]", 853), Some("[2606:4700::1111]:853".parse().expect("addr")));
+        assert_eq!(parse_server_address("2606:4700::1111", 853), Some("[2606:4700::1111]:853".parse().expect("addr")));
+        assert_eq!(parse_server_address("10.96.0.10", 53), Some("10.96.0.10:53".parse().expect("addr")));
+        assert_eq!(parse_server_address("1.1.1.999:853", 853), None);
+        assert_eq!(parse_server_address("dns.google:853", 853), None);
+    }
+}

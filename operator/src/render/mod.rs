@@ -1,0 +1,292 @@
+//! Rendering, as pure functions: a resource and the annotated pods -> the ConfigMap contents.
+//!
+//! Nothing here talks to the API server, so every case (valid, invalid, each annotation, the
+//! 1 MiB limit, a 20,000-pod cluster) is a plain unit test.
+
+pub mod annotations;
+mod config;
+pub mod shards;
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::IpAddr;
+
+use dot_proxy::config::{ClientGroup, NodeOverrides, OverridesFile, RateLimitOverride};
+use sha2::{Digest, Sha256};
+
+pub use annotations::{AnnotationProblem, PodRequest};
+pub use config::{proxy_config, spec_path};
+pub use shards::{fnv1a64, shard_key, shard_name, shard_of, MAX_SHARD_BYTES};
+
+use crate::cluster::{NodeLabels, PodInfo};
+use crate::resource::DotProxyConfigSpec;
+use crate::CONFIG_KEY;
+
+/// The data of one ConfigMap to write: a single key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigMapContent {
+    pub name: String,
+    pub key: String,
+    pub data: String,
+    /// SHA-256 (hex) of `data`; also the `dns.dot-proxy.io/config-hash` annotation.
+    pub hash: String,
+}
+
+impl ConfigMapContent {
+    pub fn new(name: String, key: String, data: String) -> Self {
+        let hash = sha256_hex(data.as_bytes());
+        ConfigMapContent { name, key, data, hash }
+    }
+}
+
+/// A pod whose annotations were (partly) ignored, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodProblem {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub message: String,
+}
+
+/// Figures about one render, for status, metrics and the scale test.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RenderStats {
+    /// Annotated pods looked at.
+    pub annotated_pods: usize,
+    /// Pods with at least one entry in a shard.
+    pub pods_applied: usize,
+    /// Pods not on a node matching `target.nodeSelector`.
+    pub pods_not_selected: usize,
+    /// Pods without a node or an IP yet.
+    pub pods_pending: usize,
+    /// Rate-limit entries plus client-group entries, over all shards.
+    pub entries: usize,
+    /// Nodes with at least one override.
+    pub nodes: usize,
+    pub largest_shard_bytes: usize,
+    pub total_shard_bytes: usize,
+}
+
+/// Everything one resource renders to.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rendered {
+    /// The main ConfigMap (key `config.yaml`).
+    pub config: ConfigMapContent,
+    /// All `target.overrideShards` shards, in order, empty ones included.
+    pub shards: Vec<ConfigMapContent>,
+    /// SHA-256 (hex) over the shard hashes in order.
+    pub overrides_hash: String,
+    pub problems: Vec<PodProblem>,
+    pub stats: RenderStats,
+}
+
+/// Why a resource renders to nothing (the last good ConfigMaps stay).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Invalid {
+    /// The spec itself is wrong; each message names its field.
+    #[error("{}", .0.join("; "))]
+    Spec(Vec<String>),
+    /// The overrides do not fit in the shards.
+    #[error("{0}")]
+    OverridesTooLarge(String),
+}
+
+impl Invalid {
+    /// Short CamelCase reason for the condition.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Invalid::Spec(_) => "InvalidSpec",
+            Invalid::OverridesTooLarge(_) => "OverridesTooLarge",
+        }
+    }
+}
+
+/// Longest resource name: it becomes a label value, and those stop at 63 characters.
+pub const MAX_NAME_LEN: usize = 63;
+
+/// Renders one resource. `pods` need not be sorted; the output does not depend on their order.
+pub fn render<'a>(
+    name: &str,
+    spec: &DotProxyConfigSpec,
+    pods: impl IntoIterator<Item = &'a PodInfo>,
+    nodes: &NodeLabels,
+) -> Result<Rendered, Invalid> {
+    let mut errs = Vec::new();
+    if name.len() > MAX_NAME_LEN {
+        errs.push(format!("metadata.name: must be at most {MAX_NAME_LEN} characters (it is used as a label value)"));
+    }
+    let proxy = match proxy_config(spec) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            errs.extend(e);
+            None
+        }
+    };
+    let (Some(proxy), true) = (proxy, errs.is_empty()) else {
+        return Err(Invalid::Spec(errs));
+    };
+    let cm_name = spec.target.config_map_name.clone();
+    let config = ConfigMapContent::new(cm_name.clone(), CONFIG_KEY.into(), proxy.to_yaml());
+    if config.data.is_empty() {
+        return Err(Invalid::Spec(vec!["spec: the proxy config could not be serialized".into()]));
+    }
+    if config.data.len() > MAX_SHARD_BYTES {
+        return Err(Invalid::Spec(vec![format!(
+            "spec: config.yaml would be {} bytes, over the {MAX_SHARD_BYTES}-byte limit",
+            config.data.len()
+        )]));
+    }
+
+    let group_exists = |g: &str| spec.upstream_groups.iter().any(|x| x.name == g);
+    let shard_count = spec.target.override_shards.max(1);
+    let mut per_shard: Vec<OverridesFile> = vec![BTreeMap::new(); shard_count as usize];
+    let mut stats = RenderStats::default();
+    let mut problems = Vec::new();
+    let mut seen_ips: HashSet<IpAddr> = HashSet::new();
+
+    let mut pods: Vec<&PodInfo> = pods.into_iter().collect();
+    pods.sort_unstable_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    for pod in pods {
+        stats.annotated_pods += 1;
+        let Some(node) = pod.node_name.as_deref() else {
+            stats.pods_pending += 1;
+            continue;
+        };
+        if !node_selected(&spec.target.node_selector, nodes.get(node)) {
+            stats.pods_not_selected += 1;
+            continue;
+        }
+        let (req, found) = annotations::parse(&pod.annotations, group_exists);
+        for p in found {
+            problems.push(problem(pod, p.to_string()));
+        }
+        if pod.host_network {
+            problems.push(problem(
+                pod,
+                "pod uses hostNetwork: its addresses are the node's, shared with every host-network client, so its dns.dot-proxy.io annotations are ignored".into(),
+            ));
+            continue;
+        }
+        if pod.ips.is_empty() {
+            stats.pods_pending += 1;
+            continue;
+        }
+        if !req.has_rate_limit() && req.group.is_none() {
+            continue;
+        }
+        let shard = shard_of(node, shard_count) as usize;
+        let Some(file) = per_shard.get_mut(shard) else { continue };
+        let entry = file.entry(node.to_string()).or_default();
+        let mut applied = false;
+        for ip in &pod.ips {
+            // An address already claimed by a pod earlier in name order (a stale pod not yet
+            // gone): first one wins, so the output is deterministic.
+            if !seen_ips.insert(*ip) {
+                continue;
+            }
+            applied = true;
+            let cidr = host_cidr(*ip);
+            if req.has_rate_limit() {
+                entry.rate_limits.push(RateLimitOverride { cidr: cidr.clone(), qps: req.qps, burst: req.burst, exempt: req.exempt });
+                stats.entries += 1;
+            }
+            if let Some(group) = &req.group {
+                entry.client_groups.push(ClientGroup { cidr, group: group.clone() });
+                stats.entries += 1;
+            }
+        }
+        if applied {
+            stats.pods_applied += 1;
+        }
+    }
+
+    let mut shards = Vec::with_capacity(per_shard.len());
+    let mut too_large = Vec::new();
+    for (i, mut file) in per_shard.into_iter().enumerate() {
+        file.retain(|_, o| !o.rate_limits.is_empty() || !o.client_groups.is_empty());
+        for o in file.values_mut() {
+            sort_by_ip(&mut o.rate_limits, |r| &r.cidr);
+            sort_by_ip(&mut o.client_groups, |c| &c.cidr);
+        }
+        stats.nodes += file.len();
+        let data = serde_saphyr::to_string(&file)
+            .map_err(|e| Invalid::OverridesTooLarge(format!("cannot serialize shard {i}: {e}")))?;
+        // `i` is below `shard_count`, a u32.
+        let idx = i as u32;
+        stats.largest_shard_bytes = stats.largest_shard_bytes.max(data.len());
+        stats.total_shard_bytes += data.len();
+        if data.len() > MAX_SHARD_BYTES {
+            too_large.push(format!("shard {i} ({}, {} nodes) would be {} bytes", shard_name(&cm_name, idx), file.len(), data.len()));
+        }
+        shards.push(ConfigMapContent::new(shard_name(&cm_name, idx), shard_key(idx), data));
+    }
+    if !too_large.is_empty() {
+        return Err(Invalid::OverridesTooLarge(format!(
+            "pod overrides do not fit: {}; the limit is {MAX_SHARD_BYTES} bytes per shard, so raise spec.target.overrideShards (and the chart's shard count with it)",
+            too_large.join(", ")
+        )));
+    }
+    let mut h = Sha256::new();
+    for s in &shards {
+        h.update(s.hash.as_bytes());
+    }
+    let overrides_hash = hex(&h.finalize());
+    Ok(Rendered { config, shards, overrides_hash, problems, stats })
+}
+
+fn problem(pod: &PodInfo, message: String) -> PodProblem {
+    PodProblem { namespace: pod.namespace.clone(), name: pod.name.clone(), uid: pod.uid.clone(), message }
+}
+
+/// Every selector label must be on the node; an empty selector takes every node, and a node
+/// not (yet) known matches only the empty selector.
+fn node_selected(selector: &BTreeMap<String, String>, labels: Option<&BTreeMap<String, String>>) -> bool {
+    if selector.is_empty() {
+        return true;
+    }
+    labels.is_some_and(|l| selector.iter().all(|(k, v)| l.get(k) == Some(v)))
+}
+
+fn host_cidr(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(a) => format!("{a}/32"),
+        IpAddr::V6(a) => format!("{a}/128"),
+    }
+}
+
+fn sort_by_ip<T>(v: &mut [T], cidr: impl Fn(&T) -> &String) {
+    v.sort_by_cached_key(|x| {
+        let c = cidr(x);
+        let ip = c.split('/').next().and_then(|ip| ip.parse::<IpAddr>().ok());
+        (ip, c.clone())
+    });
+}
+
+/// SHA-256 of `data` as lowercase hex.
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex(&Sha256::digest(data))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// Parses a shard's content back (what the proxy does with each file in `overrides.dir`).
+pub fn parse_shard(data: &str) -> Result<OverridesFile, String> {
+    serde_saphyr::from_str(data).map_err(|e| e.to_string())
+}
+
+/// Every entry of a node's overrides, for tests and `render` output checks.
+pub fn node_overrides<'a>(rendered: &'a Rendered, node: &str) -> Result<Option<NodeOverrides>, String> {
+    let shard: &'a ConfigMapContent = match rendered.shards.get(shard_of(node, rendered.shards.len() as u32) as usize) {
+        Some(s) => s,
+        None => return Ok(None),
+    };
+    Ok(parse_shard(&shard.data)?.remove(node))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,431 @@
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use dot_proxy::config::{Config, Policy};
+
+use super::*;
+use crate::resource::{Checked, DotProxyConfig, DotProxyConfigSpec};
+
+const EXAMPLE: &str = include_str!("../../examples/dotproxyconfig.yaml");
+
+fn example() -> DotProxyConfigSpec {
+    let r: DotProxyConfig = serde_saphyr::from_str(EXAMPLE).expect("example parses");
+    r.spec
+}
+
+fn spec_from(yaml: &str) -> DotProxyConfigSpec {
+    serde_saphyr::from_str(yaml).expect("spec parses")
+}
+
+const MINIMAL: &str = "
+upstreamGroups:
+  - name: public
+    servers:
+      - address: 1.1.1.1
+        tlsName: cloudflare-dns.com
+  - name: cluster
+    servers:
+      - address: 10.96.0.10
+        protocol: plain
+zones:
+  - zone: .
+    group: public
+  - zone: cluster.local
+    group: cluster
+target:
+  overrideShards: 4
+";
+
+fn pod(name: &str, node: &str, ips: &[&str], ann: &[(&str, &str)]) -> PodInfo {
+    PodInfo {
+        namespace: "apps".into(),
+        name: name.into(),
+        uid: format!("uid-{name}"),
+        node_name: Some(node.into()),
+        host_network: false,
+        ips: ips.iter().map(|i| i.parse().expect("ip")).collect(),
+        annotations: ann.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+    }
+}
+
+fn no_nodes() -> NodeLabels {
+    BTreeMap::new()
+}
+
+fn invalid_messages(r: Result<Rendered, Invalid>) -> Vec<String> {
+    match r {
+        Err(Invalid::Spec(m)) => m,
+        other => panic!("expected Invalid::Spec, got {other:?}"),
+    }
+}
+
+fn temp_path(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("dot-proxy-operator-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir.join(name)
+}
+
+#[test]
+fn minimal_spec_renders_a_config_the_proxy_loads() {
+    let r = render("default", &spec_from(MINIMAL), &[], &no_nodes()).expect("renders");
+    assert_eq!(r.config.name, "dot-proxy-config");
+    assert_eq!(r.config.key, "config.yaml");
+    let cfg = Config::from_yaml(&r.config.data).expect("proxy parses it");
+    cfg.validate().expect("proxy validates it");
+    assert_eq!(cfg.listen, vec!["169.254.20.10:53".parse().expect("addr")]);
+    assert_eq!(cfg.overrides.dir.as_deref(), Some(std::path::Path::new("/etc/dot-proxy/overrides")));
+    assert_eq!(cfg.overrides.node_name, None);
+    assert_eq!(cfg.upstream_groups[0].servers[0].address.port(), 853);
+    assert_eq!(cfg.upstream_groups[1].servers[0].address.port(), 53);
+    assert!(cfg.client_groups.is_empty() && cfg.rate_limit.overrides.is_empty());
+    assert!(cfg.node_local.enabled);
+
+    // The same check as `dot-proxy check-config FILE`.
+    let path = temp_path("minimal.yaml");
+    std::fs::write(&path, &r.config.data).expect("write");
+    Config::load(&path).expect("check-config accepts it");
+
+    // Always every shard, even with no pod at all.
+    assert_eq!(r.shards.len(), 4);
+    for (i, s) in r.shards.iter().enumerate() {
+        assert_eq!(s.name, format!("dot-proxy-config-overrides-{i}"));
+        assert_eq!(s.key, format!("shard-{i}.yaml"));
+        assert!(parse_shard(&s.data).expect("shard parses").is_empty());
+    }
+}
+
+#[test]
+fn the_example_renders_and_loads() {
+    let spec = example();
+    assert_eq!(spec.upstream_groups.len(), 3);
+    assert_eq!(spec.upstream_groups[0].policy, Checked::Known(Policy::Fastest));
+    let r = render("default", &spec, &[], &no_nodes()).expect("example renders");
+    let path = temp_path("example.yaml");
+    std::fs::write(&path, &r.config.data).expect("write");
+    let cfg = Config::load(&path).expect("check-config accepts the example");
+    let public = &cfg.upstream_groups[0];
+    let names: Vec<_> = public.servers.iter().map(|s| s.label()).collect();
+    assert_eq!(
+        names,
+        [
+            "tls://1.1.1.1:853#cloudflare-dns.com",
+            "tls://1.0.0.1:853#cloudflare-dns.com",
+            "tls://8.8.8.8:853#dns.google",
+            "tls://8.8.4.4:853#dns.google"
+        ]
+    );
+    let zones: Vec<_> = cfg.zones.iter().map(|z| (z.zone.as_str(), z.group.as_str())).collect();
+    assert_eq!(
+        zones,
+        [(".", "public"), ("cluster.local", "cluster"), ("10.in-addr.arpa", "cluster"), ("d.f.ip6.arpa", "cluster")]
+    );
+    assert!(cfg.rate_limit.enabled);
+    assert!(!cfg.allow_plain_default);
+}
+
+#[test]
+fn hash_is_sha256_of_the_data_and_follows_content() {
+    let spec = spec_from(MINIMAL);
+    let a = render("default", &spec, &[], &no_nodes()).expect("renders");
+    assert_eq!(a.config.hash, sha256_hex(a.config.data.as_bytes()));
+    assert_eq!(a.config.hash.len(), 64);
+    let b = render("default", &spec, &[], &no_nodes()).expect("renders");
+    assert_eq!(a, b, "rendering is deterministic");
+    let mut changed = spec.clone();
+    changed.cache.max_ttl = 600;
+    let c = render("default", &changed, &[], &no_nodes()).expect("renders");
+    assert_ne!(a.config.hash, c.config.hash);
+    assert_eq!(a.overrides_hash, c.overrides_hash, "no pod changed");
+    assert_eq!(sha256_hex(b""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+}
+
+#[test]
+fn bad_addresses_are_invalid_with_the_field_named() {
+    let mut spec = spec_from(MINIMAL);
+    spec.upstream_groups[0].servers[0].address = "1.1.1.999:853".into();
+    spec.listen = vec!["169.254.20.10".into()];
+    spec.node_local.addresses = vec!["not-an-ip".into()];
+    let m = invalid_messages(render("default", &spec, &[], &no_nodes()));
+    let joined = m.join("\n");
+    assert!(joined.contains("spec.upstreamGroups[0].servers[0].address: \"1.1.1.999:853\" is not an IP address"), "{joined}");
+    assert!(joined.contains("spec.listen[0]: \"169.254.20.10\" is not IP:PORT"), "{joined}");
+    assert!(joined.contains("spec.nodeLocal.addresses[0]"), "{joined}");
+    // The group whose only server was refused is not reported a second time.
+    assert!(!joined.contains("at least one server"), "{joined}");
+}
+
+#[test]
+fn unknown_enum_values_are_invalid() {
+    let yaml = MINIMAL.replace("  - name: public\n", "  - name: public\n    policy: random\n");
+    let spec = spec_from(&yaml);
+    assert_eq!(spec.upstream_groups[0].policy, Checked::Unknown("random".into()));
+    let m = invalid_messages(render("default", &spec, &[], &no_nodes()));
+    assert_eq!(
+        m,
+        ["spec.upstreamGroups[0].policy: \"random\" is not a valid value (expected failover, round_robin, fastest, race)"]
+    );
+    let mut spec = spec_from(MINIMAL);
+    spec.rate_limit.action = Checked::Unknown("tarpit".into());
+    spec.upstream_groups[0].timeout = Checked::Unknown("2 sec".into());
+    let m = invalid_messages(render("default", &spec, &[], &no_nodes()));
+    assert_eq!(m.len(), 2, "{m:?}");
+}
+
+#[test]
+fn pins_must_be_base64_sha256() {
+    let mut spec = spec_from(MINIMAL);
+    let good = "YLh1dUR9y6Kja30RrAn7JKnbQG/uEtLMkBgFF2Fuihg=";
+    spec.upstream_groups[0].servers[0].spki_pins = vec![good.into(), "not base64!".into(), "AAAAAAAAAAAAAAAAAAAAAA==".into()];
+    let m = invalid_messages(render("default", &spec, &[], &no_nodes()));
+    assert_eq!(m.len(), 2, "{m:?}");
+    assert!(m[0].starts_with("spec.upstreamGroups[0].servers[0].spkiPins[1]: not valid base64"), "{m:?}");
+    assert!(m[1].starts_with("spec.upstreamGroups[0].servers[0].spkiPins[2]: decodes to 16 bytes"), "{m:?}");
+    spec.upstream_groups[0].servers[0].spki_pins = vec![good.into()];
+    render("default", &spec, &[], &no_nodes()).expect("a valid pin renders");
+}
+
+#[test]
+fn plain_dns_for_the_root_zone_needs_the_opt_in() {
+    let mut spec = spec_from(MINIMAL);
+    spec.zones[0].group = "cluster".into();
+    let m = invalid_messages(render("default", &spec, &[], &no_nodes()));
+    assert_eq!(m.len(), 1, "{m:?}");
+    assert!(m[0].starts_with("spec.zones[0].group: group \"cluster\" has plain-DNS servers"), "{m:?}");
+    assert!(m[0].contains("spec.allowPlainDefault: true"), "{m:?}");
+    spec.allow_plain_default = true;
+    let r = render("default", &spec, &[], &no_nodes()).expect("allowed with the opt-in");
+    assert!(Config::from_yaml(&r.config.data).expect("parses").allow_plain_default);
+}
+
+#[test]
+fn zone_references_and_the_default_route_are_checked() {
+    let mut spec = spec_from(MINIMAL);
+    spec.zones[1].group = "nowhere".into();
+    let m = invalid_messages(render("default", &spec, &[], &no_nodes()));
+    assert_eq!(m, ["spec.zones[1].group: no upstream group named \"nowhere\""]);
+    let mut spec = spec_from(MINIMAL);
+    spec.zones.remove(0);
+    let m = invalid_messages(render("default", &spec, &[], &no_nodes()));
+    assert_eq!(m, ["spec.zones: a route for \".\" (the default) is required"]);
+    let long = "x".repeat(64);
+    let m = invalid_messages(render(&long, &spec_from(MINIMAL), &[], &no_nodes()));
+    assert!(m[0].starts_with("metadata.name"), "{m:?}");
+}
+
+#[test]
+fn ranges_the_schema_should_catch_are_still_checked() {
+    let mut spec = spec_from(MINIMAL);
+    spec.cache.min_ttl = 100;
+    spec.cache.max_ttl = 10;
+    spec.rate_limit.ipv6_prefix = 0;
+    spec.upstream_groups[0].servers[0].pool_size = 0;
+    let m = invalid_messages(render("default", &spec, &[], &no_nodes()));
+    let joined = m.join("\n");
+    assert!(joined.contains("spec.cache.minTtl: 100 is above spec.cache.maxTtl (10)"), "{joined}");
+    assert!(joined.contains("spec.rateLimit.ipv6Prefix"), "{joined}");
+    assert!(joined.contains("spec.upstreamGroups[0].servers[0].poolSize"), "{joined}");
+}
+
+const QPS: &str = "dns.dot-proxy.io/qps";
+const BURST: &str = "dns.dot-proxy.io/burst";
+const EXEMPT: &str = "dns.dot-proxy.io/rate-limit-exempt";
+const GROUP: &str = "dns.dot-proxy.io/upstream-group";
+
+#[test]
+fn annotated_pods_become_host_entries_in_their_nodes_shard() {
+    let spec = spec_from(MINIMAL);
+    let pods = vec![
+        pod("limited", "node-a", &["10.244.1.5", "fd00:10:244::5"], &[(QPS, "50"), (BURST, "100")]),
+        pod("exempt", "node-a", &["10.244.1.6"], &[(EXEMPT, "true")]),
+        pod("routed", "node-b", &["10.244.2.7"], &[(GROUP, "cluster")]),
+        pod("both", "node-b", &["10.244.2.8"], &[(GROUP, "public"), (QPS, "5")]),
+        pod("no-op", "node-b", &["10.244.2.9"], &[(EXEMPT, "false")]),
+    ];
+    let r = render("default", &spec, &pods, &no_nodes()).expect("renders");
+    assert!(r.problems.is_empty(), "{:?}", r.problems);
+    assert_eq!(r.stats.annotated_pods, 5);
+    assert_eq!(r.stats.pods_applied, 4);
+    assert_eq!(r.stats.entries, 6);
+    assert_eq!(r.stats.nodes, 2);
+
+    let a = node_overrides(&r, "node-a").expect("parses").expect("node-a present");
+    let cidrs: Vec<_> = a.rate_limits.iter().map(|o| (o.cidr.as_str(), o.qps, o.burst, o.exempt)).collect();
+    assert_eq!(
+        cidrs,
+        [
+            ("10.244.1.5/32", Some(50.0), Some(100), false),
+            ("10.244.1.6/32", None, None, true),
+            ("fd00:10:244::5/128", Some(50.0), Some(100), false),
+        ]
+    );
+    assert!(a.client_groups.is_empty());
+    let b = node_overrides(&r, "node-b").expect("parses").expect("node-b present");
+    let groups: Vec<_> = b.client_groups.iter().map(|c| (c.cidr.as_str(), c.group.as_str())).collect();
+    assert_eq!(groups, [("10.244.2.7/32", "cluster"), ("10.244.2.8/32", "public")]);
+    assert_eq!(b.rate_limits.len(), 1);
+
+    // Each node sits in shard fnv1a64(node) % 4, and nowhere else.
+    for node in ["node-a", "node-b"] {
+        for (i, s) in r.shards.iter().enumerate() {
+            let here = parse_shard(&s.data).expect("parses").contains_key(node);
+            assert_eq!(here, i == (fnv1a64(node.as_bytes()) % 4) as usize, "{node} in shard {i}");
+        }
+    }
+}
+
+#[test]
+fn shard_entries_pass_the_proxys_own_checks() {
+    // The proxy validates overrides with the same rules as rate_limit.overrides and
+    // client_groups in its config; fold every shard entry into one and validate it.
+    let spec = example();
+    let pods: Vec<PodInfo> = (0..200)
+        .map(|i| {
+            let ip = format!("10.244.{}.{}", i / 200, i % 200 + 2);
+            let ann: &[(&str, &str)] = match i % 4 {
+                0 => &[(QPS, "20"), (BURST, "40")],
+                1 => &[(EXEMPT, "true")],
+                2 => &[(GROUP, "cloudflare")],
+                _ => &[(GROUP, "cluster"), (QPS, "2.5")],
+            };
+            pod(&format!("p{i}"), &format!("node-{}", i % 17), &[&ip], ann)
+        })
+        .collect();
+    let r = render("default", &spec, &pods, &no_nodes()).expect("renders");
+    let mut cfg = Config::from_yaml(&r.config.data).expect("parses");
+    for s in &r.shards {
+        for (_, o) in parse_shard(&s.data).expect("parses") {
+            cfg.rate_limit.overrides.extend(o.rate_limits);
+            cfg.client_groups.extend(o.client_groups);
+        }
+    }
+    assert_eq!(cfg.rate_limit.overrides.len() + cfg.client_groups.len(), r.stats.entries);
+    assert_eq!(r.stats.entries, 250);
+    cfg.validate().expect("every entry is valid for the proxy");
+}
+
+#[test]
+fn invalid_annotations_are_reported_and_never_break_other_pods() {
+    let spec = spec_from(MINIMAL);
+    let pods = vec![
+        pod("good", "node-a", &["10.244.1.5"], &[(QPS, "50")]),
+        pod("bad-qps", "node-a", &["10.244.1.6"], &[(QPS, "lots"), (BURST, "9")]),
+        pod("bad-group", "node-a", &["10.244.1.7"], &[(GROUP, "secret-resolvers")]),
+        pod("bad-exempt", "node-a", &["10.244.1.8"], &[(EXEMPT, "yes please")]),
+    ];
+    let r = render("default", &spec, &pods, &no_nodes()).expect("still renders");
+    let msgs: Vec<_> = r.problems.iter().map(|p| (p.name.as_str(), p.uid.as_str(), p.message.as_str())).collect();
+    assert_eq!(msgs.len(), 3, "{msgs:?}");
+    assert_eq!(msgs[0].0, "bad-exempt");
+    assert_eq!(msgs[0].1, "uid-bad-exempt");
+    assert!(msgs[1].2.contains("upstream-group=\"secret-resolvers\" ignored: no upstream group"), "{msgs:?}");
+    assert!(msgs[2].2.contains("qps=\"lots\" ignored"), "{msgs:?}");
+    let a = node_overrides(&r, "node-a").expect("parses").expect("present");
+    let got: Vec<_> = a.rate_limits.iter().map(|o| (o.cidr.as_str(), o.qps, o.burst)).collect();
+    // The bad pod's valid annotation (burst) still applies.
+    assert_eq!(got, [("10.244.1.5/32", Some(50.0), None), ("10.244.1.6/32", None, Some(9))]);
+    assert!(a.client_groups.is_empty());
+}
+
+#[test]
+fn pod_removal_and_ip_change_update_only_that_shard() {
+    let spec = spec_from(MINIMAL);
+    let mut pods: Vec<PodInfo> = (0..40)
+        .map(|i| pod(&format!("p{i}"), &format!("node-{}", i % 8), &[&format!("10.244.0.{}", i + 10)], &[(QPS, "10")]))
+        .collect();
+    let before = render("default", &spec, &pods, &no_nodes()).expect("renders");
+
+    // Pod p3 goes away.
+    let gone = pods.remove(3);
+    let after = render("default", &spec, &pods, &no_nodes()).expect("renders");
+    let node = gone.node_name.clone().expect("node");
+    let shard = shard_of(&node, 4) as usize;
+    for i in 0..4 {
+        assert_eq!(before.shards[i] == after.shards[i], i != shard, "shard {i}");
+    }
+    assert_eq!(before.config, after.config);
+    assert_ne!(before.overrides_hash, after.overrides_hash);
+    let entries = node_overrides(&after, &node).expect("parses").expect("node still has pods");
+    assert!(entries.rate_limits.iter().all(|o| o.cidr != "10.244.0.13/32"));
+
+    // p5 gets a new IP: the old entry goes, the new one comes.
+    pods[4].ips = vec!["10.244.9.9".parse().expect("ip")];
+    assert_eq!(pods[4].name, "p5");
+    let moved = render("default", &spec, &pods, &no_nodes()).expect("renders");
+    let e = node_overrides(&moved, "node-5").expect("parses").expect("present");
+    let cidrs: Vec<_> = e.rate_limits.iter().map(|o| o.cidr.as_str()).collect();
+    assert!(cidrs.contains(&"10.244.9.9/32") && !cidrs.contains(&"10.244.0.15/32"), "{cidrs:?}");
+
+    // The last pod of a node goes: the node's key goes with it.
+    let lone = vec![pod("solo", "node-x", &["10.1.1.1"], &[(QPS, "1")])];
+    let with = render("default", &spec, &lone, &no_nodes()).expect("renders");
+    assert!(node_overrides(&with, "node-x").expect("parses").is_some());
+    let without = render("default", &spec, &[], &no_nodes()).expect("renders");
+    assert!(node_overrides(&without, "node-x").expect("parses").is_none());
+}
+
+#[test]
+fn output_does_not_depend_on_pod_order() {
+    let spec = spec_from(MINIMAL);
+    let mut pods: Vec<PodInfo> = (0..50)
+        .map(|i| pod(&format!("p{i}"), &format!("node-{}", i % 3), &[&format!("10.3.0.{}", 200 - i)], &[(QPS, "3")]))
+        .collect();
+    let a = render("default", &spec, &pods, &no_nodes()).expect("renders");
+    pods.reverse();
+    let b = render("default", &spec, &pods, &no_nodes()).expect("renders");
+    assert_eq!(a, b);
+}
+
+#[test]
+fn node_selector_pending_pods_host_network_and_duplicate_ips() {
+    let mut spec = spec_from(MINIMAL);
+    spec.target.node_selector = [("dns.dot-proxy.io/enabled".to_string(), "true".to_string())].into();
+    let mut nodes = NodeLabels::new();
+    nodes.insert("in".into(), spec.target.node_selector.clone());
+    nodes.insert("out".into(), [("pool".to_string(), "gpu".to_string())].into());
+    let mut host = pod("host", "in", &["192.168.0.10"], &[(EXEMPT, "true")]);
+    host.host_network = true;
+    let mut unscheduled = pod("unscheduled", "in", &[], &[(QPS, "5")]);
+    unscheduled.node_name = None;
+    let pods = vec![
+        pod("a-first", "in", &["10.9.0.1"], &[(QPS, "5")]),
+        pod("b-stale", "in", &["10.9.0.1"], &[(QPS, "7")]),
+        pod("elsewhere", "out", &["10.9.0.2"], &[(QPS, "5")]),
+        pod("unknown-node", "gone", &["10.9.0.3"], &[(QPS, "5")]),
+        pod("starting", "in", &[], &[(QPS, "5")]),
+        unscheduled,
+        host,
+    ];
+    let r = render("default", &spec, &pods, &nodes).expect("renders");
+    assert_eq!(r.stats.pods_not_selected, 2);
+    assert_eq!(r.stats.pods_pending, 2);
+    assert_eq!(r.stats.pods_applied, 1);
+    assert_eq!(r.problems.len(), 1);
+    assert!(r.problems[0].message.contains("hostNetwork"));
+    let e = node_overrides(&r, "in").expect("parses").expect("present");
+    let got: Vec<_> = e.rate_limits.iter().map(|o| (o.cidr.as_str(), o.qps)).collect();
+    assert_eq!(got, [("10.9.0.1/32", Some(5.0))]);
+    assert!(node_overrides(&r, "out").expect("parses").is_none());
+}
+
+#[test]
+fn overrides_over_the_shard_limit_are_invalid() {
+    let mut spec = spec_from(MINIMAL);
+    spec.target.override_shards = 1;
+    let pods: Vec<PodInfo> = (0..12_000u32)
+        .map(|i| {
+            let ip = IpAddr::from([10, 200, (i / 250) as u8, (i % 250) as u8]).to_string();
+            pod(&format!("p{i}"), &format!("node-{}", i % 100), &[&ip], &[(QPS, "10"), (BURST, "20"), (GROUP, "cluster")])
+        })
+        .collect();
+    match render("default", &spec, &pods, &no_nodes()) {
+        Err(e @ Invalid::OverridesTooLarge(_)) => {
+            assert_eq!(e.reason(), "OverridesTooLarge");
+            let m = e.to_string();
+            assert!(m.contains("dot-proxy-config-overrides-0") && m.contains("overrideShards"), "{m}");
+        }
+        other => panic!("expected OverridesTooLarge, got {:?}", other.map(|r| r.stats)),
+    }
+    spec.target.override_shards = 8;
+    let r = render("default", &spec, &pods, &no_nodes()).expect("fits in 8 shards");
+    assert!(r.stats.largest_shard_bytes <= MAX_SHARD_BYTES);
+}

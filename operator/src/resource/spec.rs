@@ -1,0 +1,431 @@
+//! `DotProxyConfig` (`dns.dot-proxy.io/v1alpha1`): what the proxies on the nodes should run.
+//!
+//! Field names are camelCase (the Kubernetes convention); the render module converts a spec
+//! into the proxy's own `dot_proxy::config::Config` (snake_case YAML). Where a proxy type fits
+//! (policies, protocols, durations, actions) it is reused, wrapped in [`Checked`] so its schema
+//! stays the proxy's own.
+//!
+//! The schema refuses at `kubectl apply` time what it can: required fields, enums, ranges,
+//! lengths, and CEL rules (`x-kubernetes-validations`) for references between fields. Whatever
+//! passes still goes through the proxy's `Config::validate()` before anything is written.
+
+use std::collections::BTreeMap;
+
+use dot_proxy::config::{Dur, Firewall, LimitAction, LogFormat, Policy, Protocol};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::checked::Checked;
+use super::status::DotProxyConfigStatus;
+
+/// Configuration of the node-local DNS proxies: upstream groups reached over TLS, zone routes,
+/// cache, rate limits, and which ConfigMaps the proxies read.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "dns.dot-proxy.io",
+    version = "v1alpha1",
+    kind = "DotProxyConfig",
+    plural = "dotproxyconfigs",
+    shortname = "dpc",
+    namespaced,
+    status = "DotProxyConfigStatus",
+    derive = "PartialEq",
+    doc = "Configuration of the node-local DNS-over-TLS proxies (dot-proxy), rendered by dot-proxy-operator into ConfigMaps.",
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "ConfigMap", type_ = "string", json_path = ".status.configMap"),
+    printcolumn(name = "Pods", type_ = "integer", description = "Pods whose annotation overrides are applied", json_path = ".status.podOverrides"),
+    printcolumn(name = "Hash", type_ = "string", priority = 1, description = "SHA-256 of config.yaml", json_path = ".status.configHash"),
+    printcolumn(name = "Reason", type_ = "string", priority = 1, json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self.zones.exists(z, z.zone == '.')",
+        "message": "zones must route \".\" (every name not routed elsewhere) to a group"
+    },
+    {
+        "rule": "self.zones.all(z, self.upstreamGroups.exists(g, g.name == z.group))",
+        "message": "every zones[].group must name one of upstreamGroups"
+    },
+    {
+        "rule": "(has(self.allowPlainDefault) && self.allowPlainDefault) || !self.zones.exists(z, z.zone == '.' && self.upstreamGroups.exists(g, g.name == z.group && g.servers.exists(s, has(s.protocol) && s.protocol == 'plain')))",
+        "message": "the group serving \".\" has plain-DNS servers; set allowPlainDefault: true to forward unencrypted by default"
+    }
+]))]
+pub struct DotProxyConfigSpec {
+    /// Addresses the proxies serve plain DNS on (UDP and TCP), as `IP:PORT`
+    /// (IPv6 in brackets: `[fd00::10]:53`).
+    #[serde(default = "default_listen")]
+    #[schemars(length(min = 1, max = 8), inner(length(max = 64)))]
+    pub listen: Vec<String>,
+
+    /// Named groups of upstream resolvers.
+    #[schemars(length(min = 1, max = 16))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub upstream_groups: Vec<UpstreamGroupSpec>,
+
+    /// Zone routing: the longest matching suffix wins; `.` is the default route and is required.
+    #[schemars(length(min = 1, max = 128))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["zone"]))]
+    pub zones: Vec<ZoneSpec>,
+
+    /// Allow the group that serves `.` to contain plain-DNS servers. Off by default, so that
+    /// everything not explicitly routed to an in-cluster resolver leaves the node encrypted.
+    #[serde(default)]
+    pub allow_plain_default: bool,
+
+    #[serde(default)]
+    pub cache: CacheSpec,
+
+    /// Default per-client rate limit; pods can be given their own with annotations.
+    #[serde(default)]
+    pub rate_limit: RateLimitSpec,
+
+    #[serde(default)]
+    pub privacy: PrivacySpec,
+
+    /// The node-local address: a dummy interface holding a link-local IP and conntrack
+    /// bypass rules, set up on every node.
+    #[serde(default)]
+    pub node_local: NodeLocalSpec,
+
+    #[serde(default)]
+    pub log: LogSpec,
+
+    /// Address of the proxies' HTTP server for /metrics, /healthz and /readyz; empty turns it
+    /// off. The proxies run on the host network, so this is reachable on the node's address.
+    #[serde(default = "default_admin_listen")]
+    #[schemars(length(max = 64))]
+    pub admin_listen: String,
+
+    /// Which ConfigMaps are written and which pods' annotations are applied.
+    #[serde(default)]
+    pub target: TargetSpec,
+}
+
+fn default_listen() -> Vec<String> {
+    vec!["169.254.20.10:53".into()]
+}
+
+fn default_admin_listen() -> String {
+    "0.0.0.0:9253".into()
+}
+
+/// A named group of upstream servers and how it picks one for each query.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpstreamGroupSpec {
+    /// Referenced by `zones[].group` and by the `dns.dot-proxy.io/upstream-group` pod annotation.
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9_]*[a-z0-9])?$"))]
+    pub name: String,
+
+    /// `failover` (first healthy server, in order), `round_robin`, `fastest` (lowest smoothed
+    /// latency) or `race` (ask two at once).
+    #[serde(default = "default_policy")]
+    pub policy: Checked<Policy>,
+
+    /// Time to wait for an answer before the client gets SERVFAIL (or a stale answer).
+    #[serde(default = "default_timeout")]
+    pub timeout: Checked<Dur>,
+
+    #[schemars(length(min = 1, max = 8))]
+    pub servers: Vec<UpstreamServerSpec>,
+}
+
+fn default_policy() -> Checked<Policy> {
+    Checked::Known(Policy::Failover)
+}
+
+fn default_timeout() -> Checked<Dur> {
+    Checked::Known(Dur::secs(2))
+}
+
+/// One upstream resolver.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.protocol) || self.protocol != 'plain' || (!has(self.tlsName) && (!has(self.spkiPins) || size(self.spkiPins) == 0))",
+        "message": "plain servers take no tlsName or spkiPins"
+    },
+    {
+        "rule": "(has(self.protocol) && self.protocol == 'plain') || has(self.tlsName) || (has(self.spkiPins) && size(self.spkiPins) > 0 && has(self.verifyCa) && !self.verifyCa)",
+        "message": "a TLS server needs tlsName (the name its certificate must be valid for), or spkiPins with verifyCa: false"
+    },
+    {
+        "rule": "!has(self.verifyCa) || self.verifyCa || (has(self.spkiPins) && size(self.spkiPins) > 0)",
+        "message": "verifyCa may be false only when spkiPins are set"
+    }
+]))]
+pub struct UpstreamServerSpec {
+    /// `IP:PORT` (IPv6 in brackets), or a bare IP for the protocol's default port
+    /// (853 for TLS, 53 for plain).
+    #[schemars(length(min = 1, max = 64), regex(pattern = r"^(\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f:.]+)(:[0-9]{1,5})?$"))]
+    pub address: String,
+
+    /// `tls` (DNS over TLS, RFC 7858, always verified) or `plain` (UDP with TCP fallback;
+    /// only for in-cluster resolvers).
+    #[serde(default = "default_protocol")]
+    pub protocol: Checked<Protocol>,
+
+    /// Name the server's certificate must be valid for, e.g. `cloudflare-dns.com`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub tls_name: Option<String>,
+
+    /// Base64 SHA-256 digests of the server's SubjectPublicKeyInfo (RFC 7858 section 4.2);
+    /// with pins the server's key must match one of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8), inner(regex(pattern = r"^[A-Za-z0-9+/]{43}=$")))]
+    pub spki_pins: Vec<String>,
+
+    /// Also verify the certificate chain against the system CAs. `false` with pins gives
+    /// pin-only authentication.
+    #[serde(default = "yes")]
+    pub verify_ca: bool,
+
+    /// Long-lived TLS connections each proxy keeps to this server.
+    #[serde(default = "default_pool_size")]
+    #[schemars(range(min = 1, max = 64))]
+    pub pool_size: u32,
+
+    /// Close a connection after this long without traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<Checked<Dur>>,
+
+    /// Re-open connections at least this often, so certificates are verified again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connection_age: Option<Checked<Dur>>,
+
+    /// Time allowed for TCP connect plus TLS handshake.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout: Option<Checked<Dur>>,
+}
+
+fn default_protocol() -> Checked<Protocol> {
+    Checked::Known(Protocol::Tls)
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_pool_size() -> u32 {
+    2
+}
+
+/// Which group answers a zone.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ZoneSpec {
+    /// A domain (`cluster.local`, `10.in-addr.arpa`) or `.` for everything else.
+    #[schemars(length(min = 1, max = 254), regex(pattern = r"^(\.|[A-Za-z0-9_-]{1,63}(\.[A-Za-z0-9_-]{1,63})*\.?)$"))]
+    pub zone: String,
+
+    /// Name of one of `upstreamGroups`.
+    #[schemars(length(min = 1, max = 63))]
+    pub group: String,
+}
+
+/// The answer cache of each proxy.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[schemars(extend("x-kubernetes-validations" = [
+    { "rule": "self.minTtl <= self.maxTtl", "message": "minTtl must not be above maxTtl" }
+]))]
+pub struct CacheSpec {
+    pub enabled: bool,
+    /// Most answers kept.
+    #[schemars(range(min = 1, max = 10_000_000))]
+    pub max_entries: u32,
+    /// Most bytes of answers kept.
+    #[schemars(range(min = 4096, max = 17_179_869_184_u64))]
+    pub max_bytes: u64,
+    /// Lower clamp on positive TTLs, seconds.
+    #[schemars(range(max = 86_400))]
+    pub min_ttl: u32,
+    /// Upper clamp on positive TTLs, seconds.
+    #[schemars(range(max = 604_800))]
+    pub max_ttl: u32,
+    /// Upper clamp on negative (NXDOMAIN/NODATA) TTLs, seconds.
+    #[schemars(range(max = 86_400))]
+    pub negative_max_ttl: u32,
+    /// How long a SERVFAIL is kept, seconds (RFC 9520 caps it at 300).
+    #[schemars(range(max = 300))]
+    pub servfail_ttl: u32,
+    /// Serve expired answers up to this long after expiry when upstreams fail (RFC 8767);
+    /// `0s` turns serve-stale off.
+    pub stale_max_age: Checked<Dur>,
+    /// TTL put on stale answers, seconds.
+    #[schemars(range(min = 1, max = 3600))]
+    pub stale_ttl: u32,
+    pub prefetch: PrefetchSpec,
+}
+
+impl Default for CacheSpec {
+    fn default() -> Self {
+        CacheSpec {
+            enabled: true,
+            max_entries: 100_000,
+            max_bytes: 64 * 1024 * 1024,
+            min_ttl: 0,
+            max_ttl: 86_400,
+            negative_max_ttl: 3_600,
+            servfail_ttl: 5,
+            stale_max_age: Checked::Known(Dur::secs(86_400)),
+            stale_ttl: 30,
+            prefetch: PrefetchSpec::default(),
+        }
+    }
+}
+
+/// Refreshing popular names before they expire.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct PrefetchSpec {
+    pub enabled: bool,
+    /// A name is hot once it has been asked this many times during its TTL.
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub min_hits: u32,
+    /// At most this many names are kept hot at once.
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub top_n: u32,
+    /// Refresh when this fraction of the original TTL is left.
+    #[schemars(range(min = 0.0, max = 0.5))]
+    pub remaining_fraction: f64,
+}
+
+impl Default for PrefetchSpec {
+    fn default() -> Self {
+        PrefetchSpec { enabled: true, min_hits: 5, top_n: 1000, remaining_fraction: 0.1 }
+    }
+}
+
+/// Per-client (per source address) query rate limit.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct RateLimitSpec {
+    pub enabled: bool,
+    /// Sustained queries per second per client.
+    #[schemars(range(min = 0.001, max = 1_000_000.0))]
+    pub qps: f64,
+    /// Queries a client may send at once.
+    #[schemars(range(min = 1, max = 10_000_000))]
+    pub burst: u32,
+    /// IPv6 clients are grouped by this prefix length.
+    #[schemars(range(min = 1, max = 128))]
+    pub ipv6_prefix: u8,
+    /// What an over-limit query gets: `refused` or `drop`.
+    pub action: Checked<LimitAction>,
+    /// Answer every Nth limited UDP query with TC=1 instead (0 = never).
+    #[schemars(range(max = 100))]
+    pub slip: u32,
+    /// Client buckets kept at most; idle ones are evicted first.
+    #[schemars(range(min = 1, max = 10_000_000))]
+    pub max_clients: u32,
+}
+
+impl Default for RateLimitSpec {
+    fn default() -> Self {
+        RateLimitSpec {
+            enabled: false,
+            qps: 200.0,
+            burst: 400,
+            ipv6_prefix: 64,
+            action: Checked::Known(LimitAction::Refused),
+            slip: 0,
+            max_clients: 65_536,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct PrivacySpec {
+    /// Remove EDNS Client Subnet from queries before they leave the node.
+    pub strip_ecs: bool,
+    /// Pad queries sent over TLS to a multiple of this many bytes (RFC 7830/8467); 0 = off.
+    #[schemars(range(max = 1024))]
+    pub padding_block: u16,
+}
+
+impl Default for PrivacySpec {
+    fn default() -> Self {
+        PrivacySpec { strip_ecs: true, padding_block: 128 }
+    }
+}
+
+/// The link-local address pods send DNS to, held by a dummy interface on every node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct NodeLocalSpec {
+    pub enabled: bool,
+    /// Name of the dummy interface.
+    #[schemars(length(min = 1, max = 15), regex(pattern = r"^[A-Za-z0-9_.-]+$"))]
+    pub interface: String,
+    /// IP addresses (IPv4 and/or IPv6) put on the interface.
+    #[schemars(length(max = 4), inner(length(max = 45)))]
+    pub addresses: Vec<String>,
+    /// DNS port on those addresses.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: u16,
+    /// Conntrack bypass rules: `auto` (nftables if present, else iptables), `nftables`,
+    /// `iptables` or `none`.
+    pub firewall: Checked<Firewall>,
+}
+
+impl Default for NodeLocalSpec {
+    fn default() -> Self {
+        NodeLocalSpec {
+            enabled: true,
+            interface: "dot-proxy0".into(),
+            addresses: vec!["169.254.20.10".into()],
+            port: 53,
+            firewall: Checked::Known(Firewall::Auto),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct LogSpec {
+    /// A tracing filter: `info`, `debug`, `dot_proxy=debug,info`. Query names appear only at debug.
+    #[schemars(length(min = 1, max = 256))]
+    pub level: String,
+    /// `text` or `json`.
+    pub format: Checked<LogFormat>,
+}
+
+impl Default for LogSpec {
+    fn default() -> Self {
+        LogSpec { level: "info".into(), format: Checked::Known(LogFormat::Json) }
+    }
+}
+
+/// Which proxies this resource configures.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct TargetSpec {
+    /// Name of the main ConfigMap, written in this resource's namespace with key `config.yaml`.
+    /// The override shards are `<configMapName>-overrides-<i>`.
+    #[schemars(length(min = 1, max = 200), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"))]
+    pub config_map_name: String,
+    /// Number of override shard ConfigMaps. The chart mounts exactly this many, so change both
+    /// together. Each node's pod overrides go to shard `fnv1a64(nodeName) % overrideShards`.
+    #[schemars(range(min = 1, max = 64))]
+    pub override_shards: u32,
+    /// Only pods on nodes with all these labels get their annotation overrides. Empty: all nodes.
+    pub node_selector: BTreeMap<String, String>,
+}
+
+impl Default for TargetSpec {
+    fn default() -> Self {
+        TargetSpec {
+            config_map_name: "dot-proxy-config".into(),
+            override_shards: 8,
+            node_selector: BTreeMap::new(),
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! What the operator reports back on a `DotProxyConfig`.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Condition type: the current spec is rendered and written.
+pub const READY: &str = "Ready";
+/// Condition type: the current spec (or the overrides it produces) cannot be rendered; the
+/// message says why. The last good ConfigMaps stay as they were.
+pub const INVALID: &str = "Invalid";
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DotProxyConfigStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// `Ready` and `Invalid`.
+    #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+
+    /// The main ConfigMap last written (key `config.yaml`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<String>,
+
+    /// SHA-256 (hex) of the `config.yaml` last written; the same value is the ConfigMap's
+    /// `dns.dot-proxy.io/config-hash` annotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_hash: Option<String>,
+
+    /// The override shard ConfigMaps last written, in shard order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub override_config_maps: Vec<String>,
+
+    /// SHA-256 (hex) over the shard hashes, in shard order: one fingerprint of every override.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overrides_hash: Option<String>,
+
+    /// Pods whose annotation overrides are in the shards.
+    #[serde(default)]
+    pub pod_overrides: u32,
+
+    /// Pods with at least one annotation value that was ignored (each got a Warning Event).
+    #[serde(default)]
+    pub pods_with_invalid_annotations: u32,
+
+    /// Size in bytes of the largest shard (limit: 900 KiB).
+    #[serde(default)]
+    pub largest_shard_bytes: u64,
+}

@@ -1,0 +1,23 @@
+//! The proxy's notion of "now" for TTLs, serve-stale, prefetch and rate limits: tokio's
+//! clock plus an offset that tests can move forward, so time-dependent behaviour is tested
+//! exactly without sleeping.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+#[derive(Debug, Default)]
+pub struct Clock {
+    offset_ms: AtomicU64,
+}
+
+impl Clock {
+    pub fn now(&self) -> Instant {
+        Instant::now() + Duration::from_millis(self.offset_ms.load(Ordering::Relaxed))
+    }
+    /// Moves this clock forward (tests).
+    pub fn advance(&self, d: Duration) {
+        self.offset_ms.fetch_add(d.as_millis() as u64, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,312 @@
+//! The proxy core: UDP/TCP in, pipelined DoT out, input validation.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::rr::RecordType;
+use tokio::net::TcpStream;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn udp_and_tcp_answers_and_nxdomain() {
+    let up = Upstream::start().await;
+    let p = Proxy::start(config_for(vec![up.server()])).await;
+    let m = udp(p.addr, "www.example.test.", RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(a_records(&m), vec!["192.0.2.1".parse::<std::net::Ipv4Addr>().expect("ip")]);
+    let m = tcp(p.addr, "tcp.example.test.", RecordType::A).await;
+    assert_eq!(a_records(&m).len(), 1);
+    let m = udp(p.addr, "nx1.example.test.", RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+    assert_eq!(m.authorities.len(), 1, "SOA kept in the authority section");
+    let m = tcp(p.addr, "nx2.example.test.", RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+}
+
+#[tokio::test]
+async fn ipv6_listener() {
+    let up = Upstream::start().await;
+    let mut cfg = config_for(vec![up.server()]);
+    cfg.listen = vec!["[::1]:0".parse().expect("addr")];
+    let Ok(server) = dot_proxy::server::Server::start(cfg).await else {
+        eprintln!("skipping: no IPv6 loopback here");
+        return;
+    };
+    let addr = server.listen_addrs()[0];
+    let sock = tokio::net::UdpSocket::bind("[::1]:0").await.expect("bind v6");
+    sock.send_to(&query(7, "v6.example.test.", RecordType::A, None), addr).await.expect("send");
+    let mut buf = [0u8; 512];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(5), sock.recv_from(&mut buf)).await.expect("answer").expect("recv");
+    assert_eq!(a_records(&Message::from_vec(&buf[..n]).expect("parse")).len(), 1);
+}
+
+#[tokio::test]
+async fn pipelined_tcp_queries_answered_out_of_order_and_matched() {
+    let up = Upstream::start().await;
+    let p = Proxy::start(config_for(vec![up.server()])).await;
+    let mut s = TcpStream::connect(p.addr).await.expect("connect");
+    // 150 distinct names on one connection, written back to back.
+    let mut batch = Vec::new();
+    for i in 0..150u16 {
+        let q = query(1000 + i, &format!("p{i}.example.test."), RecordType::A, None);
+        batch.extend_from_slice(&(q.len() as u16).to_be_bytes());
+        batch.extend_from_slice(&q);
+    }
+    tokio::io::AsyncWriteExt::write_all(&mut s, &batch).await.expect("write");
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..150 {
+        let m = Message::from_vec(&tcp_recv(&mut s).await.expect("answer")).expect("parse");
+        let i = m.metadata.id - 1000;
+        assert_eq!(m.queries[0].name().to_ascii(), format!("p{i}.example.test."), "answer matched to its query");
+        assert_eq!(a_records(&m).len(), 1);
+        assert!(seen.insert(i));
+    }
+    assert_eq!(seen.len(), 150);
+    // Few upstream connections, no handshake per query.
+    assert!(up.connections.load(Ordering::SeqCst) <= 2, "connections: {}", up.connections.load(Ordering::SeqCst));
+}
+
+#[tokio::test]
+async fn concurrent_clients_with_the_same_id_get_their_own_answers() {
+    let up = Upstream::start().await;
+    up.behaviour.delay_ms.store(20, Ordering::SeqCst);
+    let p = Proxy::start(config_for(vec![up.server()])).await;
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let addr = p.addr;
+        tasks.push(tokio::spawn(async move {
+            let name = format!("same{i}.example.test.");
+            let r = udp_raw(addr, &query(4242, &name, RecordType::A, None), Duration::from_secs(5)).await.expect("answer");
+            let m = Message::from_vec(&r).expect("parse");
+            assert_eq!(m.metadata.id, 4242);
+            assert_eq!(m.queries[0].name().to_ascii(), name);
+            assert_eq!(a_records(&m).len(), 1);
+        }));
+    }
+    for t in tasks {
+        t.await.expect("client");
+    }
+}
+
+#[tokio::test]
+async fn upstream_closing_idle_connections_loses_no_query() {
+    let up = Upstream::start().await;
+    up.behaviour.idle_close_ms.store(150, Ordering::SeqCst);
+    let p = Proxy::start(config_for(vec![up.server()])).await;
+    for round in 0..6 {
+        for i in 0..5 {
+            let m = udp(p.addr, &format!("idle{round}-{i}.example.test."), RecordType::A).await;
+            assert_eq!(m.metadata.response_code, ResponseCode::NoError, "round {round}");
+            assert_eq!(a_records(&m).len(), 1);
+        }
+        // Longer than the upstream's idle timeout: it closes, the next query must not fail.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test]
+async fn upstream_closing_after_each_answer_loses_no_query() {
+    // A server that closes right after answering: queries in flight on the dying
+    // connection are retried once on a fresh one.
+    let up = Upstream::start().await;
+    up.behaviour.close_after.store(5, Ordering::SeqCst);
+    let p = Proxy::start(config_for(vec![up.server()])).await;
+    let mut tasks = Vec::new();
+    for c in 0..10 {
+        let addr = p.addr;
+        tasks.push(tokio::spawn(async move {
+            for i in 0..4 {
+                let m = udp(addr, &format!("churn{c}-{i}.example.test."), RecordType::A).await;
+                assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("client");
+    }
+    assert!(up.connections.load(Ordering::SeqCst) >= 8, "the server really closed connections");
+}
+
+#[tokio::test]
+async fn edns_keepalive_from_the_server_shortens_our_idle_timeout() {
+    let up = Upstream::start().await;
+    up.behaviour.keepalive_units.store(3, Ordering::SeqCst); // 300 ms
+    let p = Proxy::start(config_for(vec![up.server()])).await;
+    udp(p.addr, "ka.example.test.", RecordType::A).await;
+    // The query carried the keepalive option (RFC 7828, client side).
+    let raw = up.raw.lock().expect("lock").last().cloned().expect("query seen");
+    let m = Message::from_vec(&raw).expect("parse");
+    let opts = m.edns.as_ref().expect("edns").options();
+    assert!(opts.as_ref().iter().any(|(c, _)| u16::from(*c) == 11), "edns-tcp-keepalive requested");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let metrics = p.metrics().await;
+    assert_eq!(metric(&metrics, "dot_proxy_upstream_connections_open{"), 0.0, "closed by us before the server's timeout:\n{metrics}");
+    // And the next query works on a fresh connection.
+    assert_eq!(a_records(&udp(p.addr, "ka2.example.test.", RecordType::A).await).len(), 1);
+}
+
+#[tokio::test]
+async fn wrong_certificate_name_gives_servfail_and_no_plaintext() {
+    let up = Upstream::start().await;
+    let mut s = up.server();
+    s.tls_name = Some("wrong.test".into());
+    let p = Proxy::start(config_for(vec![s])).await;
+    let m = udp(p.addr, "www.example.test.", RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+    assert_eq!(up.query_count(), 0, "nothing reached the upstream");
+}
+
+#[tokio::test]
+async fn unrelated_ca_gives_servfail() {
+    let up = Upstream::start().await;
+    let other = Pki::new();
+    let mut s = up.server();
+    s.ca_file = Some(other.ca_file.clone());
+    let p = Proxy::start(config_for(vec![s])).await;
+    let m = udp(p.addr, "www.example.test.", RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+    assert_eq!(up.query_count(), 0);
+}
+
+#[tokio::test]
+async fn stalled_upstream_gives_servfail_within_the_timeout() {
+    let up = Upstream::start().await;
+    up.behaviour.stall.store(true, Ordering::SeqCst);
+    let mut cfg = config_for(vec![up.server()]);
+    cfg.upstream_groups[0].timeout = dot_proxy::config::Dur::millis(500);
+    let p = Proxy::start(cfg).await;
+    let t = Instant::now();
+    let m = udp(p.addr, "stall.example.test.", RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+    let took = t.elapsed();
+    assert!(took >= Duration::from_millis(450) && took < Duration::from_millis(1500), "took {took:?}");
+}
+
+#[tokio::test]
+async fn large_answers_are_truncated_over_udp_and_whole_over_tcp() {
+    let up = Upstream::start().await;
+    let p = Proxy::start(config_for(vec![up.server()])).await;
+    // No EDNS: 512 bytes at most.
+    let r = udp_raw(p.addr, &query(9, "big.example.test.", RecordType::TXT, None), Duration::from_secs(5)).await.expect("answer");
+    assert!(r.len() <= 512);
+    let m = Message::from_vec(&r).expect("parse");
+    assert!(m.metadata.truncation, "TC=1");
+    assert!(m.answers.is_empty());
+    // EDNS 1232: still too big (about 3 KB).
+    let r = udp_raw(p.addr, &query(10, "big.example.test.", RecordType::TXT, Some((1232, false))), Duration::from_secs(5)).await.expect("answer");
+    assert!(r.len() <= 1232);
+    assert!(Message::from_vec(&r).expect("parse").metadata.truncation);
+    // EDNS 4096: fits.
+    let r = udp_raw(p.addr, &query(11, "big.example.test.", RecordType::TXT, Some((4096, false))), Duration::from_secs(5)).await.expect("answer");
+    let m = Message::from_vec(&r).expect("parse");
+    assert!(!m.metadata.truncation);
+    assert_eq!(m.answers.len(), 12);
+    // TCP: whole.
+    let m = tcp(p.addr, "big.example.test.", RecordType::TXT).await;
+    assert!(!m.metadata.truncation);
+    assert_eq!(m.answers.len(), 12);
+}
+
+#[tokio::test]
+async fn malformed_input_is_dropped_or_refused_without_harm() {
+    let up = Upstream::start().await;
+    let p = Proxy::start(config_for(vec![up.server()])).await;
+    let wait = Duration::from_millis(300);
+    // Shorter than a header: dropped.
+    assert!(udp_raw(p.addr, &[1, 2, 3], wait).await.is_none());
+    assert!(udp_raw(p.addr, &[], wait).await.is_none());
+    // QR=1: dropped.
+    let mut resp = query(5, "x.example.test.", RecordType::A, None);
+    resp[2] |= 0x80;
+    assert!(udp_raw(p.addr, &resp, wait).await.is_none());
+    // A question that does not parse: FORMERR, same ID.
+    let mut bad = query(6, "x.example.test.", RecordType::A, None);
+    bad.truncate(bad.len() - 3);
+    let r = udp_raw(p.addr, &bad, wait).await.expect("formerr");
+    assert_eq!((r[0], r[1], r[3] & 0xF), (0, 6, 1));
+    // Label length pointing past the end.
+    let mut bad = vec![0, 8, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 63, b'a'];
+    let r = udp_raw(p.addr, &bad, wait).await.expect("formerr");
+    assert_eq!(r[3] & 0xF, 1);
+    bad.clear();
+    // QDCOUNT 0 and 2: FORMERR.
+    let mut q0 = query(12, "x.example.test.", RecordType::A, None);
+    q0[5] = 0;
+    assert_eq!(udp_raw(p.addr, &q0, wait).await.expect("formerr")[3] & 0xF, 1);
+    let mut q2 = query(13, "x.example.test.", RecordType::A, None);
+    q2[5] = 2;
+    assert_eq!(udp_raw(p.addr, &q2, wait).await.expect("formerr")[3] & 0xF, 1);
+    // Opcode other than QUERY: NOTIMP.
+    let mut upd = query(14, "x.example.test.", RecordType::A, None);
+    upd[2] |= 5 << 3;
+    let r = udp_raw(p.addr, &upd, wait).await.expect("notimp");
+    assert_eq!(r[3] & 0xF, 4);
+    // Compression pointer loop in the question: FORMERR.
+    let lp = vec![0, 15, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xC0, 12, 0, 1, 0, 1];
+    assert_eq!(udp_raw(p.addr, &lp, wait).await.expect("formerr")[3] & 0xF, 1);
+    // Trailing garbage: FORMERR.
+    let mut tr = query(16, "x.example.test.", RecordType::A, None);
+    tr.extend_from_slice(&[1, 2, 3]);
+    assert_eq!(udp_raw(p.addr, &tr, wait).await.expect("formerr")[3] & 0xF, 1);
+    // EDNS version 1: BADVERS.
+    let mut v1 = query(17, "x.example.test.", RecordType::A, Some((1232, false)));
+    let n = v1.len();
+    v1[n - 5] = 1; // OPT TTL: ext-rcode, version, flags
+    let r = Message::from_vec(&udp_raw(p.addr, &v1, wait).await.expect("badvers")).expect("parse");
+    assert_eq!(u16::from(r.metadata.response_code), 16);
+    // TCP: a zero-length frame and garbage do not crash the connection handler or others.
+    let mut s = TcpStream::connect(p.addr).await.expect("connect");
+    tcp_send(&mut s, &[]).await;
+    tcp_send(&mut s, &[0xff; 40]).await;
+    let _ = tcp_recv(&mut s).await;
+    // After all that, the proxy still answers others.
+    let m = udp(p.addr, "still.example.test.", RecordType::A).await;
+    assert_eq!(a_records(&m).len(), 1);
+    assert_eq!(up.query_count(), 1, "nothing malformed was forwarded");
+}
+
+#[tokio::test]
+async fn tcp_slowloris_is_cut_off_and_idle_connections_closed() {
+    let up = Upstream::start().await;
+    let mut cfg = config_for(vec![up.server()]);
+    cfg.tcp.frame_timeout = dot_proxy::config::Dur::millis(300);
+    cfg.tcp.idle_timeout = dot_proxy::config::Dur::millis(500);
+    let p = Proxy::start(cfg).await;
+    // Half a frame, then silence: closed after the frame timeout.
+    let mut s = TcpStream::connect(p.addr).await.expect("connect");
+    tokio::io::AsyncWriteExt::write_all(&mut s, &[0, 40, 1, 2]).await.expect("write");
+    let t = Instant::now();
+    let mut b = [0u8; 1];
+    let n = tokio::time::timeout(Duration::from_secs(3), tokio::io::AsyncReadExt::read(&mut s, &mut b)).await.expect("closed in time");
+    assert!(matches!(n, Ok(0) | Err(_)));
+    assert!(t.elapsed() < Duration::from_millis(1500));
+    // An idle connection is closed after the idle timeout.
+    let mut s = TcpStream::connect(p.addr).await.expect("connect");
+    let n = tokio::time::timeout(Duration::from_secs(3), tokio::io::AsyncReadExt::read(&mut s, &mut b)).await.expect("closed in time");
+    assert!(matches!(n, Ok(0) | Err(_)));
+}
+
+#[tokio::test]
+async fn connection_pool_stays_small_under_load() {
+    let up = Upstream::start().await;
+    let p = Proxy::start(config_for(vec![up.server()])).await;
+    let mut tasks = Vec::new();
+    for c in 0..20 {
+        let addr = p.addr;
+        tasks.push(tokio::spawn(async move {
+            for i in 0..25 {
+                let m = udp(addr, &format!("load{c}-{i}.example.test."), RecordType::A).await;
+                assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("client");
+    }
+    let conns = up.connections.load(Ordering::SeqCst);
+    assert!(conns <= 2, "pool size is 2, opened {conns}");
+    let metrics = p.metrics().await;
+    assert!(metric(&metrics, "dot_proxy_upstream_connections_opened_total{") <= 2.0);
+}

@@ -1,0 +1,6 @@
+//! Integration tests: a real proxy on loopback against real in-process DoT upstreams.
+
+mod support;
+
+mod cache;
+mod core;

@@ -1,0 +1,389 @@
+//! Test fixtures: certificates made in the test (rcgen), a real in-process DNS-over-TLS
+//! upstream (tokio-rustls + hickory-proto) whose answers, TTLs, delays and connection
+//! behaviour the test controls, a proxy started in-process on loopback port 0, and plain
+//! UDP/TCP DNS clients.
+
+#![allow(dead_code)]
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::rdata::{A, SOA, TXT};
+use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio_rustls::TlsAcceptor;
+
+use dot_proxy::config::{Config, Dur, UpstreamServer};
+use dot_proxy::server::Server;
+
+/// A CA and a server certificate for `upstream.test` / 127.0.0.1, made fresh per test.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    pub ca_file: PathBuf,
+    pub cert_der: Vec<u8>,
+    pub key_der: Vec<u8>,
+    pub ca: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        let ca_key = rcgen::KeyPair::generate().expect("ca key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, "dot-proxy test CA");
+        let ca_cert = params.self_signed(&ca_key).expect("ca cert");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca_cert.pem()).expect("write ca");
+        let ca = rcgen::Issuer::new(params, ca_key);
+        let (cert_der, key_der) = Self::issue(&ca, &["upstream.test", "127.0.0.1"]);
+        Pki { dir, ca_file, cert_der, key_der, ca }
+    }
+
+    /// A new leaf (new key) for the given names, signed by this CA.
+    pub fn issue(ca: &rcgen::Issuer<'static, rcgen::KeyPair>, names: &[&str]) -> (Vec<u8>, Vec<u8>) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut sans = Vec::new();
+        for n in names {
+            sans.push(match IpAddr::from_str(n) {
+                Ok(ip) => rcgen::SanType::IpAddress(ip),
+                Err(_) => rcgen::SanType::DnsName((*n).try_into().expect("dns name")),
+            });
+        }
+        let mut params = rcgen::CertificateParams::default();
+        params.subject_alt_names = sans;
+        let cert = params.signed_by(&key, ca).expect("leaf");
+        (cert.der().to_vec(), key.serialize_der())
+    }
+
+    pub fn spki_pin(&self) -> String {
+        dot_proxy::upstream::tls_config::spki_pin_of(&self.cert_der).expect("pin")
+    }
+}
+
+/// How the upstream behaves; every field can change while it runs.
+#[derive(Default)]
+pub struct Behaviour {
+    /// Delay before each answer, ms.
+    pub delay_ms: AtomicU64,
+    /// Accept connections but never answer.
+    pub stall: AtomicBool,
+    /// Close a connection after this many ms without a query (0 = never).
+    pub idle_close_ms: AtomicU64,
+    /// Close each connection after answering this many queries (0 = never).
+    pub close_after: AtomicUsize,
+    /// TTL of positive answers.
+    pub ttl: AtomicU32,
+    /// Answer SERVFAIL to everything.
+    pub servfail: AtomicBool,
+    /// edns-tcp-keepalive timeout to announce, in 100 ms units (0 = none).
+    pub keepalive_units: AtomicU32,
+}
+
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub queries: AtomicUsize,
+    pub connections: AtomicUsize,
+    /// Raw query bytes as received (after the length prefix).
+    pub raw: Mutex<Vec<Vec<u8>>>,
+    pub behaviour: Behaviour,
+    pub acceptor: Mutex<TlsAcceptor>,
+    pub pki: Pki,
+}
+
+fn acceptor(cert: &[u8], key: &[u8]) -> TlsAcceptor {
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![rustls::pki_types::CertificateDer::from(cert.to_vec())],
+            rustls::pki_types::PrivateKeyDer::try_from(key.to_vec()).expect("key"),
+        )
+        .expect("server config");
+    TlsAcceptor::from(Arc::new(cfg))
+}
+
+impl Upstream {
+    pub async fn start() -> Arc<Upstream> {
+        Self::start_with(Pki::new()).await
+    }
+
+    pub async fn start_with(pki: Pki) -> Arc<Upstream> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        let up = Arc::new(Upstream {
+            addr: listener.local_addr().expect("addr"),
+            queries: AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
+            raw: Mutex::new(Vec::new()),
+            behaviour: Behaviour { ttl: AtomicU32::new(300), ..Default::default() },
+            acceptor: Mutex::new(acceptor(&pki.cert_der, &pki.key_der)),
+            pki,
+        });
+        let me = up.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else { break };
+                me.connections.fetch_add(1, Ordering::SeqCst);
+                let acc = me.acceptor.lock().expect("lock").clone();
+                let me2 = me.clone();
+                tokio::spawn(async move {
+                    if let Ok(tls) = acc.accept(tcp).await {
+                        me2.serve(tls).await;
+                    }
+                });
+            }
+        });
+        up
+    }
+
+    /// Replaces the server key and certificate (key rotation); returns the new SPKI pin.
+    pub fn rotate_key(&self) -> String {
+        let (cert, key) = Pki::issue(&self.pki.ca, &["upstream.test", "127.0.0.1"]);
+        *self.acceptor.lock().expect("lock") = acceptor(&cert, &key);
+        dot_proxy::upstream::tls_config::spki_pin_of(&cert).expect("pin")
+    }
+
+    async fn serve(self: Arc<Self>, tls: tokio_rustls::server::TlsStream<TcpStream>) {
+        let (mut rd, wr) = tokio::io::split(tls);
+        let wr = Arc::new(tokio::sync::Mutex::new(wr));
+        let mut answered = 0usize;
+        let mut writes = tokio::task::JoinSet::new();
+        loop {
+            let idle = self.behaviour.idle_close_ms.load(Ordering::SeqCst);
+            let read = async {
+                let len = rd.read_u16().await? as usize;
+                let mut buf = vec![0u8; len];
+                rd.read_exact(&mut buf).await?;
+                Ok::<_, std::io::Error>(buf)
+            };
+            let buf = if idle > 0 {
+                match tokio::time::timeout(Duration::from_millis(idle), read).await {
+                    Ok(Ok(b)) => b,
+                    _ => break,
+                }
+            } else {
+                match read.await {
+                    Ok(b) => b,
+                    Err(_) => break,
+                }
+            };
+            self.queries.fetch_add(1, Ordering::SeqCst);
+            self.raw.lock().expect("lock").push(buf.clone());
+            if self.behaviour.stall.load(Ordering::SeqCst) {
+                continue;
+            }
+            let Some(resp) = self.answer(&buf) else { continue };
+            let delay = self.behaviour.delay_ms.load(Ordering::SeqCst);
+            let wr2 = wr.clone();
+            let write = async move {
+                if delay > 0 {
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
+                }
+                let mut w = wr2.lock().await;
+                let mut frame = (resp.len() as u16).to_be_bytes().to_vec();
+                frame.extend_from_slice(&resp);
+                let _ = w.write_all(&frame).await;
+                let _ = w.flush().await;
+            };
+            answered += 1;
+            let close_after = self.behaviour.close_after.load(Ordering::SeqCst);
+            if close_after > 0 && answered >= close_after {
+                writes.spawn(write);
+                break;
+            }
+            // Answers go out as each is ready: out of order when delays differ.
+            writes.spawn(write);
+        }
+        while writes.join_next().await.is_some() {}
+        let mut w = wr.lock().await;
+        let _ = w.shutdown().await;
+    }
+
+    /// The synthetic zone:
+    /// - `nx*.example.test` and names outside `example.test`: NXDOMAIN with SOA (TTL 60, minimum 30)
+    /// - `nodata.example.test`: NOERROR, no answer, SOA
+    /// - `big.example.test TXT`: an answer of about 3000 bytes
+    /// - `ttl<N>.example.test`: A with TTL N
+    /// - other names under `example.test`: A 192.0.2.1 with the behaviour's TTL; AAAA: NODATA
+    pub fn answer(&self, raw: &[u8]) -> Option<Vec<u8>> {
+        let q = Message::from_vec(raw).ok()?;
+        let query = q.queries.first()?.clone();
+        let mut m = Message::new(q.metadata.id, MessageType::Response, OpCode::Query);
+        m.metadata.recursion_desired = q.metadata.recursion_desired;
+        m.metadata.recursion_available = true;
+        m.metadata.checking_disabled = q.metadata.checking_disabled;
+        m.add_query(query.clone());
+        if let Some(e) = &q.edns {
+            let mut edns = Edns::new();
+            edns.set_max_payload(1232);
+            edns.set_dnssec_ok(e.flags().dnssec_ok);
+            let units = self.behaviour.keepalive_units.load(Ordering::SeqCst);
+            if units > 0 {
+                edns.options_mut().insert(hickory_proto::rr::rdata::opt::EdnsOption::Unknown(11, (units as u16).to_be_bytes().to_vec()));
+            }
+            m.set_edns(edns);
+        }
+        if self.behaviour.servfail.load(Ordering::SeqCst) {
+            m.metadata.response_code = ResponseCode::ServFail;
+            return m.to_vec().ok();
+        }
+        let name = query.name().to_lowercase();
+        let text = name.to_ascii();
+        let zone = Name::from_ascii("example.test.").ok()?;
+        let soa = Record::from_rdata(
+            zone.clone(),
+            60,
+            RData::SOA(SOA::new(Name::from_ascii("ns.example.test.").ok()?, Name::from_ascii("admin.example.test.").ok()?, 1, 3600, 600, 86400, 30)),
+        );
+        let first = text.split('.').next().unwrap_or("");
+        if !zone.zone_of(&name) || first.starts_with("nx") {
+            m.metadata.response_code = ResponseCode::NXDomain;
+            m.add_authority(soa);
+        } else if first == "nodata" {
+            m.add_authority(soa);
+        } else if first == "big" && query.query_type() == RecordType::TXT {
+            for i in 0..12 {
+                let s = format!("{i:02}-{}", "x".repeat(240));
+                m.add_answer(Record::from_rdata(query.name().clone(), 300, RData::TXT(TXT::new(vec![s]))));
+            }
+        } else if query.query_type() == RecordType::A {
+            let ttl = first.strip_prefix("ttl").and_then(|n| n.parse().ok()).unwrap_or(self.behaviour.ttl.load(Ordering::SeqCst));
+            m.add_answer(Record::from_rdata(query.name().clone(), ttl, RData::A(A::new(192, 0, 2, 1))));
+        } else {
+            m.add_authority(soa);
+        }
+        m.to_vec().ok()
+    }
+
+    pub fn server(&self) -> UpstreamServer {
+        let mut s = UpstreamServer::tls(self.addr, "upstream.test");
+        s.ca_file = Some(self.pki.ca_file.clone());
+        s
+    }
+
+    pub fn query_count(&self) -> usize {
+        self.queries.load(Ordering::SeqCst)
+    }
+}
+
+/// A config for tests: listens on 127.0.0.1:0, admin on 127.0.0.1:0, one group.
+pub fn config_for(servers: Vec<UpstreamServer>) -> Config {
+    let mut c = Config::default();
+    c.listen = vec!["127.0.0.1:0".parse().expect("addr")];
+    c.admin.listen = Some("127.0.0.1:0".parse().expect("addr"));
+    c.workers = 2;
+    c.upstream_groups[0].servers = servers;
+    c.upstream_groups[0].timeout = Dur::millis(1500);
+    c.log.level = "warn".into();
+    c
+}
+
+pub struct Proxy {
+    pub server: Arc<Server>,
+    pub addr: SocketAddr,
+}
+
+impl Proxy {
+    pub async fn start(cfg: Config) -> Proxy {
+        cfg.validate().expect("valid test config");
+        let server = Server::start(cfg).await.expect("proxy starts");
+        let addr = server.listen_addrs()[0];
+        Proxy { server, addr }
+    }
+
+    pub async fn metrics(&self) -> String {
+        http_get(self.server.admin_addr().expect("admin"), "/metrics").await.1
+    }
+}
+
+/// Minimal HTTP/1.0 GET: (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.expect("connect admin");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// Builds a query message.
+pub fn query(id: u16, name: &str, qtype: RecordType, edns: Option<(u16, bool)>) -> Vec<u8> {
+    let mut m = Message::new(id, MessageType::Query, OpCode::Query);
+    m.metadata.recursion_desired = true;
+    let mut q = Query::new();
+    q.set_name(Name::from_ascii(name).expect("name")).set_query_type(qtype).set_query_class(DNSClass::IN);
+    m.add_query(q);
+    if let Some((size, dnssec_ok)) = edns {
+        let mut e = Edns::new();
+        e.set_max_payload(size);
+        e.set_dnssec_ok(dnssec_ok);
+        m.set_edns(e);
+    }
+    m.to_vec().expect("encode")
+}
+
+pub async fn udp_raw(addr: SocketAddr, msg: &[u8], wait: Duration) -> Option<Vec<u8>> {
+    let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    sock.send_to(msg, addr).await.expect("send");
+    let mut buf = vec![0u8; 65535];
+    match tokio::time::timeout(wait, sock.recv_from(&mut buf)).await {
+        Ok(Ok((n, _))) => Some(buf[..n].to_vec()),
+        _ => None,
+    }
+}
+
+pub async fn udp(addr: SocketAddr, name: &str, qtype: RecordType) -> Message {
+    let id = rand::random();
+    let r = udp_raw(addr, &query(id, name, qtype, Some((1232, false))), Duration::from_secs(5)).await.expect("udp answer");
+    let m = Message::from_vec(&r).expect("parse answer");
+    assert_eq!(m.metadata.id, id);
+    m
+}
+
+pub async fn tcp_send(s: &mut TcpStream, msg: &[u8]) {
+    let mut f = (msg.len() as u16).to_be_bytes().to_vec();
+    f.extend_from_slice(msg);
+    s.write_all(&f).await.expect("tcp write");
+}
+
+pub async fn tcp_recv(s: &mut TcpStream) -> Option<Vec<u8>> {
+    let len = tokio::time::timeout(Duration::from_secs(5), s.read_u16()).await.ok()?.ok()? as usize;
+    let mut b = vec![0u8; len];
+    s.read_exact(&mut b).await.ok()?;
+    Some(b)
+}
+
+pub async fn tcp(addr: SocketAddr, name: &str, qtype: RecordType) -> Message {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let id = rand::random();
+    tcp_send(&mut s, &query(id, name, qtype, None)).await;
+    let m = Message::from_vec(&tcp_recv(&mut s).await.expect("tcp answer")).expect("parse");
+    assert_eq!(m.metadata.id, id);
+    m
+}
+
+pub fn a_records(m: &Message) -> Vec<std::net::Ipv4Addr> {
+    m.answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(a.0),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Reads one sample from OpenMetrics text: the first line starting with `prefix`.
+pub fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}

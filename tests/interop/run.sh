@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Interop test: real Unbound serving DNS-over-TLS on a loopback address with a test CA as
+# the upstream; dig and kdig as clients over UDP and TCP. Everything stays on 127.0.0.0/8;
+# every process is stopped on exit.
+set -euo pipefail
+
+BIN=${DOT_PROXY_BIN:-target/release/dot-proxy}
+UP_IP=127.0.0.77
+UP_PORT=8853
+PORT=${INTEROP_PORT:-5391}
+ADMIN=127.0.0.1:9391
+work=$(mktemp -d /tmp/dot-proxy-interop.XXXXXX)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+for tool in unbound dig kdig openssl; do
+  command -v "$tool" >/dev/null || { echo "interop: $tool is missing (apt-get install unbound bind9-dnsutils knot-dnsutils openssl)"; exit 1; }
+done
+[ -x "$BIN" ] || { echo "interop: $BIN not built (cargo build --release -p dot-proxy)"; exit 1; }
+
+# A private CA and a certificate for upstream.test / $UP_IP.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=interop CA" \
+  -keyout "$work/ca.key" -out "$work/ca.pem" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=upstream.test" \
+  -keyout "$work/up.key" -out "$work/up.csr" 2>/dev/null
+printf 'subjectAltName=DNS:upstream.test,IP:%s\n' "$UP_IP" > "$work/ext"
+openssl x509 -req -in "$work/up.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" -CAcreateserial -days 2 \
+  -extfile "$work/ext" -out "$work/up.pem" 2>/dev/null
+
+cat > "$work/unbound.conf" <<CONF
+server:
+  interface: $UP_IP@$UP_PORT
+  tls-port: $UP_PORT
+  tls-service-key: "$work/up.key"
+  tls-service-pem: "$work/up.pem"
+  username: ""
+  chroot: ""
+  directory: "$work"
+  pidfile: "$work/unbound.pid"
+  use-syslog: no
+  logfile: "$work/unbound.log"
+  do-daemonize: no
+  num-threads: 1
+  access-control: 127.0.0.0/8 allow
+  local-zone: "interop.test." static
+  local-data: "www.interop.test. 300 IN A 192.0.2.10"
+  local-data: "www.interop.test. 300 IN AAAA 2001:db8::10"
+  local-data: "interop.test. 300 IN SOA ns.interop.test. admin.interop.test. 1 3600 600 86400 60"
+remote-control:
+  control-enable: no
+CONF
+unbound -d -c "$work/unbound.conf" &
+pids+=($!)
+
+wait_udp() { # addr port name
+  for _ in $(seq 1 50); do
+    [ -n "$(dig +short +time=1 +tries=1 @"$1" -p "$2" "$3" A 2>/dev/null)" ] && return 0
+    sleep 0.2
+  done
+  return 1
+}
+
+"$BIN" --listen "127.0.0.1:$PORT" --upstream "tls://$UP_IP:$UP_PORT#upstream.test" \
+  --tls-ca-file "$work/ca.pem" --admin-listen "$ADMIN" --log-level warn &
+pids+=($!)
+wait_udp 127.0.0.1 "$PORT" www.interop.test || { echo "interop: proxy did not answer"; cat "$work/unbound.log" || true; exit 1; }
+
+fail=0
+check() { # description expected actual
+  if [ "$2" == "$3" ]; then echo "ok   $1"; else echo "FAIL $1: expected [$2] got [$3]"; fail=1; fi
+}
+check "dig UDP A" "192.0.2.10" "$(dig +short @127.0.0.1 -p "$PORT" www.interop.test A)"
+check "dig TCP A" "192.0.2.10" "$(dig +short +tcp @127.0.0.1 -p "$PORT" www.interop.test A)"
+check "dig UDP AAAA" "2001:db8::10" "$(dig +short @127.0.0.1 -p "$PORT" www.interop.test AAAA)"
+check "dig NXDOMAIN" "NXDOMAIN" "$(dig @127.0.0.1 -p "$PORT" nope.interop.test A | sed -n 's/.*status: \([A-Z]*\).*/\1/p')"
+check "kdig UDP A" "192.0.2.10" "$(kdig +short @127.0.0.1 -p "$PORT" www.interop.test A)"
+check "kdig TCP A" "192.0.2.10" "$(kdig +short +tcp @127.0.0.1 -p "$PORT" www.interop.test A)"
+check "kdig TCP keepalive, 3 queries on one connection" "192.0.2.10 192.0.2.10 192.0.2.10" \
+  "$(kdig +short +tcp +keepopen @127.0.0.1 -p "$PORT" www.interop.test A www.interop.test A www.interop.test A | tr '\n' ' ' | sed 's/ $//')"
+check "kdig DNSSEC OK bit kept" "192.0.2.10" "$(kdig +short +dnssec @127.0.0.1 -p "$PORT" www.interop.test A | head -1)"
+upstream_conns=$(curl -s "http://$ADMIN/metrics" 2>/dev/null | sed -n 's/^dot_proxy_upstream_connections_opened_total{.*} \([0-9]*\).*/\1/p' | head -1)
+check "one pooled TLS connection or two" "yes" "$([ "${upstream_conns:-99}" -le 2 ] && echo yes || echo "no ($upstream_conns)")"
+
+# A proxy told to expect another name must refuse the upstream (SERVFAIL), never fall back.
+kill "${pids[1]}"; wait "${pids[1]}" 2>/dev/null || true
+"$BIN" --listen "127.0.0.1:$PORT" --upstream "tls://$UP_IP:$UP_PORT#wrong.test" \
+  --tls-ca-file "$work/ca.pem" --admin-listen off --log-level error &
+pids+=($!)
+sleep 0.5
+check "wrong TLS name gives SERVFAIL" "SERVFAIL" "$(dig +time=3 @127.0.0.1 -p "$PORT" www.interop.test A | sed -n 's/.*status: \([A-Z]*\).*/\1/p')"
+
+if [ "$fail" -ne 0 ]; then
+  echo "interop: FAILED"; exit 1
+fi
+echo "interop: all checks passed"
