@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 
 use crate::cache::{Cache, CacheKey, Lookup};
 use crate::clock::Clock;
-use crate::dns::message::{self, error_answer, upstream_query, Answer, BADVERS};
+use crate::dns::message::{self, error_answer, upstream_query, Answer, AnswerKind, BADVERS};
 use crate::dns::wire::{self, QueryInfo, Rejection};
 use crate::dns::rcode;
 use crate::guard::{Decision, RateLimiter};
@@ -236,6 +236,11 @@ impl Pipeline {
                 .map_err(|_| GroupError::Failed(crate::upstream::UpstreamError::Malformed))?,
         );
         if let Some(cache) = self.cache_for(qi) {
+            // A SERVFAIL is a failure to resolve: an expired answer still in its serve-stale
+            // window is better (RFC 8767), and must not be overwritten by it.
+            if answer.kind() == AnswerKind::ServFail && cache.stale(key.as_bytes(), self.clock.now()).is_some() {
+                return Err(GroupError::Failed(crate::upstream::UpstreamError::Malformed));
+            }
             if cache.insert(key.as_bytes(), answer.clone(), self.clock.now()) {
                 self.metrics.cache_inserts.inc();
             }

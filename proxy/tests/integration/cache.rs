@@ -1,1 +1,237 @@
+//! The answer cache, with time moved by the test through the proxy's injected clock.
 
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::rr::RecordType;
+
+use crate::support::*;
+
+fn adv(p: &Proxy, secs: u64) {
+    p.server.clock.advance(Duration::from_secs(secs));
+}
+
+#[tokio::test]
+async fn ttls_count_down_and_expiry_refetches() {
+    let up = Upstream::start().await;
+    let p = Proxy::start(config_for(vec![up.server()])).await;
+    let m = udp(p.addr, "ttl100.example.test.", RecordType::A).await;
+    assert_eq!(m.answers[0].ttl, 100);
+    adv(&p, 40);
+    let m = udp(p.addr, "ttl100.example.test.", RecordType::A).await;
+    assert_eq!(m.answers[0].ttl, 60, "TTL counts down");
+    assert_eq!(up.query_count(), 1, "served from cache");
+    adv(&p, 61);
+    let m = udp(p.addr, "ttl100.example.test.", RecordType::A).await;
+    assert_eq!(m.answers[0].ttl, 100);
+    assert_eq!(up.query_count(), 2, "expired: asked again");
+}
+
+#[tokio::test]
+async fn negative_answers_cached_from_the_soa() {
+    let up = Upstream::start().await;
+    let p = Proxy::start(config_for(vec![up.server()])).await;
+    // SOA TTL 60, MINIMUM 30: cached for 30 s (RFC 2308).
+    assert_eq!(udp(p.addr, "nxcache.example.test.", RecordType::A).await.metadata.response_code, ResponseCode::NXDomain);
+    adv(&p, 29);
+    let m = udp(p.addr, "nxcache.example.test.", RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+    assert_eq!(m.authorities[0].ttl, 1, "SOA TTL counts down from the negative TTL");
+    assert_eq!(up.query_count(), 1);
+    adv(&p, 2);
+    udp(p.addr, "nxcache.example.test.", RecordType::A).await;
+    assert_eq!(up.query_count(), 2);
+    // NODATA too.
+    udp(p.addr, "nodata.example.test.", RecordType::A).await;
+    udp(p.addr, "nodata.example.test.", RecordType::A).await;
+    assert_eq!(up.query_count(), 3);
+}
+
+#[tokio::test]
+async fn ttl_clamps() {
+    let up = Upstream::start().await;
+    let mut cfg = config_for(vec![up.server()]);
+    cfg.cache.min_ttl = 60;
+    cfg.cache.max_ttl = 120;
+    cfg.cache.negative_max_ttl = 10;
+    let p = Proxy::start(cfg).await;
+    assert_eq!(udp(p.addr, "ttl5.example.test.", RecordType::A).await.answers[0].ttl, 60);
+    assert_eq!(udp(p.addr, "ttl900.example.test.", RecordType::A).await.answers[0].ttl, 120);
+    udp(p.addr, "nxclamp.example.test.", RecordType::A).await;
+    adv(&p, 59);
+    udp(p.addr, "ttl5.example.test.", RecordType::A).await;
+    assert_eq!(up.query_count(), 3, "short TTL kept for min_ttl");
+    adv(&p, 2);
+    udp(p.addr, "ttl5.example.test.", RecordType::A).await;
+    udp(p.addr, "nxclamp.example.test.", RecordType::A).await;
+    assert_eq!(up.query_count(), 5, "min_ttl over, negative cap (10 s) over");
+    adv(&p, 60);
+    udp(p.addr, "ttl900.example.test.", RecordType::A).await;
+    assert_eq!(up.query_count(), 6, "long TTL capped at max_ttl");
+}
+
+#[tokio::test]
+async fn each_client_gets_its_id_and_question_case() {
+    let up = Upstream::start().await;
+    let p = Proxy::start(config_for(vec![up.server()])).await;
+    udp(p.addr, "case.example.test.", RecordType::A).await;
+    let r = udp_raw(p.addr, &query(31337, "CaSe.ExAmPlE.tEsT.", RecordType::A, None), Duration::from_secs(2)).await.expect("answer");
+    let m = Message::from_vec(&r).expect("parse");
+    assert_eq!(m.metadata.id, 31337);
+    assert_eq!(m.queries[0].name().to_ascii(), "CaSe.ExAmPlE.tEsT.");
+    assert_eq!(a_records(&m).len(), 1);
+    assert_eq!(up.query_count(), 1, "same cache entry, case-insensitive key");
+}
+
+#[tokio::test]
+async fn do_and_cd_bits_are_part_of_the_key() {
+    let up = Upstream::start().await;
+    let p = Proxy::start(config_for(vec![up.server()])).await;
+    let plain = query(1, "dnssec.example.test.", RecordType::A, Some((1232, false)));
+    let with_do = query(2, "dnssec.example.test.", RecordType::A, Some((1232, true)));
+    let mut with_cd = query(3, "dnssec.example.test.", RecordType::A, Some((1232, false)));
+    with_cd[3] |= 0x10;
+    for q in [&plain, &with_do, &with_cd, &plain, &with_do, &with_cd] {
+        let r = udp_raw(p.addr, q, Duration::from_secs(2)).await.expect("answer");
+        assert_eq!(r[0..2], q[0..2]);
+    }
+    assert_eq!(up.query_count(), 3, "one upstream query per (DO, CD) combination");
+    let raw = up.raw.lock().expect("lock").clone();
+    let sent_do: Vec<bool> = raw.iter().map(|r| Message::from_vec(r).expect("parse").edns.map(|e| e.flags().dnssec_ok).unwrap_or(false)).collect();
+    assert_eq!(sent_do, vec![false, true, false], "DO forwarded as asked");
+    assert!(Message::from_vec(&raw[2]).expect("parse").metadata.checking_disabled, "CD forwarded");
+}
+
+#[tokio::test]
+async fn servfail_kept_briefly_and_truncated_never() {
+    let up = Upstream::start().await;
+    let mut cfg = config_for(vec![up.server()]);
+    cfg.cache.servfail_ttl = 3;
+    let p = Proxy::start(cfg).await;
+    up.behaviour.servfail.store(true, Ordering::SeqCst);
+    assert_eq!(udp(p.addr, "sf.example.test.", RecordType::A).await.metadata.response_code, ResponseCode::ServFail);
+    up.behaviour.servfail.store(false, Ordering::SeqCst);
+    assert_eq!(udp(p.addr, "sf.example.test.", RecordType::A).await.metadata.response_code, ResponseCode::ServFail);
+    let n = up.query_count();
+    adv(&p, 4);
+    assert_eq!(udp(p.addr, "sf.example.test.", RecordType::A).await.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(up.query_count(), n + 1);
+}
+
+#[tokio::test]
+async fn stale_answer_served_when_the_upstream_fails_then_refreshed() {
+    let up = Upstream::start().await;
+    let mut cfg = config_for(vec![up.server()]);
+    cfg.upstream_groups[0].timeout = dot_proxy::config::Dur::millis(400);
+    let p = Proxy::start(cfg).await;
+    udp(p.addr, "ttl10.example.test.", RecordType::A).await;
+    up.behaviour.stall.store(true, Ordering::SeqCst);
+    adv(&p, 3600);
+    let m = udp(p.addr, "ttl10.example.test.", RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(m.answers[0].ttl, 30, "stale answers carry TTL 30");
+    // Beyond stale_max_age (1 day): SERVFAIL.
+    adv(&p, 86_400);
+    let m = udp(p.addr, "ttl10.example.test.", RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+    let metrics = p.metrics().await;
+    assert!(metric(&metrics, "dot_proxy_cache_stale_answers_total") >= 1.0);
+}
+
+#[tokio::test]
+async fn stale_served_at_once_when_every_upstream_is_down_and_refreshed_after() {
+    let up = Upstream::start().await;
+    let p = Proxy::start(config_for(vec![up.server()])).await;
+    udp(p.addr, "ttl10.example.test.", RecordType::A).await;
+    up.behaviour.servfail.store(true, Ordering::SeqCst);
+    adv(&p, 20);
+    // SERVFAIL from the upstream is a failure too: the stale answer beats it.
+    let m = udp(p.addr, "ttl10.example.test.", RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(m.answers[0].ttl, 30);
+    up.behaviour.servfail.store(false, Ordering::SeqCst);
+    // The background refresh (or the next miss) brings a fresh answer.
+    let mut fresh = false;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let m = udp(p.addr, "ttl10.example.test.", RecordType::A).await;
+        if m.answers.first().map(|r| r.ttl) == Some(10) {
+            fresh = true;
+            break;
+        }
+    }
+    assert!(fresh, "refreshed after the upstream came back");
+}
+
+#[tokio::test]
+async fn prefetch_keeps_a_hot_name_from_ever_missing() {
+    let up = Upstream::start().await;
+    let p = Proxy::start(config_for(vec![up.server()])).await;
+    udp(p.addr, "ttl20.example.test.", RecordType::A).await;
+    let mut upstream_before = up.query_count();
+    for round in 0..4 {
+        // Asked often during its TTL...
+        for _ in 0..3 {
+            udp(p.addr, "ttl20.example.test.", RecordType::A).await;
+            adv(&p, 6);
+        }
+        // ...and at 18 s of 20, inside the last 10 %: a hit that triggers a refresh.
+        for _ in 0..3 {
+            let m = udp(p.addr, "ttl20.example.test.", RecordType::A).await;
+            assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+        }
+        let mut refreshed = false;
+        for _ in 0..50 {
+            if up.query_count() > upstream_before {
+                refreshed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(refreshed, "round {round}: prefetched before expiry");
+        // The refreshed answer was stored now: the next round starts here.
+        upstream_before = up.query_count();
+    }
+    let metrics = p.metrics().await;
+    assert_eq!(metric(&metrics, "dot_proxy_cache_misses_total"), 1.0, "only the very first query missed:\n{metrics}");
+    assert!(metric(&metrics, "dot_proxy_cache_prefetches_total") >= 4.0);
+    let (_, hot) = http_get(p.server.admin_addr().expect("admin"), "/debug/hot").await;
+    assert!(hot.contains("ttl20.example.test."), "hot names listed: {hot}");
+}
+
+#[tokio::test]
+async fn concurrent_identical_misses_send_one_upstream_query() {
+    let up = Upstream::start().await;
+    up.behaviour.delay_ms.store(300, Ordering::SeqCst);
+    let p = Proxy::start(config_for(vec![up.server()])).await;
+    let mut tasks = Vec::new();
+    for i in 0..100u16 {
+        let addr = p.addr;
+        tasks.push(tokio::spawn(async move {
+            let r = udp_raw(addr, &query(i, "coalesce.example.test.", RecordType::A, None), Duration::from_secs(5)).await.expect("answer");
+            let m = Message::from_vec(&r).expect("parse");
+            assert_eq!(m.metadata.id, i);
+            assert_eq!(a_records(&m).len(), 1);
+        }));
+    }
+    for t in tasks {
+        t.await.expect("client");
+    }
+    assert_eq!(up.query_count(), 1, "100 identical misses, one upstream query");
+}
+
+#[tokio::test]
+async fn cache_bounded_by_entries() {
+    let up = Upstream::start().await;
+    let mut cfg = config_for(vec![up.server()]);
+    cfg.cache.max_entries = 50;
+    let p = Proxy::start(cfg).await;
+    for i in 0..300 {
+        udp(p.addr, &format!("bound{i}.example.test."), RecordType::A).await;
+    }
+    let metrics = p.metrics().await;
+    let entries = metric(&metrics, "dot_proxy_cache_entries ");
+    assert!(entries <= 50.0 && entries > 0.0, "entries {entries}");
+    assert!(metric(&metrics, "dot_proxy_cache_evictions_total") >= 250.0);
+}
