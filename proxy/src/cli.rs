@@ -44,6 +44,10 @@ pub struct Cli {
     #[arg(long, env = "DOT_PROXY_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
 
+    /// This node's name, to pick its entries from the override shards (`overrides.dir`).
+    #[arg(long, env = "DOT_PROXY_NODE_NAME")]
+    pub node_name: Option<String>,
+
     /// Turn the answer cache off.
     #[arg(long, env = "DOT_PROXY_NO_CACHE")]
     pub no_cache: bool,
@@ -117,6 +121,9 @@ impl Cli {
         }
         if let Some(f) = self.log_format {
             cfg.log.format = f;
+        }
+        if let Some(n) = &self.node_name {
+            cfg.overrides.node_name = Some(n.clone());
         }
         if self.no_cache {
             cfg.cache.enabled = false;

@@ -355,9 +355,8 @@ pub struct QueryCounters {
 impl QueryCounters {
     #[inline]
     pub fn count(&self, qtype: QType, rcode: Rcode) {
-        let qi = QType::ALL.iter().position(|&q| q == qtype).unwrap_or(QType::ALL.len() - 1);
-        let ri = Rcode::ALL.iter().position(|&r| r == rcode).unwrap_or(0);
-        if let Some(c) = self.counters.get(qi).and_then(|v| v.get(ri)) {
+        // ALL lists the variants in declaration order, so the discriminant is the index.
+        if let Some(c) = self.counters.get(qtype as usize).and_then(|v| v.get(rcode as usize)) {
             c.inc();
         }
     }

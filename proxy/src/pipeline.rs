@@ -17,6 +17,7 @@ use crate::clock::Clock;
 use crate::dns::message::{self, error_answer, upstream_query, Answer, AnswerKind, BADVERS};
 use crate::dns::wire::{self, QueryInfo, Rejection};
 use crate::dns::rcode;
+use crate::guard::cidr::PrefixTable;
 use crate::guard::{Decision, RateLimiter};
 use crate::metrics::{DropLabels, DropReason, LimitedAction, LimitedLabels, Metrics, Transport};
 use crate::route::Router;
@@ -24,8 +25,8 @@ use crate::upstream::{Group, GroupError};
 
 /// What the inline path decided.
 pub enum Fast {
-    /// `out` holds the answer.
-    Answered,
+    /// `out` holds the answer to a query of this type (0 when it did not parse).
+    Answered(u16),
     /// Send nothing.
     Drop,
     /// Needs an upstream: call [`Pipeline::resolve`].
@@ -83,6 +84,8 @@ pub struct Pipeline {
     pub limiter: Option<Arc<RateLimiter>>,
     pub cache: Option<Arc<Cache>>,
     pub router: Router,
+    /// Clients sent to a group of their own (index into `groups`), checked before zones.
+    pub client_groups: PrefixTable<usize>,
     pub groups: Vec<Arc<Group>>,
     pub strip_ecs: bool,
     pub metrics: Arc<Metrics>,
@@ -95,12 +98,13 @@ impl Pipeline {
         limiter: Option<Arc<RateLimiter>>,
         cache: Option<Arc<Cache>>,
         router: Router,
+        client_groups: PrefixTable<usize>,
         groups: Vec<Arc<Group>>,
         strip_ecs: bool,
         metrics: Arc<Metrics>,
         clock: Arc<Clock>,
     ) -> Pipeline {
-        Pipeline { limiter, cache, router, groups, strip_ecs, metrics, clock, coalescer: Coalescer::default() }
+        Pipeline { limiter, cache, router, client_groups, groups, strip_ecs, metrics, clock, coalescer: Coalescer::default() }
     }
 
     /// True when some upstream of every group is usable (readiness).
@@ -121,12 +125,12 @@ impl Pipeline {
             }
             Err(Rejection::Answer { rcode, question_end }) => {
                 error_answer(query, question_end, rcode, None, out);
-                return Fast::Answered;
+                return Fast::Answered(0);
             }
             Err(Rejection::BadVersion { question_end }) => {
                 let e = wire::Edns::default();
                 error_answer(query, Some(question_end), BADVERS, Some(&e), out);
-                return Fast::Answered;
+                return Fast::Answered(0);
             }
         };
         if let Some(rl) = &self.limiter {
@@ -136,7 +140,7 @@ impl Pipeline {
                 Decision::Refuse => {
                     self.limited(LimitedAction::refused);
                     error_answer(query, Some(qi.question_end), rcode::REFUSED, qi.edns.as_ref(), out);
-                    return Fast::Answered;
+                    return Fast::Answered(qi.qtype);
                 }
                 Decision::Drop => {
                     self.limited(LimitedAction::dropped);
@@ -148,20 +152,20 @@ impl Pipeline {
                     if out.len() >= 4 {
                         out[2] |= 0x02;
                     }
-                    return Fast::Answered;
+                    return Fast::Answered(qi.qtype);
                 }
             }
         }
         if let Some(cache) = self.cache_for(&qi) {
-            let key = CacheKey::new(query, &qi);
+            let key = CacheKey::new(query, &qi, self.route_tag(client));
             match cache.lookup(key.as_bytes(), now) {
                 Lookup::Fresh { entry, prefetch } => {
                     self.metrics.cache_hits.inc();
                     entry.answer.render(query, &qi, entry.age_secs(now), None, max_len(transport, &qi), out);
                     if prefetch {
-                        self.refresh(query.to_vec(), qi, entry);
+                        self.refresh(query.to_vec(), qi, key.route_tag(), entry);
                     }
-                    return Fast::Answered;
+                    return Fast::Answered(qi.qtype);
                 }
                 Lookup::Stale(_) | Lookup::Miss => {
                     self.metrics.cache_misses.inc();
@@ -169,6 +173,14 @@ impl Pipeline {
             }
         }
         Fast::Miss(qi)
+    }
+
+    /// 0 for zone routing, 1 + group index when the client has a group of its own.
+    fn route_tag(&self, client: IpAddr) -> u8 {
+        match self.client_groups.lookup(client) {
+            Some(&g) => u8::try_from(g + 1).unwrap_or(u8::MAX),
+            None => 0,
+        }
     }
 
     fn limited(&self, action: LimitedAction) {
@@ -182,8 +194,8 @@ impl Pipeline {
     }
 
     /// The async path for a query `handle_fast` could not answer. Always produces an answer.
-    pub async fn resolve(self: &Arc<Self>, query: &[u8], qi: &QueryInfo, transport: Transport, out: &mut Vec<u8>) {
-        let key = CacheKey::new(query, qi);
+    pub async fn resolve(self: &Arc<Self>, query: &[u8], qi: &QueryInfo, client: IpAddr, transport: Transport, out: &mut Vec<u8>) {
+        let key = CacheKey::new(query, qi, self.route_tag(client));
         let outcome = if self.cache_for(qi).is_some() {
             match self.coalescer.join(key.as_bytes()) {
                 Role::Follower(rx) => {
@@ -211,7 +223,7 @@ impl Pipeline {
                     self.metrics.cache_stale.inc();
                     entry.answer.render(query, qi, 0, Some(cache.config().stale_ttl), max, out);
                     if entry.start_refresh() {
-                        self.refresh(query.to_vec(), *qi, entry);
+                        self.refresh(query.to_vec(), *qi, key.route_tag(), entry);
                     }
                 } else {
                     tracing::debug!(error = %e, "answering SERVFAIL");
@@ -223,7 +235,11 @@ impl Pipeline {
 
     /// Asks the zone's group and caches the answer.
     async fn fetch(&self, query: &[u8], qi: &QueryInfo, key: &CacheKey) -> Outcome {
-        let group = &self.groups[self.router.route(key.name()).min(self.groups.len().saturating_sub(1))];
+        let index = match key.route_tag() {
+            0 => self.router.route(key.name()),
+            tag => usize::from(tag) - 1,
+        };
+        let group = &self.groups[index.min(self.groups.len().saturating_sub(1))];
         if tracing::enabled!(tracing::Level::DEBUG) {
             tracing::debug!(name = %wire::name_to_string(key.name()), qtype = qi.qtype, group = %group.name, "forwarding");
         }
@@ -249,11 +265,11 @@ impl Pipeline {
     }
 
     /// Refreshes a cached name in the background (prefetch, or after serving stale).
-    fn refresh(self: &Arc<Self>, query: Vec<u8>, qi: QueryInfo, entry: Arc<crate::cache::Entry>) {
+    fn refresh(self: &Arc<Self>, query: Vec<u8>, qi: QueryInfo, route_tag: u8, entry: Arc<crate::cache::Entry>) {
         self.metrics.cache_prefetches.inc();
         let me = Arc::clone(self);
         tokio::spawn(async move {
-            let key = CacheKey::new(&query, &qi);
+            let key = CacheKey::new(&query, &qi, route_tag);
             if let Role::Leader = me.coalescer.join(key.as_bytes()) {
                 let mut guard = LeaderGuard { co: &me.coalescer, key: key.as_bytes(), done: false };
                 let outcome = me.fetch(&query, &qi, &key).await;

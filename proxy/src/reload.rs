@@ -11,7 +11,7 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 use crate::cli::Cli;
-use crate::config::Config;
+use crate::config::{Config, OverridesFile};
 use crate::server::Server;
 
 /// Loads the file (or defaults) and applies flag overrides, then validates.
@@ -24,6 +24,7 @@ pub fn load_effective(cli: &Cli) -> Result<Config, String> {
         None => Config::default(),
     };
     cli.apply(&mut cfg).map_err(|e| e.to_string())?;
+    merge_overrides(&mut cfg)?;
     cfg.validate().map_err(|e| match &cli.config {
         Some(p) => format!("{}: {e}", p.display()),
         None => e.to_string(),
@@ -31,12 +32,54 @@ pub fn load_effective(cli: &Cli) -> Result<Config, String> {
     Ok(cfg)
 }
 
+/// Adds this node's entries from the override shards (`overrides.dir`, written by the
+/// operator) to the rate-limit overrides and client groups. A missing directory is empty:
+/// the operator may not have written it yet.
+pub fn merge_overrides(cfg: &mut Config) -> Result<(), String> {
+    let (Some(dir), Some(node)) = (cfg.overrides.dir.clone(), cfg.overrides.node_name.clone()) else {
+        return Ok(());
+    };
+    let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(()) };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml") && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+        .collect();
+    files.sort();
+    for f in files {
+        let text = std::fs::read_to_string(&f).map_err(|e| format!("cannot read {}: {e}", f.display()))?;
+        if text.trim().is_empty() {
+            continue;
+        }
+        let mut shard: OverridesFile = serde_saphyr::from_str(&text).map_err(|e| format!("{}: {e}", f.display()))?;
+        if let Some(mine) = shard.remove(&node) {
+            cfg.rate_limit.overrides.extend(mine.rate_limits);
+            cfg.client_groups.extend(mine.client_groups);
+        }
+    }
+    Ok(())
+}
+
 /// Reloads on SIGHUP and when the config file's content changes, until shutdown.
 pub async fn run(server: Arc<Server>, cli: Arc<Cli>) {
     let (tx, mut rx) = mpsc::channel::<()>(8);
     let _watcher = cli.config.as_deref().and_then(|p| watch(p, tx.clone()));
+    let overrides_dir = server.current_config().overrides.dir.clone();
+    let _watcher2 = overrides_dir.as_deref().and_then(|d| watch(&d.join("x.yaml"), tx.clone()));
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    let mut last = cli.config.as_deref().and_then(|p| std::fs::read(p).ok());
+    let snapshot = || {
+        let mut v = cli.config.as_deref().and_then(|p| std::fs::read(p).ok()).unwrap_or_default();
+        if let Some(d) = &overrides_dir {
+            if let Ok(rd) = std::fs::read_dir(d) {
+                let mut files: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+                files.sort();
+                for f in files {
+                    v.extend(std::fs::read(&f).unwrap_or_default());
+                }
+            }
+        }
+        v
+    };
+    let mut last = snapshot();
     loop {
         let forced = tokio::select! {
             _ = server.stop.cancelled() => break,
@@ -46,7 +89,7 @@ pub async fn run(server: Arc<Server>, cli: Arc<Cli>) {
         // Let a burst of file events settle (kubelet writes several files, then swaps).
         tokio::time::sleep(Duration::from_millis(100)).await;
         while rx.try_recv().is_ok() {}
-        let now = cli.config.as_deref().and_then(|p| std::fs::read(p).ok());
+        let now = snapshot();
         if !forced && now == last {
             continue;
         }

@@ -18,6 +18,7 @@ use crate::cache::Cache;
 use crate::clock::Clock;
 use crate::config::{Config, Protocol, UpstreamGroup};
 use crate::dns::message::UpstreamQueryOptions;
+use crate::guard::cidr::{Cidr, PrefixTable};
 use crate::guard::RateLimiter;
 use crate::listener::tcp::{ConnTable, TcpLimits};
 use crate::metrics::{Metrics, RankLabels, ReloadLabels, ReloadResult, Transport};
@@ -367,5 +368,20 @@ fn build_pipeline(cfg: &Config, groups: &[BuiltGroup], old: Option<(&Pipeline, &
         Some((p, oc)) if oc.rate_limit == cfg.rate_limit && p.limiter.is_some() => p.limiter.clone().unwrap_or_else(|| Arc::new(RateLimiter::new(&cfg.rate_limit))),
         _ => Arc::new(RateLimiter::new(&cfg.rate_limit)),
     });
-    Pipeline::new(limiter, cache, Router::new(&routes), groups.iter().map(|g| g.group.clone()).collect(), cfg.privacy.strip_ecs, metrics.clone(), clock.clone())
+    let mut client_groups = PrefixTable::default();
+    for c in &cfg.client_groups {
+        if let (Ok(cidr), Some(i)) = (Cidr::parse(&c.cidr), groups.iter().position(|g| g.cfg.name == c.group)) {
+            client_groups.insert(cidr, i);
+        }
+    }
+    Pipeline::new(
+        limiter,
+        cache,
+        Router::new(&routes),
+        client_groups,
+        groups.iter().map(|g| g.group.clone()).collect(),
+        cfg.privacy.strip_ecs,
+        metrics.clone(),
+        clock.clone(),
+    )
 }

@@ -69,7 +69,7 @@ impl HotSet {
         let mut v: Vec<HotName> = names
             .iter()
             .map(|(k, i)| {
-                let n = k.len().saturating_sub(5);
+                let n = k.len().saturating_sub(super::key::KEY_SUFFIX);
                 let qtype = u16::from_be_bytes([k.get(n).copied().unwrap_or(0), k.get(n + 1).copied().unwrap_or(0)]);
                 HotName { name: name_to_string(name_of(k)), qtype, hits: i.hits, prefetches: i.prefetches }
             })
@@ -80,5 +80,5 @@ impl HotSet {
 }
 
 fn name_of(key: &[u8]) -> &[u8] {
-    &key[..key.len().saturating_sub(5)]
+    &key[..key.len().saturating_sub(super::key::KEY_SUFFIX)]
 }

@@ -3,8 +3,11 @@
 
 use crate::dns::wire::{QueryInfo, HEADER_LEN};
 
-/// Enough for a 255-byte name, type, class and flags.
+/// Enough for a 255-byte name, type, class, flags and the route tag.
 pub type KeyBuf = [u8; 264];
+
+/// Bytes after the name in a key: type (2), class (2), flags (1), route tag (1).
+pub const KEY_SUFFIX: usize = 6;
 
 pub struct CacheKey {
     buf: KeyBuf,
@@ -12,7 +15,9 @@ pub struct CacheKey {
 }
 
 impl CacheKey {
-    pub fn new(query: &[u8], qi: &QueryInfo) -> CacheKey {
+    /// `route_tag` is 0 for zone routing, or 1 + the index of a client-chosen group, so
+    /// clients sent to another upstream group never share its answers.
+    pub fn new(query: &[u8], qi: &QueryInfo, route_tag: u8) -> CacheKey {
         let mut buf = [0u8; 264];
         let name = query.get(HEADER_LEN..qi.qname_end).unwrap_or(&[]);
         let n = name.len().min(255);
@@ -22,13 +27,17 @@ impl CacheKey {
         buf[n..n + 2].copy_from_slice(&qi.qtype.to_be_bytes());
         buf[n + 2..n + 4].copy_from_slice(&qi.qclass.to_be_bytes());
         buf[n + 4] = u8::from(qi.do_bit()) | (u8::from(qi.cd()) << 1);
-        CacheKey { buf, len: n + 5 }
+        buf[n + 5] = route_tag;
+        CacheKey { buf, len: n + KEY_SUFFIX }
     }
     pub fn as_bytes(&self) -> &[u8] {
         &self.buf[..self.len]
     }
+    pub fn route_tag(&self) -> u8 {
+        self.buf[self.len.saturating_sub(1)]
+    }
     /// The lower-cased wire-format name inside the key.
     pub fn name(&self) -> &[u8] {
-        &self.buf[..self.len.saturating_sub(5)]
+        &self.buf[..self.len.saturating_sub(KEY_SUFFIX)]
     }
 }

@@ -201,8 +201,8 @@ async fn connection(
         let start = Instant::now();
         let p = pipeline.load_full();
         match p.handle_fast(query, peer.ip(), Transport::tcp, &mut out) {
-            Fast::Answered => {
-                crate::listener::udp::count(&counters, query, &out, start);
+            Fast::Answered(qtype) => {
+                crate::listener::udp::count(&counters, qtype, &out, start);
                 if tx.send(out.clone()).await.is_err() {
                     break;
                 }
@@ -216,9 +216,9 @@ async fn connection(
                 tracker.spawn(async move {
                     let mut out = Vec::with_capacity(512);
                     p.metrics.inflight.inc();
-                    p.resolve(&q, &qi, Transport::tcp, &mut out).await;
+                    p.resolve(&q, &qi, peer.ip(), Transport::tcp, &mut out).await;
                     p.metrics.inflight.dec();
-                    crate::listener::udp::count(&counters, &q, &out, start);
+                    crate::listener::udp::count(&counters, qi.qtype, &out, start);
                     let _ = tx.send(out).await;
                     drop(permit);
                 });

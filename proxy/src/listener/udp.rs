@@ -63,9 +63,9 @@ async fn handle(
     let start = Instant::now();
     let p = pipeline.load_full();
     match p.handle_fast(query, peer.ip(), Transport::udp, out) {
-        Fast::Answered => {
+        Fast::Answered(qtype) => {
             send(sock, out, peer).await;
-            count(counters, query, out, start);
+            count(counters, qtype, out, start);
         }
         Fast::Drop => {}
         Fast::Miss(qi) => {
@@ -79,10 +79,10 @@ async fn handle(
             tracker.spawn(async move {
                 let mut out = Vec::with_capacity(1232);
                 p.metrics.inflight.inc();
-                p.resolve(&q, &qi, Transport::udp, &mut out).await;
+                p.resolve(&q, &qi, peer.ip(), Transport::udp, &mut out).await;
                 p.metrics.inflight.dec();
                 send(&sock, &out, peer).await;
-                count(&counters, &q, &out, start);
+                count(&counters, qi.qtype, &out, start);
                 drop(permit);
             });
         }
@@ -99,12 +99,8 @@ async fn send(sock: &UdpSocket, msg: &[u8], peer: SocketAddr) {
     }
 }
 
-pub(crate) fn count(counters: &QueryCounters, query: &[u8], answer: &[u8], start: Instant) {
-    let qtype = crate::dns::wire::skip_plain_name(query, 12)
-        .ok()
-        .and_then(|e| crate::dns::wire::u16_at(query, e))
-        .map_or(QType::OTHER, QType::from_u16);
-    counters.count(qtype, Rcode::from_u8(header::rcode(answer)));
+pub(crate) fn count(counters: &QueryCounters, qtype: u16, answer: &[u8], start: Instant) {
+    counters.count(QType::from_u16(qtype), Rcode::from_u8(header::rcode(answer)));
     counters.duration.observe(start.elapsed().as_secs_f64());
 }
 

@@ -310,3 +310,30 @@ async fn connection_pool_stays_small_under_load() {
     let metrics = p.metrics().await;
     assert!(metric(&metrics, "dot_proxy_upstream_connections_opened_total{") <= 2.0);
 }
+
+#[tokio::test]
+async fn client_groups_and_node_overrides_route_a_client_elsewhere() {
+    let a = Upstream::start().await;
+    let b = Upstream::start().await;
+    let mut cfg = config_for(vec![a.server()]);
+    cfg.upstream_groups.push(dot_proxy::config::UpstreamGroup {
+        name: "special".into(),
+        policy: Default::default(),
+        timeout: dot_proxy::config::Dur::secs(1),
+        servers: vec![b.server()],
+    });
+    // The override shard for this node sends 127.0.0.1 to the "special" group.
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(
+        dir.path().join("shard-3.yaml"),
+        "node-a:\n  client_groups:\n  - {cidr: 127.0.0.1/32, group: special}\n  rate_limits: []\nnode-b:\n  client_groups:\n  - {cidr: 127.0.0.1/32, group: nope}\n",
+    )
+    .expect("write shard");
+    cfg.overrides.dir = Some(dir.path().to_path_buf());
+    cfg.overrides.node_name = Some("node-a".into());
+    dot_proxy::reload::merge_overrides(&mut cfg).expect("merge");
+    assert_eq!(cfg.client_groups.len(), 1, "only this node's entries");
+    let p = Proxy::start(cfg).await;
+    udp(p.addr, "who.example.test.", RecordType::A).await;
+    assert_eq!((a.query_count(), b.query_count()), (0, 1), "127.0.0.1 uses its own group");
+}
