@@ -4,3 +4,4 @@ mod support;
 
 mod cache;
 mod core;
+mod groups;

@@ -143,6 +143,11 @@ impl Upstream {
         up
     }
 
+    /// Serves a given certificate and key from now on (key rotation).
+    pub fn set_cert(&self, cert: &[u8], key: &[u8]) {
+        *self.acceptor.lock().expect("lock") = acceptor(cert, key);
+    }
+
     /// Replaces the server key and certificate (key rotation); returns the new SPKI pin.
     pub fn rotate_key(&self) -> String {
         let (cert, key) = Pki::issue(&self.pki.ca, &["upstream.test", "127.0.0.1"]);
@@ -266,6 +271,44 @@ impl Upstream {
         let mut s = UpstreamServer::tls(self.addr, "upstream.test");
         s.ca_file = Some(self.pki.ca_file.clone());
         s
+    }
+
+    /// A plain-DNS (UDP) server on loopback answering from the same synthetic zone;
+    /// returns its address and a counter of the queries it got.
+    pub async fn plain_server() -> (SocketAddr, Arc<AtomicUsize>) {
+        let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind plain");
+        let addr = sock.local_addr().expect("addr");
+        let count = Arc::new(AtomicUsize::new(0));
+        let c = count.clone();
+        let zone = Upstream::start_with(Pki::new()).await;
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            while let Ok((n, peer)) = sock.recv_from(&mut buf).await {
+                c.fetch_add(1, Ordering::SeqCst);
+                // Names under cluster.local answer as if under example.test.
+                if let Ok(mut m) = Message::from_vec(&buf[..n]) {
+                    if let Some(q) = m.queries.first_mut() {
+                        let orig = q.name().clone();
+                        let text = orig.to_ascii().replace("cluster.local.", "example.test.");
+                        q.set_name(Name::from_ascii(&text).expect("name"));
+                        if let Some(resp) = m.to_vec().ok().and_then(|raw| zone.answer(&raw)) {
+                            if let Ok(mut r) = Message::from_vec(&resp) {
+                                for rec in r.answers.iter_mut() {
+                                    rec.name = orig.clone();
+                                }
+                                if let Some(q) = r.queries.first_mut() {
+                                    q.set_name(orig.clone());
+                                }
+                                if let Ok(b) = r.to_vec() {
+                                    let _ = sock.send_to(&b, peer).await;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        (addr, count)
     }
 
     pub fn query_count(&self) -> usize {
