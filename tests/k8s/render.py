@@ -14,7 +14,8 @@ Derived files:
                                    .Files.Get, which cannot read outside the chart; a
                                    symlink would not survive every packaging path)
 
-Needs the Helm SDK (pip install helm-python-sdk); tests/k8s/validate.sh sets it up.
+Needs the Helm SDK (pip install helm-python-sdk); `bash tests/k8s/validate.sh --render`
+runs this script with the tools set up.
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ def expected_files() -> dict:
 
 
 def main() -> int:
+    try:
+        import helm_python  # noqa: F401
+    except ImportError:
+        print("render: the Helm SDK is not installed here; run: bash tests/k8s/validate.sh --render", file=sys.stderr)
+        return 2
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--check", action="store_true", help="fail when a derived file is out of date")
     args = ap.parse_args()
@@ -65,7 +71,7 @@ def main() -> int:
         if not CRD_FILE.exists():
             print(f"render: note: {CRD_FILE.relative_to(ROOT)} does not exist yet, so manifests/00-crd.yaml is not expected")
         if bad:
-            print(f"render: {bad} derived file(s) out of date; run: python3 tests/k8s/render.py")
+            print(f"render: {bad} derived file(s) out of date; run: bash tests/k8s/validate.sh --render")
             return 1
         print(f"render: {len(expected)} derived files are up to date")
         return 0

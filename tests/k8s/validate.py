@@ -15,6 +15,8 @@ Steps (each prints PASS, FAIL or SKIP with the reason):
   crd           the DotProxyConfig against the CRD's openAPIV3Schema (skipped, with a
                 message, while charts/dot-proxy/crds/dotproxyconfigs.yaml is missing)
   manifests     manifests/*.yaml: the same schema and CRD checks
+  examples      deploy/examples/*.yaml against the Kubernetes schemas; proxy configs
+                embedded in them use only fields of proxy/src/config/mod.rs
   checkov       security scan of every variant; each finding must be skipped with a
                 reason in values.yaml, and each skip must match a real finding
   metrics       metric names used by the rules and the dashboard exist in proxy/src/metrics.rs
@@ -636,6 +638,62 @@ def step_manifests() -> str:
     return f"{n} objects in {len(files)} files valid{note}"
 
 
+# ------------------------------------------------------------------------ examples
+
+EXAMPLES = ROOT / "deploy" / "examples"
+CONFIG_RS = ROOT / "proxy" / "src" / "config" / "mod.rs"
+
+
+def proxy_config_fields() -> set[str]:
+    """Every field name of the proxy's config structs (serde keeps Rust's snake_case)."""
+    return set(re.findall(r"(?m)^\s*pub (\w+): ", CONFIG_RS.read_text()))
+
+
+def config_keys(node: Any, path: str = "") -> list[str]:
+    out = []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            out.append(f"{path}{k}")
+            out.extend(config_keys(v, f"{path}{k}."))
+    elif isinstance(node, list):
+        for v in node:
+            out.extend(config_keys(v, path))
+    return out
+
+
+def step_examples() -> str:
+    import kubernetes_validate as kv
+
+    p = Problems()
+    files = sorted(EXAMPLES.glob("*.yaml"))
+    assert files, f"no examples in {rel(EXAMPLES)}"
+    fields = proxy_config_fields() if CONFIG_RS.exists() else None
+    n = 0
+    for f in files:
+        for obj in yaml.safe_load_all(f.read_text()):
+            if not obj:
+                continue
+            n += 1
+            where = f"{rel(f)}: {obj['kind']}/{obj['metadata']['name']}"
+            # The newest schemas must accept it; the oldest supported ones too when they
+            # know the kind (MutatingAdmissionPolicy is GA only from 1.36).
+            for version in (K8S_VERSIONS[-1], K8S_VERSIONS[0]):
+                try:
+                    kv.validate(obj, version, strict=True)
+                except kv.ValidationError as e:
+                    p.add(f"{where} (k8s {version}): {'.'.join(str(x) for x in e.path)}: {e.message}")
+                except kv.SchemaNotFoundError as e:
+                    if version == K8S_VERSIONS[-1]:
+                        p.add(f"{where}: {e.message}")
+            # A proxy config embedded in a ConfigMap: every key must be a config field.
+            if obj["kind"] == "ConfigMap" and "config.yaml" in obj.get("data", {}) and fields:
+                cfg = yaml.safe_load(obj["data"]["config.yaml"])
+                for key in config_keys(cfg):
+                    p.check(key.rsplit(".", 1)[-1] in fields, f"{where}: config.yaml key {key} is not a proxy config field")
+    p.raise_if_any()
+    return f"{n} objects in {len(files)} example files valid (strict); embedded proxy configs use known fields"
+
+
 # ------------------------------------------------------------------------- checkov
 
 def skips_of(obj: dict[str, Any]) -> dict[str, str]:
@@ -855,6 +913,7 @@ def main() -> int:
         run_step("crd", step_crd)
         run_step("checkov", step_checkov)
     run_step("manifests", step_manifests)
+    run_step("examples", step_examples)
     run_step("metrics", step_metrics)
     run_step("dashboard", step_dashboard)
     run_step("rules", step_rules)

@@ -8,6 +8,11 @@
 #     tests/k8s/requirements.txt, in a virtualenv of their own: checkov brings many
 #     dependencies (boto3, ...) that must not replace the system Python's.
 #
+# Usage:
+#   bash tests/k8s/validate.sh            run every check
+#   bash tests/k8s/validate.sh --render   regenerate manifests/ and the rules copy instead
+#                                         (tests/k8s/render.py with the tools set up here)
+#
 # Environment:
 #   DOT_PROXY_K8S_VENV   where the virtualenv lives (default ~/.cache/dot-proxy-k8s-venv)
 #   PYTHON               the interpreter that creates it (default python3)
@@ -47,4 +52,8 @@ fi
 
 cd "$root"
 export PATH="$venv/bin:$PATH"
+if [ "${1:-}" = "--render" ]; then
+    shift
+    exec "$venv/bin/python" "$here/render.py" "$@"
+fi
 exec "$venv/bin/python" "$here/validate.py" "$@"
