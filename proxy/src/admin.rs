@@ -48,7 +48,16 @@ fn route(req: &Request<Incoming>, state: &dyn AdminState) -> Response<Full<Bytes
         r
     };
     match req.uri().path() {
-        "/metrics" => text(StatusCode::OK, state.metrics_text(), "application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        "/metrics" => {
+            // Prometheus asks for OpenMetrics; anything else (curl, promtool) gets the
+            // classic text format.
+            let accept = req.headers().get(hyper::header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+            if accept.contains("application/openmetrics-text") {
+                text(StatusCode::OK, state.metrics_text(), "application/openmetrics-text; version=1.0.0; charset=utf-8")
+            } else {
+                text(StatusCode::OK, crate::metrics::to_prometheus_text(&state.metrics_text()), "text/plain; version=0.0.4; charset=utf-8")
+            }
+        }
         "/healthz" | "/livez" => text(StatusCode::OK, "ok\n".into(), "text/plain"),
         "/readyz" => match state.ready() {
             Ok(()) => text(StatusCode::OK, "ready\n".into(), "text/plain"),

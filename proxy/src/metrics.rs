@@ -11,7 +11,6 @@ use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
 pub const PREFIX: &str = "dot_proxy";
@@ -324,8 +323,11 @@ impl Metrics {
         r.register_with_unit("config_last_reload_success_timestamp", "Unix time of the last config successfully loaded", Unit::Seconds, self.config_last_success.clone());
         r.register("tcp_connections", "Client TCP connections open", self.tcp_connections.clone());
         r.register("inflight_queries", "Client queries waiting for an upstream", self.inflight.clone());
-        let info = Info::new(vec![("version".to_string(), env!("CARGO_PKG_VERSION").to_string())]);
-        r.register("build", "Build information", info);
+        // A gauge fixed at 1 rather than an OpenMetrics `info`, which the Prometheus text
+        // parser (and so `promtool check metrics`) does not know.
+        let build: Family<Vec<(String, String)>, Gauge> = Family::default();
+        build.get_or_create(&vec![("version".to_string(), env!("CARGO_PKG_VERSION").to_string())]).set(1);
+        r.register("build_info", "Build information", build);
         r.register_collector(Box::new(ProcessCollector));
     }
 
@@ -400,6 +402,31 @@ fn read_proc() -> Option<ProcStats> {
     let rss_pages: u64 = f.get(21)?.parse().ok()?;
     let open_fds = std::fs::read_dir("/proc/self/fd").map(|d| d.count() as u64).unwrap_or(0);
     Some(ProcStats { cpu_seconds: (utime + stime) / ticks, rss_bytes: rss_pages * 4096, open_fds, threads })
+}
+
+/// The Prometheus text format (0.0.4) for scrapers that do not ask for OpenMetrics (curl,
+/// `promtool check metrics`): counter families take their `_total` name, and the OpenMetrics
+/// `# UNIT` and `# EOF` lines go.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|p| {
+            let rest = line.strip_prefix(p)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters.contains(name).then(|| format!("{p}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
 }
 
 /// Encodes the registry as OpenMetrics text.
