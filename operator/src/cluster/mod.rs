@@ -18,7 +18,7 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Node;
 use kube::core::PartialObjectMeta;
-use kube::runtime::{metadata_watcher, watcher, WatchStreamExt};
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -137,7 +137,8 @@ pub const POD_FIELD_SELECTOR: &str = "status.phase!=Succeeded,status.phase!=Fail
 pub async fn run(client: Client, quiet: Duration, tx: watch::Sender<Arc<Snapshot>>, metrics: Arc<Metrics>) {
     let pod_config = watcher::Config::default().fields(POD_FIELD_SELECTOR).page_size(500);
     let pods = watcher(Api::<PodLite>::all(client.clone()), pod_config).default_backoff();
-    let nodes = metadata_watcher(Api::<Node>::all(client), watcher::Config::default()).default_backoff();
+    // `Api<PartialObjectMeta<_>>` makes metadata-only requests.
+    let nodes = watcher(Api::<PartialObjectMeta<Node>>::all(client), watcher::Config::default()).default_backoff();
     follow(pods, nodes, quiet, tx, metrics).await;
 }
 

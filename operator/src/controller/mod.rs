@@ -1,0 +1,282 @@
+//! The reconciler: render, write what changed, report.
+//!
+//! One reconcile of a `DotProxyConfig`:
+//! 1. render it with the current (debounced) view of annotated pods and nodes;
+//! 2. if it is invalid: write only the status (Ready=False, Invalid=True with the message);
+//!    the ConfigMaps keep the last good content;
+//! 3. otherwise, once the pod view has synced: list the ConfigMaps written for it (one call),
+//!    server-side apply those whose content differs (main ConfigMap first, then the shards),
+//!    delete the ones it no longer produces, put a Warning Event on each pod with an ignored
+//!    annotation (once per pod and message), and write the status if it changed.
+//!
+//! Every write uses server-side apply under the one field manager `dot-proxy-operator`. A
+//! reconcile with nothing new makes one LIST and no write.
+
+mod objects;
+mod status;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::core::PartialObjectMeta;
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use tokio::sync::{watch, Mutex};
+use tracing::{debug, info, warn};
+
+pub use objects::{config_map, selector, stale, up_to_date, Role};
+pub use status::{desired as desired_status, Outcome};
+
+use crate::admin::Health;
+use crate::cluster::{self, Snapshot};
+use crate::metrics::{Metrics, ReconcileResult, WriteKind};
+use crate::render::{render, PodProblem};
+use crate::resource::DotProxyConfig;
+use crate::{FIELD_MANAGER, MANAGED_BY_LABEL};
+
+/// Event reason on pods whose annotation values were ignored.
+pub const INVALID_ANNOTATION: &str = "InvalidAnnotation";
+/// Periodic re-check even without any trigger (undoes drift a missed watch event hid).
+const RESYNC: Duration = Duration::from_secs(300);
+/// Retry delay after a failed API call, and while waiting for the pod view to sync.
+const RETRY: Duration = Duration::from_secs(15);
+const WAIT_FOR_SYNC: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("the resource has no namespace")]
+    NoNamespace,
+    #[error("cannot encode the status: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    /// The debounced view of annotated pods and nodes.
+    pub cluster: watch::Receiver<Arc<Snapshot>>,
+    pub metrics: Arc<Metrics>,
+    recorder: Recorder,
+    /// Pod uid -> Event messages already sent for it, so a pod gets each warning once.
+    reported: Mutex<HashMap<String, BTreeSet<String>>>,
+    /// The clock for condition times (tests use a fixed one).
+    now: fn() -> Time,
+}
+
+impl Context {
+    pub fn new(client: Client, cluster: watch::Receiver<Arc<Snapshot>>, metrics: Arc<Metrics>) -> Self {
+        Self::with_clock(client, cluster, metrics, now)
+    }
+
+    pub fn with_clock(client: Client, cluster: watch::Receiver<Arc<Snapshot>>, metrics: Arc<Metrics>, now: fn() -> Time) -> Self {
+        let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
+        let recorder = Recorder::new(client.clone(), reporter);
+        Context { client, cluster, metrics, recorder, reported: Mutex::default(), now }
+    }
+}
+
+fn now() -> Time {
+    let t = k8s_openapi::jiff::Timestamp::now();
+    // Whole seconds, as the API server stores them.
+    Time(k8s_openapi::jiff::Timestamp::from_second(t.as_second()).unwrap_or(t))
+}
+
+/// Reconciles one resource.
+pub async fn reconcile(dpc: Arc<DotProxyConfig>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = tokio::time::Instant::now();
+    let result = reconcile_inner(&dpc, &ctx).await;
+    let label = match &result {
+        Ok((r, _)) => *r,
+        Err(_) => ReconcileResult::Error,
+    };
+    ctx.metrics.reconciled(label, started.elapsed());
+    result.map(|(_, action)| action)
+}
+
+async fn reconcile_inner(dpc: &DotProxyConfig, ctx: &Context) -> Result<(ReconcileResult, Action), Error> {
+    let ns = dpc.namespace().ok_or(Error::NoNamespace)?;
+    let name = dpc.name_any();
+    if dpc.meta().deletion_timestamp.is_some() {
+        // Garbage collection removes the ConfigMaps through their owner references.
+        return Ok((ReconcileResult::Applied, Action::await_change()));
+    }
+    let snapshot = ctx.cluster.borrow().clone();
+    let rendered = match render(&name, &dpc.spec, &snapshot.pods, &snapshot.nodes) {
+        Ok(r) => r,
+        Err(invalid) => {
+            info!(namespace = %ns, name = %name, reason = invalid.reason(), error = %invalid, "resource is invalid; ConfigMaps left as they were");
+            write_status(dpc, ctx, &ns, Outcome::Invalid(&invalid)).await?;
+            return Ok((ReconcileResult::Invalid, Action::requeue(RESYNC)));
+        }
+    };
+    if !snapshot.synced {
+        debug!(namespace = %ns, name = %name, "waiting for the pod and node watches to sync");
+        return Ok((ReconcileResult::Waiting, Action::requeue(WAIT_FOR_SYNC)));
+    }
+
+    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
+    let existing = api.list(&ListParams::default().labels(&selector(dpc))).await?.items;
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    let desired = std::iter::once((config_map(dpc, &rendered.config, Role::Config), Role::Config))
+        .chain(rendered.shards.iter().map(|s| (config_map(dpc, s, Role::Overrides), Role::Overrides)));
+    let mut names = Vec::new();
+    let mut written = 0;
+    for (cm, role) in desired {
+        let cm_name = cm.name_any();
+        let current = existing.iter().find(|e| e.name_any() == cm_name);
+        names.push(cm_name.clone());
+        if current.is_some_and(|e| up_to_date(e, &cm)) {
+            continue;
+        }
+        api.patch(&cm_name, &pp, &Patch::Apply(&cm)).await?;
+        written += 1;
+        ctx.metrics.wrote(match role {
+            Role::Config => WriteKind::Config,
+            Role::Overrides => WriteKind::Overrides,
+        });
+    }
+    for old in stale(dpc, &existing, &names) {
+        api.delete(&old.name_any(), &DeleteParams::default()).await?;
+        ctx.metrics.wrote(WriteKind::Delete);
+        info!(namespace = %ns, configmap = %old.name_any(), "deleted a ConfigMap this resource no longer produces");
+    }
+    if written > 0 {
+        info!(
+            namespace = %ns, name = %name, written, hash = %rendered.config.hash,
+            pods = rendered.stats.pods_applied, largest_shard_bytes = rendered.stats.largest_shard_bytes,
+            "ConfigMaps updated"
+        );
+    }
+
+    report_problems(dpc, ctx, &ns, &rendered.problems, &snapshot).await;
+    let invalid_pods = rendered.problems.iter().map(|p| p.uid.as_str()).collect::<HashSet<_>>().len();
+    let invalid_pods = u32::try_from(invalid_pods).unwrap_or(u32::MAX);
+    write_status(dpc, ctx, &ns, Outcome::Applied { rendered: &rendered, invalid_pods }).await?;
+    Ok((ReconcileResult::Applied, Action::requeue(RESYNC)))
+}
+
+async fn write_status(dpc: &DotProxyConfig, ctx: &Context, ns: &str, outcome: Outcome<'_>) -> Result<(), Error> {
+    let status = desired_status(dpc.status.as_ref(), dpc.metadata.generation, outcome, &(ctx.now)());
+    if dpc.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    let api: Api<DotProxyConfig> = Api::namespaced(ctx.client.clone(), ns);
+    let patch = serde_json::json!({
+        "apiVersion": DotProxyConfig::api_version(&()),
+        "kind": DotProxyConfig::kind(&()),
+        "status": serde_json::to_value(&status)?,
+    });
+    api.patch_status(&dpc.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+    ctx.metrics.wrote(WriteKind::Status);
+    Ok(())
+}
+
+/// One Warning Event per pod and message. A failed Event is logged, never fatal: the
+/// ConfigMaps are already written.
+async fn report_problems(dpc: &DotProxyConfig, ctx: &Context, ns: &str, problems: &[PodProblem], snapshot: &Snapshot) {
+    let mut reported = ctx.reported.lock().await;
+    let live: HashSet<&str> = snapshot.pods.iter().map(|p| p.uid.as_str()).collect();
+    reported.retain(|uid, _| live.contains(uid.as_str()));
+    for p in problems {
+        let note = format!("{} (DotProxyConfig {ns}/{})", p.message, dpc.name_any());
+        if !reported.entry(p.uid.clone()).or_default().insert(note.clone()) {
+            continue;
+        }
+        let event = Event {
+            type_: EventType::Warning,
+            reason: INVALID_ANNOTATION.into(),
+            note: Some(note),
+            action: "RenderOverrides".into(),
+            secondary: None,
+        };
+        let regarding = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            namespace: Some(p.namespace.clone()),
+            name: Some(p.name.clone()),
+            uid: Some(p.uid.clone()),
+            ..Default::default()
+        };
+        match ctx.recorder.publish(&event, &regarding).await {
+            Ok(()) => ctx.metrics.wrote(WriteKind::Event),
+            Err(error) => warn!(%error, pod = %p.name, namespace = %p.namespace, "could not record an Event"),
+        }
+    }
+}
+
+pub fn error_policy(dpc: Arc<DotProxyConfig>, error: &Error, _ctx: Arc<Context>) -> Action {
+    warn!(%error, namespace = ?dpc.namespace(), name = %dpc.name_any(), "reconcile failed; retrying");
+    Action::requeue(RETRY)
+}
+
+/// Options of `dot-proxy-operator run` that reach the controller.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Watch DotProxyConfigs (and write ConfigMaps) only here; `None`: every namespace.
+    pub namespace: Option<String>,
+    /// Quiet time before a burst of pod changes is rendered.
+    pub debounce: Duration,
+}
+
+/// Runs the pod/node view and the controller until `shutdown` completes.
+pub async fn run(
+    client: Client,
+    opts: RunOptions,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let (tx, rx) = watch::channel(Arc::new(Snapshot::default()));
+    let view = tokio::spawn(cluster::run(client.clone(), opts.debounce, tx, metrics.clone()));
+
+    let mut synced = rx.clone();
+    let ready = tokio::spawn(async move {
+        while synced.changed().await.is_ok() {
+            if synced.borrow().synced {
+                health.set_ready(true);
+                return;
+            }
+        }
+    });
+
+    let dpcs: Api<DotProxyConfig> = match &opts.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    // Our ConfigMaps, metadata only (`Api<PartialObjectMeta<_>>` makes metadata-only
+    // requests): an edit or a deletion re-renders the resource that owns them.
+    let cms: Api<PartialObjectMeta<ConfigMap>> = match &opts.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={FIELD_MANAGER}"));
+    let ctx = Arc::new(Context::new(client, rx.clone(), metrics));
+    Controller::new(dpcs, watcher::Config::default().any_semantic())
+        .with_config(kube::runtime::controller::Config::default().debounce(opts.debounce))
+        .reconcile_all_on(cluster::changes(rx))
+        .owns(cms, owned)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| {
+            if let Err(error) = result {
+                debug!(%error, "controller event");
+            }
+            std::future::ready(())
+        })
+        .await;
+    view.abort();
+    ready.abort();
+}
