@@ -130,7 +130,8 @@ impl Server {
         let tcp = crate::listener::bind_tcp(bound).map_err(|source| StartError::Bind { addr: bound, source })?;
         for sock in sockets {
             let counters = self.metrics.query_counters(Transport::udp);
-            tokio::spawn(crate::listener::udp::serve(sock, self.pipeline.clone(), counters, stop.clone(), self.tracker.clone()));
+            let grace = self.config.load().shutdown_grace.get();
+            self.tracker.spawn(crate::listener::udp::serve(sock, self.pipeline.clone(), counters, stop.clone(), self.tracker.clone(), grace));
         }
         tokio::spawn(crate::listener::tcp::serve(
             tcp,
@@ -199,8 +200,7 @@ impl Server {
         for addr in current.iter().filter(|a| !cfg.listen.contains(a)) {
             self.close_listener(*addr);
         }
-        let old_admin = self.admin_addr();
-        if old_admin != cfg.admin.listen {
+        if old_cfg.admin.listen != cfg.admin.listen {
             if let Some((_, stop)) = self.admin_listener.lock().unwrap_or_else(|p| p.into_inner()).take() {
                 stop.cancel();
             }

@@ -172,16 +172,23 @@ async fn connection(
         }
         let _ = w.shutdown().await;
     });
-    let inflight = Arc::new(Semaphore::new(l.inflight.max(1)));
+    let max_inflight = l.inflight.max(1);
+    let inflight = Arc::new(Semaphore::new(max_inflight));
     let mut out = Vec::with_capacity(4096);
     let mut buf = vec![0u8; 65_535];
+    let mut served = 0u64;
     loop {
-        // Idle: waiting for the first byte of the next frame.
+        // Idle: waiting for the first byte of the next frame. After shutdown starts, the
+        // connection closes once it has nothing in flight and the client has sent nothing
+        // more for a moment (RFC 7766: close when idle), so no query it sent is dropped; a
+        // connection that has not sent its first query yet gets the full idle timeout.
+        let idle = if stop.is_cancelled() && served > 0 { Duration::from_millis(200) } else { l.idle };
         let first = tokio::select! {
             biased;
-            _ = stop.cancelled() => break,
-            r = timeout(l.idle, rd.read_u8()) => match r {
+            _ = stop.cancelled(), if !stop.is_cancelled() => continue,
+            r = timeout(idle, rd.read_u8()) => match r {
                 Ok(Ok(b)) => b,
+                Err(_) if stop.is_cancelled() && inflight.available_permits() < max_inflight => continue,
                 _ => break,
             },
         };
@@ -198,6 +205,7 @@ async fn connection(
             _ => break,
         };
         let query = &buf[..len];
+        served += 1;
         let start = Instant::now();
         let p = pipeline.load_full();
         match p.handle_fast(query, peer.ip(), Transport::tcp, &mut out) {

@@ -24,6 +24,7 @@ pub async fn serve(
     counters: QueryCounters,
     stop: CancellationToken,
     tracker: TaskTracker,
+    drain_limit: std::time::Duration,
 ) {
     let mut buf = vec![0u8; 65_535];
     let mut out = Vec::with_capacity(4096);
@@ -43,9 +44,22 @@ pub async fn serve(
         };
         handle(&sock, &pipeline, &counters, &pending, &tracker, &buf[..n], peer, &mut out).await;
     }
-    // Answer what already reached the socket before closing it.
-    while let Ok((n, peer)) = sock.try_recv_from(&mut buf) {
-        handle(&sock, &pipeline, &counters, &pending, &tracker, &buf[..n], peer, &mut out).await;
+    // Draining: another process bound to the same address (SO_REUSEPORT) takes new
+    // traffic once this socket closes. Until then, keep answering what reaches it, and close
+    // only when no query of ours is in flight and the socket is empty, so nothing queued in
+    // its buffer is lost. Bounded by the shutdown grace period.
+    let deadline = tokio::time::Instant::now() + drain_limit;
+    loop {
+        while let Ok((n, peer)) = sock.try_recv_from(&mut buf) {
+            handle(&sock, &pipeline, &counters, &pending, &tracker, &buf[..n], peer, &mut out).await;
+        }
+        if pending.available_permits() == MAX_PENDING || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::select! {
+            _ = sock.readable() => {}
+            _ = tokio::time::sleep(std::time::Duration::from_millis(5)) => {}
+        }
     }
 }
 

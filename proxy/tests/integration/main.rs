@@ -6,3 +6,4 @@ mod cache;
 mod core;
 mod groups;
 mod observability;
+mod reload;

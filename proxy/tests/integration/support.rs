@@ -21,6 +21,7 @@ use tokio_rustls::TlsAcceptor;
 
 use dot_proxy::config::{Config, Dur, UpstreamServer};
 use dot_proxy::server::Server;
+pub use clap::Parser;
 
 /// A CA and a server certificate for `upstream.test` / 127.0.0.1, made fresh per test.
 pub struct Pki {
@@ -429,4 +430,107 @@ pub fn metric(text: &str, prefix: &str) -> f64 {
         .filter(|l| l.starts_with(prefix))
         .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
         .sum()
+}
+
+/// A port below the ephemeral range (so no client connection of a load test holds it) that
+/// is free for both UDP and TCP on 127.0.0.1.
+pub fn free_port() -> u16 {
+    loop {
+        let port = 20_000 + rand::random::<u16>() % 10_000;
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
+        if udp.is_ok() && tcp.is_ok() {
+            return port;
+        }
+    }
+}
+
+/// What a load run saw.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LoadReport {
+    pub udp_sent: usize,
+    pub udp_answered: usize,
+    pub udp_servfail: usize,
+    pub tcp_sent: usize,
+    pub tcp_answered: usize,
+    pub tcp_servfail: usize,
+}
+
+/// A bounded load: `udp_qps` UDP queries per second from 4 sockets and `tcp_qps` TCP
+/// queries per second (a new connection each), for `secs` seconds, names from `name(i)`.
+/// Every query gets 2 s to be answered.
+pub async fn load(addr: SocketAddr, secs: u64, udp_qps: u64, tcp_qps: u64, name: fn(u64) -> String) -> LoadReport {
+    use std::collections::HashSet;
+    let total_udp = udp_qps * secs;
+    let total_tcp = tcp_qps * secs;
+    let mut udp_tasks = Vec::new();
+    for sock_i in 0..4u64 {
+        let sock = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
+        let answered = Arc::new(Mutex::new((HashSet::<u16>::new(), 0usize)));
+        let (rs, ra) = (sock.clone(), answered.clone());
+        let recv = tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            while let Ok((n, _)) = rs.recv_from(&mut buf).await {
+                if n >= 12 {
+                    let mut a = ra.lock().expect("lock");
+                    if a.0.insert(u16::from_be_bytes([buf[0], buf[1]])) && buf[3] & 0xF == 2 {
+                        a.1 += 1;
+                    }
+                }
+            }
+        });
+        let per_sock = total_udp / 4;
+        let interval_us = 4_000_000 / udp_qps.max(1);
+        udp_tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_micros(interval_us.max(1)));
+            for i in 0..per_sock {
+                tick.tick().await;
+                let q = query(i as u16, &name(sock_i * 1_000_000 + i), RecordType::A, None);
+                let _ = sock.send_to(&q, addr).await;
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            recv.abort();
+            let a = answered.lock().expect("lock");
+            (per_sock as usize, a.0.len(), a.1)
+        }));
+    }
+    let tcp_task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / tcp_qps.max(1)));
+        let mut handles = Vec::new();
+        for i in 0..total_tcp {
+            tick.tick().await;
+            handles.push(tokio::spawn(async move {
+                let q = query(i as u16, &name(9_000_000 + i), RecordType::A, None);
+                let fut = async {
+                    let mut s = TcpStream::connect(addr).await.ok()?;
+                    tcp_send(&mut s, &q).await;
+                    tcp_recv(&mut s).await
+                };
+                tokio::time::timeout(Duration::from_secs(2), fut).await.ok().flatten()
+            }));
+        }
+        let mut answered = 0;
+        let mut servfail = 0;
+        for h in handles {
+            if let Ok(Some(r)) = h.await {
+                answered += 1;
+                if r.len() >= 4 && r[3] & 0xF == 2 {
+                    servfail += 1;
+                }
+            }
+        }
+        (total_tcp as usize, answered, servfail)
+    });
+    let mut rep = LoadReport::default();
+    for t in udp_tasks {
+        let (s, a, f) = t.await.expect("udp load");
+        rep.udp_sent += s;
+        rep.udp_answered += a;
+        rep.udp_servfail += f;
+    }
+    let (s, a, f) = tcp_task.await.expect("tcp load");
+    rep.tcp_sent = s;
+    rep.tcp_answered = a;
+    rep.tcp_servfail = f;
+    rep
 }
