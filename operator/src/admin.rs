@@ -36,7 +36,12 @@ impl Health {
 }
 
 /// Serves on an already bound listener until `shutdown` completes.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, health: Arc<Health>, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    shutdown: impl Future<Output = ()>,
+) {
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -55,7 +60,8 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, health: Arc<Hea
                 let resp = respond(&req, &metrics, &health);
                 async move { Ok::<_, Infallible>(resp) }
             });
-            let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
             match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
                 Ok(Err(error)) => debug!(%error, %peer, "admin connection failed"),
                 Err(_) => debug!(%peer, "admin connection timed out"),
@@ -74,7 +80,9 @@ fn respond(req: &Request<Incoming>, metrics: &Metrics, health: &Health) -> Respo
             let mut r = Response::new(Full::new(Bytes::from(metrics.encode())));
             r.headers_mut().insert(
                 hyper::header::CONTENT_TYPE,
-                hyper::header::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+                hyper::header::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
             );
             r
         }
@@ -98,7 +106,11 @@ mod tests {
 
     async fn get(addr: std::net::SocketAddr, path: &str) -> String {
         let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.expect("write");
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .expect("write");
         let mut out = String::new();
         s.read_to_string(&mut out).await.expect("read");
         out
@@ -121,10 +133,16 @@ mod tests {
         health.set_ready(true);
         assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
         let m = get(addr, "/metrics").await;
-        assert!(m.starts_with("HTTP/1.1 200") && m.contains("dot_proxy_operator_leader 1"), "{m}");
+        assert!(
+            m.starts_with("HTTP/1.1 200") && m.contains("dot_proxy_operator_leader 1"),
+            "{m}"
+        );
         assert!(get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
 
         let _ = stop.send(());
-        tokio::time::timeout(Duration::from_secs(5), task).await.expect("stops").expect("no panic");
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("stops")
+            .expect("no panic");
     }
 }

@@ -13,7 +13,11 @@ use crate::render::{render, Invalid};
 use crate::resource::DotProxyConfig;
 
 #[derive(Debug, Parser)]
-#[command(name = "dot-proxy-operator", version, about = "Renders DotProxyConfig resources into the ConfigMaps dot-proxy reads")]
+#[command(
+    name = "dot-proxy-operator",
+    version,
+    about = "Renders DotProxyConfig resources into the ConfigMaps dot-proxy reads"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -37,7 +41,11 @@ pub struct RunArgs {
     pub namespace: Option<String>,
 
     /// Address of the HTTP server for /metrics, /healthz and /readyz.
-    #[arg(long, env = "DOT_PROXY_OPERATOR_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    #[arg(
+        long,
+        env = "DOT_PROXY_OPERATOR_METRICS_ADDR",
+        default_value = "0.0.0.0:8080"
+    )]
     pub metrics_addr: SocketAddr,
 
     /// Compete for the `dot-proxy-operator` Lease and act only while holding it.
@@ -78,7 +86,10 @@ pub struct RenderArgs {
 #[non_exhaustive]
 pub enum RenderCommandError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{0}: {1}")]
@@ -103,11 +114,17 @@ pub fn render_files(args: &RenderArgs) -> Result<RenderOutput, RenderCommandErro
         dpc.metadata.namespace = Some("default".into());
     }
     let pods: Vec<PodInfo> = match &args.pods {
-        Some(p) => pods_from_text(&read(p)?).map_err(|message| RenderCommandError::Parse { path: p.clone(), message })?,
+        Some(p) => pods_from_text(&read(p)?).map_err(|message| RenderCommandError::Parse {
+            path: p.clone(),
+            message,
+        })?,
         None => Vec::new(),
     };
     let nodes = match &args.nodes {
-        Some(p) => nodes_from_text(&read(p)?).map_err(|message| RenderCommandError::Parse { path: p.clone(), message })?,
+        Some(p) => nodes_from_text(&read(p)?).map_err(|message| RenderCommandError::Parse {
+            path: p.clone(),
+            message,
+        })?,
         None => {
             // Without node labels, assume every pod's node matches the selector.
             let mut n = NodeLabels::new();
@@ -117,30 +134,49 @@ pub fn render_files(args: &RenderArgs) -> Result<RenderOutput, RenderCommandErro
             n
         }
     };
-    let rendered =
-        render(&dpc.name_any(), &dpc.spec, &pods, &nodes).map_err(|e| RenderCommandError::Invalid(args.resource.display().to_string(), e))?;
+    let rendered = render(&dpc.name_any(), &dpc.spec, &pods, &nodes)
+        .map_err(|e| RenderCommandError::Invalid(args.resource.display().to_string(), e))?;
     let mut yaml = String::new();
-    let objects = std::iter::once(config_map(&dpc, &rendered.config, Role::Config))
-        .chain(rendered.shards.iter().map(|s| config_map(&dpc, s, Role::Overrides)));
+    let objects = std::iter::once(config_map(&dpc, &rendered.config, Role::Config)).chain(
+        rendered
+            .shards
+            .iter()
+            .map(|s| config_map(&dpc, s, Role::Overrides)),
+    );
     for cm in objects {
         yaml.push_str("---\n");
-        yaml.push_str(&serde_saphyr::to_string(&cm).map_err(|e| RenderCommandError::Print(e.to_string()))?);
+        yaml.push_str(
+            &serde_saphyr::to_string(&cm).map_err(|e| RenderCommandError::Print(e.to_string()))?,
+        );
     }
-    let warnings = rendered.problems.iter().map(|p| format!("{}/{}: {}", p.namespace, p.name, p.message)).collect();
+    let warnings = rendered
+        .problems
+        .iter()
+        .map(|p| format!("{}/{}: {}", p.namespace, p.name, p.message))
+        .collect();
     Ok(RenderOutput { yaml, warnings })
 }
 
 fn read(path: &PathBuf) -> Result<String, RenderCommandError> {
-    std::fs::read_to_string(path).map_err(|source| RenderCommandError::Read { path: path.clone(), source })
+    std::fs::read_to_string(path).map_err(|source| RenderCommandError::Read {
+        path: path.clone(),
+        source,
+    })
 }
 
-fn parse<T: serde::de::DeserializeOwned>(path: &std::path::Path, text: &str) -> Result<T, RenderCommandError> {
+fn parse<T: serde::de::DeserializeOwned>(
+    path: &std::path::Path,
+    text: &str,
+) -> Result<T, RenderCommandError> {
     let result = if text.trim_start().starts_with('{') {
         serde_json::from_str(text).map_err(|e| e.to_string())
     } else {
         serde_saphyr::from_str(text).map_err(|e| e.to_string())
     };
-    result.map_err(|message| RenderCommandError::Parse { path: path.to_path_buf(), message })
+    result.map_err(|message| RenderCommandError::Parse {
+        path: path.to_path_buf(),
+        message,
+    })
 }
 
 /// Node labels from a `kubectl get nodes -o json` list.

@@ -28,7 +28,11 @@ pub struct Lease {
 
 impl Lease {
     /// Starts competing for the lease `LEASE_NAME` in `namespace` as `identity`.
-    pub async fn start(client: Client, namespace: &str, identity: &str) -> Result<Lease, LeaseManagerError> {
+    pub async fn start(
+        client: Client,
+        namespace: &str,
+        identity: &str,
+    ) -> Result<Lease, LeaseManagerError> {
         let manager = LeaseManagerBuilder::new(client, LEASE_NAME)
             .with_namespace(namespace)
             .with_identity(identity)
@@ -84,7 +88,10 @@ mod tests {
             (led, rx)
         });
         tokio::time::sleep(Duration::from_secs(1)).await;
-        assert!(!waiter.is_finished(), "must not lead before the lease is held");
+        assert!(
+            !waiter.is_finished(),
+            "must not lead before the lease is held"
+        );
         tx.send_replace(true);
         let (led, mut rx) = waiter.await.expect("no panic");
         assert!(led);

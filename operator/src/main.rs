@@ -50,7 +50,10 @@ fn main() -> ExitCode {
                 eprintln!("dot-proxy-operator: --log: {e}");
                 return ExitCode::from(EXIT_USAGE);
             }
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("dot-proxy-operator: cannot start the runtime: {e}");
@@ -71,7 +74,11 @@ fn main() -> ExitCode {
 
 fn init_logging(filter: &str) -> Result<(), String> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| e.to_string())?;
-    tracing_subscriber::fmt().json().with_env_filter(filter).try_init().map_err(|e| e.to_string())
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .try_init()
+        .map_err(|e| e.to_string())
 }
 
 enum Stop {
@@ -80,25 +87,37 @@ enum Stop {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<Stop> {
-    let client = kube::Client::try_default().await.context("cannot configure the Kubernetes client")?;
+    let client = kube::Client::try_default()
+        .await
+        .context("cannot configure the Kubernetes client")?;
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health::default());
     let listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await
         .with_context(|| format!("cannot listen on {}", args.metrics_addr))?;
     let (stop_admin, admin_stopped) = watch::channel(false);
-    tokio::spawn(admin::serve(listener, metrics.clone(), health.clone(), wait_true(admin_stopped)));
+    tokio::spawn(admin::serve(
+        listener,
+        metrics.clone(),
+        health.clone(),
+        wait_true(admin_stopped),
+    ));
     info!(metrics = %args.metrics_addr, "serving /metrics, /healthz, /readyz");
 
     let mut lease = None;
     if args.leader_election {
-        let ns = args.lease_namespace.clone().context("leader election needs POD_NAMESPACE (or --lease-namespace)")?;
+        let ns = args
+            .lease_namespace
+            .clone()
+            .context("leader election needs POD_NAMESPACE (or --lease-namespace)")?;
         let identity = args
             .identity
             .clone()
             .or_else(|| std::env::var("HOSTNAME").ok())
             .unwrap_or_else(|| format!("dot-proxy-operator-{}", std::process::id()));
-        let mut l = Lease::start(client.clone(), &ns, &identity).await.context("cannot start leader election")?;
+        let mut l = Lease::start(client.clone(), &ns, &identity)
+            .await
+            .context("cannot start leader election")?;
         // A standby is healthy and ready; it just does not write.
         health.set_ready(true);
         info!(lease = leader::LEASE_NAME, namespace = %ns, %identity, "waiting for the leader lease");
@@ -142,7 +161,10 @@ async fn run(args: RunArgs) -> anyhow::Result<Stop> {
     let shutdown = async move {
         let _ = shutdown_rx.wait_for(Option::is_some).await;
     };
-    let opts = RunOptions { namespace: args.namespace.clone(), debounce: args.debounce.get() };
+    let opts = RunOptions {
+        namespace: args.namespace.clone(),
+        debounce: args.debounce.get(),
+    };
     controller::run(client, opts, metrics.clone(), health, shutdown).await;
 
     let lease_lost = stop_rx.borrow().unwrap_or(false);

@@ -95,21 +95,65 @@ impl Default for Metrics {
         let annotated_pods = Gauge::default();
         let snapshots = Counter::default();
         let leader = Gauge::default();
-        registry.register("reconciles", "Reconciles of DotProxyConfig resources, by result", reconciles.clone());
-        registry.register("reconcile_errors", "Reconciles that failed on an API call (retried with a delay)", errors.clone());
-        registry.register("reconcile_duration_seconds", "Time one reconcile took, rendering and API calls included", duration.clone());
-        registry.register("writes", "Objects written, by kind (ConfigMaps only when their content changed)", writes.clone());
-        registry.register("watch_errors", "Watch failures (each retried with backoff)", watch_errors.clone());
-        registry.register("annotated_pods", "Pods carrying a dns.dot-proxy.io/ annotation, in the last published view", annotated_pods.clone());
-        registry.register("cluster_snapshots", "Debounced views of pods and nodes handed to the controller", snapshots.clone());
-        registry.register("leader", "1 while this replica holds the leader lease", leader.clone());
-        Metrics { registry, reconciles, errors, duration, writes, watch_errors, annotated_pods, snapshots, leader }
+        registry.register(
+            "reconciles",
+            "Reconciles of DotProxyConfig resources, by result",
+            reconciles.clone(),
+        );
+        registry.register(
+            "reconcile_errors",
+            "Reconciles that failed on an API call (retried with a delay)",
+            errors.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time one reconcile took, rendering and API calls included",
+            duration.clone(),
+        );
+        registry.register(
+            "writes",
+            "Objects written, by kind (ConfigMaps only when their content changed)",
+            writes.clone(),
+        );
+        registry.register(
+            "watch_errors",
+            "Watch failures (each retried with backoff)",
+            watch_errors.clone(),
+        );
+        registry.register(
+            "annotated_pods",
+            "Pods carrying a dns.dot-proxy.io/ annotation, in the last published view",
+            annotated_pods.clone(),
+        );
+        registry.register(
+            "cluster_snapshots",
+            "Debounced views of pods and nodes handed to the controller",
+            snapshots.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader lease",
+            leader.clone(),
+        );
+        Metrics {
+            registry,
+            reconciles,
+            errors,
+            duration,
+            writes,
+            watch_errors,
+            annotated_pods,
+            snapshots,
+            leader,
+        }
     }
 }
 
 impl Metrics {
     pub fn reconciled(&self, result: ReconcileResult, took: Duration) {
-        self.reconciles.get_or_create(&ResultLabels { result }).inc();
+        self.reconciles
+            .get_or_create(&ResultLabels { result })
+            .inc();
         if result == ReconcileResult::Error {
             self.errors.inc();
         }
@@ -127,11 +171,14 @@ impl Metrics {
             "configmaps" => WatchKind::ConfigMaps,
             _ => WatchKind::Other,
         };
-        self.watch_errors.get_or_create(&WatchLabels { watch }).inc();
+        self.watch_errors
+            .get_or_create(&WatchLabels { watch })
+            .inc();
     }
 
     pub fn set_annotated_pods(&self, n: usize) {
-        self.annotated_pods.set(i64::try_from(n).unwrap_or(i64::MAX));
+        self.annotated_pods
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     pub fn snapshot_published(&self) {

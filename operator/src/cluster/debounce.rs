@@ -20,7 +20,12 @@ pub struct Debouncer {
 
 impl Debouncer {
     pub fn new(quiet: Duration, max_delay: Duration) -> Self {
-        Debouncer { quiet, max_delay: max_delay.max(quiet), first: None, last: None }
+        Debouncer {
+            quiet,
+            max_delay: max_delay.max(quiet),
+            first: None,
+            last: None,
+        }
     }
 
     /// Records a change seen at `now`.

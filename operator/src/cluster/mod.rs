@@ -134,11 +134,22 @@ pub const POD_FIELD_SELECTOR: &str = "status.phase!=Succeeded,status.phase!=Fail
 
 /// Runs the pod and node watches until `tx` has no receivers, publishing a snapshot when both
 /// have synced and then at most once per debounce window.
-pub async fn run(client: Client, quiet: Duration, tx: watch::Sender<Arc<Snapshot>>, metrics: Arc<Metrics>) {
-    let pod_config = watcher::Config::default().fields(POD_FIELD_SELECTOR).page_size(500);
+pub async fn run(
+    client: Client,
+    quiet: Duration,
+    tx: watch::Sender<Arc<Snapshot>>,
+    metrics: Arc<Metrics>,
+) {
+    let pod_config = watcher::Config::default()
+        .fields(POD_FIELD_SELECTOR)
+        .page_size(500);
     let pods = watcher(Api::<PodLite>::all(client.clone()), pod_config).default_backoff();
     // `Api<PartialObjectMeta<_>>` makes metadata-only requests.
-    let nodes = watcher(Api::<PartialObjectMeta<Node>>::all(client), watcher::Config::default()).default_backoff();
+    let nodes = watcher(
+        Api::<PartialObjectMeta<Node>>::all(client),
+        watcher::Config::default(),
+    )
+    .default_backoff();
     follow(pods, nodes, quiet, tx, metrics).await;
 }
 
@@ -157,7 +168,11 @@ pub async fn follow(
     let mut announced = false;
     loop {
         // Changes stay pending until both watches have listed everything once.
-        let deadline = if state.synced() { debouncer.deadline() } else { None };
+        let deadline = if state.synced() {
+            debouncer.deadline()
+        } else {
+            None
+        };
         tokio::select! {
             ev = pods.next() => match ev {
                 Some(Ok(ev)) => {

@@ -90,8 +90,16 @@ impl PodInfo {
             return None;
         }
         let mut ips: Vec<IpAddr> = match &pod.status.pod_ips {
-            Some(list) if !list.is_empty() => list.iter().filter_map(|p| p.ip.trim().parse().ok()).collect(),
-            _ => pod.status.pod_ip.iter().filter_map(|ip| ip.trim().parse().ok()).collect(),
+            Some(list) if !list.is_empty() => list
+                .iter()
+                .filter_map(|p| p.ip.trim().parse().ok())
+                .collect(),
+            _ => pod
+                .status
+                .pod_ip
+                .iter()
+                .filter_map(|ip| ip.trim().parse().ok())
+                .collect(),
         };
         ips.sort();
         ips.dedup();
@@ -153,7 +161,13 @@ mod tests {
                 "podIPs": [{"ip": "fd00::1"}, {"ip": "10.0.0.1"}, {"ip": "garbage"}]}
         }));
         let info = PodInfo::from_lite(&pod).expect("annotated");
-        assert_eq!(info.ips, vec!["10.0.0.1".parse::<IpAddr>().expect("ip"), "fd00::1".parse().expect("ip")]);
+        assert_eq!(
+            info.ips,
+            vec![
+                "10.0.0.1".parse::<IpAddr>().expect("ip"),
+                "fd00::1".parse().expect("ip")
+            ]
+        );
         assert_eq!(info.annotations.len(), 1);
         assert_eq!(info.node_name.as_deref(), Some("n1"));
 
@@ -174,7 +188,8 @@ mod tests {
             {"metadata":{"name":"b","namespace":"ns"}}]}"#;
         let pods = pods_from_text(text).expect("list");
         assert_eq!(pods.len(), 1);
-        let single = "kind: Pod\nmetadata:\n  name: a\n  annotations:\n    dns.dot-proxy.io/qps: \"1\"\n";
+        let single =
+            "kind: Pod\nmetadata:\n  name: a\n  annotations:\n    dns.dot-proxy.io/qps: \"1\"\n";
         assert_eq!(pods_from_text(single).expect("pod").len(), 1);
         assert!(pods_from_text("{not json").is_err());
     }

@@ -26,9 +26,9 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::core::PartialObjectMeta;
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::{watch, Mutex};
@@ -77,14 +77,33 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(client: Client, cluster: watch::Receiver<Arc<Snapshot>>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        client: Client,
+        cluster: watch::Receiver<Arc<Snapshot>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self::with_clock(client, cluster, metrics, now)
     }
 
-    pub fn with_clock(client: Client, cluster: watch::Receiver<Arc<Snapshot>>, metrics: Arc<Metrics>, now: fn() -> Time) -> Self {
-        let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
+    pub fn with_clock(
+        client: Client,
+        cluster: watch::Receiver<Arc<Snapshot>>,
+        metrics: Arc<Metrics>,
+        now: fn() -> Time,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
         let recorder = Recorder::new(client.clone(), reporter);
-        Context { client, cluster, metrics, recorder, reported: Mutex::default(), now }
+        Context {
+            client,
+            cluster,
+            metrics,
+            recorder,
+            reported: Mutex::default(),
+            now,
+        }
     }
 }
 
@@ -106,7 +125,10 @@ pub async fn reconcile(dpc: Arc<DotProxyConfig>, ctx: Arc<Context>) -> Result<Ac
     result.map(|(_, action)| action)
 }
 
-async fn reconcile_inner(dpc: &DotProxyConfig, ctx: &Context) -> Result<(ReconcileResult, Action), Error> {
+async fn reconcile_inner(
+    dpc: &DotProxyConfig,
+    ctx: &Context,
+) -> Result<(ReconcileResult, Action), Error> {
     let ns = dpc.namespace().ok_or(Error::NoNamespace)?;
     let name = dpc.name_any();
     if dpc.meta().deletion_timestamp.is_some() {
@@ -128,10 +150,21 @@ async fn reconcile_inner(dpc: &DotProxyConfig, ctx: &Context) -> Result<(Reconci
     }
 
     let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
-    let existing = api.list(&ListParams::default().labels(&selector(dpc))).await?.items;
+    let existing = api
+        .list(&ListParams::default().labels(&selector(dpc)))
+        .await?
+        .items;
     let pp = PatchParams::apply(FIELD_MANAGER).force();
-    let desired = std::iter::once((config_map(dpc, &rendered.config, Role::Config), Role::Config))
-        .chain(rendered.shards.iter().map(|s| (config_map(dpc, s, Role::Overrides), Role::Overrides)));
+    let desired = std::iter::once((
+        config_map(dpc, &rendered.config, Role::Config),
+        Role::Config,
+    ))
+    .chain(
+        rendered
+            .shards
+            .iter()
+            .map(|s| (config_map(dpc, s, Role::Overrides), Role::Overrides)),
+    );
     let mut names = Vec::new();
     let mut written = 0;
     for (cm, role) in desired {
@@ -149,7 +182,8 @@ async fn reconcile_inner(dpc: &DotProxyConfig, ctx: &Context) -> Result<(Reconci
         });
     }
     for old in stale(dpc, &existing, &names) {
-        api.delete(&old.name_any(), &DeleteParams::default()).await?;
+        api.delete(&old.name_any(), &DeleteParams::default())
+            .await?;
         ctx.metrics.wrote(WriteKind::Delete);
         info!(namespace = %ns, configmap = %old.name_any(), "deleted a ConfigMap this resource no longer produces");
     }
@@ -162,14 +196,38 @@ async fn reconcile_inner(dpc: &DotProxyConfig, ctx: &Context) -> Result<(Reconci
     }
 
     report_problems(dpc, ctx, &ns, &rendered.problems, &snapshot).await;
-    let invalid_pods = rendered.problems.iter().map(|p| p.uid.as_str()).collect::<HashSet<_>>().len();
+    let invalid_pods = rendered
+        .problems
+        .iter()
+        .map(|p| p.uid.as_str())
+        .collect::<HashSet<_>>()
+        .len();
     let invalid_pods = u32::try_from(invalid_pods).unwrap_or(u32::MAX);
-    write_status(dpc, ctx, &ns, Outcome::Applied { rendered: &rendered, invalid_pods }).await?;
+    write_status(
+        dpc,
+        ctx,
+        &ns,
+        Outcome::Applied {
+            rendered: &rendered,
+            invalid_pods,
+        },
+    )
+    .await?;
     Ok((ReconcileResult::Applied, Action::requeue(RESYNC)))
 }
 
-async fn write_status(dpc: &DotProxyConfig, ctx: &Context, ns: &str, outcome: Outcome<'_>) -> Result<(), Error> {
-    let status = desired_status(dpc.status.as_ref(), dpc.metadata.generation, outcome, &(ctx.now)());
+async fn write_status(
+    dpc: &DotProxyConfig,
+    ctx: &Context,
+    ns: &str,
+    outcome: Outcome<'_>,
+) -> Result<(), Error> {
+    let status = desired_status(
+        dpc.status.as_ref(),
+        dpc.metadata.generation,
+        outcome,
+        &(ctx.now)(),
+    );
     if dpc.status.as_ref() == Some(&status) {
         return Ok(());
     }
@@ -179,20 +237,35 @@ async fn write_status(dpc: &DotProxyConfig, ctx: &Context, ns: &str, outcome: Ou
         "kind": DotProxyConfig::kind(&()),
         "status": serde_json::to_value(&status)?,
     });
-    api.patch_status(&dpc.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+    api.patch_status(
+        &dpc.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
     ctx.metrics.wrote(WriteKind::Status);
     Ok(())
 }
 
 /// One Warning Event per pod and message. A failed Event is logged, never fatal: the
 /// ConfigMaps are already written.
-async fn report_problems(dpc: &DotProxyConfig, ctx: &Context, ns: &str, problems: &[PodProblem], snapshot: &Snapshot) {
+async fn report_problems(
+    dpc: &DotProxyConfig,
+    ctx: &Context,
+    ns: &str,
+    problems: &[PodProblem],
+    snapshot: &Snapshot,
+) {
     let mut reported = ctx.reported.lock().await;
     let live: HashSet<&str> = snapshot.pods.iter().map(|p| p.uid.as_str()).collect();
     reported.retain(|uid, _| live.contains(uid.as_str()));
     for p in problems {
         let note = format!("{} (DotProxyConfig {ns}/{})", p.message, dpc.name_any());
-        if !reported.entry(p.uid.clone()).or_default().insert(note.clone()) {
+        if !reported
+            .entry(p.uid.clone())
+            .or_default()
+            .insert(note.clone())
+        {
             continue;
         }
         let event = Event {
@@ -212,7 +285,9 @@ async fn report_problems(dpc: &DotProxyConfig, ctx: &Context, ns: &str, problems
         };
         match ctx.recorder.publish(&event, &regarding).await {
             Ok(()) => ctx.metrics.wrote(WriteKind::Event),
-            Err(error) => warn!(%error, pod = %p.name, namespace = %p.namespace, "could not record an Event"),
+            Err(error) => {
+                warn!(%error, pod = %p.name, namespace = %p.namespace, "could not record an Event")
+            }
         }
     }
 }
@@ -240,7 +315,12 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let (tx, rx) = watch::channel(Arc::new(Snapshot::default()));
-    let view = tokio::spawn(cluster::run(client.clone(), opts.debounce, tx, metrics.clone()));
+    let view = tokio::spawn(cluster::run(
+        client.clone(),
+        opts.debounce,
+        tx,
+        metrics.clone(),
+    ));
 
     let mut synced = rx.clone();
     let ready = tokio::spawn(async move {

@@ -28,7 +28,10 @@ impl Role {
 
 /// Label selector matching every ConfigMap written for `dpc`.
 pub fn selector(dpc: &DotProxyConfig) -> String {
-    format!("{MANAGED_BY_LABEL}={FIELD_MANAGER},{CONFIG_LABEL}={}", dpc.name_any())
+    format!(
+        "{MANAGED_BY_LABEL}={FIELD_MANAGER},{CONFIG_LABEL}={}",
+        dpc.name_any()
+    )
 }
 
 /// The full object applied for one rendered ConfigMap: labels, the hash annotation, and an
@@ -44,11 +47,17 @@ pub fn config_map(dpc: &DotProxyConfig, content: &ConfigMapContent, role: Role) 
             name: Some(content.name.clone()),
             namespace: dpc.namespace(),
             labels: Some(labels),
-            annotations: Some(BTreeMap::from([(HASH_ANNOTATION.to_string(), content.hash.clone())])),
+            annotations: Some(BTreeMap::from([(
+                HASH_ANNOTATION.to_string(),
+                content.hash.clone(),
+            )])),
             owner_references: dpc.controller_owner_ref(&()).map(|o| vec![o]),
             ..Default::default()
         },
-        data: Some(BTreeMap::from([(content.key.clone(), content.data.clone())])),
+        data: Some(BTreeMap::from([(
+            content.key.clone(),
+            content.data.clone(),
+        )])),
         ..Default::default()
     }
 }
@@ -64,25 +73,39 @@ pub fn up_to_date(existing: &ConfigMap, desired: &ConfigMap) -> bool {
         Some(d) if d.len() == 1 => d.get(key) == Some(value),
         _ => false,
     };
-    let annotation_same = existing.annotations().get(HASH_ANNOTATION) == desired.annotations().get(HASH_ANNOTATION);
-    let labels_same = desired.labels().iter().all(|(k, v)| existing.labels().get(k) == Some(v));
-    let owner_same = desired
-        .metadata
-        .owner_references
+    let annotation_same =
+        existing.annotations().get(HASH_ANNOTATION) == desired.annotations().get(HASH_ANNOTATION);
+    let labels_same = desired
+        .labels()
         .iter()
-        .flatten()
-        .all(|o| existing.owner_references().iter().any(|e| e.uid == o.uid && e.controller == o.controller));
+        .all(|(k, v)| existing.labels().get(k) == Some(v));
+    let owner_same = desired.metadata.owner_references.iter().flatten().all(|o| {
+        existing
+            .owner_references()
+            .iter()
+            .any(|e| e.uid == o.uid && e.controller == o.controller)
+    });
     data_same && annotation_same && labels_same && owner_same && existing.binary_data.is_none()
 }
 
 /// ConfigMaps written earlier for this resource that the current render no longer produces
 /// (a renamed target, fewer shards). Only those this resource controls are returned.
-pub fn stale<'a>(dpc: &DotProxyConfig, existing: &'a [ConfigMap], desired: &[String]) -> Vec<&'a ConfigMap> {
+pub fn stale<'a>(
+    dpc: &DotProxyConfig,
+    existing: &'a [ConfigMap],
+    desired: &[String],
+) -> Vec<&'a ConfigMap> {
     let uid = dpc.uid();
     existing
         .iter()
         .filter(|cm| !desired.contains(&cm.name_any()))
-        .filter(|cm| uid.is_some() && cm.owner_references().iter().any(|o| Some(&o.uid) == uid.as_ref() && o.controller == Some(true)))
+        .filter(|cm| {
+            uid.is_some()
+                && cm
+                    .owner_references()
+                    .iter()
+                    .any(|o| Some(&o.uid) == uid.as_ref() && o.controller == Some(true))
+        })
         .collect()
 }
 
@@ -92,7 +115,9 @@ mod tests {
     use crate::render::ConfigMapContent;
 
     fn dpc() -> DotProxyConfig {
-        let mut d: DotProxyConfig = serde_saphyr::from_str(include_str!("../../examples/dotproxyconfig.yaml")).expect("example");
+        let mut d: DotProxyConfig =
+            serde_saphyr::from_str(include_str!("../../examples/dotproxyconfig.yaml"))
+                .expect("example");
         d.metadata.uid = Some("uid-1".into());
         d
     }
@@ -100,32 +125,58 @@ mod tests {
     #[test]
     fn objects_carry_labels_hash_and_owner() {
         let d = dpc();
-        let content = ConfigMapContent::new("dot-proxy-config".into(), "config.yaml".into(), "listen: []\n".into());
+        let content = ConfigMapContent::new(
+            "dot-proxy-config".into(),
+            "config.yaml".into(),
+            "listen: []\n".into(),
+        );
         let cm = config_map(&d, &content, Role::Config);
         assert_eq!(cm.metadata.namespace.as_deref(), Some("dot-proxy"));
         assert_eq!(cm.annotations().get(HASH_ANNOTATION), Some(&content.hash));
-        assert_eq!(cm.labels().get(ROLE_LABEL).map(String::as_str), Some("config"));
+        assert_eq!(
+            cm.labels().get(ROLE_LABEL).map(String::as_str),
+            Some("config")
+        );
         let owner = &cm.owner_references()[0];
-        assert_eq!((owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()), ("DotProxyConfig", "default", "uid-1"));
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()),
+            ("DotProxyConfig", "default", "uid-1")
+        );
         assert_eq!(owner.controller, Some(true));
-        assert_eq!(selector(&d), "app.kubernetes.io/managed-by=dot-proxy-operator,dns.dot-proxy.io/config=default");
+        assert_eq!(
+            selector(&d),
+            "app.kubernetes.io/managed-by=dot-proxy-operator,dns.dot-proxy.io/config=default"
+        );
 
         assert!(up_to_date(&cm, &cm));
         let mut edited = cm.clone();
-        edited.data = Some(BTreeMap::from([("config.yaml".into(), "listen: [1]\n".into())]));
-        assert!(!up_to_date(&edited, &cm), "a hand edit of the data is undone");
+        edited.data = Some(BTreeMap::from([(
+            "config.yaml".into(),
+            "listen: [1]\n".into(),
+        )]));
+        assert!(
+            !up_to_date(&edited, &cm),
+            "a hand edit of the data is undone"
+        );
         let mut unowned = cm.clone();
         unowned.metadata.owner_references = None;
         assert!(!up_to_date(&unowned, &cm));
         let mut extra_key = cm.clone();
-        extra_key.data.get_or_insert_with(BTreeMap::new).insert("other".into(), "x".into());
+        extra_key
+            .data
+            .get_or_insert_with(BTreeMap::new)
+            .insert("other".into(), "x".into());
         assert!(!up_to_date(&extra_key, &cm));
     }
 
     #[test]
     fn stale_maps_are_only_our_own() {
         let d = dpc();
-        let content = ConfigMapContent::new("dot-proxy-config-overrides-9".into(), "shard-9.yaml".into(), "{}\n".into());
+        let content = ConfigMapContent::new(
+            "dot-proxy-config-overrides-9".into(),
+            "shard-9.yaml".into(),
+            "{}\n".into(),
+        );
         let ours = config_map(&d, &content, Role::Overrides);
         let mut foreign = ours.clone();
         foreign.metadata.owner_references = None;

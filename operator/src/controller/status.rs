@@ -12,7 +12,10 @@ const MAX_MESSAGE: usize = 2048;
 #[derive(Clone, Copy, Debug)]
 pub enum Outcome<'a> {
     /// Rendered and written; `invalid_pods` pods had annotation values ignored.
-    Applied { rendered: &'a Rendered, invalid_pods: u32 },
+    Applied {
+        rendered: &'a Rendered,
+        invalid_pods: u32,
+    },
     /// Not rendered; the ConfigMaps were left as they were.
     Invalid(&'a Invalid),
 }
@@ -20,11 +23,19 @@ pub enum Outcome<'a> {
 /// The status to write. Conditions whose status, reason and message are unchanged keep their
 /// `lastTransitionTime`, so an unchanged outcome yields a status equal to `old`, and the
 /// reconcile then writes nothing.
-pub fn desired(old: Option<&DotProxyConfigStatus>, generation: Option<i64>, outcome: Outcome<'_>, now: &Time) -> DotProxyConfigStatus {
+pub fn desired(
+    old: Option<&DotProxyConfigStatus>,
+    generation: Option<i64>,
+    outcome: Outcome<'_>,
+    now: &Time,
+) -> DotProxyConfigStatus {
     let mut st = old.cloned().unwrap_or_default();
     st.observed_generation = generation;
     let (ready, invalid) = match outcome {
-        Outcome::Applied { rendered, invalid_pods } => {
+        Outcome::Applied {
+            rendered,
+            invalid_pods,
+        } => {
             st.config_map = Some(rendered.config.name.clone());
             st.config_hash = Some(rendered.config.hash.clone());
             st.override_config_maps = rendered.shards.iter().map(|s| s.name.clone()).collect();
@@ -33,7 +44,15 @@ pub fn desired(old: Option<&DotProxyConfigStatus>, generation: Option<i64>, outc
             st.pods_with_invalid_annotations = invalid_pods;
             st.largest_shard_bytes = rendered.stats.largest_shard_bytes as u64;
             (
-                ("True", "Rendered", format!("config {} written to {}", short(&rendered.config.hash), rendered.config.name)),
+                (
+                    "True",
+                    "Rendered",
+                    format!(
+                        "config {} written to {}",
+                        short(&rendered.config.hash),
+                        rendered.config.name
+                    ),
+                ),
                 ("False", "Valid", String::new()),
             )
         }
@@ -43,7 +62,11 @@ pub fn desired(old: Option<&DotProxyConfigStatus>, generation: Option<i64>, outc
                 None => "nothing has been written yet".to_string(),
             };
             (
-                ("False", e.reason(), format!("current spec not applied, {kept}; see the Invalid condition")),
+                (
+                    "False",
+                    e.reason(),
+                    format!("current spec not applied, {kept}; see the Invalid condition"),
+                ),
                 ("True", e.reason(), e.to_string()),
             )
         }
@@ -56,10 +79,17 @@ pub fn desired(old: Option<&DotProxyConfigStatus>, generation: Option<i64>, outc
     st
 }
 
-fn condition(old: &[Condition], type_: &str, (status, reason, message): (&str, &str, String), generation: Option<i64>, now: &Time) -> Condition {
+fn condition(
+    old: &[Condition],
+    type_: &str,
+    (status, reason, message): (&str, &str, String),
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
     let message = clip(message);
     let previous = old.iter().find(|c| c.type_ == type_);
-    let unchanged = previous.is_some_and(|p| p.status == status && p.reason == reason && p.message == message);
+    let unchanged =
+        previous.is_some_and(|p| p.status == status && p.reason == reason && p.message == message);
     Condition {
         type_: type_.to_string(),
         status: status.to_string(),
@@ -100,28 +130,57 @@ mod tests {
 
     fn rendered() -> Rendered {
         let d: crate::resource::DotProxyConfig =
-            serde_saphyr::from_str(include_str!("../../examples/dotproxyconfig.yaml")).expect("example");
+            serde_saphyr::from_str(include_str!("../../examples/dotproxyconfig.yaml"))
+                .expect("example");
         render("default", &d.spec, &[], &Default::default()).expect("renders")
     }
 
     #[test]
     fn ready_then_invalid_then_ready_again() {
         let r = rendered();
-        let s1 = desired(None, Some(1), Outcome::Applied { rendered: &r, invalid_pods: 0 }, &at(100));
+        let s1 = desired(
+            None,
+            Some(1),
+            Outcome::Applied {
+                rendered: &r,
+                invalid_pods: 0,
+            },
+            &at(100),
+        );
         assert_eq!(s1.observed_generation, Some(1));
         assert_eq!(s1.config_hash.as_deref(), Some(r.config.hash.as_str()));
         assert_eq!(s1.override_config_maps.len(), 8);
         let ready = &s1.conditions[0];
-        assert_eq!((ready.type_.as_str(), ready.status.as_str(), ready.reason.as_str()), ("Ready", "True", "Rendered"));
+        assert_eq!(
+            (
+                ready.type_.as_str(),
+                ready.status.as_str(),
+                ready.reason.as_str()
+            ),
+            ("Ready", "True", "Rendered")
+        );
         assert_eq!(s1.conditions[1].status, "False");
 
         // Nothing new: the same status, times included.
-        let again = desired(Some(&s1), Some(1), Outcome::Applied { rendered: &r, invalid_pods: 0 }, &at(200));
+        let again = desired(
+            Some(&s1),
+            Some(1),
+            Outcome::Applied {
+                rendered: &r,
+                invalid_pods: 0,
+            },
+            &at(200),
+        );
         assert_eq!(again, s1);
 
-        let bad = Invalid::Spec(vec!["spec.zones: a route for \".\" (the default) is required".into()]);
+        let bad = Invalid::Spec(vec![
+            "spec.zones: a route for \".\" (the default) is required".into(),
+        ]);
         let s2 = desired(Some(&s1), Some(2), Outcome::Invalid(&bad), &at(300));
-        assert_eq!(s2.config_hash, s1.config_hash, "the last good config is still reported");
+        assert_eq!(
+            s2.config_hash, s1.config_hash,
+            "the last good config is still reported"
+        );
         assert_eq!(s2.conditions[0].status, "False");
         assert_eq!(s2.conditions[0].reason, "InvalidSpec");
         assert!(s2.conditions[0].message.contains(&r.config.hash[..12]));
@@ -130,7 +189,15 @@ mod tests {
         assert_eq!(s2.conditions[1].last_transition_time, at(300));
         assert_eq!(s2.conditions[1].observed_generation, Some(2));
 
-        let s3 = desired(Some(&s2), Some(3), Outcome::Applied { rendered: &r, invalid_pods: 2 }, &at(400));
+        let s3 = desired(
+            Some(&s2),
+            Some(3),
+            Outcome::Applied {
+                rendered: &r,
+                invalid_pods: 2,
+            },
+            &at(400),
+        );
         assert_eq!(s3.conditions[0].status, "True");
         assert_eq!(s3.conditions[0].last_transition_time, at(400));
         assert_eq!(s3.pods_with_invalid_annotations, 2);
@@ -141,7 +208,9 @@ mod tests {
         let bad = Invalid::OverridesTooLarge("x".repeat(5000));
         let s = desired(None, Some(1), Outcome::Invalid(&bad), &at(1));
         assert!(s.config_hash.is_none());
-        assert!(s.conditions[0].message.contains("nothing has been written yet"));
+        assert!(s.conditions[0]
+            .message
+            .contains("nothing has been written yet"));
         assert!(s.conditions[1].message.len() <= MAX_MESSAGE + 3);
     }
 }

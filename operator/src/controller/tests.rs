@@ -66,7 +66,9 @@ impl FakeApi {
                 }
             }
         };
-        let out = tokio::time::timeout(Duration::from_secs(20), run).await.expect("reconcile finished in time");
+        let out = tokio::time::timeout(Duration::from_secs(20), run)
+            .await
+            .expect("reconcile finished in time");
         (out, sent)
     }
 
@@ -74,15 +76,29 @@ impl FakeApi {
         let method = req.method().clone();
         let line = format!("{method} {}", req.uri());
         let path = req.uri().path().to_string();
-        let content_type = req.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let content_type = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let bytes = req.into_body().collect_bytes().await.expect("request body");
-        let body: Value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).expect("JSON body") };
+        let body: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).expect("JSON body")
+        };
 
-        let cm_name = path.strip_prefix(CM_PATH).and_then(|r| r.strip_prefix('/')).map(str::to_string);
+        let cm_name = path
+            .strip_prefix(CM_PATH)
+            .and_then(|r| r.strip_prefix('/'))
+            .map(str::to_string);
         let (code, reply) = match (&method, cm_name) {
             (&Method::GET, None) if path == CM_PATH => {
                 let items: Vec<Value> = self.config_maps.values().cloned().collect();
-                (StatusCode::OK, json!({"apiVersion": "v1", "kind": "ConfigMapList", "metadata": {"resourceVersion": "7"}, "items": items}))
+                (
+                    StatusCode::OK,
+                    json!({"apiVersion": "v1", "kind": "ConfigMapList", "metadata": {"resourceVersion": "7"}, "items": items}),
+                )
             }
             (&Method::PATCH, Some(_)) if self.fail_patches => (
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -94,7 +110,10 @@ impl FakeApi {
             }
             (&Method::DELETE, Some(name)) => {
                 self.config_maps.remove(&name);
-                (StatusCode::OK, json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}))
+                (
+                    StatusCode::OK,
+                    json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+                )
             }
             (&Method::PATCH, None) if path.ends_with("/dotproxyconfigs/default/status") => {
                 self.status = body.get("status").cloned();
@@ -102,28 +121,46 @@ impl FakeApi {
                 obj["status"] = body["status"].clone();
                 (StatusCode::OK, obj)
             }
-            (&Method::POST, None) if path.ends_with("/events") => (StatusCode::CREATED, body.clone()),
-            _ => (StatusCode::NOT_FOUND, json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404})),
+            (&Method::POST, None) if path.ends_with("/events") => {
+                (StatusCode::CREATED, body.clone())
+            }
+            _ => (
+                StatusCode::NOT_FOUND,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}),
+            ),
         };
         let response = Response::builder()
             .status(code)
             .body(Body::from(serde_json::to_vec(&reply).expect("json")))
             .expect("response");
         respond.send_response(response);
-        Sent { line, content_type, body }
+        Sent {
+            line,
+            content_type,
+            body,
+        }
     }
 
     /// The resource as the watch would deliver it next: with the status last written.
-    fn resource(&self, generation: i64, spec: impl FnOnce(&mut DotProxyConfig)) -> Arc<DotProxyConfig> {
+    fn resource(
+        &self,
+        generation: i64,
+        spec: impl FnOnce(&mut DotProxyConfig),
+    ) -> Arc<DotProxyConfig> {
         let mut d = dpc(generation);
         spec(&mut d);
-        d.status = self.status.clone().map(|s| serde_json::from_value::<DotProxyConfigStatus>(s).expect("status"));
+        d.status = self
+            .status
+            .clone()
+            .map(|s| serde_json::from_value::<DotProxyConfigStatus>(s).expect("status"));
         Arc::new(d)
     }
 }
 
 fn dpc(generation: i64) -> DotProxyConfig {
-    let mut d: DotProxyConfig = serde_saphyr::from_str(include_str!("../../examples/dotproxyconfig.yaml")).expect("example");
+    let mut d: DotProxyConfig =
+        serde_saphyr::from_str(include_str!("../../examples/dotproxyconfig.yaml"))
+            .expect("example");
     d.metadata.uid = Some("uid-1".into());
     d.metadata.generation = Some(generation);
     d.spec.target.override_shards = 2;
@@ -142,12 +179,19 @@ fn pod(name: &str, node: &str, ip: &str, ann: &[(&str, &str)]) -> PodInfo {
         node_name: Some(node.into()),
         host_network: false,
         ips: vec![ip.parse().expect("ip")],
-        annotations: ann.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        annotations: ann
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
     }
 }
 
 fn snapshot(pods: Vec<PodInfo>) -> Arc<Snapshot> {
-    Arc::new(Snapshot { synced: true, pods, nodes: NodeLabels::new() })
+    Arc::new(Snapshot {
+        synced: true,
+        pods,
+        nodes: NodeLabels::new(),
+    })
 }
 
 struct Setup {
@@ -160,8 +204,22 @@ fn setup(initial: Arc<Snapshot>) -> Setup {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let (view, rx) = watch::channel(initial);
-    let ctx = Arc::new(Context::with_clock(client, rx, Arc::new(Metrics::default()), fixed_now));
-    Setup { api: FakeApi { handle, config_maps: BTreeMap::new(), status: None, fail_patches: false }, ctx, view }
+    let ctx = Arc::new(Context::with_clock(
+        client,
+        rx,
+        Arc::new(Metrics::default()),
+        fixed_now,
+    ));
+    Setup {
+        api: FakeApi {
+            handle,
+            config_maps: BTreeMap::new(),
+            status: None,
+            fail_patches: false,
+        },
+        ctx,
+        view,
+    }
 }
 
 fn lines(sent: &[Sent]) -> Vec<&str> {
@@ -177,7 +235,12 @@ fn shard_patch(node: &str) -> String {
 }
 
 fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
-    status["conditions"].as_array().expect("conditions").iter().find(|c| c["type"] == type_).expect("condition present")
+    status["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .find(|c| c["type"] == type_)
+        .expect("condition present")
 }
 
 const QPS: &str = "dns.dot-proxy.io/qps";
@@ -192,7 +255,10 @@ async fn create_noop_update_pod_churn_invalid_and_back() {
     //    with the bad annotation, then the status.
     let d = api.resource(1, |_| {});
     let (action, sent) = api.serve_while(reconcile(d, ctx.clone())).await;
-    assert_eq!(action.expect("reconciled"), Action::requeue(Duration::from_secs(300)));
+    assert_eq!(
+        action.expect("reconciled"),
+        Action::requeue(Duration::from_secs(300))
+    );
     assert_eq!(
         lines(&sent),
         [
@@ -205,15 +271,31 @@ async fn create_noop_update_pod_churn_invalid_and_back() {
         ]
     );
     for s in &sent[1..4] {
-        assert_eq!(s.content_type.as_deref(), Some("application/apply-patch+yaml"), "server-side apply");
+        assert_eq!(
+            s.content_type.as_deref(),
+            Some("application/apply-patch+yaml"),
+            "server-side apply"
+        );
     }
 
     let main = &sent[1].body;
-    assert_eq!((main["apiVersion"].as_str(), main["kind"].as_str()), (Some("v1"), Some("ConfigMap")));
+    assert_eq!(
+        (main["apiVersion"].as_str(), main["kind"].as_str()),
+        (Some("v1"), Some("ConfigMap"))
+    );
     assert_eq!(main["metadata"]["namespace"], NS);
-    assert_eq!(main["metadata"]["labels"]["app.kubernetes.io/managed-by"], "dot-proxy-operator");
-    assert_eq!(main["metadata"]["labels"]["dns.dot-proxy.io/config"], "default");
-    assert_eq!(main["metadata"]["labels"]["dns.dot-proxy.io/role"], "config");
+    assert_eq!(
+        main["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "dot-proxy-operator"
+    );
+    assert_eq!(
+        main["metadata"]["labels"]["dns.dot-proxy.io/config"],
+        "default"
+    );
+    assert_eq!(
+        main["metadata"]["labels"]["dns.dot-proxy.io/role"],
+        "config"
+    );
     let owner = &main["metadata"]["ownerReferences"][0];
     assert_eq!(owner["apiVersion"], "dns.dot-proxy.io/v1alpha1");
     assert_eq!(owner["kind"], "DotProxyConfig");
@@ -224,21 +306,41 @@ async fn create_noop_update_pod_churn_invalid_and_back() {
     assert_eq!(data.len(), 1);
     let config_yaml = data["config.yaml"].as_str().expect("config.yaml");
     let hash = sha256_hex(config_yaml.as_bytes());
-    assert_eq!(main["metadata"]["annotations"]["dns.dot-proxy.io/config-hash"], hash.as_str());
+    assert_eq!(
+        main["metadata"]["annotations"]["dns.dot-proxy.io/config-hash"],
+        hash.as_str()
+    );
     let cfg = Config::from_yaml(config_yaml).expect("the proxy parses what was written");
     cfg.validate().expect("and validates it");
-    assert_eq!(cfg.overrides.dir.as_deref(), Some(std::path::Path::new("/etc/dot-proxy/overrides")));
+    assert_eq!(
+        cfg.overrides.dir.as_deref(),
+        Some(std::path::Path::new("/etc/dot-proxy/overrides"))
+    );
 
     let a_shard = shard_of("node-a", 2) as usize;
     for (i, s) in sent[2..4].iter().enumerate() {
         let key = format!("shard-{i}.yaml");
         let text = s.body["data"][&key].as_str().expect("shard key");
-        assert_eq!(s.body["metadata"]["annotations"]["dns.dot-proxy.io/config-hash"], sha256_hex(text.as_bytes()).as_str());
-        assert_eq!(s.body["metadata"]["labels"]["dns.dot-proxy.io/role"], "overrides");
+        assert_eq!(
+            s.body["metadata"]["annotations"]["dns.dot-proxy.io/config-hash"],
+            sha256_hex(text.as_bytes()).as_str()
+        );
+        assert_eq!(
+            s.body["metadata"]["labels"]["dns.dot-proxy.io/role"],
+            "overrides"
+        );
         let file = crate::render::parse_shard(text).expect("shard parses");
         if i == a_shard {
-            let cidrs: Vec<_> = file["node-a"].rate_limits.iter().map(|o| (o.cidr.as_str(), o.qps)).collect();
-            assert_eq!(cidrs, [("10.244.1.10/32", Some(50.0))], "the broken pod has no entry");
+            let cidrs: Vec<_> = file["node-a"]
+                .rate_limits
+                .iter()
+                .map(|o| (o.cidr.as_str(), o.qps))
+                .collect();
+            assert_eq!(
+                cidrs,
+                [("10.244.1.10/32", Some(50.0))],
+                "the broken pod has no entry"
+            );
         } else {
             assert!(file.is_empty());
         }
@@ -252,7 +354,11 @@ async fn create_noop_update_pod_churn_invalid_and_back() {
     assert_eq!(ev["regarding"]["name"], "broken");
     assert_eq!(ev["regarding"]["uid"], "uid-broken");
     let note = ev["note"].as_str().expect("note");
-    assert!(note.contains("dns.dot-proxy.io/qps=\"fast\" ignored") && note.contains("DotProxyConfig dot-proxy/default"), "{note}");
+    assert!(
+        note.contains("dns.dot-proxy.io/qps=\"fast\" ignored")
+            && note.contains("DotProxyConfig dot-proxy/default"),
+        "{note}"
+    );
 
     let st = &sent[5].body;
     assert_eq!(st["apiVersion"], "dns.dot-proxy.io/v1alpha1");
@@ -261,11 +367,20 @@ async fn create_noop_update_pod_churn_invalid_and_back() {
     assert_eq!(status["observedGeneration"], 1);
     assert_eq!(status["configMap"], "dot-proxy-config");
     assert_eq!(status["configHash"], hash.as_str());
-    assert_eq!(status["overrideConfigMaps"], json!(["dot-proxy-config-overrides-0", "dot-proxy-config-overrides-1"]));
+    assert_eq!(
+        status["overrideConfigMaps"],
+        json!([
+            "dot-proxy-config-overrides-0",
+            "dot-proxy-config-overrides-1"
+        ])
+    );
     assert_eq!(status["podOverrides"], 1);
     assert_eq!(status["podsWithInvalidAnnotations"], 1);
     let ready = condition(status, "Ready");
-    assert_eq!((&ready["status"], &ready["reason"]), (&json!("True"), &json!("Rendered")));
+    assert_eq!(
+        (&ready["status"], &ready["reason"]),
+        (&json!("True"), &json!("Rendered"))
+    );
     assert_eq!(ready["lastTransitionTime"], "2023-11-14T22:13:20Z");
     assert_eq!(condition(status, "Invalid")["status"], "False");
 
@@ -277,30 +392,68 @@ async fn create_noop_update_pod_churn_invalid_and_back() {
     // 3. A spec change: only the main ConfigMap (the shards are the same), then the status.
     let d = api.resource(2, |d| d.spec.cache.max_ttl = 600);
     let (_, sent) = api.serve_while(reconcile(d, ctx.clone())).await;
-    assert_eq!(lines(&sent), [LIST.to_string(), cm_patch("dot-proxy-config"), STATUS.to_string()]);
-    let new_hash = sent[2].body["status"]["configHash"].as_str().expect("hash").to_string();
+    assert_eq!(
+        lines(&sent),
+        [
+            LIST.to_string(),
+            cm_patch("dot-proxy-config"),
+            STATUS.to_string()
+        ]
+    );
+    let new_hash = sent[2].body["status"]["configHash"]
+        .as_str()
+        .expect("hash")
+        .to_string();
     assert_ne!(new_hash, hash);
-    assert!(sent[1].body["data"]["config.yaml"].as_str().expect("data").contains("max_ttl: 600"));
+    assert!(sent[1].body["data"]["config.yaml"]
+        .as_str()
+        .expect("data")
+        .contains("max_ttl: 600"));
     assert_eq!(sent[2].body["status"]["observedGeneration"], 2);
     let spec2 = |d: &mut DotProxyConfig| d.spec.cache.max_ttl = 600;
 
     // 4. A pod added on another node: only that node's shard, then the status.
-    let web2 = pod("web-2", "node-b", "10.244.2.20", &[("dns.dot-proxy.io/upstream-group", "cloudflare")]);
+    let web2 = pod(
+        "web-2",
+        "node-b",
+        "10.244.2.20",
+        &[("dns.dot-proxy.io/upstream-group", "cloudflare")],
+    );
     view.send_replace(snapshot(vec![web1.clone(), broken.clone(), web2.clone()]));
-    let (_, sent) = api.serve_while(reconcile(api.resource(2, spec2), ctx.clone())).await;
-    assert_eq!(lines(&sent), [LIST.to_string(), shard_patch("node-b"), STATUS.to_string()]);
-    let text = sent[1].body["data"][format!("shard-{}.yaml", shard_of("node-b", 2))].as_str().expect("shard");
+    let (_, sent) = api
+        .serve_while(reconcile(api.resource(2, spec2), ctx.clone()))
+        .await;
+    assert_eq!(
+        lines(&sent),
+        [LIST.to_string(), shard_patch("node-b"), STATUS.to_string()]
+    );
+    let text = sent[1].body["data"][format!("shard-{}.yaml", shard_of("node-b", 2))]
+        .as_str()
+        .expect("shard");
     let file = crate::render::parse_shard(text).expect("parses");
-    let groups: Vec<_> = file["node-b"].client_groups.iter().map(|c| (c.cidr.as_str(), c.group.as_str())).collect();
+    let groups: Vec<_> = file["node-b"]
+        .client_groups
+        .iter()
+        .map(|c| (c.cidr.as_str(), c.group.as_str()))
+        .collect();
     assert_eq!(groups, [("10.244.2.20/32", "cloudflare")]);
     assert_eq!(sent[2].body["status"]["podOverrides"], 2);
 
     // 5. A pod deleted: its node's shard loses the entry.
     view.send_replace(snapshot(vec![broken.clone(), web2.clone()]));
-    let (_, sent) = api.serve_while(reconcile(api.resource(2, spec2), ctx.clone())).await;
-    assert_eq!(lines(&sent), [LIST.to_string(), shard_patch("node-a"), STATUS.to_string()]);
-    let text = sent[1].body["data"][format!("shard-{}.yaml", shard_of("node-a", 2))].as_str().expect("shard");
-    assert!(!crate::render::parse_shard(text).expect("parses").contains_key("node-a"));
+    let (_, sent) = api
+        .serve_while(reconcile(api.resource(2, spec2), ctx.clone()))
+        .await;
+    assert_eq!(
+        lines(&sent),
+        [LIST.to_string(), shard_patch("node-a"), STATUS.to_string()]
+    );
+    let text = sent[1].body["data"][format!("shard-{}.yaml", shard_of("node-a", 2))]
+        .as_str()
+        .expect("shard");
+    assert!(!crate::render::parse_shard(text)
+        .expect("parses")
+        .contains_key("node-a"));
     assert_eq!(sent[2].body["status"]["podOverrides"], 1);
 
     // 6. An invalid spec (plain DNS for "." without the opt-in): only the status; the
@@ -310,36 +463,66 @@ async fn create_noop_update_pod_churn_invalid_and_back() {
         d.spec.cache.max_ttl = 600;
         d.spec.zones[0].group = "cluster".into();
     };
-    let (action, sent) = api.serve_while(reconcile(api.resource(3, invalid), ctx.clone())).await;
-    assert_eq!(action.expect("an invalid resource is not an error"), Action::requeue(Duration::from_secs(300)));
+    let (action, sent) = api
+        .serve_while(reconcile(api.resource(3, invalid), ctx.clone()))
+        .await;
+    assert_eq!(
+        action.expect("an invalid resource is not an error"),
+        Action::requeue(Duration::from_secs(300))
+    );
     assert_eq!(lines(&sent), [STATUS]);
     assert_eq!(api.config_maps, before);
     let status = &sent[0].body["status"];
     assert_eq!(status["observedGeneration"], 3);
-    assert_eq!(status["configHash"], new_hash.as_str(), "still the last good config");
+    assert_eq!(
+        status["configHash"],
+        new_hash.as_str(),
+        "still the last good config"
+    );
     let inv = condition(status, "Invalid");
-    assert_eq!((&inv["status"], &inv["reason"]), (&json!("True"), &json!("InvalidSpec")));
+    assert_eq!(
+        (&inv["status"], &inv["reason"]),
+        (&json!("True"), &json!("InvalidSpec"))
+    );
     let msg = inv["message"].as_str().expect("message");
-    assert!(msg.contains("spec.zones[0].group") && msg.contains("spec.allowPlainDefault: true"), "{msg}");
+    assert!(
+        msg.contains("spec.zones[0].group") && msg.contains("spec.allowPlainDefault: true"),
+        "{msg}"
+    );
     let ready = condition(status, "Ready");
-    assert_eq!((&ready["status"], &ready["reason"]), (&json!("False"), &json!("InvalidSpec")));
+    assert_eq!(
+        (&ready["status"], &ready["reason"]),
+        (&json!("False"), &json!("InvalidSpec"))
+    );
 
     // 7. Still invalid, same message: nothing at all is sent.
-    let (_, sent) = api.serve_while(reconcile(api.resource(3, invalid), ctx.clone())).await;
+    let (_, sent) = api
+        .serve_while(reconcile(api.resource(3, invalid), ctx.clone()))
+        .await;
     assert!(sent.is_empty(), "{:?}", lines(&sent));
 
     // 8. Fixed again (same content as the last good one): no ConfigMap write, Ready again.
-    let (_, sent) = api.serve_while(reconcile(api.resource(4, spec2), ctx.clone())).await;
+    let (_, sent) = api
+        .serve_while(reconcile(api.resource(4, spec2), ctx.clone()))
+        .await;
     assert_eq!(lines(&sent), [LIST, STATUS]);
-    assert_eq!(condition(&sent[1].body["status"], "Ready")["status"], "True");
+    assert_eq!(
+        condition(&sent[1].body["status"], "Ready")["status"],
+        "True"
+    );
     assert_eq!(api.config_maps, before);
 }
 
 #[tokio::test]
 async fn nothing_is_written_before_the_pod_view_syncs() {
     let Setup { mut api, ctx, .. } = setup(Arc::new(Snapshot::default()));
-    let (action, sent) = api.serve_while(reconcile(api.resource(1, |_| {}), ctx.clone())).await;
-    assert_eq!(action.expect("waits"), Action::requeue(Duration::from_secs(5)));
+    let (action, sent) = api
+        .serve_while(reconcile(api.resource(1, |_| {}), ctx.clone()))
+        .await;
+    assert_eq!(
+        action.expect("waits"),
+        Action::requeue(Duration::from_secs(5))
+    );
     assert!(sent.is_empty(), "{:?}", lines(&sent));
 }
 
@@ -347,17 +530,28 @@ async fn nothing_is_written_before_the_pod_view_syncs() {
 async fn fewer_shards_delete_the_extra_ones_and_hand_edits_are_undone() {
     let web = pod("web", "node-a", "10.244.1.10", &[(QPS, "5")]);
     let Setup { mut api, ctx, .. } = setup(snapshot(vec![web]));
-    let (_, sent) = api.serve_while(reconcile(api.resource(1, |_| {}), ctx.clone())).await;
+    let (_, sent) = api
+        .serve_while(reconcile(api.resource(1, |_| {}), ctx.clone()))
+        .await;
     assert_eq!(sent.len(), 5, "{:?}", lines(&sent));
 
     // Someone edits the main ConfigMap by hand: it is applied again.
-    api.config_maps.get_mut("dot-proxy-config").expect("written")["data"]["config.yaml"] = json!("listen: []\n");
-    let (_, sent) = api.serve_while(reconcile(api.resource(1, |_| {}), ctx.clone())).await;
-    assert_eq!(lines(&sent), [LIST.to_string(), cm_patch("dot-proxy-config")]);
+    api.config_maps
+        .get_mut("dot-proxy-config")
+        .expect("written")["data"]["config.yaml"] = json!("listen: []\n");
+    let (_, sent) = api
+        .serve_while(reconcile(api.resource(1, |_| {}), ctx.clone()))
+        .await;
+    assert_eq!(
+        lines(&sent),
+        [LIST.to_string(), cm_patch("dot-proxy-config")]
+    );
 
     // One shard instead of two: shard 1 is deleted, everything lands in shard 0.
     let one = |d: &mut DotProxyConfig| d.spec.target.override_shards = 1;
-    let (_, sent) = api.serve_while(reconcile(api.resource(2, one), ctx.clone())).await;
+    let (_, sent) = api
+        .serve_while(reconcile(api.resource(2, one), ctx.clone()))
+        .await;
     let mut want = vec![LIST.to_string()];
     if shard_of("node-a", 2) == 1 {
         want.push(cm_patch("dot-proxy-config-overrides-0"));
@@ -365,8 +559,14 @@ async fn fewer_shards_delete_the_extra_ones_and_hand_edits_are_undone() {
     want.push(format!("DELETE {CM_PATH}/dot-proxy-config-overrides-1?"));
     want.push(STATUS.to_string());
     assert_eq!(lines(&sent), want);
-    assert_eq!(api.config_maps.keys().collect::<Vec<_>>(), ["dot-proxy-config", "dot-proxy-config-overrides-0"]);
-    assert_eq!(api.status.as_ref().expect("status")["overrideConfigMaps"], json!(["dot-proxy-config-overrides-0"]));
+    assert_eq!(
+        api.config_maps.keys().collect::<Vec<_>>(),
+        ["dot-proxy-config", "dot-proxy-config-overrides-0"]
+    );
+    assert_eq!(
+        api.status.as_ref().expect("status")["overrideConfigMaps"],
+        json!(["dot-proxy-config-overrides-0"])
+    );
 }
 
 #[tokio::test]
@@ -375,10 +575,19 @@ async fn a_failed_write_is_an_error_for_retry() {
     api.fail_patches = true;
     let d = api.resource(1, |_| {});
     let (result, sent) = api.serve_while(reconcile(d.clone(), ctx.clone())).await;
-    assert_eq!(lines(&sent), [LIST.to_string(), cm_patch("dot-proxy-config")]);
+    assert_eq!(
+        lines(&sent),
+        [LIST.to_string(), cm_patch("dot-proxy-config")]
+    );
     let err = result.expect_err("the 500 is returned");
     assert!(err.to_string().contains("etcdserver"), "{err}");
-    assert_eq!(error_policy(d, &err, ctx.clone()), Action::requeue(Duration::from_secs(15)));
+    assert_eq!(
+        error_policy(d, &err, ctx.clone()),
+        Action::requeue(Duration::from_secs(15))
+    );
     let metrics = ctx.metrics.encode();
-    assert!(metrics.contains("dot_proxy_operator_reconcile_errors_total 1"), "{metrics}");
+    assert!(
+        metrics.contains("dot_proxy_operator_reconcile_errors_total 1"),
+        "{metrics}"
+    );
 }

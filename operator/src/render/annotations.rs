@@ -48,7 +48,13 @@ pub struct AnnotationProblem {
 
 impl std::fmt::Display for AnnotationProblem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}={:?} ignored: {}", self.key, truncate(&self.value, 64), self.reason)
+        write!(
+            f,
+            "{}={:?} ignored: {}",
+            self.key,
+            truncate(&self.value, 64),
+            self.reason
+        )
     }
 }
 
@@ -61,10 +67,16 @@ fn truncate(s: &str, max: usize) -> &str {
 
 /// Parses the `dns.dot-proxy.io/` annotations of one pod. `group_exists` tells whether an
 /// upstream group of that name is defined in the resource.
-pub fn parse(annotations: &BTreeMap<String, String>, group_exists: impl Fn(&str) -> bool) -> (PodRequest, Vec<AnnotationProblem>) {
+pub fn parse(
+    annotations: &BTreeMap<String, String>,
+    group_exists: impl Fn(&str) -> bool,
+) -> (PodRequest, Vec<AnnotationProblem>) {
     let mut req = PodRequest::default();
     let mut problems = Vec::new();
-    for (key, raw) in annotations.iter().filter(|(k, _)| k.starts_with(ANNOTATION_PREFIX)) {
+    for (key, raw) in annotations
+        .iter()
+        .filter(|(k, _)| k.starts_with(ANNOTATION_PREFIX))
+    {
         let value = raw.trim();
         let result = match key.as_str() {
             QPS => parse_qps(value).map(|q| req.qps = Some(q)),
@@ -83,7 +95,11 @@ pub fn parse(annotations: &BTreeMap<String, String>, group_exists: impl Fn(&str)
             )),
         };
         if let Err(reason) = result {
-            problems.push(AnnotationProblem { key: key.clone(), value: raw.clone(), reason });
+            problems.push(AnnotationProblem {
+                key: key.clone(),
+                value: raw.clone(),
+                reason,
+            });
         }
     }
     if req.exempt {
@@ -121,7 +137,10 @@ mod tests {
     use super::*;
 
     fn ann(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn groups(name: &str) -> bool {
@@ -130,13 +149,30 @@ mod tests {
 
     #[test]
     fn valid_values() {
-        let (r, p) = parse(&ann(&[(QPS, "12.5"), (BURST, "40"), (GROUP, "internal")]), groups);
+        let (r, p) = parse(
+            &ann(&[(QPS, "12.5"), (BURST, "40"), (GROUP, "internal")]),
+            groups,
+        );
         assert!(p.is_empty(), "{p:?}");
-        assert_eq!(r, PodRequest { qps: Some(12.5), burst: Some(40), exempt: false, group: Some("internal".into()) });
+        assert_eq!(
+            r,
+            PodRequest {
+                qps: Some(12.5),
+                burst: Some(40),
+                exempt: false,
+                group: Some("internal".into())
+            }
+        );
         assert!(r.has_rate_limit());
         let (r, p) = parse(&ann(&[(EXEMPT, "true"), (QPS, "5")]), groups);
         assert!(p.is_empty());
-        assert_eq!(r, PodRequest { exempt: true, ..Default::default() });
+        assert_eq!(
+            r,
+            PodRequest {
+                exempt: true,
+                ..Default::default()
+            }
+        );
         let (r, _) = parse(&ann(&[(EXEMPT, "false")]), groups);
         assert!(!r.has_rate_limit());
         let (r, p) = parse(&ann(&[(QPS, " 7 ")]), groups);
@@ -157,19 +193,44 @@ mod tests {
             ]),
             groups,
         );
-        assert_eq!(r, PodRequest { burst: Some(10), ..Default::default() });
+        assert_eq!(
+            r,
+            PodRequest {
+                burst: Some(10),
+                ..Default::default()
+            }
+        );
         let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
-        assert_eq!(keys, vec!["dns.dot-proxy.io/qps", "dns.dot-proxy.io/qsp", EXEMPT, GROUP]);
+        assert_eq!(
+            keys,
+            vec![
+                "dns.dot-proxy.io/qps",
+                "dns.dot-proxy.io/qsp",
+                EXEMPT,
+                GROUP
+            ]
+        );
         for bad in ["0", "-1", "NaN", "inf", "1e9", ""] {
             assert_eq!(parse(&ann(&[(QPS, bad)]), groups).1.len(), 1, "qps {bad}");
         }
         for bad in ["0", "1.5", "-3", "99999999999", "ten"] {
-            assert_eq!(parse(&ann(&[(BURST, bad)]), groups).1.len(), 1, "burst {bad}");
+            assert_eq!(
+                parse(&ann(&[(BURST, bad)]), groups).1.len(),
+                1,
+                "burst {bad}"
+            );
         }
         for bad in ["True", "1", "on", ""] {
-            assert_eq!(parse(&ann(&[(EXEMPT, bad)]), groups).1.len(), 1, "exempt {bad}");
+            assert_eq!(
+                parse(&ann(&[(EXEMPT, bad)]), groups).1.len(),
+                1,
+                "exempt {bad}"
+            );
         }
         let msg = p[0].to_string();
-        assert!(msg.contains("dns.dot-proxy.io/qps=\"fast\" ignored"), "{msg}");
+        assert!(
+            msg.contains("dns.dot-proxy.io/qps=\"fast\" ignored"),
+            "{msg}"
+        );
     }
 }

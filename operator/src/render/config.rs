@@ -4,8 +4,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use dot_proxy::config::{
-    AdminConfig, CacheConfig, Config, LogConfig, NodeLocalConfig, OverridesConfig, PrefetchConfig, PrivacyConfig,
-    Protocol, RateLimitConfig, UpstreamGroup, UpstreamServer, ZoneRoute,
+    AdminConfig, CacheConfig, Config, LogConfig, NodeLocalConfig, OverridesConfig, PrefetchConfig,
+    PrivacyConfig, Protocol, RateLimitConfig, UpstreamGroup, UpstreamServer, ZoneRoute,
 };
 
 use crate::resource::{Checked, DotProxyConfigSpec, UpstreamServerSpec};
@@ -27,7 +27,11 @@ pub fn proxy_config(spec: &DotProxyConfigSpec) -> Result<Config, Vec<String>> {
         .filter_map(|(i, a)| {
             a.trim()
                 .parse::<SocketAddr>()
-                .map_err(|_| errs.push(format!("spec.listen[{i}]: {a:?} is not IP:PORT (IPv6 as [addr]:port)")))
+                .map_err(|_| {
+                    errs.push(format!(
+                        "spec.listen[{i}]: {a:?} is not IP:PORT (IPv6 as [addr]:port)"
+                    ))
+                })
                 .ok()
         })
         .collect();
@@ -35,8 +39,18 @@ pub fn proxy_config(spec: &DotProxyConfigSpec) -> Result<Config, Vec<String>> {
     let mut upstream_groups = Vec::new();
     for (gi, g) in spec.upstream_groups.iter().enumerate() {
         let gp = format!("spec.upstreamGroups[{gi}]");
-        let policy = checked(&mut errs, &format!("{gp}.policy"), &g.policy, "failover, round_robin, fastest, race");
-        let timeout = checked(&mut errs, &format!("{gp}.timeout"), &g.timeout, "a duration like 2s or 500ms");
+        let policy = checked(
+            &mut errs,
+            &format!("{gp}.policy"),
+            &g.policy,
+            "failover, round_robin, fastest, race",
+        );
+        let timeout = checked(
+            &mut errs,
+            &format!("{gp}.timeout"),
+            &g.timeout,
+            "a duration like 2s or 500ms",
+        );
         let servers = g
             .servers
             .iter()
@@ -51,10 +65,22 @@ pub fn proxy_config(spec: &DotProxyConfigSpec) -> Result<Config, Vec<String>> {
         });
     }
 
-    let zones = spec.zones.iter().map(|z| ZoneRoute { zone: z.zone.clone(), group: z.group.clone() }).collect();
+    let zones = spec
+        .zones
+        .iter()
+        .map(|z| ZoneRoute {
+            zone: z.zone.clone(),
+            group: z.group.clone(),
+        })
+        .collect();
 
     let c = &spec.cache;
-    let stale_max_age = checked(&mut errs, "spec.cache.staleMaxAge", &c.stale_max_age, "a duration like 1d");
+    let stale_max_age = checked(
+        &mut errs,
+        "spec.cache.staleMaxAge",
+        &c.stale_max_age,
+        "a duration like 1d",
+    );
     let cache = CacheConfig {
         enabled: c.enabled,
         max_entries: c.max_entries as usize,
@@ -74,7 +100,12 @@ pub fn proxy_config(spec: &DotProxyConfigSpec) -> Result<Config, Vec<String>> {
     };
 
     let r = &spec.rate_limit;
-    let action = checked(&mut errs, "spec.rateLimit.action", &r.action, "refused, drop");
+    let action = checked(
+        &mut errs,
+        "spec.rateLimit.action",
+        &r.action,
+        "refused, drop",
+    );
     let rate_limit = RateLimitConfig {
         enabled: r.enabled,
         qps: r.qps,
@@ -88,7 +119,12 @@ pub fn proxy_config(spec: &DotProxyConfigSpec) -> Result<Config, Vec<String>> {
     };
 
     let nl = &spec.node_local;
-    let firewall = checked(&mut errs, "spec.nodeLocal.firewall", &nl.firewall, "auto, nftables, iptables, none");
+    let firewall = checked(
+        &mut errs,
+        "spec.nodeLocal.firewall",
+        &nl.firewall,
+        "auto, nftables, iptables, none",
+    );
     let addresses = nl
         .addresses
         .iter()
@@ -96,7 +132,11 @@ pub fn proxy_config(spec: &DotProxyConfigSpec) -> Result<Config, Vec<String>> {
         .filter_map(|(i, a)| {
             a.trim()
                 .parse::<IpAddr>()
-                .map_err(|_| errs.push(format!("spec.nodeLocal.addresses[{i}]: {a:?} is not an IP address")))
+                .map_err(|_| {
+                    errs.push(format!(
+                        "spec.nodeLocal.addresses[{i}]: {a:?} is not an IP address"
+                    ))
+                })
                 .ok()
         })
         .collect();
@@ -113,22 +153,37 @@ pub fn proxy_config(spec: &DotProxyConfigSpec) -> Result<Config, Vec<String>> {
         "" => None,
         a => a
             .parse::<SocketAddr>()
-            .map_err(|_| errs.push(format!("spec.adminListen: {a:?} is not IP:PORT (or empty to turn it off)")))
+            .map_err(|_| {
+                errs.push(format!(
+                    "spec.adminListen: {a:?} is not IP:PORT (or empty to turn it off)"
+                ))
+            })
             .ok(),
     };
 
     let config = Config {
         listen,
-        log: LogConfig { format: log_format.unwrap_or(defaults.log.format), level: spec.log.level.clone() },
-        admin: AdminConfig { listen: admin_listen },
+        log: LogConfig {
+            format: log_format.unwrap_or(defaults.log.format),
+            level: spec.log.level.clone(),
+        },
+        admin: AdminConfig {
+            listen: admin_listen,
+        },
         upstream_groups,
         zones,
         allow_plain_default: spec.allow_plain_default,
         cache,
         rate_limit,
-        privacy: PrivacyConfig { strip_ecs: spec.privacy.strip_ecs, padding_block: spec.privacy.padding_block },
+        privacy: PrivacyConfig {
+            strip_ecs: spec.privacy.strip_ecs,
+            padding_block: spec.privacy.padding_block,
+        },
         client_groups: Vec::new(),
-        overrides: OverridesConfig { dir: Some(PathBuf::from(OVERRIDES_DIR)), node_name: None },
+        overrides: OverridesConfig {
+            dir: Some(PathBuf::from(OVERRIDES_DIR)),
+            node_name: None,
+        },
         node_local,
         ..defaults
     };
@@ -150,7 +205,12 @@ pub fn proxy_config(spec: &DotProxyConfigSpec) -> Result<Config, Vec<String>> {
     }
 }
 
-fn checked<T: Clone>(errs: &mut Vec<String>, field: &str, v: &Checked<T>, expected: &str) -> Option<T> {
+fn checked<T: Clone>(
+    errs: &mut Vec<String>,
+    field: &str,
+    v: &Checked<T>,
+    expected: &str,
+) -> Option<T> {
     match v.get() {
         Ok(v) => Some(v.clone()),
         Err(m) => {
@@ -167,7 +227,10 @@ fn server(errs: &mut Vec<String>, sp: &str, s: &UpstreamServerSpec) -> Option<Up
         Protocol::Plain => 53,
     };
     let Some(address) = parse_server_address(&s.address, default_port) else {
-        errs.push(format!("{sp}.address: {:?} is not an IP address or IP:PORT (IPv6 as [addr]:port)", s.address));
+        errs.push(format!(
+            "{sp}.address: {:?} is not an IP address or IP:PORT (IPv6 as [addr]:port)",
+            s.address
+        ));
         return None;
     };
     let base = match protocol {
@@ -176,11 +239,17 @@ fn server(errs: &mut Vec<String>, sp: &str, s: &UpstreamServerSpec) -> Option<Up
     };
     let mut dur = |name: &str, v: &Option<Checked<dot_proxy::config::Dur>>, default| match v {
         None => default,
-        Some(c) => checked(errs, &format!("{sp}.{name}"), c, "a duration like 30s").unwrap_or(default),
+        Some(c) => {
+            checked(errs, &format!("{sp}.{name}"), c, "a duration like 30s").unwrap_or(default)
+        }
     };
     Some(UpstreamServer {
         idle_timeout: dur("idleTimeout", &s.idle_timeout, base.idle_timeout),
-        max_connection_age: dur("maxConnectionAge", &s.max_connection_age, base.max_connection_age),
+        max_connection_age: dur(
+            "maxConnectionAge",
+            &s.max_connection_age,
+            base.max_connection_age,
+        ),
         connect_timeout: dur("connectTimeout", &s.connect_timeout, base.connect_timeout),
         tls_name: s.tls_name.clone(),
         spki_pins: s.spki_pins.clone(),
@@ -196,8 +265,13 @@ fn parse_server_address(s: &str, default_port: u16) -> Option<SocketAddr> {
     if let Ok(a) = s.parse::<SocketAddr>() {
         return Some(a);
     }
-    let ip = s.strip_prefix('[').and_then(|x| x.strip_suffix(']')).unwrap_or(s);
-    ip.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, default_port))
+    let ip = s
+        .strip_prefix('[')
+        .and_then(|x| x.strip_suffix(']'))
+        .unwrap_or(s);
+    ip.parse::<IpAddr>()
+        .ok()
+        .map(|ip| SocketAddr::new(ip, default_port))
 }
 
 /// Turns a proxy config path (`upstream_groups[0].servers[1].tls_name`) into the resource's
@@ -223,7 +297,9 @@ pub fn spec_path(proxy_field: &str) -> String {
 
 /// The proxy's messages mention its own field names; a few read better in the resource's.
 fn spec_words(message: &str) -> String {
-    message.replace("allow_plain_default: true", "spec.allowPlainDefault: true").replace("cache.max_ttl", "spec.cache.maxTtl")
+    message
+        .replace("allow_plain_default: true", "spec.allowPlainDefault: true")
+        .replace("cache.max_ttl", "spec.cache.maxTtl")
 }
 
 #[cfg(test)]
@@ -232,20 +308,44 @@ mod tests {
 
     #[test]
     fn paths_follow_the_resource() {
-        assert_eq!(spec_path("upstream_groups[0].servers[1].tls_name"), "spec.upstreamGroups[0].servers[1].tlsName");
-        assert_eq!(spec_path("rate_limit.ipv6_prefix"), "spec.rateLimit.ipv6Prefix");
-        assert_eq!(spec_path("cache.prefetch.remaining_fraction"), "spec.cache.prefetch.remainingFraction");
+        assert_eq!(
+            spec_path("upstream_groups[0].servers[1].tls_name"),
+            "spec.upstreamGroups[0].servers[1].tlsName"
+        );
+        assert_eq!(
+            spec_path("rate_limit.ipv6_prefix"),
+            "spec.rateLimit.ipv6Prefix"
+        );
+        assert_eq!(
+            spec_path("cache.prefetch.remaining_fraction"),
+            "spec.cache.prefetch.remainingFraction"
+        );
         assert_eq!(spec_path("admin.listen"), "spec.adminListen");
         assert_eq!(spec_path("zones"), "spec.zones");
     }
 
     #[test]
     fn server_addresses() {
-        assert_eq!(parse_server_address("1.1.1.1", 853), Some("1.1.1.1:853".parse().expect("addr")));
-        assert_eq!(parse_server_address("1.1.1.1:8853", 853), Some("1.1.1.1:8853".parse().expect("addr")));
-        assert_eq!(parse_server_address("[2606:4700::1111]", 853), Some("[2606:4700::1111]:853".parse().expect("addr")));
-        assert_eq!(parse_server_address("2606:4700::1111", 853), Some("[2606:4700::1111]:853".parse().expect("addr")));
-        assert_eq!(parse_server_address("10.96.0.10", 53), Some("10.96.0.10:53".parse().expect("addr")));
+        assert_eq!(
+            parse_server_address("1.1.1.1", 853),
+            Some("1.1.1.1:853".parse().expect("addr"))
+        );
+        assert_eq!(
+            parse_server_address("1.1.1.1:8853", 853),
+            Some("1.1.1.1:8853".parse().expect("addr"))
+        );
+        assert_eq!(
+            parse_server_address("[2606:4700::1111]", 853),
+            Some("[2606:4700::1111]:853".parse().expect("addr"))
+        );
+        assert_eq!(
+            parse_server_address("2606:4700::1111", 853),
+            Some("[2606:4700::1111]:853".parse().expect("addr"))
+        );
+        assert_eq!(
+            parse_server_address("10.96.0.10", 53),
+            Some("10.96.0.10:53".parse().expect("addr"))
+        );
         assert_eq!(parse_server_address("1.1.1.999:853", 853), None);
         assert_eq!(parse_server_address("dns.google:853", 853), None);
     }

@@ -34,7 +34,12 @@ pub struct ConfigMapContent {
 impl ConfigMapContent {
     pub fn new(name: String, key: String, data: String) -> Self {
         let hash = sha256_hex(data.as_bytes());
-        ConfigMapContent { name, key, data, hash }
+        ConfigMapContent {
+            name,
+            key,
+            data,
+            hash,
+        }
     }
 }
 
@@ -127,7 +132,9 @@ pub fn render<'a>(
     let cm_name = spec.target.config_map_name.clone();
     let config = ConfigMapContent::new(cm_name.clone(), CONFIG_KEY.into(), proxy.to_yaml());
     if config.data.is_empty() {
-        return Err(Invalid::Spec(vec!["spec: the proxy config could not be serialized".into()]));
+        return Err(Invalid::Spec(vec![
+            "spec: the proxy config could not be serialized".into(),
+        ]));
     }
     if config.data.len() > MAX_SHARD_BYTES {
         return Err(Invalid::Spec(vec![format!(
@@ -174,7 +181,9 @@ pub fn render<'a>(
             continue;
         }
         let shard = shard_of(node, shard_count) as usize;
-        let Some(file) = per_shard.get_mut(shard) else { continue };
+        let Some(file) = per_shard.get_mut(shard) else {
+            continue;
+        };
         let entry = file.entry(node.to_string()).or_default();
         let mut applied = false;
         for ip in &pod.ips {
@@ -186,11 +195,19 @@ pub fn render<'a>(
             applied = true;
             let cidr = host_cidr(*ip);
             if req.has_rate_limit() {
-                entry.rate_limits.push(RateLimitOverride { cidr: cidr.clone(), qps: req.qps, burst: req.burst, exempt: req.exempt });
+                entry.rate_limits.push(RateLimitOverride {
+                    cidr: cidr.clone(),
+                    qps: req.qps,
+                    burst: req.burst,
+                    exempt: req.exempt,
+                });
                 stats.entries += 1;
             }
             if let Some(group) = &req.group {
-                entry.client_groups.push(ClientGroup { cidr, group: group.clone() });
+                entry.client_groups.push(ClientGroup {
+                    cidr,
+                    group: group.clone(),
+                });
                 stats.entries += 1;
             }
         }
@@ -215,9 +232,18 @@ pub fn render<'a>(
         stats.largest_shard_bytes = stats.largest_shard_bytes.max(data.len());
         stats.total_shard_bytes += data.len();
         if data.len() > MAX_SHARD_BYTES {
-            too_large.push(format!("shard {i} ({}, {} nodes) would be {} bytes", shard_name(&cm_name, idx), file.len(), data.len()));
+            too_large.push(format!(
+                "shard {i} ({}, {} nodes) would be {} bytes",
+                shard_name(&cm_name, idx),
+                file.len(),
+                data.len()
+            ));
         }
-        shards.push(ConfigMapContent::new(shard_name(&cm_name, idx), shard_key(idx), data));
+        shards.push(ConfigMapContent::new(
+            shard_name(&cm_name, idx),
+            shard_key(idx),
+            data,
+        ));
     }
     if !too_large.is_empty() {
         return Err(Invalid::OverridesTooLarge(format!(
@@ -230,16 +256,30 @@ pub fn render<'a>(
         h.update(s.hash.as_bytes());
     }
     let overrides_hash = hex(&h.finalize());
-    Ok(Rendered { config, shards, overrides_hash, problems, stats })
+    Ok(Rendered {
+        config,
+        shards,
+        overrides_hash,
+        problems,
+        stats,
+    })
 }
 
 fn problem(pod: &PodInfo, message: String) -> PodProblem {
-    PodProblem { namespace: pod.namespace.clone(), name: pod.name.clone(), uid: pod.uid.clone(), message }
+    PodProblem {
+        namespace: pod.namespace.clone(),
+        name: pod.name.clone(),
+        uid: pod.uid.clone(),
+        message,
+    }
 }
 
 /// Every selector label must be on the node; an empty selector takes every node, and a node
 /// not (yet) known matches only the empty selector.
-fn node_selected(selector: &BTreeMap<String, String>, labels: Option<&BTreeMap<String, String>>) -> bool {
+fn node_selected(
+    selector: &BTreeMap<String, String>,
+    labels: Option<&BTreeMap<String, String>>,
+) -> bool {
     if selector.is_empty() {
         return true;
     }
@@ -268,10 +308,12 @@ pub fn sha256_hex(data: &[u8]) -> String {
 
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// Parses a shard's content back (what the proxy does with each file in `overrides.dir`).
@@ -280,8 +322,14 @@ pub fn parse_shard(data: &str) -> Result<OverridesFile, String> {
 }
 
 /// Every entry of a node's overrides, for tests and `render` output checks.
-pub fn node_overrides<'a>(rendered: &'a Rendered, node: &str) -> Result<Option<NodeOverrides>, String> {
-    let shard: &'a ConfigMapContent = match rendered.shards.get(shard_of(node, rendered.shards.len() as u32) as usize) {
+pub fn node_overrides<'a>(
+    rendered: &'a Rendered,
+    node: &str,
+) -> Result<Option<NodeOverrides>, String> {
+    let shard: &'a ConfigMapContent = match rendered
+        .shards
+        .get(shard_of(node, rendered.shards.len() as u32) as usize)
+    {
         Some(s) => s,
         None => return Ok(None),
     };

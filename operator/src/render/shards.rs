@@ -15,7 +15,9 @@ const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 /// 64-bit FNV-1a (Fowler–Noll–Vo): for each byte, XOR it into the hash, then multiply by the
 /// FNV prime (wrapping), starting from the offset basis.
 pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(FNV_OFFSET_BASIS, |h, &b| (h ^ u64::from(b)).wrapping_mul(FNV_PRIME))
+    bytes.iter().fold(FNV_OFFSET_BASIS, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(FNV_PRIME)
+    })
 }
 
 /// The shard a node's overrides go to; `shards` is at least 1 (0 is treated as 1).
@@ -54,12 +56,17 @@ mod tests {
         assert_eq!(shard_of("node-1", 8), shard_of("node-1", 8));
         let mut counts = [0u32; 8];
         for i in 0..5000 {
-            counts[shard_of(&format!("ip-10-0-{}-{}.ec2.internal", i / 256, i % 256), 8) as usize] += 1;
+            counts
+                [shard_of(&format!("ip-10-0-{}-{}.ec2.internal", i / 256, i % 256), 8) as usize] +=
+                1;
         }
         for c in counts {
             assert!((500..=750).contains(&c), "uneven spread {counts:?}");
         }
-        assert_eq!(shard_name("dot-proxy-config", 3), "dot-proxy-config-overrides-3");
+        assert_eq!(
+            shard_name("dot-proxy-config", 3),
+            "dot-proxy-config-overrides-3"
+        );
         assert_eq!(shard_key(3), "shard-3.yaml");
     }
 }

@@ -44,7 +44,10 @@ fn pod(name: &str, node: &str, ips: &[&str], ann: &[(&str, &str)]) -> PodInfo {
         node_name: Some(node.into()),
         host_network: false,
         ips: ips.iter().map(|i| i.parse().expect("ip")).collect(),
-        annotations: ann.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        annotations: ann
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
     }
 }
 
@@ -73,7 +76,10 @@ fn minimal_spec_renders_a_config_the_proxy_loads() {
     let cfg = Config::from_yaml(&r.config.data).expect("proxy parses it");
     cfg.validate().expect("proxy validates it");
     assert_eq!(cfg.listen, vec!["169.254.20.10:53".parse().expect("addr")]);
-    assert_eq!(cfg.overrides.dir.as_deref(), Some(std::path::Path::new("/etc/dot-proxy/overrides")));
+    assert_eq!(
+        cfg.overrides.dir.as_deref(),
+        Some(std::path::Path::new("/etc/dot-proxy/overrides"))
+    );
     assert_eq!(cfg.overrides.node_name, None);
     assert_eq!(cfg.upstream_groups[0].servers[0].address.port(), 853);
     assert_eq!(cfg.upstream_groups[1].servers[0].address.port(), 53);
@@ -98,7 +104,10 @@ fn minimal_spec_renders_a_config_the_proxy_loads() {
 fn the_example_renders_and_loads() {
     let spec = example();
     assert_eq!(spec.upstream_groups.len(), 3);
-    assert_eq!(spec.upstream_groups[0].policy, Checked::Known(Policy::Fastest));
+    assert_eq!(
+        spec.upstream_groups[0].policy,
+        Checked::Known(Policy::Fastest)
+    );
     let r = render("default", &spec, &[], &no_nodes()).expect("example renders");
     let path = temp_path("example.yaml");
     std::fs::write(&path, &r.config.data).expect("write");
@@ -114,10 +123,19 @@ fn the_example_renders_and_loads() {
             "tls://8.8.4.4:853#dns.google"
         ]
     );
-    let zones: Vec<_> = cfg.zones.iter().map(|z| (z.zone.as_str(), z.group.as_str())).collect();
+    let zones: Vec<_> = cfg
+        .zones
+        .iter()
+        .map(|z| (z.zone.as_str(), z.group.as_str()))
+        .collect();
     assert_eq!(
         zones,
-        [(".", "public"), ("cluster.local", "cluster"), ("10.in-addr.arpa", "cluster"), ("d.f.ip6.arpa", "cluster")]
+        [
+            (".", "public"),
+            ("cluster.local", "cluster"),
+            ("10.in-addr.arpa", "cluster"),
+            ("d.f.ip6.arpa", "cluster")
+        ]
     );
     assert!(cfg.rate_limit.enabled);
     assert!(!cfg.allow_plain_default);
@@ -136,7 +154,10 @@ fn hash_is_sha256_of_the_data_and_follows_content() {
     let c = render("default", &changed, &[], &no_nodes()).expect("renders");
     assert_ne!(a.config.hash, c.config.hash);
     assert_eq!(a.overrides_hash, c.overrides_hash, "no pod changed");
-    assert_eq!(sha256_hex(b""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    assert_eq!(
+        sha256_hex(b""),
+        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    );
 }
 
 #[test]
@@ -147,8 +168,16 @@ fn bad_addresses_are_invalid_with_the_field_named() {
     spec.node_local.addresses = vec!["not-an-ip".into()];
     let m = invalid_messages(render("default", &spec, &[], &no_nodes()));
     let joined = m.join("\n");
-    assert!(joined.contains("spec.upstreamGroups[0].servers[0].address: \"1.1.1.999:853\" is not an IP address"), "{joined}");
-    assert!(joined.contains("spec.listen[0]: \"169.254.20.10\" is not IP:PORT"), "{joined}");
+    assert!(
+        joined.contains(
+            "spec.upstreamGroups[0].servers[0].address: \"1.1.1.999:853\" is not an IP address"
+        ),
+        "{joined}"
+    );
+    assert!(
+        joined.contains("spec.listen[0]: \"169.254.20.10\" is not IP:PORT"),
+        "{joined}"
+    );
     assert!(joined.contains("spec.nodeLocal.addresses[0]"), "{joined}");
     // The group whose only server was refused is not reported a second time.
     assert!(!joined.contains("at least one server"), "{joined}");
@@ -156,9 +185,15 @@ fn bad_addresses_are_invalid_with_the_field_named() {
 
 #[test]
 fn unknown_enum_values_are_invalid() {
-    let yaml = MINIMAL.replace("  - name: public\n", "  - name: public\n    policy: random\n");
+    let yaml = MINIMAL.replace(
+        "  - name: public\n",
+        "  - name: public\n    policy: random\n",
+    );
     let spec = spec_from(&yaml);
-    assert_eq!(spec.upstream_groups[0].policy, Checked::Unknown("random".into()));
+    assert_eq!(
+        spec.upstream_groups[0].policy,
+        Checked::Unknown("random".into())
+    );
     let m = invalid_messages(render("default", &spec, &[], &no_nodes()));
     assert_eq!(
         m,
@@ -175,11 +210,21 @@ fn unknown_enum_values_are_invalid() {
 fn pins_must_be_base64_sha256() {
     let mut spec = spec_from(MINIMAL);
     let good = "YLh1dUR9y6Kja30RrAn7JKnbQG/uEtLMkBgFF2Fuihg=";
-    spec.upstream_groups[0].servers[0].spki_pins = vec![good.into(), "not base64!".into(), "AAAAAAAAAAAAAAAAAAAAAA==".into()];
+    spec.upstream_groups[0].servers[0].spki_pins = vec![
+        good.into(),
+        "not base64!".into(),
+        "AAAAAAAAAAAAAAAAAAAAAA==".into(),
+    ];
     let m = invalid_messages(render("default", &spec, &[], &no_nodes()));
     assert_eq!(m.len(), 2, "{m:?}");
-    assert!(m[0].starts_with("spec.upstreamGroups[0].servers[0].spkiPins[1]: not valid base64"), "{m:?}");
-    assert!(m[1].starts_with("spec.upstreamGroups[0].servers[0].spkiPins[2]: decodes to 16 bytes"), "{m:?}");
+    assert!(
+        m[0].starts_with("spec.upstreamGroups[0].servers[0].spkiPins[1]: not valid base64"),
+        "{m:?}"
+    );
+    assert!(
+        m[1].starts_with("spec.upstreamGroups[0].servers[0].spkiPins[2]: decodes to 16 bytes"),
+        "{m:?}"
+    );
     spec.upstream_groups[0].servers[0].spki_pins = vec![good.into()];
     render("default", &spec, &[], &no_nodes()).expect("a valid pin renders");
 }
@@ -190,11 +235,18 @@ fn plain_dns_for_the_root_zone_needs_the_opt_in() {
     spec.zones[0].group = "cluster".into();
     let m = invalid_messages(render("default", &spec, &[], &no_nodes()));
     assert_eq!(m.len(), 1, "{m:?}");
-    assert!(m[0].starts_with("spec.zones[0].group: group \"cluster\" has plain-DNS servers"), "{m:?}");
+    assert!(
+        m[0].starts_with("spec.zones[0].group: group \"cluster\" has plain-DNS servers"),
+        "{m:?}"
+    );
     assert!(m[0].contains("spec.allowPlainDefault: true"), "{m:?}");
     spec.allow_plain_default = true;
     let r = render("default", &spec, &[], &no_nodes()).expect("allowed with the opt-in");
-    assert!(Config::from_yaml(&r.config.data).expect("parses").allow_plain_default);
+    assert!(
+        Config::from_yaml(&r.config.data)
+            .expect("parses")
+            .allow_plain_default
+    );
 }
 
 #[test]
@@ -202,11 +254,17 @@ fn zone_references_and_the_default_route_are_checked() {
     let mut spec = spec_from(MINIMAL);
     spec.zones[1].group = "nowhere".into();
     let m = invalid_messages(render("default", &spec, &[], &no_nodes()));
-    assert_eq!(m, ["spec.zones[1].group: no upstream group named \"nowhere\""]);
+    assert_eq!(
+        m,
+        ["spec.zones[1].group: no upstream group named \"nowhere\""]
+    );
     let mut spec = spec_from(MINIMAL);
     spec.zones.remove(0);
     let m = invalid_messages(render("default", &spec, &[], &no_nodes()));
-    assert_eq!(m, ["spec.zones: a route for \".\" (the default) is required"]);
+    assert_eq!(
+        m,
+        ["spec.zones: a route for \".\" (the default) is required"]
+    );
     let long = "x".repeat(64);
     let m = invalid_messages(render(&long, &spec_from(MINIMAL), &[], &no_nodes()));
     assert!(m[0].starts_with("metadata.name"), "{m:?}");
@@ -221,9 +279,15 @@ fn ranges_the_schema_should_catch_are_still_checked() {
     spec.upstream_groups[0].servers[0].pool_size = 0;
     let m = invalid_messages(render("default", &spec, &[], &no_nodes()));
     let joined = m.join("\n");
-    assert!(joined.contains("spec.cache.minTtl: 100 is above spec.cache.maxTtl (10)"), "{joined}");
+    assert!(
+        joined.contains("spec.cache.minTtl: 100 is above spec.cache.maxTtl (10)"),
+        "{joined}"
+    );
     assert!(joined.contains("spec.rateLimit.ipv6Prefix"), "{joined}");
-    assert!(joined.contains("spec.upstreamGroups[0].servers[0].poolSize"), "{joined}");
+    assert!(
+        joined.contains("spec.upstreamGroups[0].servers[0].poolSize"),
+        "{joined}"
+    );
 }
 
 const QPS: &str = "dns.dot-proxy.io/qps";
@@ -235,10 +299,20 @@ const GROUP: &str = "dns.dot-proxy.io/upstream-group";
 fn annotated_pods_become_host_entries_in_their_nodes_shard() {
     let spec = spec_from(MINIMAL);
     let pods = vec![
-        pod("limited", "node-a", &["10.244.1.5", "fd00:10:244::5"], &[(QPS, "50"), (BURST, "100")]),
+        pod(
+            "limited",
+            "node-a",
+            &["10.244.1.5", "fd00:10:244::5"],
+            &[(QPS, "50"), (BURST, "100")],
+        ),
         pod("exempt", "node-a", &["10.244.1.6"], &[(EXEMPT, "true")]),
         pod("routed", "node-b", &["10.244.2.7"], &[(GROUP, "cluster")]),
-        pod("both", "node-b", &["10.244.2.8"], &[(GROUP, "public"), (QPS, "5")]),
+        pod(
+            "both",
+            "node-b",
+            &["10.244.2.8"],
+            &[(GROUP, "public"), (QPS, "5")],
+        ),
         pod("no-op", "node-b", &["10.244.2.9"], &[(EXEMPT, "false")]),
     ];
     let r = render("default", &spec, &pods, &no_nodes()).expect("renders");
@@ -248,8 +322,14 @@ fn annotated_pods_become_host_entries_in_their_nodes_shard() {
     assert_eq!(r.stats.entries, 6);
     assert_eq!(r.stats.nodes, 2);
 
-    let a = node_overrides(&r, "node-a").expect("parses").expect("node-a present");
-    let cidrs: Vec<_> = a.rate_limits.iter().map(|o| (o.cidr.as_str(), o.qps, o.burst, o.exempt)).collect();
+    let a = node_overrides(&r, "node-a")
+        .expect("parses")
+        .expect("node-a present");
+    let cidrs: Vec<_> = a
+        .rate_limits
+        .iter()
+        .map(|o| (o.cidr.as_str(), o.qps, o.burst, o.exempt))
+        .collect();
     assert_eq!(
         cidrs,
         [
@@ -259,16 +339,29 @@ fn annotated_pods_become_host_entries_in_their_nodes_shard() {
         ]
     );
     assert!(a.client_groups.is_empty());
-    let b = node_overrides(&r, "node-b").expect("parses").expect("node-b present");
-    let groups: Vec<_> = b.client_groups.iter().map(|c| (c.cidr.as_str(), c.group.as_str())).collect();
-    assert_eq!(groups, [("10.244.2.7/32", "cluster"), ("10.244.2.8/32", "public")]);
+    let b = node_overrides(&r, "node-b")
+        .expect("parses")
+        .expect("node-b present");
+    let groups: Vec<_> = b
+        .client_groups
+        .iter()
+        .map(|c| (c.cidr.as_str(), c.group.as_str()))
+        .collect();
+    assert_eq!(
+        groups,
+        [("10.244.2.7/32", "cluster"), ("10.244.2.8/32", "public")]
+    );
     assert_eq!(b.rate_limits.len(), 1);
 
     // Each node sits in shard fnv1a64(node) % 4, and nowhere else.
     for node in ["node-a", "node-b"] {
         for (i, s) in r.shards.iter().enumerate() {
             let here = parse_shard(&s.data).expect("parses").contains_key(node);
-            assert_eq!(here, i == (fnv1a64(node.as_bytes()) % 4) as usize, "{node} in shard {i}");
+            assert_eq!(
+                here,
+                i == (fnv1a64(node.as_bytes()) % 4) as usize,
+                "{node} in shard {i}"
+            );
         }
     }
 }
@@ -298,7 +391,10 @@ fn shard_entries_pass_the_proxys_own_checks() {
             cfg.client_groups.extend(o.client_groups);
         }
     }
-    assert_eq!(cfg.rate_limit.overrides.len() + cfg.client_groups.len(), r.stats.entries);
+    assert_eq!(
+        cfg.rate_limit.overrides.len() + cfg.client_groups.len(),
+        r.stats.entries
+    );
     assert_eq!(r.stats.entries, 250);
     cfg.validate().expect("every entry is valid for the proxy");
 }
@@ -308,21 +404,57 @@ fn invalid_annotations_are_reported_and_never_break_other_pods() {
     let spec = spec_from(MINIMAL);
     let pods = vec![
         pod("good", "node-a", &["10.244.1.5"], &[(QPS, "50")]),
-        pod("bad-qps", "node-a", &["10.244.1.6"], &[(QPS, "lots"), (BURST, "9")]),
-        pod("bad-group", "node-a", &["10.244.1.7"], &[(GROUP, "secret-resolvers")]),
-        pod("bad-exempt", "node-a", &["10.244.1.8"], &[(EXEMPT, "yes please")]),
+        pod(
+            "bad-qps",
+            "node-a",
+            &["10.244.1.6"],
+            &[(QPS, "lots"), (BURST, "9")],
+        ),
+        pod(
+            "bad-group",
+            "node-a",
+            &["10.244.1.7"],
+            &[(GROUP, "secret-resolvers")],
+        ),
+        pod(
+            "bad-exempt",
+            "node-a",
+            &["10.244.1.8"],
+            &[(EXEMPT, "yes please")],
+        ),
     ];
     let r = render("default", &spec, &pods, &no_nodes()).expect("still renders");
-    let msgs: Vec<_> = r.problems.iter().map(|p| (p.name.as_str(), p.uid.as_str(), p.message.as_str())).collect();
+    let msgs: Vec<_> = r
+        .problems
+        .iter()
+        .map(|p| (p.name.as_str(), p.uid.as_str(), p.message.as_str()))
+        .collect();
     assert_eq!(msgs.len(), 3, "{msgs:?}");
     assert_eq!(msgs[0].0, "bad-exempt");
     assert_eq!(msgs[0].1, "uid-bad-exempt");
-    assert!(msgs[1].2.contains("upstream-group=\"secret-resolvers\" ignored: no upstream group"), "{msgs:?}");
+    assert!(
+        msgs[1]
+            .2
+            .contains("upstream-group=\"secret-resolvers\" ignored: no upstream group"),
+        "{msgs:?}"
+    );
     assert!(msgs[2].2.contains("qps=\"lots\" ignored"), "{msgs:?}");
-    let a = node_overrides(&r, "node-a").expect("parses").expect("present");
-    let got: Vec<_> = a.rate_limits.iter().map(|o| (o.cidr.as_str(), o.qps, o.burst)).collect();
+    let a = node_overrides(&r, "node-a")
+        .expect("parses")
+        .expect("present");
+    let got: Vec<_> = a
+        .rate_limits
+        .iter()
+        .map(|o| (o.cidr.as_str(), o.qps, o.burst))
+        .collect();
     // The bad pod's valid annotation (burst) still applies.
-    assert_eq!(got, [("10.244.1.5/32", Some(50.0), None), ("10.244.1.6/32", None, Some(9))]);
+    assert_eq!(
+        got,
+        [
+            ("10.244.1.5/32", Some(50.0), None),
+            ("10.244.1.6/32", None, Some(9))
+        ]
+    );
     assert!(a.client_groups.is_empty());
 }
 
@@ -330,7 +462,14 @@ fn invalid_annotations_are_reported_and_never_break_other_pods() {
 fn pod_removal_and_ip_change_update_only_that_shard() {
     let spec = spec_from(MINIMAL);
     let mut pods: Vec<PodInfo> = (0..40)
-        .map(|i| pod(&format!("p{i}"), &format!("node-{}", i % 8), &[&format!("10.244.0.{}", i + 10)], &[(QPS, "10")]))
+        .map(|i| {
+            pod(
+                &format!("p{i}"),
+                &format!("node-{}", i % 8),
+                &[&format!("10.244.0.{}", i + 10)],
+                &[(QPS, "10")],
+            )
+        })
         .collect();
     let before = render("default", &spec, &pods, &no_nodes()).expect("renders");
 
@@ -344,30 +483,49 @@ fn pod_removal_and_ip_change_update_only_that_shard() {
     }
     assert_eq!(before.config, after.config);
     assert_ne!(before.overrides_hash, after.overrides_hash);
-    let entries = node_overrides(&after, &node).expect("parses").expect("node still has pods");
-    assert!(entries.rate_limits.iter().all(|o| o.cidr != "10.244.0.13/32"));
+    let entries = node_overrides(&after, &node)
+        .expect("parses")
+        .expect("node still has pods");
+    assert!(entries
+        .rate_limits
+        .iter()
+        .all(|o| o.cidr != "10.244.0.13/32"));
 
     // p5 gets a new IP: the old entry goes, the new one comes.
     pods[4].ips = vec!["10.244.9.9".parse().expect("ip")];
     assert_eq!(pods[4].name, "p5");
     let moved = render("default", &spec, &pods, &no_nodes()).expect("renders");
-    let e = node_overrides(&moved, "node-5").expect("parses").expect("present");
+    let e = node_overrides(&moved, "node-5")
+        .expect("parses")
+        .expect("present");
     let cidrs: Vec<_> = e.rate_limits.iter().map(|o| o.cidr.as_str()).collect();
-    assert!(cidrs.contains(&"10.244.9.9/32") && !cidrs.contains(&"10.244.0.15/32"), "{cidrs:?}");
+    assert!(
+        cidrs.contains(&"10.244.9.9/32") && !cidrs.contains(&"10.244.0.15/32"),
+        "{cidrs:?}"
+    );
 
     // The last pod of a node goes: the node's key goes with it.
     let lone = vec![pod("solo", "node-x", &["10.1.1.1"], &[(QPS, "1")])];
     let with = render("default", &spec, &lone, &no_nodes()).expect("renders");
     assert!(node_overrides(&with, "node-x").expect("parses").is_some());
     let without = render("default", &spec, &[], &no_nodes()).expect("renders");
-    assert!(node_overrides(&without, "node-x").expect("parses").is_none());
+    assert!(node_overrides(&without, "node-x")
+        .expect("parses")
+        .is_none());
 }
 
 #[test]
 fn output_does_not_depend_on_pod_order() {
     let spec = spec_from(MINIMAL);
     let mut pods: Vec<PodInfo> = (0..50)
-        .map(|i| pod(&format!("p{i}"), &format!("node-{}", i % 3), &[&format!("10.3.0.{}", 200 - i)], &[(QPS, "3")]))
+        .map(|i| {
+            pod(
+                &format!("p{i}"),
+                &format!("node-{}", i % 3),
+                &[&format!("10.3.0.{}", 200 - i)],
+                &[(QPS, "3")],
+            )
+        })
         .collect();
     let a = render("default", &spec, &pods, &no_nodes()).expect("renders");
     pods.reverse();
@@ -378,10 +536,14 @@ fn output_does_not_depend_on_pod_order() {
 #[test]
 fn node_selector_pending_pods_host_network_and_duplicate_ips() {
     let mut spec = spec_from(MINIMAL);
-    spec.target.node_selector = [("dns.dot-proxy.io/enabled".to_string(), "true".to_string())].into();
+    spec.target.node_selector =
+        [("dns.dot-proxy.io/enabled".to_string(), "true".to_string())].into();
     let mut nodes = NodeLabels::new();
     nodes.insert("in".into(), spec.target.node_selector.clone());
-    nodes.insert("out".into(), [("pool".to_string(), "gpu".to_string())].into());
+    nodes.insert(
+        "out".into(),
+        [("pool".to_string(), "gpu".to_string())].into(),
+    );
     let mut host = pod("host", "in", &["192.168.0.10"], &[(EXEMPT, "true")]);
     host.host_network = true;
     let mut unscheduled = pod("unscheduled", "in", &[], &[(QPS, "5")]);
@@ -402,7 +564,11 @@ fn node_selector_pending_pods_host_network_and_duplicate_ips() {
     assert_eq!(r.problems.len(), 1);
     assert!(r.problems[0].message.contains("hostNetwork"));
     let e = node_overrides(&r, "in").expect("parses").expect("present");
-    let got: Vec<_> = e.rate_limits.iter().map(|o| (o.cidr.as_str(), o.qps)).collect();
+    let got: Vec<_> = e
+        .rate_limits
+        .iter()
+        .map(|o| (o.cidr.as_str(), o.qps))
+        .collect();
     assert_eq!(got, [("10.9.0.1/32", Some(5.0))]);
     assert!(node_overrides(&r, "out").expect("parses").is_none());
 }
@@ -414,16 +580,27 @@ fn overrides_over_the_shard_limit_are_invalid() {
     let pods: Vec<PodInfo> = (0..12_000u32)
         .map(|i| {
             let ip = IpAddr::from([10, 200, (i / 250) as u8, (i % 250) as u8]).to_string();
-            pod(&format!("p{i}"), &format!("node-{}", i % 100), &[&ip], &[(QPS, "10"), (BURST, "20"), (GROUP, "cluster")])
+            pod(
+                &format!("p{i}"),
+                &format!("node-{}", i % 100),
+                &[&ip],
+                &[(QPS, "10"), (BURST, "20"), (GROUP, "cluster")],
+            )
         })
         .collect();
     match render("default", &spec, &pods, &no_nodes()) {
         Err(e @ Invalid::OverridesTooLarge(_)) => {
             assert_eq!(e.reason(), "OverridesTooLarge");
             let m = e.to_string();
-            assert!(m.contains("dot-proxy-config-overrides-0") && m.contains("overrideShards"), "{m}");
+            assert!(
+                m.contains("dot-proxy-config-overrides-0") && m.contains("overrideShards"),
+                "{m}"
+            );
         }
-        other => panic!("expected OverridesTooLarge, got {:?}", other.map(|r| r.stats)),
+        other => panic!(
+            "expected OverridesTooLarge, got {:?}",
+            other.map(|r| r.stats)
+        ),
     }
     spec.target.override_shards = 8;
     let r = render("default", &spec, &pods, &no_nodes()).expect("fits in 8 shards");

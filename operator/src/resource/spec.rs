@@ -21,6 +21,8 @@ use super::status::DotProxyConfigStatus;
 
 /// Configuration of the node-local DNS proxies: upstream groups reached over TLS, zone routes,
 /// cache, rate limits, and which ConfigMaps the proxies read.
+// The repeated `type_`/`priority` keys belong to separate `printcolumn(...)` entries.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "dns.dot-proxy.io",
@@ -32,12 +34,36 @@ use super::status::DotProxyConfigStatus;
     status = "DotProxyConfigStatus",
     derive = "PartialEq",
     doc = "Configuration of the node-local DNS-over-TLS proxies (dot-proxy), rendered by dot-proxy-operator into ConfigMaps.",
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
     printcolumn(name = "ConfigMap", type_ = "string", json_path = ".status.configMap"),
-    printcolumn(name = "Pods", type_ = "integer", description = "Pods whose annotation overrides are applied", json_path = ".status.podOverrides"),
-    printcolumn(name = "Hash", type_ = "string", priority = 1, description = "SHA-256 of config.yaml", json_path = ".status.configHash"),
-    printcolumn(name = "Reason", type_ = "string", priority = 1, json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Pods",
+        type_ = "integer",
+        description = "Pods whose annotation overrides are applied",
+        json_path = ".status.podOverrides"
+    ),
+    printcolumn(
+        name = "Hash",
+        type_ = "string",
+        priority = 1,
+        description = "SHA-256 of config.yaml",
+        json_path = ".status.configHash"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        priority = 1,
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [
@@ -118,7 +144,10 @@ fn default_admin_listen() -> String {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UpstreamGroupSpec {
     /// Referenced by `zones[].group` and by the `dns.dot-proxy.io/upstream-group` pod annotation.
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9_]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9_]*[a-z0-9])?$")
+    )]
     pub name: String,
 
     /// `failover` (first healthy server, in order), `round_robin`, `fastest` (lowest smoothed
@@ -162,7 +191,10 @@ fn default_timeout() -> Checked<Dur> {
 pub struct UpstreamServerSpec {
     /// `IP:PORT` (IPv6 in brackets), or a bare IP for the protocol's default port
     /// (853 for TLS, 53 for plain).
-    #[schemars(length(min = 1, max = 64), regex(pattern = r"^(\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f:.]+)(:[0-9]{1,5})?$"))]
+    #[schemars(
+        length(min = 1, max = 64),
+        regex(pattern = r"^(\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f:.]+)(:[0-9]{1,5})?$")
+    )]
     pub address: String,
 
     /// `tls` (DNS over TLS, RFC 7858, always verified) or `plain` (UDP with TCP fallback;
@@ -221,7 +253,10 @@ fn default_pool_size() -> u32 {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ZoneSpec {
     /// A domain (`cluster.local`, `10.in-addr.arpa`) or `.` for everything else.
-    #[schemars(length(min = 1, max = 254), regex(pattern = r"^(\.|[A-Za-z0-9_-]{1,63}(\.[A-Za-z0-9_-]{1,63})*\.?)$"))]
+    #[schemars(
+        length(min = 1, max = 254),
+        regex(pattern = r"^(\.|[A-Za-z0-9_-]{1,63}(\.[A-Za-z0-9_-]{1,63})*\.?)$")
+    )]
     pub zone: String,
 
     /// Name of one of `upstreamGroups`.
@@ -299,7 +334,12 @@ pub struct PrefetchSpec {
 
 impl Default for PrefetchSpec {
     fn default() -> Self {
-        PrefetchSpec { enabled: true, min_hits: 5, top_n: 1000, remaining_fraction: 0.1 }
+        PrefetchSpec {
+            enabled: true,
+            min_hits: 5,
+            top_n: 1000,
+            remaining_fraction: 0.1,
+        }
     }
 }
 
@@ -353,7 +393,10 @@ pub struct PrivacySpec {
 
 impl Default for PrivacySpec {
     fn default() -> Self {
-        PrivacySpec { strip_ecs: true, padding_block: 128 }
+        PrivacySpec {
+            strip_ecs: true,
+            padding_block: 128,
+        }
     }
 }
 
@@ -400,7 +443,10 @@ pub struct LogSpec {
 
 impl Default for LogSpec {
     fn default() -> Self {
-        LogSpec { level: "info".into(), format: Checked::Known(LogFormat::Json) }
+        LogSpec {
+            level: "info".into(),
+            format: Checked::Known(LogFormat::Json),
+        }
     }
 }
 
@@ -410,7 +456,10 @@ impl Default for LogSpec {
 pub struct TargetSpec {
     /// Name of the main ConfigMap, written in this resource's namespace with key `config.yaml`.
     /// The override shards are `<configMapName>-overrides-<i>`.
-    #[schemars(length(min = 1, max = 200), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"))]
+    #[schemars(
+        length(min = 1, max = 200),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub config_map_name: String,
     /// Number of override shard ConfigMaps. The chart mounts exactly this many, so change both
     /// together. Each node's pod overrides go to shard `fnv1a64(nodeName) % overrideShards`.

@@ -15,8 +15,12 @@ fn bin() -> Command {
 fn crd_prints_the_committed_crd() {
     let out = bin().arg("crd").output().expect("runs");
     assert!(out.status.success());
-    let chart = std::fs::read(repo_root().join("charts/dot-proxy/crds/dotproxyconfigs.yaml")).expect("chart copy");
-    assert!(out.stdout == chart, "`dot-proxy-operator crd` and the chart's copy differ");
+    let chart = std::fs::read(repo_root().join("charts/dot-proxy/crds/dotproxyconfigs.yaml"))
+        .expect("chart copy");
+    assert!(
+        out.stdout == chart,
+        "`dot-proxy-operator crd` and the chart's copy differ"
+    );
 }
 
 #[test]
@@ -35,10 +39,19 @@ fn render_prints_configmaps_and_warns_about_pods() {
            "status":{"phase":"Running","podIP":"10.244.1.9"}}]}"#,
     )
     .expect("write pods");
-    let out = bin().args(["render", "--resource"]).arg(example_path()).arg("--pods").arg(&pods).output().expect("runs");
+    let out = bin()
+        .args(["render", "--resource"])
+        .arg(example_path())
+        .arg("--pods")
+        .arg(&pods)
+        .output()
+        .expect("runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("warning: shop/bad: dns.dot-proxy.io/burst=\"-1\" ignored"), "{stderr}");
+    assert!(
+        stderr.contains("warning: shop/bad: dns.dot-proxy.io/burst=\"-1\" ignored"),
+        "{stderr}"
+    );
 
     let stdout = String::from_utf8(out.stdout).expect("utf-8");
     let maps: Vec<ConfigMap> = stdout
@@ -57,8 +70,16 @@ fn render_prints_configmaps_and_warns_about_pods() {
     let entries: usize = maps[1..]
         .iter()
         .map(|m| {
-            let (_, text) = m.data.as_ref().and_then(|d| d.iter().next()).expect("one key");
-            dot_proxy_operator::render::parse_shard(text).expect("shard").values().map(|o| o.rate_limits.len()).sum::<usize>()
+            let (_, text) = m
+                .data
+                .as_ref()
+                .and_then(|d| d.iter().next())
+                .expect("one key");
+            dot_proxy_operator::render::parse_shard(text)
+                .expect("shard")
+                .values()
+                .map(|o| o.rate_limits.len())
+                .sum::<usize>()
         })
         .sum();
     assert_eq!(entries, 1);
@@ -67,18 +88,37 @@ fn render_prints_configmaps_and_warns_about_pods() {
 #[test]
 fn render_refuses_an_invalid_resource_with_the_field_named() {
     let dir = temp_dir("cli-invalid");
-    let text = std::fs::read_to_string(example_path()).expect("example").replace("    - zone: .\n      group: public", "    - zone: .\n      group: cluster");
+    let text = std::fs::read_to_string(example_path())
+        .expect("example")
+        .replace(
+            "    - zone: .\n      group: public",
+            "    - zone: .\n      group: cluster",
+        );
     let bad = dir.join("bad.yaml");
     std::fs::write(&bad, text).expect("write");
-    let out = bin().args(["render", "--resource"]).arg(&bad).output().expect("runs");
+    let out = bin()
+        .args(["render", "--resource"])
+        .arg(&bad)
+        .output()
+        .expect("runs");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("spec.zones[0].group") && stderr.contains("allowPlainDefault"), "{stderr}");
+    assert!(
+        stderr.contains("spec.zones[0].group") && stderr.contains("allowPlainDefault"),
+        "{stderr}"
+    );
 
     let typo = dir.join("typo.yaml");
     std::fs::write(&typo, "apiVersion: dns.dot-proxy.io/v1alpha1\nkind: DotProxyConfig\nmetadata: {name: x}\nspec:\n  upstreamGroup: []\n  zones: []\n")
         .expect("write");
-    let out = bin().args(["render", "--resource"]).arg(&typo).output().expect("runs");
+    let out = bin()
+        .args(["render", "--resource"])
+        .arg(&typo)
+        .output()
+        .expect("runs");
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("upstreamGroup"), "unknown fields are named");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("upstreamGroup"),
+        "unknown fields are named"
+    );
 }

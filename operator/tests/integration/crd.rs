@@ -3,7 +3,9 @@
 use std::collections::BTreeSet;
 
 use dot_proxy_operator::resource::{crd_yaml, DotProxyConfig};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{CustomResourceDefinition, JSONSchemaProps};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps,
+};
 use kube::CustomResourceExt;
 
 use crate::support::repo_root;
@@ -19,7 +21,11 @@ fn regenerate_hint() -> String {
 fn committed_copies_equal_the_generated_crd() {
     let generated = crd_yaml().expect("CRD serializes");
     let chart = std::fs::read_to_string(repo_root().join(CHART_COPY)).expect("chart copy present");
-    assert!(chart == generated, "{CHART_COPY} differs from `dot-proxy-operator crd`; {}", regenerate_hint());
+    assert!(
+        chart == generated,
+        "{CHART_COPY} differs from `dot-proxy-operator crd`; {}",
+        regenerate_hint()
+    );
     // manifests/ is assembled from the chart by its own script, which puts its own comment
     // header on top; below that header it must be the same document.
     if let Ok(manifest) = std::fs::read_to_string(repo_root().join(MANIFEST_COPY)) {
@@ -42,15 +48,23 @@ fn without_leading_comments(text: &str) -> &str {
 #[test]
 fn the_yaml_reads_back_as_the_same_crd() {
     let yaml = crd_yaml().expect("CRD serializes");
-    let parsed: CustomResourceDefinition = serde_saphyr::from_str(&yaml).expect("parses into k8s-openapi's type");
-    assert_eq!(parsed, DotProxyConfig::crd(), "YAML folding or quoting changed something");
+    let parsed: CustomResourceDefinition =
+        serde_saphyr::from_str(&yaml).expect("parses into k8s-openapi's type");
+    assert_eq!(
+        parsed,
+        DotProxyConfig::crd(),
+        "YAML folding or quoting changed something"
+    );
 }
 
 fn schema() -> JSONSchemaProps {
     let crd = DotProxyConfig::crd();
     assert_eq!(crd.spec.versions.len(), 1);
     let v = &crd.spec.versions[0];
-    v.schema.as_ref().and_then(|s| s.open_api_v3_schema.clone()).expect("schema")
+    v.schema
+        .as_ref()
+        .and_then(|s| s.open_api_v3_schema.clone())
+        .expect("schema")
 }
 
 fn prop<'a>(s: &'a JSONSchemaProps, path: &[&str]) -> &'a JSONSchemaProps {
@@ -70,16 +84,36 @@ fn prop<'a>(s: &'a JSONSchemaProps, path: &[&str]) -> &'a JSONSchemaProps {
 #[test]
 fn names_versions_and_columns() {
     let crd = DotProxyConfig::crd();
-    assert_eq!(crd.metadata.name.as_deref(), Some("dotproxyconfigs.dns.dot-proxy.io"));
+    assert_eq!(
+        crd.metadata.name.as_deref(),
+        Some("dotproxyconfigs.dns.dot-proxy.io")
+    );
     assert_eq!(crd.spec.group, "dns.dot-proxy.io");
     assert_eq!(crd.spec.scope, "Namespaced");
     assert_eq!(crd.spec.names.kind, "DotProxyConfig");
     assert_eq!(crd.spec.names.plural, "dotproxyconfigs");
-    assert_eq!(crd.spec.names.short_names.as_deref(), Some(&["dpc".to_string()][..]));
+    assert_eq!(
+        crd.spec.names.short_names.as_deref(),
+        Some(&["dpc".to_string()][..])
+    );
     let v = &crd.spec.versions[0];
-    assert_eq!((v.name.as_str(), v.served, v.storage), ("v1alpha1", true, true));
-    assert!(v.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some(), "status subresource");
-    let cols: Vec<_> = v.additional_printer_columns.iter().flatten().map(|c| (c.name.as_str(), c.json_path.as_str())).collect();
+    assert_eq!(
+        (v.name.as_str(), v.served, v.storage),
+        ("v1alpha1", true, true)
+    );
+    assert!(
+        v.subresources
+            .as_ref()
+            .and_then(|s| s.status.as_ref())
+            .is_some(),
+        "status subresource"
+    );
+    let cols: Vec<_> = v
+        .additional_printer_columns
+        .iter()
+        .flatten()
+        .map(|c| (c.name.as_str(), c.json_path.as_str()))
+        .collect();
     assert_eq!(
         cols,
         [
@@ -101,14 +135,39 @@ fn the_schema_refuses_what_it_can() {
     assert_eq!(required, BTreeSet::from(["upstreamGroups", "zones"]));
 
     let enums = |path: &[&str]| -> Vec<String> {
-        prop(&s, path).enum_.iter().flatten().map(|v| v.0.as_str().unwrap_or_default().to_string()).collect()
+        prop(&s, path)
+            .enum_
+            .iter()
+            .flatten()
+            .map(|v| v.0.as_str().unwrap_or_default().to_string())
+            .collect()
     };
-    assert_eq!(enums(&["spec", "upstreamGroups", "[]", "policy"]), ["failover", "round_robin", "fastest", "race"]);
-    assert_eq!(enums(&["spec", "upstreamGroups", "[]", "servers", "[]", "protocol"]), ["tls", "plain"]);
+    assert_eq!(
+        enums(&["spec", "upstreamGroups", "[]", "policy"]),
+        ["failover", "round_robin", "fastest", "race"]
+    );
+    assert_eq!(
+        enums(&["spec", "upstreamGroups", "[]", "servers", "[]", "protocol"]),
+        ["tls", "plain"]
+    );
     assert_eq!(enums(&["spec", "rateLimit", "action"]), ["refused", "drop"]);
-    assert_eq!(enums(&["spec", "nodeLocal", "firewall"]), ["auto", "nftables", "iptables", "none"]);
+    assert_eq!(
+        enums(&["spec", "nodeLocal", "firewall"]),
+        ["auto", "nftables", "iptables", "none"]
+    );
 
-    let pins = prop(&s, &["spec", "upstreamGroups", "[]", "servers", "[]", "spkiPins", "[]"]);
+    let pins = prop(
+        &s,
+        &[
+            "spec",
+            "upstreamGroups",
+            "[]",
+            "servers",
+            "[]",
+            "spkiPins",
+            "[]",
+        ],
+    );
     assert_eq!(pins.pattern.as_deref(), Some("^[A-Za-z0-9+/]{43}=$"));
     let shards = prop(&s, &["spec", "target", "overrideShards"]);
     assert_eq!((shards.minimum, shards.maximum), (Some(1.0), Some(64.0)));
@@ -124,12 +183,21 @@ fn the_schema_refuses_what_it_can() {
     assert_eq!(rules.len(), 3);
     assert!(rules[0].contains("z.zone == '.'"));
     assert!(rules[2].contains("allowPlainDefault"));
-    let server_rules = prop(&s, &["spec", "upstreamGroups", "[]", "servers", "[]"]).x_kubernetes_validations.as_ref().map(Vec::len);
+    let server_rules = prop(&s, &["spec", "upstreamGroups", "[]", "servers", "[]"])
+        .x_kubernetes_validations
+        .as_ref()
+        .map(Vec::len);
     assert_eq!(server_rules, Some(3));
-    for (path, key) in [(&["spec", "upstreamGroups"][..], "name"), (&["spec", "zones"][..], "zone")] {
+    for (path, key) in [
+        (&["spec", "upstreamGroups"][..], "name"),
+        (&["spec", "zones"][..], "zone"),
+    ] {
         let p = prop(&s, path);
         assert_eq!(p.x_kubernetes_list_type.as_deref(), Some("map"));
-        assert_eq!(p.x_kubernetes_list_map_keys.as_deref(), Some(&[key.to_string()][..]));
+        assert_eq!(
+            p.x_kubernetes_list_map_keys.as_deref(),
+            Some(&[key.to_string()][..])
+        );
     }
 }
 
@@ -141,9 +209,15 @@ fn everything_cel_walks_is_bounded() {
     fn check(s: &JSONSchemaProps, path: &str, under_rule: bool) {
         let under = under_rule || s.x_kubernetes_validations.is_some();
         match s.type_.as_deref() {
-            Some("array") if under => assert!(s.max_items.is_some(), "{path}: array without maxItems under a CEL rule"),
+            Some("array") if under => assert!(
+                s.max_items.is_some(),
+                "{path}: array without maxItems under a CEL rule"
+            ),
             Some("string") if under && s.enum_.is_none() && s.pattern.is_none() => {
-                assert!(s.max_length.is_some(), "{path}: string without maxLength under a CEL rule")
+                assert!(
+                    s.max_length.is_some(),
+                    "{path}: string without maxLength under a CEL rule"
+                )
             }
             _ => {}
         }

@@ -20,13 +20,39 @@ fn pods() -> Vec<PodInfo> {
         node_name: Some(node.into()),
         host_network: false,
         ips: ips.iter().map(|i| i.parse().expect("ip")).collect(),
-        annotations: ann.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        annotations: ann
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
     };
     vec![
-        pod("crawler", "node-1", &["10.244.1.4", "fd00:10:244:1::4"], &[("dns.dot-proxy.io/qps", "1000"), ("dns.dot-proxy.io/burst", "2000")]),
-        pod("resolver-test", "node-1", &["10.244.1.5"], &[("dns.dot-proxy.io/rate-limit-exempt", "true")]),
-        pod("payments", "node-2", &["10.244.2.9"], &[("dns.dot-proxy.io/upstream-group", "cloudflare")]),
-        pod("typo", "node-2", &["10.244.2.10"], &[("dns.dot-proxy.io/upstream-group", "cloudfare")]),
+        pod(
+            "crawler",
+            "node-1",
+            &["10.244.1.4", "fd00:10:244:1::4"],
+            &[
+                ("dns.dot-proxy.io/qps", "1000"),
+                ("dns.dot-proxy.io/burst", "2000"),
+            ],
+        ),
+        pod(
+            "resolver-test",
+            "node-1",
+            &["10.244.1.5"],
+            &[("dns.dot-proxy.io/rate-limit-exempt", "true")],
+        ),
+        pod(
+            "payments",
+            "node-2",
+            &["10.244.2.9"],
+            &[("dns.dot-proxy.io/upstream-group", "cloudflare")],
+        ),
+        pod(
+            "typo",
+            "node-2",
+            &["10.244.2.10"],
+            &[("dns.dot-proxy.io/upstream-group", "cloudfare")],
+        ),
     ]
 }
 
@@ -40,7 +66,10 @@ fn lay_out(r: &Rendered) -> (PathBuf, PathBuf) {
         std::fs::write(overrides.join(&s.key), &s.data).expect("write shard");
     }
     let mut cfg = Config::from_yaml(&r.config.data).expect("parses");
-    assert_eq!(cfg.overrides.dir.as_deref(), Some(std::path::Path::new("/etc/dot-proxy/overrides")));
+    assert_eq!(
+        cfg.overrides.dir.as_deref(),
+        Some(std::path::Path::new("/etc/dot-proxy/overrides"))
+    );
     cfg.overrides.dir = Some(overrides.clone());
     let path = dir.join("config.yaml");
     std::fs::write(&path, &r.config.data).expect("write config");
@@ -56,7 +85,11 @@ fn the_example_parses_into_the_rust_type() {
     let s = &d.spec;
     let public = &s.upstream_groups[0];
     assert_eq!(public.policy, Checked::Known(Policy::Fastest));
-    let servers: Vec<_> = public.servers.iter().map(|v| (v.address.as_str(), v.tls_name.as_deref())).collect();
+    let servers: Vec<_> = public
+        .servers
+        .iter()
+        .map(|v| (v.address.as_str(), v.tls_name.as_deref()))
+        .collect();
     assert_eq!(
         servers,
         [
@@ -66,10 +99,18 @@ fn the_example_parses_into_the_rust_type() {
             ("8.8.4.4:853", Some("dns.google")),
         ]
     );
-    let cluster = s.upstream_groups.iter().find(|g| g.name == "cluster").expect("cluster group");
+    let cluster = s
+        .upstream_groups
+        .iter()
+        .find(|g| g.name == "cluster")
+        .expect("cluster group");
     assert_eq!(cluster.servers[0].address, "10.96.0.10:53");
     assert_eq!(cluster.servers[0].protocol, Checked::Known(Protocol::Plain));
-    let zones: BTreeMap<_, _> = s.zones.iter().map(|z| (z.zone.as_str(), z.group.as_str())).collect();
+    let zones: BTreeMap<_, _> = s
+        .zones
+        .iter()
+        .map(|z| (z.zone.as_str(), z.group.as_str()))
+        .collect();
     assert_eq!(zones["."], "public");
     assert_eq!(zones["cluster.local"], "cluster");
     assert_eq!(zones["10.in-addr.arpa"], "cluster");
@@ -86,7 +127,10 @@ fn the_example_renders_into_files_the_proxy_loads() {
     let (path, relocated) = lay_out(&r);
     // `dot-proxy check-config config.yaml`.
     let cfg = Config::load(&path).expect("check-config accepts the rendered config");
-    assert_eq!(cfg.overrides.node_name, None, "the proxy takes its node name from DOT_PROXY_NODE_NAME");
+    assert_eq!(
+        cfg.overrides.node_name, None,
+        "the proxy takes its node name from DOT_PROXY_NODE_NAME"
+    );
 
     // What the proxy does at start and on every reload on node-1 and node-2: merge its own
     // entries from every shard, then validate.

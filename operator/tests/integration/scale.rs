@@ -7,7 +7,9 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
 use dot_proxy::config::Config;
-use dot_proxy_operator::cluster::{ClusterState, NodeLabels, PodLite, PodLiteSpec, PodLiteStatus, PodIpLite};
+use dot_proxy_operator::cluster::{
+    ClusterState, NodeLabels, PodIpLite, PodLite, PodLiteSpec, PodLiteStatus,
+};
 use dot_proxy_operator::render::{parse_shard, render, MAX_SHARD_BYTES};
 use kube::api::ObjectMeta;
 use kube::runtime::watcher::Event;
@@ -19,7 +21,12 @@ const PODS: u32 = 150_000;
 const ANNOTATED: u32 = 20_000;
 
 fn node_name(i: u32) -> String {
-    format!("ip-10-{}-{}-{}.eu-west-1.compute.internal", i / 65_536, (i / 256) % 256, i % 256)
+    format!(
+        "ip-10-{}-{}-{}.eu-west-1.compute.internal",
+        i / 65_536,
+        (i / 256) % 256,
+        i % 256
+    )
 }
 
 /// Pod `i`: on node `i % NODES`, the `k = i / NODES`th of its 30 pods. Pods with `k` in
@@ -28,19 +35,31 @@ fn node_name(i: u32) -> String {
 fn pod(i: u32) -> PodLite {
     let v4 = Ipv4Addr::from(0x0a40_0000 + i);
     let mut ips = vec![PodIpLite { ip: v4.to_string() }];
-    let mut annotations = BTreeMap::from([("app.kubernetes.io/name".to_string(), format!("app-{}", i % 300))]);
+    let mut annotations = BTreeMap::from([(
+        "app.kubernetes.io/name".to_string(),
+        format!("app-{}", i % 300),
+    )]);
     let k = i / NODES;
     if k % 15 < 2 {
         let kind = (k / 15) * 2 + k % 15;
         let set: &[(&str, &str)] = match kind {
-            0 => &[("dns.dot-proxy.io/qps", "50"), ("dns.dot-proxy.io/burst", "100")],
+            0 => &[
+                ("dns.dot-proxy.io/qps", "50"),
+                ("dns.dot-proxy.io/burst", "100"),
+            ],
             1 => &[("dns.dot-proxy.io/rate-limit-exempt", "true")],
             2 => &[("dns.dot-proxy.io/upstream-group", "cloudflare")],
-            _ => &[("dns.dot-proxy.io/upstream-group", "public"), ("dns.dot-proxy.io/qps", "12.5")],
+            _ => &[
+                ("dns.dot-proxy.io/upstream-group", "public"),
+                ("dns.dot-proxy.io/qps", "12.5"),
+            ],
         };
         annotations.extend(set.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         if kind == 3 {
-            ips.push(PodIpLite { ip: Ipv6Addr::from(0xfd00_0010_0244_0000_0000_0000_0000_0000u128 + u128::from(i)).to_string() });
+            ips.push(PodIpLite {
+                ip: Ipv6Addr::from(0xfd00_0010_0244_0000_0000_0000_0000_0000u128 + u128::from(i))
+                    .to_string(),
+            });
         }
     }
     PodLite {
@@ -51,8 +70,15 @@ fn pod(i: u32) -> PodLite {
             annotations: Some(annotations),
             ..Default::default()
         },
-        spec: PodLiteSpec { node_name: Some(node_name(i % NODES)), host_network: Some(false) },
-        status: PodLiteStatus { phase: Some("Running".into()), pod_ip: Some(v4.to_string()), pod_ips: Some(ips) },
+        spec: PodLiteSpec {
+            node_name: Some(node_name(i % NODES)),
+            host_network: Some(false),
+        },
+        status: PodLiteStatus {
+            phase: Some("Running".into()),
+            pod_ip: Some(v4.to_string()),
+            pod_ips: Some(ips),
+        },
     }
 }
 
@@ -87,21 +113,36 @@ fn five_thousand_nodes_150k_pods_20k_annotated() {
     assert!(r.problems.is_empty());
     assert_eq!(r.shards.len(), 8);
     let sizes: Vec<usize> = r.shards.iter().map(|c| c.data.len()).collect();
-    let (min, max) = (sizes.iter().copied().min().unwrap_or(0), sizes.iter().copied().max().unwrap_or(0));
+    let (min, max) = (
+        sizes.iter().copied().min().unwrap_or(0),
+        sizes.iter().copied().max().unwrap_or(0),
+    );
     assert!(max <= MAX_SHARD_BYTES, "largest shard {max} bytes");
     assert!(max < 1024 * 1024 - 4096, "room for metadata under 1 MiB");
     let per_pod = s.total_shard_bytes as f64 / f64::from(ANNOTATED);
     let capacity = (MAX_SHARD_BYTES as f64 * 8.0 / per_pod) as u64;
 
     println!("scale: {NODES} nodes, {PODS} pods, {ANNOTATED} annotated ({dual} dual-stack)");
-    println!("scale: watch fold of {PODS} pods: {ingest:?}; kept {} pods", snapshot.pods.len());
-    println!("scale: render: {took:?}; {} entries on {} nodes", s.entries, s.nodes);
+    println!(
+        "scale: watch fold of {PODS} pods: {ingest:?}; kept {} pods",
+        snapshot.pods.len()
+    );
+    println!(
+        "scale: render: {took:?}; {} entries on {} nodes",
+        s.entries, s.nodes
+    );
     println!("scale: config.yaml {} bytes", r.config.data.len());
     println!("scale: shards (8): total {} bytes, smallest {min}, largest {max} (limit {MAX_SHARD_BYTES})", s.total_shard_bytes);
-    println!("scale: {per_pod:.0} bytes per annotated pod: 8 shards hold about {capacity} such pods");
+    println!(
+        "scale: {per_pod:.0} bytes per annotated pod: 8 shards hold about {capacity} such pods"
+    );
 
     // Debug builds (the default `cargo test`) are several times slower than release.
-    let budget = if cfg!(debug_assertions) { Duration::from_secs(20) } else { Duration::from_secs(1) };
+    let budget = if cfg!(debug_assertions) {
+        Duration::from_secs(20)
+    } else {
+        Duration::from_secs(1)
+    };
     assert!(took < budget, "render took {took:?}");
 
     // A node's proxy reads its entries back from its shard with the proxy's own code.
@@ -116,9 +157,17 @@ fn five_thousand_nodes_150k_pods_20k_annotated() {
         cfg.overrides.node_name = Some(node_name(n));
         dot_proxy::reload::merge_overrides(&mut cfg).expect("shards load");
         cfg.validate().expect("valid");
-        assert_eq!(cfg.rate_limit.overrides.len() + cfg.client_groups.len(), 7, "node {n}");
+        assert_eq!(
+            cfg.rate_limit.overrides.len() + cfg.client_groups.len(),
+            7,
+            "node {n}"
+        );
     }
-    let total: usize = r.shards.iter().map(|c| parse_shard(&c.data).expect("parses").len()).sum();
+    let total: usize = r
+        .shards
+        .iter()
+        .map(|c| parse_shard(&c.data).expect("parses").len())
+        .sum();
     assert_eq!(total, NODES as usize);
     let _ = std::fs::remove_dir_all(&dir);
 
