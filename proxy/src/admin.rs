@@ -1,6 +1,6 @@
 //! The HTTP admin server (hyper): `/metrics` (OpenMetrics text), `/healthz` (the process
 //! serves), `/readyz` (config loaded and an upstream usable), and `/debug/hot` (the names
-//! kept hot by prefetch; query names, so bind this server to a private address).
+//! kept hot by prefetch: query names, so answered only to loopback clients).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -21,7 +21,7 @@ pub trait AdminState: Send + Sync + 'static {
 
 pub async fn serve(listener: TcpListener, state: Arc<dyn AdminState>, stop: CancellationToken) {
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(_) => continue,
@@ -32,7 +32,7 @@ pub async fn serve(listener: TcpListener, state: Arc<dyn AdminState>, stop: Canc
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(route(&req, state.as_ref())) }
+                async move { Ok::<_, Infallible>(route(&req, state.as_ref(), peer.ip().is_loopback())) }
             });
             let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
             let _ = tokio::time::timeout(std::time::Duration::from_secs(30), conn).await;
@@ -40,7 +40,7 @@ pub async fn serve(listener: TcpListener, state: Arc<dyn AdminState>, stop: Canc
     }
 }
 
-fn route(req: &Request<Incoming>, state: &dyn AdminState) -> Response<Full<Bytes>> {
+fn route(req: &Request<Incoming>, state: &dyn AdminState, local: bool) -> Response<Full<Bytes>> {
     let text = |code: StatusCode, body: String, ctype: &'static str| {
         let mut r = Response::new(Full::new(Bytes::from(body)));
         *r.status_mut() = code;
@@ -63,7 +63,9 @@ fn route(req: &Request<Incoming>, state: &dyn AdminState) -> Response<Full<Bytes
             Ok(()) => text(StatusCode::OK, "ready\n".into(), "text/plain"),
             Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n"), "text/plain"),
         },
-        "/debug/hot" => text(StatusCode::OK, state.hot_names(), "application/json"),
+        // Query names: only for a client on the same host (kubectl exec, or the node).
+        "/debug/hot" if local => text(StatusCode::OK, state.hot_names(), "application/json"),
+        "/debug/hot" => text(StatusCode::FORBIDDEN, "only from loopback\n".into(), "text/plain"),
         _ => text(StatusCode::NOT_FOUND, "not found\n".into(), "text/plain"),
     }
 }

@@ -65,6 +65,10 @@ pub enum Command {
     },
     /// Print the built-in default config as YAML.
     PrintConfig,
+    /// Set up the node-local address (dummy interface, conntrack bypass rules) from the
+    /// config's `node_local` section, keep it while the proxy runs, clean up on exit. Needs
+    /// CAP_NET_ADMIN; runs apart from the serving process (docs/node-local.md).
+    NodeLocal(crate::netsetup::NodeLocalArgs),
 }
 
 #[derive(Debug, thiserror::Error)]

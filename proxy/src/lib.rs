@@ -16,6 +16,7 @@ pub mod guard;
 pub mod listener;
 pub mod logging;
 pub mod metrics;
+pub mod netsetup;
 pub mod pipeline;
 pub mod reload;
 pub mod route;

@@ -25,6 +25,17 @@ fn main() -> ExitCode {
                 }
             };
         }
+        Some(Command::NodeLocal(args)) => {
+            let cfg = match load_effective(&cli) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("dot-proxy node-local: invalid configuration: {e}");
+                    return ExitCode::from(64);
+                }
+            };
+            dot_proxy::logging::init(&cfg.log);
+            return dot_proxy::netsetup::main(cfg, args.clone());
+        }
         Some(Command::PrintConfig) => {
             print!("{}", Config::default().to_yaml());
             return ExitCode::SUCCESS;

@@ -242,6 +242,7 @@ pub struct Metrics {
     pub policy_actions: Family<PolicyLabels, Counter>,
     pub config_reloads: Family<ReloadLabels, Counter>,
     pub config_last_success: Gauge,
+    pub config_last_reload_ok: Gauge,
     pub tcp_connections: Gauge,
     pub inflight: Gauge,
 }
@@ -277,6 +278,7 @@ impl Default for Metrics {
             policy_actions: Family::default(),
             config_reloads: Family::default(),
             config_last_success: Gauge::default(),
+            config_last_reload_ok: Gauge::default(),
             tcp_connections: Gauge::default(),
             inflight: Gauge::default(),
         }
@@ -321,6 +323,7 @@ impl Metrics {
         r.register("policy_actions", "Queries matched by a local policy rule, by rule kind", self.policy_actions.clone());
         r.register("config_reloads", "Config reloads by result", self.config_reloads.clone());
         r.register_with_unit("config_last_reload_success_timestamp", "Unix time of the last config successfully loaded", Unit::Seconds, self.config_last_success.clone());
+        r.register("config_last_reload_successful", "1 when the last config load or reload succeeded, 0 while a bad config is refused", self.config_last_reload_ok.clone());
         r.register("tcp_connections", "Client TCP connections open", self.tcp_connections.clone());
         r.register("inflight_queries", "Client queries waiting for an upstream", self.inflight.clone());
         // A gauge fixed at 1 rather than an OpenMetrics `info`, which the Prometheus text

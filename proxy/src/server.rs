@@ -101,6 +101,7 @@ impl Server {
         server.start_background();
         metrics.config_reloads.get_or_create(&ReloadLabels { result: ReloadResult::success }).inc();
         metrics.config_last_success.set(unix_now());
+        metrics.config_last_reload_ok.set(1);
         Ok(server)
     }
 
@@ -124,10 +125,21 @@ impl Server {
     fn bind_listener(self: &Arc<Self>, addr: SocketAddr) -> Result<(), StartError> {
         let bind_err = |source| StartError::Bind { addr, source };
         let stop = self.stop.child_token();
-        let sockets = crate::listener::udp::bind_all(addr, self.workers).map_err(bind_err)?;
-        // Port 0 means "any": the TCP listener takes the port the first UDP socket got.
-        let bound = sockets[0].local_addr().map_err(bind_err)?;
-        let tcp = crate::listener::bind_tcp(bound).map_err(|source| StartError::Bind { addr: bound, source })?;
+        // Port 0 means "any": the TCP listener takes the port the UDP sockets got, and
+        // another is tried when that one is taken for TCP.
+        let mut attempt = 0;
+        let (sockets, bound, tcp) = loop {
+            attempt += 1;
+            let sockets = crate::listener::udp::bind_all(addr, self.workers).map_err(bind_err)?;
+            let bound = sockets[0].local_addr().map_err(bind_err)?;
+            match crate::listener::bind_tcp(bound) {
+                Ok(tcp) => break (sockets, bound, tcp),
+                Err(e) if addr.port() == 0 && attempt < 20 => {
+                    tracing::debug!(error = %e, %bound, "port taken for TCP, trying another");
+                }
+                Err(source) => return Err(StartError::Bind { addr: bound, source }),
+            }
+        };
         for sock in sockets {
             let counters = self.metrics.query_counters(Transport::udp);
             let grace = self.config.load().shutdown_grace.get();
@@ -231,9 +243,13 @@ impl Server {
         match result {
             Ok(()) => {
                 self.metrics.config_last_success.set(unix_now());
+                self.metrics.config_last_reload_ok.set(1);
                 tracing::info!("config reloaded");
             }
-            Err(e) => tracing::error!(error = %e, "config reload refused; keeping the last good config"),
+            Err(e) => {
+                self.metrics.config_last_reload_ok.set(0);
+                tracing::error!(error = %e, "config reload refused; keeping the last good config")
+            }
         }
     }
 
