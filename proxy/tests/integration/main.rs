@@ -5,5 +5,6 @@ mod support;
 mod cache;
 mod core;
 mod groups;
+mod limits;
 mod observability;
 mod reload;
