@@ -230,3 +230,66 @@ fn everything_cel_walks_is_bounded() {
     }
     check(prop(&schema(), &["spec"]), "spec", false);
 }
+
+/// The CEL rules, run by kube's client-side evaluator against the object as the API server
+/// would see it: they compile, accept the example, and refuse what they are there to refuse.
+#[test]
+fn cel_rules_accept_the_example_and_refuse_the_rest() {
+    use kube::core::cel::validate_cel;
+
+    let ok = crate::support::example();
+    validate_cel(&ok).expect("the example passes every rule");
+
+    let refused = |name: &str, change: &dyn Fn(&mut DotProxyConfig), want: &str| {
+        let mut d = crate::support::example();
+        change(&mut d);
+        let err = validate_cel(&d).expect_err(name).to_string();
+        assert!(err.contains(want), "{name}: {err}");
+    };
+    refused(
+        "no default route",
+        &|d| d.spec.zones.retain(|z| z.zone != "."),
+        "zones must route",
+    );
+    refused(
+        "dangling group",
+        &|d| d.spec.zones[1].group = "nowhere".into(),
+        "must name one of upstreamGroups",
+    );
+    refused(
+        "plain for .",
+        &|d| d.spec.zones[0].group = "cluster".into(),
+        "allowPlainDefault",
+    );
+    refused(
+        "TLS without a name",
+        &|d| d.spec.upstream_groups[0].servers[0].tls_name = None,
+        "a TLS server needs tlsName",
+    );
+    refused(
+        "plain with a name",
+        &|d| d.spec.upstream_groups[2].servers[0].tls_name = Some("x.example".into()),
+        "plain servers take no tlsName",
+    );
+    refused(
+        "verifyCa off without pins",
+        &|d| d.spec.upstream_groups[0].servers[0].verify_ca = false,
+        "verifyCa may be false",
+    );
+    refused(
+        "min above max",
+        &|d| d.spec.cache.min_ttl = d.spec.cache.max_ttl + 1,
+        "minTtl must not be above maxTtl",
+    );
+
+    let mut opted_in = crate::support::example();
+    opted_in.spec.zones[0].group = "cluster".into();
+    opted_in.spec.allow_plain_default = true;
+    validate_cel(&opted_in).expect("plain for . with the opt-in");
+    let mut pinned = crate::support::example();
+    let s = &mut pinned.spec.upstream_groups[0].servers[0];
+    s.tls_name = None;
+    s.verify_ca = false;
+    s.spki_pins = vec!["YLh1dUR9y6Kja30RrAn7JKnbQG/uEtLMkBgFF2Fuihg=".into()];
+    validate_cel(&pinned).expect("pin-only TLS");
+}
