@@ -12,12 +12,15 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod dns;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod guard;
 pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod netsetup;
 pub mod pipeline;
+pub mod policy;
 pub mod reload;
 pub mod route;
 pub mod server;

@@ -19,7 +19,8 @@ use crate::dns::wire::{self, QueryInfo, Rejection};
 use crate::dns::rcode;
 use crate::guard::cidr::PrefixTable;
 use crate::guard::{Decision, RateLimiter};
-use crate::metrics::{DropLabels, DropReason, LimitedAction, LimitedLabels, Metrics, Transport};
+use crate::metrics::{DropLabels, DropReason, LimitedAction, LimitedLabels, Metrics, PolicyKind, PolicyLabels, Transport};
+use crate::policy::{Policy, Verdict};
 use crate::route::Router;
 use crate::upstream::{Group, GroupError};
 
@@ -86,6 +87,8 @@ pub struct Pipeline {
     pub router: Router,
     /// Clients sent to a group of their own (index into `groups`), checked before zones.
     pub client_groups: PrefixTable<usize>,
+    /// Static answers, block lists, rewrites (None when there are none).
+    pub policy: Option<Arc<Policy>>,
     pub groups: Vec<Arc<Group>>,
     pub strip_ecs: bool,
     pub metrics: Arc<Metrics>,
@@ -99,12 +102,13 @@ impl Pipeline {
         cache: Option<Arc<Cache>>,
         router: Router,
         client_groups: PrefixTable<usize>,
+        policy: Option<Arc<Policy>>,
         groups: Vec<Arc<Group>>,
         strip_ecs: bool,
         metrics: Arc<Metrics>,
         clock: Arc<Clock>,
     ) -> Pipeline {
-        Pipeline { limiter, cache, router, client_groups, groups, strip_ecs, metrics, clock, coalescer: Coalescer::default() }
+        Pipeline { limiter, cache, router, client_groups, policy, groups, strip_ecs, metrics, clock, coalescer: Coalescer::default() }
     }
 
     /// True when some upstream of every group is usable (readiness).
@@ -154,6 +158,21 @@ impl Pipeline {
                     }
                     return Fast::Answered(qi.qtype);
                 }
+            }
+        }
+        if let Some(policy) = &self.policy {
+            let key = CacheKey::new(query, &qi, 0);
+            let answered = match policy.check(key.name()) {
+                Verdict::Pass | Verdict::Rewrite { .. } => None,
+                Verdict::Static(rule) => Some((PolicyKind::static_answer, crate::policy::static_answer(query, &qi, rule, out))),
+                Verdict::Block(action) => Some((PolicyKind::block, crate::policy::block_answer(query, &qi, action, out))),
+            };
+            if let Some((kind, ok)) = answered {
+                self.metrics.policy_actions.get_or_create(&PolicyLabels { rule: kind }).inc();
+                if !ok {
+                    message::servfail(query, &qi, out);
+                }
+                return Fast::Answered(qi.qtype);
             }
         }
         if let Some(cache) = self.cache_for(&qi) {
@@ -244,8 +263,23 @@ impl Pipeline {
             tracing::debug!(name = %wire::name_to_string(key.name()), qtype = qi.qtype, group = %group.name, "forwarding");
         }
         let mut msg = Vec::with_capacity(query.len() + 160);
-        upstream_query(query, qi, &group.query_options(), &mut msg);
-        let resp = group.query(&msg).await?;
+        let rewrite = match self.policy.as_ref().map(|p| p.check(key.name())) {
+            Some(Verdict::Rewrite { strip, to }) => crate::policy::rewrite_query(query, qi, key.name(), strip, to),
+            _ => None,
+        };
+        let resp = match &rewrite {
+            Some((new_query, new_qi)) => {
+                self.metrics.policy_actions.get_or_create(&PolicyLabels { rule: PolicyKind::rewrite }).inc();
+                upstream_query(new_query, new_qi, &group.query_options(), &mut msg);
+                let resp = group.query(&msg).await?;
+                crate::policy::restore_answer(&resp, query)
+                    .ok_or(GroupError::Failed(crate::upstream::UpstreamError::Malformed))?
+            }
+            None => {
+                upstream_query(query, qi, &group.query_options(), &mut msg);
+                group.query(&msg).await?
+            }
+        };
         let policy = self.cache.as_ref().map(|c| *c.ttl_policy()).unwrap_or_default();
         let answer = Arc::new(
             Answer::from_upstream(&resp, query, qi, &policy)

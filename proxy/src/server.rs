@@ -23,6 +23,7 @@ use crate::guard::RateLimiter;
 use crate::listener::tcp::{ConnTable, TcpLimits};
 use crate::metrics::{Metrics, RankLabels, ReloadLabels, ReloadResult, Transport};
 use crate::pipeline::Pipeline;
+use crate::policy::Policy;
 use crate::route::Router;
 use crate::upstream::plain::PlainUpstream;
 use crate::upstream::tls::{ConnOptions, TlsUpstream, UpstreamStats};
@@ -75,7 +76,7 @@ impl Server {
         let workers = effective_workers(cfg.workers);
         let groups = build_groups(&cfg, &[], &metrics).map_err(StartError::Upstream)?;
         let clock = Arc::new(Clock::default());
-        let pipeline = build_pipeline(&cfg, &groups, None, &metrics, &clock);
+        let pipeline = build_pipeline(&cfg, &groups, None, &metrics, &clock).map_err(StartError::Upstream)?;
         let server = Arc::new(Server {
             metrics: metrics.clone(),
             registry,
@@ -196,7 +197,7 @@ impl Server {
         let old_cfg = self.config.load_full();
         let mut groups_guard = self.groups.lock().unwrap_or_else(|p| p.into_inner());
         let groups = build_groups(&cfg, &groups_guard, &self.metrics)?;
-        let pipeline = build_pipeline(&cfg, &groups, Some((&old, &old_cfg)), &self.metrics, &self.clock);
+        let pipeline = build_pipeline(&cfg, &groups, Some((&old, &old_cfg)), &self.metrics, &self.clock)?;
         // Listeners first, so a bind failure leaves everything as it was.
         let current: Vec<SocketAddr> = self.listen_addrs();
         let mut added = Vec::new();
@@ -368,7 +369,12 @@ fn build_groups(cfg: &Config, old: &[BuiltGroup], metrics: &Metrics) -> Result<V
     Ok(out)
 }
 
-fn build_pipeline(cfg: &Config, groups: &[BuiltGroup], old: Option<(&Pipeline, &Config)>, metrics: &Arc<Metrics>, clock: &Arc<Clock>) -> Pipeline {
+fn build_pipeline(cfg: &Config, groups: &[BuiltGroup], old: Option<(&Pipeline, &Config)>, metrics: &Arc<Metrics>, clock: &Arc<Clock>) -> Result<Pipeline, String> {
+    let policy = Policy::new(&cfg.policy).map_err(|e| e.to_string())?;
+    if policy.blocked_names() > 0 {
+        tracing::info!(names = policy.blocked_names(), "block lists loaded");
+    }
+    let policy = (!policy.is_empty()).then(|| Arc::new(policy));
     let routes: Vec<(String, usize)> = cfg
         .zones
         .iter()
@@ -390,14 +396,15 @@ fn build_pipeline(cfg: &Config, groups: &[BuiltGroup], old: Option<(&Pipeline, &
             client_groups.insert(cidr, i);
         }
     }
-    Pipeline::new(
+    Ok(Pipeline::new(
         limiter,
         cache,
         Router::new(&routes),
         client_groups,
+        policy,
         groups.iter().map(|g| g.group.clone()).collect(),
         cfg.privacy.strip_ecs,
         metrics.clone(),
         clock.clone(),
-    )
+    ))
 }

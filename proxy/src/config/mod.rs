@@ -51,6 +51,9 @@ pub struct Config {
     /// The node-local address (dummy interface and NOTRACK rules), set up by
     /// `dot-proxy node-local`, which runs apart from the serving process.
     pub node_local: NodeLocalConfig,
+    /// Local policy: static answers, blocking and rewriting, applied before the cache and
+    /// the zone router (docs/policy.md).
+    pub policy: PolicyConfig,
     /// How long in-flight queries may take to finish after SIGTERM.
     pub shutdown_grace: Dur,
 }
@@ -81,6 +84,7 @@ impl Default for Config {
             client_groups: Vec::new(),
             overrides: OverridesConfig::default(),
             node_local: NodeLocalConfig::default(),
+            policy: PolicyConfig::default(),
             shutdown_grace: Dur::secs(5),
         }
     }
@@ -504,6 +508,82 @@ pub enum Firewall {
     None,
 }
 
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// Names answered locally, like a hosts file. Checked first.
+    pub static_answers: Vec<StaticRule>,
+    /// Names answered NXDOMAIN, REFUSED or a null address. Checked second.
+    pub blocklists: Vec<BlockList>,
+    /// Names sent upstream as another name. Checked last.
+    pub rewrites: Vec<RewriteRule>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct StaticRule {
+    /// `host.example.com`, or `*.example.com` for every name below it (not the name itself).
+    pub name: String,
+    #[serde(default = "default_static_ttl")]
+    pub ttl: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub a: Vec<std::net::Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aaaa: Vec<std::net::Ipv6Addr>,
+    /// An alias; excludes `a` and `aaaa`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cname: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub txt: Vec<String>,
+}
+
+fn default_static_ttl() -> u32 {
+    300
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct BlockList {
+    /// A label for logs.
+    pub name: String,
+    /// Blocked names; each blocks itself and every name below it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
+    /// A file in hosts format (`0.0.0.0 ads.example.com`) or one name per line; `#`
+    /// comments. Re-read on every config reload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    #[serde(default)]
+    pub action: BlockAction,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum BlockAction {
+    #[default]
+    Nxdomain,
+    Refused,
+    /// A 0.0.0.0 / :: answer to A / AAAA queries, NODATA to other types.
+    NullAddress,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RewriteRule {
+    /// The name clients ask for.
+    pub from: String,
+    /// The name sent upstream instead.
+    pub to: String,
+    /// Also rewrite names below `from` (`a.from` is sent as `a.to`).
+    #[serde(default)]
+    pub suffix: bool,
+}
+
 /// Overrides for the pods of one node.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(JsonSchema))]
@@ -738,6 +818,51 @@ impl Config {
             }
             if nl.port == 0 {
                 err("node_local.port".into(), "must not be 0".into());
+            }
+        }
+
+        let pol = &self.policy;
+        for (i, r) in pol.static_answers.iter().enumerate() {
+            let f = format!("policy.static_answers[{i}]");
+            let name = r.name.strip_prefix("*.").unwrap_or(&r.name);
+            if let Err(m) = normalize_zone(name).and_then(|n| if n == "." { Err("must not be \".\"".to_string()) } else { Ok(n) }) {
+                err(format!("{f}.name"), m);
+            }
+            if r.a.is_empty() && r.aaaa.is_empty() && r.cname.is_none() && r.txt.is_empty() {
+                err(f.clone(), "needs at least one of a, aaaa, cname, txt".into());
+            }
+            if let Some(c) = &r.cname {
+                if !(r.a.is_empty() && r.aaaa.is_empty() && r.txt.is_empty()) {
+                    err(format!("{f}.cname"), "a CNAME excludes other records at the same name".into());
+                }
+                if let Err(m) = normalize_zone(c) {
+                    err(format!("{f}.cname"), m);
+                }
+            }
+            if r.txt.iter().any(|t| t.len() > 255) {
+                err(format!("{f}.txt"), "each string must be at most 255 bytes".into());
+            }
+        }
+        for (i, b) in pol.blocklists.iter().enumerate() {
+            let f = format!("policy.blocklists[{i}]");
+            if b.names.is_empty() && b.file.is_none() {
+                err(f.clone(), "needs names or a file".into());
+            }
+            for (j, n) in b.names.iter().enumerate() {
+                if let Err(m) = normalize_zone(n).and_then(|n| if n == "." { Err("must not be \".\"".to_string()) } else { Ok(n) }) {
+                    err(format!("{f}.names[{j}]"), m);
+                }
+            }
+            if let Some(file) = &b.file {
+                check_readable(&mut err, &format!("{f}.file"), file);
+            }
+        }
+        for (i, r) in pol.rewrites.iter().enumerate() {
+            let f = format!("policy.rewrites[{i}]");
+            for (field, v) in [("from", &r.from), ("to", &r.to)] {
+                if let Err(m) = normalize_zone(v).and_then(|n| if n == "." { Err("must not be \".\"".to_string()) } else { Ok(n) }) {
+                    err(format!("{f}.{field}"), m);
+                }
             }
         }
 

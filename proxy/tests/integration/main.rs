@@ -7,4 +7,5 @@ mod core;
 mod groups;
 mod limits;
 mod observability;
+mod policy;
 mod reload;
