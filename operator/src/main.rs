@@ -1,6 +1,7 @@
 //! `dot-proxy-operator`: thin entry point. `crd` and `render` print and exit; `run` serves
 //! metrics and health, waits for the leader lease, runs the controller until SIGTERM or the
 //! lease is lost, then releases the lease.
+#![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 use std::sync::Arc;

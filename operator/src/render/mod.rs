@@ -86,6 +86,7 @@ pub struct Rendered {
 
 /// Why a resource renders to nothing (the last good ConfigMaps stay).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum Invalid {
     /// The spec itself is wrong; each message names its field.
     #[error("{}", .0.join("; "))]
