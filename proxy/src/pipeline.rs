@@ -36,9 +36,12 @@ pub enum Fast {
 
 type Outcome = Result<Arc<Answer>, GroupError>;
 
+type Waiters = Vec<oneshot::Sender<Outcome>>;
+
+/// Identical misses in flight: the first asks upstream, the others wait for its answer.
 #[derive(Default)]
-struct Coalescer {
-    waiting: Mutex<HashMap<Box<[u8]>, Vec<oneshot::Sender<Outcome>>>>,
+pub struct Coalescer {
+    waiting: Mutex<HashMap<Box<[u8]>, Waiters>>,
 }
 
 enum Role {
@@ -93,24 +96,10 @@ pub struct Pipeline {
     pub strip_ecs: bool,
     pub metrics: Arc<Metrics>,
     pub clock: Arc<Clock>,
-    coalescer: Coalescer,
+    pub(crate) coalescer: Coalescer,
 }
 
 impl Pipeline {
-    pub fn new(
-        limiter: Option<Arc<RateLimiter>>,
-        cache: Option<Arc<Cache>>,
-        router: Router,
-        client_groups: PrefixTable<usize>,
-        policy: Option<Arc<Policy>>,
-        groups: Vec<Arc<Group>>,
-        strip_ecs: bool,
-        metrics: Arc<Metrics>,
-        clock: Arc<Clock>,
-    ) -> Pipeline {
-        Pipeline { limiter, cache, router, client_groups, policy, groups, strip_ecs, metrics, clock, coalescer: Coalescer::default() }
-    }
-
     /// True when some upstream of every group is usable (readiness).
     pub fn ready(&self) -> bool {
         self.groups.iter().any(|g| g.any_up())

@@ -396,15 +396,16 @@ fn build_pipeline(cfg: &Config, groups: &[BuiltGroup], old: Option<(&Pipeline, &
             client_groups.insert(cidr, i);
         }
     }
-    Ok(Pipeline::new(
+    Ok(Pipeline {
         limiter,
         cache,
-        Router::new(&routes),
+        router: Router::new(&routes),
         client_groups,
         policy,
-        groups.iter().map(|g| g.group.clone()).collect(),
-        cfg.privacy.strip_ecs,
-        metrics.clone(),
-        clock.clone(),
-    ))
+        groups: groups.iter().map(|g| g.group.clone()).collect(),
+        strip_ecs: cfg.privacy.strip_ecs,
+        metrics: metrics.clone(),
+        clock: clock.clone(),
+        coalescer: Default::default(),
+    })
 }

@@ -87,7 +87,7 @@ impl<V> PrefixTable<V> {
     pub fn insert(&mut self, c: Cidr, v: V) {
         if !self.lens.contains(&(c.v6, c.len)) {
             self.lens.push((c.v6, c.len));
-            self.lens.sort_by(|a, b| b.1.cmp(&a.1));
+            self.lens.sort_by_key(|l| std::cmp::Reverse(l.1));
         }
         self.map.insert((c.v6, c.len, c.net), v);
     }

@@ -319,10 +319,12 @@ impl Upstream {
 
 /// A config for tests: listens on 127.0.0.1:0, admin on 127.0.0.1:0, one group.
 pub fn config_for(servers: Vec<UpstreamServer>) -> Config {
-    let mut c = Config::default();
-    c.listen = vec!["127.0.0.1:0".parse().expect("addr")];
+    let mut c = Config {
+        listen: vec!["127.0.0.1:0".parse().expect("addr")],
+        workers: 2,
+        ..Config::default()
+    };
     c.admin.listen = Some("127.0.0.1:0".parse().expect("addr"));
-    c.workers = 2;
     c.upstream_groups[0].servers = servers;
     c.upstream_groups[0].timeout = Dur::millis(1500);
     c.log.level = "warn".into();
