@@ -28,7 +28,10 @@ pub enum LinkError {
     #[error("cannot open a netlink socket: {0}")]
     Connect(std::io::Error),
     #[error("{op}: {source}")]
-    Netlink { op: String, source: rtnetlink::Error },
+    Netlink {
+        op: String,
+        source: rtnetlink::Error,
+    },
     #[error("interface {name} exists and is a {kind} interface not made by dot-proxy; set node_local.interface to a free name")]
     NotOurs { name: String, kind: String },
     #[error("interface {0} vanished while it was being set up")]
@@ -95,12 +98,20 @@ impl Netlink {
     }
 
     async fn find(&self, name: &str) -> Result<Option<Found>, LinkError> {
-        let mut links = self.handle.link().get().match_name(name.to_string()).execute();
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
         match links.try_next().await {
             Ok(Some(msg)) => Ok(Some(describe(&msg))),
             Ok(None) => Ok(None),
             Err(e) if errno(&e) == Some(ENODEV) => Ok(None),
-            Err(source) => Err(LinkError::Netlink { op: format!("look up interface {name}"), source }),
+            Err(source) => Err(LinkError::Netlink {
+                op: format!("look up interface {name}"),
+                source,
+            }),
         }
     }
 
@@ -112,19 +123,27 @@ impl Netlink {
             None => {
                 self.create(name).await?;
                 created = true;
-                self.find(name).await?.ok_or_else(|| LinkError::Vanished(name.to_string()))?
+                self.find(name)
+                    .await?
+                    .ok_or_else(|| LinkError::Vanished(name.to_string()))?
             }
         };
         let kind = owned_kind(name, &found, created)?;
         let brought_up = !found.up;
         if brought_up || found.alias.as_deref() != Some(OWNER_ALIAS) {
-            let msg = LinkUnspec::new_with_index(found.index).up().alias(OWNER_ALIAS).build();
+            let msg = LinkUnspec::new_with_index(found.index)
+                .up()
+                .alias(OWNER_ALIAS)
+                .build();
             self.handle
                 .link()
                 .set(msg)
                 .execute()
                 .await
-                .map_err(|source| LinkError::Netlink { op: format!("bring interface {name} up"), source })?;
+                .map_err(|source| LinkError::Netlink {
+                    op: format!("bring interface {name} up"),
+                    source,
+                })?;
         }
         let present = self.addresses(found.index).await?;
         let mut added = Vec::new();
@@ -144,33 +163,67 @@ impl Netlink {
                 // Added meanwhile by another instance: fine.
                 Err(e) if errno(&e) == Some(EEXIST) => {}
                 Err(source) => {
-                    return Err(LinkError::Netlink { op: format!("add address {ip} to interface {name}"), source });
+                    return Err(LinkError::Netlink {
+                        op: format!("add address {ip} to interface {name}"),
+                        source,
+                    });
                 }
             }
         }
-        Ok(Ensured { index: found.index, kind, created, brought_up, added })
+        Ok(Ensured {
+            index: found.index,
+            kind,
+            created,
+            brought_up,
+            added,
+        })
     }
 
     async fn create(&self, name: &str) -> Result<(), LinkError> {
-        let res = self.handle.link().add(LinkDummy::new(name).up().build()).execute().await;
+        let res = self
+            .handle
+            .link()
+            .add(LinkDummy::new(name).up().build())
+            .execute()
+            .await;
         match res {
             Ok(()) => Ok(()),
             Err(e) if errno(&e) == Some(EEXIST) => Ok(()),
             Err(e) if errno(&e) == Some(EOPNOTSUPP) => {
-                tracing::warn!(interface = name, "this kernel has no dummy interface driver; using an empty bridge instead");
-                match self.handle.link().add(LinkBridge::new(name).build()).execute().await {
+                tracing::warn!(
+                    interface = name,
+                    "this kernel has no dummy interface driver; using an empty bridge instead"
+                );
+                match self
+                    .handle
+                    .link()
+                    .add(LinkBridge::new(name).build())
+                    .execute()
+                    .await
+                {
                     Ok(()) => Ok(()),
                     Err(e) if errno(&e) == Some(EEXIST) => Ok(()),
-                    Err(source) => Err(LinkError::Netlink { op: format!("create interface {name}"), source }),
+                    Err(source) => Err(LinkError::Netlink {
+                        op: format!("create interface {name}"),
+                        source,
+                    }),
                 }
             }
-            Err(source) => Err(LinkError::Netlink { op: format!("create interface {name}"), source }),
+            Err(source) => Err(LinkError::Netlink {
+                op: format!("create interface {name}"),
+                source,
+            }),
         }
     }
 
     /// The addresses the interface holds.
     pub async fn addresses(&self, index: u32) -> Result<Vec<IpAddr>, LinkError> {
-        let mut stream = self.handle.address().get().set_link_index_filter(index).execute();
+        let mut stream = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
         let mut out = Vec::new();
         loop {
             match stream.try_next().await {
@@ -184,7 +237,12 @@ impl Netlink {
                     }
                 }
                 Ok(None) => return Ok(out),
-                Err(source) => return Err(LinkError::Netlink { op: format!("list the addresses of interface #{index}"), source }),
+                Err(source) => {
+                    return Err(LinkError::Netlink {
+                        op: format!("list the addresses of interface #{index}"),
+                        source,
+                    })
+                }
             }
         }
     }
@@ -207,7 +265,10 @@ impl Netlink {
         match self.handle.link().del(found.index).execute().await {
             Ok(()) => Ok(true),
             Err(e) if errno(&e) == Some(ENODEV) => Ok(false),
-            Err(source) => Err(LinkError::Netlink { op: format!("delete interface {name}"), source }),
+            Err(source) => Err(LinkError::Netlink {
+                op: format!("delete interface {name}"),
+                source,
+            }),
         }
     }
 }
@@ -228,7 +289,12 @@ fn describe(msg: &LinkMessage) -> Found {
             _ => {}
         }
     }
-    Found { index: msg.header.index, up: msg.header.flags.contains(LinkFlags::Up), kind, alias }
+    Found {
+        index: msg.header.index,
+        up: msg.header.flags.contains(LinkFlags::Up),
+        kind,
+        alias,
+    }
 }
 
 /// Any dummy interface of the configured name is taken as ours; a bridge only when it
@@ -237,10 +303,14 @@ fn describe(msg: &LinkMessage) -> Found {
 fn owned_kind(name: &str, found: &Found, just_created: bool) -> Result<LinkKind, LinkError> {
     match &found.kind {
         Some(InfoKind::Dummy) => Ok(LinkKind::Dummy),
-        Some(InfoKind::Bridge) if just_created || found.alias.as_deref() == Some(OWNER_ALIAS) => Ok(LinkKind::Bridge),
+        Some(InfoKind::Bridge) if just_created || found.alias.as_deref() == Some(OWNER_ALIAS) => {
+            Ok(LinkKind::Bridge)
+        }
         other => Err(LinkError::NotOurs {
             name: name.to_string(),
-            kind: other.as_ref().map_or_else(|| "plain".to_string(), |k| k.to_string().to_lowercase()),
+            kind: other
+                .as_ref()
+                .map_or_else(|| "plain".to_string(), |k| k.to_string().to_lowercase()),
         }),
     }
 }

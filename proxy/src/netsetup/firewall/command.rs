@@ -13,23 +13,43 @@ const TOOL_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Runs `program args...`, feeding `stdin` when given, and returns its standard output.
 /// A non-zero exit is an error carrying the tool's standard error.
-pub async fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, FirewallError> {
+pub async fn run(
+    program: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Result<String, FirewallError> {
     tokio::time::timeout(TOOL_TIMEOUT, run_inner(program, args, stdin))
         .await
-        .map_err(|_| FirewallError::Timeout { program: program.to_string(), after: TOOL_TIMEOUT })?
+        .map_err(|_| FirewallError::Timeout {
+            program: program.to_string(),
+            after: TOOL_TIMEOUT,
+        })?
 }
 
-async fn run_inner(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, FirewallError> {
+async fn run_inner(
+    program: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Result<String, FirewallError> {
     let spawn_err = |source: std::io::Error| {
         if source.kind() == std::io::ErrorKind::NotFound {
-            FirewallError::Missing { program: program.to_string() }
+            FirewallError::Missing {
+                program: program.to_string(),
+            }
         } else {
-            FirewallError::Io { program: program.to_string(), source }
+            FirewallError::Io {
+                program: program.to_string(),
+                source,
+            }
         }
     };
     let mut child = Command::new(program)
         .args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -38,13 +58,19 @@ async fn run_inner(program: &str, args: &[&str], stdin: Option<&str>) -> Result<
     if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
         pipe.write_all(text.as_bytes())
             .await
-            .map_err(|source| FirewallError::Io { program: program.to_string(), source })?;
+            .map_err(|source| FirewallError::Io {
+                program: program.to_string(),
+                source,
+            })?;
         // Dropping the pipe closes it: the tool sees the end of its input.
     }
     let out = child
         .wait_with_output()
         .await
-        .map_err(|source| FirewallError::Io { program: program.to_string(), source })?;
+        .map_err(|source| FirewallError::Io {
+            program: program.to_string(),
+            source,
+        })?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {

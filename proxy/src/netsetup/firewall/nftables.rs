@@ -22,12 +22,21 @@ pub fn ruleset(addrs: &[IpAddr], port: u16) -> String {
         let fam = if ip.is_ipv4() { "ip" } else { "ip6" };
         for proto in ["udp", "tcp"] {
             // Queries arriving from pods, and queries from host-network clients.
-            let _ = writeln!(pre, "\t\t{fam} daddr {ip} {proto} dport {port} counter notrack");
-            let _ = writeln!(out, "\t\t{fam} daddr {ip} {proto} dport {port} counter notrack");
+            let _ = writeln!(
+                pre,
+                "\t\t{fam} daddr {ip} {proto} dport {port} counter notrack"
+            );
+            let _ = writeln!(
+                out,
+                "\t\t{fam} daddr {ip} {proto} dport {port} counter notrack"
+            );
         }
         for proto in ["udp", "tcp"] {
             // The proxy's answers.
-            let _ = writeln!(out, "\t\t{fam} saddr {ip} {proto} sport {port} counter notrack");
+            let _ = writeln!(
+                out,
+                "\t\t{fam} saddr {ip} {proto} sport {port} counter notrack"
+            );
         }
     }
     format!(
@@ -51,11 +60,15 @@ pub async fn apply(addrs: &[IpAddr], port: u16) -> Result<(), FirewallError> {
     if addrs.is_empty() {
         return remove().await;
     }
-    command::run("nft", &["-f", "-"], Some(&ruleset(addrs, port))).await.map(drop)
+    command::run("nft", &["-f", "-"], Some(&ruleset(addrs, port)))
+        .await
+        .map(drop)
 }
 
 pub async fn remove() -> Result<(), FirewallError> {
-    command::run("nft", &["-f", "-"], Some(&removal())).await.map(drop)
+    command::run("nft", &["-f", "-"], Some(&removal()))
+        .await
+        .map(drop)
 }
 
 /// The table as `nft list` prints it, or `None` when it does not exist.
@@ -81,9 +94,19 @@ pub fn matches_listing(listed: Option<&str>, addrs: &[IpAddr], port: u16) -> boo
     let Some(text) = listed else {
         return addrs.is_empty();
     };
-    let rules: Vec<&str> = text.lines().map(str::trim).filter(|l| l.ends_with("notrack")).collect();
+    let rules: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.ends_with("notrack"))
+        .collect();
     rules.len() == addrs.len() * 6
-        && addrs.iter().all(|ip| rules.iter().filter(|r| r.contains(&format!(" {ip} "))).count() == 6)
+        && addrs.iter().all(|ip| {
+            rules
+                .iter()
+                .filter(|r| r.contains(&format!(" {ip} ")))
+                .count()
+                == 6
+        })
         && rules.iter().all(|r| r.contains(&format!("port {port} ")))
 }
 
@@ -92,7 +115,10 @@ mod tests {
     use super::*;
 
     fn addrs() -> Vec<IpAddr> {
-        vec!["169.254.20.10".parse().expect("v4"), "fd00::10".parse().expect("v6")]
+        vec![
+            "169.254.20.10".parse().expect("v4"),
+            "fd00::10".parse().expect("v6"),
+        ]
     }
 
     #[test]
@@ -101,7 +127,7 @@ mod tests {
         assert!(text.starts_with("table inet dot_proxy_notrack\ndelete table inet dot_proxy_notrack\ntable inet dot_proxy_notrack {"), "{text}");
         assert!(text.contains("ip daddr 169.254.20.10 udp dport 53 counter notrack"));
         assert!(text.contains("ip6 saddr fd00::10 tcp sport 53 counter notrack"));
-        assert_eq!(text.matches("notrack\n").count(), 12);
+        assert_eq!(text.matches(" notrack\n").count(), 12);
         assert_eq!(text.matches("priority -300").count(), 2);
     }
 
@@ -112,7 +138,10 @@ mod tests {
         let listed = ruleset(&a, 53)
             .lines()
             .skip(2)
-            .map(|l| l.replace("counter notrack", "counter packets 3 bytes 180 notrack").replace("priority -300", "priority raw"))
+            .map(|l| {
+                l.replace("counter notrack", "counter packets 3 bytes 180 notrack")
+                    .replace("priority -300", "priority raw")
+            })
             .collect::<Vec<_>>()
             .join("\n");
         assert!(matches_listing(Some(&listed), &a, 53));

@@ -1,0 +1,923 @@
+//! `dot-proxy node-local` end to end, inside a network namespace each test creates
+//! (`ip netns add dotproxy-test-<pid>-<n>`), so nothing on the machine is touched. Needs
+//! root and `ip netns`; without them each test prints why and passes without running.
+//!
+//! In the namespace: a plain DNS upstream on 127.0.0.1 (a thread of this test that entered
+//! the namespace), the proxy (`dot-proxy`) serving 169.254.20.10:53 and [fd00::10]:53 and
+//! forwarding to it, and `dot-proxy node-local`. Queries come from threads that entered
+//! the namespace. Every wait is bounded.
+
+use std::fs::File;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_dot-proxy");
+const V4: &str = "169.254.20.10";
+const V6: &str = "fd00::10";
+const IFACE: &str = "dpt0";
+const ANSWER: [u8; 4] = [192, 0, 2, 53];
+const TABLE: [&str; 2] = ["inet", "dot_proxy_notrack"];
+
+// ---------------------------------------------------------------- namespace plumbing
+
+/// A network namespace, deleted on drop (so also when an assertion fails).
+struct Netns {
+    name: String,
+    dir: tempfile::TempDir,
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+fn effective_uid() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    line.split_whitespace().nth(2)?.parse().ok()
+}
+
+impl Netns {
+    /// A fresh namespace with loopback up, or `None` (and a message) where this cannot run.
+    fn create(test: &str) -> Option<Netns> {
+        if effective_uid() != Some(0) {
+            eprintln!("SKIPPED {test}: needs root to create a network namespace (run the tests as root, as CI does)");
+            return None;
+        }
+        let name = format!(
+            "dotproxy-test-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        match Command::new("ip").args(["netns", "add", &name]).output() {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => {
+                eprintln!(
+                    "SKIPPED {test}: `ip netns add` failed: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+                return None;
+            }
+            Err(e) => {
+                eprintln!("SKIPPED {test}: cannot run `ip` (iproute2): {e}");
+                return None;
+            }
+        }
+        let ns = Netns {
+            name,
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        ns.ok(&["ip", "link", "set", "lo", "up"]);
+        Some(ns)
+    }
+
+    fn exec(&self, cmd: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(cmd)
+            .output()
+            .expect("run ip netns exec")
+    }
+
+    /// Runs a command in the namespace and returns its output; panics when it fails.
+    fn ok(&self, cmd: &[&str]) -> String {
+        let out = self.exec(cmd);
+        assert!(
+            out.status.success(),
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn has(&self, tool: &str) -> bool {
+        self.exec(&["sh", "-c", &format!("command -v {tool}")])
+            .status
+            .success()
+    }
+
+    /// Starts `dot-proxy ARGS` in the namespace; its output goes to `<dir>/<log>.log`.
+    fn spawn(&self, log: &str, args: &[&str]) -> Proc {
+        let path = self.dir.path().join(format!("{log}.log"));
+        let file = File::create(&path).expect("log file");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.name, BIN])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("dup log"))
+            .stderr(file)
+            .spawn()
+            .expect("spawn dot-proxy");
+        Proc {
+            child: Some(child),
+            log: path,
+        }
+    }
+
+    /// Runs `f` on a thread that entered the namespace.
+    fn within<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = self.path();
+        std::thread::spawn(move || {
+            enter(&path);
+            f()
+        })
+        .join()
+        .expect("namespace thread")
+    }
+
+    fn path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.name)
+    }
+
+    fn config(&self, firewall: &str, upstream: SocketAddr) -> PathBuf {
+        let path = self.dir.path().join(format!("config-{firewall}.yaml"));
+        let yaml = format!(
+            r#"listen: ["{V4}:53", "[{V6}]:53"]
+workers: 1
+admin: {{listen: null}}
+upstream_groups:
+  - name: local
+    servers:
+      - {{address: "{upstream}", protocol: plain}}
+zones: [{{zone: ".", group: local}}]
+allow_plain_default: true
+cache: {{enabled: false}}
+node_local:
+  enabled: true
+  interface: {IFACE}
+  addresses: ["{V4}", "{V6}"]
+  port: 53
+  firewall: {firewall}
+"#
+        );
+        std::fs::write(&path, yaml).expect("write config");
+        path
+    }
+
+    fn addresses(&self) -> String {
+        let out = self.exec(&["ip", "addr", "show", "dev", IFACE]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The nftables table, or `None` when it does not exist.
+    fn nft_table(&self) -> Option<String> {
+        let out = self.exec(&["nft", "list", "table", TABLE[0], TABLE[1]]);
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+fn enter(ns_path: &Path) {
+    let f = File::open(ns_path).expect("open netns");
+    nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+}
+
+/// A child process, killed on drop; its log is shown when a check fails.
+struct Proc {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+    /// SIGKILL, as the OOM killer sends.
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+    /// SIGTERM, then the exit status (within `limit`).
+    fn term(&mut self, limit: Duration) -> Option<i32> {
+        let pid = self.pid().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let mut c = self.child.take()?;
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return st.code();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+// ---------------------------------------------------------------- DNS
+
+fn query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
+    let mut q = vec![
+        (id >> 8) as u8,
+        id as u8,
+        0x01,
+        0x00,
+        0,
+        1,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+    ];
+    for label in name.trim_end_matches('.').split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, (qtype >> 8) as u8, qtype as u8, 0, 1]);
+    q
+}
+
+/// The upstream's answer: A 192.0.2.53 for any A question, no data otherwise.
+fn upstream_answer(q: &[u8]) -> Option<Vec<u8>> {
+    let mut at = 12;
+    while *q.get(at)? != 0 {
+        at += 1 + *q.get(at)? as usize;
+    }
+    let end = at + 5;
+    let qtype = u16::from_be_bytes([*q.get(at + 1)?, *q.get(at + 2)?]);
+    let mut r = q.get(..end)?.to_vec();
+    r[2] = 0x81;
+    r[3] = 0x80;
+    r[6..12].copy_from_slice(&[0, u8::from(qtype == 1), 0, 0, 0, 0]);
+    if qtype == 1 {
+        r.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+        r.extend_from_slice(&ANSWER);
+    }
+    Some(r)
+}
+
+/// A plain DNS server on 127.0.0.1 in the namespace, stopped on drop.
+struct Upstream {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Upstream {
+    fn start(ns: &Netns) -> Upstream {
+        let path = ns.path();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            enter(&path);
+            let sock = UdpSocket::bind("127.0.0.1:0").expect("bind upstream");
+            sock.set_read_timeout(Some(Duration::from_millis(100)))
+                .expect("timeout");
+            tx.send(sock.local_addr().expect("addr"))
+                .expect("send addr");
+            let mut buf = [0u8; 4096];
+            while !flag.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                    if let Some(r) = upstream_answer(&buf[..n]) {
+                        let _ = sock.send_to(&r, from);
+                    }
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("upstream address");
+        Upstream {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// How a query went.
+#[derive(Debug, PartialEq, Eq)]
+enum Reply {
+    /// Answered with the upstream's address.
+    Answer,
+    /// Some other response.
+    Other(Vec<u8>),
+    /// ICMP port unreachable (UDP) or RST (TCP): nothing listens.
+    Refused,
+    Timeout,
+    Error(String),
+}
+
+fn classify(id: u16, resp: &[u8]) -> Reply {
+    let ok = resp.len() > 12
+        && resp[..2] == id.to_be_bytes()
+        && resp[2] & 0x80 != 0
+        && resp[3] & 0x0f == 0;
+    if ok && resp.ends_with(&ANSWER) {
+        Reply::Answer
+    } else {
+        Reply::Other(resp.to_vec())
+    }
+}
+
+/// An A query for `example.test` over UDP from inside the namespace, with the time it took.
+fn udp(ns: &Netns, ip: &str, timeout: Duration) -> (Reply, Duration) {
+    let target = SocketAddr::new(ip.parse().expect("ip"), 53);
+    ns.within(move || {
+        let start = Instant::now();
+        let local: SocketAddr = if target.is_ipv4() {
+            "0.0.0.0:0"
+        } else {
+            "[::]:0"
+        }
+        .parse()
+        .expect("local");
+        let sock = UdpSocket::bind(local).expect("bind client");
+        sock.set_read_timeout(Some(timeout)).expect("timeout");
+        let r = sock
+            .connect(target)
+            .and_then(|_| sock.send(&query(0x1234, "example.test", 1)));
+        if let Err(e) = r {
+            return (Reply::Error(e.to_string()), start.elapsed());
+        }
+        let mut buf = [0u8; 4096];
+        let reply = match sock.recv(&mut buf) {
+            Ok(n) => classify(0x1234, &buf[..n]),
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => Reply::Refused,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                Reply::Timeout
+            }
+            Err(e) => Reply::Error(e.to_string()),
+        };
+        (reply, start.elapsed())
+    })
+}
+
+/// The same query over TCP.
+fn tcp(ns: &Netns, ip: &str, timeout: Duration) -> (Reply, Duration) {
+    let target = SocketAddr::new(ip.parse().expect("ip"), 53);
+    ns.within(move || {
+        let start = Instant::now();
+        let mut s = match TcpStream::connect_timeout(&target, timeout) {
+            Ok(s) => s,
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
+                return (Reply::Refused, start.elapsed())
+            }
+            Err(e) if e.kind() == ErrorKind::TimedOut => return (Reply::Timeout, start.elapsed()),
+            Err(e) => return (Reply::Error(e.to_string()), start.elapsed()),
+        };
+        s.set_read_timeout(Some(timeout)).expect("timeout");
+        let q = query(0x4321, "example.test", 1);
+        let mut framed = (q.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(&q);
+        if let Err(e) = s.write_all(&framed) {
+            return (Reply::Error(e.to_string()), start.elapsed());
+        }
+        let mut len = [0u8; 2];
+        let reply = match s.read_exact(&mut len) {
+            Ok(()) => {
+                let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
+                match s.read_exact(&mut buf) {
+                    Ok(()) => classify(0x4321, &buf),
+                    Err(e) => Reply::Error(e.to_string()),
+                }
+            }
+            Err(e) => Reply::Error(e.to_string()),
+        };
+        (reply, start.elapsed())
+    })
+}
+
+fn answered(ns: &Netns, ip: &str) -> bool {
+    udp(ns, ip, Duration::from_millis(500)).0 == Reply::Answer
+}
+
+/// Packets counted by the table's rules (the rules match: traffic skips conntrack).
+fn notrack_packets(table: &str) -> u64 {
+    table
+        .lines()
+        .filter_map(|l| {
+            l.split("packets ")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+fn node_local_args<'a>(config: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec![
+        "--config",
+        config,
+        "node-local",
+        "--probe-interval",
+        "200ms",
+        "--probe-timeout",
+        "200ms",
+        "--unhealthy-after",
+        "3",
+        "--verify-interval",
+        "1s",
+    ];
+    v.extend_from_slice(extra);
+    v
+}
+
+const T: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------- tests
+
+/// The whole life of the node-local address with nftables: set up, rules only once the
+/// proxy answers, the proxy killed (queries refused at once, rules removed), back again,
+/// node-local itself killed (rules left behind are harmless and taken over), a second
+/// instance during an upgrade, SIGTERM, and uninstall.
+#[test]
+fn nftables_lifecycle_crash_upgrade_and_uninstall() {
+    let Some(ns) = Netns::create("nftables_lifecycle_crash_upgrade_and_uninstall") else {
+        return;
+    };
+    if !ns.has("nft") {
+        eprintln!("SKIPPED nftables_lifecycle_crash_upgrade_and_uninstall: `nft` is not installed (apt-get install nftables)");
+        return;
+    }
+    let upstream = Upstream::start(&ns);
+    let cfg = ns.config("nftables", upstream.addr);
+    let cfg = cfg.to_str().expect("utf-8 path");
+    let mut a = ns.spawn("node-local-a", &node_local_args(cfg, &[]));
+
+    // The interface and both addresses appear.
+    assert!(
+        wait_until(T, || {
+            let s = ns.addresses();
+            s.contains(&format!("{V4}/32")) && s.contains(&format!("{V6}/128"))
+        }),
+        "interface never got its addresses: {}\n{}",
+        ns.addresses(),
+        a.log()
+    );
+    assert!(
+        ns.addresses().contains(",UP"),
+        "interface is not up: {}",
+        ns.addresses()
+    );
+
+    // No proxy yet: a query is refused at once (ICMP port unreachable, not silence)...
+    let (r, took) = udp(&ns, V4, Duration::from_secs(3));
+    assert_eq!(
+        r,
+        Reply::Refused,
+        "a local address with no listener must refuse"
+    );
+    assert!(took < Duration::from_millis(500), "refusal took {took:?}");
+    // ... and no rules go in while nothing answers.
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(
+        ns.nft_table(),
+        None,
+        "rules installed before the proxy answered\n{}",
+        a.log()
+    );
+
+    // The proxy starts: queries to both addresses are answered, over UDP and TCP.
+    let mut proxy = ns.spawn("proxy-1", &["--config", cfg]);
+    assert!(
+        wait_until(T, || answered(&ns, V4)),
+        "proxy never answered on {V4}\n{}",
+        proxy.log()
+    );
+    assert_eq!(
+        udp(&ns, V6, Duration::from_secs(2)).0,
+        Reply::Answer,
+        "on {V6}"
+    );
+    assert_eq!(
+        tcp(&ns, V4, Duration::from_secs(2)).0,
+        Reply::Answer,
+        "over TCP"
+    );
+
+    // Then the NOTRACK rules appear, for both addresses, and the queries hit them.
+    assert!(
+        wait_until(T, || ns.nft_table().is_some()),
+        "rules never installed\n{}",
+        a.log()
+    );
+    let table = ns.nft_table().unwrap_or_default();
+    assert!(
+        table.contains(&format!("ip daddr {V4} udp dport 53")),
+        "{table}"
+    );
+    assert!(
+        table.contains(&format!("ip6 saddr {V6} tcp sport 53")),
+        "{table}"
+    );
+    assert_eq!(
+        table
+            .lines()
+            .filter(|l| l.trim_end().ends_with(" notrack"))
+            .count(),
+        12,
+        "{table}"
+    );
+    assert!(answered(&ns, V4));
+    assert!(
+        notrack_packets(&ns.nft_table().unwrap_or_default()) > 0,
+        "no packet matched the rules"
+    );
+
+    // The proxy is OOM-killed: queries are refused at once over UDP and TCP, so a
+    // resolver moves to its next nameserver without waiting for a timeout...
+    proxy.kill9();
+    let (r, took) = udp(&ns, V4, Duration::from_secs(3));
+    assert_eq!(r, Reply::Refused, "UDP after the proxy died");
+    assert!(
+        took < Duration::from_millis(500),
+        "UDP refusal took {took:?}"
+    );
+    let (r, took) = tcp(&ns, V4, Duration::from_secs(3));
+    assert_eq!(r, Reply::Refused, "TCP after the proxy died");
+    assert!(
+        took < Duration::from_millis(500),
+        "TCP refusal took {took:?}"
+    );
+    assert_eq!(
+        udp(&ns, V6, Duration::from_secs(3)).0,
+        Reply::Refused,
+        "UDP to {V6}"
+    );
+    // ... and node-local removes the rules once the proxy stops answering; the address stays.
+    assert!(
+        wait_until(T, || ns.nft_table().is_none()),
+        "rules not removed after the proxy died\n{}",
+        a.log()
+    );
+    assert!(ns.addresses().contains(V4), "the address must stay");
+
+    // The proxy comes back: rules come back.
+    let mut proxy = ns.spawn("proxy-2", &["--config", cfg]);
+    assert!(
+        wait_until(T, || answered(&ns, V4)),
+        "proxy-2 never answered\n{}",
+        proxy.log()
+    );
+    assert!(
+        wait_until(T, || ns.nft_table().is_some()),
+        "rules not reinstalled\n{}",
+        a.log()
+    );
+
+    // Someone deletes the rules or the address: both are restored at the next check.
+    ns.ok(&["nft", "delete", "table", TABLE[0], TABLE[1]]);
+    ns.ok(&["ip", "addr", "del", &format!("{V4}/32"), "dev", IFACE]);
+    assert!(
+        wait_until(T, || ns.nft_table().is_some()
+            && ns.addresses().contains(V4)),
+        "rules or address not restored\n{}",
+        a.log()
+    );
+    assert!(
+        wait_until(T, || answered(&ns, V4)),
+        "not answering after the repair"
+    );
+
+    // node-local itself is OOM-killed: its rules stay behind. They are harmless: with the
+    // proxy gone too, queries are still refused at once, with the rules in place.
+    a.kill9();
+    proxy.kill9();
+    let (r, took) = udp(&ns, V4, Duration::from_secs(3));
+    assert_eq!(
+        r,
+        Reply::Refused,
+        "leftover NOTRACK rules must not blackhole"
+    );
+    assert!(took < Duration::from_millis(500), "refusal took {took:?}");
+    assert!(
+        ns.nft_table().is_some(),
+        "the leftover rules should still be there for this check"
+    );
+
+    // A new node-local takes over: the proxy does not answer, so it removes the leftovers.
+    let mut b = ns.spawn("node-local-b", &node_local_args(cfg, &[]));
+    assert!(
+        wait_until(T, || ns.nft_table().is_none()),
+        "leftover rules not removed\n{}",
+        b.log()
+    );
+    let mut proxy = ns.spawn("proxy-3", &["--config", cfg]);
+    assert!(
+        wait_until(T, || answered(&ns, V4)),
+        "proxy-3 never answered\n{}",
+        proxy.log()
+    );
+    assert!(
+        wait_until(T, || ns.nft_table().is_some()),
+        "rules not installed by b\n{}",
+        b.log()
+    );
+
+    // Surge upgrade: a second instance starts; the first one stops and, seeing the other,
+    // leaves the rules and the address alone.
+    let mut c = ns.spawn("node-local-c", &node_local_args(cfg, &[]));
+    assert!(
+        wait_until(T, || c.log().contains("NOTRACK rules installed")),
+        "c never took over\n{}",
+        c.log()
+    );
+    assert_eq!(b.term(T), Some(0), "b did not exit cleanly\n{}", b.log());
+    assert!(
+        b.log().contains("another node-local instance runs"),
+        "{}",
+        b.log()
+    );
+    assert!(ns.nft_table().is_some(), "b removed the rules from under c");
+    assert!(ns.addresses().contains(V4));
+    assert!(answered(&ns, V4));
+
+    // The last instance stops: rules removed, address kept, so with the proxy gone too,
+    // queries are refused at once rather than routed nowhere.
+    assert_eq!(c.term(T), Some(0), "c did not exit cleanly\n{}", c.log());
+    assert_eq!(
+        ns.nft_table(),
+        None,
+        "SIGTERM did not remove the rules\n{}",
+        c.log()
+    );
+    assert!(ns.addresses().contains(V4));
+    assert_eq!(
+        proxy.term(T),
+        Some(0),
+        "proxy did not exit cleanly\n{}",
+        proxy.log()
+    );
+    assert_eq!(udp(&ns, V4, Duration::from_secs(3)).0, Reply::Refused);
+
+    // Uninstall: --cleanup --remove-interface deletes the interface.
+    let out = ns.exec(&[
+        BIN,
+        "--config",
+        cfg,
+        "node-local",
+        "--cleanup",
+        "--remove-interface",
+    ]);
+    assert!(
+        out.status.success(),
+        "cleanup failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        ns.addresses().is_empty(),
+        "interface still there: {}",
+        ns.addresses()
+    );
+    // Shown with --nocapture: what each instance logged.
+    for p in [&a, &b, &c] {
+        eprintln!("==== {}\n{}", p.log.display(), p.log());
+    }
+}
+
+/// iptables: `--once` installs one chain and exactly one jump per hook, repairs
+/// duplicate jumps instead of adding more (kubernetes/dns#568), handles IPv6 through
+/// ip6tables, removes the rules when the proxy is gone, and `--cleanup` leaves nothing.
+#[test]
+fn iptables_once_never_piles_up_duplicates() {
+    let Some(ns) = Netns::create("iptables_once_never_piles_up_duplicates") else {
+        return;
+    };
+    if !ns.has("iptables-restore") || !ns.has("ip6tables-restore") {
+        eprintln!("SKIPPED iptables_once_never_piles_up_duplicates: iptables is not installed (apt-get install iptables)");
+        return;
+    }
+    let upstream = Upstream::start(&ns);
+    let cfg = ns.config("iptables", upstream.addr);
+    let cfg = cfg.to_str().expect("utf-8 path");
+    let mut proxy = ns.spawn("proxy", &["--config", cfg]);
+    let once = |wait: &str| {
+        let out = ns.exec(&[
+            BIN,
+            "--config",
+            cfg,
+            "node-local",
+            "--once",
+            "--wait",
+            wait,
+            "--probe-interval",
+            "100ms",
+        ]);
+        assert!(
+            out.status.success(),
+            "--once failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let raw = |tool: &str| ns.ok(&[tool, "-t", "raw"]);
+    let jumps = |save: &str, hook: &str| {
+        save.lines()
+            .filter(|l| {
+                l.starts_with(&format!("-A {hook} ")) && l.ends_with("-j DOT-PROXY-NOTRACK")
+            })
+            .count()
+    };
+    let chain_rules = |save: &str| {
+        save.lines()
+            .filter(|l| l.starts_with("-A DOT-PROXY-NOTRACK "))
+            .count()
+    };
+
+    let log = once("10s");
+    assert!(
+        answered(&ns, V4),
+        "proxy not answering\n{}\n{log}",
+        proxy.log()
+    );
+    for _ in 0..2 {
+        let v4 = raw("iptables-save");
+        assert_eq!(
+            (
+                jumps(&v4, "PREROUTING"),
+                jumps(&v4, "OUTPUT"),
+                chain_rules(&v4)
+            ),
+            (1, 1, 4),
+            "{v4}\n{log}"
+        );
+        assert!(
+            v4.contains(&format!(
+                "-A DOT-PROXY-NOTRACK -d {V4}/32 -p udp -m udp --dport 53 -j CT --notrack"
+            )),
+            "{v4}"
+        );
+        let v6 = raw("ip6tables-save");
+        assert_eq!(
+            (
+                jumps(&v6, "PREROUTING"),
+                jumps(&v6, "OUTPUT"),
+                chain_rules(&v6)
+            ),
+            (1, 1, 4),
+            "{v6}"
+        );
+        assert!(
+            v6.contains(&format!("-s {V6}/128 -p tcp -m tcp --sport 53")),
+            "{v6}"
+        );
+        once("10s"); // again: nothing changes
+    }
+
+    // Duplicate jumps, as a flaky check-then-insert leaves them, are repaired to one.
+    for _ in 0..2 {
+        ns.ok(&[
+            "iptables",
+            "-t",
+            "raw",
+            "-A",
+            "PREROUTING",
+            "-m",
+            "comment",
+            "--comment",
+            "dot-proxy node-local",
+            "-j",
+            "DOT-PROXY-NOTRACK",
+        ]);
+    }
+    ns.ok(&[
+        "iptables",
+        "-t",
+        "raw",
+        "-A",
+        "OUTPUT",
+        "-j",
+        "DOT-PROXY-NOTRACK",
+    ]);
+    assert_eq!(jumps(&raw("iptables-save"), "PREROUTING"), 3);
+    once("10s");
+    let v4 = raw("iptables-save");
+    assert_eq!(
+        (
+            jumps(&v4, "PREROUTING"),
+            jumps(&v4, "OUTPUT"),
+            chain_rules(&v4)
+        ),
+        (1, 1, 4),
+        "{v4}"
+    );
+    assert!(answered(&ns, V4));
+
+    // The proxy gone: --once finds nobody answering and removes the rules.
+    proxy.kill9();
+    once("0s");
+    let v4 = raw("iptables-save");
+    assert!(!v4.contains("DOT-PROXY-NOTRACK"), "{v4}");
+    assert!(!raw("ip6tables-save").contains("DOT-PROXY-NOTRACK"));
+
+    // Rules from some earlier run, then --cleanup (the interface stays without
+    // --remove-interface).
+    let _proxy = ns.spawn("proxy-2", &["--config", cfg]);
+    assert!(
+        wait_until(T, || answered(&ns, V4)),
+        "proxy-2 never answered"
+    );
+    once("10s");
+    assert!(raw("iptables-save").contains("DOT-PROXY-NOTRACK"));
+    let out = ns.exec(&[BIN, "--config", cfg, "node-local", "--cleanup"]);
+    assert!(
+        out.status.success(),
+        "cleanup failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!raw("iptables-save").contains("DOT-PROXY-NOTRACK"));
+    assert!(!raw("ip6tables-save").contains("DOT-PROXY-NOTRACK"));
+    assert!(ns.addresses().contains(V4));
+}
+
+/// `--cleanup` refuses while an instance runs for the interface: pulling the address from
+/// under a running proxy would leave its pods waiting for timeouts.
+#[test]
+fn cleanup_refuses_while_an_instance_runs() {
+    let Some(ns) = Netns::create("cleanup_refuses_while_an_instance_runs") else {
+        return;
+    };
+    let cfg = ns.config("none", SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1));
+    let cfg = cfg.to_str().expect("utf-8 path");
+    let mut a = ns.spawn("node-local", &node_local_args(cfg, &[]));
+    assert!(
+        wait_until(T, || ns.addresses().contains(V4)),
+        "no interface\n{}",
+        a.log()
+    );
+    let out = ns.exec(&[
+        BIN,
+        "--config",
+        cfg,
+        "node-local",
+        "--cleanup",
+        "--remove-interface",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(75),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(ns.addresses().contains(V4));
+    assert_eq!(a.term(T), Some(0), "{}", a.log());
+    let out = ns.exec(&[
+        BIN,
+        "--config",
+        cfg,
+        "node-local",
+        "--cleanup",
+        "--remove-interface",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(ns.addresses().is_empty());
+}
