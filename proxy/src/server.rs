@@ -372,7 +372,7 @@ fn build_groups(cfg: &Config, old: &[BuiltGroup], metrics: &Metrics) -> Result<V
 fn build_pipeline(cfg: &Config, groups: &[BuiltGroup], old: Option<(&Pipeline, &Config)>, metrics: &Arc<Metrics>, clock: &Arc<Clock>) -> Result<Pipeline, String> {
     let policy = Policy::new(&cfg.policy).map_err(|e| e.to_string())?;
     if policy.blocked_names() > 0 {
-        tracing::info!(names = policy.blocked_names(), "block lists loaded");
+        tracing::info!(names = policy.blocked_names(), bytes = policy.blocklist_bytes(), "block lists loaded");
     }
     let policy = (!policy.is_empty()).then(|| Arc::new(policy));
     let routes: Vec<(String, usize)> = cfg

@@ -384,7 +384,7 @@ def check_invariants(variant: str, values: dict[str, Any], docs: list[Doc], note
             if nl:
                 sc = nl["securityContext"]
                 caps = sc.get("capabilities", {}).get("add", [])
-                want_caps = ["NET_ADMIN"] + (["NET_RAW"] if v["nodeLocal"]["firewall"] in ("auto", "iptables") else [])
+                want_caps = ["NET_ADMIN", "NET_BIND_SERVICE"] + (["NET_RAW"] if v["nodeLocal"]["firewall"] in ("auto", "iptables") else [])
                 p.check(caps == want_caps, f"{tag} node-local capabilities {caps}, want {want_caps}")
                 p.check(nl.get("args", [])[:1] == ["node-local"] and "--config" in nl.get("args", []),
                         f"{tag} node-local must run `dot-proxy node-local --config ...`")

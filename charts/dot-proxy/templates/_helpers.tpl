@@ -143,7 +143,10 @@ raw socket to talk to the kernel; nftables (and iptables-nft) use netlink and ne
 than NET_ADMIN.
 */}}
 {{- define "dot-proxy.nodeLocal.capabilities" -}}
-{{- $caps := list "NET_ADMIN" -}}
+{{- /* NET_BIND_SERVICE is not used by node-local, but the image's binary carries it as a
+       file capability (for the non-root proxy), and the kernel refuses to exec a binary
+       whose file capabilities are outside the bounding set. */ -}}
+{{- $caps := list "NET_ADMIN" "NET_BIND_SERVICE" -}}
 {{- if or (eq .Values.nodeLocal.firewall "iptables") (eq .Values.nodeLocal.firewall "auto") -}}
 {{- $caps = append $caps "NET_RAW" -}}
 {{- end -}}

@@ -56,7 +56,10 @@ struct EntryWeigher {
 
 impl Weighter<Box<[u8]>, Arc<Entry>> for EntryWeigher {
     fn weight(&self, key: &Box<[u8]>, val: &Arc<Entry>) -> u64 {
-        let bytes = (key.len() + val.answer.size() + std::mem::size_of::<Entry>() + 64) as u64;
+        // Payloads plus what the allocator and the map spend on them: five allocations
+        // (key, entry, answer, its wire bytes, its TTL table) and the map's slot.
+        const OVERHEAD: usize = 5 * 16 + 64;
+        let bytes = (key.len() + val.answer.size() + std::mem::size_of::<Entry>() + OVERHEAD) as u64;
         bytes.max(self.min_weight)
     }
 }

@@ -307,7 +307,7 @@ impl Default for CacheConfig {
         CacheConfig {
             enabled: true,
             max_entries: 100_000,
-            max_bytes: 64 * 1024 * 1024,
+            max_bytes: 16 * 1024 * 1024,
             min_ttl: 0,
             max_ttl: 86_400,
             negative_max_ttl: 3_600,

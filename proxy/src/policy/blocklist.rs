@@ -1,35 +1,25 @@
-//! A large set of blocked names: 64-bit keyed hashes (SipHash with a per-process random
-//! key, so nobody can aim for a collision) of lower-cased wire-format names. A query name is
-//! blocked when it or any of its parent names is in the set.
+//! A large set of blocked names: sorted 64-bit keyed hashes (SipHash with a per-process
+//! random key, so nobody can aim for a collision) of lower-cased wire-format names, one
+//! sorted array per action: 8 bytes a name, looked up by binary search. A query name is
+//! blocked when it or any of its parent names is in a set.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::hash::BuildHasher;
 
 use crate::config::BlockAction;
 use crate::route::zone_to_wire;
 
-/// The hashes are already uniformly spread: the map uses them as they are.
-#[derive(Default)]
-struct Identity(u64);
-
-impl Hasher for Identity {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
+const ACTIONS: [BlockAction; 3] = [BlockAction::Nxdomain, BlockAction::Refused, BlockAction::NullAddress];
 
 #[derive(Default)]
 pub struct BlockSet {
     key: std::collections::hash_map::RandomState,
-    names: HashMap<u64, BlockAction, BuildHasherDefault<Identity>>,
+    /// Per action (in ACTIONS order): sorted, deduplicated hashes.
+    sets: [Vec<u64>; 3],
+    sorted: bool,
+}
+
+fn slot(a: BlockAction) -> usize {
+    ACTIONS.iter().position(|x| *x == a).unwrap_or(0)
 }
 
 impl BlockSet {
@@ -39,14 +29,24 @@ impl BlockSet {
 
     pub fn insert(&mut self, wire_name: &[u8], action: BlockAction) {
         let h = self.hash(wire_name);
-        self.names.insert(h, action);
+        self.sets[slot(action)].push(h);
+        self.sorted = false;
+    }
+
+    /// Sorts and deduplicates after inserts; `Policy::new` calls it once.
+    pub fn finish(&mut self) {
+        for s in &mut self.sets {
+            s.sort_unstable();
+            s.dedup();
+            s.shrink_to_fit();
+        }
+        self.sorted = true;
     }
 
     /// Loads a hosts-format or plain list; returns how many lines were skipped.
     pub fn load_list(&mut self, text: &str, action: BlockAction) -> usize {
         let mut skipped = 0;
-        self.names.reserve(text.len() / 24);
-        let mut buf = String::new();
+        self.sets[slot(action)].reserve(text.len() / 24);
         for line in text.lines() {
             let line = line.split('#').next().unwrap_or("").trim();
             if line.is_empty() {
@@ -54,13 +54,12 @@ impl BlockSet {
             }
             let mut fields = line.split_whitespace();
             let first = fields.next().unwrap_or("");
-            // hosts format: an address then one or more names.
-            let names: Vec<&str> = if first.parse::<std::net::IpAddr>().is_ok() { fields.collect() } else { vec![first] };
+            // hosts format: an address, then one or more names.
+            let is_hosts = first.parse::<std::net::IpAddr>().is_ok();
+            let names = std::iter::once(first).filter(|_| !is_hosts).chain(fields.filter(|_| is_hosts));
             for n in names {
-                buf.clear();
-                buf.push_str(n);
-                match crate::config::normalize_zone(&buf) {
-                    Ok(z) if z != "." && z != "localhost" && z != "localhost.localdomain" && z != "local" && z != "broadcasthost" => {
+                match crate::config::normalize_zone(n) {
+                    Ok(z) if !matches!(z.as_str(), "." | "localhost" | "localhost.localdomain" | "local" | "broadcasthost") => {
                         self.insert(&zone_to_wire(&z), action)
                     }
                     Ok(_) => {}
@@ -73,7 +72,7 @@ impl BlockSet {
 
     /// The action for a lower-cased wire name when it or a parent is listed.
     pub fn matches(&self, name: &[u8]) -> Option<BlockAction> {
-        if self.names.is_empty() {
+        if self.is_empty() {
             return None;
         }
         let mut at = 0usize;
@@ -81,8 +80,14 @@ impl BlockSet {
             if len == 0 {
                 break;
             }
-            if let Some(a) = name.get(at..).and_then(|s| self.names.get(&self.hash(s))) {
-                return Some(*a);
+            if let Some(suffix) = name.get(at..) {
+                let h = self.hash(suffix);
+                for (i, s) in self.sets.iter().enumerate() {
+                    let found = if self.sorted { s.binary_search(&h).is_ok() } else { s.contains(&h) };
+                    if found {
+                        return Some(ACTIONS[i]);
+                    }
+                }
             }
             at += 1 + len as usize;
         }
@@ -90,13 +95,13 @@ impl BlockSet {
     }
 
     pub fn len(&self) -> usize {
-        self.names.len()
+        self.sets.iter().map(Vec::len).sum()
     }
     pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
+        self.sets.iter().all(Vec::is_empty)
     }
-    /// Approximate bytes held.
+    /// Bytes held by the hashes.
     pub fn memory(&self) -> usize {
-        self.names.capacity() * (std::mem::size_of::<u64>() + std::mem::size_of::<BlockAction>() + 1)
+        self.sets.iter().map(|s| s.capacity() * 8).sum()
     }
 }

@@ -6,9 +6,9 @@
 //!    the name the client asked for.
 //!
 //! Matching is on lower-cased wire-format names, so it is case-insensitive and exact about
-//! label boundaries (`ample.com` never matches `example.com`). Block lists are a hash set of
-//! 64-bit keyed hashes of names: about 9 bytes a name at a million names, and a lookup is
-//! one hash per label of the query name.
+//! label boundaries (`ample.com` never matches `example.com`). Block lists are sorted arrays
+//! of 64-bit keyed hashes of names: 8 bytes a name, and a lookup is one hash and a binary
+//! search per label of the query name.
 
 mod blocklist;
 
@@ -93,6 +93,7 @@ impl Policy {
                 }
             }
         }
+        p.blocks.finish();
         for r in &cfg.rewrites {
             let (from, to) = (wire(&r.from), wire(&r.to));
             if r.suffix {
@@ -111,6 +112,10 @@ impl Policy {
     /// Blocked names held.
     pub fn blocked_names(&self) -> usize {
         self.blocks.len()
+    }
+    /// Bytes held by the block lists.
+    pub fn blocklist_bytes(&self) -> usize {
+        self.blocks.memory()
     }
 
     /// Looks a lower-cased wire-format name up.

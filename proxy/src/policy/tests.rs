@@ -45,6 +45,7 @@ fn order_and_label_boundaries() {
 fn hosts_and_plain_lists() {
     let mut b = BlockSet::default();
     let skipped = b.load_list("# comment\n0.0.0.0 ads.one.test tracker.one.test\n127.0.0.1 localhost\nplain.two.test # trailing\n\nbad..name\n::1 six.test\n", BlockAction::Refused);
+    b.finish();
     assert_eq!(skipped, 1);
     assert_eq!(b.len(), 4);
     assert_eq!(b.matches(&w("x.ads.one.test")), Some(BlockAction::Refused));
