@@ -1,14 +1,16 @@
 //! `DotProxyConfigSpec` -> the proxy's own `Config`, checked by the proxy's own `validate()`.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
+use std::str::FromStr;
 
 use dot_proxy::config::{
-    AdminConfig, CacheConfig, Config, LogConfig, NodeLocalConfig, OverridesConfig, PrefetchConfig,
-    PrivacyConfig, Protocol, RateLimitConfig, UpstreamGroup, UpstreamServer, ZoneRoute,
+    AdminConfig, BlockList, CacheConfig, Config, LogConfig, NodeLocalConfig, OverridesConfig,
+    PolicyConfig, PrefetchConfig, PrivacyConfig, Protocol, RateLimitConfig, RewriteRule,
+    StaticRule, UpstreamGroup, UpstreamServer, ZoneRoute,
 };
 
-use crate::resource::{Checked, DotProxyConfigSpec, UpstreamServerSpec};
+use crate::resource::{Checked, DotProxyConfigSpec, PolicySpec, UpstreamServerSpec};
 use crate::OVERRIDES_DIR;
 
 /// Builds the proxy config a spec describes. Per-pod overrides are not in it (they go to the
@@ -161,6 +163,8 @@ pub fn proxy_config(spec: &DotProxyConfigSpec) -> Result<Config, Vec<String>> {
             .ok(),
     };
 
+    let policy = policy(&mut errs, &spec.policy);
+
     let config = Config {
         listen,
         log: LogConfig {
@@ -185,16 +189,21 @@ pub fn proxy_config(spec: &DotProxyConfigSpec) -> Result<Config, Vec<String>> {
             node_name: None,
         },
         node_local,
+        policy,
         ..defaults
     };
 
     if let Err(e) = config.validate() {
         for fe in e.0 {
+            if on_the_proxys_filesystem(&fe.field, &fe.message) {
+                continue;
+            }
             // A field the conversion already reported (an address it could not parse, so
             // left out) would only be reported again in the proxy's words.
             let field = spec_path(&fe.field);
-            if !errs.iter().any(|m| m.starts_with(&field)) {
-                errs.push(format!("{field}: {}", spec_words(&fe.message)));
+            if !errs.iter().any(|m| reports(m, &field)) {
+                let rule = policy_rule(&spec.policy, &fe.field).unwrap_or_default();
+                errs.push(format!("{field}: {}{rule}", spec_words(&fe.message)));
             }
         }
     }
@@ -202,6 +211,128 @@ pub fn proxy_config(spec: &DotProxyConfigSpec) -> Result<Config, Vec<String>> {
         Ok(config)
     } else {
         Err(errs)
+    }
+}
+
+/// Whether `message` (`field: ...`) is about `field` or something inside it. `[1]` does not
+/// cover `[10]`.
+fn reports(message: &str, field: &str) -> bool {
+    message
+        .strip_prefix(field)
+        .is_some_and(|rest| rest.starts_with([':', '.', '[', ' ']))
+}
+
+/// A block-list file is read by the proxies, from their own filesystem; the operator cannot
+/// see it, so the proxy's "cannot read" check says nothing about the resource. A missing
+/// file is reported by the proxy when it loads the config (the last good config stays).
+fn on_the_proxys_filesystem(proxy_field: &str, message: &str) -> bool {
+    proxy_field.starts_with("policy.blocklists[")
+        && proxy_field.ends_with("].file")
+        && message.starts_with("cannot read ")
+}
+
+/// ` (rule "name")` for a policy field, so that an error in a long list names the rule as
+/// well as its index.
+fn policy_rule(p: &PolicySpec, proxy_field: &str) -> Option<String> {
+    let index = |rest: &str| -> Option<usize> { rest.split(']').next()?.parse().ok() };
+    let label = if let Some(rest) = proxy_field.strip_prefix("policy.static_answers[") {
+        &p.static_answers.get(index(rest)?)?.name
+    } else if let Some(rest) = proxy_field.strip_prefix("policy.blocklists[") {
+        &p.blocklists.get(index(rest)?)?.name
+    } else if let Some(rest) = proxy_field.strip_prefix("policy.rewrites[") {
+        &p.rewrites.get(index(rest)?)?.from
+    } else {
+        return None;
+    };
+    Some(format!(" (rule {label:?})"))
+}
+
+/// The policy rules as the proxy takes them. Addresses that do not parse are reported and
+/// left out; everything else is the proxy's to check (names, the CNAME rule, TXT lengths).
+fn policy(errs: &mut Vec<String>, p: &PolicySpec) -> PolicyConfig {
+    fn addrs<T: FromStr>(
+        errs: &mut Vec<String>,
+        field: &str,
+        rule: &str,
+        values: &[String],
+        what: &str,
+    ) -> Vec<T> {
+        values
+            .iter()
+            .enumerate()
+            .filter_map(|(j, v)| {
+                v.trim()
+                    .parse::<T>()
+                    .map_err(|_| {
+                        errs.push(format!(
+                            "{field}[{j}]: {v:?} is not an {what} address (rule {rule:?})"
+                        ))
+                    })
+                    .ok()
+            })
+            .collect()
+    }
+
+    let static_answers = p
+        .static_answers
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let f = format!("spec.policy.staticAnswers[{i}]");
+            StaticRule {
+                name: r.name.clone(),
+                ttl: r.ttl,
+                a: addrs::<Ipv4Addr>(errs, &format!("{f}.a"), &r.name, &r.a, "IPv4"),
+                aaaa: addrs::<Ipv6Addr>(errs, &format!("{f}.aaaa"), &r.name, &r.aaaa, "IPv6"),
+                cname: r.cname.clone(),
+                txt: r.txt.clone(),
+            }
+        })
+        .collect();
+
+    let blocklists = p
+        .blocklists
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let f = format!("spec.policy.blocklists[{i}]");
+            let action = checked(
+                errs,
+                &format!("{f}.action"),
+                &b.action,
+                "nxdomain, refused, null_address",
+            );
+            if let Some(file) = &b.file {
+                if !file.starts_with('/') {
+                    errs.push(format!(
+                        "{f}.file: {file:?} must be an absolute path in the proxy container (rule {:?})",
+                        b.name
+                    ));
+                }
+            }
+            BlockList {
+                name: b.name.clone(),
+                names: b.names.clone(),
+                file: b.file.as_ref().map(PathBuf::from),
+                action: action.unwrap_or_default(),
+            }
+        })
+        .collect();
+
+    let rewrites = p
+        .rewrites
+        .iter()
+        .map(|r| RewriteRule {
+            from: r.from.clone(),
+            to: r.to.clone(),
+            suffix: r.suffix,
+        })
+        .collect();
+
+    PolicyConfig {
+        static_answers,
+        blocklists,
+        rewrites,
     }
 }
 
@@ -322,6 +453,19 @@ mod tests {
         );
         assert_eq!(spec_path("admin.listen"), "spec.adminListen");
         assert_eq!(spec_path("zones"), "spec.zones");
+        assert_eq!(
+            spec_path("policy.static_answers[3].cname"),
+            "spec.policy.staticAnswers[3].cname"
+        );
+    }
+
+    #[test]
+    fn an_index_does_not_cover_a_longer_one() {
+        let m = "spec.policy.staticAnswers[10].a[0]: \"x\" is not an IPv4 address";
+        assert!(reports(m, "spec.policy.staticAnswers[10]"));
+        assert!(reports(m, "spec.policy.staticAnswers[10].a[0]"));
+        assert!(!reports(m, "spec.policy.staticAnswers[1]"));
+        assert!(!reports(m, "spec.policy.staticAnswers[10].aaaa"));
     }
 
     #[test]

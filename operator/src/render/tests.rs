@@ -1,7 +1,9 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use dot_proxy::config::{Config, Policy};
+use dot_proxy::config::{
+    BlockAction, BlockList, Config, Policy, PolicyConfig, RewriteRule, StaticRule,
+};
 
 use super::*;
 use crate::resource::{Checked, DotProxyConfig, DotProxyConfigSpec};
@@ -139,6 +141,188 @@ fn the_example_renders_and_loads() {
     );
     assert!(cfg.rate_limit.enabled);
     assert!(!cfg.allow_plain_default);
+    let p = &cfg.policy;
+    assert_eq!(
+        (p.static_answers.len(), p.blocklists.len(), p.rewrites.len()),
+        (3, 1, 1)
+    );
+}
+
+#[test]
+fn policy_renders_every_rule_kind() {
+    let list = temp_path("malware.hosts");
+    std::fs::write(&list, "0.0.0.0 malware.example\n").expect("write list");
+    let yaml = format!(
+        "{MINIMAL}policy:
+  staticAnswers:
+    - name: registry.corp.internal
+      ttl: 60
+      a: [10.20.0.5, 10.20.0.6]
+      aaaa: [\"fd00:20::5\"]
+      txt: [\"v=spf1 -all\"]
+    - name: \"*.preview.corp.internal\"
+      a: [10.20.0.9]
+    - name: old-api.corp.internal
+      cname: api.corp.internal
+  blocklists:
+    - name: telemetry
+      names: [telemetry.vendor.example]
+      action: null_address
+    - name: malware
+      file: {}
+    - name: both
+      names: [ads.example]
+      file: {}
+      action: refused
+  rewrites:
+    - from: legacy.example.com
+      to: www.example.net
+    - from: svc.old-cluster.local
+      to: svc.cluster.local
+      suffix: true
+",
+        list.display(),
+        list.display()
+    );
+    let r = render("default", &spec_from(&yaml), &[], &no_nodes()).expect("renders");
+    let path = temp_path("policy.yaml");
+    std::fs::write(&path, &r.config.data).expect("write");
+    let cfg = Config::load(&path).expect("check-config accepts the policy");
+    let ip = |s: &str| -> std::net::Ipv4Addr { s.parse().expect("ip") };
+    let want = PolicyConfig {
+        static_answers: vec![
+            StaticRule {
+                name: "registry.corp.internal".into(),
+                ttl: 60,
+                a: vec![ip("10.20.0.5"), ip("10.20.0.6")],
+                aaaa: vec!["fd00:20::5".parse().expect("ip")],
+                cname: None,
+                txt: vec!["v=spf1 -all".into()],
+            },
+            StaticRule {
+                name: "*.preview.corp.internal".into(),
+                ttl: 300,
+                a: vec![ip("10.20.0.9")],
+                aaaa: vec![],
+                cname: None,
+                txt: vec![],
+            },
+            StaticRule {
+                name: "old-api.corp.internal".into(),
+                ttl: 300,
+                a: vec![],
+                aaaa: vec![],
+                cname: Some("api.corp.internal".into()),
+                txt: vec![],
+            },
+        ],
+        blocklists: vec![
+            BlockList {
+                name: "telemetry".into(),
+                names: vec!["telemetry.vendor.example".into()],
+                file: None,
+                action: BlockAction::NullAddress,
+            },
+            BlockList {
+                name: "malware".into(),
+                names: vec![],
+                file: Some(list.clone()),
+                action: BlockAction::Nxdomain,
+            },
+            BlockList {
+                name: "both".into(),
+                names: vec!["ads.example".into()],
+                file: Some(list.clone()),
+                action: BlockAction::Refused,
+            },
+        ],
+        rewrites: vec![
+            RewriteRule {
+                from: "legacy.example.com".into(),
+                to: "www.example.net".into(),
+                suffix: false,
+            },
+            RewriteRule {
+                from: "svc.old-cluster.local".into(),
+                to: "svc.cluster.local".into(),
+                suffix: true,
+            },
+        ],
+    };
+    assert_eq!(cfg.policy, want);
+
+    // A list file is on the proxies' filesystem, which the operator does not see: a path
+    // missing here still renders (the proxy reports it when it loads the config).
+    let mut spec = spec_from(&yaml);
+    spec.policy.blocklists[1].file = Some("/etc/dot-proxy/lists/not-here.hosts".into());
+    let r = render("default", &spec, &[], &no_nodes()).expect("renders");
+    let cfg = Config::from_yaml(&r.config.data).expect("parses");
+    assert_eq!(
+        cfg.policy.blocklists[1].file.as_deref(),
+        Some(std::path::Path::new("/etc/dot-proxy/lists/not-here.hosts"))
+    );
+
+    // No policy: none in the config either.
+    let r = render("default", &spec_from(MINIMAL), &[], &no_nodes()).expect("renders");
+    let cfg = Config::from_yaml(&r.config.data).expect("parses");
+    assert_eq!(cfg.policy, PolicyConfig::default());
+}
+
+#[test]
+fn invalid_policy_rules_are_invalid_with_the_rule_named() {
+    let yaml = format!(
+        "{MINIMAL}policy:
+  staticAnswers:
+    - name: ok.corp.internal
+      a: [10.0.0.1]
+    - name: both.corp.internal
+      a: [10.0.0.2]
+      cname: api.corp.internal
+    - name: bad-address.corp.internal
+      a: [10.0.0.256]
+      aaaa: [\"fd00::1\", \"not-v6\"]
+    - name: bad..name
+      txt: [hello]
+    - name: empty.corp.internal
+  blocklists:
+    - name: ads
+      names: [ads.example, \"bad..name\"]
+      action: drop
+    - name: relative
+      file: lists/ads.hosts
+    - name: nothing
+  rewrites:
+    - from: legacy.example.com
+      to: \".\"
+"
+    );
+    let spec = spec_from(&yaml);
+    assert_eq!(
+        spec.policy.blocklists[0].action,
+        Checked::Unknown("drop".into())
+    );
+    let m = invalid_messages(render("default", &spec, &[], &no_nodes()));
+    let want = [
+        "spec.policy.staticAnswers[2].a[0]: \"10.0.0.256\" is not an IPv4 address (rule \"bad-address.corp.internal\")",
+        "spec.policy.staticAnswers[2].aaaa[1]: \"not-v6\" is not an IPv6 address (rule \"bad-address.corp.internal\")",
+        "spec.policy.blocklists[0].action: \"drop\" is not a valid value (expected nxdomain, refused, null_address)",
+        "spec.policy.blocklists[1].file: \"lists/ads.hosts\" must be an absolute path in the proxy container (rule \"relative\")",
+        "spec.policy.staticAnswers[1].cname: a CNAME excludes other records at the same name (rule \"both.corp.internal\")",
+        "spec.policy.staticAnswers[3].name: \"bad..name\" has an empty or over-long label (rule \"bad..name\")",
+        "spec.policy.staticAnswers[4]: needs at least one of a, aaaa, cname, txt (rule \"empty.corp.internal\")",
+        "spec.policy.blocklists[0].names[1]: \"bad..name\" has an empty or over-long label (rule \"ads\")",
+        "spec.policy.blocklists[2]: needs names or a file (rule \"nothing\")",
+        "spec.policy.rewrites[0].to: must not be \".\" (rule \"legacy.example.com\")",
+    ];
+    assert_eq!(m, want, "{m:#?}");
+    // The proxy's own message for the same resource names the same rules, in its words.
+    let mut fixed = spec.clone();
+    fixed.policy.static_answers[2].a = vec!["10.0.0.3".into()];
+    fixed.policy.static_answers[2].aaaa = vec!["fd00::1".into()];
+    fixed.policy.blocklists[0].action = BlockAction::Nxdomain.into();
+    fixed.policy.blocklists[1].file = Some("/etc/dot-proxy/lists/ads.hosts".into());
+    let m = invalid_messages(render("default", &fixed, &[], &no_nodes()));
+    assert_eq!(m, want[4..], "{m:#?}");
 }
 
 #[test]

@@ -6,8 +6,9 @@ mod status;
 
 pub use checked::Checked;
 pub use spec::{
-    CacheSpec, DotProxyConfig, DotProxyConfigSpec, LogSpec, NodeLocalSpec, PrefetchSpec,
-    PrivacySpec, RateLimitSpec, TargetSpec, UpstreamGroupSpec, UpstreamServerSpec, ZoneSpec,
+    BlockListSpec, CacheSpec, DotProxyConfig, DotProxyConfigSpec, LogSpec, NodeLocalSpec,
+    PolicySpec, PrefetchSpec, PrivacySpec, RateLimitSpec, RewriteSpec, StaticAnswerSpec,
+    TargetSpec, UpstreamGroupSpec, UpstreamServerSpec, ZoneSpec,
 };
 pub use status::{DotProxyConfigStatus, INVALID, READY};
 

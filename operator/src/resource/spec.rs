@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use dot_proxy::config::{Dur, Firewall, LimitAction, LogFormat, Policy, Protocol};
+use dot_proxy::config::{BlockAction, Dur, Firewall, LimitAction, LogFormat, Policy, Protocol};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -111,6 +111,11 @@ pub struct DotProxyConfigSpec {
 
     #[serde(default)]
     pub privacy: PrivacySpec,
+
+    /// Local policy: static answers, block lists and rewrites, applied by every proxy before
+    /// its cache and zone routing (docs/policy.md).
+    #[serde(default)]
+    pub policy: PolicySpec,
 
     /// The node-local address: a dummy interface holding a link-local IP and conntrack
     /// bypass rules, set up on every node.
@@ -398,6 +403,154 @@ impl Default for PrivacySpec {
             padding_block: 128,
         }
     }
+}
+
+/// Names the proxies answer, block or rewrite themselves, in that order of precedence.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct PolicySpec {
+    /// Names answered locally, like a hosts file. Checked first. Names unique.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1024))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub static_answers: Vec<StaticAnswerSpec>,
+
+    /// Names answered NXDOMAIN, REFUSED or a null address. Checked second. Names unique.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub blocklists: Vec<BlockListSpec>,
+
+    /// Names sent upstream as another name; the answer goes back under the name asked for.
+    /// Checked last. `from` unique.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["from"]))]
+    pub rewrites: Vec<RewriteSpec>,
+}
+
+/// Records served for a name (A, AAAA, TXT), or an alias (CNAME) for every type.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.cname) || ((!has(self.a) || size(self.a) == 0) && (!has(self.aaaa) || size(self.aaaa) == 0) && (!has(self.txt) || size(self.txt) == 0))",
+        "message": "a static answer with cname takes no a, aaaa or txt (a CNAME excludes other records at its name)"
+    },
+    {
+        "rule": "has(self.cname) || (has(self.a) && size(self.a) > 0) || (has(self.aaaa) && size(self.aaaa) > 0) || (has(self.txt) && size(self.txt) > 0)",
+        "message": "a static answer needs at least one of a, aaaa, cname, txt"
+    }
+]))]
+pub struct StaticAnswerSpec {
+    /// `host.example.com`, or `*.example.com` for every name below it (not the name itself).
+    #[schemars(
+        length(min = 1, max = 255),
+        regex(pattern = r"^(\*\.)?[A-Za-z0-9_-]{1,63}(\.[A-Za-z0-9_-]{1,63})*\.?$")
+    )]
+    pub name: String,
+
+    /// TTL of the answers, seconds.
+    #[serde(default = "default_static_ttl")]
+    #[schemars(range(max = 604_800))]
+    pub ttl: u32,
+
+    /// IPv4 addresses answered to A queries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 16),
+        inner(length(max = 15), regex(pattern = r"^[0-9]{1,3}(\.[0-9]{1,3}){3}$"))
+    )]
+    pub a: Vec<String>,
+
+    /// IPv6 addresses answered to AAAA queries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 16),
+        inner(length(min = 2, max = 45), regex(pattern = r"^[0-9A-Fa-f:.]+$"))
+    )]
+    pub aaaa: Vec<String>,
+
+    /// An alias answered to every query type; excludes `a`, `aaaa` and `txt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 254),
+        regex(pattern = r"^[A-Za-z0-9_-]{1,63}(\.[A-Za-z0-9_-]{1,63})*\.?$")
+    )]
+    pub cname: Option<String>,
+
+    /// Strings answered to TXT queries, one record each, at most 255 bytes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(max = 255)))]
+    pub txt: Vec<String>,
+}
+
+fn default_static_ttl() -> u32 {
+    300
+}
+
+/// Blocked names, inline and/or from a file on the proxy's filesystem.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "(has(self.names) && size(self.names) > 0) || has(self.file)",
+        "message": "a block list needs names or a file"
+    }
+]))]
+pub struct BlockListSpec {
+    /// A label for the proxies' logs.
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+
+    /// Blocked names; each blocks itself and every name below it. Long lists belong in a file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 1024),
+        inner(
+            length(min = 1, max = 254),
+            regex(pattern = r"^[A-Za-z0-9_-]{1,63}(\.[A-Za-z0-9_-]{1,63})*\.?$")
+        )
+    )]
+    pub names: Vec<String>,
+
+    /// Absolute path, inside the proxy container, of a hosts-format file (`0.0.0.0
+    /// ads.example.com`) or one name per line; re-read on every reload. The operator cannot
+    /// see the proxies' files: a missing file shows in the proxies' logs, not here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 1024), regex(pattern = r"^/"))]
+    pub file: Option<String>,
+
+    /// `nxdomain`, `refused`, or `null_address` (0.0.0.0 / :: to A / AAAA, NODATA otherwise).
+    #[serde(default = "default_block_action")]
+    pub action: Checked<BlockAction>,
+}
+
+fn default_block_action() -> Checked<BlockAction> {
+    Checked::Known(BlockAction::Nxdomain)
+}
+
+/// A name sent upstream as another.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RewriteSpec {
+    /// The name clients ask for.
+    #[schemars(
+        length(min = 1, max = 254),
+        regex(pattern = r"^[A-Za-z0-9_-]{1,63}(\.[A-Za-z0-9_-]{1,63})*\.?$")
+    )]
+    pub from: String,
+
+    /// The name sent upstream instead.
+    #[schemars(
+        length(min = 1, max = 254),
+        regex(pattern = r"^[A-Za-z0-9_-]{1,63}(\.[A-Za-z0-9_-]{1,63})*\.?$")
+    )]
+    pub to: String,
+
+    /// Also rewrite names below `from`: `a.from` is sent as `a.to`.
+    #[serde(default)]
+    pub suffix: bool,
 }
 
 /// The link-local address pods send DNS to, held by a dummy interface on every node.

@@ -155,6 +155,10 @@ fn the_schema_refuses_what_it_can() {
         enums(&["spec", "nodeLocal", "firewall"]),
         ["auto", "nftables", "iptables", "none"]
     );
+    assert_eq!(
+        enums(&["spec", "policy", "blocklists", "[]", "action"]),
+        ["nxdomain", "refused", "null_address"]
+    );
 
     let pins = prop(
         &s,
@@ -188,9 +192,34 @@ fn the_schema_refuses_what_it_can() {
         .as_ref()
         .map(Vec::len);
     assert_eq!(server_rules, Some(3));
+    let static_rules = prop(&s, &["spec", "policy", "staticAnswers", "[]"])
+        .x_kubernetes_validations
+        .as_ref()
+        .map(Vec::len);
+    assert_eq!(static_rules, Some(2));
+    let policy = prop(&s, &["spec", "policy"]);
+    let limits: Vec<_> = ["staticAnswers", "blocklists", "rewrites"]
+        .iter()
+        .map(|k| prop(policy, &[k]).max_items)
+        .collect();
+    assert_eq!(limits, [Some(1024), Some(32), Some(256)]);
+    let required =
+        |path: &[&str]| -> Vec<String> { prop(&s, path).required.clone().unwrap_or_default() };
+    assert_eq!(
+        required(&["spec", "policy", "staticAnswers", "[]"]),
+        ["name"]
+    );
+    assert_eq!(required(&["spec", "policy", "blocklists", "[]"]), ["name"]);
+    assert_eq!(
+        required(&["spec", "policy", "rewrites", "[]"]),
+        ["from", "to"]
+    );
     for (path, key) in [
         (&["spec", "upstreamGroups"][..], "name"),
         (&["spec", "zones"][..], "zone"),
+        (&["spec", "policy", "staticAnswers"][..], "name"),
+        (&["spec", "policy", "blocklists"][..], "name"),
+        (&["spec", "policy", "rewrites"][..], "from"),
     ] {
         let p = prop(&s, path);
         assert_eq!(p.x_kubernetes_list_type.as_deref(), Some("map"));
@@ -281,6 +310,56 @@ fn cel_rules_accept_the_example_and_refuse_the_rest() {
         &|d| d.spec.cache.min_ttl = d.spec.cache.max_ttl + 1,
         "minTtl must not be above maxTtl",
     );
+
+    refused(
+        "cname with an address",
+        &|d| {
+            let r = &mut d.spec.policy.static_answers[2];
+            assert!(
+                r.cname.is_some(),
+                "the example's third static answer is a CNAME"
+            );
+            r.a = vec!["10.0.0.1".into()];
+        },
+        "a static answer with cname takes no a, aaaa or txt",
+    );
+    refused(
+        "cname with aaaa",
+        &|d| d.spec.policy.static_answers[2].aaaa = vec!["fd00::1".into()],
+        "a static answer with cname takes no a, aaaa or txt",
+    );
+    refused(
+        "cname with txt",
+        &|d| d.spec.policy.static_answers[2].txt = vec!["hello".into()],
+        "a static answer with cname takes no a, aaaa or txt",
+    );
+    refused(
+        "static answer with no record",
+        &|d| {
+            let r = &mut d.spec.policy.static_answers[0];
+            r.a.clear();
+            r.aaaa.clear();
+            r.txt.clear();
+            r.cname = None;
+        },
+        "a static answer needs at least one of a, aaaa, cname, txt",
+    );
+    refused(
+        "block list with neither names nor file",
+        &|d| d.spec.policy.blocklists[0].names.clear(),
+        "a block list needs names or a file",
+    );
+
+    let mut from_file = crate::support::example();
+    let b = &mut from_file.spec.policy.blocklists[0];
+    b.names.clear();
+    b.file = Some("/etc/dot-proxy/lists/telemetry.hosts".into());
+    validate_cel(&from_file).expect("a block list from a file alone");
+    let mut alias_only = crate::support::example();
+    let r = &mut alias_only.spec.policy.static_answers[0];
+    r.a.clear();
+    r.cname = Some("registry.example".into());
+    validate_cel(&alias_only).expect("an address replaced by an alias");
 
     let mut opted_in = crate::support::example();
     opted_in.spec.zones[0].group = "cluster".into();
