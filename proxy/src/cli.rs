@@ -10,7 +10,11 @@ use clap::{Parser, Subcommand};
 use crate::config::{parse_upstream_url, Config, LogFormat, UpstreamGroup, DEFAULT_GROUP};
 
 #[derive(Debug, Parser)]
-#[command(name = "dot-proxy", version, about = "Node-local DNS proxy: plain DNS in (UDP, TCP), DNS-over-TLS out, with a cache")]
+#[command(
+    name = "dot-proxy",
+    version,
+    about = "Node-local DNS proxy: plain DNS in (UDP, TCP), DNS-over-TLS out, with a cache"
+)]
 pub struct Cli {
     /// YAML config file (see docs/configuration.md). Without it, built-in defaults apply.
     #[arg(short, long, env = "DOT_PROXY_CONFIG", global = true)]
@@ -98,7 +102,11 @@ impl Cli {
                 .find(|z| z.zone.trim() == ".")
                 .map(|z| z.group.clone())
                 .unwrap_or_else(|| DEFAULT_GROUP.to_string());
-            match cfg.upstream_groups.iter_mut().find(|g| g.name == root_group) {
+            match cfg
+                .upstream_groups
+                .iter_mut()
+                .find(|g| g.name == root_group)
+            {
                 Some(g) => g.servers = servers,
                 None => cfg.upstream_groups.push(UpstreamGroup {
                     name: root_group,

@@ -18,6 +18,7 @@ impl Clock {
     }
     /// Moves this clock forward (tests).
     pub fn advance(&self, d: Duration) {
-        self.offset_ms.fetch_add(d.as_millis() as u64, Ordering::Relaxed);
+        self.offset_ms
+            .fetch_add(d.as_millis() as u64, Ordering::Relaxed);
     }
 }

@@ -51,7 +51,11 @@ fn main() -> ExitCode {
     };
     dot_proxy::logging::init(&cfg.log);
     let workers = effective_workers(cfg.workers);
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("dot-proxy: cannot start runtime: {e}");
@@ -73,7 +77,10 @@ async fn run(cli: Arc<Cli>, cfg: Config) -> ExitCode {
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "dot-proxy started");
     tokio::spawn(dot_proxy::reload::run(server.clone(), cli));
     wait_for_stop().await;
-    tracing::info!(grace_ms = grace.as_millis() as u64, "shutting down: no new queries accepted, finishing those in flight");
+    tracing::info!(
+        grace_ms = grace.as_millis() as u64,
+        "shutting down: no new queries accepted, finishing those in flight"
+    );
     server.shutdown(grace).await;
     tracing::info!("stopped");
     ExitCode::SUCCESS

@@ -6,7 +6,9 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric};
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric,
+};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
@@ -93,8 +95,16 @@ pub enum Rcode {
 }
 
 impl Rcode {
-    pub const ALL: [Rcode; 8] =
-        [Rcode::NOERROR, Rcode::FORMERR, Rcode::SERVFAIL, Rcode::NXDOMAIN, Rcode::NOTIMP, Rcode::REFUSED, Rcode::OTHER, Rcode::DROPPED];
+    pub const ALL: [Rcode; 8] = [
+        Rcode::NOERROR,
+        Rcode::FORMERR,
+        Rcode::SERVFAIL,
+        Rcode::NXDOMAIN,
+        Rcode::NOTIMP,
+        Rcode::REFUSED,
+        Rcode::OTHER,
+        Rcode::DROPPED,
+    ];
     pub fn from_u8(r: u8) -> Rcode {
         match r {
             0 => Rcode::NOERROR,
@@ -208,7 +218,11 @@ pub struct DropLabels {
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
-    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0].into_iter()
+    [
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        5.0,
+    ]
+    .into_iter()
 }
 
 /// Every metric of the proxy. Cheap to share (`Arc<Metrics>`).
@@ -295,41 +309,175 @@ impl Metrics {
     }
 
     fn register(&self, r: &mut Registry) {
-        r.register("queries", "Client queries answered, by transport, query type and response code", self.queries.clone());
-        r.register_with_unit("query_duration", "Time from receiving a client query to sending its answer", Unit::Seconds, self.query_duration.clone());
-        r.register("dropped_packets", "Client packets not answered, by reason", self.dropped.clone());
-        r.register("upstream_queries", "Queries sent to each upstream", self.upstream_queries.clone());
-        r.register_with_unit("upstream_duration", "Upstream round-trip time of answered queries", Unit::Seconds, self.upstream_duration.clone());
-        r.register("upstream_errors", "Upstream failures by kind", self.upstream_errors.clone());
-        r.register("upstream_connections_open", "TLS connections open to each upstream", self.upstream_connections_open.clone());
-        r.register("upstream_connections_opened", "TLS connections opened to each upstream", self.upstream_connections_opened.clone());
-        r.register("upstream_connections_resumed", "TLS connections opened with session resumption", self.upstream_connections_resumed.clone());
-        r.register("upstream_healthy", "1 when the upstream is considered usable, 0 when marked down", self.upstream_healthy.clone());
-        r.register_with_unit("upstream_certificate_expiry", "Unix time at which the upstream's certificate expires", Unit::Seconds, self.upstream_cert_expiry.clone());
-        r.register("group_healthy_upstreams", "Usable upstreams in each group", self.group_healthy_upstreams.clone());
-        r.register("cache_hits", "Queries answered from the cache", self.cache_hits.clone());
-        r.register("cache_misses", "Cacheable queries not found fresh in the cache", self.cache_misses.clone());
-        r.register("cache_stale_answers", "Expired answers served because upstreams failed (RFC 8767)", self.cache_stale.clone());
-        r.register("cache_prefetches", "Background refreshes of hot names before expiry", self.cache_prefetches.clone());
-        r.register("cache_evictions", "Answers evicted to stay within the cache bounds", self.cache_evictions.clone());
-        r.register("cache_inserts", "Answers stored in the cache", self.cache_inserts.clone());
-        r.register("cache_coalesced", "Queries that waited for an identical query already in flight", self.cache_coalesced.clone());
-        r.register("cache_entries", "Answers in the cache", self.cache_entries.clone());
-        r.register_with_unit("cache", "Memory held by cached answers", Unit::Bytes, self.cache_bytes.clone());
-        r.register("rate_limited", "Queries over their client's rate limit, by action taken", self.rate_limited.clone());
-        r.register("rate_limit_clients", "Clients with a rate-limit bucket", self.rate_limit_clients.clone());
-        r.register("rate_limit_top_client_qps", "Query rate of the busiest clients, by rank (1 = busiest)", self.rate_limit_top_qps.clone());
-        r.register("rate_limit_configured_qps", "Default per-client rate limit (0 when off)", self.rate_limit_configured_qps.clone());
-        r.register("policy_actions", "Queries matched by a local policy rule, by rule kind", self.policy_actions.clone());
-        r.register("config_reloads", "Config reloads by result", self.config_reloads.clone());
-        r.register_with_unit("config_last_reload_success_timestamp", "Unix time of the last config successfully loaded", Unit::Seconds, self.config_last_success.clone());
-        r.register("config_last_reload_successful", "1 when the last config load or reload succeeded, 0 while a bad config is refused", self.config_last_reload_ok.clone());
-        r.register("tcp_connections", "Client TCP connections open", self.tcp_connections.clone());
-        r.register("inflight_queries", "Client queries waiting for an upstream", self.inflight.clone());
+        r.register(
+            "queries",
+            "Client queries answered, by transport, query type and response code",
+            self.queries.clone(),
+        );
+        r.register_with_unit(
+            "query_duration",
+            "Time from receiving a client query to sending its answer",
+            Unit::Seconds,
+            self.query_duration.clone(),
+        );
+        r.register(
+            "dropped_packets",
+            "Client packets not answered, by reason",
+            self.dropped.clone(),
+        );
+        r.register(
+            "upstream_queries",
+            "Queries sent to each upstream",
+            self.upstream_queries.clone(),
+        );
+        r.register_with_unit(
+            "upstream_duration",
+            "Upstream round-trip time of answered queries",
+            Unit::Seconds,
+            self.upstream_duration.clone(),
+        );
+        r.register(
+            "upstream_errors",
+            "Upstream failures by kind",
+            self.upstream_errors.clone(),
+        );
+        r.register(
+            "upstream_connections_open",
+            "TLS connections open to each upstream",
+            self.upstream_connections_open.clone(),
+        );
+        r.register(
+            "upstream_connections_opened",
+            "TLS connections opened to each upstream",
+            self.upstream_connections_opened.clone(),
+        );
+        r.register(
+            "upstream_connections_resumed",
+            "TLS connections opened with session resumption",
+            self.upstream_connections_resumed.clone(),
+        );
+        r.register(
+            "upstream_healthy",
+            "1 when the upstream is considered usable, 0 when marked down",
+            self.upstream_healthy.clone(),
+        );
+        r.register_with_unit(
+            "upstream_certificate_expiry",
+            "Unix time at which the upstream's certificate expires",
+            Unit::Seconds,
+            self.upstream_cert_expiry.clone(),
+        );
+        r.register(
+            "group_healthy_upstreams",
+            "Usable upstreams in each group",
+            self.group_healthy_upstreams.clone(),
+        );
+        r.register(
+            "cache_hits",
+            "Queries answered from the cache",
+            self.cache_hits.clone(),
+        );
+        r.register(
+            "cache_misses",
+            "Cacheable queries not found fresh in the cache",
+            self.cache_misses.clone(),
+        );
+        r.register(
+            "cache_stale_answers",
+            "Expired answers served because upstreams failed (RFC 8767)",
+            self.cache_stale.clone(),
+        );
+        r.register(
+            "cache_prefetches",
+            "Background refreshes of hot names before expiry",
+            self.cache_prefetches.clone(),
+        );
+        r.register(
+            "cache_evictions",
+            "Answers evicted to stay within the cache bounds",
+            self.cache_evictions.clone(),
+        );
+        r.register(
+            "cache_inserts",
+            "Answers stored in the cache",
+            self.cache_inserts.clone(),
+        );
+        r.register(
+            "cache_coalesced",
+            "Queries that waited for an identical query already in flight",
+            self.cache_coalesced.clone(),
+        );
+        r.register(
+            "cache_entries",
+            "Answers in the cache",
+            self.cache_entries.clone(),
+        );
+        r.register_with_unit(
+            "cache",
+            "Memory held by cached answers",
+            Unit::Bytes,
+            self.cache_bytes.clone(),
+        );
+        r.register(
+            "rate_limited",
+            "Queries over their client's rate limit, by action taken",
+            self.rate_limited.clone(),
+        );
+        r.register(
+            "rate_limit_clients",
+            "Clients with a rate-limit bucket",
+            self.rate_limit_clients.clone(),
+        );
+        r.register(
+            "rate_limit_top_client_qps",
+            "Query rate of the busiest clients, by rank (1 = busiest)",
+            self.rate_limit_top_qps.clone(),
+        );
+        r.register(
+            "rate_limit_configured_qps",
+            "Default per-client rate limit (0 when off)",
+            self.rate_limit_configured_qps.clone(),
+        );
+        r.register(
+            "policy_actions",
+            "Queries matched by a local policy rule, by rule kind",
+            self.policy_actions.clone(),
+        );
+        r.register(
+            "config_reloads",
+            "Config reloads by result",
+            self.config_reloads.clone(),
+        );
+        r.register_with_unit(
+            "config_last_reload_success_timestamp",
+            "Unix time of the last config successfully loaded",
+            Unit::Seconds,
+            self.config_last_success.clone(),
+        );
+        r.register(
+            "config_last_reload_successful",
+            "1 when the last config load or reload succeeded, 0 while a bad config is refused",
+            self.config_last_reload_ok.clone(),
+        );
+        r.register(
+            "tcp_connections",
+            "Client TCP connections open",
+            self.tcp_connections.clone(),
+        );
+        r.register(
+            "inflight_queries",
+            "Client queries waiting for an upstream",
+            self.inflight.clone(),
+        );
         // A gauge fixed at 1 rather than an OpenMetrics `info`, which the Prometheus text
         // parser (and so `promtool check metrics`) does not know.
         let build: Family<Vec<(String, String)>, Gauge> = Family::default();
-        build.get_or_create(&vec![("version".to_string(), env!("CARGO_PKG_VERSION").to_string())]).set(1);
+        build
+            .get_or_create(&vec![(
+                "version".to_string(),
+                env!("CARGO_PKG_VERSION").to_string(),
+            )])
+            .set(1);
         r.register("build_info", "Build information", build);
         r.register_collector(Box::new(ProcessCollector));
     }
@@ -342,11 +490,22 @@ impl Metrics {
             .map(|&qtype| {
                 Rcode::ALL
                     .iter()
-                    .map(|&rcode| self.queries.get_or_create_owned(&QueryLabels { transport: t, qtype, rcode }))
+                    .map(|&rcode| {
+                        self.queries.get_or_create_owned(&QueryLabels {
+                            transport: t,
+                            qtype,
+                            rcode,
+                        })
+                    })
                     .collect()
             })
             .collect();
-        QueryCounters { counters, duration: self.query_duration.get_or_create_owned(&TransportLabels { transport: t }) }
+        QueryCounters {
+            counters,
+            duration: self
+                .query_duration
+                .get_or_create_owned(&TransportLabels { transport: t }),
+        }
     }
 }
 
@@ -361,7 +520,11 @@ impl QueryCounters {
     #[inline]
     pub fn count(&self, qtype: QType, rcode: Rcode) {
         // ALL lists the variants in declaration order, so the discriminant is the index.
-        if let Some(c) = self.counters.get(qtype as usize).and_then(|v| v.get(rcode as usize)) {
+        if let Some(c) = self
+            .counters
+            .get(qtype as usize)
+            .and_then(|v| v.get(rcode as usize))
+        {
             c.inc();
         }
     }
@@ -375,13 +538,33 @@ impl Collector for ProcessCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let Some(p) = read_proc() else { return Ok(()) };
         let cpu = ConstCounter::new(p.cpu_seconds);
-        cpu.encode(enc.encode_descriptor("process_cpu_seconds", "User and system CPU time spent", None, cpu.metric_type())?)?;
+        cpu.encode(enc.encode_descriptor(
+            "process_cpu_seconds",
+            "User and system CPU time spent",
+            None,
+            cpu.metric_type(),
+        )?)?;
         let rss = ConstGauge::new(p.rss_bytes as i64);
-        rss.encode(enc.encode_descriptor("process_resident_memory_bytes", "Resident memory size", None, rss.metric_type())?)?;
+        rss.encode(enc.encode_descriptor(
+            "process_resident_memory_bytes",
+            "Resident memory size",
+            None,
+            rss.metric_type(),
+        )?)?;
         let fds = ConstGauge::new(p.open_fds as i64);
-        fds.encode(enc.encode_descriptor("process_open_fds", "Open file descriptors", None, fds.metric_type())?)?;
+        fds.encode(enc.encode_descriptor(
+            "process_open_fds",
+            "Open file descriptors",
+            None,
+            fds.metric_type(),
+        )?)?;
         let th = ConstGauge::new(p.threads as i64);
-        th.encode(enc.encode_descriptor("process_threads", "OS threads", None, th.metric_type())?)?;
+        th.encode(enc.encode_descriptor(
+            "process_threads",
+            "OS threads",
+            None,
+            th.metric_type(),
+        )?)?;
         Ok(())
     }
 }
@@ -403,8 +586,15 @@ fn read_proc() -> Option<ProcStats> {
     let stime: f64 = f.get(12)?.parse().ok()?;
     let threads: u64 = f.get(17)?.parse().ok()?;
     let rss_pages: u64 = f.get(21)?.parse().ok()?;
-    let open_fds = std::fs::read_dir("/proc/self/fd").map(|d| d.count() as u64).unwrap_or(0);
-    Some(ProcStats { cpu_seconds: (utime + stime) / ticks, rss_bytes: rss_pages * 4096, open_fds, threads })
+    let open_fds = std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count() as u64)
+        .unwrap_or(0);
+    Some(ProcStats {
+        cpu_seconds: (utime + stime) / ticks,
+        rss_bytes: rss_pages * 4096,
+        open_fds,
+        threads,
+    })
 }
 
 /// The Prometheus text format (0.0.4) for scrapers that do not ask for OpenMetrics (curl,
@@ -424,7 +614,9 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
         let renamed = ["# HELP ", "# TYPE "].iter().find_map(|p| {
             let rest = line.strip_prefix(p)?;
             let (name, tail) = rest.split_once(' ')?;
-            counters.contains(name).then(|| format!("{p}{name}_total {tail}"))
+            counters
+                .contains(name)
+                .then(|| format!("{p}{name}_total {tail}"))
         });
         out.push_str(renamed.as_deref().unwrap_or(line));
         out.push('\n');

@@ -15,11 +15,14 @@ use tokio::sync::oneshot;
 use crate::cache::{Cache, CacheKey, Lookup};
 use crate::clock::Clock;
 use crate::dns::message::{self, error_answer, upstream_query, Answer, AnswerKind, BADVERS};
-use crate::dns::wire::{self, QueryInfo, Rejection};
 use crate::dns::rcode;
+use crate::dns::wire::{self, QueryInfo, Rejection};
 use crate::guard::cidr::PrefixTable;
 use crate::guard::{Decision, RateLimiter};
-use crate::metrics::{DropLabels, DropReason, LimitedAction, LimitedLabels, Metrics, PolicyKind, PolicyLabels, Transport};
+use crate::metrics::{
+    DropLabels, DropReason, LimitedAction, LimitedLabels, Metrics, PolicyKind, PolicyLabels,
+    Transport,
+};
 use crate::policy::{Policy, Verdict};
 use crate::route::Router;
 use crate::upstream::{Group, GroupError};
@@ -62,7 +65,11 @@ impl Coalescer {
         }
     }
     fn finish(&self, key: &[u8], outcome: &Outcome) {
-        let waiters = self.waiting.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+        let waiters = self
+            .waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
         for w in waiters.into_iter().flatten() {
             let _ = w.send(outcome.clone());
         }
@@ -107,16 +114,32 @@ impl Pipeline {
 
     /// Validates, rate-limits and answers from the cache when it can. `max_len` is the
     /// largest answer this transport takes (the client's UDP size, or 65535 on TCP).
-    pub fn handle_fast(self: &Arc<Self>, query: &[u8], client: IpAddr, transport: Transport, out: &mut Vec<u8>) -> Fast {
+    pub fn handle_fast(
+        self: &Arc<Self>,
+        query: &[u8],
+        client: IpAddr,
+        transport: Transport,
+        out: &mut Vec<u8>,
+    ) -> Fast {
         let now = self.clock.now();
         let qi = match wire::parse_query(query) {
             Ok(qi) => qi,
             Err(Rejection::Drop) => {
-                let reason = if query.len() < wire::HEADER_LEN { DropReason::too_short } else { DropReason::response };
-                self.metrics.dropped.get_or_create(&DropLabels { reason }).inc();
+                let reason = if query.len() < wire::HEADER_LEN {
+                    DropReason::too_short
+                } else {
+                    DropReason::response
+                };
+                self.metrics
+                    .dropped
+                    .get_or_create(&DropLabels { reason })
+                    .inc();
                 return Fast::Drop;
             }
-            Err(Rejection::Answer { rcode, question_end }) => {
+            Err(Rejection::Answer {
+                rcode,
+                question_end,
+            }) => {
                 error_answer(query, question_end, rcode, None, out);
                 return Fast::Answered(0);
             }
@@ -132,7 +155,13 @@ impl Pipeline {
                 Decision::Allow => {}
                 Decision::Refuse => {
                     self.limited(LimitedAction::refused);
-                    error_answer(query, Some(qi.question_end), rcode::REFUSED, qi.edns.as_ref(), out);
+                    error_answer(
+                        query,
+                        Some(qi.question_end),
+                        rcode::REFUSED,
+                        qi.edns.as_ref(),
+                        out,
+                    );
                     return Fast::Answered(qi.qtype);
                 }
                 Decision::Drop => {
@@ -141,7 +170,13 @@ impl Pipeline {
                 }
                 Decision::Truncate => {
                     self.limited(LimitedAction::truncated);
-                    error_answer(query, Some(qi.question_end), rcode::NOERROR, qi.edns.as_ref(), out);
+                    error_answer(
+                        query,
+                        Some(qi.question_end),
+                        rcode::NOERROR,
+                        qi.edns.as_ref(),
+                        out,
+                    );
                     if out.len() >= 4 {
                         out[2] |= 0x02;
                     }
@@ -153,11 +188,20 @@ impl Pipeline {
             let key = CacheKey::new(query, &qi, 0);
             let answered = match policy.check(key.name()) {
                 Verdict::Pass | Verdict::Rewrite { .. } => None,
-                Verdict::Static(rule) => Some((PolicyKind::static_answer, crate::policy::static_answer(query, &qi, rule, out))),
-                Verdict::Block(action) => Some((PolicyKind::block, crate::policy::block_answer(query, &qi, action, out))),
+                Verdict::Static(rule) => Some((
+                    PolicyKind::static_answer,
+                    crate::policy::static_answer(query, &qi, rule, out),
+                )),
+                Verdict::Block(action) => Some((
+                    PolicyKind::block,
+                    crate::policy::block_answer(query, &qi, action, out),
+                )),
             };
             if let Some((kind, ok)) = answered {
-                self.metrics.policy_actions.get_or_create(&PolicyLabels { rule: kind }).inc();
+                self.metrics
+                    .policy_actions
+                    .get_or_create(&PolicyLabels { rule: kind })
+                    .inc();
                 if !ok {
                     message::servfail(query, &qi, out);
                 }
@@ -169,7 +213,14 @@ impl Pipeline {
             match cache.lookup(key.as_bytes(), now) {
                 Lookup::Fresh { entry, prefetch } => {
                     self.metrics.cache_hits.inc();
-                    entry.answer.render(query, &qi, entry.age_secs(now), None, max_len(transport, &qi), out);
+                    entry.answer.render(
+                        query,
+                        &qi,
+                        entry.age_secs(now),
+                        None,
+                        max_len(transport, &qi),
+                        out,
+                    );
                     if prefetch {
                         self.refresh(query.to_vec(), qi, key.route_tag(), entry);
                     }
@@ -192,7 +243,10 @@ impl Pipeline {
     }
 
     fn limited(&self, action: LimitedAction) {
-        self.metrics.rate_limited.get_or_create(&LimitedLabels { action }).inc();
+        self.metrics
+            .rate_limited
+            .get_or_create(&LimitedLabels { action })
+            .inc();
     }
 
     fn cache_for(&self, qi: &QueryInfo) -> Option<&Arc<Cache>> {
@@ -202,7 +256,14 @@ impl Pipeline {
     }
 
     /// The async path for a query `handle_fast` could not answer. Always produces an answer.
-    pub async fn resolve(self: &Arc<Self>, query: &[u8], qi: &QueryInfo, client: IpAddr, transport: Transport, out: &mut Vec<u8>) {
+    pub async fn resolve(
+        self: &Arc<Self>,
+        query: &[u8],
+        qi: &QueryInfo,
+        client: IpAddr,
+        transport: Transport,
+        out: &mut Vec<u8>,
+    ) {
         let key = CacheKey::new(query, qi, self.route_tag(client));
         let outcome = if self.cache_for(qi).is_some() {
             match self.coalescer.join(key.as_bytes()) {
@@ -211,7 +272,11 @@ impl Pipeline {
                     rx.await.unwrap_or(Err(GroupError::Timeout))
                 }
                 Role::Leader => {
-                    let mut guard = LeaderGuard { co: &self.coalescer, key: key.as_bytes(), done: false };
+                    let mut guard = LeaderGuard {
+                        co: &self.coalescer,
+                        key: key.as_bytes(),
+                        done: false,
+                    };
                     let outcome = self.fetch(query, qi, &key).await;
                     self.coalescer.finish(key.as_bytes(), &outcome);
                     guard.done = true;
@@ -226,10 +291,14 @@ impl Pipeline {
             Ok(answer) => answer.render(query, qi, 0, None, max, out),
             Err(e) => {
                 let now = self.clock.now();
-                let stale = self.cache_for(qi).and_then(|c| c.stale(key.as_bytes(), now).map(|s| (c, s)));
+                let stale = self
+                    .cache_for(qi)
+                    .and_then(|c| c.stale(key.as_bytes(), now).map(|s| (c, s)));
                 if let Some((cache, entry)) = stale {
                     self.metrics.cache_stale.inc();
-                    entry.answer.render(query, qi, 0, Some(cache.config().stale_ttl), max, out);
+                    entry
+                        .answer
+                        .render(query, qi, 0, Some(cache.config().stale_ttl), max, out);
                     if entry.start_refresh() {
                         self.refresh(query.to_vec(), *qi, key.route_tag(), entry);
                     }
@@ -253,23 +322,35 @@ impl Pipeline {
         }
         let mut msg = Vec::with_capacity(query.len() + 160);
         let rewrite = match self.policy.as_ref().map(|p| p.check(key.name())) {
-            Some(Verdict::Rewrite { strip, to }) => crate::policy::rewrite_query(query, qi, key.name(), strip, to),
+            Some(Verdict::Rewrite { strip, to }) => {
+                crate::policy::rewrite_query(query, qi, key.name(), strip, to)
+            }
             _ => None,
         };
         let resp = match &rewrite {
             Some((new_query, new_qi)) => {
-                self.metrics.policy_actions.get_or_create(&PolicyLabels { rule: PolicyKind::rewrite }).inc();
+                self.metrics
+                    .policy_actions
+                    .get_or_create(&PolicyLabels {
+                        rule: PolicyKind::rewrite,
+                    })
+                    .inc();
                 upstream_query(new_query, new_qi, &group.query_options(), &mut msg);
                 let resp = group.query(&msg).await?;
-                crate::policy::restore_answer(&resp, query)
-                    .ok_or(GroupError::Failed(crate::upstream::UpstreamError::Malformed))?
+                crate::policy::restore_answer(&resp, query).ok_or(GroupError::Failed(
+                    crate::upstream::UpstreamError::Malformed,
+                ))?
             }
             None => {
                 upstream_query(query, qi, &group.query_options(), &mut msg);
                 group.query(&msg).await?
             }
         };
-        let policy = self.cache.as_ref().map(|c| *c.ttl_policy()).unwrap_or_default();
+        let policy = self
+            .cache
+            .as_ref()
+            .map(|c| *c.ttl_policy())
+            .unwrap_or_default();
         let answer = Arc::new(
             Answer::from_upstream(&resp, query, qi, &policy)
                 .map_err(|_| GroupError::Failed(crate::upstream::UpstreamError::Malformed))?,
@@ -277,8 +358,12 @@ impl Pipeline {
         if let Some(cache) = self.cache_for(qi) {
             // A SERVFAIL is a failure to resolve: an expired answer still in its serve-stale
             // window is better (RFC 8767), and must not be overwritten by it.
-            if answer.kind() == AnswerKind::ServFail && cache.stale(key.as_bytes(), self.clock.now()).is_some() {
-                return Err(GroupError::Failed(crate::upstream::UpstreamError::Malformed));
+            if answer.kind() == AnswerKind::ServFail
+                && cache.stale(key.as_bytes(), self.clock.now()).is_some()
+            {
+                return Err(GroupError::Failed(
+                    crate::upstream::UpstreamError::Malformed,
+                ));
             }
             if cache.insert(key.as_bytes(), answer.clone(), self.clock.now()) {
                 self.metrics.cache_inserts.inc();
@@ -288,13 +373,23 @@ impl Pipeline {
     }
 
     /// Refreshes a cached name in the background (prefetch, or after serving stale).
-    fn refresh(self: &Arc<Self>, query: Vec<u8>, qi: QueryInfo, route_tag: u8, entry: Arc<crate::cache::Entry>) {
+    fn refresh(
+        self: &Arc<Self>,
+        query: Vec<u8>,
+        qi: QueryInfo,
+        route_tag: u8,
+        entry: Arc<crate::cache::Entry>,
+    ) {
         self.metrics.cache_prefetches.inc();
         let me = Arc::clone(self);
         tokio::spawn(async move {
             let key = CacheKey::new(&query, &qi, route_tag);
             if let Role::Leader = me.coalescer.join(key.as_bytes()) {
-                let mut guard = LeaderGuard { co: &me.coalescer, key: key.as_bytes(), done: false };
+                let mut guard = LeaderGuard {
+                    co: &me.coalescer,
+                    key: key.as_bytes(),
+                    done: false,
+                };
                 let outcome = me.fetch(&query, &qi, &key).await;
                 me.coalescer.finish(key.as_bytes(), &outcome);
                 guard.done = true;

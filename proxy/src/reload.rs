@@ -18,7 +18,8 @@ use crate::server::Server;
 pub fn load_effective(cli: &Cli) -> Result<Config, String> {
     let mut cfg = match &cli.config {
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
             Config::from_yaml(&text).map_err(|e| format!("{}: {e}", path.display()))?
         }
         None => Config::default(),
@@ -36,21 +37,31 @@ pub fn load_effective(cli: &Cli) -> Result<Config, String> {
 /// operator) to the rate-limit overrides and client groups. A missing directory is empty:
 /// the operator may not have written it yet.
 pub fn merge_overrides(cfg: &mut Config) -> Result<(), String> {
-    let (Some(dir), Some(node)) = (cfg.overrides.dir.clone(), cfg.overrides.node_name.clone()) else {
+    let (Some(dir), Some(node)) = (cfg.overrides.dir.clone(), cfg.overrides.node_name.clone())
+    else {
         return Ok(());
     };
-    let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(()) };
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(());
+    };
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml") && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "yaml")
+                && !p
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
         .collect();
     files.sort();
     for f in files {
-        let text = std::fs::read_to_string(&f).map_err(|e| format!("cannot read {}: {e}", f.display()))?;
+        let text =
+            std::fs::read_to_string(&f).map_err(|e| format!("cannot read {}: {e}", f.display()))?;
         if text.trim().is_empty() {
             continue;
         }
-        let mut shard: OverridesFile = serde_saphyr::from_str(&text).map_err(|e| format!("{}: {e}", f.display()))?;
+        let mut shard: OverridesFile =
+            serde_saphyr::from_str(&text).map_err(|e| format!("{}: {e}", f.display()))?;
         if let Some(mine) = shard.remove(&node) {
             cfg.rate_limit.overrides.extend(mine.rate_limits);
             cfg.client_groups.extend(mine.client_groups);
@@ -64,10 +75,16 @@ pub async fn run(server: Arc<Server>, cli: Arc<Cli>) {
     let (tx, mut rx) = mpsc::channel::<()>(8);
     let _watcher = cli.config.as_deref().and_then(|p| watch(p, tx.clone()));
     let overrides_dir = server.current_config().overrides.dir.clone();
-    let _watcher2 = overrides_dir.as_deref().and_then(|d| watch(&d.join("x.yaml"), tx.clone()));
+    let _watcher2 = overrides_dir
+        .as_deref()
+        .and_then(|d| watch(&d.join("x.yaml"), tx.clone()));
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let snapshot = || {
-        let mut v = cli.config.as_deref().and_then(|p| std::fs::read(p).ok()).unwrap_or_default();
+        let mut v = cli
+            .config
+            .as_deref()
+            .and_then(|p| std::fs::read(p).ok())
+            .unwrap_or_default();
         if let Some(d) = &overrides_dir {
             if let Ok(rd) = std::fs::read_dir(d) {
                 let mut files: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
@@ -100,7 +117,11 @@ pub async fn run(server: Arc<Server>, cli: Arc<Cli>) {
 }
 
 fn watch(path: &Path, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
-    let dir: PathBuf = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+    let dir: PathBuf = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
     let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if res.is_ok() {
             let _ = tx.try_send(());

@@ -32,7 +32,10 @@ use crate::upstream::{tls_config, Group, Upstream};
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot bind {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Upstream(String),
 }
@@ -76,7 +79,8 @@ impl Server {
         let workers = effective_workers(cfg.workers);
         let groups = build_groups(&cfg, &[], &metrics).map_err(StartError::Upstream)?;
         let clock = Arc::new(Clock::default());
-        let pipeline = build_pipeline(&cfg, &groups, None, &metrics, &clock).map_err(StartError::Upstream)?;
+        let pipeline =
+            build_pipeline(&cfg, &groups, None, &metrics, &clock).map_err(StartError::Upstream)?;
         let server = Arc::new(Server {
             metrics: metrics.clone(),
             registry,
@@ -100,7 +104,12 @@ impl Server {
             server.bind_admin(addr)?;
         }
         server.start_background();
-        metrics.config_reloads.get_or_create(&ReloadLabels { result: ReloadResult::success }).inc();
+        metrics
+            .config_reloads
+            .get_or_create(&ReloadLabels {
+                result: ReloadResult::success,
+            })
+            .inc();
         metrics.config_last_success.set(unix_now());
         metrics.config_last_reload_ok.set(1);
         Ok(server)
@@ -108,11 +117,20 @@ impl Server {
 
     /// Addresses the DNS listeners are bound to.
     pub fn listen_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners.lock().unwrap_or_else(|p| p.into_inner()).keys().copied().collect()
+        self.listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .collect()
     }
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin_listener.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|(a, _)| *a)
+        self.admin_listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|(a, _)| *a)
     }
 
     pub fn current_config(&self) -> Arc<Config> {
@@ -138,13 +156,25 @@ impl Server {
                 Err(e) if addr.port() == 0 && attempt < 20 => {
                     tracing::debug!(error = %e, %bound, "port taken for TCP, trying another");
                 }
-                Err(source) => return Err(StartError::Bind { addr: bound, source }),
+                Err(source) => {
+                    return Err(StartError::Bind {
+                        addr: bound,
+                        source,
+                    })
+                }
             }
         };
         for sock in sockets {
             let counters = self.metrics.query_counters(Transport::udp);
             let grace = self.config.load().shutdown_grace.get();
-            self.tracker.spawn(crate::listener::udp::serve(sock, self.pipeline.clone(), counters, stop.clone(), self.tracker.clone(), grace));
+            self.tracker.spawn(crate::listener::udp::serve(
+                sock,
+                self.pipeline.clone(),
+                counters,
+                stop.clone(),
+                self.tracker.clone(),
+                grace,
+            ));
         }
         tokio::spawn(crate::listener::tcp::serve(
             tcp,
@@ -156,18 +186,28 @@ impl Server {
             self.tracker.clone(),
         ));
         tracing::info!(%bound, "listening on UDP and TCP");
-        self.listeners.lock().unwrap_or_else(|p| p.into_inner()).insert(if addr.port() == 0 { bound } else { addr }, ListenerSet { stop });
+        self.listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                if addr.port() == 0 { bound } else { addr },
+                ListenerSet { stop },
+            );
         Ok(())
     }
 
     fn bind_admin(self: &Arc<Self>, addr: SocketAddr) -> Result<(), StartError> {
-        let l = crate::listener::bind_tcp(addr).map_err(|source| StartError::Bind { addr, source })?;
+        let l =
+            crate::listener::bind_tcp(addr).map_err(|source| StartError::Bind { addr, source })?;
         let bound = l.local_addr().unwrap_or(addr);
         let stop = self.stop.child_token();
         let state: Arc<dyn AdminState> = self.clone();
         tokio::spawn(crate::admin::serve(l, state, stop.clone()));
         tracing::info!(%bound, "admin server (metrics, health) listening");
-        *self.admin_listener.lock().unwrap_or_else(|p| p.into_inner()) = Some((bound, stop));
+        *self
+            .admin_listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some((bound, stop));
         Ok(())
     }
 
@@ -197,7 +237,13 @@ impl Server {
         let old_cfg = self.config.load_full();
         let mut groups_guard = self.groups.lock().unwrap_or_else(|p| p.into_inner());
         let groups = build_groups(&cfg, &groups_guard, &self.metrics)?;
-        let pipeline = build_pipeline(&cfg, &groups, Some((&old, &old_cfg)), &self.metrics, &self.clock)?;
+        let pipeline = build_pipeline(
+            &cfg,
+            &groups,
+            Some((&old, &old_cfg)),
+            &self.metrics,
+            &self.clock,
+        )?;
         // Listeners first, so a bind failure leaves everything as it was.
         let current: Vec<SocketAddr> = self.listen_addrs();
         let mut added = Vec::new();
@@ -214,7 +260,12 @@ impl Server {
             self.close_listener(*addr);
         }
         if old_cfg.admin.listen != cfg.admin.listen {
-            if let Some((_, stop)) = self.admin_listener.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            if let Some((_, stop)) = self
+                .admin_listener
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+            {
                 stop.cancel();
             }
             if let Some(a) = cfg.admin.listen {
@@ -231,7 +282,12 @@ impl Server {
     }
 
     fn close_listener(&self, addr: SocketAddr) {
-        if let Some(l) = self.listeners.lock().unwrap_or_else(|p| p.into_inner()).remove(&addr) {
+        if let Some(l) = self
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&addr)
+        {
             tracing::info!(%addr, "listener closed");
             l.stop.cancel();
         }
@@ -239,8 +295,15 @@ impl Server {
 
     /// Records a reload attempt in metrics and logs.
     pub fn record_reload(&self, result: &Result<(), String>) {
-        let r = if result.is_ok() { ReloadResult::success } else { ReloadResult::failure };
-        self.metrics.config_reloads.get_or_create(&ReloadLabels { result: r }).inc();
+        let r = if result.is_ok() {
+            ReloadResult::success
+        } else {
+            ReloadResult::failure
+        };
+        self.metrics
+            .config_reloads
+            .get_or_create(&ReloadLabels { result: r })
+            .inc();
         match result {
             Ok(()) => {
                 self.metrics.config_last_success.set(unix_now());
@@ -258,7 +321,10 @@ impl Server {
     pub async fn shutdown(&self, grace: Duration) {
         self.stop.cancel();
         self.tracker.close();
-        if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("shutdown grace period over with queries still in flight");
         }
     }
@@ -274,11 +340,16 @@ impl Server {
             Some(rl) => {
                 let now = self.clock.now();
                 self.metrics.rate_limit_clients.set(rl.clients() as i64);
-                self.metrics.rate_limit_configured_qps.set(cfg.rate_limit.qps);
+                self.metrics
+                    .rate_limit_configured_qps
+                    .set(cfg.rate_limit.qps);
                 let top = rl.top(cfg.rate_limit.top_k, now);
                 for rank in 1..=cfg.rate_limit.top_k.min(100) {
                     let qps = top.get(rank - 1).map_or(0.0, |c| c.qps);
-                    self.metrics.rate_limit_top_qps.get_or_create(&RankLabels { rank: rank as u16 }).set(qps);
+                    self.metrics
+                        .rate_limit_top_qps
+                        .get_or_create(&RankLabels { rank: rank as u16 })
+                        .set(qps);
                 }
             }
             None => {
@@ -317,7 +388,9 @@ impl AdminState for Server {
 }
 
 fn unix_now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 pub fn effective_workers(n: usize) -> usize {
@@ -328,11 +401,23 @@ pub fn effective_workers(n: usize) -> usize {
     }
 }
 
-fn build_groups(cfg: &Config, old: &[BuiltGroup], metrics: &Metrics) -> Result<Vec<BuiltGroup>, String> {
+fn build_groups(
+    cfg: &Config,
+    old: &[BuiltGroup],
+    metrics: &Metrics,
+) -> Result<Vec<BuiltGroup>, String> {
     let mut out = Vec::new();
     for g in &cfg.upstream_groups {
-        if let Some(o) = old.iter().find(|o| o.cfg == *g && o.ca == cfg.tls.ca_file && o.privacy == cfg.privacy) {
-            out.push(BuiltGroup { cfg: g.clone(), ca: o.ca.clone(), privacy: o.privacy.clone(), group: o.group.clone() });
+        if let Some(o) = old
+            .iter()
+            .find(|o| o.cfg == *g && o.ca == cfg.tls.ca_file && o.privacy == cfg.privacy)
+        {
+            out.push(BuiltGroup {
+                cfg: g.clone(),
+                ca: o.ca.clone(),
+                privacy: o.privacy.clone(),
+                group: o.group.clone(),
+            });
             continue;
         }
         let mut upstreams = Vec::new();
@@ -341,7 +426,8 @@ fn build_groups(cfg: &Config, old: &[BuiltGroup], metrics: &Metrics) -> Result<V
             let stats = UpstreamStats::new(metrics, &g.name, &label);
             let u = match s.protocol {
                 Protocol::Tls => {
-                    let setup = tls_config::build(s, cfg.tls.ca_file.as_deref()).map_err(|e| format!("upstream {label}: {e}"))?;
+                    let setup = tls_config::build(s, cfg.tls.ca_file.as_deref())
+                        .map_err(|e| format!("upstream {label}: {e}"))?;
                     let opts = ConnOptions {
                         pool_size: s.pool_size,
                         idle_timeout: s.idle_timeout.get(),
@@ -362,37 +448,75 @@ fn build_groups(cfg: &Config, old: &[BuiltGroup], metrics: &Metrics) -> Result<V
             padding_block: if tls { cfg.privacy.padding_block } else { 0 },
             keepalive: tls,
         };
-        let group = Group::new(g.name.clone(), g.policy, g.timeout.get(), upstreams, qopts, metrics);
+        let group = Group::new(
+            g.name.clone(),
+            g.policy,
+            g.timeout.get(),
+            upstreams,
+            qopts,
+            metrics,
+        );
         group.warm();
-        out.push(BuiltGroup { cfg: g.clone(), ca: cfg.tls.ca_file.clone(), privacy: cfg.privacy.clone(), group });
+        out.push(BuiltGroup {
+            cfg: g.clone(),
+            ca: cfg.tls.ca_file.clone(),
+            privacy: cfg.privacy.clone(),
+            group,
+        });
     }
     Ok(out)
 }
 
-fn build_pipeline(cfg: &Config, groups: &[BuiltGroup], old: Option<(&Pipeline, &Config)>, metrics: &Arc<Metrics>, clock: &Arc<Clock>) -> Result<Pipeline, String> {
+fn build_pipeline(
+    cfg: &Config,
+    groups: &[BuiltGroup],
+    old: Option<(&Pipeline, &Config)>,
+    metrics: &Arc<Metrics>,
+    clock: &Arc<Clock>,
+) -> Result<Pipeline, String> {
     let policy = Policy::new(&cfg.policy).map_err(|e| e.to_string())?;
     if policy.blocked_names() > 0 {
-        tracing::info!(names = policy.blocked_names(), bytes = policy.blocklist_bytes(), "block lists loaded");
+        tracing::info!(
+            names = policy.blocked_names(),
+            bytes = policy.blocklist_bytes(),
+            "block lists loaded"
+        );
     }
     let policy = (!policy.is_empty()).then(|| Arc::new(policy));
     let routes: Vec<(String, usize)> = cfg
         .zones
         .iter()
-        .filter_map(|z| groups.iter().position(|g| g.cfg.name == z.group).map(|i| (z.zone.clone(), i)))
+        .filter_map(|z| {
+            groups
+                .iter()
+                .position(|g| g.cfg.name == z.group)
+                .map(|i| (z.zone.clone(), i))
+        })
         .collect();
     // The cache is kept across reloads; only a change of its size bounds starts it afresh.
-    let cache = cfg.cache.enabled.then(|| match old.and_then(|(p, _)| p.cache.clone()).filter(|c| c.compatible(&cfg.cache)) {
-        Some(c) if *c.config() == cfg.cache => c,
-        Some(c) => Arc::new(c.with_config(&cfg.cache)),
-        None => Arc::new(Cache::new(&cfg.cache, metrics.cache_evictions.clone())),
+    let cache = cfg.cache.enabled.then(|| {
+        match old
+            .and_then(|(p, _)| p.cache.clone())
+            .filter(|c| c.compatible(&cfg.cache))
+        {
+            Some(c) if *c.config() == cfg.cache => c,
+            Some(c) => Arc::new(c.with_config(&cfg.cache)),
+            None => Arc::new(Cache::new(&cfg.cache, metrics.cache_evictions.clone())),
+        }
     });
     let limiter = cfg.rate_limit.enabled.then(|| match old {
-        Some((p, oc)) if oc.rate_limit == cfg.rate_limit && p.limiter.is_some() => p.limiter.clone().unwrap_or_else(|| Arc::new(RateLimiter::new(&cfg.rate_limit))),
+        Some((p, oc)) if oc.rate_limit == cfg.rate_limit && p.limiter.is_some() => p
+            .limiter
+            .clone()
+            .unwrap_or_else(|| Arc::new(RateLimiter::new(&cfg.rate_limit))),
         _ => Arc::new(RateLimiter::new(&cfg.rate_limit)),
     });
     let mut client_groups = PrefixTable::default();
     for c in &cfg.client_groups {
-        if let (Ok(cidr), Some(i)) = (Cidr::parse(&c.cidr), groups.iter().position(|g| g.cfg.name == c.group)) {
+        if let (Ok(cidr), Some(i)) = (
+            Cidr::parse(&c.cidr),
+            groups.iter().position(|g| g.cfg.name == c.group),
+        ) {
             client_groups.insert(cidr, i);
         }
     }

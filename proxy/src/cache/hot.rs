@@ -29,7 +29,10 @@ pub struct HotSet {
 
 impl HotSet {
     pub fn new(top_n: usize) -> Self {
-        HotSet { top_n, names: Mutex::new(HashMap::new()) }
+        HotSet {
+            top_n,
+            names: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Records that `key` wants a prefetch with `hits` during its TTL; false when the set is
@@ -50,7 +53,10 @@ impl HotSet {
             // asked less than this one.
             names.retain(|_, i| now.saturating_duration_since(i.last).as_secs() < 3600);
             if names.len() >= self.top_n {
-                let weakest = names.iter().min_by_key(|(_, i)| i.hits).map(|(k, i)| (k.clone(), i.hits));
+                let weakest = names
+                    .iter()
+                    .min_by_key(|(_, i)| i.hits)
+                    .map(|(k, i)| (k.clone(), i.hits));
                 match weakest {
                     Some((k, h)) if h < hits => {
                         names.remove(&k);
@@ -60,7 +66,14 @@ impl HotSet {
             }
         }
         tracing::debug!(name = %name_to_string(name_of(key)), hits, "prefetching hot name");
-        names.insert(key.into(), Info { hits, prefetches: 1, last: now });
+        names.insert(
+            key.into(),
+            Info {
+                hits,
+                prefetches: 1,
+                last: now,
+            },
+        );
         true
     }
 
@@ -70,8 +83,16 @@ impl HotSet {
             .iter()
             .map(|(k, i)| {
                 let n = k.len().saturating_sub(super::key::KEY_SUFFIX);
-                let qtype = u16::from_be_bytes([k.get(n).copied().unwrap_or(0), k.get(n + 1).copied().unwrap_or(0)]);
-                HotName { name: name_to_string(name_of(k)), qtype, hits: i.hits, prefetches: i.prefetches }
+                let qtype = u16::from_be_bytes([
+                    k.get(n).copied().unwrap_or(0),
+                    k.get(n + 1).copied().unwrap_or(0),
+                ]);
+                HotName {
+                    name: name_to_string(name_of(k)),
+                    qtype,
+                    hits: i.hits,
+                    prefetches: i.prefetches,
+                }
             })
             .collect();
         v.sort_by(|a, b| b.hits.cmp(&a.hits).then(a.name.cmp(&b.name)));

@@ -28,7 +28,10 @@ impl CacheKey {
         buf[n + 2..n + 4].copy_from_slice(&qi.qclass.to_be_bytes());
         buf[n + 4] = u8::from(qi.do_bit()) | (u8::from(qi.cd()) << 1);
         buf[n + 5] = route_tag;
-        CacheKey { buf, len: n + KEY_SUFFIX }
+        CacheKey {
+            buf,
+            len: n + KEY_SUFFIX,
+        }
     }
     pub fn as_bytes(&self) -> &[u8] {
         &self.buf[..self.len]

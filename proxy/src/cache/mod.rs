@@ -38,7 +38,9 @@ pub struct Entry {
 impl Entry {
     /// Whole seconds since the answer was stored (TTLs count down by this much).
     pub fn age_secs(&self, now: Instant) -> u32 {
-        now.saturating_duration_since(self.stored).as_secs().min(u32::MAX as u64) as u32
+        now.saturating_duration_since(self.stored)
+            .as_secs()
+            .min(u32::MAX as u64) as u32
     }
     /// Marks the entry as being refreshed; false if a refresh is already under way.
     pub fn start_refresh(&self) -> bool {
@@ -59,7 +61,8 @@ impl Weighter<Box<[u8]>, Arc<Entry>> for EntryWeigher {
         // Payloads plus what the allocator and the map spend on them: five allocations
         // (key, entry, answer, its wire bytes, its TTL table) and the map's slot.
         const OVERHEAD: usize = 5 * 16 + 64;
-        let bytes = (key.len() + val.answer.size() + std::mem::size_of::<Entry>() + OVERHEAD) as u64;
+        let bytes =
+            (key.len() + val.answer.size() + std::mem::size_of::<Entry>() + OVERHEAD) as u64;
         bytes.max(self.min_weight)
     }
 }
@@ -77,7 +80,10 @@ impl Lifecycle<Box<[u8]>, Arc<Entry>> for EvictionCounter {
 /// What a lookup found.
 pub enum Lookup {
     /// A fresh answer; `prefetch` is true when this hit should trigger a background refresh.
-    Fresh { entry: Arc<Entry>, prefetch: bool },
+    Fresh {
+        entry: Arc<Entry>,
+        prefetch: bool,
+    },
     /// Expired but within the serve-stale window.
     Stale(Arc<Entry>),
     Miss,
@@ -126,11 +132,18 @@ impl Cache {
 
     /// The same stored answers under new TTL, stale and prefetch settings (reload).
     pub fn with_config(&self, cfg: &CacheConfig) -> Cache {
-        Cache { map: self.map.clone(), cfg: cfg.clone(), ttl_policy: ttl_policy(cfg), hot: hot::HotSet::new(cfg.prefetch.top_n) }
+        Cache {
+            map: self.map.clone(),
+            cfg: cfg.clone(),
+            ttl_policy: ttl_policy(cfg),
+            hot: hot::HotSet::new(cfg.prefetch.top_n),
+        }
     }
 
     pub fn lookup(&self, key: &[u8], now: Instant) -> Lookup {
-        let Some(entry) = self.map.get(key) else { return Lookup::Miss };
+        let Some(entry) = self.map.get(key) else {
+            return Lookup::Miss;
+        };
         if now < entry.expires {
             let hits = entry.hits.fetch_add(1, Ordering::Relaxed) + 1;
             let p = &self.cfg.prefetch;
@@ -138,7 +151,11 @@ impl Cache {
             if p.enabled && hits >= p.min_hits {
                 let ttl = entry.expires.duration_since(entry.stored);
                 let left = entry.expires.duration_since(now);
-                if left <= ttl.mul_f64(p.remaining_fraction).max(Duration::from_secs(1)) {
+                if left
+                    <= ttl
+                        .mul_f64(p.remaining_fraction)
+                        .max(Duration::from_secs(1))
+                {
                     prefetch = self.hot.admit(key, hits, now) && entry.start_refresh();
                 }
             }

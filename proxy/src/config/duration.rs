@@ -61,7 +61,12 @@ impl fmt::Display for Dur {
         if ms == 0 {
             return f.write_str("0s");
         }
-        for (unit, per) in [("d", 86_400_000u128), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
+        for (unit, per) in [
+            ("d", 86_400_000u128),
+            ("h", 3_600_000),
+            ("m", 60_000),
+            ("s", 1_000),
+        ] {
             if ms % per == 0 {
                 return write!(f, "{}{}", ms / per, unit);
             }
@@ -103,7 +108,13 @@ mod tests {
 
     #[test]
     fn parses_and_prints() {
-        for (s, ms) in [("500ms", 500), ("2s", 2000), ("5m", 300_000), ("1h", 3_600_000), ("1d", 86_400_000)] {
+        for (s, ms) in [
+            ("500ms", 500),
+            ("2s", 2000),
+            ("5m", 300_000),
+            ("1h", 3_600_000),
+            ("1d", 86_400_000),
+        ] {
             let d: Dur = s.parse().expect("valid");
             assert_eq!(d.0.as_millis(), ms);
             assert_eq!(d.to_string(), s);

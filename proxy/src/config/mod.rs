@@ -71,11 +71,20 @@ impl Default for Config {
                 policy: Policy::Failover,
                 timeout: Dur::secs(2),
                 servers: vec![
-                    UpstreamServer::tls(SocketAddr::from(([1, 1, 1, 1], 853)), "cloudflare-dns.com"),
-                    UpstreamServer::tls(SocketAddr::from(([1, 0, 0, 1], 853)), "cloudflare-dns.com"),
+                    UpstreamServer::tls(
+                        SocketAddr::from(([1, 1, 1, 1], 853)),
+                        "cloudflare-dns.com",
+                    ),
+                    UpstreamServer::tls(
+                        SocketAddr::from(([1, 0, 0, 1], 853)),
+                        "cloudflare-dns.com",
+                    ),
                 ],
             }],
-            zones: vec![ZoneRoute { zone: ".".into(), group: DEFAULT_GROUP.into() }],
+            zones: vec![ZoneRoute {
+                zone: ".".into(),
+                group: DEFAULT_GROUP.into(),
+            }],
             allow_plain_default: false,
             cache: CacheConfig::default(),
             tcp: TcpConfig::default(),
@@ -105,7 +114,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { format: LogFormat::Text, level: "info".into() }
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
     }
 }
 
@@ -127,7 +139,9 @@ pub struct AdminConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { listen: Some(SocketAddr::from(([127, 0, 0, 1], 9253))) }
+        AdminConfig {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 9253))),
+        }
     }
 }
 
@@ -254,13 +268,21 @@ impl UpstreamServer {
         }
     }
     pub fn plain(address: SocketAddr) -> Self {
-        UpstreamServer { protocol: Protocol::Plain, tls_name: None, ..Self::tls(address, "") }
+        UpstreamServer {
+            protocol: Protocol::Plain,
+            tls_name: None,
+            ..Self::tls(address, "")
+        }
     }
     /// A short label for logs and metrics: `tls://1.1.1.1:853#cloudflare-dns.com`.
     pub fn label(&self) -> String {
         match self.protocol {
             Protocol::Tls => {
-                format!("tls://{}#{}", self.address, self.tls_name.as_deref().unwrap_or(""))
+                format!(
+                    "tls://{}#{}",
+                    self.address,
+                    self.tls_name.as_deref().unwrap_or("")
+                )
             }
             Protocol::Plain => format!("udp://{}", self.address),
         }
@@ -334,7 +356,12 @@ pub struct PrefetchConfig {
 
 impl Default for PrefetchConfig {
     fn default() -> Self {
-        PrefetchConfig { enabled: true, min_hits: 5, top_n: 1000, remaining_fraction: 0.1 }
+        PrefetchConfig {
+            enabled: true,
+            min_hits: 5,
+            top_n: 1000,
+            remaining_fraction: 0.1,
+        }
     }
 }
 
@@ -442,7 +469,10 @@ pub struct PrivacyConfig {
 
 impl Default for PrivacyConfig {
     fn default() -> Self {
-        PrivacyConfig { strip_ecs: true, padding_block: 128 }
+        PrivacyConfig {
+            strip_ecs: true,
+            padding_block: 128,
+        }
     }
 }
 
@@ -622,7 +652,10 @@ pub struct FieldError {
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{path}: {errors}")]
@@ -640,11 +673,18 @@ impl Config {
 
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Config, LoadError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| LoadError::Read { path: path.to_path_buf(), source })?;
-        let cfg = Config::from_yaml(&text)
-            .map_err(|message| LoadError::Parse { path: path.to_path_buf(), message })?;
-        cfg.validate().map_err(|errors| LoadError::Invalid { path: path.to_path_buf(), errors })?;
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let cfg = Config::from_yaml(&text).map_err(|message| LoadError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        cfg.validate().map_err(|errors| LoadError::Invalid {
+            path: path.to_path_buf(),
+            errors,
+        })?;
         Ok(cfg)
     }
 
@@ -658,7 +698,10 @@ impl Config {
         let mut err = |field: String, message: String| errs.push(FieldError { field, message });
 
         if self.listen.is_empty() {
-            err("listen".into(), "at least one listen address is required".into());
+            err(
+                "listen".into(),
+                "at least one listen address is required".into(),
+            );
         }
         for (i, a) in self.listen.iter().enumerate() {
             if self.listen[..i].contains(a) {
@@ -676,7 +719,10 @@ impl Config {
         }
 
         if self.upstream_groups.is_empty() {
-            err("upstream_groups".into(), "at least one upstream group is required".into());
+            err(
+                "upstream_groups".into(),
+                "at least one upstream group is required".into(),
+            );
         }
         for (gi, g) in self.upstream_groups.iter().enumerate() {
             let gp = format!("upstream_groups[{gi}]");
@@ -684,13 +730,22 @@ impl Config {
                 err(format!("{gp}.name"), "must not be empty".into());
             }
             if self.upstream_groups[..gi].iter().any(|o| o.name == g.name) {
-                err(format!("{gp}.name"), format!("group {:?} is defined twice", g.name));
+                err(
+                    format!("{gp}.name"),
+                    format!("group {:?} is defined twice", g.name),
+                );
             }
             if g.servers.is_empty() {
-                err(format!("{gp}.servers"), "at least one server is required".into());
+                err(
+                    format!("{gp}.servers"),
+                    "at least one server is required".into(),
+                );
             }
             if g.timeout.get().is_zero() || g.timeout.get().as_secs() > 60 {
-                err(format!("{gp}.timeout"), "must be between 1ms and 60s".into());
+                err(
+                    format!("{gp}.timeout"),
+                    "must be between 1ms and 60s".into(),
+                );
             }
             for (si, s) in g.servers.iter().enumerate() {
                 validate_server(&mut err, &format!("{gp}.servers[{si}]"), s);
@@ -707,12 +762,21 @@ impl Config {
                     continue;
                 }
             };
-            if self.zones[..zi].iter().any(|o| normalize_zone(&o.zone).ok().as_deref() == Some(&norm)) {
-                err(format!("{zp}.zone"), format!("zone {:?} is routed twice", z.zone));
+            if self.zones[..zi]
+                .iter()
+                .any(|o| normalize_zone(&o.zone).ok().as_deref() == Some(&norm))
+            {
+                err(
+                    format!("{zp}.zone"),
+                    format!("zone {:?} is routed twice", z.zone),
+                );
             }
             let group = self.upstream_groups.iter().find(|g| g.name == z.group);
             match group {
-                None => err(format!("{zp}.group"), format!("no upstream group named {:?}", z.group)),
+                None => err(
+                    format!("{zp}.group"),
+                    format!("no upstream group named {:?}", z.group),
+                ),
                 Some(g) if norm == "." => {
                     has_root = true;
                     let plain = g.servers.iter().any(|s| s.protocol == Protocol::Plain);
@@ -730,28 +794,43 @@ impl Config {
             }
         }
         if !has_root {
-            err("zones".into(), "a route for \".\" (the default) is required".into());
+            err(
+                "zones".into(),
+                "a route for \".\" (the default) is required".into(),
+            );
         }
 
         let c = &self.cache;
         if c.enabled && c.max_entries == 0 {
-            err("cache.max_entries".into(), "must be at least 1 (or set cache.enabled: false)".into());
+            err(
+                "cache.max_entries".into(),
+                "must be at least 1 (or set cache.enabled: false)".into(),
+            );
         }
         if c.enabled && c.max_bytes < 4096 {
             err("cache.max_bytes".into(), "must be at least 4096".into());
         }
         if c.min_ttl > c.max_ttl {
-            err("cache.min_ttl".into(), format!("{} is above cache.max_ttl ({})", c.min_ttl, c.max_ttl));
+            err(
+                "cache.min_ttl".into(),
+                format!("{} is above cache.max_ttl ({})", c.min_ttl, c.max_ttl),
+            );
         }
         if c.servfail_ttl > 300 {
-            err("cache.servfail_ttl".into(), "must be at most 300 (RFC 9520)".into());
+            err(
+                "cache.servfail_ttl".into(),
+                "must be at most 300 (RFC 9520)".into(),
+            );
         }
         if c.stale_ttl == 0 {
             err("cache.stale_ttl".into(), "must be at least 1".into());
         }
         let p = &c.prefetch;
         if !(0.0..=0.5).contains(&p.remaining_fraction) || p.remaining_fraction.is_nan() {
-            err("cache.prefetch.remaining_fraction".into(), "must be between 0.0 and 0.5".into());
+            err(
+                "cache.prefetch.remaining_fraction".into(),
+                "must be between 0.0 and 0.5".into(),
+            );
         }
 
         let t = &self.tcp;
@@ -759,7 +838,10 @@ impl Config {
             err("tcp.max_connections".into(), "must be at least 1".into());
         }
         if t.max_connections_per_client == 0 {
-            err("tcp.max_connections_per_client".into(), "must be at least 1".into());
+            err(
+                "tcp.max_connections_per_client".into(),
+                "must be at least 1".into(),
+            );
         }
         if t.idle_timeout.get().is_zero() {
             err("tcp.idle_timeout".into(), "must be above 0".into());
@@ -768,7 +850,10 @@ impl Config {
             err("tcp.frame_timeout".into(), "must be above 0".into());
         }
         if t.max_inflight_per_connection == 0 {
-            err("tcp.max_inflight_per_connection".into(), "must be at least 1".into());
+            err(
+                "tcp.max_inflight_per_connection".into(),
+                "must be at least 1".into(),
+            );
         }
 
         let r = &self.rate_limit;
@@ -779,7 +864,10 @@ impl Config {
             err("rate_limit.burst".into(), "must be at least 1".into());
         }
         if r.ipv6_prefix == 0 || r.ipv6_prefix > 128 {
-            err("rate_limit.ipv6_prefix".into(), "must be between 1 and 128".into());
+            err(
+                "rate_limit.ipv6_prefix".into(),
+                "must be between 1 and 128".into(),
+            );
         }
         if r.max_clients == 0 {
             err("rate_limit.max_clients".into(), "must be at least 1".into());
@@ -804,17 +892,32 @@ impl Config {
                 err(format!("client_groups[{i}].cidr"), m);
             }
             if !self.upstream_groups.iter().any(|g| g.name == c.group) {
-                err(format!("client_groups[{i}].group"), format!("no upstream group named {:?}", c.group));
+                err(
+                    format!("client_groups[{i}].group"),
+                    format!("no upstream group named {:?}", c.group),
+                );
             }
         }
 
         let nl = &self.node_local;
         if nl.enabled {
             if nl.addresses.is_empty() {
-                err("node_local.addresses".into(), "at least one address is required when enabled".into());
+                err(
+                    "node_local.addresses".into(),
+                    "at least one address is required when enabled".into(),
+                );
             }
-            if nl.interface.is_empty() || nl.interface.len() > 15 || !nl.interface.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.') {
-                err("node_local.interface".into(), "must be 1-15 characters of letters, digits, '-', '_' or '.'".into());
+            if nl.interface.is_empty()
+                || nl.interface.len() > 15
+                || !nl
+                    .interface
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+            {
+                err(
+                    "node_local.interface".into(),
+                    "must be 1-15 characters of letters, digits, '-', '_' or '.'".into(),
+                );
             }
             if nl.port == 0 {
                 err("node_local.port".into(), "must not be 0".into());
@@ -825,22 +928,37 @@ impl Config {
         for (i, r) in pol.static_answers.iter().enumerate() {
             let f = format!("policy.static_answers[{i}]");
             let name = r.name.strip_prefix("*.").unwrap_or(&r.name);
-            if let Err(m) = normalize_zone(name).and_then(|n| if n == "." { Err("must not be \".\"".to_string()) } else { Ok(n) }) {
+            if let Err(m) = normalize_zone(name).and_then(|n| {
+                if n == "." {
+                    Err("must not be \".\"".to_string())
+                } else {
+                    Ok(n)
+                }
+            }) {
                 err(format!("{f}.name"), m);
             }
             if r.a.is_empty() && r.aaaa.is_empty() && r.cname.is_none() && r.txt.is_empty() {
-                err(f.clone(), "needs at least one of a, aaaa, cname, txt".into());
+                err(
+                    f.clone(),
+                    "needs at least one of a, aaaa, cname, txt".into(),
+                );
             }
             if let Some(c) = &r.cname {
                 if !(r.a.is_empty() && r.aaaa.is_empty() && r.txt.is_empty()) {
-                    err(format!("{f}.cname"), "a CNAME excludes other records at the same name".into());
+                    err(
+                        format!("{f}.cname"),
+                        "a CNAME excludes other records at the same name".into(),
+                    );
                 }
                 if let Err(m) = normalize_zone(c) {
                     err(format!("{f}.cname"), m);
                 }
             }
             if r.txt.iter().any(|t| t.len() > 255) {
-                err(format!("{f}.txt"), "each string must be at most 255 bytes".into());
+                err(
+                    format!("{f}.txt"),
+                    "each string must be at most 255 bytes".into(),
+                );
             }
         }
         for (i, b) in pol.blocklists.iter().enumerate() {
@@ -849,7 +967,13 @@ impl Config {
                 err(f.clone(), "needs names or a file".into());
             }
             for (j, n) in b.names.iter().enumerate() {
-                if let Err(m) = normalize_zone(n).and_then(|n| if n == "." { Err("must not be \".\"".to_string()) } else { Ok(n) }) {
+                if let Err(m) = normalize_zone(n).and_then(|n| {
+                    if n == "." {
+                        Err("must not be \".\"".to_string())
+                    } else {
+                        Ok(n)
+                    }
+                }) {
                     err(format!("{f}.names[{j}]"), m);
                 }
             }
@@ -860,7 +984,13 @@ impl Config {
         for (i, r) in pol.rewrites.iter().enumerate() {
             let f = format!("policy.rewrites[{i}]");
             for (field, v) in [("from", &r.from), ("to", &r.to)] {
-                if let Err(m) = normalize_zone(v).and_then(|n| if n == "." { Err("must not be \".\"".to_string()) } else { Ok(n) }) {
+                if let Err(m) = normalize_zone(v).and_then(|n| {
+                    if n == "." {
+                        Err("must not be \".\"".to_string())
+                    } else {
+                        Ok(n)
+                    }
+                }) {
                     err(format!("{f}.{field}"), m);
                 }
             }
@@ -868,7 +998,10 @@ impl Config {
 
         let pad = self.privacy.padding_block;
         if pad > 1024 {
-            err("privacy.padding_block".into(), "must be at most 1024".into());
+            err(
+                "privacy.padding_block".into(),
+                "must be at most 1024".into(),
+            );
         }
         if self.shutdown_grace.get().as_secs() > 600 {
             err("shutdown_grace".into(), "must be at most 10m".into());
@@ -884,7 +1017,10 @@ impl Config {
 
 fn check_readable(err: &mut impl FnMut(String, String), field: &str, path: &Path) {
     if let Err(e) = std::fs::metadata(path) {
-        err(field.to_string(), format!("cannot read {}: {e}", path.display()));
+        err(
+            field.to_string(),
+            format!("cannot read {}: {e}", path.display()),
+        );
     }
 }
 
@@ -893,22 +1029,30 @@ fn validate_server(err: &mut impl FnMut(String, String), sp: &str, s: &UpstreamS
         err(format!("{sp}.address"), "port must not be 0".into());
     }
     if s.address.ip().is_unspecified() {
-        err(format!("{sp}.address"), "must not be an unspecified address".into());
+        err(
+            format!("{sp}.address"),
+            "must not be an unspecified address".into(),
+        );
     }
     match s.protocol {
         Protocol::Tls => {
             match s.tls_name.as_deref() {
-                Some(n) if rustls_pki_types::ServerName::try_from(n).is_err() => {
-                    err(format!("{sp}.tls_name"), format!("{n:?} is not a valid DNS name or IP address"))
-                }
+                Some(n) if rustls_pki_types::ServerName::try_from(n).is_err() => err(
+                    format!("{sp}.tls_name"),
+                    format!("{n:?} is not a valid DNS name or IP address"),
+                ),
                 None | Some("") if s.verify_ca || s.spki_pins.is_empty() => err(
                     format!("{sp}.tls_name"),
-                    "required for a TLS upstream (the name its certificate must be valid for)".into(),
+                    "required for a TLS upstream (the name its certificate must be valid for)"
+                        .into(),
                 ),
                 _ => {}
             }
             if !s.verify_ca && s.spki_pins.is_empty() {
-                err(format!("{sp}.verify_ca"), "may be false only when spki_pins are set".into());
+                err(
+                    format!("{sp}.verify_ca"),
+                    "may be false only when spki_pins are set".into(),
+                );
             }
             for (pi, pin) in s.spki_pins.iter().enumerate() {
                 if let Err(m) = crate::upstream::tls_config::decode_pin(pin) {
@@ -924,7 +1068,10 @@ fn validate_server(err: &mut impl FnMut(String, String), sp: &str, s: &UpstreamS
         }
         Protocol::Plain => {
             if s.tls_name.is_some() || !s.spki_pins.is_empty() || s.ca_file.is_some() {
-                err(format!("{sp}.protocol"), "plain servers take no tls_name, spki_pins or ca_file".into());
+                err(
+                    format!("{sp}.protocol"),
+                    "plain servers take no tls_name, spki_pins or ca_file".into(),
+                );
             }
         }
     }
@@ -932,7 +1079,10 @@ fn validate_server(err: &mut impl FnMut(String, String), sp: &str, s: &UpstreamS
         err(format!("{sp}.idle_timeout"), "must be above 0".into());
     }
     if s.max_connection_age.get() < std::time::Duration::from_secs(1) {
-        err(format!("{sp}.max_connection_age"), "must be at least 1s".into());
+        err(
+            format!("{sp}.max_connection_age"),
+            "must be at least 1s".into(),
+        );
     }
     if s.connect_timeout.get().is_zero() {
         err(format!("{sp}.connect_timeout"), "must be above 0".into());
@@ -956,8 +1106,13 @@ pub fn normalize_zone(zone: &str) -> Result<String, String> {
         if label.is_empty() || label.len() > 63 {
             return Err(format!("{zone:?} has an empty or over-long label"));
         }
-        if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-            return Err(format!("{zone:?} has a character not allowed in a domain name"));
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(format!(
+                "{zone:?} has a character not allowed in a domain name"
+            ));
         }
     }
     Ok(z)

@@ -12,7 +12,11 @@ fn default_config_is_valid_and_round_trips() {
 fn errors(yaml: &str) -> String {
     match Config::from_yaml(yaml) {
         Err(e) => e,
-        Ok(c) => c.validate().err().map(|e| e.to_string()).unwrap_or_default(),
+        Ok(c) => c
+            .validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default(),
     }
 }
 
@@ -47,7 +51,10 @@ fn plain_default_route_needs_opt_in() {
 
 #[test]
 fn zones_normalize() {
-    assert_eq!(normalize_zone("Cluster.Local.").expect("ok"), "cluster.local");
+    assert_eq!(
+        normalize_zone("Cluster.Local.").expect("ok"),
+        "cluster.local"
+    );
     assert_eq!(normalize_zone(".").expect("ok"), ".");
     assert!(normalize_zone("a..b").is_err());
     assert!(normalize_zone("").is_err());

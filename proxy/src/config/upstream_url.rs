@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 use super::UpstreamServer;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("invalid upstream {0:?}: expected tls://IP[:PORT]#NAME (IPv6 in brackets) or udp://IP[:PORT]")]
+#[error(
+    "invalid upstream {0:?}: expected tls://IP[:PORT]#NAME (IPv6 in brackets) or udp://IP[:PORT]"
+)]
 pub struct UpstreamUrlError(pub String);
 
 pub fn parse_upstream_url(s: &str) -> Result<UpstreamServer, UpstreamUrlError> {
@@ -36,8 +38,13 @@ fn parse_addr(s: &str, default_port: u16) -> Option<SocketAddr> {
     if let Ok(a) = s.parse::<SocketAddr>() {
         return Some(a);
     }
-    let ip = s.strip_prefix('[').and_then(|x| x.strip_suffix(']')).unwrap_or(s);
-    ip.parse::<std::net::IpAddr>().ok().map(|ip| SocketAddr::new(ip, default_port))
+    let ip = s
+        .strip_prefix('[')
+        .and_then(|x| x.strip_suffix(']'))
+        .unwrap_or(s);
+    ip.parse::<std::net::IpAddr>()
+        .ok()
+        .map(|ip| SocketAddr::new(ip, default_port))
 }
 
 #[cfg(test)]
@@ -58,7 +65,13 @@ mod tests {
         assert_eq!(u.address.port(), 853);
         let u = parse_upstream_url("udp://10.96.0.10").expect("valid");
         assert_eq!((u.protocol, u.address.port()), (Protocol::Plain, 53));
-        for bad in ["tls://1.1.1.1:853", "tls://host.example:853#x", "http://1.1.1.1#x", "udp://1.1.1.1#x", "tls://[::1:853#x"] {
+        for bad in [
+            "tls://1.1.1.1:853",
+            "tls://host.example:853#x",
+            "http://1.1.1.1#x",
+            "udp://1.1.1.1#x",
+            "tls://[::1:853#x",
+        ] {
             assert!(parse_upstream_url(bad).is_err(), "{bad}");
         }
     }

@@ -18,11 +18,18 @@ fn push_opt(out: &mut Vec<u8>, ext_rcode: u8, do_bit: bool) {
 
 /// An answer of our own (FORMERR, SERVFAIL, REFUSED, NOTIMP...) to a query.
 /// `question_end` is where the query's question ends, when it parsed.
-pub fn error_answer(query: &[u8], question_end: Option<usize>, rc: u8, edns: Option<&Edns>, out: &mut Vec<u8>) {
+pub fn error_answer(
+    query: &[u8],
+    question_end: Option<usize>,
+    rc: u8,
+    edns: Option<&Edns>,
+    out: &mut Vec<u8>,
+) {
     out.clear();
     let qflags = header::flags(query);
     let opcode = qflags & 0x7800;
-    let flags = header::QR | opcode | (qflags & (header::RD | header::CD)) | header::RA | (rc as u16 & 0xF);
+    let flags =
+        header::QR | opcode | (qflags & (header::RD | header::CD)) | header::RA | (rc as u16 & 0xF);
     out.extend_from_slice(&header::id(query).to_be_bytes());
     out.extend_from_slice(&flags.to_be_bytes());
     let qd = u16::from(question_end.is_some());
@@ -117,7 +124,12 @@ pub struct TtlPolicy {
 
 impl Default for TtlPolicy {
     fn default() -> Self {
-        TtlPolicy { min_ttl: 0, max_ttl: 86_400, negative_max_ttl: 3_600, servfail_ttl: 5 }
+        TtlPolicy {
+            min_ttl: 0,
+            max_ttl: 86_400,
+            negative_max_ttl: 3_600,
+            servfail_ttl: 5,
+        }
     }
 }
 
@@ -138,7 +150,12 @@ pub struct Answer {
 impl Answer {
     /// Normalizes an upstream response to the query `qi` (from `query`). Fails when the
     /// response is malformed or is not an answer to that question.
-    pub fn from_upstream(resp: &[u8], query: &[u8], qi: &QueryInfo, policy: &TtlPolicy) -> Result<Answer, WireError> {
+    pub fn from_upstream(
+        resp: &[u8],
+        query: &[u8],
+        qi: &QueryInfo,
+        policy: &TtlPolicy,
+    ) -> Result<Answer, WireError> {
         let info = wire::parse_response(resp)?;
         let q_asked = query.get(HEADER_LEN..qi.question_end).unwrap_or(&[]);
         let q_got = resp.get(HEADER_LEN..info.question_end).unwrap_or(&[]);
@@ -153,11 +170,14 @@ impl Answer {
             _ => AnswerKind::Uncacheable,
         };
         let ttl = match kind {
-            AnswerKind::Positive => {
-                info.min_answer_ttl.unwrap_or(0).clamp(policy.min_ttl, policy.max_ttl.max(policy.min_ttl))
-            }
+            AnswerKind::Positive => info
+                .min_answer_ttl
+                .unwrap_or(0)
+                .clamp(policy.min_ttl, policy.max_ttl.max(policy.min_ttl)),
             // RFC 2308 section 5: no SOA, no negative caching.
-            AnswerKind::Negative => info.negative_ttl.map_or(0, |t| t.min(policy.negative_max_ttl)),
+            AnswerKind::Negative => info
+                .negative_ttl
+                .map_or(0, |t| t.min(policy.negative_max_ttl)),
             AnswerKind::ServFail => policy.servfail_ttl,
             AnswerKind::Uncacheable => 0,
         };
@@ -170,12 +190,18 @@ impl Answer {
         header::set_id(&mut w, 0);
         if info.edns.is_some() {
             let ar = header::arcount(&w).saturating_sub(1);
-            let (qd, an, ns) = (header::qdcount(&w), header::ancount(&w), header::nscount(&w));
+            let (qd, an, ns) = (
+                header::qdcount(&w),
+                header::ancount(&w),
+                header::nscount(&w),
+            );
             header::set_counts(&mut w, qd, an, ns, ar);
         }
         let mut ttls = Vec::with_capacity(info.ttls.len());
         for &(at, t) in &info.ttls {
-            let Ok(at16) = u16::try_from(at) else { return Err(WireError::Malformed("message too long")) };
+            let Ok(at16) = u16::try_from(at) else {
+                return Err(WireError::Malformed("message too long"));
+            };
             let clamped = match kind {
                 AnswerKind::Positive => t.clamp(policy.min_ttl, policy.max_ttl.max(policy.min_ttl)),
                 AnswerKind::Negative => t.min(ttl.max(1)),
@@ -216,15 +242,25 @@ impl Answer {
     /// Renders this answer for one client: its ID, its question bytes (letter case as asked),
     /// RD/CD as it sent them, TTLs aged by `age` seconds (or all set to `ttl_override`), an OPT
     /// record if it used EDNS, truncated with TC=1 if longer than `max_len`.
-    pub fn render(&self, query: &[u8], qi: &QueryInfo, age: u32, ttl_override: Option<u32>, max_len: usize, out: &mut Vec<u8>) {
+    pub fn render(
+        &self,
+        query: &[u8],
+        qi: &QueryInfo,
+        age: u32,
+        ttl_override: Option<u32>,
+        max_len: usize,
+        out: &mut Vec<u8>,
+    ) {
         out.clear();
         out.extend_from_slice(&self.wire);
         header::set_id(out, qi.id);
-        let flags = (header::flags(&self.wire) & !(header::RD | header::CD)) | (qi.flags & (header::RD | header::CD));
+        let flags = (header::flags(&self.wire) & !(header::RD | header::CD))
+            | (qi.flags & (header::RD | header::CD));
         header::set_flags(out, flags);
         let qe = self.question_end as usize;
         if qe == qi.question_end {
-            if let (Some(dst), Some(src)) = (out.get_mut(HEADER_LEN..qe), query.get(HEADER_LEN..qe)) {
+            if let (Some(dst), Some(src)) = (out.get_mut(HEADER_LEN..qe), query.get(HEADER_LEN..qe))
+            {
                 dst.copy_from_slice(src);
             }
         }
@@ -238,7 +274,12 @@ impl Answer {
         let edns = qi.edns.is_some();
         if edns {
             push_opt(out, self.ext_rcode, qi.do_bit());
-            let (qd, an, ns, ar) = (header::qdcount(out), header::ancount(out), header::nscount(out), header::arcount(out));
+            let (qd, an, ns, ar) = (
+                header::qdcount(out),
+                header::ancount(out),
+                header::nscount(out),
+                header::arcount(out),
+            );
             header::set_counts(out, qd, an, ns, ar + 1);
         }
         if out.len() > max_len {
@@ -254,7 +295,13 @@ impl Answer {
 
 /// A SERVFAIL rendered straight from a query (upstream failure, timeout).
 pub fn servfail(query: &[u8], qi: &QueryInfo, out: &mut Vec<u8>) {
-    error_answer(query, Some(qi.question_end), rcode::SERVFAIL, qi.edns.as_ref(), out);
+    error_answer(
+        query,
+        Some(qi.question_end),
+        rcode::SERVFAIL,
+        qi.edns.as_ref(),
+        out,
+    );
 }
 
 #[cfg(test)]

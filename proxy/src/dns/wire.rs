@@ -93,13 +93,17 @@ pub mod header {
 pub fn skip_plain_name(b: &[u8], mut at: usize) -> Result<usize, WireError> {
     let start = at;
     loop {
-        let len = *b.get(at).ok_or(WireError::Malformed("name runs past the end"))? as usize;
+        let len = *b
+            .get(at)
+            .ok_or(WireError::Malformed("name runs past the end"))? as usize;
         if len == 0 {
             at += 1;
             break;
         }
         if len & 0xC0 != 0 {
-            return Err(WireError::Malformed("compressed or extended label in question"));
+            return Err(WireError::Malformed(
+                "compressed or extended label in question",
+            ));
         }
         at += 1 + len;
         if at - start > MAX_NAME_LEN {
@@ -116,7 +120,9 @@ pub fn skip_plain_name(b: &[u8], mut at: usize) -> Result<usize, WireError> {
 pub fn skip_name(b: &[u8], mut at: usize) -> Result<usize, WireError> {
     let mut total = 0usize;
     loop {
-        let len = *b.get(at).ok_or(WireError::Malformed("name runs past the end"))?;
+        let len = *b
+            .get(at)
+            .ok_or(WireError::Malformed("name runs past the end"))?;
         match len & 0xC0 {
             0x00 if len == 0 => return Ok(at + 1),
             0x00 => {
@@ -142,7 +148,9 @@ pub fn read_name_lower(b: &[u8], mut at: usize, out: &mut Vec<u8>) -> Result<(),
     out.clear();
     let mut jumps = 0;
     loop {
-        let len = *b.get(at).ok_or(WireError::Malformed("name runs past the end"))?;
+        let len = *b
+            .get(at)
+            .ok_or(WireError::Malformed("name runs past the end"))?;
         match len & 0xC0 {
             0x00 if len == 0 => {
                 out.push(0);
@@ -150,7 +158,9 @@ pub fn read_name_lower(b: &[u8], mut at: usize, out: &mut Vec<u8>) -> Result<(),
             }
             0x00 => {
                 let l = len as usize;
-                let label = b.get(at + 1..at + 1 + l).ok_or(WireError::Malformed("label runs past the end"))?;
+                let label = b
+                    .get(at + 1..at + 1 + l)
+                    .ok_or(WireError::Malformed("label runs past the end"))?;
                 out.push(len);
                 out.extend(label.iter().map(u8::to_ascii_lowercase));
                 if out.len() > MAX_NAME_LEN {
@@ -159,7 +169,8 @@ pub fn read_name_lower(b: &[u8], mut at: usize, out: &mut Vec<u8>) -> Result<(),
                 at += 1 + l;
             }
             0xC0 => {
-                let ptr = (u16_at(b, at).ok_or(WireError::Malformed("truncated pointer"))? & 0x3FFF) as usize;
+                let ptr = (u16_at(b, at).ok_or(WireError::Malformed("truncated pointer"))? & 0x3FFF)
+                    as usize;
                 jumps += 1;
                 if jumps > MAX_POINTERS || ptr >= at {
                     return Err(WireError::Malformed("compression pointer loop"));
@@ -225,7 +236,10 @@ pub enum Rejection {
     /// Not answered at all (too short to carry an ID, or a response).
     Drop,
     /// Answered with this RCODE (and the question echoed when it parsed).
-    Answer { rcode: u8, question_end: Option<usize> },
+    Answer {
+        rcode: u8,
+        question_end: Option<usize>,
+    },
     /// EDNS version above 0: BADVERS (extended RCODE 16) with our OPT.
     BadVersion { question_end: usize },
 }
@@ -235,9 +249,16 @@ pub fn parse_query(b: &[u8]) -> Result<QueryInfo, Rejection> {
     if b.len() < HEADER_LEN || header::is_response(b) {
         return Err(Rejection::Drop);
     }
-    let formerr = |q| Rejection::Answer { rcode: super::rcode::FORMERR, question_end: q };
+    let formerr = |q| Rejection::Answer {
+        rcode: super::rcode::FORMERR,
+        question_end: q,
+    };
     let qd = header::qdcount(b);
-    let question = if qd >= 1 { parse_question(b).ok() } else { None };
+    let question = if qd >= 1 {
+        parse_question(b).ok()
+    } else {
+        None
+    };
     if header::opcode(b) != 0 {
         return Err(Rejection::Answer {
             rcode: super::rcode::NOTIMP,
@@ -251,7 +272,9 @@ pub fn parse_query(b: &[u8]) -> Result<QueryInfo, Rejection> {
     let mut at = question_end;
     let records = header::ancount(b) as usize + header::nscount(b) as usize;
     for _ in 0..records {
-        at = skip_record(b, at).map_err(|_| formerr(Some(question_end)))?.end;
+        at = skip_record(b, at)
+            .map_err(|_| formerr(Some(question_end)))?
+            .end;
     }
     let mut edns = None;
     for _ in 0..header::arcount(b) {
@@ -273,9 +296,20 @@ pub fn parse_query(b: &[u8]) -> Result<QueryInfo, Rejection> {
         return Err(formerr(Some(question_end)));
     }
     if matches!(qtype, rtype::AXFR | rtype::IXFR | rtype::OPT) {
-        return Err(Rejection::Answer { rcode: super::rcode::NOTIMP, question_end: Some(question_end) });
+        return Err(Rejection::Answer {
+            rcode: super::rcode::NOTIMP,
+            question_end: Some(question_end),
+        });
     }
-    Ok(QueryInfo { id: header::id(b), flags: header::flags(b), qname_end, question_end, qtype, qclass, edns })
+    Ok(QueryInfo {
+        id: header::id(b),
+        flags: header::flags(b),
+        qname_end,
+        question_end,
+        qtype,
+        qclass,
+        edns,
+    })
 }
 
 fn parse_question(b: &[u8]) -> Result<(usize, (u16, u16), usize), WireError> {
@@ -298,14 +332,22 @@ pub struct RecordPos {
 
 pub fn skip_record(b: &[u8], at: usize) -> Result<RecordPos, WireError> {
     let name_end = skip_name(b, at)?;
-    let rtype = u16_at(b, name_end).ok_or(WireError::Malformed("record header runs past the end"))?;
-    let rdlen = u16_at(b, name_end + 8).ok_or(WireError::Malformed("record header runs past the end"))? as usize;
+    let rtype =
+        u16_at(b, name_end).ok_or(WireError::Malformed("record header runs past the end"))?;
+    let rdlen = u16_at(b, name_end + 8)
+        .ok_or(WireError::Malformed("record header runs past the end"))? as usize;
     let rdata_at = name_end + 10;
     let end = rdata_at + rdlen;
     if end > b.len() {
         return Err(WireError::Malformed("record data runs past the end"));
     }
-    Ok(RecordPos { name_len: name_end - at, rtype, ttl_at: name_end + 4, rdata_at, end })
+    Ok(RecordPos {
+        name_len: name_end - at,
+        rtype,
+        ttl_at: name_end + 4,
+        rdata_at,
+        end,
+    })
 }
 
 fn parse_opt(b: &[u8], at: usize, rec: &RecordPos) -> Result<Edns, WireError> {
@@ -378,7 +420,9 @@ pub fn parse_response(b: &[u8]) -> Result<ResponseInfo, WireError> {
         return Err(WireError::TooShort);
     }
     if header::qdcount(b) != 1 {
-        return Err(WireError::Malformed("response without exactly one question"));
+        return Err(WireError::Malformed(
+            "response without exactly one question",
+        ));
     }
     let (_, _, question_end) = parse_question(b)?;
     let mut info = ResponseInfo {
@@ -407,7 +451,8 @@ pub fn parse_response(b: &[u8]) -> Result<ResponseInfo, WireError> {
             } else if i < an as usize + ns as usize && rec.rtype == rtype::SOA {
                 let mname_end = skip_name(b, rec.rdata_at)?;
                 let rname_end = skip_name(b, mname_end)?;
-                let minimum = u32_at(b, rname_end + 16).ok_or(WireError::Malformed("SOA too short"))?;
+                let minimum =
+                    u32_at(b, rname_end + 16).ok_or(WireError::Malformed("SOA too short"))?;
                 let neg = ttl.min(minimum);
                 info.negative_ttl = Some(info.negative_ttl.map_or(neg, |m| m.min(neg)));
             }

@@ -18,10 +18,18 @@ impl Cidr {
             Some((ip, l)) => (ip, Some(l)),
             None => (s, None),
         };
-        let ip: IpAddr = ip.trim().parse().map_err(|_| format!("{s:?} is not an IP address or CIDR prefix"))?;
+        let ip: IpAddr = ip
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IP address or CIDR prefix"))?;
         let max = if ip.is_ipv4() { 32 } else { 128 };
         let len = match len {
-            Some(l) => l.trim().parse::<u8>().ok().filter(|&l| l <= max).ok_or_else(|| format!("{s:?}: prefix length must be 0..={max}"))?,
+            Some(l) => l
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|&l| l <= max)
+                .ok_or_else(|| format!("{s:?}: prefix length must be 0..={max}"))?,
             None => max,
         };
         Ok(Cidr::new(ip, len))
@@ -29,7 +37,11 @@ impl Cidr {
 
     pub fn new(ip: IpAddr, len: u8) -> Cidr {
         let (bits, v6) = ip_bits(ip);
-        Cidr { net: mask(bits, len, v6), len, v6 }
+        Cidr {
+            net: mask(bits, len, v6),
+            len,
+            v6,
+        }
     }
 
     pub fn contains(&self, ip: IpAddr) -> bool {
@@ -43,7 +55,12 @@ impl std::fmt::Display for Cidr {
         if self.v6 {
             write!(f, "{}/{}", std::net::Ipv6Addr::from(self.net), self.len)
         } else {
-            write!(f, "{}/{}", std::net::Ipv4Addr::from(self.net as u32), self.len)
+            write!(
+                f,
+                "{}/{}",
+                std::net::Ipv4Addr::from(self.net as u32),
+                self.len
+            )
         }
     }
 }
@@ -79,7 +96,10 @@ pub struct PrefixTable<V> {
 
 impl<V> Default for PrefixTable<V> {
     fn default() -> Self {
-        PrefixTable { lens: Vec::new(), map: HashMap::new() }
+        PrefixTable {
+            lens: Vec::new(),
+            map: HashMap::new(),
+        }
     }
 }
 
@@ -121,7 +141,9 @@ mod tests {
         assert_eq!(c.to_string(), "10.0.0.0/8");
         assert!(c.contains("10.200.0.1".parse().expect("ip")));
         assert!(!c.contains("11.0.0.1".parse().expect("ip")));
-        assert!(Cidr::parse("fd00::/64").expect("v6").contains("fd00::1".parse().expect("ip")));
+        assert!(Cidr::parse("fd00::/64")
+            .expect("v6")
+            .contains("fd00::1".parse().expect("ip")));
         assert_eq!(Cidr::parse("1.2.3.4").expect("host").len, 32);
         for bad in ["", "1.2.3.4/33", "fd00::/129", "x/8", "1.2.3/8"] {
             assert!(Cidr::parse(bad).is_err(), "{bad}");
@@ -142,7 +164,10 @@ mod tests {
         assert_eq!(t.lookup("2001:db8::1".parse().expect("ip")), Some(&4));
         assert_eq!(t.lookup("::ffff:10.1.2.3".parse().expect("ip")), Some(&3));
         for i in 0..5000u32 {
-            t.insert(Cidr::new(std::net::IpAddr::V4((0x0a02_0000 + i).into()), 32), 5);
+            t.insert(
+                Cidr::new(std::net::IpAddr::V4((0x0a02_0000 + i).into()), 32),
+                5,
+            );
         }
         assert_eq!(t.lookup("10.2.0.7".parse().expect("ip")), Some(&5));
     }

@@ -68,15 +68,23 @@ pub struct ClientRate {
 impl RateLimiter {
     /// Builds the limiter from validated config.
     pub fn new(cfg: &RateLimitConfig) -> RateLimiter {
-        let default = Limit::Rate { qps: cfg.qps, burst: f64::from(cfg.burst) };
+        let default = Limit::Rate {
+            qps: cfg.qps,
+            burst: f64::from(cfg.burst),
+        };
         let mut overrides = PrefixTable::default();
         for o in &cfg.overrides {
-            let Ok(c) = Cidr::parse(&o.cidr) else { continue };
+            let Ok(c) = Cidr::parse(&o.cidr) else {
+                continue;
+            };
             let l = if o.exempt {
                 Limit::Exempt
             } else {
                 let qps = o.qps.unwrap_or(cfg.qps);
-                Limit::Rate { qps, burst: f64::from(o.burst.unwrap_or_else(|| cfg.burst.max(qps.ceil() as u32))) }
+                Limit::Rate {
+                    qps,
+                    burst: f64::from(o.burst.unwrap_or_else(|| cfg.burst.max(qps.ceil() as u32))),
+                }
             };
             overrides.insert(c, l);
         }
@@ -104,7 +112,9 @@ impl RateLimiter {
     /// Takes one token for `ip`.
     pub fn check(&self, ip: IpAddr, udp: bool, now: Instant) -> Decision {
         let limit = self.overrides.lookup(ip).copied().unwrap_or(self.default);
-        let Limit::Rate { qps, burst } = limit else { return Decision::Allow };
+        let Limit::Rate { qps, burst } = limit else {
+            return Decision::Allow;
+        };
         let key = self.key(ip);
         let t = now.saturating_duration_since(self.epoch).as_secs_f64();
         let idx = (key.1 as usize ^ (key.1 >> 64) as usize).wrapping_mul(0x9E37_79B9) % SHARDS;
@@ -112,7 +122,12 @@ impl RateLimiter {
         if !shard.buckets.contains_key(&key) && shard.buckets.len() >= self.per_shard {
             shard.buckets.retain(|_, b| t - b.last < IDLE_SECS);
             if shard.buckets.len() >= self.per_shard {
-                if let Some(k) = shard.buckets.iter().min_by(|a, b| a.1.last.total_cmp(&b.1.last)).map(|(k, _)| *k) {
+                if let Some(k) = shard
+                    .buckets
+                    .iter()
+                    .min_by(|a, b| a.1.last.total_cmp(&b.1.last))
+                    .map(|(k, _)| *k)
+                {
                     shard.buckets.remove(&k);
                 }
             }
@@ -129,7 +144,11 @@ impl RateLimiter {
         b.last = t;
         if t - b.window_start >= 1.0 {
             let span = t - b.window_start;
-            b.last_rate = if span < 2.0 { f64::from(b.window_count) / span } else { 0.0 };
+            b.last_rate = if span < 2.0 {
+                f64::from(b.window_count) / span
+            } else {
+                0.0
+            };
             b.window_start = t;
             b.window_count = 0;
         }
@@ -150,7 +169,10 @@ impl RateLimiter {
 
     /// Clients with a bucket.
     pub fn clients(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).buckets.len()).sum()
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).buckets.len())
+            .sum()
     }
 
     /// The `k` busiest clients by query rate over the last second or so.
@@ -195,7 +217,12 @@ mod tests {
     use std::time::Duration;
 
     fn cfg() -> RateLimitConfig {
-        RateLimitConfig { enabled: true, qps: 10.0, burst: 5, ..Default::default() }
+        RateLimitConfig {
+            enabled: true,
+            qps: 10.0,
+            burst: 5,
+            ..Default::default()
+        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -208,9 +235,14 @@ mod tests {
         }
         assert_eq!(rl.check(ip, true, now), Decision::Refuse);
         // Another client is not affected.
-        assert_eq!(rl.check("10.0.0.2".parse().expect("ip"), true, now), Decision::Allow);
+        assert_eq!(
+            rl.check("10.0.0.2".parse().expect("ip"), true, now),
+            Decision::Allow
+        );
         let later = now + Duration::from_millis(300);
-        let allowed = (0..10).filter(|_| rl.check(ip, true, later) == Decision::Allow).count();
+        let allowed = (0..10)
+            .filter(|_| rl.check(ip, true, later) == Decision::Allow)
+            .count();
         assert_eq!(allowed, 3, "0.3 s at 10 qps refills 3 tokens");
     }
 
@@ -218,21 +250,50 @@ mod tests {
     async fn ipv6_grouped_by_prefix_and_overrides() {
         let mut c = cfg();
         c.overrides = vec![
-            RateLimitOverride { cidr: "10.0.0.9/32".into(), qps: None, burst: None, exempt: true },
-            RateLimitOverride { cidr: "10.0.1.0/24".into(), qps: Some(1.0), burst: Some(1), exempt: false },
+            RateLimitOverride {
+                cidr: "10.0.0.9/32".into(),
+                qps: None,
+                burst: None,
+                exempt: true,
+            },
+            RateLimitOverride {
+                cidr: "10.0.1.0/24".into(),
+                qps: Some(1.0),
+                burst: Some(1),
+                exempt: false,
+            },
         ];
         let rl = RateLimiter::new(&c);
         let now = Instant::now();
         for i in 0..5 {
-            assert_eq!(rl.check(format!("2001:db8::{i}").parse().expect("ip"), false, now), Decision::Allow);
+            assert_eq!(
+                rl.check(format!("2001:db8::{i}").parse().expect("ip"), false, now),
+                Decision::Allow
+            );
         }
-        assert_eq!(rl.check("2001:db8::99".parse().expect("ip"), false, now), Decision::Refuse, "same /64 shares a bucket");
-        assert_eq!(rl.check("2001:db8:0:1::1".parse().expect("ip"), false, now), Decision::Allow);
+        assert_eq!(
+            rl.check("2001:db8::99".parse().expect("ip"), false, now),
+            Decision::Refuse,
+            "same /64 shares a bucket"
+        );
+        assert_eq!(
+            rl.check("2001:db8:0:1::1".parse().expect("ip"), false, now),
+            Decision::Allow
+        );
         for _ in 0..100 {
-            assert_eq!(rl.check("10.0.0.9".parse().expect("ip"), true, now), Decision::Allow);
+            assert_eq!(
+                rl.check("10.0.0.9".parse().expect("ip"), true, now),
+                Decision::Allow
+            );
         }
-        assert_eq!(rl.check("10.0.1.7".parse().expect("ip"), true, now), Decision::Allow);
-        assert_eq!(rl.check("10.0.1.7".parse().expect("ip"), true, now), Decision::Refuse);
+        assert_eq!(
+            rl.check("10.0.1.7".parse().expect("ip"), true, now),
+            Decision::Allow
+        );
+        assert_eq!(
+            rl.check("10.0.1.7".parse().expect("ip"), true, now),
+            Decision::Refuse
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -247,7 +308,15 @@ mod tests {
             rl.check(ip, true, now);
         }
         let d: Vec<Decision> = (0..4).map(|_| rl.check(ip, true, now)).collect();
-        assert_eq!(d, vec![Decision::Drop, Decision::Truncate, Decision::Drop, Decision::Truncate]);
+        assert_eq!(
+            d,
+            vec![
+                Decision::Drop,
+                Decision::Truncate,
+                Decision::Drop,
+                Decision::Truncate
+            ]
+        );
         assert_eq!(rl.check(ip, false, now), Decision::Drop, "no slip over TCP");
     }
 

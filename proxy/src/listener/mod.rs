@@ -18,7 +18,11 @@ fn base_socket(addr: SocketAddr, ty: Type, proto: Protocol) -> std::io::Result<S
     // The node-local address may not exist yet when the proxy starts (the node-local
     // container creates it): bind anyway, traffic flows once it appears.
     if !addr.ip().is_loopback() && !addr.ip().is_unspecified() {
-        let _ = if addr.is_ipv6() { s.set_freebind_v6(true) } else { s.set_freebind_v4(true) };
+        let _ = if addr.is_ipv6() {
+            s.set_freebind_v6(true)
+        } else {
+            s.set_freebind_v4(true)
+        };
     }
     s.set_nonblocking(true)?;
     Ok(s)

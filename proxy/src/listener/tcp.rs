@@ -49,7 +49,10 @@ pub struct ConnTable {
 
 impl ConnTable {
     pub fn new(max: usize) -> Arc<ConnTable> {
-        Arc::new(ConnTable { total: Arc::new(Semaphore::new(max)), per_client: Mutex::new(HashMap::new()) })
+        Arc::new(ConnTable {
+            total: Arc::new(Semaphore::new(max)),
+            per_client: Mutex::new(HashMap::new()),
+        })
     }
 }
 
@@ -60,7 +63,11 @@ struct ClientSlot {
 
 impl Drop for ClientSlot {
     fn drop(&mut self) {
-        let mut m = self.table.per_client.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m = self
+            .table
+            .per_client
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if let Some(n) = m.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {
@@ -93,13 +100,17 @@ pub async fn serve(
             },
             _ = stop.cancelled() => break,
         };
-        accept(stream, peer, &pipeline, &limits, &table, &counters, &stop, &tracker);
+        accept(
+            stream, peer, &pipeline, &limits, &table, &counters, &stop, &tracker,
+        );
     }
     // Connections already queued by the kernel are served rather than reset.
     loop {
         let r = futures::FutureExt::now_or_never(listener.accept());
         match r {
-            Some(Ok((stream, peer))) => accept(stream, peer, &pipeline, &limits, &table, &counters, &stop, &tracker),
+            Some(Ok((stream, peer))) => accept(
+                stream, peer, &pipeline, &limits, &table, &counters, &stop, &tracker,
+            ),
             _ => break,
         }
     }
@@ -128,7 +139,10 @@ fn accept(
         }
         *n += 1;
     }
-    let slot = ClientSlot { table: table.clone(), ip: peer.ip() };
+    let slot = ClientSlot {
+        table: table.clone(),
+        ip: peer.ip(),
+    };
     let _ = stream.set_nodelay(true);
     let p = pipeline.clone();
     let counters = counters.clone();
@@ -166,7 +180,11 @@ async fn connection(
                     Err(_) => break,
                 }
             }
-            if !ok || timeout(Duration::from_secs(10), w.flush()).await.map_or(true, |r| r.is_err()) {
+            if !ok
+                || timeout(Duration::from_secs(10), w.flush())
+                    .await
+                    .map_or(true, |r| r.is_err())
+            {
                 break;
             }
         }
@@ -182,7 +200,11 @@ async fn connection(
         // connection closes once it has nothing in flight and the client has sent nothing
         // more for a moment (RFC 7766: close when idle), so no query it sent is dropped; a
         // connection that has not sent its first query yet gets the full idle timeout.
-        let idle = if stop.is_cancelled() && served > 0 { Duration::from_millis(200) } else { l.idle };
+        let idle = if stop.is_cancelled() && served > 0 {
+            Duration::from_millis(200)
+        } else {
+            l.idle
+        };
         let first = tokio::select! {
             biased;
             _ = stop.cancelled(), if !stop.is_cancelled() => continue,
@@ -217,14 +239,17 @@ async fn connection(
             }
             Fast::Drop => {}
             Fast::Miss(qi) => {
-                let Ok(permit) = inflight.clone().acquire_owned().await else { break };
+                let Ok(permit) = inflight.clone().acquire_owned().await else {
+                    break;
+                };
                 let q = query.to_vec();
                 let tx = tx.clone();
                 let counters = counters.clone();
                 tracker.spawn(async move {
                     let mut out = Vec::with_capacity(512);
                     p.metrics.inflight.inc();
-                    p.resolve(&q, &qi, peer.ip(), Transport::tcp, &mut out).await;
+                    p.resolve(&q, &qi, peer.ip(), Transport::tcp, &mut out)
+                        .await;
                     p.metrics.inflight.dec();
                     crate::listener::udp::count(&counters, qi.qtype, &out, start);
                     let _ = tx.send(out).await;

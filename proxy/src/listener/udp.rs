@@ -42,7 +42,17 @@ pub async fn serve(
             },
             _ = stop.cancelled() => break,
         };
-        handle(&sock, &pipeline, &counters, &pending, &tracker, &buf[..n], peer, &mut out).await;
+        handle(
+            &sock,
+            &pipeline,
+            &counters,
+            &pending,
+            &tracker,
+            &buf[..n],
+            peer,
+            &mut out,
+        )
+        .await;
     }
     // Draining: another process bound to the same address (SO_REUSEPORT) takes new
     // traffic once this socket closes. Until then, keep answering what reaches it, and close
@@ -51,7 +61,17 @@ pub async fn serve(
     let deadline = tokio::time::Instant::now() + drain_limit;
     loop {
         while let Ok((n, peer)) = sock.try_recv_from(&mut buf) {
-            handle(&sock, &pipeline, &counters, &pending, &tracker, &buf[..n], peer, &mut out).await;
+            handle(
+                &sock,
+                &pipeline,
+                &counters,
+                &pending,
+                &tracker,
+                &buf[..n],
+                peer,
+                &mut out,
+            )
+            .await;
         }
         if pending.available_permits() == MAX_PENDING || tokio::time::Instant::now() >= deadline {
             break;
@@ -84,7 +104,12 @@ async fn handle(
         Fast::Drop => {}
         Fast::Miss(qi) => {
             let Ok(permit) = pending.clone().try_acquire_owned() else {
-                p.metrics.dropped.get_or_create(&DropLabels { reason: DropReason::overloaded }).inc();
+                p.metrics
+                    .dropped
+                    .get_or_create(&DropLabels {
+                        reason: DropReason::overloaded,
+                    })
+                    .inc();
                 return;
             };
             let q = query.to_vec();
@@ -93,7 +118,8 @@ async fn handle(
             tracker.spawn(async move {
                 let mut out = Vec::with_capacity(1232);
                 p.metrics.inflight.inc();
-                p.resolve(&q, &qi, peer.ip(), Transport::udp, &mut out).await;
+                p.resolve(&q, &qi, peer.ip(), Transport::udp, &mut out)
+                    .await;
                 p.metrics.inflight.dec();
                 send(&sock, &out, peer).await;
                 count(&counters, qi.qtype, &out, start);
@@ -114,11 +140,16 @@ async fn send(sock: &UdpSocket, msg: &[u8], peer: SocketAddr) {
 }
 
 pub(crate) fn count(counters: &QueryCounters, qtype: u16, answer: &[u8], start: Instant) {
-    counters.count(QType::from_u16(qtype), Rcode::from_u8(header::rcode(answer)));
+    counters.count(
+        QType::from_u16(qtype),
+        Rcode::from_u8(header::rcode(answer)),
+    );
     counters.duration.observe(start.elapsed().as_secs_f64());
 }
 
 /// Binds one socket per worker thread on `addr` (SO_REUSEPORT spreads the load).
 pub fn bind_all(addr: SocketAddr, n: usize) -> std::io::Result<Vec<Arc<UdpSocket>>> {
-    (0..n.max(1)).map(|_| super::bind_udp(addr).map(Arc::new)).collect()
+    (0..n.max(1))
+        .map(|_| super::bind_udp(addr).map(Arc::new))
+        .collect()
 }

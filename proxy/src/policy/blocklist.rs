@@ -8,7 +8,11 @@ use std::hash::BuildHasher;
 use crate::config::BlockAction;
 use crate::route::zone_to_wire;
 
-const ACTIONS: [BlockAction; 3] = [BlockAction::Nxdomain, BlockAction::Refused, BlockAction::NullAddress];
+const ACTIONS: [BlockAction; 3] = [
+    BlockAction::Nxdomain,
+    BlockAction::Refused,
+    BlockAction::NullAddress,
+];
 
 #[derive(Default)]
 pub struct BlockSet {
@@ -56,10 +60,17 @@ impl BlockSet {
             let first = fields.next().unwrap_or("");
             // hosts format: an address, then one or more names.
             let is_hosts = first.parse::<std::net::IpAddr>().is_ok();
-            let names = std::iter::once(first).filter(|_| !is_hosts).chain(fields.filter(|_| is_hosts));
+            let names = std::iter::once(first)
+                .filter(|_| !is_hosts)
+                .chain(fields.filter(|_| is_hosts));
             for n in names {
                 match crate::config::normalize_zone(n) {
-                    Ok(z) if !matches!(z.as_str(), "." | "localhost" | "localhost.localdomain" | "local" | "broadcasthost") => {
+                    Ok(z)
+                        if !matches!(
+                            z.as_str(),
+                            "." | "localhost" | "localhost.localdomain" | "local" | "broadcasthost"
+                        ) =>
+                    {
                         self.insert(&zone_to_wire(&z), action)
                     }
                     Ok(_) => {}
@@ -83,7 +94,11 @@ impl BlockSet {
             if let Some(suffix) = name.get(at..) {
                 let h = self.hash(suffix);
                 for (i, s) in self.sets.iter().enumerate() {
-                    let found = if self.sorted { s.binary_search(&h).is_ok() } else { s.contains(&h) };
+                    let found = if self.sorted {
+                        s.binary_search(&h).is_ok()
+                    } else {
+                        s.contains(&h)
+                    };
                     if found {
                         return Some(ACTIONS[i]);
                     }

@@ -12,14 +12,14 @@
 
 mod blocklist;
 
-use std::collections::HashMap;
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, TXT};
 use hickory_proto::rr::{Name, RData, Record};
+use std::collections::HashMap;
 
 use crate::config::{BlockAction, PolicyConfig, StaticRule};
-use crate::dns::wire::{QueryInfo, HEADER_LEN};
 use crate::dns::rtype;
+use crate::dns::wire::{QueryInfo, HEADER_LEN};
 use crate::route::zone_to_wire;
 
 pub use blocklist::BlockSet;
@@ -37,7 +37,10 @@ pub enum Verdict<'a> {
     Static(&'a StaticRule),
     Block(BlockAction),
     /// Send upstream with the name's `strip` trailing bytes replaced by `to` (wire form).
-    Rewrite { strip: usize, to: &'a [u8] },
+    Rewrite {
+        strip: usize,
+        to: &'a [u8],
+    },
 }
 
 #[derive(Default)]
@@ -106,7 +109,11 @@ impl Policy {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.exact.is_empty() && self.wildcard.is_empty() && self.blocks.is_empty() && self.rewrites_exact.is_empty() && self.rewrites_suffix.is_empty()
+        self.exact.is_empty()
+            && self.wildcard.is_empty()
+            && self.blocks.is_empty()
+            && self.rewrites_exact.is_empty()
+            && self.rewrites_suffix.is_empty()
     }
 
     /// Blocked names held.
@@ -135,12 +142,18 @@ impl Policy {
             return Verdict::Block(action);
         }
         if let Some(to) = self.rewrites_exact.get(name) {
-            return Verdict::Rewrite { strip: name.len(), to };
+            return Verdict::Rewrite {
+                strip: name.len(),
+                to,
+            };
         }
         if !self.rewrites_suffix.is_empty() {
             for at in suffixes(name) {
                 if let Some(to) = self.rewrites_suffix.get(&name[at..]) {
-                    return Verdict::Rewrite { strip: name.len() - at, to };
+                    return Verdict::Rewrite {
+                        strip: name.len() - at,
+                        to,
+                    };
                 }
             }
         }
@@ -170,11 +183,17 @@ fn header_of(query: &[u8], qi: &QueryInfo, rc: ResponseCode) -> Message {
 pub fn static_answer(query: &[u8], qi: &QueryInfo, rule: &StaticRule, out: &mut Vec<u8>) -> bool {
     let mut m = header_of(query, qi, ResponseCode::NoError);
     m.metadata.authoritative = true;
-    let Some(owner) = m.queries.first().map(|q| q.name().clone()) else { return false };
+    let Some(owner) = m.queries.first().map(|q| q.name().clone()) else {
+        return false;
+    };
     let ttl = rule.ttl;
     if let Some(c) = &rule.cname {
         if let Ok(target) = Name::from_ascii(c.trim_end_matches('.').to_string() + ".") {
-            m.add_answer(Record::from_rdata(owner.clone(), ttl, RData::CNAME(CNAME(target))));
+            m.add_answer(Record::from_rdata(
+                owner.clone(),
+                ttl,
+                RData::CNAME(CNAME(target)),
+            ));
         }
     } else {
         match qi.qtype {
@@ -182,10 +201,18 @@ pub fn static_answer(query: &[u8], qi: &QueryInfo, rule: &StaticRule, out: &mut 
                 m.add_answer(Record::from_rdata(owner.clone(), ttl, RData::A(A(*ip))));
             }),
             rtype::AAAA => rule.aaaa.iter().for_each(|ip| {
-                m.add_answer(Record::from_rdata(owner.clone(), ttl, RData::AAAA(AAAA(*ip))));
+                m.add_answer(Record::from_rdata(
+                    owner.clone(),
+                    ttl,
+                    RData::AAAA(AAAA(*ip)),
+                ));
             }),
             rtype::TXT if !rule.txt.is_empty() => {
-                m.add_answer(Record::from_rdata(owner.clone(), ttl, RData::TXT(TXT::new(rule.txt.clone()))));
+                m.add_answer(Record::from_rdata(
+                    owner.clone(),
+                    ttl,
+                    RData::TXT(TXT::new(rule.txt.clone())),
+                ));
             }
             _ => {}
         }
@@ -208,7 +235,11 @@ pub fn block_answer(query: &[u8], qi: &QueryInfo, action: BlockAction, out: &mut
                     m.add_answer(Record::from_rdata(owner, 60, RData::A(A::new(0, 0, 0, 0))));
                 }
                 rtype::AAAA => {
-                    m.add_answer(Record::from_rdata(owner, 60, RData::AAAA(AAAA(std::net::Ipv6Addr::UNSPECIFIED))));
+                    m.add_answer(Record::from_rdata(
+                        owner,
+                        60,
+                        RData::AAAA(AAAA(std::net::Ipv6Addr::UNSPECIFIED)),
+                    ));
                 }
                 _ => {}
             }
@@ -230,7 +261,13 @@ fn encode(m: &Message, out: &mut Vec<u8>) -> bool {
 
 /// The query with its question name replaced: `strip` trailing bytes of the (lower-cased)
 /// name become `to`. Returns the new query and its QueryInfo.
-pub fn rewrite_query(query: &[u8], qi: &QueryInfo, name: &[u8], strip: usize, to: &[u8]) -> Option<(Vec<u8>, QueryInfo)> {
+pub fn rewrite_query(
+    query: &[u8],
+    qi: &QueryInfo,
+    name: &[u8],
+    strip: usize,
+    to: &[u8],
+) -> Option<(Vec<u8>, QueryInfo)> {
     let keep = name.len().checked_sub(strip)?;
     let mut new_name = name[..keep].to_vec();
     new_name.extend_from_slice(to);

@@ -8,13 +8,40 @@ fn w(s: &str) -> Vec<u8> {
 fn cfg() -> PolicyConfig {
     PolicyConfig {
         static_answers: vec![
-            StaticRule { name: "pinned.example.com".into(), ttl: 60, a: vec!["10.0.0.1".parse().expect("ip")], aaaa: vec![], cname: None, txt: vec![] },
-            StaticRule { name: "*.wild.example.com".into(), ttl: 60, a: vec!["10.0.0.2".parse().expect("ip")], aaaa: vec![], cname: None, txt: vec![] },
+            StaticRule {
+                name: "pinned.example.com".into(),
+                ttl: 60,
+                a: vec!["10.0.0.1".parse().expect("ip")],
+                aaaa: vec![],
+                cname: None,
+                txt: vec![],
+            },
+            StaticRule {
+                name: "*.wild.example.com".into(),
+                ttl: 60,
+                a: vec!["10.0.0.2".parse().expect("ip")],
+                aaaa: vec![],
+                cname: None,
+                txt: vec![],
+            },
         ],
-        blocklists: vec![BlockList { name: "ads".into(), names: vec!["Ads.Example.COM".into(), "tracker.test".into()], file: None, action: BlockAction::Nxdomain }],
+        blocklists: vec![BlockList {
+            name: "ads".into(),
+            names: vec!["Ads.Example.COM".into(), "tracker.test".into()],
+            file: None,
+            action: BlockAction::Nxdomain,
+        }],
         rewrites: vec![
-            RewriteRule { from: "legacy.example.com".into(), to: "new.example.net".into(), suffix: false },
-            RewriteRule { from: "old.corp".into(), to: "new.corp".into(), suffix: true },
+            RewriteRule {
+                from: "legacy.example.com".into(),
+                to: "new.example.net".into(),
+                suffix: false,
+            },
+            RewriteRule {
+                from: "old.corp".into(),
+                to: "new.corp".into(),
+                suffix: true,
+            },
         ],
     }
 }
@@ -22,15 +49,39 @@ fn cfg() -> PolicyConfig {
 #[test]
 fn order_and_label_boundaries() {
     let p = Policy::new(&cfg()).expect("policy");
-    assert!(matches!(p.check(&w("pinned.example.com")), Verdict::Static(_)));
-    assert!(matches!(p.check(&w("a.b.wild.example.com")), Verdict::Static(_)));
-    assert!(matches!(p.check(&w("wild.example.com")), Verdict::Pass), "a wildcard does not match its own name");
-    assert!(matches!(p.check(&w("ads.example.com")), Verdict::Block(BlockAction::Nxdomain)));
-    assert!(matches!(p.check(&w("x.y.ads.example.com")), Verdict::Block(_)), "subdomains blocked");
-    assert!(matches!(p.check(&w("bads.example.com")), Verdict::Pass), "label boundary");
+    assert!(matches!(
+        p.check(&w("pinned.example.com")),
+        Verdict::Static(_)
+    ));
+    assert!(matches!(
+        p.check(&w("a.b.wild.example.com")),
+        Verdict::Static(_)
+    ));
+    assert!(
+        matches!(p.check(&w("wild.example.com")), Verdict::Pass),
+        "a wildcard does not match its own name"
+    );
+    assert!(matches!(
+        p.check(&w("ads.example.com")),
+        Verdict::Block(BlockAction::Nxdomain)
+    ));
+    assert!(
+        matches!(p.check(&w("x.y.ads.example.com")), Verdict::Block(_)),
+        "subdomains blocked"
+    );
+    assert!(
+        matches!(p.check(&w("bads.example.com")), Verdict::Pass),
+        "label boundary"
+    );
     assert!(matches!(p.check(&w("example.com")), Verdict::Pass));
-    assert!(matches!(p.check(&w("legacy.example.com")), Verdict::Rewrite { .. }));
-    assert!(matches!(p.check(&w("x.legacy.example.com")), Verdict::Pass), "exact rewrite only");
+    assert!(matches!(
+        p.check(&w("legacy.example.com")),
+        Verdict::Rewrite { .. }
+    ));
+    assert!(
+        matches!(p.check(&w("x.legacy.example.com")), Verdict::Pass),
+        "exact rewrite only"
+    );
     match p.check(&w("svc.old.corp")) {
         Verdict::Rewrite { strip, to } => {
             assert_eq!(strip, w("old.corp").len());

@@ -31,7 +31,9 @@ impl Router {
         let mut zones = HashMap::new();
         let mut default = 0;
         for (zone, g) in routes {
-            let Ok(z) = normalize_zone(zone) else { continue };
+            let Ok(z) = normalize_zone(zone) else {
+                continue;
+            };
             if z == "." {
                 default = *g;
             } else {

@@ -81,13 +81,33 @@ impl Group {
         query_opts: UpstreamQueryOptions,
         metrics: &crate::metrics::Metrics,
     ) -> Arc<Group> {
-        let members: Vec<Member> = upstreams.into_iter().map(|upstream| Member { upstream, health: Health::default() }).collect();
+        let members: Vec<Member> = upstreams
+            .into_iter()
+            .map(|upstream| Member {
+                upstream,
+                health: Health::default(),
+            })
+            .collect();
         for m in &members {
             m.upstream.stats().healthy.set(1);
         }
-        let healthy_gauge = metrics.group_healthy_upstreams.get_or_create_owned(&crate::metrics::GroupLabels { group: name.clone() });
+        let healthy_gauge =
+            metrics
+                .group_healthy_upstreams
+                .get_or_create_owned(&crate::metrics::GroupLabels {
+                    group: name.clone(),
+                });
         healthy_gauge.set(members.len() as i64);
-        Arc::new(Group { name, policy, timeout, members, rr: AtomicUsize::new(0), epoch: Instant::now(), query_opts, healthy_gauge })
+        Arc::new(Group {
+            name,
+            policy,
+            timeout,
+            members,
+            rr: AtomicUsize::new(0),
+            epoch: Instant::now(),
+            query_opts,
+            healthy_gauge,
+        })
     }
 
     pub fn members(&self) -> &[Member] {
@@ -123,7 +143,9 @@ impl Group {
 
     /// Healthy members in the order the policy wants them tried.
     fn order(&self) -> Vec<usize> {
-        let up: Vec<usize> = (0..self.members.len()).filter(|&i| self.members[i].health.is_up()).collect();
+        let up: Vec<usize> = (0..self.members.len())
+            .filter(|&i| self.members[i].health.is_up())
+            .collect();
         if up.len() <= 1 {
             return up;
         }
@@ -147,7 +169,12 @@ impl Group {
         }
     }
 
-    async fn in_turn(&self, order: &[usize], msg: &[u8], deadline: Instant) -> Result<Vec<u8>, GroupError> {
+    async fn in_turn(
+        &self,
+        order: &[usize],
+        msg: &[u8],
+        deadline: Instant,
+    ) -> Result<Vec<u8>, GroupError> {
         let mut last = GroupError::Timeout;
         for (n, &i) in order.iter().enumerate() {
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -157,7 +184,8 @@ impl Group {
             match self.attempt(i, msg, deadline).await {
                 Ok(r) if header::rcode(&r) == rcode::SERVFAIL && n + 1 < order.len() => {
                     // Try the next server; keep this answer if none does better.
-                    if let Ok(better) = Box::pin(self.in_turn(&order[n + 1..], msg, deadline)).await {
+                    if let Ok(better) = Box::pin(self.in_turn(&order[n + 1..], msg, deadline)).await
+                    {
                         return Ok(better);
                     }
                     return Ok(r);
@@ -169,8 +197,16 @@ impl Group {
         Err(last)
     }
 
-    async fn race(&self, two: &[usize], msg: &[u8], deadline: Instant) -> Result<Vec<u8>, GroupError> {
-        let mut futs: FuturesUnordered<_> = two.iter().map(|&i| self.attempt(i, msg, deadline)).collect();
+    async fn race(
+        &self,
+        two: &[usize],
+        msg: &[u8],
+        deadline: Instant,
+    ) -> Result<Vec<u8>, GroupError> {
+        let mut futs: FuturesUnordered<_> = two
+            .iter()
+            .map(|&i| self.attempt(i, msg, deadline))
+            .collect();
         let mut fallback = None;
         let mut last = GroupError::Timeout;
         while let Some(r) = futs.next().await {
@@ -183,7 +219,12 @@ impl Group {
         fallback.ok_or(last)
     }
 
-    async fn attempt(&self, i: usize, msg: &[u8], deadline: Instant) -> Result<Vec<u8>, GroupError> {
+    async fn attempt(
+        &self,
+        i: usize,
+        msg: &[u8],
+        deadline: Instant,
+    ) -> Result<Vec<u8>, GroupError> {
         let m = &self.members[i];
         let start = Instant::now();
         match tokio::time::timeout_at(deadline, m.upstream.query(msg)).await {
@@ -216,12 +257,18 @@ impl Group {
         let h = &self.members[i].health;
         let us = rtt.as_micros().min(u64::MAX as u128) as u64;
         let old = h.srtt_us.load(Ordering::Relaxed);
-        h.srtt_us.store(if old == 0 { us } else { (old * 7 + us) / 8 }, Ordering::Relaxed);
+        h.srtt_us.store(
+            if old == 0 { us } else { (old * 7 + us) / 8 },
+            Ordering::Relaxed,
+        );
         let pm = h.servfail_pm.load(Ordering::Relaxed);
         let new_pm = (pm * 15 + if servfail { 1000 } else { 0 }) / 16;
         h.servfail_pm.store(new_pm, Ordering::Relaxed);
         if servfail {
-            self.members[i].upstream.stats().error(UpstreamErrorKind::servfail);
+            self.members[i]
+                .upstream
+                .stats()
+                .error(UpstreamErrorKind::servfail);
             if new_pm > SERVFAIL_DOWN_PERMILLE {
                 self.mark_down(i);
             }
@@ -241,9 +288,15 @@ impl Group {
     fn mark_down(&self, i: usize) {
         let m = &self.members[i];
         let h = &m.health;
-        let backoff = Duration::from_millis(h.backoff_ms.load(Ordering::Relaxed)).mul_f64(2.0).clamp(MIN_BACKOFF, MAX_BACKOFF);
-        h.backoff_ms.store(backoff.as_millis() as u64, Ordering::Relaxed);
-        let was_up = h.down_until_ms.swap(self.now_ms() + backoff.as_millis() as u64, Ordering::Relaxed) == 0;
+        let backoff = Duration::from_millis(h.backoff_ms.load(Ordering::Relaxed))
+            .mul_f64(2.0)
+            .clamp(MIN_BACKOFF, MAX_BACKOFF);
+        h.backoff_ms
+            .store(backoff.as_millis() as u64, Ordering::Relaxed);
+        let was_up = h.down_until_ms.swap(
+            self.now_ms() + backoff.as_millis() as u64,
+            Ordering::Relaxed,
+        ) == 0;
         if was_up {
             tracing::warn!(group = %self.name, upstream = %m.upstream.label(), backoff_ms = backoff.as_millis() as u64, "upstream marked down");
             m.upstream.stats().healthy.set(0);
@@ -264,7 +317,8 @@ impl Group {
     }
 
     fn update_gauge(&self) {
-        self.healthy_gauge.set(self.members.iter().filter(|m| m.health.is_up()).count() as i64);
+        self.healthy_gauge
+            .set(self.members.iter().filter(|m| m.health.is_up()).count() as i64);
     }
 
     /// Probes every down member whose backoff has passed; a good answer brings it back.
@@ -286,7 +340,9 @@ impl Group {
             match r {
                 // Any well-formed answer shows the server is reachable and its TLS identity
                 // checks out; how well it resolves is judged on real traffic.
-                Ok(Ok(resp)) if resp.len() >= wire::HEADER_LEN && header::is_response(&resp) => self.mark_up(i),
+                Ok(Ok(resp)) if resp.len() >= wire::HEADER_LEN && header::is_response(&resp) => {
+                    self.mark_up(i)
+                }
                 _ => self.mark_down(i),
             }
         }

@@ -34,37 +34,64 @@ impl PlainUpstream {
         let mut q = msg.to_vec();
         header::set_id(&mut q, id);
         let resp = self.udp(&q, id).await?;
-        let resp = if header::is_truncated(&resp) { self.tcp(&q, id).await? } else { resp };
+        let resp = if header::is_truncated(&resp) {
+            self.tcp(&q, id).await?
+        } else {
+            resp
+        };
         self.stats.duration.observe(start.elapsed().as_secs_f64());
         Ok(resp)
     }
 
     async fn udp(&self, q: &[u8], id: u16) -> Result<Vec<u8>, UpstreamError> {
-        let bind: SocketAddr = if self.addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
-        let sock = UdpSocket::bind(bind).await.map_err(|e| UpstreamError::Connect(e.to_string()))?;
-        sock.connect(self.addr).await.map_err(|e| UpstreamError::Connect(e.to_string()))?;
-        sock.send(q).await.map_err(|e| UpstreamError::Connect(e.to_string()))?;
+        let bind: SocketAddr = if self.addr.is_ipv4() {
+            ([0, 0, 0, 0], 0).into()
+        } else {
+            ([0u16; 8], 0).into()
+        };
+        let sock = UdpSocket::bind(bind)
+            .await
+            .map_err(|e| UpstreamError::Connect(e.to_string()))?;
+        sock.connect(self.addr)
+            .await
+            .map_err(|e| UpstreamError::Connect(e.to_string()))?;
+        sock.send(q)
+            .await
+            .map_err(|e| UpstreamError::Connect(e.to_string()))?;
         let mut buf = vec![0u8; 65_535];
         loop {
-            let n = sock.recv(&mut buf).await.map_err(|e| UpstreamError::Connect(e.to_string()))?;
+            let n = sock
+                .recv(&mut buf)
+                .await
+                .map_err(|e| UpstreamError::Connect(e.to_string()))?;
             let r = &buf[..n];
             // Anything not matching our ID and question is ignored (spoofing, stale answers).
-            if n >= wire::HEADER_LEN && header::id(r) == id && header::is_response(r) && same_question(q, r) {
+            if n >= wire::HEADER_LEN
+                && header::id(r) == id
+                && header::is_response(r)
+                && same_question(q, r)
+            {
                 return Ok(r.to_vec());
             }
         }
     }
 
     async fn tcp(&self, q: &[u8], id: u16) -> Result<Vec<u8>, UpstreamError> {
-        let mut s = TcpStream::connect(self.addr).await.map_err(|e| UpstreamError::Connect(e.to_string()))?;
+        let mut s = TcpStream::connect(self.addr)
+            .await
+            .map_err(|e| UpstreamError::Connect(e.to_string()))?;
         let _ = s.set_nodelay(true);
         let mut frame = Vec::with_capacity(q.len() + 2);
         frame.extend_from_slice(&(q.len() as u16).to_be_bytes());
         frame.extend_from_slice(q);
-        s.write_all(&frame).await.map_err(|_| UpstreamError::Closed)?;
+        s.write_all(&frame)
+            .await
+            .map_err(|_| UpstreamError::Closed)?;
         let len = s.read_u16().await.map_err(|_| UpstreamError::Closed)? as usize;
         let mut r = vec![0u8; len];
-        s.read_exact(&mut r).await.map_err(|_| UpstreamError::Closed)?;
+        s.read_exact(&mut r)
+            .await
+            .map_err(|_| UpstreamError::Closed)?;
         if r.len() < wire::HEADER_LEN || header::id(&r) != id {
             return Err(UpstreamError::Malformed);
         }
@@ -76,7 +103,9 @@ fn same_question(q: &[u8], r: &[u8]) -> bool {
     let qe = wire::skip_plain_name(q, wire::HEADER_LEN).map(|e| e + 4);
     let re = wire::skip_plain_name(r, wire::HEADER_LEN).map(|e| e + 4);
     match (qe, re) {
-        (Ok(a), Ok(b)) => matches!((q.get(12..a), r.get(12..b)), (Some(x), Some(y)) if wire::names_equal_ci(x, y)),
+        (Ok(a), Ok(b)) => {
+            matches!((q.get(12..a), r.get(12..b)), (Some(x), Some(y)) if wire::names_equal_ci(x, y))
+        }
         _ => false,
     }
 }

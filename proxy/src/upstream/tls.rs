@@ -64,15 +64,24 @@ pub struct UpstreamStats {
 
 impl UpstreamStats {
     pub fn new(m: &crate::metrics::Metrics, group: &str, upstream: &str) -> Self {
-        let l = UpstreamLabels { group: group.to_string(), upstream: upstream.to_string() };
+        let l = UpstreamLabels {
+            group: group.to_string(),
+            upstream: upstream.to_string(),
+        };
         use UpstreamErrorKind::*;
-        let errors = [timeout, connect, tls, closed, malformed, servfail, overloaded]
-            .into_iter()
-            .map(|kind| {
-                let el = UpstreamErrorLabels { group: l.group.clone(), upstream: l.upstream.clone(), kind };
-                (kind, m.upstream_errors.get_or_create_owned(&el))
-            })
-            .collect();
+        let errors = [
+            timeout, connect, tls, closed, malformed, servfail, overloaded,
+        ]
+        .into_iter()
+        .map(|kind| {
+            let el = UpstreamErrorLabels {
+                group: l.group.clone(),
+                upstream: l.upstream.clone(),
+                kind,
+            };
+            (kind, m.upstream_errors.get_or_create_owned(&el))
+        })
+        .collect();
         UpstreamStats {
             queries: m.upstream_queries.get_or_create_owned(&l),
             duration: m.upstream_duration.get_or_create_owned(&l),
@@ -141,9 +150,17 @@ pub struct TlsUpstream {
 }
 
 impl TlsUpstream {
-    pub fn new(label: String, addr: SocketAddr, setup: TlsSetup, opts: ConnOptions, stats: UpstreamStats) -> Arc<Self> {
+    pub fn new(
+        label: String,
+        addr: SocketAddr,
+        setup: TlsSetup,
+        opts: ConnOptions,
+        stats: UpstreamStats,
+    ) -> Arc<Self> {
         let connector = TlsConnector::from(setup.config.clone());
-        let slots = (0..opts.pool_size.max(1)).map(|_| Slot::default()).collect();
+        let slots = (0..opts.pool_size.max(1))
+            .map(|_| Slot::default())
+            .collect();
         Arc::new(TlsUpstream {
             label,
             addr,
@@ -178,14 +195,23 @@ impl TlsUpstream {
     /// Sends one query (any ID; the connection sets its own) and returns the answer with
     /// the ID as sent by the server.
     pub async fn query(self: &Arc<Self>, msg: &[u8]) -> Result<Vec<u8>, UpstreamError> {
-        self.last_used.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.last_used
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
         let mut last_err = UpstreamError::Closed;
         // A query in flight on a connection that dies is retried on a fresh one (RFC 7766
         // servers may close at any time); the group's deadline bounds the whole.
         for _attempt in 0..3 {
             let conn = self.connection().await?;
             let (tx, rx) = oneshot::channel();
-            if conn.tx.send(Request { msg: msg.to_vec(), reply: tx }).await.is_err() {
+            if conn
+                .tx
+                .send(Request {
+                    msg: msg.to_vec(),
+                    reply: tx,
+                })
+                .await
+                .is_err()
+            {
                 last_err = UpstreamError::Closed;
                 continue;
             }
@@ -207,7 +233,11 @@ impl TlsUpstream {
             return Ok(c);
         }
         for i in 1..n {
-            if let Some(c) = self.slots[(start + i) % n].conn.load_full().filter(|c| c.usable()) {
+            if let Some(c) = self.slots[(start + i) % n]
+                .conn
+                .load_full()
+                .filter(|c| c.usable())
+            {
                 if self.slots[start].connecting.try_lock().is_ok() {
                     self.warm_slot(start);
                 }
@@ -224,19 +254,30 @@ impl TlsUpstream {
             return Ok(c);
         }
         {
-            let b = self.connect_backoff.lock().unwrap_or_else(|p| p.into_inner());
+            let b = self
+                .connect_backoff
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             if b.0.is_some_and(|until| Instant::now() < until) {
-                return Err(UpstreamError::Connect("in backoff after a failed connect".into()));
+                return Err(UpstreamError::Connect(
+                    "in backoff after a failed connect".into(),
+                ));
             }
         }
         match self.connect(i).await {
             Ok(c) => {
-                *self.connect_backoff.lock().unwrap_or_else(|p| p.into_inner()) = (None, Duration::ZERO);
+                *self
+                    .connect_backoff
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = (None, Duration::ZERO);
                 slot.conn.store(Some(c.clone()));
                 Ok(c)
             }
             Err(e) => {
-                let mut b = self.connect_backoff.lock().unwrap_or_else(|p| p.into_inner());
+                let mut b = self
+                    .connect_backoff
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
                 let next = (b.1 * 2).clamp(Duration::from_millis(250), Duration::from_secs(30));
                 *b = (Some(Instant::now() + next), next);
                 self.stats.error(match e {
@@ -255,10 +296,13 @@ impl TlsUpstream {
             .map_err(|_| UpstreamError::Connect("connect timed out".into()))?
             .map_err(|e| UpstreamError::Connect(e.to_string()))?;
         let _ = tcp.set_nodelay(true);
-        let tls = tokio::time::timeout_at(deadline, self.connector.connect(self.setup.server_name.clone(), tcp))
-            .await
-            .map_err(|_| UpstreamError::Tls("handshake timed out".into()))?
-            .map_err(|e| UpstreamError::Tls(e.to_string()))?;
+        let tls = tokio::time::timeout_at(
+            deadline,
+            self.connector.connect(self.setup.server_name.clone(), tcp),
+        )
+        .await
+        .map_err(|_| UpstreamError::Tls("handshake timed out".into()))?
+        .map_err(|e| UpstreamError::Tls(e.to_string()))?;
         self.stats.opened.inc();
         if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
             self.stats.resumed.inc();
@@ -278,7 +322,11 @@ impl TlsUpstream {
             // Re-open ahead of need when the connection was in use lately.
             let used_ms = me.last_used.load(Ordering::Relaxed);
             let recently = me.epoch.elapsed().as_millis() as u64 <= used_ms + 60_000;
-            if matches!(reason, EndReason::Aged | EndReason::PeerClosed | EndReason::Error | EndReason::Stalled) && recently {
+            if matches!(
+                reason,
+                EndReason::Aged | EndReason::PeerClosed | EndReason::Error | EndReason::Stalled
+            ) && recently
+            {
                 me.warm_slot(slot);
             }
         });
@@ -287,7 +335,10 @@ impl TlsUpstream {
 
     /// Number of slots with a live connection.
     pub fn live_connections(&self) -> usize {
-        self.slots.iter().filter(|s| s.conn.load().as_ref().is_some_and(|c| c.usable())).count()
+        self.slots
+            .iter()
+            .filter(|s| s.conn.load().as_ref().is_some_and(|c| c.usable()))
+            .count()
     }
 }
 
@@ -418,7 +469,10 @@ async fn run_connection(
     if reason == EndReason::PeerClosed || reason == EndReason::Error {
         stats.error(UpstreamErrorKind::closed);
     }
-    if matches!(reason, EndReason::Idle | EndReason::Aged | EndReason::Unused) {
+    if matches!(
+        reason,
+        EndReason::Idle | EndReason::Aged | EndReason::Unused
+    ) {
         let _ = timeout(Duration::from_secs(1), stream.shutdown()).await;
     }
     reason
@@ -440,5 +494,9 @@ fn server_keepalive(resp: &[u8]) -> Option<Duration> {
     let info = wire::parse_response(resp).ok()?;
     let units = info.edns?.keepalive?;
     // Close a little before the server would.
-    Some(Duration::from_millis(u64::from(units) * 100).mul_f64(0.9).max(Duration::from_millis(100)))
+    Some(
+        Duration::from_millis(u64::from(units) * 100)
+            .mul_f64(0.9)
+            .max(Duration::from_millis(100)),
+    )
 }

@@ -66,7 +66,10 @@ pub fn load_roots(ca_file: Option<&Path>) -> Result<RootCertStore, TlsConfigErro
     use rustls::pki_types::pem::PemObject;
     let mut roots = RootCertStore::empty();
     if let Some(path) = ca_file {
-        let err = |m: String| TlsConfigError::CaFile { path: path.display().to_string(), message: m };
+        let err = |m: String| TlsConfigError::CaFile {
+            path: path.display().to_string(),
+            message: m,
+        };
         let certs = CertificateDer::pem_file_iter(path).map_err(|e| err(e.to_string()))?;
         for c in certs {
             let c = c.map_err(|e| err(e.to_string()))?;
@@ -112,14 +115,19 @@ impl ServerCertVerifier for UpstreamVerifier {
             v.verify_server_cert(end_entity, intermediates, server_name, ocsp, now)?;
         } else {
             // Pin-only: still refuse an expired or not-yet-valid leaf.
-            let (_, cert) = x509_parser::parse_x509_certificate(end_entity)
-                .map_err(|_| rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding))?;
+            let (_, cert) = x509_parser::parse_x509_certificate(end_entity).map_err(|_| {
+                rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
+            })?;
             let t = now.as_secs() as i64;
             if t > cert.validity().not_after.timestamp() {
-                return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Expired));
+                return Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::Expired,
+                ));
             }
             if t < cert.validity().not_before.timestamp() {
-                return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidYet));
+                return Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::NotValidYet,
+                ));
             }
         }
         if !self.pins.is_empty() {
@@ -128,7 +136,9 @@ impl ServerCertVerifier for UpstreamVerifier {
                 .filter_map(|c| spki_sha256(c))
                 .any(|d| self.pins.contains(&d));
             if !matched {
-                return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure));
+                return Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::ApplicationVerificationFailure,
+                ));
             }
         }
         if let Some(t) = not_after(end_entity) {
@@ -143,7 +153,12 @@ impl ServerCertVerifier for UpstreamVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -152,11 +167,18 @@ impl ServerCertVerifier for UpstreamVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -168,7 +190,10 @@ pub struct TlsSetup {
 }
 
 /// Builds the client config for one server. `default_ca` is the global `tls.ca_file`.
-pub fn build(server: &UpstreamServer, default_ca: Option<&Path>) -> Result<TlsSetup, TlsConfigError> {
+pub fn build(
+    server: &UpstreamServer,
+    default_ca: Option<&Path>,
+) -> Result<TlsSetup, TlsConfigError> {
     let provider = provider();
     let pins = server
         .spki_pins
@@ -186,14 +211,26 @@ pub fn build(server: &UpstreamServer, default_ca: Option<&Path>) -> Result<TlsSe
         None
     };
     let cert_not_after = Arc::new(AtomicI64::new(0));
-    let verifier = UpstreamVerifier { webpki, pins, provider: provider.clone(), cert_not_after: cert_not_after.clone() };
+    let verifier = UpstreamVerifier {
+        webpki,
+        pins,
+        provider: provider.clone(),
+        cert_not_after: cert_not_after.clone(),
+    };
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
     config.resumption = rustls::client::Resumption::in_memory_sessions(64);
-    let name = server.tls_name.clone().unwrap_or_else(|| server.address.ip().to_string());
+    let name = server
+        .tls_name
+        .clone()
+        .unwrap_or_else(|| server.address.ip().to_string());
     let server_name = ServerName::try_from(name.clone()).map_err(|_| TlsConfigError::Name(name))?;
-    Ok(TlsSetup { config: Arc::new(config), server_name, cert_not_after })
+    Ok(TlsSetup {
+        config: Arc::new(config),
+        server_name,
+        cert_not_after,
+    })
 }

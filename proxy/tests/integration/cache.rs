@@ -33,11 +33,20 @@ async fn negative_answers_cached_from_the_soa() {
     let up = Upstream::start().await;
     let p = Proxy::start(config_for(vec![up.server()])).await;
     // SOA TTL 60, MINIMUM 30: cached for 30 s (RFC 2308).
-    assert_eq!(udp(p.addr, "nxcache.example.test.", RecordType::A).await.metadata.response_code, ResponseCode::NXDomain);
+    assert_eq!(
+        udp(p.addr, "nxcache.example.test.", RecordType::A)
+            .await
+            .metadata
+            .response_code,
+        ResponseCode::NXDomain
+    );
     adv(&p, 29);
     let m = udp(p.addr, "nxcache.example.test.", RecordType::A).await;
     assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
-    assert_eq!(m.authorities[0].ttl, 1, "SOA TTL counts down from the negative TTL");
+    assert_eq!(
+        m.authorities[0].ttl, 1,
+        "SOA TTL counts down from the negative TTL"
+    );
     assert_eq!(up.query_count(), 1);
     adv(&p, 2);
     udp(p.addr, "nxcache.example.test.", RecordType::A).await;
@@ -56,8 +65,20 @@ async fn ttl_clamps() {
     cfg.cache.max_ttl = 120;
     cfg.cache.negative_max_ttl = 10;
     let p = Proxy::start(cfg).await;
-    assert_eq!(udp(p.addr, "ttl5.example.test.", RecordType::A).await.answers[0].ttl, 60);
-    assert_eq!(udp(p.addr, "ttl900.example.test.", RecordType::A).await.answers[0].ttl, 120);
+    assert_eq!(
+        udp(p.addr, "ttl5.example.test.", RecordType::A)
+            .await
+            .answers[0]
+            .ttl,
+        60
+    );
+    assert_eq!(
+        udp(p.addr, "ttl900.example.test.", RecordType::A)
+            .await
+            .answers[0]
+            .ttl,
+        120
+    );
     udp(p.addr, "nxclamp.example.test.", RecordType::A).await;
     adv(&p, 59);
     udp(p.addr, "ttl5.example.test.", RecordType::A).await;
@@ -65,7 +86,11 @@ async fn ttl_clamps() {
     adv(&p, 2);
     udp(p.addr, "ttl5.example.test.", RecordType::A).await;
     udp(p.addr, "nxclamp.example.test.", RecordType::A).await;
-    assert_eq!(up.query_count(), 5, "min_ttl over, negative cap (10 s) over");
+    assert_eq!(
+        up.query_count(),
+        5,
+        "min_ttl over, negative cap (10 s) over"
+    );
     adv(&p, 60);
     udp(p.addr, "ttl900.example.test.", RecordType::A).await;
     assert_eq!(up.query_count(), 6, "long TTL capped at max_ttl");
@@ -76,31 +101,72 @@ async fn each_client_gets_its_id_and_question_case() {
     let up = Upstream::start().await;
     let p = Proxy::start(config_for(vec![up.server()])).await;
     udp(p.addr, "case.example.test.", RecordType::A).await;
-    let r = udp_raw(p.addr, &query(31337, "CaSe.ExAmPlE.tEsT.", RecordType::A, None), Duration::from_secs(2)).await.expect("answer");
+    let r = udp_raw(
+        p.addr,
+        &query(31337, "CaSe.ExAmPlE.tEsT.", RecordType::A, None),
+        Duration::from_secs(2),
+    )
+    .await
+    .expect("answer");
     let m = Message::from_vec(&r).expect("parse");
     assert_eq!(m.metadata.id, 31337);
     assert_eq!(m.queries[0].name().to_ascii(), "CaSe.ExAmPlE.tEsT.");
     assert_eq!(a_records(&m).len(), 1);
-    assert_eq!(up.query_count(), 1, "same cache entry, case-insensitive key");
+    assert_eq!(
+        up.query_count(),
+        1,
+        "same cache entry, case-insensitive key"
+    );
 }
 
 #[tokio::test]
 async fn do_and_cd_bits_are_part_of_the_key() {
     let up = Upstream::start().await;
     let p = Proxy::start(config_for(vec![up.server()])).await;
-    let plain = query(1, "dnssec.example.test.", RecordType::A, Some((1232, false)));
+    let plain = query(
+        1,
+        "dnssec.example.test.",
+        RecordType::A,
+        Some((1232, false)),
+    );
     let with_do = query(2, "dnssec.example.test.", RecordType::A, Some((1232, true)));
-    let mut with_cd = query(3, "dnssec.example.test.", RecordType::A, Some((1232, false)));
+    let mut with_cd = query(
+        3,
+        "dnssec.example.test.",
+        RecordType::A,
+        Some((1232, false)),
+    );
     with_cd[3] |= 0x10;
     for q in [&plain, &with_do, &with_cd, &plain, &with_do, &with_cd] {
-        let r = udp_raw(p.addr, q, Duration::from_secs(2)).await.expect("answer");
+        let r = udp_raw(p.addr, q, Duration::from_secs(2))
+            .await
+            .expect("answer");
         assert_eq!(r[0..2], q[0..2]);
     }
-    assert_eq!(up.query_count(), 3, "one upstream query per (DO, CD) combination");
+    assert_eq!(
+        up.query_count(),
+        3,
+        "one upstream query per (DO, CD) combination"
+    );
     let raw = up.raw.lock().expect("lock").clone();
-    let sent_do: Vec<bool> = raw.iter().map(|r| Message::from_vec(r).expect("parse").edns.map(|e| e.flags().dnssec_ok).unwrap_or(false)).collect();
+    let sent_do: Vec<bool> = raw
+        .iter()
+        .map(|r| {
+            Message::from_vec(r)
+                .expect("parse")
+                .edns
+                .map(|e| e.flags().dnssec_ok)
+                .unwrap_or(false)
+        })
+        .collect();
     assert_eq!(sent_do, vec![false, true, false], "DO forwarded as asked");
-    assert!(Message::from_vec(&raw[2]).expect("parse").metadata.checking_disabled, "CD forwarded");
+    assert!(
+        Message::from_vec(&raw[2])
+            .expect("parse")
+            .metadata
+            .checking_disabled,
+        "CD forwarded"
+    );
 }
 
 #[tokio::test]
@@ -110,12 +176,30 @@ async fn servfail_kept_briefly_and_truncated_never() {
     cfg.cache.servfail_ttl = 3;
     let p = Proxy::start(cfg).await;
     up.behaviour.servfail.store(true, Ordering::SeqCst);
-    assert_eq!(udp(p.addr, "sf.example.test.", RecordType::A).await.metadata.response_code, ResponseCode::ServFail);
+    assert_eq!(
+        udp(p.addr, "sf.example.test.", RecordType::A)
+            .await
+            .metadata
+            .response_code,
+        ResponseCode::ServFail
+    );
     up.behaviour.servfail.store(false, Ordering::SeqCst);
-    assert_eq!(udp(p.addr, "sf.example.test.", RecordType::A).await.metadata.response_code, ResponseCode::ServFail);
+    assert_eq!(
+        udp(p.addr, "sf.example.test.", RecordType::A)
+            .await
+            .metadata
+            .response_code,
+        ResponseCode::ServFail
+    );
     let n = up.query_count();
     adv(&p, 4);
-    assert_eq!(udp(p.addr, "sf.example.test.", RecordType::A).await.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(
+        udp(p.addr, "sf.example.test.", RecordType::A)
+            .await
+            .metadata
+            .response_code,
+        ResponseCode::NoError
+    );
     assert_eq!(up.query_count(), n + 1);
 }
 
@@ -194,10 +278,17 @@ async fn prefetch_keeps_a_hot_name_from_ever_missing() {
         upstream_before = up.query_count();
     }
     let metrics = p.metrics().await;
-    assert_eq!(metric(&metrics, "dot_proxy_cache_misses_total"), 1.0, "only the very first query missed:\n{metrics}");
+    assert_eq!(
+        metric(&metrics, "dot_proxy_cache_misses_total"),
+        1.0,
+        "only the very first query missed:\n{metrics}"
+    );
     assert!(metric(&metrics, "dot_proxy_cache_prefetches_total") >= 4.0);
     let (_, hot) = http_get(p.server.admin_addr().expect("admin"), "/debug/hot").await;
-    assert!(hot.contains("ttl20.example.test."), "hot names listed: {hot}");
+    assert!(
+        hot.contains("ttl20.example.test."),
+        "hot names listed: {hot}"
+    );
 }
 
 #[tokio::test]
@@ -209,7 +300,13 @@ async fn concurrent_identical_misses_send_one_upstream_query() {
     for i in 0..100u16 {
         let addr = p.addr;
         tasks.push(tokio::spawn(async move {
-            let r = udp_raw(addr, &query(i, "coalesce.example.test.", RecordType::A, None), Duration::from_secs(5)).await.expect("answer");
+            let r = udp_raw(
+                addr,
+                &query(i, "coalesce.example.test.", RecordType::A, None),
+                Duration::from_secs(5),
+            )
+            .await
+            .expect("answer");
             let m = Message::from_vec(&r).expect("parse");
             assert_eq!(m.metadata.id, i);
             assert_eq!(a_records(&m).len(), 1);
@@ -218,7 +315,11 @@ async fn concurrent_identical_misses_send_one_upstream_query() {
     for t in tasks {
         t.await.expect("client");
     }
-    assert_eq!(up.query_count(), 1, "100 identical misses, one upstream query");
+    assert_eq!(
+        up.query_count(),
+        1,
+        "100 identical misses, one upstream query"
+    );
 }
 
 #[tokio::test]

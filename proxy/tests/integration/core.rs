@@ -15,7 +15,10 @@ async fn udp_and_tcp_answers_and_nxdomain() {
     let p = Proxy::start(config_for(vec![up.server()])).await;
     let m = udp(p.addr, "www.example.test.", RecordType::A).await;
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
-    assert_eq!(a_records(&m), vec!["192.0.2.1".parse::<std::net::Ipv4Addr>().expect("ip")]);
+    assert_eq!(
+        a_records(&m),
+        vec!["192.0.2.1".parse::<std::net::Ipv4Addr>().expect("ip")]
+    );
     let m = tcp(p.addr, "tcp.example.test.", RecordType::A).await;
     assert_eq!(a_records(&m).len(), 1);
     let m = udp(p.addr, "nx1.example.test.", RecordType::A).await;
@@ -35,11 +38,21 @@ async fn ipv6_listener() {
         return;
     };
     let addr = server.listen_addrs()[0];
-    let sock = tokio::net::UdpSocket::bind("[::1]:0").await.expect("bind v6");
-    sock.send_to(&query(7, "v6.example.test.", RecordType::A, None), addr).await.expect("send");
+    let sock = tokio::net::UdpSocket::bind("[::1]:0")
+        .await
+        .expect("bind v6");
+    sock.send_to(&query(7, "v6.example.test.", RecordType::A, None), addr)
+        .await
+        .expect("send");
     let mut buf = [0u8; 512];
-    let (n, _) = tokio::time::timeout(Duration::from_secs(5), sock.recv_from(&mut buf)).await.expect("answer").expect("recv");
-    assert_eq!(a_records(&Message::from_vec(&buf[..n]).expect("parse")).len(), 1);
+    let (n, _) = tokio::time::timeout(Duration::from_secs(5), sock.recv_from(&mut buf))
+        .await
+        .expect("answer")
+        .expect("recv");
+    assert_eq!(
+        a_records(&Message::from_vec(&buf[..n]).expect("parse")).len(),
+        1
+    );
 }
 
 #[tokio::test]
@@ -50,22 +63,37 @@ async fn pipelined_tcp_queries_answered_out_of_order_and_matched() {
     // 150 distinct names on one connection, written back to back.
     let mut batch = Vec::new();
     for i in 0..150u16 {
-        let q = query(1000 + i, &format!("p{i}.example.test."), RecordType::A, None);
+        let q = query(
+            1000 + i,
+            &format!("p{i}.example.test."),
+            RecordType::A,
+            None,
+        );
         batch.extend_from_slice(&(q.len() as u16).to_be_bytes());
         batch.extend_from_slice(&q);
     }
-    tokio::io::AsyncWriteExt::write_all(&mut s, &batch).await.expect("write");
+    tokio::io::AsyncWriteExt::write_all(&mut s, &batch)
+        .await
+        .expect("write");
     let mut seen = std::collections::HashSet::new();
     for _ in 0..150 {
         let m = Message::from_vec(&tcp_recv(&mut s).await.expect("answer")).expect("parse");
         let i = m.metadata.id - 1000;
-        assert_eq!(m.queries[0].name().to_ascii(), format!("p{i}.example.test."), "answer matched to its query");
+        assert_eq!(
+            m.queries[0].name().to_ascii(),
+            format!("p{i}.example.test."),
+            "answer matched to its query"
+        );
         assert_eq!(a_records(&m).len(), 1);
         assert!(seen.insert(i));
     }
     assert_eq!(seen.len(), 150);
     // Few upstream connections, no handshake per query.
-    assert!(up.connections.load(Ordering::SeqCst) <= 2, "connections: {}", up.connections.load(Ordering::SeqCst));
+    assert!(
+        up.connections.load(Ordering::SeqCst) <= 2,
+        "connections: {}",
+        up.connections.load(Ordering::SeqCst)
+    );
 }
 
 #[tokio::test]
@@ -78,7 +106,13 @@ async fn concurrent_clients_with_the_same_id_get_their_own_answers() {
         let addr = p.addr;
         tasks.push(tokio::spawn(async move {
             let name = format!("same{i}.example.test.");
-            let r = udp_raw(addr, &query(4242, &name, RecordType::A, None), Duration::from_secs(5)).await.expect("answer");
+            let r = udp_raw(
+                addr,
+                &query(4242, &name, RecordType::A, None),
+                Duration::from_secs(5),
+            )
+            .await
+            .expect("answer");
             let m = Message::from_vec(&r).expect("parse");
             assert_eq!(m.metadata.id, 4242);
             assert_eq!(m.queries[0].name().to_ascii(), name);
@@ -97,8 +131,17 @@ async fn upstream_closing_idle_connections_loses_no_query() {
     let p = Proxy::start(config_for(vec![up.server()])).await;
     for round in 0..6 {
         for i in 0..5 {
-            let m = udp(p.addr, &format!("idle{round}-{i}.example.test."), RecordType::A).await;
-            assert_eq!(m.metadata.response_code, ResponseCode::NoError, "round {round}");
+            let m = udp(
+                p.addr,
+                &format!("idle{round}-{i}.example.test."),
+                RecordType::A,
+            )
+            .await;
+            assert_eq!(
+                m.metadata.response_code,
+                ResponseCode::NoError,
+                "round {round}"
+            );
             assert_eq!(a_records(&m).len(), 1);
         }
         // Longer than the upstream's idle timeout: it closes, the next query must not fail.
@@ -126,7 +169,10 @@ async fn upstream_closing_after_each_answer_loses_no_query() {
     for t in tasks {
         t.await.expect("client");
     }
-    assert!(up.connections.load(Ordering::SeqCst) >= 8, "the server really closed connections");
+    assert!(
+        up.connections.load(Ordering::SeqCst) >= 8,
+        "the server really closed connections"
+    );
 }
 
 #[tokio::test]
@@ -136,15 +182,31 @@ async fn edns_keepalive_from_the_server_shortens_our_idle_timeout() {
     let p = Proxy::start(config_for(vec![up.server()])).await;
     udp(p.addr, "ka.example.test.", RecordType::A).await;
     // The query carried the keepalive option (RFC 7828, client side).
-    let raw = up.raw.lock().expect("lock").last().cloned().expect("query seen");
+    let raw = up
+        .raw
+        .lock()
+        .expect("lock")
+        .last()
+        .cloned()
+        .expect("query seen");
     let m = Message::from_vec(&raw).expect("parse");
     let opts = m.edns.as_ref().expect("edns").options();
-    assert!(opts.as_ref().iter().any(|(c, _)| u16::from(*c) == 11), "edns-tcp-keepalive requested");
+    assert!(
+        opts.as_ref().iter().any(|(c, _)| u16::from(*c) == 11),
+        "edns-tcp-keepalive requested"
+    );
     tokio::time::sleep(Duration::from_millis(800)).await;
     let metrics = p.metrics().await;
-    assert_eq!(metric(&metrics, "dot_proxy_upstream_connections_open{"), 0.0, "closed by us before the server's timeout:\n{metrics}");
+    assert_eq!(
+        metric(&metrics, "dot_proxy_upstream_connections_open{"),
+        0.0,
+        "closed by us before the server's timeout:\n{metrics}"
+    );
     // And the next query works on a fresh connection.
-    assert_eq!(a_records(&udp(p.addr, "ka2.example.test.", RecordType::A).await).len(), 1);
+    assert_eq!(
+        a_records(&udp(p.addr, "ka2.example.test.", RecordType::A).await).len(),
+        1
+    );
 }
 
 #[tokio::test]
@@ -181,7 +243,10 @@ async fn stalled_upstream_gives_servfail_within_the_timeout() {
     let m = udp(p.addr, "stall.example.test.", RecordType::A).await;
     assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
     let took = t.elapsed();
-    assert!(took >= Duration::from_millis(450) && took < Duration::from_millis(1500), "took {took:?}");
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_millis(1500),
+        "took {took:?}"
+    );
 }
 
 #[tokio::test]
@@ -189,17 +254,45 @@ async fn large_answers_are_truncated_over_udp_and_whole_over_tcp() {
     let up = Upstream::start().await;
     let p = Proxy::start(config_for(vec![up.server()])).await;
     // No EDNS: 512 bytes at most.
-    let r = udp_raw(p.addr, &query(9, "big.example.test.", RecordType::TXT, None), Duration::from_secs(5)).await.expect("answer");
+    let r = udp_raw(
+        p.addr,
+        &query(9, "big.example.test.", RecordType::TXT, None),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("answer");
     assert!(r.len() <= 512);
     let m = Message::from_vec(&r).expect("parse");
     assert!(m.metadata.truncation, "TC=1");
     assert!(m.answers.is_empty());
     // EDNS 1232: still too big (about 3 KB).
-    let r = udp_raw(p.addr, &query(10, "big.example.test.", RecordType::TXT, Some((1232, false))), Duration::from_secs(5)).await.expect("answer");
+    let r = udp_raw(
+        p.addr,
+        &query(
+            10,
+            "big.example.test.",
+            RecordType::TXT,
+            Some((1232, false)),
+        ),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("answer");
     assert!(r.len() <= 1232);
     assert!(Message::from_vec(&r).expect("parse").metadata.truncation);
     // EDNS 4096: fits.
-    let r = udp_raw(p.addr, &query(11, "big.example.test.", RecordType::TXT, Some((4096, false))), Duration::from_secs(5)).await.expect("answer");
+    let r = udp_raw(
+        p.addr,
+        &query(
+            11,
+            "big.example.test.",
+            RecordType::TXT,
+            Some((4096, false)),
+        ),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("answer");
     let m = Message::from_vec(&r).expect("parse");
     assert!(!m.metadata.truncation);
     assert_eq!(m.answers.len(), 12);
@@ -234,10 +327,16 @@ async fn malformed_input_is_dropped_or_refused_without_harm() {
     // QDCOUNT 0 and 2: FORMERR.
     let mut q0 = query(12, "x.example.test.", RecordType::A, None);
     q0[5] = 0;
-    assert_eq!(udp_raw(p.addr, &q0, wait).await.expect("formerr")[3] & 0xF, 1);
+    assert_eq!(
+        udp_raw(p.addr, &q0, wait).await.expect("formerr")[3] & 0xF,
+        1
+    );
     let mut q2 = query(13, "x.example.test.", RecordType::A, None);
     q2[5] = 2;
-    assert_eq!(udp_raw(p.addr, &q2, wait).await.expect("formerr")[3] & 0xF, 1);
+    assert_eq!(
+        udp_raw(p.addr, &q2, wait).await.expect("formerr")[3] & 0xF,
+        1
+    );
     // Opcode other than QUERY: NOTIMP.
     let mut upd = query(14, "x.example.test.", RecordType::A, None);
     upd[2] |= 5 << 3;
@@ -245,11 +344,17 @@ async fn malformed_input_is_dropped_or_refused_without_harm() {
     assert_eq!(r[3] & 0xF, 4);
     // Compression pointer loop in the question: FORMERR.
     let lp = vec![0, 15, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xC0, 12, 0, 1, 0, 1];
-    assert_eq!(udp_raw(p.addr, &lp, wait).await.expect("formerr")[3] & 0xF, 1);
+    assert_eq!(
+        udp_raw(p.addr, &lp, wait).await.expect("formerr")[3] & 0xF,
+        1
+    );
     // Trailing garbage: FORMERR.
     let mut tr = query(16, "x.example.test.", RecordType::A, None);
     tr.extend_from_slice(&[1, 2, 3]);
-    assert_eq!(udp_raw(p.addr, &tr, wait).await.expect("formerr")[3] & 0xF, 1);
+    assert_eq!(
+        udp_raw(p.addr, &tr, wait).await.expect("formerr")[3] & 0xF,
+        1
+    );
     // EDNS version 1: BADVERS.
     let mut v1 = query(17, "x.example.test.", RecordType::A, Some((1232, false)));
     let n = v1.len();
@@ -276,15 +381,27 @@ async fn tcp_slowloris_is_cut_off_and_idle_connections_closed() {
     let p = Proxy::start(cfg).await;
     // Half a frame, then silence: closed after the frame timeout.
     let mut s = TcpStream::connect(p.addr).await.expect("connect");
-    tokio::io::AsyncWriteExt::write_all(&mut s, &[0, 40, 1, 2]).await.expect("write");
+    tokio::io::AsyncWriteExt::write_all(&mut s, &[0, 40, 1, 2])
+        .await
+        .expect("write");
     let t = Instant::now();
     let mut b = [0u8; 1];
-    let n = tokio::time::timeout(Duration::from_secs(3), tokio::io::AsyncReadExt::read(&mut s, &mut b)).await.expect("closed in time");
+    let n = tokio::time::timeout(
+        Duration::from_secs(3),
+        tokio::io::AsyncReadExt::read(&mut s, &mut b),
+    )
+    .await
+    .expect("closed in time");
     assert!(matches!(n, Ok(0) | Err(_)));
     assert!(t.elapsed() < Duration::from_millis(1500));
     // An idle connection is closed after the idle timeout.
     let mut s = TcpStream::connect(p.addr).await.expect("connect");
-    let n = tokio::time::timeout(Duration::from_secs(3), tokio::io::AsyncReadExt::read(&mut s, &mut b)).await.expect("closed in time");
+    let n = tokio::time::timeout(
+        Duration::from_secs(3),
+        tokio::io::AsyncReadExt::read(&mut s, &mut b),
+    )
+    .await
+    .expect("closed in time");
     assert!(matches!(n, Ok(0) | Err(_)));
 }
 
@@ -335,5 +452,9 @@ async fn client_groups_and_node_overrides_route_a_client_elsewhere() {
     assert_eq!(cfg.client_groups.len(), 1, "only this node's entries");
     let p = Proxy::start(cfg).await;
     udp(p.addr, "who.example.test.", RecordType::A).await;
-    assert_eq!((a.query_count(), b.query_count()), (0, 1), "127.0.0.1 uses its own group");
+    assert_eq!(
+        (a.query_count(), b.query_count()),
+        (0, 1),
+        "127.0.0.1 uses its own group"
+    );
 }

@@ -33,17 +33,35 @@ fn dead_server() -> UpstreamServer {
 #[tokio::test]
 async fn failover_skips_a_dead_server_within_one_timeout() {
     let good = Upstream::start().await;
-    let p = Proxy::start(group_config(Policy::Failover, vec![dead_server(), good.server()])).await;
+    let p = Proxy::start(group_config(
+        Policy::Failover,
+        vec![dead_server(), good.server()],
+    ))
+    .await;
     let t = Instant::now();
     let m = udp(p.addr, "fo1.example.test.", RecordType::A).await;
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
-    assert!(t.elapsed() < Duration::from_millis(800), "failed over within one query timeout: {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(800),
+        "failed over within one query timeout: {:?}",
+        t.elapsed()
+    );
     for i in 0..10 {
-        assert_eq!(udp(p.addr, &format!("fo-{i}.example.test."), RecordType::A).await.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(
+            udp(p.addr, &format!("fo-{i}.example.test."), RecordType::A)
+                .await
+                .metadata
+                .response_code,
+            ResponseCode::NoError
+        );
     }
     assert_eq!(good.query_count(), 11);
     let metrics = p.metrics().await;
-    assert_eq!(metric(&metrics, "dot_proxy_group_healthy_upstreams{"), 1.0, "the dead one is marked down");
+    assert_eq!(
+        metric(&metrics, "dot_proxy_group_healthy_upstreams{"),
+        1.0,
+        "the dead one is marked down"
+    );
 }
 
 #[tokio::test]
@@ -62,11 +80,18 @@ async fn round_robin_spreads_queries() {
     let a = Upstream::start().await;
     let b = Upstream::start().await;
     let c = Upstream::start().await;
-    let p = Proxy::start(group_config(Policy::RoundRobin, vec![a.server(), b.server(), c.server()])).await;
+    let p = Proxy::start(group_config(
+        Policy::RoundRobin,
+        vec![a.server(), b.server(), c.server()],
+    ))
+    .await;
     for i in 0..30 {
         udp(p.addr, &format!("rr{i}.example.test."), RecordType::A).await;
     }
-    assert_eq!((a.query_count(), b.query_count(), c.query_count()), (10, 10, 10));
+    assert_eq!(
+        (a.query_count(), b.query_count(), c.query_count()),
+        (10, 10, 10)
+    );
 }
 
 #[tokio::test]
@@ -74,7 +99,11 @@ async fn fastest_prefers_the_fast_server_and_keeps_probing_the_slow_one() {
     let slow = Upstream::start().await;
     slow.behaviour.delay_ms.store(60, Ordering::SeqCst);
     let fast = Upstream::start().await;
-    let p = Proxy::start(group_config(Policy::Fastest, vec![slow.server(), fast.server()])).await;
+    let p = Proxy::start(group_config(
+        Policy::Fastest,
+        vec![slow.server(), fast.server()],
+    ))
+    .await;
     for i in 0..80 {
         udp(p.addr, &format!("fast{i}.example.test."), RecordType::A).await;
     }
@@ -88,12 +117,20 @@ async fn race_answers_at_the_speed_of_the_faster_server() {
     let slow = Upstream::start().await;
     slow.behaviour.delay_ms.store(400, Ordering::SeqCst);
     let fast = Upstream::start().await;
-    let p = Proxy::start(group_config(Policy::Race, vec![slow.server(), fast.server()])).await;
+    let p = Proxy::start(group_config(
+        Policy::Race,
+        vec![slow.server(), fast.server()],
+    ))
+    .await;
     for i in 0..5 {
         let t = Instant::now();
         let m = udp(p.addr, &format!("race{i}.example.test."), RecordType::A).await;
         assert_eq!(m.metadata.response_code, ResponseCode::NoError);
-        assert!(t.elapsed() < Duration::from_millis(250), "race took {:?}", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_millis(250),
+            "race took {:?}",
+            t.elapsed()
+        );
     }
     assert_eq!(fast.query_count(), 5);
     assert_eq!(slow.query_count(), 5, "both asked every time");
@@ -105,12 +142,28 @@ async fn down_server_recovers_within_the_probe_interval() {
     let p = Proxy::start(group_config(Policy::Failover, vec![up.server()])).await;
     up.behaviour.stall.store(true, Ordering::SeqCst);
     for i in 0..3 {
-        assert_eq!(udp(p.addr, &format!("down{i}.example.test."), RecordType::A).await.metadata.response_code, ResponseCode::ServFail);
+        assert_eq!(
+            udp(p.addr, &format!("down{i}.example.test."), RecordType::A)
+                .await
+                .metadata
+                .response_code,
+            ResponseCode::ServFail
+        );
     }
     // Every server of the group down: SERVFAIL at once, not after the timeout.
     let t = Instant::now();
-    assert_eq!(udp(p.addr, "fast-fail.example.test.", RecordType::A).await.metadata.response_code, ResponseCode::ServFail);
-    assert!(t.elapsed() < Duration::from_millis(200), "failed fast: {:?}", t.elapsed());
+    assert_eq!(
+        udp(p.addr, "fast-fail.example.test.", RecordType::A)
+            .await
+            .metadata
+            .response_code,
+        ResponseCode::ServFail
+    );
+    assert!(
+        t.elapsed() < Duration::from_millis(200),
+        "failed fast: {:?}",
+        t.elapsed()
+    );
     let (_, ready) = http_get(p.server.admin_addr().expect("admin"), "/readyz").await;
     assert!(ready.contains("not ready"), "{ready}");
     up.behaviour.stall.store(false, Ordering::SeqCst);
@@ -120,7 +173,10 @@ async fn down_server_recovers_within_the_probe_interval() {
         if m.metadata.response_code == ResponseCode::NoError {
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(5), "recovered within backoff + probe interval");
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "recovered within backoff + probe interval"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -132,7 +188,13 @@ async fn spki_pins_refuse_a_mismatch_and_accept_a_rotated_key_with_its_pin() {
     let mut s = up.server();
     s.spki_pins = vec![Pki::new().spki_pin()];
     let p = Proxy::start(group_config(Policy::Failover, vec![s])).await;
-    assert_eq!(udp(p.addr, "pin1.example.test.", RecordType::A).await.metadata.response_code, ResponseCode::ServFail);
+    assert_eq!(
+        udp(p.addr, "pin1.example.test.", RecordType::A)
+            .await
+            .metadata
+            .response_code,
+        ResponseCode::ServFail
+    );
     assert_eq!(up.query_count(), 0);
 
     // Current pin plus the next key's pin: accepted before and after rotation.
@@ -145,11 +207,26 @@ async fn spki_pins_refuse_a_mismatch_and_accept_a_rotated_key_with_its_pin() {
     let mut cfg = group_config(Policy::Failover, vec![s]);
     cfg.upstream_groups[0].servers[0].idle_timeout = Dur::millis(200);
     let p = Proxy::start(cfg).await;
-    assert_eq!(udp(p.addr, "pin2.example.test.", RecordType::A).await.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(
+        udp(p.addr, "pin2.example.test.", RecordType::A)
+            .await
+            .metadata
+            .response_code,
+        ResponseCode::NoError
+    );
     up.set_cert(&next_cert, &next_key);
     tokio::time::sleep(Duration::from_millis(400)).await; // our idle timeout closes the old connection
-    assert_eq!(udp(p.addr, "pin3.example.test.", RecordType::A).await.metadata.response_code, ResponseCode::NoError);
-    assert!(up.connections.load(Ordering::SeqCst) >= 2, "a new handshake with the rotated key happened");
+    assert_eq!(
+        udp(p.addr, "pin3.example.test.", RecordType::A)
+            .await
+            .metadata
+            .response_code,
+        ResponseCode::NoError
+    );
+    assert!(
+        up.connections.load(Ordering::SeqCst) >= 2,
+        "a new handshake with the rotated key happened"
+    );
 
     // Pin-only authentication (no CA check): an unknown CA is fine when the pin matches.
     let up = Upstream::start().await;
@@ -158,20 +235,42 @@ async fn spki_pins_refuse_a_mismatch_and_accept_a_rotated_key_with_its_pin() {
     s.spki_pins = vec![up.pki.spki_pin()];
     s.verify_ca = false;
     let p = Proxy::start(group_config(Policy::Failover, vec![s])).await;
-    assert_eq!(udp(p.addr, "pin4.example.test.", RecordType::A).await.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(
+        udp(p.addr, "pin4.example.test.", RecordType::A)
+            .await
+            .metadata
+            .response_code,
+        ResponseCode::NoError
+    );
 }
 
 #[tokio::test]
 async fn queries_over_tls_are_padded_and_carry_no_client_subnet() {
     let up = Upstream::start().await;
     let p = Proxy::start(group_config(Policy::Failover, vec![up.server()])).await;
-    for (i, name) in ["a.example.test.", "a-much-longer-name-to-change-the-size.example.test."].iter().enumerate() {
-        let mut m = Message::from_vec(&query(i as u16, name, RecordType::A, Some((1232, false)))).expect("parse");
+    for (i, name) in [
+        "a.example.test.",
+        "a-much-longer-name-to-change-the-size.example.test.",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mut m = Message::from_vec(&query(i as u16, name, RecordType::A, Some((1232, false))))
+            .expect("parse");
         if let Some(e) = m.edns.as_mut() {
-            e.options_mut().insert(EdnsOption::Subnet(ClientSubnet::new("198.51.100.0".parse().expect("ip"), 24, 0)));
+            e.options_mut().insert(EdnsOption::Subnet(ClientSubnet::new(
+                "198.51.100.0".parse().expect("ip"),
+                24,
+                0,
+            )));
         }
-        let r = udp_raw(p.addr, &m.to_vec().expect("encode"), Duration::from_secs(2)).await.expect("answer");
-        assert_eq!(Message::from_vec(&r).expect("parse").metadata.response_code, ResponseCode::NoError);
+        let r = udp_raw(p.addr, &m.to_vec().expect("encode"), Duration::from_secs(2))
+            .await
+            .expect("answer");
+        assert_eq!(
+            Message::from_vec(&r).expect("parse").metadata.response_code,
+            ResponseCode::NoError
+        );
     }
     udp(p.addr, "no-edns.example.test.", RecordType::A).await;
     let raw = up.raw.lock().expect("lock").clone();
@@ -179,7 +278,15 @@ async fn queries_over_tls_are_padded_and_carry_no_client_subnet() {
     for q in &raw {
         assert_eq!(q.len() % 128, 0, "padded to a multiple of 128: {}", q.len());
         let m = Message::from_vec(q).expect("parse");
-        let codes: Vec<u16> = m.edns.as_ref().expect("edns").options().as_ref().iter().map(|(c, _)| u16::from(*c)).collect();
+        let codes: Vec<u16> = m
+            .edns
+            .as_ref()
+            .expect("edns")
+            .options()
+            .as_ref()
+            .iter()
+            .map(|(c, _)| u16::from(*c))
+            .collect();
         assert!(!codes.contains(&8), "no ECS: {codes:?}");
         assert!(codes.contains(&12), "padding option: {codes:?}");
     }
@@ -197,7 +304,10 @@ async fn cluster_zone_goes_to_a_plain_upstream_and_nothing_else_does() {
         servers: vec![UpstreamServer::plain(plain_addr)],
     });
     for z in ["cluster.local", "10.in-addr.arpa"] {
-        cfg.zones.push(dot_proxy::config::ZoneRoute { zone: z.into(), group: "cluster".into() });
+        cfg.zones.push(dot_proxy::config::ZoneRoute {
+            zone: z.into(),
+            group: "cluster".into(),
+        });
     }
     let p = Proxy::start(cfg).await;
     let m = udp(p.addr, "svc.ns.svc.cluster.local.", RecordType::A).await;
@@ -208,13 +318,19 @@ async fn cluster_zone_goes_to_a_plain_upstream_and_nothing_else_does() {
     for name in ["www.example.test.", "notcluster.local.", "xcluster.local."] {
         udp(p.addr, name, RecordType::A).await;
     }
-    assert_eq!(plain_count.load(Ordering::SeqCst), 2, "only cluster.local went to plain DNS");
+    assert_eq!(
+        plain_count.load(Ordering::SeqCst),
+        2,
+        "only cluster.local went to plain DNS"
+    );
     assert_eq!(tls.query_count(), 3);
 }
 
 #[tokio::test]
 async fn plain_dns_for_the_default_zone_needs_an_explicit_opt_in() {
-    let mut cfg = config_for(vec![UpstreamServer::plain("127.0.0.1:53".parse().expect("addr"))]);
+    let mut cfg = config_for(vec![UpstreamServer::plain(
+        "127.0.0.1:53".parse().expect("addr"),
+    )]);
     let e = cfg.validate().expect_err("refused").to_string();
     assert!(e.contains("allow_plain_default"), "{e}");
     cfg.allow_plain_default = true;

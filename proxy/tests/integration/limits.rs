@@ -12,8 +12,12 @@ use dot_proxy::config::{LimitAction, RateLimitOverride};
 use crate::support::*;
 
 async fn from(src: &str, addr: SocketAddr, id: u16, name: &str) -> Option<Message> {
-    let sock = UdpSocket::bind((src, 0)).await.expect("bind client address");
-    sock.send_to(&query(id, name, RecordType::A, None), addr).await.expect("send");
+    let sock = UdpSocket::bind((src, 0))
+        .await
+        .expect("bind client address");
+    sock.send_to(&query(id, name, RecordType::A, None), addr)
+        .await
+        .expect("send");
     let mut buf = [0u8; 1500];
     match tokio::time::timeout(Duration::from_millis(500), sock.recv_from(&mut buf)).await {
         Ok(Ok((n, _))) => Message::from_vec(&buf[..n]).ok(),
@@ -29,24 +33,68 @@ async fn over_limit_queries_are_refused_and_overrides_apply() {
     cfg.rate_limit.qps = 5.0;
     cfg.rate_limit.burst = 5;
     cfg.rate_limit.overrides = vec![
-        RateLimitOverride { cidr: "127.0.0.3/32".into(), qps: None, burst: None, exempt: true },
-        RateLimitOverride { cidr: "127.0.0.4/32".into(), qps: Some(2.0), burst: Some(2), exempt: false },
+        RateLimitOverride {
+            cidr: "127.0.0.3/32".into(),
+            qps: None,
+            burst: None,
+            exempt: true,
+        },
+        RateLimitOverride {
+            cidr: "127.0.0.4/32".into(),
+            qps: Some(2.0),
+            burst: Some(2),
+            exempt: false,
+        },
     ];
     let p = Proxy::start(cfg).await;
     udp(p.addr, "rl.example.test.", RecordType::A).await;
     let mut codes = Vec::new();
     for i in 0..10 {
-        codes.push(from("127.0.0.2", p.addr, i, "rl.example.test.").await.expect("answered").metadata.response_code);
+        codes.push(
+            from("127.0.0.2", p.addr, i, "rl.example.test.")
+                .await
+                .expect("answered")
+                .metadata
+                .response_code,
+        );
     }
-    assert_eq!(codes.iter().filter(|c| **c == ResponseCode::NoError).count(), 5, "{codes:?}");
-    assert_eq!(codes.iter().filter(|c| **c == ResponseCode::Refused).count(), 5, "{codes:?}");
+    assert_eq!(
+        codes
+            .iter()
+            .filter(|c| **c == ResponseCode::NoError)
+            .count(),
+        5,
+        "{codes:?}"
+    );
+    assert_eq!(
+        codes
+            .iter()
+            .filter(|c| **c == ResponseCode::Refused)
+            .count(),
+        5,
+        "{codes:?}"
+    );
     for i in 0..20 {
-        assert_eq!(from("127.0.0.3", p.addr, i, "rl.example.test.").await.expect("answered").metadata.response_code, ResponseCode::NoError, "exempt");
+        assert_eq!(
+            from("127.0.0.3", p.addr, i, "rl.example.test.")
+                .await
+                .expect("answered")
+                .metadata
+                .response_code,
+            ResponseCode::NoError,
+            "exempt"
+        );
     }
     let ok = {
         let mut n = 0;
         for i in 0..5 {
-            if from("127.0.0.4", p.addr, i, "rl.example.test.").await.expect("answered").metadata.response_code == ResponseCode::NoError {
+            if from("127.0.0.4", p.addr, i, "rl.example.test.")
+                .await
+                .expect("answered")
+                .metadata
+                .response_code
+                == ResponseCode::NoError
+            {
                 n += 1;
             }
         }
@@ -71,7 +119,11 @@ async fn drop_action_and_slip() {
     let p = Proxy::start(cfg).await;
     let mut got = Vec::new();
     for i in 0..5 {
-        got.push(from("127.0.0.5", p.addr, i, "slip.example.test.").await.map(|m| m.metadata.truncation));
+        got.push(
+            from("127.0.0.5", p.addr, i, "slip.example.test.")
+                .await
+                .map(|m| m.metadata.truncation),
+        );
     }
     // First allowed; then dropped, TC=1, dropped, TC=1.
     assert_eq!(got, vec![Some(false), None, Some(true), None, Some(true)]);
@@ -92,7 +144,17 @@ async fn well_behaved(addr: SocketAddr, secs: u64) -> (Vec<Duration>, usize) {
     while Instant::now() < end {
         i = i.wrapping_add(1);
         let t = Instant::now();
-        sock.send_to(&query(i, &format!("fair{}.example.test.", i % 20), RecordType::A, None), addr).await.expect("send");
+        sock.send_to(
+            &query(
+                i,
+                &format!("fair{}.example.test.", i % 20),
+                RecordType::A,
+                None,
+            ),
+            addr,
+        )
+        .await
+        .expect("send");
         loop {
             match tokio::time::timeout(Duration::from_secs(1), sock.recv_from(&mut buf)).await {
                 Ok(Ok((n, _))) if n >= 12 && u16::from_be_bytes([buf[0], buf[1]]) == i => {
@@ -152,7 +214,10 @@ async fn a_flooding_client_does_not_slow_a_well_behaved_one() {
     // Loopback latencies are tens of microseconds; below 1 ms the scheduler's noise
     // dominates, so the baseline counts as at least 1 ms.
     let bound = p99_base.max(Duration::from_millis(1)) * 2;
-    assert!(p99_flood <= bound, "p99 {p99_flood:?} under flood vs {p99_base:?} without");
+    assert!(
+        p99_flood <= bound,
+        "p99 {p99_flood:?} under flood vs {p99_base:?} without"
+    );
     let metrics = p.metrics().await;
     assert!(metric(&metrics, "dot_proxy_rate_limited_total{action=\"refused\"}") > 3000.0);
 }
@@ -178,19 +243,24 @@ async fn tcp_connection_limits() {
     // Others still get in, up to the total.
     for src in ["127.0.0.6", "127.0.0.7"] {
         let sock = tokio::net::TcpSocket::new_v4().expect("socket");
-        sock.bind(format!("{src}:0").parse().expect("addr")).expect("bind");
+        sock.bind(format!("{src}:0").parse().expect("addr"))
+            .expect("bind");
         let mut s = sock.connect(p.addr).await.expect("connect");
         tcp_send(&mut s, &query(2, "c.example.test.", RecordType::A, None)).await;
         assert!(tcp_recv(&mut s).await.is_some());
         open.push(s);
     }
     let sock = tokio::net::TcpSocket::new_v4().expect("socket");
-    sock.bind("127.0.0.8:0".parse().expect("addr")).expect("bind");
+    sock.bind("127.0.0.8:0".parse().expect("addr"))
+        .expect("bind");
     let mut s = sock.connect(p.addr).await.expect("connect");
     tcp_send(&mut s, &query(3, "c.example.test.", RecordType::A, None)).await;
     assert!(tcp_recv(&mut s).await.is_none(), "total limit");
     drop(open);
     // Slots are released when connections close.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(a_records(&tcp(p.addr, "c.example.test.", RecordType::A).await).len(), 1);
+    assert_eq!(
+        a_records(&tcp(p.addr, "c.example.test.", RecordType::A).await).len(),
+        1
+    );
 }

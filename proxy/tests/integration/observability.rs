@@ -24,25 +24,52 @@ async fn counters_and_histograms_move_and_health_endpoints_answer() {
     udp(p.addr, "m2.example.test.", RecordType::AAAA).await;
     let after = p.metrics().await;
     let d = |name: &str| metric(&after, name) - metric(&before, name);
-    assert_eq!(d("dot_proxy_queries_total{transport=\"udp\",qtype=\"A\",rcode=\"NOERROR\"}"), 2.0);
-    assert_eq!(d("dot_proxy_queries_total{transport=\"tcp\",qtype=\"A\",rcode=\"NXDOMAIN\"}"), 1.0);
-    assert_eq!(d("dot_proxy_queries_total{transport=\"udp\",qtype=\"AAAA\",rcode=\"NOERROR\"}"), 1.0);
-    assert_eq!(d("dot_proxy_query_duration_seconds_count{transport=\"udp\"}"), 3.0);
+    assert_eq!(
+        d("dot_proxy_queries_total{transport=\"udp\",qtype=\"A\",rcode=\"NOERROR\"}"),
+        2.0
+    );
+    assert_eq!(
+        d("dot_proxy_queries_total{transport=\"tcp\",qtype=\"A\",rcode=\"NXDOMAIN\"}"),
+        1.0
+    );
+    assert_eq!(
+        d("dot_proxy_queries_total{transport=\"udp\",qtype=\"AAAA\",rcode=\"NOERROR\"}"),
+        1.0
+    );
+    assert_eq!(
+        d("dot_proxy_query_duration_seconds_count{transport=\"udp\"}"),
+        3.0
+    );
     assert_eq!(d("dot_proxy_cache_hits_total"), 1.0);
     assert_eq!(d("dot_proxy_cache_misses_total"), 3.0);
     assert_eq!(d("dot_proxy_upstream_queries_total{"), 3.0);
     assert_eq!(d("dot_proxy_upstream_duration_seconds_count{"), 3.0);
-    assert!(metric(&after, "dot_proxy_upstream_certificate_expiry_seconds{") > 1.7e9, "cert expiry recorded");
+    assert!(
+        metric(&after, "dot_proxy_upstream_certificate_expiry_seconds{") > 1.7e9,
+        "cert expiry recorded"
+    );
     assert_eq!(metric(&after, "dot_proxy_upstream_healthy{"), 1.0);
     assert!(metric(&after, "dot_proxy_process_resident_memory_bytes") > 0.0);
     assert!(metric(&after, "dot_proxy_process_open_fds") > 0.0);
     assert!(after.contains("dot_proxy_build_info{version="));
-    assert_eq!(metric(&after, "dot_proxy_config_reloads_total{result=\"success\"}"), 1.0);
+    assert_eq!(
+        metric(&after, "dot_proxy_config_reloads_total{result=\"success\"}"),
+        1.0
+    );
     for line in after.lines().filter(|l| !l.starts_with('#')) {
-        assert!(line.starts_with("dot_proxy_"), "every metric under one prefix: {line}");
-        assert!(!line.contains("example.test"), "no query name in labels: {line}");
+        assert!(
+            line.starts_with("dot_proxy_"),
+            "every metric under one prefix: {line}"
+        );
+        assert!(
+            !line.contains("example.test"),
+            "no query name in labels: {line}"
+        );
         if !line.contains("upstream=") {
-            assert!(!line.contains("127.0.0.1"), "no client address in labels: {line}");
+            assert!(
+                !line.contains("127.0.0.1"),
+                "no client address in labels: {line}"
+            );
         }
     }
 }
@@ -64,20 +91,36 @@ async fn promtool_check_metrics_reports_nothing() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("promtool");
-    std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), text.as_bytes()).expect("write");
+    std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), text.as_bytes())
+        .expect("write");
     drop(child.stdin.take());
     let out = child.wait_with_output().expect("promtool output");
-    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && report.trim().is_empty(), "promtool: {report}");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool: {report}"
+    );
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 #[tokio::test]
 async fn prometheus_fires_the_latency_alert_for_a_slow_upstream() {
-    if Command::new("prometheus").arg("--version").output().is_err() {
+    if Command::new("prometheus")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         eprintln!("skipping: prometheus not installed (apt-get install prometheus)");
         return;
     }
@@ -90,9 +133,14 @@ async fn prometheus_fires_the_latency_alert_for_a_slow_upstream() {
 
     // The repository's rules, with `for: 5m` shortened so the test ends in seconds.
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let rules = std::fs::read_to_string(root.join("deploy/prometheus/dot-proxy-rules.yaml")).expect("rules file");
+    let rules = std::fs::read_to_string(root.join("deploy/prometheus/dot-proxy-rules.yaml"))
+        .expect("rules file");
     let dir = tempfile::tempdir().expect("tmp");
-    std::fs::write(dir.path().join("rules.yaml"), rules.replace("for: 5m", "for: 3s")).expect("write rules");
+    std::fs::write(
+        dir.path().join("rules.yaml"),
+        rules.replace("for: 5m", "for: 3s"),
+    )
+    .expect("write rules");
     let port = free_port();
     std::fs::write(
         dir.path().join("prometheus.yml"),
@@ -124,17 +172,30 @@ async fn prometheus_fires_the_latency_alert_for_a_slow_upstream() {
         for _ in 0..10 {
             i += 1;
             let addr = p.addr;
-            tasks.push(tokio::spawn(async move { udp_raw(addr, &query(1, &format!("slow{i}.example.test."), RecordType::A, None), Duration::from_secs(2)).await }));
+            tasks.push(tokio::spawn(async move {
+                udp_raw(
+                    addr,
+                    &query(1, &format!("slow{i}.example.test."), RecordType::A, None),
+                    Duration::from_secs(2),
+                )
+                .await
+            }));
         }
         for t in tasks {
             let _ = t.await;
         }
-        if let Ok(Ok(mut s)) = tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(prom_addr)).await {
+        if let Ok(Ok(mut s)) = tokio::time::timeout(
+            Duration::from_secs(1),
+            tokio::net::TcpStream::connect(prom_addr),
+        )
+        .await
+        {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
             let _ = s.write_all(b"GET /api/v1/alerts HTTP/1.0\r\n\r\n").await;
             let mut body = String::new();
             let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_string(&mut body)).await;
-            firing = body.contains("\"alertname\":\"DotProxyHighLatency\"") && body.contains("\"state\":\"firing\"");
+            firing = body.contains("\"alertname\":\"DotProxyHighLatency\"")
+                && body.contains("\"state\":\"firing\"");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -14,23 +14,71 @@ use crate::support::*;
 fn policy() -> PolicyConfig {
     PolicyConfig {
         static_answers: vec![
-            StaticRule { name: "pinned.corp.test".into(), ttl: 120, a: vec!["10.1.2.3".parse().expect("ip")], aaaa: vec!["fd00::3".parse().expect("ip")], cname: None, txt: vec!["hello".into()] },
-            StaticRule { name: "*.wild.corp.test".into(), ttl: 60, a: vec!["10.9.9.9".parse().expect("ip")], aaaa: vec![], cname: None, txt: vec![] },
-            StaticRule { name: "alias.corp.test".into(), ttl: 60, a: vec![], aaaa: vec![], cname: Some("www.example.test".into()), txt: vec![] },
+            StaticRule {
+                name: "pinned.corp.test".into(),
+                ttl: 120,
+                a: vec!["10.1.2.3".parse().expect("ip")],
+                aaaa: vec!["fd00::3".parse().expect("ip")],
+                cname: None,
+                txt: vec!["hello".into()],
+            },
+            StaticRule {
+                name: "*.wild.corp.test".into(),
+                ttl: 60,
+                a: vec!["10.9.9.9".parse().expect("ip")],
+                aaaa: vec![],
+                cname: None,
+                txt: vec![],
+            },
+            StaticRule {
+                name: "alias.corp.test".into(),
+                ttl: 60,
+                a: vec![],
+                aaaa: vec![],
+                cname: Some("www.example.test".into()),
+                txt: vec![],
+            },
         ],
         blocklists: vec![
-            BlockList { name: "ads".into(), names: vec!["ads.example.test".into()], file: None, action: BlockAction::Nxdomain },
-            BlockList { name: "malware".into(), names: vec!["bad.example.test".into()], file: None, action: BlockAction::Refused },
-            BlockList { name: "sink".into(), names: vec!["sink.example.test".into()], file: None, action: BlockAction::NullAddress },
+            BlockList {
+                name: "ads".into(),
+                names: vec!["ads.example.test".into()],
+                file: None,
+                action: BlockAction::Nxdomain,
+            },
+            BlockList {
+                name: "malware".into(),
+                names: vec!["bad.example.test".into()],
+                file: None,
+                action: BlockAction::Refused,
+            },
+            BlockList {
+                name: "sink".into(),
+                names: vec!["sink.example.test".into()],
+                file: None,
+                action: BlockAction::NullAddress,
+            },
         ],
         rewrites: vec![
-            RewriteRule { from: "legacy.corp.test".into(), to: "current.example.test".into(), suffix: false },
-            RewriteRule { from: "old.corp.test".into(), to: "new.example.test".into(), suffix: true },
+            RewriteRule {
+                from: "legacy.corp.test".into(),
+                to: "current.example.test".into(),
+                suffix: false,
+            },
+            RewriteRule {
+                from: "old.corp.test".into(),
+                to: "new.example.test".into(),
+                suffix: true,
+            },
         ],
     }
 }
 
-async fn both(addr: std::net::SocketAddr, name: &str, t: RecordType) -> [hickory_proto::op::Message; 2] {
+async fn both(
+    addr: std::net::SocketAddr,
+    name: &str,
+    t: RecordType,
+) -> [hickory_proto::op::Message; 2] {
     [udp(addr, name, t).await, tcp(addr, name, t).await]
 }
 
@@ -41,9 +89,16 @@ async fn static_answers_over_udp_and_tcp() {
     cfg.policy = policy();
     let p = Proxy::start(cfg).await;
     for m in both(p.addr, "Pinned.Corp.Test.", RecordType::A).await {
-        assert_eq!(a_records(&m), vec!["10.1.2.3".parse::<std::net::Ipv4Addr>().expect("ip")]);
+        assert_eq!(
+            a_records(&m),
+            vec!["10.1.2.3".parse::<std::net::Ipv4Addr>().expect("ip")]
+        );
         assert_eq!(m.answers[0].ttl, 120);
-        assert_eq!(m.queries[0].name().to_ascii(), "Pinned.Corp.Test.", "question as asked");
+        assert_eq!(
+            m.queries[0].name().to_ascii(),
+            "Pinned.Corp.Test.",
+            "question as asked"
+        );
     }
     for m in both(p.addr, "pinned.corp.test.", RecordType::AAAA).await {
         assert!(matches!(m.answers[0].data, RData::AAAA(_)));
@@ -53,17 +108,29 @@ async fn static_answers_over_udp_and_tcp() {
         assert!(m.answers.is_empty(), "other types: NODATA");
     }
     for m in both(p.addr, "a.b.wild.corp.test.", RecordType::A).await {
-        assert_eq!(a_records(&m), vec!["10.9.9.9".parse::<std::net::Ipv4Addr>().expect("ip")]);
+        assert_eq!(
+            a_records(&m),
+            vec!["10.9.9.9".parse::<std::net::Ipv4Addr>().expect("ip")]
+        );
     }
     let m = udp(p.addr, "alias.corp.test.", RecordType::A).await;
     assert!(matches!(m.answers[0].data, RData::CNAME(_)));
     // Label boundaries: these go upstream.
-    for name in ["xpinned.corp.test.", "wild.corp.test.", "unpinned.corp.test."] {
+    for name in [
+        "xpinned.corp.test.",
+        "wild.corp.test.",
+        "unpinned.corp.test.",
+    ] {
         udp(p.addr, name, RecordType::A).await;
     }
     assert_eq!(up.query_count(), 3);
     let metrics = p.metrics().await;
-    assert!(metric(&metrics, "dot_proxy_policy_actions_total{rule=\"static_answer\"}") >= 9.0);
+    assert!(
+        metric(
+            &metrics,
+            "dot_proxy_policy_actions_total{rule=\"static_answer\"}"
+        ) >= 9.0
+    );
 }
 
 #[tokio::test]
@@ -83,10 +150,19 @@ async fn block_lists_with_each_action() {
     }
     let m = udp(p.addr, "sink.example.test.", RecordType::AAAA).await;
     assert!(matches!(&m.answers[0].data, RData::AAAA(a) if a.0.is_unspecified()));
-    for name in ["bads.example.test.", "ample.test.", "ads.example.test.evil.", "example.test."] {
+    for name in [
+        "bads.example.test.",
+        "ample.test.",
+        "ads.example.test.evil.",
+        "example.test.",
+    ] {
         udp(p.addr, name, RecordType::A).await;
     }
-    assert_eq!(up.query_count(), 4, "label boundaries respected: nothing else blocked");
+    assert_eq!(
+        up.query_count(),
+        4,
+        "label boundaries respected: nothing else blocked"
+    );
     let metrics = p.metrics().await;
     assert!(metric(&metrics, "dot_proxy_policy_actions_total{rule=\"block\"}") >= 7.0);
 }
@@ -100,20 +176,35 @@ async fn rewrites_restore_the_asked_name_and_are_cached() {
     for m in both(p.addr, "Legacy.Corp.Test.", RecordType::A).await {
         assert_eq!(m.metadata.response_code, ResponseCode::NoError);
         assert_eq!(m.queries[0].name().to_ascii(), "Legacy.Corp.Test.");
-        assert_eq!(m.answers[0].name.to_ascii().to_lowercase(), "legacy.corp.test.", "owner restored");
+        assert_eq!(
+            m.answers[0].name.to_ascii().to_lowercase(),
+            "legacy.corp.test.",
+            "owner restored"
+        );
         assert_eq!(a_records(&m).len(), 1);
     }
-    assert_eq!(up.query_count(), 1, "the second (TCP) answer came from the cache");
+    assert_eq!(
+        up.query_count(),
+        1,
+        "the second (TCP) answer came from the cache"
+    );
     let raw = up.raw.lock().expect("lock").clone();
     let sent = hickory_proto::op::Message::from_vec(&raw[0]).expect("parse");
-    assert_eq!(sent.queries[0].name().to_ascii(), "current.example.test.", "sent upstream as the new name");
+    assert_eq!(
+        sent.queries[0].name().to_ascii(),
+        "current.example.test.",
+        "sent upstream as the new name"
+    );
     let m = udp(p.addr, "svc.old.corp.test.", RecordType::A).await;
     assert_eq!(m.answers[0].name.to_ascii(), "svc.old.corp.test.");
     let raw = up.raw.lock().expect("lock").clone();
     let sent = hickory_proto::op::Message::from_vec(raw.last().expect("sent")).expect("parse");
     assert_eq!(sent.queries[0].name().to_ascii(), "svc.new.example.test.");
     let metrics = p.metrics().await;
-    assert_eq!(metric(&metrics, "dot_proxy_policy_actions_total{rule=\"rewrite\"}"), 2.0);
+    assert_eq!(
+        metric(&metrics, "dot_proxy_policy_actions_total{rule=\"rewrite\"}"),
+        2.0
+    );
 }
 
 #[tokio::test]
@@ -126,7 +217,12 @@ async fn a_million_name_list_loads_within_a_second_and_blocks() {
     }
     std::fs::write(&file, text).expect("write");
     let cfg = PolicyConfig {
-        blocklists: vec![BlockList { name: "big".into(), names: vec![], file: Some(file.clone()), action: BlockAction::Nxdomain }],
+        blocklists: vec![BlockList {
+            name: "big".into(),
+            names: vec![],
+            file: Some(file.clone()),
+            action: BlockAction::Nxdomain,
+        }],
         ..Default::default()
     };
     let t = Instant::now();
@@ -138,8 +234,20 @@ async fn a_million_name_list_loads_within_a_second_and_blocks() {
     let mut c = config_for(vec![up.server()]);
     c.policy = cfg;
     let p = Proxy::start(c).await;
-    assert_eq!(udp(p.addr, "t999999.tracker999.test.", RecordType::A).await.metadata.response_code, ResponseCode::NXDomain);
-    assert_eq!(udp(p.addr, "www.example.test.", RecordType::A).await.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(
+        udp(p.addr, "t999999.tracker999.test.", RecordType::A)
+            .await
+            .metadata
+            .response_code,
+        ResponseCode::NXDomain
+    );
+    assert_eq!(
+        udp(p.addr, "www.example.test.", RecordType::A)
+            .await
+            .metadata
+            .response_code,
+        ResponseCode::NoError
+    );
 }
 
 #[tokio::test]
@@ -153,9 +261,20 @@ async fn rules_change_under_load_without_a_lost_query() {
         up.addr,
         up.pki.ca_file.display()
     );
-    std::fs::write(&file, format!("{base}policy:\n  blocklists:\n  - {{name: a, names: [blocked0.example.test]}}\n")).expect("write");
-    let cli = <dot_proxy::cli::Cli as clap::Parser>::parse_from(["dot-proxy", "--config", &file.display().to_string()]);
-    let server = dot_proxy::server::Server::start(dot_proxy::reload::load_effective(&cli).expect("valid")).await.expect("start");
+    std::fs::write(
+        &file,
+        format!("{base}policy:\n  blocklists:\n  - {{name: a, names: [blocked0.example.test]}}\n"),
+    )
+    .expect("write");
+    let cli = <dot_proxy::cli::Cli as clap::Parser>::parse_from([
+        "dot-proxy",
+        "--config",
+        &file.display().to_string(),
+    ]);
+    let server =
+        dot_proxy::server::Server::start(dot_proxy::reload::load_effective(&cli).expect("valid"))
+            .await
+            .expect("start");
     tokio::spawn(dot_proxy::reload::run(server.clone(), Arc::new(cli)));
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let f2 = file.clone();
@@ -164,7 +283,8 @@ async fn rules_change_under_load_without_a_lost_query() {
         for i in 0..10 {
             tokio::time::sleep(Duration::from_millis(400)).await;
             let rules = if i % 3 == 2 {
-                "policy:\n  blocklists:\n  - {name: a, names: [\"bad..rule\"]}\n".to_string() // invalid: kept out
+                "policy:\n  blocklists:\n  - {name: a, names: [\"bad..rule\"]}\n".to_string()
+            // invalid: kept out
             } else {
                 format!("policy:\n  blocklists:\n  - {{name: a, names: [blocked{i}.example.test]}}\n  static_answers:\n  - {{name: s{i}.corp.test, a: [10.0.0.{i}]}}\n")
             };
@@ -178,6 +298,15 @@ async fn rules_change_under_load_without_a_lost_query() {
     assert_eq!(rep.udp_servfail + rep.tcp_servfail, 0);
     // The last valid rules are in force.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(udp(addr, "blocked9.example.test.", RecordType::A).await.metadata.response_code, ResponseCode::NXDomain);
-    assert_eq!(a_records(&udp(addr, "s9.corp.test.", RecordType::A).await), vec!["10.0.0.9".parse::<std::net::Ipv4Addr>().expect("ip")]);
+    assert_eq!(
+        udp(addr, "blocked9.example.test.", RecordType::A)
+            .await
+            .metadata
+            .response_code,
+        ResponseCode::NXDomain
+    );
+    assert_eq!(
+        a_records(&udp(addr, "s9.corp.test.", RecordType::A).await),
+        vec!["10.0.0.9".parse::<std::net::Ipv4Addr>().expect("ip")]
+    );
 }

@@ -37,9 +37,17 @@ async fn kubelet_configmap_swap_triggers_a_reload() {
     let up = Upstream::start().await;
     let dir = tempfile::tempdir().expect("tmp");
     let port = free_port();
-    write_kubelet_version(dir.path(), "..2026_11_22_04_00_00.1", &yaml_for(&up, &format!("127.0.0.1:{port}"), ""));
+    write_kubelet_version(
+        dir.path(),
+        "..2026_11_22_04_00_00.1",
+        &yaml_for(&up, &format!("127.0.0.1:{port}"), ""),
+    );
     symlink("..data/config.yaml", dir.path().join("config.yaml")).expect("config symlink");
-    let cli = dot_proxy::cli::Cli::parse_from(["dot-proxy", "--config", &dir.path().join("config.yaml").display().to_string()]);
+    let cli = dot_proxy::cli::Cli::parse_from([
+        "dot-proxy",
+        "--config",
+        &dir.path().join("config.yaml").display().to_string(),
+    ]);
     let cfg = dot_proxy::reload::load_effective(&cli).expect("valid");
     let server = dot_proxy::server::Server::start(cfg).await.expect("start");
     tokio::spawn(dot_proxy::reload::run(server.clone(), Arc::new(cli)));
@@ -47,12 +55,23 @@ async fn kubelet_configmap_swap_triggers_a_reload() {
 
     // The new version adds a listen address.
     let port2 = free_port();
-    write_kubelet_version(dir.path(), "..2026_11_22_04_05_00.2", &yaml_for(&up, &format!("127.0.0.1:{port}, 127.0.0.1:{port2}"), ""));
+    write_kubelet_version(
+        dir.path(),
+        "..2026_11_22_04_05_00.2",
+        &yaml_for(&up, &format!("127.0.0.1:{port}, 127.0.0.1:{port2}"), ""),
+    );
     let addr2: std::net::SocketAddr = format!("127.0.0.1:{port2}").parse().expect("addr");
     let mut ok = false;
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        if udp_raw(addr2, &query(1, "k.example.test.", RecordType::A, None), Duration::from_millis(300)).await.is_some() {
+        if udp_raw(
+            addr2,
+            &query(1, "k.example.test.", RecordType::A, None),
+            Duration::from_millis(300),
+        )
+        .await
+        .is_some()
+        {
             ok = true;
             break;
         }
@@ -60,7 +79,11 @@ async fn kubelet_configmap_swap_triggers_a_reload() {
     assert!(ok, "the swap of ..data was seen and the new listener bound");
 
     // An invalid version is refused; the proxy keeps serving on the last good config.
-    write_kubelet_version(dir.path(), "..2026_11_22_04_10_00.3", "listen: [not-an-address]\n");
+    write_kubelet_version(
+        dir.path(),
+        "..2026_11_22_04_10_00.3",
+        "listen: [not-an-address]\n",
+    );
     tokio::time::sleep(Duration::from_millis(600)).await;
     let m = udp(addr2, "still.example.test.", RecordType::A).await;
     assert_eq!(a_records(&m).len(), 1);
@@ -68,16 +91,40 @@ async fn kubelet_configmap_swap_triggers_a_reload() {
     drop(text);
     let admin = server.admin_addr().expect("admin");
     let (_, metrics) = http_get(admin, "/metrics").await;
-    assert_eq!(metric(&metrics, "dot_proxy_config_reloads_total{result=\"failure\"}"), 1.0, "{metrics}");
-    assert_eq!(metric(&metrics, "dot_proxy_config_reloads_total{result=\"success\"}"), 2.0);
+    assert_eq!(
+        metric(
+            &metrics,
+            "dot_proxy_config_reloads_total{result=\"failure\"}"
+        ),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "dot_proxy_config_reloads_total{result=\"success\"}"
+        ),
+        2.0
+    );
     assert_eq!(http_get(admin, "/readyz").await.0, 200, "still ready");
 
     // Removing the second address closes that listener.
-    write_kubelet_version(dir.path(), "..2026_11_22_04_15_00.4", &yaml_for(&up, &format!("127.0.0.1:{port}"), ""));
+    write_kubelet_version(
+        dir.path(),
+        "..2026_11_22_04_15_00.4",
+        &yaml_for(&up, &format!("127.0.0.1:{port}"), ""),
+    );
     let mut closed = false;
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        if udp_raw(addr2, &query(2, "gone.example.test.", RecordType::A, None), Duration::from_millis(200)).await.is_none() {
+        if udp_raw(
+            addr2,
+            &query(2, "gone.example.test.", RecordType::A, None),
+            Duration::from_millis(200),
+        )
+        .await
+        .is_none()
+        {
             closed = true;
             break;
         }
@@ -97,8 +144,12 @@ async fn reloads_under_load_lose_nothing_and_keep_the_cache() {
     let port = free_port();
     let good = yaml_for(&up, &format!("127.0.0.1:{port}"), "");
     std::fs::write(&file, &good).expect("write");
-    let cli = dot_proxy::cli::Cli::parse_from(["dot-proxy", "--config", &file.display().to_string()]);
-    let server = dot_proxy::server::Server::start(dot_proxy::reload::load_effective(&cli).expect("valid")).await.expect("start");
+    let cli =
+        dot_proxy::cli::Cli::parse_from(["dot-proxy", "--config", &file.display().to_string()]);
+    let server =
+        dot_proxy::server::Server::start(dot_proxy::reload::load_effective(&cli).expect("valid"))
+            .await
+            .expect("start");
     tokio::spawn(dot_proxy::reload::run(server.clone(), Arc::new(cli)));
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let admin = server.admin_addr().expect("admin");
@@ -129,8 +180,15 @@ async fn reloads_under_load_lose_nothing_and_keep_the_cache() {
     assert_eq!(rep.tcp_answered, rep.tcp_sent, "no TCP query lost: {rep:?}");
     assert_eq!(rep.udp_servfail + rep.tcp_servfail, 0, "{rep:?}");
     let (_, after) = http_get(admin, "/metrics").await;
-    assert_eq!(metric(&after, "dot_proxy_cache_misses_total"), misses_before, "cache kept across reloads: every query a hit");
-    assert!(metric(&after, "dot_proxy_config_reloads_total{result=\"success\"}") >= 8.0, "{after}");
+    assert_eq!(
+        metric(&after, "dot_proxy_cache_misses_total"),
+        misses_before,
+        "cache kept across reloads: every query a hit"
+    );
+    assert!(
+        metric(&after, "dot_proxy_config_reloads_total{result=\"success\"}") >= 8.0,
+        "{after}"
+    );
     assert!(metric(&after, "dot_proxy_config_reloads_total{result=\"failure\"}") >= 8.0);
 }
 
@@ -149,7 +207,14 @@ impl Drop for Proc {
 fn spawn_proxy(config: &Path) -> Proc {
     Proc(
         Command::new(env!("CARGO_BIN_EXE_dot-proxy"))
-            .args(["--config", &config.display().to_string(), "--admin-listen", "off", "--workers", "2"])
+            .args([
+                "--config",
+                &config.display().to_string(),
+                "--admin-listen",
+                "off",
+                "--workers",
+                "2",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -163,18 +228,31 @@ async fn second_process_takes_over_on_sigterm_without_losing_queries() {
     // last accept and its listener closing would be reset; net.ipv4.tcp_migrate_req hands
     // them to the other listener of the SO_REUSEPORT group instead (docs/upgrades.md).
     if std::fs::write("/proc/sys/net/ipv4/tcp_migrate_req", "1").is_err() {
-        eprintln!("note: cannot set net.ipv4.tcp_migrate_req (not root?); a rare reset is possible");
+        eprintln!(
+            "note: cannot set net.ipv4.tcp_migrate_req (not root?); a rare reset is possible"
+        );
     }
     let up = Upstream::start().await;
     let dir = tempfile::tempdir().expect("tmp");
     let file = dir.path().join("config.yaml");
     let port = free_port();
-    std::fs::write(&file, yaml_for(&up, &format!("127.0.0.1:{port}"), "shutdown_grace: 5s\n")).expect("write");
+    std::fs::write(
+        &file,
+        yaml_for(&up, &format!("127.0.0.1:{port}"), "shutdown_grace: 5s\n"),
+    )
+    .expect("write");
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let mut old = spawn_proxy(&file);
     let mut up_ok = false;
     for _ in 0..50 {
-        if udp_raw(addr, &query(1, "boot.example.test.", RecordType::A, None), Duration::from_millis(200)).await.is_some() {
+        if udp_raw(
+            addr,
+            &query(1, "boot.example.test.", RecordType::A, None),
+            Duration::from_millis(200),
+        )
+        .await
+        .is_some()
+        {
             up_ok = true;
             break;
         }
@@ -188,13 +266,22 @@ async fn second_process_takes_over_on_sigterm_without_losing_queries() {
         // The surge pod is up beside the old one; now the old one is told to stop.
         let pid = old.0.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let status = tokio::task::spawn_blocking(move || old.0.wait()).await.expect("join").expect("wait");
+        let status = tokio::task::spawn_blocking(move || old.0.wait())
+            .await
+            .expect("join")
+            .expect("wait");
         (new, status)
     });
-    let rep = load(addr, 10, 1500, 500, |i| format!("h{}.example.test.", i % 500)).await;
+    let rep = load(addr, 10, 1500, 500, |i| {
+        format!("h{}.example.test.", i % 500)
+    })
+    .await;
     let (_new, status) = handoff.await.expect("handoff");
     assert!(status.success(), "old process exited 0: {status:?}");
     assert_eq!(rep.tcp_answered, rep.tcp_sent, "no TCP query lost: {rep:?}");
     let lost = rep.udp_sent - rep.udp_answered;
-    assert!(lost * 1000 <= rep.udp_sent, "at most 0.1% of UDP lost: {rep:?}");
+    assert!(
+        lost * 1000 <= rep.udp_sent,
+        "at most 0.1% of UDP lost: {rep:?}"
+    );
 }

@@ -19,9 +19,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio_rustls::TlsAcceptor;
 
+pub use clap::Parser;
 use dot_proxy::config::{Config, Dur, UpstreamServer};
 use dot_proxy::server::Server;
-pub use clap::Parser;
 
 /// A CA and a server certificate for `upstream.test` / 127.0.0.1, made fresh per test.
 pub struct Pki {
@@ -37,18 +37,29 @@ impl Pki {
         let ca_key = rcgen::KeyPair::generate().expect("ca key");
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.distinguished_name.push(rcgen::DnType::CommonName, "dot-proxy test CA");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "dot-proxy test CA");
         let ca_cert = params.self_signed(&ca_key).expect("ca cert");
         let dir = tempfile::tempdir().expect("tempdir");
         let ca_file = dir.path().join("ca.pem");
         std::fs::write(&ca_file, ca_cert.pem()).expect("write ca");
         let ca = rcgen::Issuer::new(params, ca_key);
         let (cert_der, key_der) = Self::issue(&ca, &["upstream.test", "127.0.0.1"]);
-        Pki { dir, ca_file, cert_der, key_der, ca }
+        Pki {
+            dir,
+            ca_file,
+            cert_der,
+            key_der,
+            ca,
+        }
     }
 
     /// A new leaf (new key) for the given names, signed by this CA.
-    pub fn issue(ca: &rcgen::Issuer<'static, rcgen::KeyPair>, names: &[&str]) -> (Vec<u8>, Vec<u8>) {
+    pub fn issue(
+        ca: &rcgen::Issuer<'static, rcgen::KeyPair>,
+        names: &[&str],
+    ) -> (Vec<u8>, Vec<u8>) {
         let key = rcgen::KeyPair::generate().expect("key");
         let mut sans = Vec::new();
         for n in names {
@@ -99,15 +110,17 @@ pub struct Upstream {
 }
 
 fn acceptor(cert: &[u8], key: &[u8]) -> TlsAcceptor {
-    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![rustls::pki_types::CertificateDer::from(cert.to_vec())],
-            rustls::pki_types::PrivateKeyDer::try_from(key.to_vec()).expect("key"),
-        )
-        .expect("server config");
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![rustls::pki_types::CertificateDer::from(cert.to_vec())],
+        rustls::pki_types::PrivateKeyDer::try_from(key.to_vec()).expect("key"),
+    )
+    .expect("server config");
     TlsAcceptor::from(Arc::new(cfg))
 }
 
@@ -117,20 +130,27 @@ impl Upstream {
     }
 
     pub async fn start_with(pki: Pki) -> Arc<Upstream> {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
         let up = Arc::new(Upstream {
             addr: listener.local_addr().expect("addr"),
             queries: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
             raw: Mutex::new(Vec::new()),
-            behaviour: Behaviour { ttl: AtomicU32::new(300), ..Default::default() },
+            behaviour: Behaviour {
+                ttl: AtomicU32::new(300),
+                ..Default::default()
+            },
             acceptor: Mutex::new(acceptor(&pki.cert_der, &pki.key_der)),
             pki,
         });
         let me = up.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((tcp, _)) = listener.accept().await else { break };
+                let Ok((tcp, _)) = listener.accept().await else {
+                    break;
+                };
                 me.connections.fetch_add(1, Ordering::SeqCst);
                 let acc = me.acceptor.lock().expect("lock").clone();
                 let me2 = me.clone();
@@ -185,7 +205,9 @@ impl Upstream {
             if self.behaviour.stall.load(Ordering::SeqCst) {
                 continue;
             }
-            let Some(resp) = self.answer(&buf) else { continue };
+            let Some(resp) = self.answer(&buf) else {
+                continue;
+            };
             let delay = self.behaviour.delay_ms.load(Ordering::SeqCst);
             let wr2 = wr.clone();
             let write = async move {
@@ -232,7 +254,11 @@ impl Upstream {
             edns.set_dnssec_ok(e.flags().dnssec_ok);
             let units = self.behaviour.keepalive_units.load(Ordering::SeqCst);
             if units > 0 {
-                edns.options_mut().insert(hickory_proto::rr::rdata::opt::EdnsOption::Unknown(11, (units as u16).to_be_bytes().to_vec()));
+                edns.options_mut()
+                    .insert(hickory_proto::rr::rdata::opt::EdnsOption::Unknown(
+                        11,
+                        (units as u16).to_be_bytes().to_vec(),
+                    ));
             }
             m.set_edns(edns);
         }
@@ -246,7 +272,15 @@ impl Upstream {
         let soa = Record::from_rdata(
             zone.clone(),
             60,
-            RData::SOA(SOA::new(Name::from_ascii("ns.example.test.").ok()?, Name::from_ascii("admin.example.test.").ok()?, 1, 3600, 600, 86400, 30)),
+            RData::SOA(SOA::new(
+                Name::from_ascii("ns.example.test.").ok()?,
+                Name::from_ascii("admin.example.test.").ok()?,
+                1,
+                3600,
+                600,
+                86400,
+                30,
+            )),
         );
         let first = text.split('.').next().unwrap_or("");
         if !zone.zone_of(&name) || first.starts_with("nx") {
@@ -257,11 +291,22 @@ impl Upstream {
         } else if first == "big" && query.query_type() == RecordType::TXT {
             for i in 0..12 {
                 let s = format!("{i:02}-{}", "x".repeat(240));
-                m.add_answer(Record::from_rdata(query.name().clone(), 300, RData::TXT(TXT::new(vec![s]))));
+                m.add_answer(Record::from_rdata(
+                    query.name().clone(),
+                    300,
+                    RData::TXT(TXT::new(vec![s])),
+                ));
             }
         } else if query.query_type() == RecordType::A {
-            let ttl = first.strip_prefix("ttl").and_then(|n| n.parse().ok()).unwrap_or(self.behaviour.ttl.load(Ordering::SeqCst));
-            m.add_answer(Record::from_rdata(query.name().clone(), ttl, RData::A(A::new(192, 0, 2, 1))));
+            let ttl = first
+                .strip_prefix("ttl")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(self.behaviour.ttl.load(Ordering::SeqCst));
+            m.add_answer(Record::from_rdata(
+                query.name().clone(),
+                ttl,
+                RData::A(A::new(192, 0, 2, 1)),
+            ));
         } else {
             m.add_authority(soa);
         }
@@ -345,18 +390,29 @@ impl Proxy {
     }
 
     pub async fn metrics(&self) -> String {
-        http_get(self.server.admin_addr().expect("admin"), "/metrics").await.1
+        http_get(self.server.admin_addr().expect("admin"), "/metrics")
+            .await
+            .1
     }
 }
 
 /// Minimal HTTP/1.0 GET: (status, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).await.expect("connect admin");
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.expect("write");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
     let mut out = String::new();
     s.read_to_string(&mut out).await.expect("read");
-    let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -365,7 +421,9 @@ pub fn query(id: u16, name: &str, qtype: RecordType, edns: Option<(u16, bool)>) 
     let mut m = Message::new(id, MessageType::Query, OpCode::Query);
     m.metadata.recursion_desired = true;
     let mut q = Query::new();
-    q.set_name(Name::from_ascii(name).expect("name")).set_query_type(qtype).set_query_class(DNSClass::IN);
+    q.set_name(Name::from_ascii(name).expect("name"))
+        .set_query_type(qtype)
+        .set_query_class(DNSClass::IN);
     m.add_query(q);
     if let Some((size, dnssec_ok)) = edns {
         let mut e = Edns::new();
@@ -388,7 +446,13 @@ pub async fn udp_raw(addr: SocketAddr, msg: &[u8], wait: Duration) -> Option<Vec
 
 pub async fn udp(addr: SocketAddr, name: &str, qtype: RecordType) -> Message {
     let id = rand::random();
-    let r = udp_raw(addr, &query(id, name, qtype, Some((1232, false))), Duration::from_secs(5)).await.expect("udp answer");
+    let r = udp_raw(
+        addr,
+        &query(id, name, qtype, Some((1232, false))),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("udp answer");
     let m = Message::from_vec(&r).expect("parse answer");
     assert_eq!(m.metadata.id, id);
     m
@@ -401,7 +465,10 @@ pub async fn tcp_send(s: &mut TcpStream, msg: &[u8]) {
 }
 
 pub async fn tcp_recv(s: &mut TcpStream) -> Option<Vec<u8>> {
-    let len = tokio::time::timeout(Duration::from_secs(5), s.read_u16()).await.ok()?.ok()? as usize;
+    let len = tokio::time::timeout(Duration::from_secs(5), s.read_u16())
+        .await
+        .ok()?
+        .ok()? as usize;
     let mut b = vec![0u8; len];
     s.read_exact(&mut b).await.ok()?;
     Some(b)
@@ -461,7 +528,13 @@ pub struct LoadReport {
 /// A bounded load: `udp_qps` UDP queries per second from 4 sockets and `tcp_qps` TCP
 /// queries per second (a new connection each), for `secs` seconds, names from `name(i)`.
 /// Every query gets 2 s to be answered.
-pub async fn load(addr: SocketAddr, secs: u64, udp_qps: u64, tcp_qps: u64, name: fn(u64) -> String) -> LoadReport {
+pub async fn load(
+    addr: SocketAddr,
+    secs: u64,
+    udp_qps: u64,
+    tcp_qps: u64,
+    name: fn(u64) -> String,
+) -> LoadReport {
     use std::collections::HashSet;
     let total_udp = udp_qps * secs;
     let total_tcp = tcp_qps * secs;
@@ -508,7 +581,10 @@ pub async fn load(addr: SocketAddr, secs: u64, udp_qps: u64, tcp_qps: u64, name:
                     tcp_send(&mut s, &q).await;
                     tcp_recv(&mut s).await
                 };
-                tokio::time::timeout(Duration::from_secs(2), fut).await.ok().flatten()
+                tokio::time::timeout(Duration::from_secs(2), fut)
+                    .await
+                    .ok()
+                    .flatten()
             }));
         }
         let mut answered = 0;

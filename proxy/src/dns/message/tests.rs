@@ -1,20 +1,25 @@
 use super::*;
 use crate::dns::wire::parse_query;
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
-use hickory_proto::rr::rdata::{A, SOA};
 use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
+use hickory_proto::rr::rdata::{A, SOA};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 fn query(name: &str, edns: Option<u16>) -> Vec<u8> {
     let mut m = Message::new(77, MessageType::Query, OpCode::Query);
     m.metadata.recursion_desired = true;
     let mut q = Query::new();
-    q.set_name(Name::from_ascii(name).expect("name")).set_query_type(RecordType::A);
+    q.set_name(Name::from_ascii(name).expect("name"))
+        .set_query_type(RecordType::A);
     m.add_query(q);
     if let Some(size) = edns {
         let mut e = Edns::new();
         e.set_max_payload(size);
-        e.options_mut().insert(EdnsOption::Subnet(ClientSubnet::new("192.0.2.0".parse().expect("ip"), 24, 0)));
+        e.options_mut().insert(EdnsOption::Subnet(ClientSubnet::new(
+            "192.0.2.0".parse().expect("ip"),
+            24,
+            0,
+        )));
         m.set_edns(e);
     }
     m.to_vec().expect("encode")
@@ -28,11 +33,19 @@ fn response(name: &str, ttls: &[u32], rcode: ResponseCode, soa: Option<(u32, u32
     m.add_query(q);
     m.metadata.response_code = rcode;
     for (i, t) in ttls.iter().enumerate() {
-        m.add_answer(Record::from_rdata(n.clone(), *t, RData::A(A::new(192, 0, 2, i as u8))));
+        m.add_answer(Record::from_rdata(
+            n.clone(),
+            *t,
+            RData::A(A::new(192, 0, 2, i as u8)),
+        ));
     }
     if let Some((ttl, min)) = soa {
         let z = Name::from_ascii("example.").expect("zone");
-        m.add_authority(Record::from_rdata(z.clone(), ttl, RData::SOA(SOA::new(z.clone(), z, 1, 2, 3, 4, min))));
+        m.add_authority(Record::from_rdata(
+            z.clone(),
+            ttl,
+            RData::SOA(SOA::new(z.clone(), z, 1, 2, 3, 4, min)),
+        ));
     }
     let mut e = Edns::new();
     e.set_max_payload(1232);
@@ -45,7 +58,16 @@ fn upstream_query_pads_strips_ecs_and_asks_keepalive() {
     let q = query("WWW.example.", Some(4096));
     let qi = parse_query(&q).expect("valid");
     let mut out = Vec::new();
-    upstream_query(&q, &qi, &UpstreamQueryOptions { strip_ecs: true, padding_block: 128, keepalive: true }, &mut out);
+    upstream_query(
+        &q,
+        &qi,
+        &UpstreamQueryOptions {
+            strip_ecs: true,
+            padding_block: 128,
+            keepalive: true,
+        },
+        &mut out,
+    );
     assert_eq!(out.len() % 128, 0, "padded to a block");
     let m = Message::from_vec(&out).expect("parse");
     assert_eq!(m.queries[0].name().to_ascii(), "WWW.example.", "case kept");
@@ -54,14 +76,40 @@ fn upstream_query_pads_strips_ecs_and_asks_keepalive() {
     assert!(!codes.contains(&8), "ECS removed: {codes:?}");
     assert!(codes.contains(&11) && codes.contains(&12));
     let mut out2 = Vec::new();
-    upstream_query(&q, &qi, &UpstreamQueryOptions { strip_ecs: false, padding_block: 0, keepalive: false }, &mut out2);
+    upstream_query(
+        &q,
+        &qi,
+        &UpstreamQueryOptions {
+            strip_ecs: false,
+            padding_block: 0,
+            keepalive: false,
+        },
+        &mut out2,
+    );
     let m = Message::from_vec(&out2).expect("parse");
-    let codes: Vec<u16> = m.edns.as_ref().expect("edns").options().as_ref().iter().map(|(c, _)| u16::from(*c)).collect();
+    let codes: Vec<u16> = m
+        .edns
+        .as_ref()
+        .expect("edns")
+        .options()
+        .as_ref()
+        .iter()
+        .map(|(c, _)| u16::from(*c))
+        .collect();
     assert_eq!(codes, vec![8]);
     // Without client EDNS we still send our OPT (for padding and large answers).
     let q = query("a.example.", None);
     let qi = parse_query(&q).expect("valid");
-    upstream_query(&q, &qi, &UpstreamQueryOptions { strip_ecs: true, padding_block: 128, keepalive: true }, &mut out);
+    upstream_query(
+        &q,
+        &qi,
+        &UpstreamQueryOptions {
+            strip_ecs: true,
+            padding_block: 128,
+            keepalive: true,
+        },
+        &mut out,
+    );
     assert!(Message::from_vec(&out).expect("parse").edns.is_some());
 }
 
@@ -72,14 +120,22 @@ fn positive_ttl_is_the_minimum_and_clamped() {
     let r = response("a.example.", &[300, 60, 900], ResponseCode::NoError, None);
     let a = Answer::from_upstream(&r, &q, &qi, &TtlPolicy::default()).expect("answer");
     assert_eq!((a.kind(), a.ttl()), (AnswerKind::Positive, 60));
-    let p = TtlPolicy { min_ttl: 120, max_ttl: 600, ..Default::default() };
+    let p = TtlPolicy {
+        min_ttl: 120,
+        max_ttl: 600,
+        ..Default::default()
+    };
     let a = Answer::from_upstream(&r, &q, &qi, &p).expect("answer");
     assert_eq!(a.ttl(), 120);
     let mut out = Vec::new();
     a.render(&q, &qi, 0, None, 512, &mut out);
     let m = Message::from_vec(&out).expect("parse");
     let ttls: Vec<u32> = m.answers.iter().map(|r| r.ttl).collect();
-    assert_eq!(ttls, vec![300, 120, 600], "each record clamped into [min, max]");
+    assert_eq!(
+        ttls,
+        vec![300, 120, 600],
+        "each record clamped into [min, max]"
+    );
     assert!(m.edns.is_none(), "no OPT for a client without EDNS");
 }
 
@@ -90,11 +146,25 @@ fn negative_ttl_from_soa_per_rfc2308() {
     let r = response("nx.example.", &[], ResponseCode::NXDomain, Some((3600, 45)));
     let a = Answer::from_upstream(&r, &q, &qi, &TtlPolicy::default()).expect("answer");
     assert_eq!((a.kind(), a.ttl()), (AnswerKind::Negative, 45));
-    let a = Answer::from_upstream(&r, &q, &qi, &TtlPolicy { negative_max_ttl: 10, ..Default::default() }).expect("answer");
+    let a = Answer::from_upstream(
+        &r,
+        &q,
+        &qi,
+        &TtlPolicy {
+            negative_max_ttl: 10,
+            ..Default::default()
+        },
+    )
+    .expect("answer");
     assert_eq!(a.ttl(), 10);
     // NODATA without SOA: not cached.
     let r = response("nx.example.", &[], ResponseCode::NoError, None);
-    assert_eq!(Answer::from_upstream(&r, &q, &qi, &TtlPolicy::default()).expect("answer").ttl(), 0);
+    assert_eq!(
+        Answer::from_upstream(&r, &q, &qi, &TtlPolicy::default())
+            .expect("answer")
+            .ttl(),
+        0
+    );
     // SERVFAIL: the short servfail TTL.
     let r = response("nx.example.", &[], ResponseCode::ServFail, None);
     let a = Answer::from_upstream(&r, &q, &qi, &TtlPolicy::default()).expect("answer");
@@ -115,9 +185,17 @@ fn render_restores_id_case_and_counts_ttls_down() {
     assert_eq!(m.answers[0].ttl, 70);
     assert!(m.edns.is_some());
     a.render(&q, &qi, 500, None, 1232, &mut out);
-    assert_eq!(Message::from_vec(&out).expect("parse").answers[0].ttl, 0, "never negative");
+    assert_eq!(
+        Message::from_vec(&out).expect("parse").answers[0].ttl,
+        0,
+        "never negative"
+    );
     a.render(&q, &qi, 500, Some(30), 1232, &mut out);
-    assert_eq!(Message::from_vec(&out).expect("parse").answers[0].ttl, 30, "stale TTL");
+    assert_eq!(
+        Message::from_vec(&out).expect("parse").answers[0].ttl,
+        30,
+        "stale TTL"
+    );
 }
 
 #[test]
@@ -135,7 +213,10 @@ fn error_answers_echo_id_and_question() {
     let mut out = Vec::new();
     servfail(&q, &qi, &mut out);
     let m = Message::from_vec(&out).expect("parse");
-    assert_eq!((m.metadata.id, m.metadata.response_code), (77, ResponseCode::ServFail));
+    assert_eq!(
+        (m.metadata.id, m.metadata.response_code),
+        (77, ResponseCode::ServFail)
+    );
     assert_eq!(m.queries.len(), 1);
     assert!(m.edns.is_some());
 }

@@ -7,13 +7,18 @@ fn q(name: &str, edns: bool) -> Vec<u8> {
     let mut m = Message::new(0x1234, MessageType::Query, OpCode::Query);
     m.metadata.recursion_desired = true;
     let mut qq = Query::new();
-    qq.set_name(Name::from_ascii(name).expect("name")).set_query_type(RecordType::AAAA);
+    qq.set_name(Name::from_ascii(name).expect("name"))
+        .set_query_type(RecordType::AAAA);
     m.add_query(qq);
     if edns {
         let mut e = Edns::new();
         e.set_max_payload(4000);
         e.set_dnssec_ok(true);
-        e.options_mut().insert(EdnsOption::Subnet(ClientSubnet::new("192.0.2.0".parse().expect("ip"), 24, 0)));
+        e.options_mut().insert(EdnsOption::Subnet(ClientSubnet::new(
+            "192.0.2.0".parse().expect("ip"),
+            24,
+            0,
+        )));
         m.set_edns(e);
     }
     m.to_vec().expect("encode")
@@ -53,26 +58,44 @@ fn rejections() {
     assert_eq!(parse_query(&r), Err(Rejection::Drop));
     let mut r = q("a.", false);
     r[2] |= 2 << 3;
-    assert!(matches!(parse_query(&r), Err(Rejection::Answer { rcode: 4, .. })));
+    assert!(matches!(
+        parse_query(&r),
+        Err(Rejection::Answer { rcode: 4, .. })
+    ));
     let mut r = q("a.", false);
     r[5] = 0;
-    assert!(matches!(parse_query(&r), Err(Rejection::Answer { rcode: 1, question_end: None })));
+    assert!(matches!(
+        parse_query(&r),
+        Err(Rejection::Answer {
+            rcode: 1,
+            question_end: None
+        })
+    ));
     // A 64-byte label.
     let mut r = vec![0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 64];
     r.extend_from_slice(&[b'a'; 64]);
     r.extend_from_slice(&[0, 0, 1, 0, 1]);
-    assert!(matches!(parse_query(&r), Err(Rejection::Answer { rcode: 1, .. })));
+    assert!(matches!(
+        parse_query(&r),
+        Err(Rejection::Answer { rcode: 1, .. })
+    ));
     // Two OPT records.
     let mut r = q("a.", true);
     let opt = r[r.len() - 11 - 12..].to_vec();
     r.extend_from_slice(&opt);
     r[11] = 2;
-    assert!(matches!(parse_query(&r), Err(Rejection::Answer { rcode: 1, .. })));
+    assert!(matches!(
+        parse_query(&r),
+        Err(Rejection::Answer { rcode: 1, .. })
+    ));
     // AXFR is not served.
     let mut r = q("a.", false);
     let n = r.len();
     r[n - 3] = 252;
-    assert!(matches!(parse_query(&r), Err(Rejection::Answer { rcode: 4, .. })));
+    assert!(matches!(
+        parse_query(&r),
+        Err(Rejection::Answer { rcode: 4, .. })
+    ));
 }
 
 #[test]
@@ -101,9 +124,14 @@ fn name_text() {
 
 #[test]
 fn lowercase_name_follows_pointers_safely() {
-    let msg = [0u8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, b'A', 0, 0xC0, 12, 0xC0, 17];
+    let msg = [
+        0u8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, b'A', 0, 0xC0, 12, 0xC0, 17,
+    ];
     let mut out = Vec::new();
     read_name_lower(&msg, 15, &mut out).expect("pointer back");
     assert_eq!(out, b"\x01a\x00");
-    assert!(read_name_lower(&msg, 17, &mut out).is_err(), "pointer to itself is refused");
+    assert!(
+        read_name_lower(&msg, 17, &mut out).is_err(),
+        "pointer to itself is refused"
+    );
 }
