@@ -1,6 +1,7 @@
 //! Client-facing sockets: UDP and TCP on every listen address. Sockets set SO_REUSEPORT
 //! so a second proxy process can bind the same addresses during an upgrade.
 
+pub mod batch;
 pub mod tcp;
 pub mod udp;
 

@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::dns::wire::header;
 use crate::metrics::{DropLabels, DropReason, QType, QueryCounters, Rcode, Transport};
+use super::batch::{RecvBatch, SendBatch};
 use crate::pipeline::{Fast, Pipeline};
 
 /// Most UDP queries waiting for an upstream at once, per socket.
@@ -26,33 +27,14 @@ pub async fn serve(
     tracker: TaskTracker,
     drain_limit: std::time::Duration,
 ) {
-    let mut buf = vec![0u8; 65_535];
-    let mut out = Vec::with_capacity(4096);
-    let pending = Arc::new(Semaphore::new(MAX_PENDING));
+    let mut io = Io { rb: RecvBatch::default(), sb: SendBatch::default(), pending: Arc::new(Semaphore::new(MAX_PENDING)) };
     loop {
-        let (n, peer) = tokio::select! {
+        tokio::select! {
             biased;
-            r = sock.recv_from(&mut buf) => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // ICMP errors from earlier sends surface here on some systems; keep going.
-                    tracing::trace!(error = %e, "udp recv");
-                    continue;
-                }
-            },
+            r = sock.readable() => if r.is_err() { continue },
             _ = stop.cancelled() => break,
-        };
-        handle(
-            &sock,
-            &pipeline,
-            &counters,
-            &pending,
-            &tracker,
-            &buf[..n],
-            peer,
-            &mut out,
-        )
-        .await;
+        }
+        io.serve_ready(&sock, &pipeline, &counters, &tracker).await;
     }
     // Draining: another process bound to the same address (SO_REUSEPORT) takes new
     // traffic once this socket closes. Until then, keep answering what reaches it, and close
@@ -60,20 +42,8 @@ pub async fn serve(
     // its buffer is lost. Bounded by the shutdown grace period.
     let deadline = tokio::time::Instant::now() + drain_limit;
     loop {
-        while let Ok((n, peer)) = sock.try_recv_from(&mut buf) {
-            handle(
-                &sock,
-                &pipeline,
-                &counters,
-                &pending,
-                &tracker,
-                &buf[..n],
-                peer,
-                &mut out,
-            )
-            .await;
-        }
-        if pending.available_permits() == MAX_PENDING || tokio::time::Instant::now() >= deadline {
+        io.serve_ready(&sock, &pipeline, &counters, &tracker).await;
+        if io.pending.available_permits() == MAX_PENDING || tokio::time::Instant::now() >= deadline {
             break;
         }
         tokio::select! {
@@ -83,48 +53,66 @@ pub async fn serve(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn handle(
-    sock: &Arc<UdpSocket>,
-    pipeline: &Arc<ArcSwap<Pipeline>>,
-    counters: &QueryCounters,
-    pending: &Arc<Semaphore>,
-    tracker: &TaskTracker,
-    query: &[u8],
-    peer: SocketAddr,
-    out: &mut Vec<u8>,
-) {
-    let start = Instant::now();
-    let p = pipeline.load_full();
-    match p.handle_fast(query, peer.ip(), Transport::udp, out) {
-        Fast::Answered(qtype) => {
-            send(sock, out, peer).await;
-            count(counters, qtype, out, start);
-        }
-        Fast::Drop => {}
-        Fast::Miss(qi) => {
-            let Ok(permit) = pending.clone().try_acquire_owned() else {
-                p.metrics
-                    .dropped
-                    .get_or_create(&DropLabels {
-                        reason: DropReason::overloaded,
-                    })
-                    .inc();
-                return;
+struct Io {
+    rb: RecvBatch,
+    sb: SendBatch,
+    pending: Arc<Semaphore>,
+}
+
+impl Io {
+    /// Answers everything queued on the socket, a batch at a time, until it is empty.
+    async fn serve_ready(&mut self, sock: &Arc<UdpSocket>, pipeline: &Arc<ArcSwap<Pipeline>>, counters: &QueryCounters, tracker: &TaskTracker) {
+        let mut errors = 0;
+        loop {
+            let n = match self.rb.try_recv(sock) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    // ICMP errors from earlier sends surface here; keep going a little.
+                    tracing::trace!(error = %e, "udp recv");
+                    errors += 1;
+                    if errors > 4 {
+                        break;
+                    }
+                    continue;
+                }
             };
-            let q = query.to_vec();
-            let sock = sock.clone();
-            let counters = counters.clone();
-            tracker.spawn(async move {
-                let mut out = Vec::with_capacity(1232);
-                p.metrics.inflight.inc();
-                p.resolve(&q, &qi, peer.ip(), Transport::udp, &mut out)
-                    .await;
-                p.metrics.inflight.dec();
-                send(&sock, &out, peer).await;
-                count(&counters, qi.qtype, &out, start);
-                drop(permit);
-            });
+            let p = pipeline.load_full();
+            for i in 0..n {
+                let Some((query, peer)) = self.rb.datagram(i) else { continue };
+                let start = Instant::now();
+                match p.handle_fast(query, peer.ip(), Transport::udp, self.sb.next_buf()) {
+                    Fast::Answered(qtype) => {
+                        count(counters, qtype, self.sb.next_buf(), start);
+                        self.sb.push(peer);
+                        if self.sb.is_full() {
+                            self.sb.flush(sock).await;
+                        }
+                    }
+                    Fast::Drop => {}
+                    Fast::Miss(qi) => {
+                        let Ok(permit) = self.pending.clone().try_acquire_owned() else {
+                            p.metrics.dropped.get_or_create(&DropLabels { reason: DropReason::overloaded }).inc();
+                            continue;
+                        };
+                        let q = query.to_vec();
+                        let sock = sock.clone();
+                        let counters = counters.clone();
+                        let p = p.clone();
+                        tracker.spawn(async move {
+                            let mut out = Vec::with_capacity(1232);
+                            p.metrics.inflight.inc();
+                            p.resolve(&q, &qi, peer.ip(), Transport::udp, &mut out).await;
+                            p.metrics.inflight.dec();
+                            send(&sock, &out, peer).await;
+                            count(&counters, qi.qtype, &out, start);
+                            drop(permit);
+                        });
+                    }
+                }
+            }
+            self.sb.flush(sock).await;
         }
     }
 }
