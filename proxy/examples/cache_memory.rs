@@ -11,14 +11,27 @@ use dot_proxy::dns::wire::parse_query;
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
 fn main() {
-    let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
-    let max_bytes: u64 = std::env::args().nth(2).and_then(|a| a.parse().ok()).unwrap_or(512 << 20);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
+    let max_bytes: u64 = std::env::args()
+        .nth(2)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(512 << 20);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
     rt.block_on(async {
         let cfg = CacheConfig { max_entries: n, max_bytes, ..Default::default() };
         let before = rss_kib();

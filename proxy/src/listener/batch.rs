@@ -43,8 +43,12 @@ impl RecvBatch {
         sock.try_io(Interest::READABLE, || {
             let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
             let headers = &mut headers;
-            let mut iovs: Vec<[IoSliceMut<'_>; 1]> = bufs.iter_mut().map(|b| [IoSliceMut::new(&mut b[..])]).collect();
-            let res = recvmmsg(fd, headers, iovs.iter_mut(), MsgFlags::MSG_DONTWAIT, None).map_err(std::io::Error::from)?;
+            let mut iovs: Vec<[IoSliceMut<'_>; 1]> = bufs
+                .iter_mut()
+                .map(|b| [IoSliceMut::new(&mut b[..])])
+                .collect();
+            let res = recvmmsg(fd, headers, iovs.iter_mut(), MsgFlags::MSG_DONTWAIT, None)
+                .map_err(std::io::Error::from)?;
             for r in res {
                 let addr = r.address.and_then(|a| {
                     a.as_sockaddr_in()
@@ -119,8 +123,17 @@ impl SendBatch {
             sock.try_io(Interest::WRITABLE, || {
                 let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(n, None);
                 let headers = &mut headers;
-                let iovs: Vec<[IoSlice<'_>; 1]> = outs[..n].iter().map(|o| [IoSlice::new(o)]).collect();
-                let res = sendmmsg(fd, headers, iovs.iter(), &addrs[..n], [], MsgFlags::MSG_DONTWAIT).map_err(std::io::Error::from)?;
+                let iovs: Vec<[IoSlice<'_>; 1]> =
+                    outs[..n].iter().map(|o| [IoSlice::new(o)]).collect();
+                let res = sendmmsg(
+                    fd,
+                    headers,
+                    iovs.iter(),
+                    &addrs[..n],
+                    [],
+                    MsgFlags::MSG_DONTWAIT,
+                )
+                .map_err(std::io::Error::from)?;
                 Ok(res.count())
             })
             .unwrap_or(0)

@@ -11,9 +11,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::batch::{RecvBatch, SendBatch};
 use crate::dns::wire::header;
 use crate::metrics::{DropLabels, DropReason, QType, QueryCounters, Rcode, Transport};
-use super::batch::{RecvBatch, SendBatch};
 use crate::pipeline::{Fast, Pipeline};
 
 /// Most UDP queries waiting for an upstream at once, per socket.
@@ -27,7 +27,11 @@ pub async fn serve(
     tracker: TaskTracker,
     drain_limit: std::time::Duration,
 ) {
-    let mut io = Io { rb: RecvBatch::default(), sb: SendBatch::default(), pending: Arc::new(Semaphore::new(MAX_PENDING)) };
+    let mut io = Io {
+        rb: RecvBatch::default(),
+        sb: SendBatch::default(),
+        pending: Arc::new(Semaphore::new(MAX_PENDING)),
+    };
     loop {
         tokio::select! {
             biased;
@@ -43,7 +47,8 @@ pub async fn serve(
     let deadline = tokio::time::Instant::now() + drain_limit;
     loop {
         io.serve_ready(&sock, &pipeline, &counters, &tracker).await;
-        if io.pending.available_permits() == MAX_PENDING || tokio::time::Instant::now() >= deadline {
+        if io.pending.available_permits() == MAX_PENDING || tokio::time::Instant::now() >= deadline
+        {
             break;
         }
         tokio::select! {
@@ -61,7 +66,13 @@ struct Io {
 
 impl Io {
     /// Answers everything queued on the socket, a batch at a time, until it is empty.
-    async fn serve_ready(&mut self, sock: &Arc<UdpSocket>, pipeline: &Arc<ArcSwap<Pipeline>>, counters: &QueryCounters, tracker: &TaskTracker) {
+    async fn serve_ready(
+        &mut self,
+        sock: &Arc<UdpSocket>,
+        pipeline: &Arc<ArcSwap<Pipeline>>,
+        counters: &QueryCounters,
+        tracker: &TaskTracker,
+    ) {
         let mut errors = 0;
         loop {
             let n = match self.rb.try_recv(sock) {
@@ -80,7 +91,9 @@ impl Io {
             };
             let p = pipeline.load_full();
             for i in 0..n {
-                let Some((query, peer)) = self.rb.datagram(i) else { continue };
+                let Some((query, peer)) = self.rb.datagram(i) else {
+                    continue;
+                };
                 let start = Instant::now();
                 match p.handle_fast(query, peer.ip(), Transport::udp, self.sb.next_buf()) {
                     Fast::Answered(qtype) => {
@@ -93,7 +106,12 @@ impl Io {
                     Fast::Drop => {}
                     Fast::Miss(qi) => {
                         let Ok(permit) = self.pending.clone().try_acquire_owned() else {
-                            p.metrics.dropped.get_or_create(&DropLabels { reason: DropReason::overloaded }).inc();
+                            p.metrics
+                                .dropped
+                                .get_or_create(&DropLabels {
+                                    reason: DropReason::overloaded,
+                                })
+                                .inc();
                             continue;
                         };
                         let q = query.to_vec();
@@ -103,7 +121,8 @@ impl Io {
                         tracker.spawn(async move {
                             let mut out = Vec::with_capacity(1232);
                             p.metrics.inflight.inc();
-                            p.resolve(&q, &qi, peer.ip(), Transport::udp, &mut out).await;
+                            p.resolve(&q, &qi, peer.ip(), Transport::udp, &mut out)
+                                .await;
                             p.metrics.inflight.dec();
                             send(&sock, &out, peer).await;
                             count(&counters, qi.qtype, &out, start);
