@@ -4,7 +4,7 @@
 # every process is stopped on exit.
 set -euo pipefail
 
-BIN=${DOT_PROXY_BIN:-target/release/dot-proxy}
+BIN=${DOT_PROXY_BIN:-${CARGO_TARGET_DIR:-target}/release/dot-proxy}
 UP_IP=127.0.0.77
 UP_PORT=8853
 PORT=${INTEROP_PORT:-5391}
