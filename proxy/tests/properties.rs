@@ -486,6 +486,16 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         let rr = b"\xc0\x0c\x00\x06\x00\x01\x00\x00\x0e\x10\x00\x06\x00\x00\x00\x00\x00\x01";
         raw_query(0x8888, 0x8183, [1, 0, 1, 0], EXAMPLE, 1, rr)
     }));
+    // Found by the fuzzer: an SOA without its MINIMUM field (RDLENGTH 18), followed by the
+    // OPT record, whose first bytes are read as the MINIMUM.
+    s.push(("response-soa-runs-into-opt", {
+        let mut rest = b"\xc0\x0c\x00\x06\x00\x01\x00\x00\x0e\x10\x00\x12\x00\x00".to_vec();
+        for v in [1u32, 7200, 900, 1209600] {
+            rest.extend_from_slice(&v.to_be_bytes());
+        }
+        rest.extend(raw_opt(1232, 0, &[]));
+        raw_query(0x9999, 0x8183, [1, 0, 1, 1], EXAMPLE, 1, &rest)
+    }));
     // Found by the fuzzer: an owner name pointing into the header (here the ID, whose first
     // byte is 0: the root), which decodes differently once the ID is rewritten.
     s.push(("response-pointer-into-header", {
@@ -562,6 +572,7 @@ fn seeds_parse_as_named() {
             && !file.contains("loop")
             && !file.contains("opt-in")
             && !file.contains("soa-too")
+            && !file.contains("soa-runs")
         {
             wire::parse_response(&bytes).unwrap_or_else(|e| panic!("{file}: {e}"));
         }
@@ -1054,6 +1065,23 @@ fn question_names_over_255_bytes_are_refused() {
             Err(wire::Rejection::Answer { rcode: 1, .. })
         ),
         "a 256-byte name must get FORMERR"
+    );
+}
+
+/// Known issue (see `fuzzing::soa_runs_past_its_record`): an SOA whose fields end past its
+/// RDLENGTH is accepted, its MINIMUM read from the next record. Run with `--ignored` once
+/// fixed.
+#[test]
+#[ignore = "known issue: SOA fields are read past the record"]
+fn soa_fields_past_the_record_are_refused() {
+    let bytes = seeds()
+        .into_iter()
+        .find(|(f, _)| *f == "response-soa-runs-into-opt")
+        .map(|(_, b)| b)
+        .expect("seed");
+    assert!(
+        wire::parse_response(&bytes).is_err(),
+        "accepted an SOA of 18 bytes"
     );
 }
 

@@ -49,8 +49,11 @@ rc=$?
 set -e
 
 if [ "$rc" -ne 0 ]; then
-  # The panic message, the input and where libFuzzer saved it; not the NEW/REDUCE lines.
-  grep -v -E '^#[0-9]+[[:space:]]+(NEW|REDUCE|pulse)' "$log" | tail -n 80
+  # The panic message, then the input and where libFuzzer saved it (no stack frames and
+  # no NEW/REDUCE lines).
+  grep -A3 -E 'panicked at|ERROR: (AddressSanitizer|libFuzzer)' "$log" | head -n 20 || true
+  grep -v -E '^#[0-9]+[[:space:]]+(NEW|REDUCE|pulse)|^[[:space:]]+#[0-9]+ 0x|^[[:space:]]+[0-9]+: |^[[:space:]]+at ' "$log" \
+    | tail -n 25
   if [ "$rc" -eq 124 ]; then
     echo "fuzz: FAILED: the run did not end within $((seconds + 120)) s"
   else
