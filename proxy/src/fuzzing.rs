@@ -15,6 +15,11 @@
 //! parser and hickory-proto's, to carry the client's ID and question bytes, and to fit the
 //! length it was rendered for. Used by `fuzz/fuzz_targets/query_path.rs` and
 //! `proxy/tests/properties.rs`.
+//!
+//! Known issues in the proxy relax only the check each one breaks, and only for the inputs
+//! that show it ([`question_name_over_255`], [`names_touch_rewritten_bytes`],
+//! [`soa_runs_past_its_record`]); each has an `#[ignore]`d test in `proxy/tests/properties.rs`
+//! that passes once it is fixed, and docs/fuzzing.md lists them.
 
 use hickory_proto::op::Message;
 
