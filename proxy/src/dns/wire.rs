@@ -133,8 +133,13 @@ pub fn skip_name(b: &[u8], mut at: usize) -> Result<usize, WireError> {
                 }
             }
             0xC0 => {
-                if at + 2 > b.len() {
-                    return Err(WireError::Malformed("truncated compression pointer"));
+                let ptr = u16_at(b, at)
+                    .ok_or(WireError::Malformed("truncated compression pointer"))?
+                    & 0x3FFF;
+                // RFC 1035 4.1.4: a pointer refers to a prior occurrence. Forward pointers
+                // could reach records the proxy removes (OPT) and leave an answer broken.
+                if usize::from(ptr) >= at {
+                    return Err(WireError::Malformed("forward compression pointer"));
                 }
                 return Ok(at + 2);
             }
@@ -451,6 +456,11 @@ pub fn parse_response(b: &[u8]) -> Result<ResponseInfo, WireError> {
             } else if i < an as usize + ns as usize && rec.rtype == rtype::SOA {
                 let mname_end = skip_name(b, rec.rdata_at)?;
                 let rname_end = skip_name(b, mname_end)?;
+                // The SOA's fields must lie inside its own RDATA: a record that borrows bytes
+                // from the next one would break once that one is cut (the OPT at cache insert).
+                if rname_end + 20 != rec.end {
+                    return Err(WireError::Malformed("SOA fields do not fit its RDATA"));
+                }
                 let minimum =
                     u32_at(b, rname_end + 16).ok_or(WireError::Malformed("SOA too short"))?;
                 let neg = ttl.min(minimum);

@@ -135,3 +135,44 @@ fn lowercase_name_follows_pointers_safely() {
         "pointer to itself is refused"
     );
 }
+
+#[test]
+fn soa_borrowing_bytes_from_the_next_record_is_refused() {
+    // Found by the fuzzer: an SOA whose RDATA length is shorter than its fields, so its
+    // MINIMUM was read from the OPT record that follows.
+    let mut b = vec![0x22, 0x22, 0x81, 0x83, 0, 1, 0, 0, 0, 1, 0, 1];
+    b.extend_from_slice(b"\x02nx\x07example\x03com\x00\x00\x01\x00\x01");
+    // SOA with rdlength 4: two root names, then nothing.
+    b.extend_from_slice(&[0xC0, 12, 0, 6, 0, 1, 0, 0, 0x0e, 0x10, 0, 4, 0, 0, 0, 0]);
+    // OPT with 18 bytes of option data the SOA would otherwise have "read".
+    b.extend_from_slice(&[0, 0, 41, 4, 0xd0, 0, 0, 0, 0, 0, 22, 0, 12, 0, 18]);
+    b.extend_from_slice(&[0; 18]);
+    assert!(parse_response(&b).is_err());
+}
+
+#[test]
+fn forward_compression_pointers_are_refused() {
+    let mut b = vec![0, 1, 0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0];
+    b.extend_from_slice(b"\x01a\x00\x00\x01\x00\x01");
+    let at = b.len();
+    // Owner name pointing forward, past itself.
+    b.extend_from_slice(&[
+        0xC0,
+        (at + 20) as u8,
+        0,
+        1,
+        0,
+        1,
+        0,
+        0,
+        0,
+        1,
+        0,
+        4,
+        1,
+        2,
+        3,
+        4,
+    ]);
+    assert!(parse_response(&b).is_err());
+}
