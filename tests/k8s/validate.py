@@ -790,7 +790,7 @@ def known_metrics() -> set[str]:
     prefix = re.search(r'pub const PREFIX: &str = "(\w+)"', src).group(1)
     s = r'"((?:[^"\\]|\\.)*)"'
     names = set()
-    for rm in re.finditer(rf"r\.register(_with_unit)?\(\s*{s},\s*{s},\s*(?:Unit::(\w+),\s*)?(self\.(\w+)\.clone\(\)|\w+)\s*\)", src):
+    for rm in re.finditer(rf"r\.register(_with_unit)?\(\s*{s},\s*{s},\s*(?:Unit::(\w+),\s*)?(self\.(\w+)\.clone\(\)|\w+)\s*,?\s*\)", src):
         base, unit, field = rm.group(2), rm.group(4), rm.group(6)
         name = f"{prefix}_{base}" + (f"_{unit.lower()}" if unit else "")
         kind = types.get(field) if field else "info"
