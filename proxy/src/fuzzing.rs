@@ -17,9 +17,9 @@
 //! `proxy/tests/properties.rs`.
 //!
 //! Known issues in the proxy relax only the check each one breaks, and only for the inputs
-//! that show it ([`question_name_over_255`], [`names_touch_rewritten_bytes`],
-//! [`soa_runs_past_its_record`]); each has an `#[ignore]`d test in `proxy/tests/properties.rs`
-//! that passes once it is fixed, and docs/fuzzing.md lists them.
+//! that show it ([`question_name_over_255`], [`names_touch_rewritten_bytes`]); each has a
+//! test in `proxy/tests/properties.rs`, ignored until it is fixed, and docs/fuzzing.md lists
+//! them.
 
 use hickory_proto::op::Message;
 
@@ -471,9 +471,6 @@ pub fn synth_response(query: &[u8], qi: &QueryInfo) -> Vec<u8> {
 /// several TTL policies, ages and length limits.
 pub fn check_answers(resp: &[u8], query: &[u8], qi: &QueryInfo) {
     let parsed = wire::parse_response(resp);
-    // Known issue (see soa_runs_past_its_record): answers from such a response are not
-    // required to parse; every check before parsing still applies.
-    let soa_overrun = soa_runs_past_its_record(resp);
     let hickory_parses = Message::from_vec(resp).is_ok()
         && parsed
             .as_ref()
@@ -508,7 +505,7 @@ pub fn check_answers(resp: &[u8], query: &[u8], qi: &QueryInfo) {
         let Ok(info) = &parsed else {
             panic!("accepted a response its own parser rejects")
         };
-        check_normalized(&answer, info, policy, soa_overrun);
+        check_normalized(&answer, info, policy);
         let max_lens = [512, qi.max_udp_size(), 65_535];
         for max_len in max_lens {
             for (age, ttl_override) in renders {
@@ -524,22 +521,17 @@ pub fn check_answers(resp: &[u8], query: &[u8], qi: &QueryInfo) {
                     ttl_override,
                     max_len,
                 };
-                r.check(hickory_parses, soa_overrun);
+                r.check(hickory_parses);
             }
         }
     }
 }
 
-fn check_normalized(answer: &Answer, info: &ResponseInfo, policy: &TtlPolicy, soa_overrun: bool) {
+fn check_normalized(answer: &Answer, info: &ResponseInfo, policy: &TtlPolicy) {
     let w = answer.wire();
     assert_eq!(header::id(w), 0, "stored answer keeps an ID");
-    let stored = match wire::parse_response(w) {
-        Ok(stored) => stored,
-        // The known issue of soa_runs_past_its_record: the SOA's MINIMUM was read from the
-        // OPT record, which the stored answer no longer has.
-        Err(_) if soa_overrun => return,
-        Err(e) => panic!("stored answer does not parse: {e}"),
-    };
+    let stored =
+        wire::parse_response(w).unwrap_or_else(|e| panic!("stored answer does not parse: {e}"));
     assert!(
         stored.edns.is_none(),
         "stored answer keeps the upstream's OPT"
@@ -592,7 +584,7 @@ struct Rendered<'a> {
 }
 
 impl Rendered<'_> {
-    fn check(&self, hickory_parses: bool, soa_overrun: bool) {
+    fn check(&self, hickory_parses: bool) {
         let (out, qi) = (self.out, self.qi);
         assert!(
             out.len() <= self.max_len,
@@ -617,11 +609,8 @@ impl Rendered<'_> {
             self.query.get(HEADER_LEN..qi.question_end),
             "answer does not echo the client's question bytes"
         );
-        let r = match wire::parse_response(out) {
-            Ok(r) => r,
-            Err(_) if soa_overrun => return,
-            Err(e) => panic!("rendered answer does not parse: {e}"),
-        };
+        let r = wire::parse_response(out)
+            .unwrap_or_else(|e| panic!("rendered answer does not parse: {e}"));
         assert_eq!(r.rcode & 0xF, self.info.rcode & 0xF, "RCODE changed");
         match (qi.edns, r.edns) {
             (Some(_), Some(e)) => {
@@ -743,36 +732,6 @@ pub fn names_touch_rewritten_bytes(resp: &[u8], info: &ResponseInfo) -> bool {
                 if b & 0xC0 == 0xC0 && touches(rec.rdata_at + i) {
                     return true;
                 }
-            }
-        }
-        at = rec.end;
-    }
-    false
-}
-
-/// Known issue: `wire::parse_response` reads an authority SOA's names and MINIMUM without
-/// checking that they end inside the record's RDLENGTH, so it takes the MINIMUM (and so the
-/// negative TTL) from the next record's bytes. True when a response has such an SOA.
-pub fn soa_runs_past_its_record(resp: &[u8]) -> bool {
-    let Ok(info) = wire::parse_response(resp) else {
-        return false;
-    };
-    let records = [
-        header::ancount(resp),
-        header::nscount(resp),
-        header::arcount(resp),
-    ];
-    let mut at = info.question_end;
-    for _ in 0..records.iter().map(|&n| usize::from(n)).sum::<usize>() {
-        let Ok(rec) = wire::skip_record(resp, at) else {
-            return false;
-        };
-        if rec.rtype == rtype::SOA {
-            let fields_end = wire::skip_name(resp, rec.rdata_at)
-                .and_then(|mname_end| wire::skip_name(resp, mname_end))
-                .map(|rname_end| rname_end + 20);
-            if fields_end.map_or(true, |end| end > rec.end) {
-                return true;
             }
         }
         at = rec.end;

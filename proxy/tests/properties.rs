@@ -487,7 +487,7 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         raw_query(0x8888, 0x8183, [1, 0, 1, 0], EXAMPLE, 1, rr)
     }));
     // Found by the fuzzer: an SOA without its MINIMUM field (RDLENGTH 18), followed by the
-    // OPT record, whose first bytes are read as the MINIMUM.
+    // OPT record, whose first bytes were read as the MINIMUM. Now refused.
     s.push(("response-soa-runs-into-opt", {
         let mut rest = b"\xc0\x0c\x00\x06\x00\x01\x00\x00\x0e\x10\x00\x12\x00\x00".to_vec();
         for v in [1u32, 7200, 900, 1209600] {
@@ -1068,11 +1068,9 @@ fn question_names_over_255_bytes_are_refused() {
     );
 }
 
-/// Known issue (see `fuzzing::soa_runs_past_its_record`): an SOA whose fields end past its
-/// RDLENGTH is accepted, its MINIMUM read from the next record. Run with `--ignored` once
-/// fixed.
+/// Found by the fuzzer, fixed in `wire::parse_response`: an SOA whose fields end past its
+/// RDLENGTH took its MINIMUM from the next record (the OPT, which the stored answer drops).
 #[test]
-#[ignore = "known issue: SOA fields are read past the record"]
 fn soa_fields_past_the_record_are_refused() {
     let bytes = seeds()
         .into_iter()
@@ -1082,6 +1080,23 @@ fn soa_fields_past_the_record_are_refused() {
     assert!(
         wire::parse_response(&bytes).is_err(),
         "accepted an SOA of 18 bytes"
+    );
+}
+
+/// Known issue (see `fuzzing::names_touch_rewritten_bytes`): a name pointing into bytes that
+/// rendering rewrites (here the ID) is accepted, so the answer decodes differently for each
+/// client. Run with `--ignored` once fixed.
+#[test]
+#[ignore = "known issue: compression pointers into the header are accepted"]
+fn pointers_into_rewritten_bytes_are_refused() {
+    let bytes = seeds()
+        .into_iter()
+        .find(|(f, _)| *f == "response-pointer-into-header")
+        .map(|(_, b)| b)
+        .expect("seed");
+    assert!(
+        wire::parse_response(&bytes).is_err(),
+        "accepted a pointer to offset 0"
     );
 }
 
