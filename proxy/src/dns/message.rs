@@ -47,6 +47,9 @@ pub fn error_answer(
 /// Extended RCODE BADVERS (16): the client spoke an EDNS version we do not.
 pub const BADVERS: u8 = 16;
 
+/// Most bytes of client EDNS options forwarded upstream; beyond that none are.
+pub const MAX_FORWARDED_OPTIONS: usize = 512;
+
 /// Options for queries sent upstream.
 #[derive(Clone, Copy, Debug)]
 pub struct UpstreamQueryOptions {
@@ -71,7 +74,12 @@ pub fn upstream_query(query: &[u8], qi: &QueryInfo, o: &UpstreamQueryOptions, ou
     let opt_at = out.len();
     push_opt(out, 0, qi.do_bit());
     if let Some(e) = &qi.edns {
-        for (code, value) in wire::edns_options(query, e) {
+        // A client's own options travel only while they stay small: a query must never
+        // outgrow a DNS message (65,535 bytes), whose length prefixes the DoT frame.
+        let forwarded: usize = wire::edns_options(query, e).map(|(_, v)| v.len() + 4).sum();
+        for (code, value) in
+            wire::edns_options(query, e).filter(|_| forwarded <= MAX_FORWARDED_OPTIONS)
+        {
             let drop = matches!(code, opt::COOKIE | opt::TCP_KEEPALIVE | opt::PADDING)
                 || (code == opt::ECS && o.strip_ecs);
             if !drop {

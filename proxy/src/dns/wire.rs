@@ -98,6 +98,10 @@ pub fn skip_plain_name(b: &[u8], mut at: usize) -> Result<usize, WireError> {
             .ok_or(WireError::Malformed("name runs past the end"))? as usize;
         if len == 0 {
             at += 1;
+            // 255 octets at most, the root label's zero byte included (RFC 1035 2.3.4).
+            if at - start > MAX_NAME_LEN {
+                return Err(WireError::Malformed("name longer than 255 bytes"));
+            }
             break;
         }
         if len & 0xC0 != 0 {
@@ -159,6 +163,9 @@ pub fn read_name_lower(b: &[u8], mut at: usize, out: &mut Vec<u8>) -> Result<(),
         match len & 0xC0 {
             0x00 if len == 0 => {
                 out.push(0);
+                if out.len() > MAX_NAME_LEN {
+                    return Err(WireError::Malformed("name longer than 255 bytes"));
+                }
                 return Ok(());
             }
             0x00 => {

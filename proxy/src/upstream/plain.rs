@@ -28,6 +28,9 @@ impl PlainUpstream {
 
     /// Sends the query; the caller bounds the time.
     pub async fn query(&self, msg: &[u8]) -> Result<Vec<u8>, UpstreamError> {
+        if msg.len() > usize::from(u16::MAX) {
+            return Err(UpstreamError::Malformed);
+        }
         let start = tokio::time::Instant::now();
         self.stats.queries.inc();
         let id: u16 = rand::random();

@@ -195,6 +195,11 @@ impl TlsUpstream {
     /// Sends one query (any ID; the connection sets its own) and returns the answer with
     /// the ID as sent by the server.
     pub async fn query(self: &Arc<Self>, msg: &[u8]) -> Result<Vec<u8>, UpstreamError> {
+        // The frame's length prefix is 16 bits: a longer message would desynchronise the
+        // connection for every other query on it.
+        if msg.len() > usize::from(u16::MAX) {
+            return Err(UpstreamError::Malformed);
+        }
         self.last_used
             .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
         let mut last_err = UpstreamError::Closed;
