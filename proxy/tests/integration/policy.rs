@@ -257,7 +257,7 @@ async fn rules_change_under_load_without_a_lost_query() {
     let file = dir.path().join("config.yaml");
     let port = free_port();
     let base = format!(
-        "listen: [127.0.0.1:{port}]\nadmin: {{listen: null}}\nlog: {{level: warn}}\nupstream_groups:\n- name: default\n  servers:\n  - {{address: \"{}\", tls_name: upstream.test, ca_file: \"{}\"}}\n",
+        "listen: [127.0.0.1:{port}]\nadmin: {{listen: null}}\nlog: {{level: warn}}\ntcp: {{max_connections_per_client: 1024}}\nupstream_groups:\n- name: default\n  servers:\n  - {{address: \"{}\", tls_name: upstream.test, ca_file: \"{}\"}}\n",
         up.addr,
         up.pki.ca_file.display()
     );
