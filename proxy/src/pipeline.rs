@@ -184,8 +184,9 @@ impl Pipeline {
                 }
             }
         }
+        // One key serves both steps: its lower-cased name is what the policy matches.
+        let key = CacheKey::new(query, &qi, self.route_tag(client));
         if let Some(policy) = &self.policy {
-            let key = CacheKey::new(query, &qi, 0);
             let answered = match policy.check(key.name()) {
                 Verdict::Pass | Verdict::Rewrite { .. } => None,
                 Verdict::Static(rule) => Some((
@@ -209,7 +210,6 @@ impl Pipeline {
             }
         }
         if let Some(cache) = self.cache_for(&qi) {
-            let key = CacheKey::new(query, &qi, self.route_tag(client));
             match cache.lookup(key.as_bytes(), now) {
                 Lookup::Fresh { entry, prefetch } => {
                     self.metrics.cache_hits.inc();

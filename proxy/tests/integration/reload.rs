@@ -87,8 +87,6 @@ async fn kubelet_configmap_swap_triggers_a_reload() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     let m = udp(addr2, "still.example.test.", RecordType::A).await;
     assert_eq!(a_records(&m).len(), 1);
-    let text = dot_proxy::metrics::encode(&Default::default());
-    drop(text);
     let admin = server.admin_addr().expect("admin");
     let (_, metrics) = http_get(admin, "/metrics").await;
     assert_eq!(
@@ -172,7 +170,7 @@ async fn reloads_under_load_lose_nothing_and_keep_the_cache() {
         for i in 0..20 {
             tokio::time::sleep(Duration::from_millis(450)).await;
             let text = if i % 2 == 0 {
-                yaml_for_static(&good, &format!("shutdown_grace: {}s\n", 1 + i))
+                format!("{good}shutdown_grace: {}s\n", 1 + i)
             } else {
                 format!("{good}cache: {{min_ttl: 10, max_ttl: 1}}\n")
             };
@@ -195,10 +193,6 @@ async fn reloads_under_load_lose_nothing_and_keep_the_cache() {
         "{after}"
     );
     assert!(metric(&after, "dot_proxy_config_reloads_total{result=\"failure\"}") >= 8.0);
-}
-
-fn yaml_for_static(base: &str, extra: &str) -> String {
-    format!("{base}{extra}")
 }
 
 struct Proc(Child);
