@@ -357,7 +357,7 @@ fn server(errs: &mut Vec<String>, sp: &str, s: &UpstreamServerSpec) -> Option<Up
         Protocol::Tls => 853,
         Protocol::Plain => 53,
     };
-    let Some(address) = parse_server_address(&s.address, default_port) else {
+    let Some(address) = dot_proxy::config::parse_server_address(&s.address, default_port) else {
         errs.push(format!(
             "{sp}.address: {:?} is not an IP address or IP:PORT (IPv6 as [addr]:port)",
             s.address
@@ -388,21 +388,6 @@ fn server(errs: &mut Vec<String>, sp: &str, s: &UpstreamServerSpec) -> Option<Up
         pool_size: s.pool_size as usize,
         ..base
     })
-}
-
-/// `IP:PORT`, `[IPv6]:PORT`, or a bare IP (IPv6 with or without brackets) on `default_port`.
-fn parse_server_address(s: &str, default_port: u16) -> Option<SocketAddr> {
-    let s = s.trim();
-    if let Ok(a) = s.parse::<SocketAddr>() {
-        return Some(a);
-    }
-    let ip = s
-        .strip_prefix('[')
-        .and_then(|x| x.strip_suffix(']'))
-        .unwrap_or(s);
-    ip.parse::<IpAddr>()
-        .ok()
-        .map(|ip| SocketAddr::new(ip, default_port))
 }
 
 /// Turns a proxy config path (`upstream_groups[0].servers[1].tls_name`) into the resource's
@@ -471,26 +456,32 @@ mod tests {
     #[test]
     fn server_addresses() {
         assert_eq!(
-            parse_server_address("1.1.1.1", 853),
+            dot_proxy::config::parse_server_address("1.1.1.1", 853),
             Some("1.1.1.1:853".parse().expect("addr"))
         );
         assert_eq!(
-            parse_server_address("1.1.1.1:8853", 853),
+            dot_proxy::config::parse_server_address("1.1.1.1:8853", 853),
             Some("1.1.1.1:8853".parse().expect("addr"))
         );
         assert_eq!(
-            parse_server_address("[2606:4700::1111]", 853),
+            dot_proxy::config::parse_server_address("[2606:4700::1111]", 853),
             Some("[2606:4700::1111]:853".parse().expect("addr"))
         );
         assert_eq!(
-            parse_server_address("2606:4700::1111", 853),
+            dot_proxy::config::parse_server_address("2606:4700::1111", 853),
             Some("[2606:4700::1111]:853".parse().expect("addr"))
         );
         assert_eq!(
-            parse_server_address("10.96.0.10", 53),
+            dot_proxy::config::parse_server_address("10.96.0.10", 53),
             Some("10.96.0.10:53".parse().expect("addr"))
         );
-        assert_eq!(parse_server_address("1.1.1.999:853", 853), None);
-        assert_eq!(parse_server_address("dns.google:853", 853), None);
+        assert_eq!(
+            dot_proxy::config::parse_server_address("1.1.1.999:853", 853),
+            None
+        );
+        assert_eq!(
+            dot_proxy::config::parse_server_address("dns.google:853", 853),
+            None
+        );
     }
 }

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use duration::{Dur, DurationError};
-pub use upstream_url::{parse_upstream_url, UpstreamUrlError};
+pub use upstream_url::{parse_server_address, parse_upstream_url, UpstreamUrlError};
 
 #[cfg(feature = "schema")]
 use schemars::JsonSchema;

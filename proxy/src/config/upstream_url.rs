@@ -22,7 +22,7 @@ pub fn parse_upstream_url(s: &str) -> Result<UpstreamServer, UpstreamUrlError> {
         "udp" | "dns" | "plain" => 53,
         _ => return Err(bad()),
     };
-    let address = parse_addr(addr, default_port).ok_or_else(bad)?;
+    let address = parse_server_address(addr, default_port).ok_or_else(bad)?;
     if scheme == "tls" {
         let name = name.filter(|n| !n.is_empty()).ok_or_else(bad)?;
         Ok(UpstreamServer::tls(address, name))
@@ -34,7 +34,9 @@ pub fn parse_upstream_url(s: &str) -> Result<UpstreamServer, UpstreamUrlError> {
     }
 }
 
-fn parse_addr(s: &str, default_port: u16) -> Option<SocketAddr> {
+/// `IP:PORT`, `[IPv6]:PORT`, or a bare IP (IPv6 with or without brackets) on `default_port`.
+pub fn parse_server_address(s: &str, default_port: u16) -> Option<SocketAddr> {
+    let s = s.trim();
     if let Ok(a) = s.parse::<SocketAddr>() {
         return Some(a);
     }
