@@ -14,7 +14,12 @@ pub struct Clock {
 
 impl Clock {
     pub fn now(&self) -> Instant {
-        Instant::now() + Duration::from_millis(self.offset_ms.load(Ordering::Relaxed))
+        self.at(Instant::now())
+    }
+    /// This clock's time at a real instant already read (one clock read serves a whole
+    /// batch of datagrams).
+    pub fn at(&self, real: Instant) -> Instant {
+        real + Duration::from_millis(self.offset_ms.load(Ordering::Relaxed))
     }
     /// Moves this clock forward (tests).
     pub fn advance(&self, d: Duration) {

@@ -11,6 +11,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use crate::cache::{Cache, CacheKey, Lookup};
 use crate::clock::Clock;
@@ -112,16 +113,16 @@ impl Pipeline {
         self.groups.iter().any(|g| g.any_up())
     }
 
-    /// Validates, rate-limits and answers from the cache when it can. `max_len` is the
-    /// largest answer this transport takes (the client's UDP size, or 65535 on TCP).
+    /// Validates, rate-limits and answers from the cache when it can. `now` is
+    /// `self.clock`'s time when the query arrived (read once per batch by the listeners).
     pub fn handle_fast(
         self: &Arc<Self>,
         query: &[u8],
         client: IpAddr,
         transport: Transport,
+        now: Instant,
         out: &mut Vec<u8>,
     ) -> Fast {
-        let now = self.clock.now();
         let qi = match wire::parse_query(query) {
             Ok(qi) => qi,
             Err(Rejection::Drop) => {

@@ -738,7 +738,8 @@ fn pipeline_case(
     rt.block_on(async {
         let mut out = Vec::new();
         for transport in [Transport::udp, Transport::tcp] {
-            let fast = pipeline.handle_fast(query, CLIENT, transport, &mut out);
+            let fast =
+                pipeline.handle_fast(query, CLIENT, transport, pipeline.clock.now(), &mut out);
             let counter = match &fast {
                 Fast::Drop => &seen.dropped,
                 Fast::Answered(_) => &seen.answered,

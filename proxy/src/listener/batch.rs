@@ -9,6 +9,9 @@ use std::os::fd::AsRawFd;
 use nix::sys::socket::{recvmmsg, sendmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
+use tokio::time::Instant;
+
+use crate::metrics::QueryCounters;
 
 /// Datagrams per system call.
 pub const BATCH: usize = 32;
@@ -112,9 +115,15 @@ impl SendBatch {
     }
 
     /// Sends everything queued: one `sendmmsg`, then one by one for what it did not take.
-    pub async fn flush(&mut self, sock: &UdpSocket) {
+    /// Each answer's time in the proxy (from `received` to now: one clock read for the
+    /// batch) goes into the duration histogram.
+    pub async fn flush(&mut self, sock: &UdpSocket, counters: &QueryCounters, received: Instant) {
         if self.len == 0 {
             return;
+        }
+        let took = received.elapsed().as_secs_f64();
+        for _ in 0..self.len {
+            counters.duration.observe(took);
         }
         let fd = sock.as_raw_fd();
         let n = self.len;

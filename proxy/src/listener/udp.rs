@@ -90,17 +90,23 @@ impl Io {
                 }
             };
             let p = pipeline.load_full();
+            // One clock read for the whole batch: the datagrams arrived together, and the
+            // cache ages their answers by the same instant.
+            let start = Instant::now();
+            let now = p.clock.at(start);
             for i in 0..n {
                 let Some((query, peer)) = self.rb.datagram(i) else {
                     continue;
                 };
-                let start = Instant::now();
-                match p.handle_fast(query, peer.ip(), Transport::udp, self.sb.next_buf()) {
+                match p.handle_fast(query, peer.ip(), Transport::udp, now, self.sb.next_buf()) {
                     Fast::Answered(qtype) => {
-                        count(counters, qtype, self.sb.next_buf(), start);
+                        counters.count(
+                            QType::from_u16(qtype),
+                            Rcode::from_u8(header::rcode(self.sb.next_buf())),
+                        );
                         self.sb.push(peer);
                         if self.sb.is_full() {
-                            self.sb.flush(sock).await;
+                            self.sb.flush(sock, counters, start).await;
                         }
                     }
                     Fast::Drop => {}
@@ -131,7 +137,7 @@ impl Io {
                     }
                 }
             }
-            self.sb.flush(sock).await;
+            self.sb.flush(sock, counters, start).await;
         }
     }
 }

@@ -1,11 +1,14 @@
 //! Upstream groups: policies, health, failover and recovery, zone routing, pinning, padding.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
-use hickory_proto::rr::RecordType;
+use hickory_proto::rr::rdata::{A, TXT};
+use hickory_proto::rr::{RData, Record, RecordType};
+use tokio::net::{TcpListener, UdpSocket};
 
 use dot_proxy::config::{Dur, Policy, UpstreamServer};
 
@@ -335,4 +338,74 @@ async fn plain_dns_for_the_default_zone_needs_an_explicit_opt_in() {
     assert!(e.contains("allow_plain_default"), "{e}");
     cfg.allow_plain_default = true;
     cfg.validate().expect("allowed with the opt-in");
+}
+
+/// A plain upstream whose UDP answer is larger than the proxy's receive buffer (and not
+/// marked truncated) is asked again over TCP, instead of a cut answer being passed on.
+#[tokio::test]
+async fn oversized_plain_udp_answer_is_asked_again_over_tcp() {
+    let udp_sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let addr = udp_sock.local_addr().expect("addr");
+    let tcp_listener = TcpListener::bind(addr).await.expect("bind tcp");
+    let answer = |raw: &[u8], big: bool| -> Option<Vec<u8>> {
+        let q = Message::from_vec(raw).ok()?;
+        let name = q.queries.first()?.name().clone();
+        let mut r = Message::new(q.metadata.id, MessageType::Response, OpCode::Query);
+        r.metadata.recursion_desired = true;
+        r.metadata.recursion_available = true;
+        r.add_query(q.queries.first()?.clone());
+        if big {
+            // About 6,000 bytes of TXT records, over UDP, without TC.
+            for i in 0..30u8 {
+                let text = vec![char::from(b'a' + i % 26).to_string().repeat(200)];
+                r.add_answer(Record::from_rdata(
+                    name.clone(),
+                    60,
+                    RData::TXT(TXT::new(text)),
+                ));
+            }
+        } else {
+            r.add_answer(Record::from_rdata(
+                name,
+                60,
+                RData::A(A::new(192, 0, 2, 77)),
+            ));
+        }
+        r.to_vec().ok()
+    };
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        while let Ok((n, peer)) = udp_sock.recv_from(&mut buf).await {
+            if let Some(b) = answer(&buf[..n], true) {
+                let _ = udp_sock.send_to(&b, peer).await;
+            }
+        }
+    });
+    let tcp_count = Arc::new(AtomicUsize::new(0));
+    let c = tcp_count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = tcp_listener.accept().await {
+            let c = c.clone();
+            tokio::spawn(async move {
+                while let Some(q) = tcp_recv(&mut s).await {
+                    c.fetch_add(1, Ordering::SeqCst);
+                    match answer(&q, false) {
+                        Some(b) => tcp_send(&mut s, &b).await,
+                        None => break,
+                    }
+                }
+            });
+        }
+    });
+    let mut cfg = config_for(vec![UpstreamServer::plain(addr)]);
+    cfg.allow_plain_default = true;
+    let p = Proxy::start(cfg).await;
+    let m = udp(p.addr, "big.example.test.", RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(
+        a_records(&m),
+        vec![std::net::Ipv4Addr::new(192, 0, 2, 77)],
+        "the TCP answer"
+    );
+    assert_eq!(tcp_count.load(Ordering::SeqCst), 1);
 }
