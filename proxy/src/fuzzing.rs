@@ -16,10 +16,8 @@
 //! length it was rendered for. Used by `fuzz/fuzz_targets/query_path.rs` and
 //! `proxy/tests/properties.rs`.
 //!
-//! Known issues in the proxy relax only the check each one breaks, and only for the inputs
-//! that show it ([`question_name_over_255`], [`names_touch_rewritten_bytes`]); each has a
-//! test in `proxy/tests/properties.rs`, ignored until it is fixed, and docs/fuzzing.md lists
-//! them.
+//! One check is relaxed, for the inputs that need it: [`names_touch_rewritten_bytes`]
+//! (docs/fuzzing.md says why).
 
 use hickory_proto::op::Message;
 
@@ -205,10 +203,9 @@ fn check_error_answer(query: &[u8], question_end: Option<usize>, rc: u8, edns: O
         assert_eq!(info.rcode, rc, "extended RCODE lost");
         assert_eq!(info.edns.is_some(), edns.is_some() || rc > 15);
     }
-    if let Some(m) = hickory(&out, "error answer") {
-        assert_eq!(m.metadata.id, header::id(query));
-        assert_eq!(m.queries.len(), usize::from(question_end.is_some()));
-    }
+    let m = hickory(&out, "error answer");
+    assert_eq!(m.metadata.id, header::id(query));
+    assert_eq!(m.queries.len(), usize::from(question_end.is_some()));
 }
 
 fn check_cache_key(data: &[u8], qi: &QueryInfo) {
@@ -308,9 +305,7 @@ fn check_upstream_queries(data: &[u8], qi: &QueryInfo) {
         }
         assert_eq!(keepalive, o.keepalive);
         if client_parses {
-            if let Some(m) = hickory(&up, "upstream query") {
-                assert_eq!(m.queries.len(), 1);
-            }
+            assert_eq!(hickory(&up, "upstream query").queries.len(), 1);
         }
     }
 }
@@ -655,20 +650,19 @@ impl Rendered<'_> {
             }
         }
         if hickory_parses || truncated_here {
-            if let Some(m) = hickory(out, "rendered answer") {
-                assert_eq!(m.metadata.id, qi.id);
-                assert_eq!(m.queries.len(), 1);
-            }
+            let m = hickory(out, "rendered answer");
+            assert_eq!(m.metadata.id, qi.id);
+            assert_eq!(m.queries.len(), 1);
         }
     }
 }
 
-/// Known issue: rendering rewrites bytes of the upstream's answer (ID, flags, ARCOUNT, TTLs,
-/// and the question's type and class bytes, copied from the client's question) without
-/// checking that no compression pointer leads into them. A response whose names point
-/// there (say `c0 00`, into the ID) decodes differently, or not at all, once rendered.
-/// Until `wire::parse_response` refuses such pointers, rendered answers of these responses
-/// are not held to hickory's parser; every other check still applies to them.
+/// Rendering rewrites bytes of the upstream's answer (ID, flags, ARCOUNT, TTLs, and the
+/// question's type and class bytes). `wire::parse_response` refuses owner names, and the
+/// names in the RDATA of the types that may be compressed (NS, CNAME, PTR, DNAME, MX, SRV,
+/// SOA), that lead into those bytes. It does not read the RDATA of other types, where RFC
+/// 3597 forbids compression but hickory-proto still follows pointers (RRSIG, NSEC, SVCB...):
+/// for those, rendered answers are not held to hickory's parser; every other check applies.
 ///
 /// True when a name reached from a record's owner, or from a pointer anywhere in record
 /// data (A, AAAA and TXT carry no names), touches one of those bytes.
@@ -739,23 +733,9 @@ pub fn names_touch_rewritten_bytes(resp: &[u8], info: &ResponseInfo) -> bool {
     false
 }
 
-/// Parses `msg` with hickory-proto, panicking when it fails; `None` only for the known issue
-/// of [`question_name_over_255`].
-fn hickory(msg: &[u8], what: &str) -> Option<Message> {
-    match Message::from_vec(msg) {
-        Ok(m) => Some(m),
-        Err(_) if question_name_over_255(msg) => None,
-        Err(e) => panic!("{what} does not parse with hickory-proto: {e}; bytes {msg:02x?}"),
-    }
-}
-
-/// Known issue: `wire::parse_query` accepts a question name of 256 bytes in wire form
-/// (labels adding up to 255 bytes, then the root label), where RFC 1035 section 2.3.4
-/// allows 255 with the root label. Every answer that echoes such a question is refused by
-/// hickory-proto and other strict parsers. Until the guard answers FORMERR to these, the
-/// hickory checks skip messages whose question name is longer than 255 bytes; every other
-/// check still applies to them.
-pub fn question_name_over_255(msg: &[u8]) -> bool {
-    header::qdcount(msg) >= 1
-        && wire::skip_plain_name(msg, HEADER_LEN).is_ok_and(|end| end - HEADER_LEN > 255)
+/// Parses `msg` with hickory-proto, panicking when it fails.
+fn hickory(msg: &[u8], what: &str) -> Message {
+    Message::from_vec(msg).unwrap_or_else(|e| {
+        panic!("{what} does not parse with hickory-proto: {e}; bytes {msg:02x?}")
+    })
 }

@@ -547,14 +547,11 @@ fn corpus_passes_the_fuzz_harness() {
 #[test]
 fn seeds_parse_as_named() {
     for (file, bytes) in seeds() {
-        if file == "query-name-256" {
-            // The known issue of question_names_over_255_bytes_are_refused.
-            continue;
-        }
         let accepted = wire::parse_query(&bytes).is_ok();
         let expect = file.starts_with("query-")
             && ![
                 "query-edns-version-1",
+                "query-name-256",
                 "query-two-opt",
                 "query-opt-option-overrun",
                 "query-two-questions",
@@ -573,6 +570,7 @@ fn seeds_parse_as_named() {
             && !file.contains("opt-in")
             && !file.contains("soa-too")
             && !file.contains("soa-runs")
+            && !file.contains("pointer-into-header")
         {
             wire::parse_response(&bytes).unwrap_or_else(|e| panic!("{file}: {e}"));
         }
@@ -698,8 +696,6 @@ fn check_pipeline_answer(
             prop_assert_eq!(m.metadata.id, header::id(query));
             prop_assert_eq!(m.metadata.message_type, MessageType::Response);
         }
-        // The known issue of question_names_over_255_bytes_are_refused.
-        Err(_) if fuzzing::question_name_over_255(out) => {}
         Err(e) => {
             return Err(TestCaseError::fail(format!(
                 "{what}: answer does not parse ({e}): {out:02x?}"
@@ -1054,8 +1050,8 @@ fn rendered_answers_keep_id_question_and_limits() {
         .expect("rendering property");
 }
 
-/// Known issue (see `fuzzing::question_name_over_255`): a question name of 256 bytes is
-/// accepted, and the answers echoing it do not parse. Run with `--ignored` once fixed.
+/// A question name of 256 bytes (RFC 1035 allows 255, root label included) is refused:
+/// answers echoing it would not parse (found by the fuzzer).
 #[test]
 fn question_names_over_255_bytes_are_refused() {
     let q = raw_query(5, 0x0100, [1, 0, 0, 0], &name_of_wire_len(256), 1, &[]);
@@ -1083,11 +1079,9 @@ fn soa_fields_past_the_record_are_refused() {
     );
 }
 
-/// Known issue (see `fuzzing::names_touch_rewritten_bytes`): a name pointing into bytes that
-/// rendering rewrites (here the ID) is accepted, so the answer decodes differently for each
-/// client. Run with `--ignored` once fixed.
+/// A name pointing into bytes that rendering rewrites (here the ID) would decode differently
+/// for each client: such responses are refused (found by the fuzzer).
 #[test]
-#[ignore = "known issue: compression pointers into the header are accepted"]
 fn pointers_into_rewritten_bytes_are_refused() {
     let bytes = seeds()
         .into_iter()
@@ -1100,11 +1094,9 @@ fn pointers_into_rewritten_bytes_are_refused() {
     );
 }
 
-/// Known issue: a TCP query of nearly 64 KiB whose OPT record carries a large option makes
-/// `upstream_query` build a message over 65535 bytes (the client's options, plus the
-/// keepalive and padding options added for TLS upstreams): the OPT RDLENGTH wraps, and the
-/// DoT writer's `len as u16` frame prefix wraps too, so the upstream connection loses its
-/// framing. Run with `--ignored` once fixed.
+/// A TCP query of nearly 64 KiB whose OPT record carries a large option must not become an
+/// upstream query over 65535 bytes: the OPT RDLENGTH and the DoT frame length would wrap
+/// and the upstream connection lose its framing (found by the fuzzer).
 #[test]
 fn upstream_query_never_exceeds_65535_bytes() {
     use dot_proxy::dns::message::{upstream_query, UpstreamQueryOptions};

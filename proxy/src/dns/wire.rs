@@ -448,6 +448,14 @@ pub fn parse_response(b: &[u8]) -> Result<ResponseInfo, WireError> {
     let mut at = question_end;
     for i in 0..(an as usize + ns as usize + ar as usize) {
         let rec = skip_record(b, at)?;
+        check_name(
+            b,
+            at,
+            &Rewritten {
+                question_end,
+                ttls: &info.ttls,
+            },
+        )?;
         if rec.rtype == rtype::OPT {
             if i < an as usize + ns as usize || info.edns.is_some() {
                 return Err(WireError::Malformed("misplaced or repeated OPT"));
@@ -458,6 +466,14 @@ pub fn parse_response(b: &[u8]) -> Result<ResponseInfo, WireError> {
         } else {
             let ttl = u32_at(b, rec.ttl_at).unwrap_or(0) & 0x7FFF_FFFF;
             info.ttls.push((rec.ttl_at as u32, ttl));
+            check_rdata_names(
+                b,
+                &rec,
+                &Rewritten {
+                    question_end,
+                    ttls: &info.ttls,
+                },
+            )?;
             if i < an as usize {
                 info.min_answer_ttl = Some(info.min_answer_ttl.map_or(ttl, |m| m.min(ttl)));
             } else if i < an as usize + ns as usize && rec.rtype == rtype::SOA {
@@ -480,6 +496,105 @@ pub fn parse_response(b: &[u8]) -> Result<ResponseInfo, WireError> {
         return Err(WireError::Malformed("trailing bytes after the last record"));
     }
     Ok(info)
+}
+
+/// Bytes of a response that the proxy rewrites for each client: the header (ID, flags,
+/// counts), the question (copied from the client's), and every TTL field.
+struct Rewritten<'a> {
+    question_end: usize,
+    /// TTL offsets, ascending.
+    ttls: &'a [(u32, u32)],
+}
+
+impl Rewritten<'_> {
+    /// True for byte `pos`. Names may point into the question's name (the client's own
+    /// letter case then shows in them, as it should) but not into its type and class.
+    fn contains(&self, pos: usize) -> bool {
+        pos < HEADER_LEN
+            || (self.question_end.saturating_sub(4)..self.question_end).contains(&pos)
+            || rewritten_ttl(pos, self.ttls)
+    }
+}
+
+fn rewritten_ttl(pos: usize, ttls: &[(u32, u32)]) -> bool {
+    let i = ttls.partition_point(|&(at, _)| at as usize + 4 <= pos);
+    ttls.get(i).is_some_and(|&(at, _)| at as usize <= pos)
+}
+
+/// Follows a (possibly compressed) name of a response, checking that every byte it reads
+/// lies outside the bytes rewritten per client: a name that points into the ID or a TTL
+/// would read differently for each client it is served to. Pointers must go backwards
+/// (RFC 1035 4.1.4: to a prior occurrence), so the walk ends. Returns the name's end.
+fn check_name(b: &[u8], start: usize, rw: &Rewritten<'_>) -> Result<usize, WireError> {
+    let mut at = start;
+    let mut end = None;
+    let mut total = 0usize;
+    let mut jumps = 0;
+    loop {
+        let len = *b
+            .get(at)
+            .ok_or(WireError::Malformed("name runs past the end"))?;
+        if rw.contains(at) {
+            return Err(WireError::Malformed(
+                "name inside bytes rewritten per client",
+            ));
+        }
+        match len & 0xC0 {
+            0x00 if len == 0 => return Ok(end.unwrap_or(at + 1)),
+            0x00 => {
+                let l = len as usize;
+                total += 1 + l;
+                if total > MAX_NAME_LEN || at + 1 + l > b.len() {
+                    return Err(WireError::Malformed("bad label"));
+                }
+                if (at + 1..at + 1 + l).any(|p| rw.contains(p)) {
+                    return Err(WireError::Malformed(
+                        "name inside bytes rewritten per client",
+                    ));
+                }
+                at += 1 + l;
+            }
+            0xC0 => {
+                let ptr = (u16_at(b, at).ok_or(WireError::Malformed("truncated pointer"))? & 0x3FFF)
+                    as usize;
+                jumps += 1;
+                if jumps > MAX_POINTERS || ptr >= at || rw.contains(at + 1) {
+                    return Err(WireError::Malformed("forward compression pointer"));
+                }
+                end.get_or_insert(at + 2);
+                at = ptr;
+            }
+            _ => return Err(WireError::Malformed("unknown label type")),
+        }
+    }
+}
+
+/// Checks the names inside the RDATA of the record types that may be compressed (RFC 3597
+/// section 4: only the types of RFC 1035, plus MX and SRV in practice): each must lie
+/// inside its own RDATA and read the same for every client.
+fn check_rdata_names(b: &[u8], rec: &RecordPos, rw: &Rewritten<'_>) -> Result<(), WireError> {
+    let single = |at: usize| -> Result<(), WireError> {
+        if check_name(b, at, rw)? == rec.end {
+            Ok(())
+        } else {
+            Err(WireError::Malformed("name does not fit its RDATA"))
+        }
+    };
+    match rec.rtype {
+        rtype::NS | rtype::CNAME | rtype::PTR | rtype::DNAME => single(rec.rdata_at),
+        rtype::MX => single(rec.rdata_at + 2),
+        rtype::SRV => single(rec.rdata_at + 6),
+        rtype::SOA => {
+            let mname_end = check_name(b, rec.rdata_at, rw)?;
+            let rname_end = check_name(b, mname_end, rw)?;
+            if rname_end + 20 == rec.end {
+                Ok(())
+            } else {
+                Err(WireError::Malformed("SOA fields do not fit its RDATA"))
+            }
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Compares two wire-format names case-insensitively (both uncompressed).

@@ -176,3 +176,58 @@ fn forward_compression_pointers_are_refused() {
     ]);
     assert!(parse_response(&b).is_err());
 }
+
+/// A response to `a. A`, then the given records (ANCOUNT = their number).
+fn response_with(records: &[&[u8]]) -> Vec<u8> {
+    let mut b = vec![0, 1, 0x81, 0x80, 0, 1, 0, records.len() as u8, 0, 0, 0, 0];
+    b.extend_from_slice(b"\x01a\x00\x00\x01\x00\x01");
+    for r in records {
+        b.extend_from_slice(r);
+    }
+    b
+}
+
+#[test]
+fn names_may_point_at_the_question_name() {
+    // Owner c0 0c (the question), a CNAME to "b" + pointer to the question, then an A.
+    let cname: &[u8] = &[0xC0, 12, 0, 5, 0, 1, 0, 0, 0, 60, 0, 4, 1, b'b', 0xC0, 12];
+    let a: &[u8] = &[0xC0, 31, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 1];
+    let b = response_with(&[cname, a]);
+    let info = parse_response(&b).expect("ordinary compression");
+    assert_eq!(info.ttls.len(), 2);
+    assert!(Message::from_vec(&b).is_ok());
+}
+
+#[test]
+fn names_reading_rewritten_bytes_are_refused() {
+    // Owner names pointing into the ID, the flags, the question's type and class.
+    for target in [0u8, 2, 4, 17, 19] {
+        let rec: &[u8] = &[0xC0, target, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 1];
+        assert!(parse_response(&response_with(&[rec])).is_err(), "{target}");
+    }
+    // A second record whose owner points into the first record's TTL (offsets 25..29).
+    let first: &[u8] = &[0xC0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 1];
+    let second: &[u8] = &[0xC0, 27, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 2];
+    assert!(parse_response(&response_with(&[first, second])).is_err());
+    // A label whose bytes run over a TTL field: the class's low byte (1, at offset 24) read
+    // as a label length takes in the TTL's first byte.
+    let second: &[u8] = &[0xC0, 24, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 2];
+    assert!(parse_response(&response_with(&[first, second])).is_err());
+}
+
+#[test]
+fn rdata_names_are_checked() {
+    // CNAME target pointing forward (into whatever follows, e.g. an OPT that gets cut).
+    let fwd: &[u8] = &[0xC0, 12, 0, 5, 0, 1, 0, 0, 0, 60, 0, 2, 0xC0, 40];
+    let a: &[u8] = &[0xC0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 1];
+    assert!(parse_response(&response_with(&[fwd, a])).is_err());
+    // MX exchange pointing into its own TTL.
+    let mx: &[u8] = &[0xC0, 12, 0, 15, 0, 1, 0, 0, 0, 60, 0, 4, 0, 10, 0xC0, 27];
+    assert!(parse_response(&response_with(&[mx])).is_err());
+    // A CNAME whose name ends before its RDATA does.
+    let short: &[u8] = &[0xC0, 12, 0, 5, 0, 1, 0, 0, 0, 60, 0, 3, 0xC0, 12, 0];
+    assert!(parse_response(&response_with(&[short])).is_err());
+    // An A record's data is not a name, whatever its bytes.
+    let a: &[u8] = &[0xC0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 0xC0, 0, 2, 1];
+    assert!(parse_response(&response_with(&[a])).is_ok());
+}
