@@ -1,6 +1,7 @@
 //! Live reconfiguration: the config file is watched (its directory, so kubelet's atomic
-//! `..data` symlink swap of a mounted ConfigMap is seen) and re-read on SIGHUP. A new config
-//! is parsed and validated before anything changes; an invalid one is logged (naming the
+//! `..data` symlink swap of a mounted ConfigMap is seen), and so are the override shards and
+//! the block-list files the config names; everything is re-read on SIGHUP. A new config is
+//! parsed and validated before anything changes; an invalid one is logged (naming the
 //! field), counted, and the last good config keeps running.
 
 use std::path::{Path, PathBuf};
@@ -79,7 +80,11 @@ pub async fn run(server: Arc<Server>, cli: Arc<Cli>) {
         .as_deref()
         .and_then(|d| watch(&d.join("x.yaml"), tx.clone()));
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    let snapshot = || {
+    // Block-list files: watched where the current config says they are, compared by identity
+    // and size (a list can be tens of megabytes; a kubelet swap gives it a new inode).
+    let mut lists = list_files(&server.current_config());
+    let mut list_watchers = watch_all(&lists, &tx);
+    let snapshot = |lists: &[PathBuf]| {
         let mut v = cli
             .config
             .as_deref()
@@ -94,9 +99,12 @@ pub async fn run(server: Arc<Server>, cli: Arc<Cli>) {
                 }
             }
         }
+        for f in lists {
+            v.extend(file_identity(f));
+        }
         v
     };
-    let mut last = snapshot();
+    let mut last = snapshot(&lists);
     loop {
         let forced = tokio::select! {
             _ = server.stop.cancelled() => break,
@@ -106,14 +114,60 @@ pub async fn run(server: Arc<Server>, cli: Arc<Cli>) {
         // Let a burst of file events settle (kubelet writes several files, then swaps).
         tokio::time::sleep(Duration::from_millis(100)).await;
         while rx.try_recv().is_ok() {}
-        let now = snapshot();
+        let now = snapshot(&lists);
         if !forced && now == last {
             continue;
         }
-        last = now;
         let result = load_effective(&cli).and_then(|cfg| server.apply(cfg));
         server.record_reload(&result);
+        let now_lists = list_files(&server.current_config());
+        if now_lists != lists {
+            list_watchers = watch_all(&now_lists, &tx);
+            lists = now_lists;
+        }
+        last = snapshot(&lists);
     }
+    drop(list_watchers);
+}
+
+fn list_files(cfg: &Config) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = cfg
+        .policy
+        .blocklists
+        .iter()
+        .filter_map(|b| b.file.clone())
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// One watcher per directory holding a block-list file.
+fn watch_all(files: &[PathBuf], tx: &mpsc::Sender<()>) -> Vec<notify::RecommendedWatcher> {
+    let mut dirs: Vec<&Path> = files.iter().filter_map(|f| f.parent()).collect();
+    dirs.sort();
+    dirs.dedup();
+    dirs.iter()
+        .filter_map(|d| watch(&d.join("x"), tx.clone()))
+        .collect()
+}
+
+/// What tells a file's versions apart without reading it: device, inode, size, mtime.
+fn file_identity(path: &Path) -> Vec<u8> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(m) = std::fs::metadata(path) else {
+        return b"missing".to_vec();
+    };
+    [
+        m.dev(),
+        m.ino(),
+        m.size(),
+        m.mtime() as u64,
+        m.mtime_nsec() as u64,
+    ]
+    .iter()
+    .flat_map(|x| x.to_le_bytes())
+    .collect()
 }
 
 fn watch(path: &Path, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {

@@ -79,6 +79,17 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "proxy": {"admin": {"host": "[$(NODE_IP)]"}},
     },
     "operator-off": {"operator": {"enabled": False}, "metrics": {"dashboard": {"enabled": False}}},
+    "blocklists": {
+        "proxy": {
+            "blocklistConfigMaps": ["ads", "malware-lists"],
+            "extraVolumes": [{"name": "shared-lists", "hostPath": {"path": "/var/lib/dns-lists", "type": "Directory"}}],
+            "extraVolumeMounts": [{"name": "shared-lists", "mountPath": "/var/lib/dns-lists", "readOnly": True}],
+        },
+        "config": {"extraSpec": {"policy": {"blocklists": [
+            {"name": "ads", "file": "/etc/dot-proxy/lists/ads/ads.hosts"},
+            {"name": "malware", "file": "/etc/dot-proxy/lists/malware-lists/malware.hosts", "action": "refused"},
+        ]}}},
+    },
 }
 
 # Values the schema must refuse, and values that must make rendering fail.
@@ -91,6 +102,7 @@ BAD_VALUES: dict[str, dict[str, Any]] = {
     "server address without port": {"config": {"upstreamGroups": [{"name": "x", "servers": [{"address": "1.1.1.1"}]}]}},
     "bad duration": {"clusterDNS": {"timeout": "2 seconds"}},
     "zero override shards": {"operator": {"overrideShards": 0}},
+    "block-list ConfigMap name that is no volume name": {"proxy": {"blocklistConfigMaps": ["my.lists"]}},
     "checkov reason with '='": {"proxy": {"checkovSkips": {"CKV_K8S_1": "a reason with = in it"}}},
 }
 RENDER_FAILURES: dict[str, tuple[dict[str, Any], str]] = {
@@ -370,7 +382,17 @@ def check_invariants(variant: str, values: dict[str, Any], docs: list[Doc], note
             p.check(mounts.get("/etc/dot-proxy/config", {}).get("name") == "config", f"{tag} config volume not at /etc/dot-proxy/config")
             p.check(mounts.get("/etc/dot-proxy/overrides", {}).get("name") == "overrides", f"{tag} overrides volume not at /etc/dot-proxy/overrides")
             p.check(all(m.get("readOnly") for m in proxy.get("volumeMounts", [])), f"{tag} proxy mounts must be read-only")
+            for cm in v["proxy"]["blocklistConfigMaps"]:
+                p.check(mounts.get(f"/etc/dot-proxy/lists/{cm}", {}).get("name") == f"list-{cm}",
+                        f"{tag} block-list ConfigMap {cm} not mounted at /etc/dot-proxy/lists/{cm}")
+            for m in v["proxy"]["extraVolumeMounts"]:
+                p.check(mounts.get(m["mountPath"]) == m, f"{tag} extra mount {m} missing")
         vols = {vol["name"]: vol for vol in pod.get("volumes", [])}
+        for cm in v["proxy"]["blocklistConfigMaps"]:
+            p.check(vols.get(f"list-{cm}") == {"name": f"list-{cm}", "configMap": {"name": cm}},
+                    f"{tag} block-list volume list-{cm} must be ConfigMap {cm}")
+        for ev in v["proxy"]["extraVolumes"]:
+            p.check(vols.get(ev["name"]) == ev, f"{tag} extra volume {ev['name']} missing")
         cm_name = v["config"]["configMapName"] or "dot-proxy-config"
         p.check(vols.get("config", {}).get("configMap", {}).get("name") == cm_name, f"{tag} config volume must be ConfigMap {cm_name}")
         sources = vols.get("overrides", {}).get("projected", {}).get("sources", [])

@@ -288,3 +288,66 @@ async fn second_process_takes_over_on_sigterm_without_losing_queries() {
         "at most 0.1% of UDP lost: {rep:?}"
     );
 }
+
+/// A block list mounted from its own ConfigMap: when the kubelet swaps in a new version of
+/// the list (and nothing else changes), the proxy re-reads it.
+#[tokio::test]
+async fn a_changed_block_list_file_is_reloaded_without_a_config_change() {
+    let up = Upstream::start().await;
+    let cfg_dir = tempfile::tempdir().expect("tmp");
+    let list_dir = tempfile::tempdir().expect("tmp");
+    let write_list = |version: &str, names: &str| {
+        let ts = list_dir.path().join(version);
+        std::fs::create_dir_all(&ts).expect("mkdir");
+        std::fs::write(ts.join("ads.hosts"), names).expect("write");
+        let tmp = list_dir.path().join("..data_tmp");
+        let _ = std::fs::remove_file(&tmp);
+        symlink(version, &tmp).expect("symlink");
+        std::fs::rename(&tmp, list_dir.path().join("..data")).expect("swap ..data");
+    };
+    write_list("..v1", "0.0.0.0 first.example.test\n");
+    symlink("..data/ads.hosts", list_dir.path().join("ads.hosts")).expect("list symlink");
+    let port = free_port();
+    let extra = format!(
+        "policy:\n  blocklists:\n  - {{name: ads, file: {}}}\n",
+        list_dir.path().join("ads.hosts").display()
+    );
+    write_kubelet_version(
+        cfg_dir.path(),
+        "..c1",
+        &yaml_for(&up, &format!("127.0.0.1:{port}"), &extra),
+    );
+    symlink("..data/config.yaml", cfg_dir.path().join("config.yaml")).expect("config symlink");
+    let cli = dot_proxy::cli::Cli::parse_from([
+        "dot-proxy",
+        "--config",
+        &cfg_dir.path().join("config.yaml").display().to_string(),
+    ]);
+    let cfg = dot_proxy::reload::load_effective(&cli).expect("valid");
+    let server = dot_proxy::server::Server::start(cfg).await.expect("start");
+    tokio::spawn(dot_proxy::reload::run(server.clone(), Arc::new(cli)));
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let rcode = |name: &'static str| async move {
+        udp(addr, name, RecordType::A).await.metadata.response_code
+    };
+    use hickory_proto::op::ResponseCode;
+    assert_eq!(rcode("first.example.test.").await, ResponseCode::NXDomain);
+    assert_eq!(rcode("second.example.test.").await, ResponseCode::NoError);
+
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    write_list("..v2", "0.0.0.0 second.example.test\n");
+    let mut swapped = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if rcode("second.example.test.").await == ResponseCode::NXDomain {
+            swapped = true;
+            break;
+        }
+    }
+    assert!(swapped, "the new list was read");
+    assert_eq!(
+        rcode("first.example.test.").await,
+        ResponseCode::NoError,
+        "the old list is gone"
+    );
+}
