@@ -144,24 +144,32 @@ impl Server {
     fn bind_listener(self: &Arc<Self>, addr: SocketAddr) -> Result<(), StartError> {
         let bind_err = |source| StartError::Bind { addr, source };
         let stop = self.stop.child_token();
-        // Port 0 means "any": the TCP listener takes the port the UDP sockets got, and
-        // another is tried when that one is taken for TCP.
+        // Port 0 means "any". The kernel may hand a SO_REUSEPORT socket a port that another
+        // process of the same user already holds with SO_REUSEPORT (the two would then share
+        // its traffic), so a port is first picked with plain sockets, which never share,
+        // and then bound with the reuse options. Tried again if taken in between.
         let mut attempt = 0;
         let (sockets, bound, tcp) = loop {
             attempt += 1;
-            let sockets = crate::listener::udp::bind_all(addr, self.workers).map_err(bind_err)?;
-            let bound = sockets[0].local_addr().map_err(bind_err)?;
-            match crate::listener::bind_tcp(bound) {
-                Ok(tcp) => break (sockets, bound, tcp),
+            let want = if addr.port() == 0 {
+                SocketAddr::new(
+                    addr.ip(),
+                    crate::listener::unshared_port(addr).map_err(bind_err)?,
+                )
+            } else {
+                addr
+            };
+            let bound_both = crate::listener::udp::bind_all(want, self.workers).and_then(|s| {
+                let bound = s[0].local_addr()?;
+                let tcp = crate::listener::bind_tcp(bound)?;
+                Ok((s, bound, tcp))
+            });
+            match bound_both {
+                Ok(b) => break b,
                 Err(e) if addr.port() == 0 && attempt < 20 => {
-                    tracing::debug!(error = %e, %bound, "port taken for TCP, trying another");
+                    tracing::debug!(error = %e, %want, "port taken, trying another");
                 }
-                Err(source) => {
-                    return Err(StartError::Bind {
-                        addr: bound,
-                        source,
-                    })
-                }
+                Err(source) => return Err(StartError::Bind { addr: want, source }),
             }
         };
         for sock in sockets {

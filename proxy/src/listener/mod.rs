@@ -29,6 +29,21 @@ fn base_socket(addr: SocketAddr, ty: Type, proto: Protocol) -> std::io::Result<S
     Ok(s)
 }
 
+/// A port free for both UDP and TCP on `addr`'s IP, found with plain sockets (no reuse
+/// options), which the kernel never places on a port another socket holds.
+pub fn unshared_port(addr: SocketAddr) -> std::io::Result<u16> {
+    let mut last = None;
+    for _ in 0..20 {
+        let udp = std::net::UdpSocket::bind(SocketAddr::new(addr.ip(), 0))?;
+        let port = udp.local_addr()?.port();
+        match std::net::TcpListener::bind(SocketAddr::new(addr.ip(), port)) {
+            Ok(_) => return Ok(port),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::from(std::io::ErrorKind::AddrInUse)))
+}
+
 /// Binds a UDP socket with SO_REUSEPORT and large buffers.
 pub fn bind_udp(addr: SocketAddr) -> std::io::Result<tokio::net::UdpSocket> {
     let s = base_socket(addr, Type::DGRAM, Protocol::UDP)?;

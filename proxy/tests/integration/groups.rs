@@ -344,9 +344,17 @@ async fn plain_dns_for_the_default_zone_needs_an_explicit_opt_in() {
 /// marked truncated) is asked again over TCP, instead of a cut answer being passed on.
 #[tokio::test]
 async fn oversized_plain_udp_answer_is_asked_again_over_tcp() {
-    let udp_sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
-    let addr = udp_sock.local_addr().expect("addr");
-    let tcp_listener = TcpListener::bind(addr).await.expect("bind tcp");
+    // One port for both: a UDP port whose TCP twin is free.
+    let mut bound = None;
+    for _ in 0..50 {
+        let u = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let addr = u.local_addr().expect("addr");
+        if let Ok(t) = TcpListener::bind(addr).await {
+            bound = Some((u, addr, t));
+            break;
+        }
+    }
+    let (udp_sock, addr, tcp_listener) = bound.expect("a port free for UDP and TCP");
     let answer = |raw: &[u8], big: bool| -> Option<Vec<u8>> {
         let q = Message::from_vec(raw).ok()?;
         let name = q.queries.first()?.name().clone();
