@@ -1,9 +1,12 @@
 //! Measures the resident memory of the answer cache filled with distinct names:
-//! `cargo run --release -p dot-proxy --example cache_memory -- 1000000`.
-
-use std::sync::Arc;
+//! `cargo run --release -p dot-proxy --example cache_memory -- NAMES [MAX_BYTES [MAX_ENTRIES]]`
+//! (defaults: 1000000, 512 MiB, NAMES).
 
 use dot_proxy::cache::{Cache, CacheKey};
+
+/// The same allocator as the proxy binary, so the figure is the proxy's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use dot_proxy::config::CacheConfig;
 use dot_proxy::dns::message::{Answer, TtlPolicy};
 use dot_proxy::dns::wire::parse_query;
@@ -28,12 +31,20 @@ fn main() {
         .nth(2)
         .and_then(|a| a.parse().ok())
         .unwrap_or(512 << 20);
+    let max_entries: usize = std::env::args()
+        .nth(3)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(n);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let cfg = CacheConfig { max_entries: n, max_bytes, ..Default::default() };
+        let cfg = CacheConfig {
+            max_entries,
+            max_bytes,
+            ..Default::default()
+        };
         let before = rss_kib();
         let cache = Cache::new(&cfg, Default::default());
         let after_new = rss_kib();
@@ -53,7 +64,7 @@ fn main() {
             r.extend_from_slice(&[0xC0, 12, 0, 1, 0, 1, 0, 0, 1, 44, 0, 4, 192, 0, 2, 1]);
             let a = Answer::from_upstream(&r, &q, &qi, &TtlPolicy::default()).expect("answer");
             let key = CacheKey::new(&q, &qi, 0);
-            cache.insert(key.as_bytes(), Arc::new(a), now);
+            cache.insert(key.as_bytes(), &a, now);
         }
         let full = rss_kib();
         println!(

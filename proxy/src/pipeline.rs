@@ -214,7 +214,7 @@ impl Pipeline {
             match cache.lookup(key.as_bytes(), now) {
                 Lookup::Fresh { entry, prefetch } => {
                     self.metrics.cache_hits.inc();
-                    entry.answer.render(
+                    entry.render(
                         query,
                         &qi,
                         entry.age_secs(now),
@@ -297,9 +297,7 @@ impl Pipeline {
                     .and_then(|c| c.stale(key.as_bytes(), now).map(|s| (c, s)));
                 if let Some((cache, entry)) = stale {
                     self.metrics.cache_stale.inc();
-                    entry
-                        .answer
-                        .render(query, qi, 0, Some(cache.config().stale_ttl), max, out);
+                    entry.render(query, qi, 0, Some(cache.config().stale_ttl), max, out);
                     if entry.start_refresh() {
                         self.refresh(query.to_vec(), *qi, key.route_tag(), entry);
                     }
@@ -366,7 +364,7 @@ impl Pipeline {
                     crate::upstream::UpstreamError::Malformed,
                 ));
             }
-            if cache.insert(key.as_bytes(), answer.clone(), self.clock.now()) {
+            if cache.insert(key.as_bytes(), &answer, self.clock.now()) {
                 self.metrics.cache_inserts.inc();
             }
         }
@@ -379,7 +377,7 @@ impl Pipeline {
         query: Vec<u8>,
         qi: QueryInfo,
         route_tag: u8,
-        entry: Arc<crate::cache::Entry>,
+        entry: crate::cache::Entry,
     ) {
         self.metrics.cache_prefetches.inc();
         let me = Arc::clone(self);

@@ -10,6 +10,8 @@
 mod hot;
 mod key;
 
+use std::borrow::Borrow;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,61 +20,183 @@ use prometheus_client::metrics::counter::Counter;
 use quick_cache::sync::Cache as QuickCache;
 use quick_cache::{DefaultHashBuilder, Lifecycle, Weighter};
 use tokio::time::Instant;
+use triomphe::ThinArc;
 
 use crate::config::CacheConfig;
-use crate::dns::message::{Answer, AnswerKind, TtlPolicy};
+use crate::dns::message::{render_stored, Answer, AnswerKind, AnswerMeta, TtlPolicy};
+use crate::dns::wire::QueryInfo;
 
 pub use hot::HotName;
 pub use key::{CacheKey, KeyBuf};
 
-/// One cached answer.
+/// Everything about a cached answer but its bytes.
 #[derive(Debug)]
-pub struct Entry {
-    pub answer: Arc<Answer>,
-    pub stored: Instant,
-    pub expires: Instant,
+struct Head {
+    meta: AnswerMeta,
+    key_len: u16,
+    stored: Instant,
+    expires: Instant,
     hits: AtomicU32,
     refreshing: AtomicBool,
 }
 
+/// One cached answer: its key, its bytes (message and TTL table) and its bookkeeping in a
+/// single allocation, shared by the map's key and value (cloning one is a reference count).
+#[derive(Clone, Debug)]
+pub struct Entry(ThinArc<Head, u8>);
+
 impl Entry {
+    fn new(key: &[u8], answer: &Answer, now: Instant) -> Option<Entry> {
+        let key_len = u16::try_from(key.len()).ok()?;
+        let head = Head {
+            meta: *answer.meta(),
+            key_len,
+            stored: now,
+            expires: now + Duration::from_secs(u64::from(answer.ttl())),
+            hits: AtomicU32::new(0),
+            refreshing: AtomicBool::new(false),
+        };
+        let bytes = key.iter().chain(answer.bytes()).copied();
+        let len = key.len() + answer.bytes().len();
+        Some(Entry(ThinArc::from_header_and_iter(
+            head,
+            ExactLen {
+                inner: bytes,
+                left: len,
+            },
+        )))
+    }
+    fn head(&self) -> &Head {
+        &self.0.header.header
+    }
+    fn key(&self) -> &[u8] {
+        self.0
+            .slice
+            .get(..usize::from(self.head().key_len))
+            .unwrap_or(&[])
+    }
+    fn answer_bytes(&self) -> &[u8] {
+        self.0
+            .slice
+            .get(usize::from(self.head().key_len)..)
+            .unwrap_or(&[])
+    }
+    /// Bytes this entry holds on the heap: its one allocation (reference count, header,
+    /// length, bytes).
+    fn heap_bytes(&self) -> usize {
+        8 + std::mem::size_of::<Head>() + 8 + self.0.slice.len()
+    }
+    pub fn kind(&self) -> AnswerKind {
+        self.head().meta.kind()
+    }
+    pub fn stored(&self) -> Instant {
+        self.head().stored
+    }
+    pub fn expires(&self) -> Instant {
+        self.head().expires
+    }
     /// Whole seconds since the answer was stored (TTLs count down by this much).
     pub fn age_secs(&self, now: Instant) -> u32 {
-        now.saturating_duration_since(self.stored)
+        now.saturating_duration_since(self.stored())
             .as_secs()
             .min(u32::MAX as u64) as u32
     }
     /// Marks the entry as being refreshed; false if a refresh is already under way.
     pub fn start_refresh(&self) -> bool {
-        !self.refreshing.swap(true, Ordering::AcqRel)
+        !self.head().refreshing.swap(true, Ordering::AcqRel)
     }
     pub fn end_refresh(&self) {
-        self.refreshing.store(false, Ordering::Release);
+        self.head().refreshing.store(false, Ordering::Release);
+    }
+    /// Renders the answer for one client (see `dns::message::render_stored`).
+    pub fn render(
+        &self,
+        query: &[u8],
+        qi: &QueryInfo,
+        age: u32,
+        ttl_override: Option<u32>,
+        max_len: usize,
+        out: &mut Vec<u8>,
+    ) {
+        render_stored(
+            &self.head().meta,
+            self.answer_bytes(),
+            query,
+            qi,
+            age,
+            ttl_override,
+            max_len,
+            out,
+        );
     }
 }
+
+/// The map's key: the entry itself, hashed and compared by its key bytes, so a lookup by
+/// `&[u8]` finds it and the key costs no allocation of its own.
+#[derive(Clone, Debug)]
+struct EntryKey(Entry);
+
+impl Borrow<[u8]> for EntryKey {
+    fn borrow(&self) -> &[u8] {
+        self.0.key()
+    }
+}
+impl Hash for EntryKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // Must hash exactly as the `[u8]` it borrows as.
+        self.0.key().hash(state);
+    }
+}
+impl PartialEq for EntryKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.key() == other.0.key()
+    }
+}
+impl Eq for EntryKey {}
+
+/// An iterator of known length (ThinArc needs `ExactSizeIterator`; `Chain` is not one).
+struct ExactLen<I> {
+    inner: I,
+    left: usize,
+}
+impl<I: Iterator<Item = u8>> Iterator for ExactLen<I> {
+    type Item = u8;
+    fn next(&mut self) -> Option<u8> {
+        let b = self.inner.next()?;
+        self.left = self.left.saturating_sub(1);
+        Some(b)
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
+    }
+}
+impl<I: Iterator<Item = u8>> ExactSizeIterator for ExactLen<I> {}
 
 #[derive(Clone)]
 struct EntryWeigher {
     min_weight: u64,
 }
 
-impl Weighter<Box<[u8]>, Arc<Entry>> for EntryWeigher {
-    fn weight(&self, key: &Box<[u8]>, val: &Arc<Entry>) -> u64 {
-        // Payloads plus what the allocator and the map spend on them: five allocations
-        // (key, entry, answer, its wire bytes, its TTL table) and the map's slot.
-        const OVERHEAD: usize = 5 * 16 + 64;
-        let bytes =
-            (key.len() + val.answer.size() + std::mem::size_of::<Entry>() + OVERHEAD) as u64;
-        bytes.max(self.min_weight)
+/// What the map spends per entry besides the entry's allocation: its slot (key and value
+/// pointers, hash, state) and its share of the index, measured with
+/// `examples/cache_memory.rs`; plus the allocator's rounding up to a size class.
+const SLOT_OVERHEAD: usize = 128;
+
+impl Weighter<EntryKey, Entry> for EntryWeigher {
+    fn weight(&self, _key: &EntryKey, val: &Entry) -> u64 {
+        let alloc = val.heap_bytes();
+        // mimalloc rounds small sizes up to classes about 12.5% apart.
+        let rounded = alloc + alloc / 8;
+        ((rounded + SLOT_OVERHEAD) as u64).max(self.min_weight)
     }
 }
 
 #[derive(Clone)]
 struct EvictionCounter(Counter);
 
-impl Lifecycle<Box<[u8]>, Arc<Entry>> for EvictionCounter {
+impl Lifecycle<EntryKey, Entry> for EvictionCounter {
     type RequestState = ();
-    fn on_evict(&self, _: &mut (), _: Box<[u8]>, _: Arc<Entry>) {
+    fn on_evict(&self, _: &mut (), _: EntryKey, _: Entry) {
         self.0.inc();
     }
 }
@@ -81,15 +205,15 @@ impl Lifecycle<Box<[u8]>, Arc<Entry>> for EvictionCounter {
 pub enum Lookup {
     /// A fresh answer; `prefetch` is true when this hit should trigger a background refresh.
     Fresh {
-        entry: Arc<Entry>,
+        entry: Entry,
         prefetch: bool,
     },
     /// Expired but within the serve-stale window.
-    Stale(Arc<Entry>),
+    Stale(Entry),
     Miss,
 }
 
-type Map = QuickCache<Box<[u8]>, Arc<Entry>, EntryWeigher, DefaultHashBuilder, EvictionCounter>;
+type Map = QuickCache<EntryKey, Entry, EntryWeigher, DefaultHashBuilder, EvictionCounter>;
 
 pub struct Cache {
     map: Arc<Map>,
@@ -144,13 +268,13 @@ impl Cache {
         let Some(entry) = self.map.get(key) else {
             return Lookup::Miss;
         };
-        if now < entry.expires {
-            let hits = entry.hits.fetch_add(1, Ordering::Relaxed) + 1;
+        if now < entry.expires() {
+            let hits = entry.head().hits.fetch_add(1, Ordering::Relaxed) + 1;
             let p = &self.cfg.prefetch;
             let mut prefetch = false;
             if p.enabled && hits >= p.min_hits {
-                let ttl = entry.expires.duration_since(entry.stored);
-                let left = entry.expires.duration_since(now);
+                let ttl = entry.expires().duration_since(entry.stored());
+                let left = entry.expires().duration_since(now);
                 if left
                     <= ttl
                         .mul_f64(p.remaining_fraction)
@@ -170,29 +294,25 @@ impl Cache {
     }
 
     /// An expired entry still inside the serve-stale window.
-    pub fn stale(&self, key: &[u8], now: Instant) -> Option<Arc<Entry>> {
+    pub fn stale(&self, key: &[u8], now: Instant) -> Option<Entry> {
         self.map.peek(key).filter(|e| self.stale_ok(e, now))
     }
 
     fn stale_ok(&self, e: &Entry, now: Instant) -> bool {
         let max = self.cfg.stale_max_age.get();
-        !max.is_zero() && e.answer.kind() != AnswerKind::ServFail && now <= e.expires + max
+        !max.is_zero() && e.kind() != AnswerKind::ServFail && now <= e.expires() + max
     }
 
-    /// Stores an answer if it may be cached; returns the entry stored.
-    pub fn insert(&self, key: &[u8], answer: Arc<Answer>, now: Instant) -> bool {
+    /// Stores an answer if it may be cached; true if it was.
+    pub fn insert(&self, key: &[u8], answer: &Answer, now: Instant) -> bool {
         let ttl = answer.ttl();
         if ttl == 0 || answer.kind() == AnswerKind::Uncacheable {
             return false;
         }
-        let entry = Entry {
-            answer,
-            stored: now,
-            expires: now + Duration::from_secs(u64::from(ttl)),
-            hits: AtomicU32::new(0),
-            refreshing: AtomicBool::new(false),
+        let Some(entry) = Entry::new(key, answer, now) else {
+            return false;
         };
-        self.map.insert(key.into(), Arc::new(entry));
+        self.map.insert(EntryKey(entry.clone()), entry);
         true
     }
 

@@ -141,18 +141,42 @@ impl Default for TtlPolicy {
     }
 }
 
-/// An upstream answer, normalized so that any client asking the same question can be served
-/// from it: ID 0, OPT removed, TTLs clamped. Rendering patches ID, flags, question and TTLs.
-#[derive(Debug, Clone)]
-pub struct Answer {
-    wire: Box<[u8]>,
+/// What rendering needs besides the bytes; small and `Copy`, so the cache keeps it beside
+/// its own copy of the bytes, in one allocation per entry.
+#[derive(Clone, Copy, Debug)]
+pub struct AnswerMeta {
+    /// Seconds this answer stays fresh.
+    ttl: u32,
+    wire_len: u16,
     question_end: u16,
-    ttls: Box<[(u16, u32)]>,
     ext_rcode: u8,
     rcode: u8,
     kind: AnswerKind,
-    /// Seconds this answer stays fresh.
-    ttl: u32,
+}
+
+impl AnswerMeta {
+    pub fn kind(&self) -> AnswerKind {
+        self.kind
+    }
+    pub fn ttl(&self) -> u32 {
+        self.ttl
+    }
+    /// The full RCODE (extended bits included).
+    pub fn rcode(&self) -> u8 {
+        self.rcode
+    }
+}
+
+/// Bytes of one TTL table entry: the TTL field's offset (u16) and its value (u32).
+const TTL_ENTRY: usize = 6;
+
+/// An upstream answer, normalized so that any client asking the same question can be served
+/// from it: ID 0, OPT removed, TTLs clamped. Rendering patches ID, flags, question and TTLs.
+/// `bytes` holds the message, then the table of its TTL fields.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    meta: AnswerMeta,
+    bytes: Box<[u8]>,
 }
 
 impl Answer {
@@ -194,7 +218,13 @@ impl Answer {
         if info.edns.is_some_and(|e| e.end != resp.len()) {
             return Err(WireError::Malformed("OPT is not the last record"));
         }
-        let mut w = resp[..body_end].to_vec();
+        let (Ok(wire_len), Ok(question_end)) =
+            (u16::try_from(body_end), u16::try_from(info.question_end))
+        else {
+            return Err(WireError::Malformed("message too long"));
+        };
+        let mut w = Vec::with_capacity(body_end + info.ttls.len() * TTL_ENTRY);
+        w.extend_from_slice(&resp[..body_end]);
         header::set_id(&mut w, 0);
         if info.edns.is_some() {
             let ar = header::arcount(&w).saturating_sub(1);
@@ -205,7 +235,6 @@ impl Answer {
             );
             header::set_counts(&mut w, qd, an, ns, ar);
         }
-        let mut ttls = Vec::with_capacity(info.ttls.len());
         for &(at, t) in &info.ttls {
             let Ok(at16) = u16::try_from(at) else {
                 return Err(WireError::Malformed("message too long"));
@@ -215,41 +244,45 @@ impl Answer {
                 AnswerKind::Negative => t.min(ttl.max(1)),
                 _ => t,
             };
-            ttls.push((at16, clamped));
+            w.extend_from_slice(&at16.to_be_bytes());
+            w.extend_from_slice(&clamped.to_be_bytes());
         }
         Ok(Answer {
-            wire: w.into_boxed_slice(),
-            question_end: info.question_end as u16,
-            ttls: ttls.into_boxed_slice(),
-            ext_rcode: info.rcode >> 4,
-            rcode: info.rcode,
-            kind,
-            ttl,
+            meta: AnswerMeta {
+                ttl,
+                wire_len,
+                question_end,
+                ext_rcode: info.rcode >> 4,
+                rcode: info.rcode,
+                kind,
+            },
+            bytes: w.into_boxed_slice(),
         })
     }
 
     pub fn kind(&self) -> AnswerKind {
-        self.kind
+        self.meta.kind
     }
     pub fn ttl(&self) -> u32 {
-        self.ttl
+        self.meta.ttl
     }
     /// The full RCODE (extended bits included).
     pub fn rcode(&self) -> u8 {
-        self.rcode
+        self.meta.rcode
     }
-    /// Bytes held by this answer, for the cache's memory bound.
-    pub fn size(&self) -> usize {
-        std::mem::size_of::<Self>() + self.wire.len() + self.ttls.len() * 8
+    pub fn meta(&self) -> &AnswerMeta {
+        &self.meta
+    }
+    /// The stored response and its TTL table, as the cache copies them.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
     }
     /// The stored response (ID 0, no OPT).
     pub fn wire(&self) -> &[u8] {
-        &self.wire
+        stored_wire(&self.meta, &self.bytes)
     }
 
-    /// Renders this answer for one client: its ID, its question bytes (letter case as asked),
-    /// RD/CD as it sent them, TTLs aged by `age` seconds (or all set to `ttl_override`), an OPT
-    /// record if it used EDNS, truncated with TC=1 if longer than `max_len`.
+    /// Renders this answer for one client: see [`render_stored`].
     pub fn render(
         &self,
         query: &[u8],
@@ -259,44 +292,77 @@ impl Answer {
         max_len: usize,
         out: &mut Vec<u8>,
     ) {
-        out.clear();
-        out.extend_from_slice(&self.wire);
-        header::set_id(out, qi.id);
-        let flags = (header::flags(&self.wire) & !(header::RD | header::CD))
-            | (qi.flags & (header::RD | header::CD));
-        header::set_flags(out, flags);
-        let qe = self.question_end as usize;
-        if qe == qi.question_end {
-            if let (Some(dst), Some(src)) = (out.get_mut(HEADER_LEN..qe), query.get(HEADER_LEN..qe))
-            {
-                dst.copy_from_slice(src);
-            }
+        render_stored(
+            &self.meta,
+            &self.bytes,
+            query,
+            qi,
+            age,
+            ttl_override,
+            max_len,
+            out,
+        );
+    }
+}
+
+fn stored_wire<'a>(meta: &AnswerMeta, bytes: &'a [u8]) -> &'a [u8] {
+    bytes.get(..usize::from(meta.wire_len)).unwrap_or(&[])
+}
+
+/// Renders a stored answer (`meta` and `bytes` of an [`Answer`], or the cache's copy of
+/// them) for one client: its ID, its question bytes (letter case as asked), RD/CD as it
+/// sent them, TTLs aged by `age` seconds (or all set to `ttl_override`), an OPT record if it
+/// used EDNS, truncated with TC=1 if longer than `max_len`.
+#[allow(clippy::too_many_arguments)]
+pub fn render_stored(
+    meta: &AnswerMeta,
+    bytes: &[u8],
+    query: &[u8],
+    qi: &QueryInfo,
+    age: u32,
+    ttl_override: Option<u32>,
+    max_len: usize,
+    out: &mut Vec<u8>,
+) {
+    let wire = stored_wire(meta, bytes);
+    let table = bytes.get(wire.len()..).unwrap_or(&[]);
+    out.clear();
+    out.extend_from_slice(wire);
+    header::set_id(out, qi.id);
+    let flags =
+        (header::flags(wire) & !(header::RD | header::CD)) | (qi.flags & (header::RD | header::CD));
+    header::set_flags(out, flags);
+    let qe = meta.question_end as usize;
+    if qe == qi.question_end {
+        if let (Some(dst), Some(src)) = (out.get_mut(HEADER_LEN..qe), query.get(HEADER_LEN..qe)) {
+            dst.copy_from_slice(src);
         }
-        for &(at, t) in self.ttls.iter() {
-            let v = ttl_override.unwrap_or_else(|| t.saturating_sub(age));
-            let at = at as usize;
-            if let Some(s) = out.get_mut(at..at + 4) {
-                s.copy_from_slice(&v.to_be_bytes());
-            }
+    }
+    for e in table.chunks_exact(TTL_ENTRY) {
+        let at = usize::from(u16::from_be_bytes([e[0], e[1]]));
+        let t = u32::from_be_bytes([e[2], e[3], e[4], e[5]]);
+        let v = ttl_override.unwrap_or_else(|| t.saturating_sub(age));
+        if let Some(s) = out.get_mut(at..at + 4) {
+            s.copy_from_slice(&v.to_be_bytes());
         }
-        let edns = qi.edns.is_some();
+    }
+    let edns = qi.edns.is_some();
+    if edns {
+        push_opt(out, meta.ext_rcode, qi.do_bit());
+        let (qd, an, ns, ar) = (
+            header::qdcount(out),
+            header::ancount(out),
+            header::nscount(out),
+            header::arcount(out),
+        );
+        header::set_counts(out, qd, an, ns, ar + 1);
+    }
+    if out.len() > max_len {
+        out.truncate(qe);
+        header::set_flags(out, flags | header::TC);
+        header::set_counts(out, 1, 0, 0, u16::from(edns));
         if edns {
-            push_opt(out, self.ext_rcode, qi.do_bit());
-            let (qd, an, ns, ar) = (
-                header::qdcount(out),
-                header::ancount(out),
-                header::nscount(out),
-                header::arcount(out),
-            );
-            header::set_counts(out, qd, an, ns, ar + 1);
-        }
-        if out.len() > max_len {
-            out.truncate(qe);
-            header::set_flags(out, flags | header::TC);
-            header::set_counts(out, 1, 0, 0, u16::from(edns));
-            if edns {
-                push_opt(out, self.ext_rcode, qi.do_bit());
-            }
+            push_opt(out, meta.ext_rcode, qi.do_bit());
         }
     }
 }
