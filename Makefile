@@ -1,7 +1,7 @@
 # dot-proxy: common tasks. `make run` and `make test` are the two commands README.md opens with.
 CARGO ?= cargo
 
-.PHONY: run test unit interop k8s lint fmt build release images bench fuzz clean
+.PHONY: run test unit interop k8s lint fmt build release images bench bench-memory fuzz clean
 
 ## Run the proxy with the built-in defaults: 127.0.0.1:5353 (UDP+TCP) -> Cloudflare over TLS.
 run:
@@ -44,6 +44,10 @@ images:
 bench: release
 	CANDIDATE_NAME=dot-proxy CANDIDATE_CMD="$(CURDIR)/target/release/dot-proxy --listen 127.0.0.1:{port} --upstream tls://{upstream_addr}#{tls_name} --tls-ca-file {ca} --workers 1 --admin-listen off --log-level warn" \
 		bash ../shared/bench/run.sh --quick
+
+## Peak memory with 1,000,000 names cached, beside Unbound (docs/benchmarks.md#memory).
+bench-memory: release
+	bash bench/cache-memory.sh
 
 clean:
 	$(CARGO) clean
