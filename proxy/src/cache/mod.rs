@@ -219,7 +219,7 @@ pub struct Cache {
     map: Arc<Map>,
     cfg: CacheConfig,
     ttl_policy: TtlPolicy,
-    hot: hot::HotSet,
+    hot: Arc<hot::HotSet>,
 }
 
 impl Cache {
@@ -237,7 +237,7 @@ impl Cache {
             map: Arc::new(map),
             cfg: cfg.clone(),
             ttl_policy: ttl_policy(cfg),
-            hot: hot::HotSet::new(cfg.prefetch.top_n),
+            hot: Arc::new(hot::HotSet::new(cfg.prefetch.top_n)),
         }
     }
 
@@ -260,7 +260,12 @@ impl Cache {
             map: self.map.clone(),
             cfg: cfg.clone(),
             ttl_policy: ttl_policy(cfg),
-            hot: hot::HotSet::new(cfg.prefetch.top_n),
+            // The hot set (and so prefetch's bookkeeping) carries over unless its size changed.
+            hot: if cfg.prefetch.top_n == self.cfg.prefetch.top_n {
+                self.hot.clone()
+            } else {
+                Arc::new(hot::HotSet::new(cfg.prefetch.top_n))
+            },
         }
     }
 
@@ -340,5 +345,25 @@ pub fn ttl_policy(cfg: &CacheConfig) -> TtlPolicy {
         max_ttl: cfg.max_ttl,
         negative_max_ttl: cfg.negative_max_ttl,
         servfail_ttl: cfg.servfail_ttl,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reload_keeps_the_hot_set_unless_its_size_changes() {
+        let cfg = CacheConfig::default();
+        let c = Cache::new(&cfg, Counter::default());
+        let same = c.with_config(&CacheConfig {
+            min_ttl: 5,
+            ..cfg.clone()
+        });
+        assert!(Arc::ptr_eq(&c.hot, &same.hot));
+        assert!(Arc::ptr_eq(&c.map, &same.map));
+        let mut bigger = cfg.clone();
+        bigger.prefetch.top_n += 1;
+        assert!(!Arc::ptr_eq(&c.hot, &c.with_config(&bigger).hot));
     }
 }

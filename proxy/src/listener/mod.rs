@@ -5,9 +5,67 @@ pub mod batch;
 pub mod tcp;
 pub mod udp;
 
-use std::net::SocketAddr;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
+
+use crate::dns::wire::{header, QueryInfo};
+use crate::metrics::{QType, QueryCounters, Rcode, Transport};
+use crate::pipeline::Pipeline;
+
+/// Counts an answered query and the time it took since `start`.
+pub(crate) fn count(counters: &QueryCounters, qtype: u16, answer: &[u8], start: Instant) {
+    counters.count(
+        QType::from_u16(qtype),
+        Rcode::from_u8(header::rcode(answer)),
+    );
+    counters.duration.observe(start.elapsed().as_secs_f64());
+}
+
+/// A query the fast path could not answer: resolved in a task of its own (tracked, so a
+/// drain waits for it), counted, and its answer handed to `deliver`. `permit` bounds how
+/// many of a listener's queries wait for upstreams at once; it is released at the end.
+pub(crate) struct Miss {
+    pub pipeline: Arc<Pipeline>,
+    pub query: Vec<u8>,
+    pub qi: QueryInfo,
+    pub client: IpAddr,
+    pub transport: Transport,
+    pub start: Instant,
+    pub permit: OwnedSemaphorePermit,
+}
+
+impl Miss {
+    pub(crate) fn spawn<F, Fut>(self, tracker: &TaskTracker, counters: QueryCounters, deliver: F)
+    where
+        F: FnOnce(Vec<u8>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
+        tracker.spawn(async move {
+            let Miss {
+                pipeline: p,
+                query,
+                qi,
+                client,
+                transport,
+                start,
+                permit,
+            } = self;
+            let mut out = Vec::with_capacity(512);
+            p.metrics.inflight.inc();
+            p.resolve(&query, &qi, client, transport, &mut out).await;
+            p.metrics.inflight.dec();
+            count(&counters, qi.qtype, &out, start);
+            deliver(out).await;
+            drop(permit);
+        });
+    }
+}
 
 fn base_socket(addr: SocketAddr, ty: Type, proto: Protocol) -> std::io::Result<Socket> {
     let s = Socket::new(Domain::for_address(addr), ty, Some(proto))?;

@@ -16,6 +16,7 @@ use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::Miss;
 use crate::config::TcpConfig;
 use crate::metrics::{QueryCounters, Transport};
 use crate::pipeline::{Fast, Pipeline};
@@ -241,7 +242,7 @@ async fn connection(
             &mut out,
         ) {
             Fast::Answered(qtype) => {
-                crate::listener::udp::count(&counters, qtype, &out, start);
+                super::count(&counters, qtype, &out, start);
                 if tx.send(out.clone()).await.is_err() {
                     break;
                 }
@@ -251,18 +252,18 @@ async fn connection(
                 let Ok(permit) = inflight.clone().acquire_owned().await else {
                     break;
                 };
-                let q = query.to_vec();
                 let tx = tx.clone();
-                let counters = counters.clone();
-                tracker.spawn(async move {
-                    let mut out = Vec::with_capacity(512);
-                    p.metrics.inflight.inc();
-                    p.resolve(&q, &qi, peer.ip(), Transport::tcp, &mut out)
-                        .await;
-                    p.metrics.inflight.dec();
-                    crate::listener::udp::count(&counters, qi.qtype, &out, start);
+                let miss = Miss {
+                    pipeline: p,
+                    query: query.to_vec(),
+                    qi,
+                    client: peer.ip(),
+                    transport: Transport::tcp,
+                    start,
+                    permit,
+                };
+                miss.spawn(&tracker, counters.clone(), |out| async move {
                     let _ = tx.send(out).await;
-                    drop(permit);
                 });
             }
         }

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::batch::{RecvBatch, SendBatch};
+use super::Miss;
 use crate::dns::wire::header;
 use crate::metrics::{DropLabels, DropReason, QType, QueryCounters, Rcode, Transport};
 use crate::pipeline::{Fast, Pipeline};
@@ -120,19 +121,18 @@ impl Io {
                                 .inc();
                             continue;
                         };
-                        let q = query.to_vec();
                         let sock = sock.clone();
-                        let counters = counters.clone();
-                        let p = p.clone();
-                        tracker.spawn(async move {
-                            let mut out = Vec::with_capacity(1232);
-                            p.metrics.inflight.inc();
-                            p.resolve(&q, &qi, peer.ip(), Transport::udp, &mut out)
-                                .await;
-                            p.metrics.inflight.dec();
+                        let miss = Miss {
+                            pipeline: p.clone(),
+                            query: query.to_vec(),
+                            qi,
+                            client: peer.ip(),
+                            transport: Transport::udp,
+                            start,
+                            permit,
+                        };
+                        miss.spawn(tracker, counters.clone(), move |out| async move {
                             send(&sock, &out, peer).await;
-                            count(&counters, qi.qtype, &out, start);
-                            drop(permit);
                         });
                     }
                 }
@@ -150,14 +150,6 @@ async fn send(sock: &UdpSocket, msg: &[u8], peer: SocketAddr) {
         }
         Err(e) => tracing::trace!(error = %e, "udp send"),
     }
-}
-
-pub(crate) fn count(counters: &QueryCounters, qtype: u16, answer: &[u8], start: Instant) {
-    counters.count(
-        QType::from_u16(qtype),
-        Rcode::from_u8(header::rcode(answer)),
-    );
-    counters.duration.observe(start.elapsed().as_secs_f64());
 }
 
 /// Binds one socket per worker thread on `addr` (SO_REUSEPORT spreads the load).
