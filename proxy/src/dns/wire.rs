@@ -523,17 +523,24 @@ fn rewritten_ttl(pos: usize, ttls: &[(u32, u32)]) -> bool {
 
 /// Follows a (possibly compressed) name of a response, checking that every byte it reads
 /// lies outside the bytes rewritten per client: a name that points into the ID or a TTL
-/// would read differently for each client it is served to. Pointers must go backwards
-/// (RFC 1035 4.1.4: to a prior occurrence), so the walk ends. Returns the name's end.
+/// would read differently for each client it is served to. A pointer leads to a prior
+/// occurrence (RFC 1035 4.1.4): the name it leads to must lie wholly before the pointer,
+/// so no walk ends in bytes the stored answer drops (the OPT record, always last).
+/// Returns the name's end.
 fn check_name(b: &[u8], start: usize, rw: &Rewritten<'_>) -> Result<usize, WireError> {
     let mut at = start;
     let mut end = None;
+    // Bytes from here on may not be read: the position of the last pointer followed.
+    let mut limit = b.len();
     let mut total = 0usize;
     let mut jumps = 0;
     loop {
         let len = *b
             .get(at)
-            .ok_or(WireError::Malformed("name runs past the end"))?;
+            .filter(|_| at < limit)
+            .ok_or(WireError::Malformed(
+                "name runs past the end or its pointer",
+            ))?;
         if rw.contains(at) {
             return Err(WireError::Malformed(
                 "name inside bytes rewritten per client",
@@ -544,7 +551,7 @@ fn check_name(b: &[u8], start: usize, rw: &Rewritten<'_>) -> Result<usize, WireE
             0x00 => {
                 let l = len as usize;
                 total += 1 + l;
-                if total > MAX_NAME_LEN || at + 1 + l > b.len() {
+                if total > MAX_NAME_LEN || at + 1 + l > limit {
                     return Err(WireError::Malformed("bad label"));
                 }
                 if (at + 1..at + 1 + l).any(|p| rw.contains(p)) {
@@ -558,10 +565,11 @@ fn check_name(b: &[u8], start: usize, rw: &Rewritten<'_>) -> Result<usize, WireE
                 let ptr = (u16_at(b, at).ok_or(WireError::Malformed("truncated pointer"))? & 0x3FFF)
                     as usize;
                 jumps += 1;
-                if jumps > MAX_POINTERS || ptr >= at || rw.contains(at + 1) {
+                if jumps > MAX_POINTERS || ptr >= at || at + 2 > limit || rw.contains(at + 1) {
                     return Err(WireError::Malformed("forward compression pointer"));
                 }
                 end.get_or_insert(at + 2);
+                limit = at;
                 at = ptr;
             }
             _ => return Err(WireError::Malformed("unknown label type")),

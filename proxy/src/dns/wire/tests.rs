@@ -231,3 +231,17 @@ fn rdata_names_are_checked() {
     let a: &[u8] = &[0xC0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 0xC0, 0, 2, 1];
     assert!(parse_response(&response_with(&[a])).is_ok());
 }
+
+#[test]
+fn a_pointed_name_must_end_before_its_pointer() {
+    // Found by proptest: an SOA RNAME pointing at its own RDLENGTH byte (39), read as a
+    // label that runs on past the pointer into the OPT record, which the stored answer
+    // drops: the stored answer would not parse.
+    let b: &[u8] = &[
+        34, 34, 129, 131, 0, 1, 0, 0, 0, 1, 0, 1, 2, 110, 120, 7, 101, 120, 97, 109, 112, 108, 101,
+        3, 99, 111, 109, 0, 0, 1, 0, 1, 192, 15, 0, 6, 0, 1, 0, 0, 14, 16, 0, 39, 3, 110, 115, 49,
+        192, 15, 10, 104, 111, 115, 116, 109, 97, 115, 116, 101, 114, 192, 43, 0, 163, 241, 117, 0,
+        0, 28, 32, 0, 0, 3, 132, 0, 18, 117, 0, 0, 0, 1, 44, 0, 0, 41, 4, 208, 0, 0, 0, 0, 0, 0,
+    ];
+    assert!(parse_response(b).is_err());
+}
