@@ -504,7 +504,9 @@ pub fn check_answers(resp: &[u8], query: &[u8], qi: &QueryInfo) {
         let max_lens = [512, qi.max_udp_size(), 65_535];
         for max_len in max_lens {
             for (age, ttl_override) in renders {
-                answer.render(query, qi, age, ttl_override, max_len, &mut out);
+                answer
+                    .stored()
+                    .render(query, qi, age, ttl_override, max_len, &mut out);
                 let r = Rendered {
                     out: &out,
                     query,

@@ -214,7 +214,7 @@ impl Pipeline {
             match cache.lookup(key.as_bytes(), now) {
                 Lookup::Fresh { entry, prefetch } => {
                     self.metrics.cache_hits.inc();
-                    entry.render(
+                    entry.stored().render(
                         query,
                         &qi,
                         entry.age_secs(now),
@@ -289,7 +289,7 @@ impl Pipeline {
         };
         let max = max_len(transport, qi);
         match outcome {
-            Ok(answer) => answer.render(query, qi, 0, None, max, out),
+            Ok(answer) => answer.stored().render(query, qi, 0, None, max, out),
             Err(e) => {
                 let now = self.clock.now();
                 let stale = self
@@ -297,7 +297,9 @@ impl Pipeline {
                     .and_then(|c| c.stale(key.as_bytes(), now).map(|s| (c, s)));
                 if let Some((cache, entry)) = stale {
                     self.metrics.cache_stale.inc();
-                    entry.render(query, qi, 0, Some(cache.config().stale_ttl), max, out);
+                    entry
+                        .stored()
+                        .render(query, qi, 0, Some(cache.config().stale_ttl), max, out);
                     if entry.start_refresh() {
                         self.refresh(query.to_vec(), *qi, key.route_tag(), entry);
                     }

@@ -1016,7 +1016,9 @@ fn rendered_answers_keep_id_question_and_limits() {
                 .map_err(|e| TestCaseError::fail(format!("answer refused: {e}")))?;
             let mut out = Vec::new();
             for (max_len, udp) in [(client_max, true), (65_535, false)] {
-                answer.render(&query, &qi, age, None, max_len, &mut out);
+                answer
+                    .stored()
+                    .render(&query, &qi, age, None, max_len, &mut out);
                 prop_assert_eq!(header::id(&out), qs.id, "ID");
                 prop_assert_eq!(
                     &out[12..qi.question_end],

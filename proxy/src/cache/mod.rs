@@ -23,8 +23,7 @@ use tokio::time::Instant;
 use triomphe::ThinArc;
 
 use crate::config::CacheConfig;
-use crate::dns::message::{render_stored, Answer, AnswerKind, AnswerMeta, TtlPolicy};
-use crate::dns::wire::QueryInfo;
+use crate::dns::message::{Answer, AnswerKind, AnswerMeta, StoredAnswer, TtlPolicy};
 
 pub use hot::HotName;
 pub use key::{CacheKey, KeyBuf};
@@ -89,7 +88,7 @@ impl Entry {
     pub fn kind(&self) -> AnswerKind {
         self.head().meta.kind()
     }
-    pub fn stored(&self) -> Instant {
+    pub fn stored_at(&self) -> Instant {
         self.head().stored
     }
     pub fn expires(&self) -> Instant {
@@ -97,7 +96,7 @@ impl Entry {
     }
     /// Whole seconds since the answer was stored (TTLs count down by this much).
     pub fn age_secs(&self, now: Instant) -> u32 {
-        now.saturating_duration_since(self.stored())
+        now.saturating_duration_since(self.stored_at())
             .as_secs()
             .min(u32::MAX as u64) as u32
     }
@@ -108,26 +107,9 @@ impl Entry {
     pub fn end_refresh(&self) {
         self.head().refreshing.store(false, Ordering::Release);
     }
-    /// Renders the answer for one client (see `dns::message::render_stored`).
-    pub fn render(
-        &self,
-        query: &[u8],
-        qi: &QueryInfo,
-        age: u32,
-        ttl_override: Option<u32>,
-        max_len: usize,
-        out: &mut Vec<u8>,
-    ) {
-        render_stored(
-            &self.head().meta,
-            self.answer_bytes(),
-            query,
-            qi,
-            age,
-            ttl_override,
-            max_len,
-            out,
-        );
+    /// The cached answer, for rendering.
+    pub fn stored(&self) -> StoredAnswer<'_> {
+        StoredAnswer::new(&self.head().meta, self.answer_bytes())
     }
 }
 
@@ -278,7 +260,7 @@ impl Cache {
             let p = &self.cfg.prefetch;
             let mut prefetch = false;
             if p.enabled && hits >= p.min_hits {
-                let ttl = entry.expires().duration_since(entry.stored());
+                let ttl = entry.expires().duration_since(entry.stored_at());
                 let left = entry.expires().duration_since(now);
                 if left
                     <= ttl

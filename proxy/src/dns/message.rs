@@ -158,13 +158,6 @@ impl AnswerMeta {
     pub fn kind(&self) -> AnswerKind {
         self.kind
     }
-    pub fn ttl(&self) -> u32 {
-        self.ttl
-    }
-    /// The full RCODE (extended bits included).
-    pub fn rcode(&self) -> u8 {
-        self.rcode
-    }
 }
 
 /// Bytes of one TTL table entry: the TTL field's offset (u16) and its value (u32).
@@ -277,12 +270,40 @@ impl Answer {
     pub fn bytes(&self) -> &[u8] {
         &self.bytes
     }
+    /// The answer as stored: what rendering reads.
+    pub fn stored(&self) -> StoredAnswer<'_> {
+        StoredAnswer::new(&self.meta, &self.bytes)
+    }
     /// The stored response (ID 0, no OPT).
     pub fn wire(&self) -> &[u8] {
-        stored_wire(&self.meta, &self.bytes)
+        self.stored().wire()
+    }
+}
+
+/// A stored answer, borrowed: an [`Answer`]'s, or the cache's copy of its `meta` and
+/// `bytes` (the message, then its TTL table).
+#[derive(Clone, Copy)]
+pub struct StoredAnswer<'a> {
+    meta: &'a AnswerMeta,
+    bytes: &'a [u8],
+}
+
+impl<'a> StoredAnswer<'a> {
+    pub fn new(meta: &'a AnswerMeta, bytes: &'a [u8]) -> Self {
+        StoredAnswer { meta, bytes }
     }
 
-    /// Renders this answer for one client: see [`render_stored`].
+    /// The stored response (ID 0, no OPT).
+    pub fn wire(&self) -> &'a [u8] {
+        self.bytes
+            .get(..usize::from(self.meta.wire_len))
+            .unwrap_or(&[])
+    }
+
+    /// Renders the answer for one client: its ID, its question bytes (letter case as
+    /// asked), RD/CD as it sent them, TTLs aged by `age` seconds (or all set to
+    /// `ttl_override`), an OPT record if it used EDNS, truncated with TC=1 if longer than
+    /// `max_len`.
     pub fn render(
         &self,
         query: &[u8],
@@ -292,77 +313,48 @@ impl Answer {
         max_len: usize,
         out: &mut Vec<u8>,
     ) {
-        render_stored(
-            &self.meta,
-            &self.bytes,
-            query,
-            qi,
-            age,
-            ttl_override,
-            max_len,
-            out,
-        );
-    }
-}
-
-fn stored_wire<'a>(meta: &AnswerMeta, bytes: &'a [u8]) -> &'a [u8] {
-    bytes.get(..usize::from(meta.wire_len)).unwrap_or(&[])
-}
-
-/// Renders a stored answer (`meta` and `bytes` of an [`Answer`], or the cache's copy of
-/// them) for one client: its ID, its question bytes (letter case as asked), RD/CD as it
-/// sent them, TTLs aged by `age` seconds (or all set to `ttl_override`), an OPT record if it
-/// used EDNS, truncated with TC=1 if longer than `max_len`.
-#[allow(clippy::too_many_arguments)]
-pub fn render_stored(
-    meta: &AnswerMeta,
-    bytes: &[u8],
-    query: &[u8],
-    qi: &QueryInfo,
-    age: u32,
-    ttl_override: Option<u32>,
-    max_len: usize,
-    out: &mut Vec<u8>,
-) {
-    let wire = stored_wire(meta, bytes);
-    let table = bytes.get(wire.len()..).unwrap_or(&[]);
-    out.clear();
-    out.extend_from_slice(wire);
-    header::set_id(out, qi.id);
-    let flags =
-        (header::flags(wire) & !(header::RD | header::CD)) | (qi.flags & (header::RD | header::CD));
-    header::set_flags(out, flags);
-    let qe = meta.question_end as usize;
-    if qe == qi.question_end {
-        if let (Some(dst), Some(src)) = (out.get_mut(HEADER_LEN..qe), query.get(HEADER_LEN..qe)) {
-            dst.copy_from_slice(src);
+        let meta = self.meta;
+        let wire = self.wire();
+        let table = self.bytes.get(wire.len()..).unwrap_or(&[]);
+        out.clear();
+        out.extend_from_slice(wire);
+        header::set_id(out, qi.id);
+        let flags = (header::flags(wire) & !(header::RD | header::CD))
+            | (qi.flags & (header::RD | header::CD));
+        header::set_flags(out, flags);
+        let qe = meta.question_end as usize;
+        if qe == qi.question_end {
+            if let (Some(dst), Some(src)) = (out.get_mut(HEADER_LEN..qe), query.get(HEADER_LEN..qe))
+            {
+                dst.copy_from_slice(src);
+            }
         }
-    }
-    for e in table.chunks_exact(TTL_ENTRY) {
-        let at = usize::from(u16::from_be_bytes([e[0], e[1]]));
-        let t = u32::from_be_bytes([e[2], e[3], e[4], e[5]]);
-        let v = ttl_override.unwrap_or_else(|| t.saturating_sub(age));
-        if let Some(s) = out.get_mut(at..at + 4) {
-            s.copy_from_slice(&v.to_be_bytes());
+        for e in table.chunks_exact(TTL_ENTRY) {
+            let at = usize::from(u16::from_be_bytes([e[0], e[1]]));
+            let t = u32::from_be_bytes([e[2], e[3], e[4], e[5]]);
+            let v = ttl_override.unwrap_or_else(|| t.saturating_sub(age));
+            if let Some(s) = out.get_mut(at..at + 4) {
+                s.copy_from_slice(&v.to_be_bytes());
+            }
         }
-    }
-    let edns = qi.edns.is_some();
-    if edns {
-        push_opt(out, meta.ext_rcode, qi.do_bit());
-        let (qd, an, ns, ar) = (
-            header::qdcount(out),
-            header::ancount(out),
-            header::nscount(out),
-            header::arcount(out),
-        );
-        header::set_counts(out, qd, an, ns, ar + 1);
-    }
-    if out.len() > max_len {
-        out.truncate(qe);
-        header::set_flags(out, flags | header::TC);
-        header::set_counts(out, 1, 0, 0, u16::from(edns));
+        let edns = qi.edns.is_some();
         if edns {
             push_opt(out, meta.ext_rcode, qi.do_bit());
+            let (qd, an, ns, ar) = (
+                header::qdcount(out),
+                header::ancount(out),
+                header::nscount(out),
+                header::arcount(out),
+            );
+            header::set_counts(out, qd, an, ns, ar + 1);
+        }
+        if out.len() > max_len {
+            out.truncate(qe);
+            header::set_flags(out, flags | header::TC);
+            header::set_counts(out, 1, 0, 0, u16::from(edns));
+            if edns {
+                push_opt(out, meta.ext_rcode, qi.do_bit());
+            }
         }
     }
 }

@@ -448,15 +448,17 @@ pub fn parse_response(b: &[u8]) -> Result<ResponseInfo, WireError> {
     let mut at = question_end;
     for i in 0..(an as usize + ns as usize + ar as usize) {
         let rec = skip_record(b, at)?;
-        check_name(
-            b,
-            at,
-            &Rewritten {
-                question_end,
-                ttls: &info.ttls,
-            },
-        )?;
-        if rec.rtype == rtype::OPT {
+        let opt = rec.rtype == rtype::OPT;
+        let ttl = u32_at(b, rec.ttl_at).unwrap_or(0) & 0x7FFF_FFFF;
+        if !opt {
+            info.ttls.push((rec.ttl_at as u32, ttl));
+        }
+        let rw = Rewritten {
+            question_end,
+            ttls: &info.ttls,
+        };
+        check_name(b, at, &rw)?;
+        if opt {
             if i < an as usize + ns as usize || info.edns.is_some() {
                 return Err(WireError::Malformed("misplaced or repeated OPT"));
             }
@@ -464,28 +466,16 @@ pub fn parse_response(b: &[u8]) -> Result<ResponseInfo, WireError> {
             info.rcode |= e.ext_rcode << 4;
             info.edns = Some(e);
         } else {
-            let ttl = u32_at(b, rec.ttl_at).unwrap_or(0) & 0x7FFF_FFFF;
-            info.ttls.push((rec.ttl_at as u32, ttl));
-            check_rdata_names(
-                b,
-                &rec,
-                &Rewritten {
-                    question_end,
-                    ttls: &info.ttls,
-                },
-            )?;
+            check_rdata_names(b, &rec, &rw)?;
             if i < an as usize {
                 info.min_answer_ttl = Some(info.min_answer_ttl.map_or(ttl, |m| m.min(ttl)));
             } else if i < an as usize + ns as usize && rec.rtype == rtype::SOA {
-                let mname_end = skip_name(b, rec.rdata_at)?;
-                let rname_end = skip_name(b, mname_end)?;
-                // The SOA's fields must lie inside its own RDATA: a record that borrows bytes
-                // from the next one would break once that one is cut (the OPT at cache insert).
-                if rname_end + 20 != rec.end {
-                    return Err(WireError::Malformed("SOA fields do not fit its RDATA"));
-                }
+                // check_rdata_names made the SOA's names end 20 bytes before its RDATA
+                // does, so its fields lie inside it (a record borrowing bytes from the next
+                // one would break once that one is cut: the OPT at cache insert), and
+                // MINIMUM is its last four bytes.
                 let minimum =
-                    u32_at(b, rname_end + 16).ok_or(WireError::Malformed("SOA too short"))?;
+                    u32_at(b, rec.end - 4).ok_or(WireError::Malformed("SOA too short"))?;
                 let neg = ttl.min(minimum);
                 info.negative_ttl = Some(info.negative_ttl.map_or(neg, |m| m.min(neg)));
             }

@@ -14,14 +14,34 @@ use crate::support::*;
 use clap::Parser as _;
 
 fn write_kubelet_version(dir: &Path, version: &str, yaml: &str) {
-    // kubelet: files in a timestamped directory, `..data` swapped atomically to it.
+    write_kubelet_file(dir, version, "config.yaml", yaml);
+}
+
+/// A ConfigMap volume as the kubelet updates it: files in a timestamped directory, `..data`
+/// swapped atomically to it.
+fn write_kubelet_file(dir: &Path, version: &str, file: &str, contents: &str) {
     let ts = dir.join(version);
     std::fs::create_dir_all(&ts).expect("mkdir");
-    std::fs::write(ts.join("config.yaml"), yaml).expect("write");
+    std::fs::write(ts.join(file), contents).expect("write");
     let tmp = dir.join("..data_tmp");
     let _ = std::fs::remove_file(&tmp);
     symlink(version, &tmp).expect("symlink");
     std::fs::rename(&tmp, dir.join("..data")).expect("swap ..data");
+}
+
+/// A proxy started from `dir/config.yaml` (a symlink into `..data`), with the reload
+/// task watching it.
+async fn start_watched(dir: &Path) -> Arc<dot_proxy::server::Server> {
+    symlink("..data/config.yaml", dir.join("config.yaml")).expect("config symlink");
+    let cli = dot_proxy::cli::Cli::parse_from([
+        "dot-proxy",
+        "--config",
+        &dir.join("config.yaml").display().to_string(),
+    ]);
+    let cfg = dot_proxy::reload::load_effective(&cli).expect("valid");
+    let server = dot_proxy::server::Server::start(cfg).await.expect("start");
+    tokio::spawn(dot_proxy::reload::run(server.clone(), Arc::new(cli)));
+    server
 }
 
 fn yaml_for(up: &Upstream, listen: &str, extra: &str) -> String {
@@ -42,15 +62,7 @@ async fn kubelet_configmap_swap_triggers_a_reload() {
         "..2026_11_22_04_00_00.1",
         &yaml_for(&up, &format!("127.0.0.1:{port}"), ""),
     );
-    symlink("..data/config.yaml", dir.path().join("config.yaml")).expect("config symlink");
-    let cli = dot_proxy::cli::Cli::parse_from([
-        "dot-proxy",
-        "--config",
-        &dir.path().join("config.yaml").display().to_string(),
-    ]);
-    let cfg = dot_proxy::reload::load_effective(&cli).expect("valid");
-    let server = dot_proxy::server::Server::start(cfg).await.expect("start");
-    tokio::spawn(dot_proxy::reload::run(server.clone(), Arc::new(cli)));
+    let server = start_watched(dir.path()).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     // The new version adds a listen address.
@@ -297,13 +309,7 @@ async fn a_changed_block_list_file_is_reloaded_without_a_config_change() {
     let cfg_dir = tempfile::tempdir().expect("tmp");
     let list_dir = tempfile::tempdir().expect("tmp");
     let write_list = |version: &str, names: &str| {
-        let ts = list_dir.path().join(version);
-        std::fs::create_dir_all(&ts).expect("mkdir");
-        std::fs::write(ts.join("ads.hosts"), names).expect("write");
-        let tmp = list_dir.path().join("..data_tmp");
-        let _ = std::fs::remove_file(&tmp);
-        symlink(version, &tmp).expect("symlink");
-        std::fs::rename(&tmp, list_dir.path().join("..data")).expect("swap ..data");
+        write_kubelet_file(list_dir.path(), version, "ads.hosts", names)
     };
     write_list("..v1", "0.0.0.0 first.example.test\n");
     symlink("..data/ads.hosts", list_dir.path().join("ads.hosts")).expect("list symlink");
@@ -317,15 +323,7 @@ async fn a_changed_block_list_file_is_reloaded_without_a_config_change() {
         "..c1",
         &yaml_for(&up, &format!("127.0.0.1:{port}"), &extra),
     );
-    symlink("..data/config.yaml", cfg_dir.path().join("config.yaml")).expect("config symlink");
-    let cli = dot_proxy::cli::Cli::parse_from([
-        "dot-proxy",
-        "--config",
-        &cfg_dir.path().join("config.yaml").display().to_string(),
-    ]);
-    let cfg = dot_proxy::reload::load_effective(&cli).expect("valid");
-    let server = dot_proxy::server::Server::start(cfg).await.expect("start");
-    tokio::spawn(dot_proxy::reload::run(server.clone(), Arc::new(cli)));
+    let _server = start_watched(cfg_dir.path()).await;
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let rcode = |name: &'static str| async move {
         udp(addr, name, RecordType::A).await.metadata.response_code

@@ -128,7 +128,7 @@ fn positive_ttl_is_the_minimum_and_clamped() {
     let a = Answer::from_upstream(&r, &q, &qi, &p).expect("answer");
     assert_eq!(a.ttl(), 120);
     let mut out = Vec::new();
-    a.render(&q, &qi, 0, None, 512, &mut out);
+    a.stored().render(&q, &qi, 0, None, 512, &mut out);
     let m = Message::from_vec(&out).expect("parse");
     let ttls: Vec<u32> = m.answers.iter().map(|r| r.ttl).collect();
     assert_eq!(
@@ -178,19 +178,19 @@ fn render_restores_id_case_and_counts_ttls_down() {
     let r = response("mixed.example.", &[100], ResponseCode::NoError, None);
     let a = Answer::from_upstream(&r, &q, &qi, &TtlPolicy::default()).expect("answer");
     let mut out = Vec::new();
-    a.render(&q, &qi, 30, None, 1232, &mut out);
+    a.stored().render(&q, &qi, 30, None, 1232, &mut out);
     let m = Message::from_vec(&out).expect("parse");
     assert_eq!(m.metadata.id, 77);
     assert_eq!(m.queries[0].name().to_ascii(), "MiXeD.example.");
     assert_eq!(m.answers[0].ttl, 70);
     assert!(m.edns.is_some());
-    a.render(&q, &qi, 500, None, 1232, &mut out);
+    a.stored().render(&q, &qi, 500, None, 1232, &mut out);
     assert_eq!(
         Message::from_vec(&out).expect("parse").answers[0].ttl,
         0,
         "never negative"
     );
-    a.render(&q, &qi, 500, Some(30), 1232, &mut out);
+    a.stored().render(&q, &qi, 500, Some(30), 1232, &mut out);
     assert_eq!(
         Message::from_vec(&out).expect("parse").answers[0].ttl,
         30,
