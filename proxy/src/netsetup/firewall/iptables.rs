@@ -206,14 +206,18 @@ pub async fn apply_family(fam: Family, addrs: &[IpAddr], port: u16) -> Result<()
     }
 }
 
+fn of_family(addrs: &[IpAddr], fam: Family) -> Vec<IpAddr> {
+    addrs
+        .iter()
+        .copied()
+        .filter(|a| a.is_ipv6() == fam.v6)
+        .collect()
+}
+
 /// Splits `addrs` by family and applies each; a family with no address is cleaned.
 pub async fn apply(addrs: &[IpAddr], port: u16) -> Result<(), FirewallError> {
     for fam in [V4, V6] {
-        let mine: Vec<IpAddr> = addrs
-            .iter()
-            .copied()
-            .filter(|a| a.is_ipv6() == fam.v6)
-            .collect();
+        let mine = of_family(addrs, fam);
         match apply_family(fam, &mine, port).await {
             Ok(()) => {}
             // No ip6tables on a node without IPv6 addresses to manage: nothing to clean.
@@ -226,11 +230,7 @@ pub async fn apply(addrs: &[IpAddr], port: u16) -> Result<(), FirewallError> {
 
 pub async fn verify(addrs: &[IpAddr], port: u16) -> Result<bool, FirewallError> {
     for fam in [V4, V6] {
-        let mine: Vec<IpAddr> = addrs
-            .iter()
-            .copied()
-            .filter(|a| a.is_ipv6() == fam.v6)
-            .collect();
+        let mine = of_family(addrs, fam);
         match save(fam).await {
             Ok(state) if state.matches(&mine, port) => {}
             Ok(_) => return Ok(false),
