@@ -9,7 +9,7 @@
 //!   drawn from the input bytes);
 //! - as an upstream's response: answers rendered from it for queries asking its question
 //!   (with and without EDNS), so real responses in the corpus (compressed, negative with SOA,
-//!   truncated) reach [`Answer::from_upstream`] and [`Answer::render`] as they are.
+//!   truncated) reach [`Answer::from_upstream`] and [`StoredAnswer::render`](crate::dns::message::StoredAnswer::render) as they are.
 //!
 //! Every answer the proxy would send is checked to be well-formed for both the proxy's own
 //! parser and hickory-proto's, to carry the client's ID and question bytes, and to fit the
