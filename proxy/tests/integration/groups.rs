@@ -247,6 +247,64 @@ async fn spki_pins_refuse_a_mismatch_and_accept_a_rotated_key_with_its_pin() {
     );
 }
 
+/// A pin of a CA key counts only for a chain that key signed: a rogue server presenting its
+/// own leaf for the right name (signed by an unrelated CA) plus a copy of the pinned CA's
+/// public certificate is refused, with and without CA verification.
+#[tokio::test]
+async fn a_pinned_ca_certificate_sent_along_with_a_rogue_leaf_is_refused() {
+    let pinned = Pki::new();
+    let rogue_ca = Pki::new();
+    let ca_pin = dot_proxy::upstream::tls_config::spki_pin_of(&pinned.ca_der).expect("pin");
+    // Both CAs trusted, as in a system store.
+    let both = pinned.dir.path().join("both.pem");
+    let pem = std::fs::read_to_string(&pinned.ca_file).expect("pem")
+        + &std::fs::read_to_string(&rogue_ca.ca_file).expect("pem");
+    std::fs::write(&both, pem).expect("write");
+
+    let rogue = Upstream::start().await;
+    let (leaf, key) = Pki::issue(&rogue_ca.ca, &["upstream.test", "127.0.0.1"]);
+    rogue.set_chain(&[leaf, pinned.ca_der.clone()], &key);
+    let genuine = Upstream::start().await;
+    let (leaf, key) = Pki::issue(&pinned.ca, &["upstream.test", "127.0.0.1"]);
+    genuine.set_chain(&[leaf, pinned.ca_der.clone()], &key);
+
+    for verify_ca in [false, true] {
+        for (up, want) in [
+            (&rogue, ResponseCode::ServFail),
+            (&genuine, ResponseCode::NoError),
+        ] {
+            let mut s = up.server();
+            s.verify_ca = verify_ca;
+            s.ca_file = Some(both.clone());
+            s.spki_pins = vec![ca_pin.clone()];
+            let p = Proxy::start(group_config(Policy::Failover, vec![s])).await;
+            for n in 0..3 {
+                let name = format!("rogue{n}-{verify_ca}.example.test.");
+                let m = udp(p.addr, &name, RecordType::A).await;
+                assert_eq!(m.metadata.response_code, want, "verify_ca={verify_ca}");
+            }
+            if want == ResponseCode::ServFail {
+                assert_eq!(
+                    up.query_count(),
+                    0,
+                    "no query ever reaches the rogue server"
+                );
+                let tls_errors: f64 = p
+                    .metrics()
+                    .await
+                    .lines()
+                    .filter(|l| {
+                        l.starts_with("dot_proxy_upstream_errors_total{")
+                            && l.contains("kind=\"tls\"")
+                    })
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .sum();
+                assert!(tls_errors >= 1.0, "the refused handshake is counted");
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn queries_over_tls_are_padded_and_carry_no_client_subnet() {
     let up = Upstream::start().await;

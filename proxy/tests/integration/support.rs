@@ -29,6 +29,8 @@ pub struct Pki {
     pub ca_file: PathBuf,
     pub cert_der: Vec<u8>,
     pub key_der: Vec<u8>,
+    /// The CA's own certificate.
+    pub ca_der: Vec<u8>,
     pub ca: rcgen::Issuer<'static, rcgen::KeyPair>,
 }
 
@@ -51,6 +53,7 @@ impl Pki {
             ca_file,
             cert_der,
             key_der,
+            ca_der: ca_cert.der().to_vec(),
             ca,
         }
     }
@@ -110,6 +113,11 @@ pub struct Upstream {
 }
 
 fn acceptor(cert: &[u8], key: &[u8]) -> TlsAcceptor {
+    chain_acceptor(&[cert.to_vec()], key)
+}
+
+/// A TLS acceptor presenting `chain` (leaf first, then whatever else the server sends).
+fn chain_acceptor(chain: &[Vec<u8>], key: &[u8]) -> TlsAcceptor {
     let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -117,7 +125,10 @@ fn acceptor(cert: &[u8], key: &[u8]) -> TlsAcceptor {
     .expect("versions")
     .with_no_client_auth()
     .with_single_cert(
-        vec![rustls::pki_types::CertificateDer::from(cert.to_vec())],
+        chain
+            .iter()
+            .map(|c| rustls::pki_types::CertificateDer::from(c.clone()))
+            .collect(),
         rustls::pki_types::PrivateKeyDer::try_from(key.to_vec()).expect("key"),
     )
     .expect("server config");
@@ -167,6 +178,12 @@ impl Upstream {
     /// Serves a given certificate and key from now on (key rotation).
     pub fn set_cert(&self, cert: &[u8], key: &[u8]) {
         *self.acceptor.lock().expect("lock") = acceptor(cert, key);
+    }
+
+    /// Serves a leaf followed by other certificates (an intermediate, or any certificate a
+    /// rogue server sends along).
+    pub fn set_chain(&self, chain: &[Vec<u8>], key: &[u8]) {
+        *self.acceptor.lock().expect("lock") = chain_acceptor(chain, key);
     }
 
     /// Replaces the server key and certificate (key rotation); returns the new SPKI pin.
