@@ -219,6 +219,10 @@ impl Answer {
         let mut w = Vec::with_capacity(body_end + info.ttls.len() * TTL_ENTRY);
         w.extend_from_slice(&resp[..body_end]);
         header::set_id(&mut w, 0);
+        // A node cache is no authority for what it forwards (RFC 1035 4.1.1; caching
+        // resolvers answer AA=0): the upstream's AA bit is not passed on.
+        let flags = header::flags(&w) & !header::AA;
+        header::set_flags(&mut w, flags);
         if info.edns.is_some() {
             let ar = header::arcount(&w).saturating_sub(1);
             let (qd, an, ns) = (

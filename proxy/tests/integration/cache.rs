@@ -336,3 +336,29 @@ async fn cache_bounded_by_entries() {
     assert!(entries <= 50.0 && entries > 0.0, "entries {entries}");
     assert!(metric(&metrics, "dot_proxy_cache_evictions_total") >= 250.0);
 }
+
+/// A node cache is no authority: an upstream's AA=1 is cleared on forwarded and cached
+/// answers, over UDP and TCP (Unbound, Knot Resolver and CoreDNS answer AA=0 too).
+#[tokio::test]
+async fn authoritative_bit_is_cleared_on_forwarded_and_cached_answers() {
+    let up = Upstream::start().await;
+    up.behaviour.authoritative.store(true, Ordering::SeqCst);
+    let p = Proxy::start(config_for(vec![up.server()])).await;
+    for name in ["aa.example.test.", "nxaa.example.test."] {
+        let fresh = udp(p.addr, name, RecordType::A).await;
+        let cached_udp = udp(p.addr, name, RecordType::A).await;
+        let cached_tcp = tcp(p.addr, name, RecordType::A).await;
+        for m in [&fresh, &cached_udp, &cached_tcp] {
+            assert!(!m.metadata.authoritative, "{name}: AA cleared");
+        }
+        assert_ne!(fresh.metadata.response_code, ResponseCode::ServFail);
+    }
+    assert_eq!(up.query_count(), 2, "the repeats came from the cache");
+    // Uncached (cache off): the forwarded answer has AA=0 as well.
+    let mut cfg = config_for(vec![up.server()]);
+    cfg.cache.enabled = false;
+    let p = Proxy::start(cfg).await;
+    let m = tcp(p.addr, "aa2.example.test.", RecordType::A).await;
+    assert!(!m.metadata.authoritative);
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+}

@@ -99,6 +99,8 @@ pub struct Behaviour {
     pub servfail: AtomicBool,
     /// edns-tcp-keepalive timeout to announce, in 100 ms units (0 = none).
     pub keepalive_units: AtomicU32,
+    /// Set AA=1 on every answer, as an authoritative server would.
+    pub authoritative: AtomicBool,
 }
 
 pub struct Upstream {
@@ -264,6 +266,7 @@ impl Upstream {
         m.metadata.recursion_desired = q.metadata.recursion_desired;
         m.metadata.recursion_available = true;
         m.metadata.checking_disabled = q.metadata.checking_disabled;
+        m.metadata.authoritative = self.behaviour.authoritative.load(Ordering::SeqCst);
         m.add_query(query.clone());
         if let Some(e) = &q.edns {
             let mut edns = Edns::new();
