@@ -160,6 +160,24 @@ pub struct GroupLabels {
     pub group: String,
 }
 
+/// Why a query was also sent to the next server of its group.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum FailoverReason {
+    /// No answer within the server's attempt timeout (from its smoothed RTT).
+    slow,
+    /// The attempt failed (connect, TLS, closed, malformed, overloaded).
+    error,
+    /// The server answered SERVFAIL.
+    servfail,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailoverLabels {
+    pub group: String,
+    pub reason: FailoverReason,
+}
+
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
 pub enum ReloadResult {
@@ -240,6 +258,8 @@ pub struct Metrics {
     pub upstream_healthy: Family<UpstreamLabels, Gauge>,
     pub upstream_cert_expiry: Family<UpstreamLabels, Gauge>,
     pub group_healthy_upstreams: Family<GroupLabels, Gauge>,
+    pub group_failovers: Family<FailoverLabels, Counter>,
+    pub upstream_retransmits: Family<UpstreamLabels, Counter>,
     pub cache_hits: Counter,
     pub cache_misses: Counter,
     pub cache_stale: Counter,
@@ -276,6 +296,8 @@ impl Default for Metrics {
             upstream_healthy: Family::default(),
             upstream_cert_expiry: Family::default(),
             group_healthy_upstreams: Family::default(),
+            group_failovers: Family::default(),
+            upstream_retransmits: Family::default(),
             cache_hits: Counter::default(),
             cache_misses: Counter::default(),
             cache_stale: Counter::default(),
@@ -371,6 +393,16 @@ impl Metrics {
             "group_healthy_upstreams",
             "Usable upstreams in each group",
             self.group_healthy_upstreams.clone(),
+        );
+        r.register(
+            "group_failovers",
+            "Queries also sent to the next server of the group, by reason (slow: no answer within the attempt timeout)",
+            self.group_failovers.clone(),
+        );
+        r.register(
+            "upstream_retransmits",
+            "Plain-DNS UDP queries sent again to the same server after no answer",
+            self.upstream_retransmits.clone(),
         );
         r.register(
             "cache_hits",

@@ -446,7 +446,9 @@ fn build_groups(
                     };
                     Upstream::Tls(TlsUpstream::new(label, s.address, setup, opts, stats))
                 }
-                Protocol::Plain => Upstream::Plain(PlainUpstream::new(label, s.address, stats)),
+                Protocol::Plain => {
+                    Upstream::Plain(PlainUpstream::new(label, s.address, s.force_tcp, stats))
+                }
             };
             upstreams.push(u);
         }

@@ -234,6 +234,14 @@ pub struct UpstreamServer {
     /// Time allowed for TCP connect plus TLS handshake.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: Dur,
+    /// Plain servers only: ask over TCP instead of UDP (as NodeLocal DNSCache forwards to
+    /// kube-dns). Off by default: some clouds rate-limit TCP.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub force_tcp: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn yes() -> bool {
@@ -265,6 +273,7 @@ impl UpstreamServer {
             idle_timeout: default_idle_timeout(),
             max_connection_age: default_max_age(),
             connect_timeout: default_connect_timeout(),
+            force_tcp: false,
         }
     }
     pub fn plain(address: SocketAddr) -> Self {
@@ -284,6 +293,7 @@ impl UpstreamServer {
                     self.tls_name.as_deref().unwrap_or("")
                 )
             }
+            Protocol::Plain if self.force_tcp => format!("tcp://{}", self.address),
             Protocol::Plain => format!("udp://{}", self.address),
         }
     }
@@ -1064,6 +1074,12 @@ fn validate_server(err: &mut impl FnMut(String, String), sp: &str, s: &UpstreamS
             }
             if s.pool_size == 0 || s.pool_size > 64 {
                 err(format!("{sp}.pool_size"), "must be between 1 and 64".into());
+            }
+            if s.force_tcp {
+                err(
+                    format!("{sp}.force_tcp"),
+                    "only for plain servers (DNS over TLS always runs over TCP)".into(),
+                );
             }
         }
         Protocol::Plain => {

@@ -51,7 +51,7 @@ pub const BADVERS: u8 = 16;
 pub const MAX_FORWARDED_OPTIONS: usize = 512;
 
 /// Options for queries sent upstream.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct UpstreamQueryOptions {
     pub strip_ecs: bool,
     /// Pad to a multiple of this (0 = no padding).

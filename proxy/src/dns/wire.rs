@@ -392,6 +392,25 @@ fn parse_opt(b: &[u8], at: usize, rec: &RecordPos) -> Result<Edns, WireError> {
     Ok(e)
 }
 
+/// The edns-tcp-keepalive timeout (RFC 7828, in 100 ms units) of a response, if its OPT
+/// record carries one. Skips the sections without collecting anything: cheap enough to run
+/// on every answer of a connection.
+pub fn response_keepalive(b: &[u8]) -> Option<u16> {
+    let (_, _, mut at) = parse_question(b).ok()?;
+    let records = usize::from(header::ancount(b))
+        + usize::from(header::nscount(b))
+        + usize::from(header::arcount(b));
+    let first_additional = usize::from(header::ancount(b)) + usize::from(header::nscount(b));
+    for n in 0..records {
+        let rec = skip_record(b, at).ok()?;
+        if n >= first_additional && rec.rtype == rtype::OPT {
+            return parse_opt(b, at, &rec).ok()?.keepalive;
+        }
+        at = rec.end;
+    }
+    None
+}
+
 /// Iterates the EDNS options of an OPT record: (code, value).
 pub fn edns_options<'a>(b: &'a [u8], e: &Edns) -> impl Iterator<Item = (u16, &'a [u8])> + 'a {
     let e = *e;

@@ -1,23 +1,38 @@
-//! A group of upstreams with a selection policy and health tracking.
+//! A group of upstreams with a selection policy, failover within a query, and health.
 //!
-//! Passive health: connection and TLS failures mark a server down at once; timeouts and a
-//! high SERVFAIL ratio after a few in a row. A down server is left alone for a backoff that
-//! doubles up to a minute, then an active probe (`. NS`) must succeed before it carries
-//! queries again. When every server is down the group fails at once instead of timing out.
+//! Failover within a query: the query goes to the first server in the policy's order
+//! (`race`: the first two at once). When no answer comes within that server's attempt
+//! timeout (SRTT + 4·RTTVAR of its answers, at least 100 ms, at most half the group
+//! timeout, 400 ms before any answer), the same query also goes to the next server, and so
+//! on; the first good answer wins and the others are dropped. An error or a SERVFAIL moves
+//! on to the next server at once (a SERVFAIL is kept in case nobody does better). So a
+//! stalled, black-holed or very slow server costs a query at most its attempt timeout.
+//!
+//! Health: connection and TLS failures mark a server down at once. Timeouts, answers a
+//! later server overtook, and a high SERVFAIL share mark it down after a few in a row, but
+//! never while it is the last usable server of its group: a slow answer is not an outage.
+//! A down server gets no queries while another is usable; after a backoff (doubling from
+//! 500 ms up to a minute) an active probe (`localhost. A`) must answer within half the
+//! group timeout before it carries queries again. When every server is down, queries still
+//! go to all of them in the policy's order (each transport limits how often it tries to
+//! connect), any good answer brings its server back at once, and the probe runs on every
+//! tick regardless of backoff: recovery is not delayed by the backoff.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
-use tokio::time::Instant;
+use prometheus_client::metrics::counter::Counter;
+use tokio::time::{sleep_until, Instant};
 
+use super::rtt::Rtt;
 use super::{Upstream, UpstreamError};
 use crate::config::Policy;
 use crate::dns::message::{upstream_query, UpstreamQueryOptions};
 use crate::dns::wire::{self, header};
 use crate::dns::{rcode, rtype};
-use crate::metrics::UpstreamErrorKind;
+use crate::metrics::{FailoverLabels, FailoverReason, UpstreamErrorKind};
 
 const FAILURES_TO_DOWN: u32 = 3;
 const MIN_BACKOFF: Duration = Duration::from_millis(500);
@@ -26,10 +41,14 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 const SERVFAIL_DOWN_PERMILLE: u64 = 900;
 /// One query in this many goes to a non-fastest server under `fastest`, to keep measuring.
 const EXPLORE_EVERY: usize = 16;
+/// Bounds of one attempt's timeout before the next server is asked too.
+const MIN_ATTEMPT: Duration = Duration::from_millis(100);
+const INITIAL_ATTEMPT: Duration = Duration::from_millis(400);
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum GroupError {
-    #[error("every upstream of the group is down")]
+    #[error("the group has no servers")]
     AllDown,
     #[error("no answer within the timeout")]
     Timeout,
@@ -44,8 +63,7 @@ pub struct Health {
     /// 0 = up; otherwise ms since the group epoch until which it is left alone.
     down_until_ms: AtomicU64,
     backoff_ms: AtomicU64,
-    /// Smoothed latency in microseconds (0 = unknown).
-    srtt_us: AtomicU64,
+    rtt: Rtt,
     /// Smoothed SERVFAIL share, per mille.
     servfail_pm: AtomicU64,
 }
@@ -54,11 +72,39 @@ impl Health {
     pub fn is_up(&self) -> bool {
         self.down_until_ms.load(Ordering::Relaxed) == 0
     }
+    pub fn rtt(&self) -> &Rtt {
+        &self.rtt
+    }
 }
 
 pub struct Member {
     pub upstream: Upstream,
     pub health: Health,
+}
+
+/// Failover counters of a group, resolved once.
+struct Failovers {
+    slow: Counter,
+    error: Counter,
+    servfail: Counter,
+}
+
+impl Failovers {
+    fn new(metrics: &crate::metrics::Metrics, group: &str) -> Self {
+        let get = |reason| {
+            metrics
+                .group_failovers
+                .get_or_create_owned(&FailoverLabels {
+                    group: group.to_string(),
+                    reason,
+                })
+        };
+        Failovers {
+            slow: get(FailoverReason::slow),
+            error: get(FailoverReason::error),
+            servfail: get(FailoverReason::servfail),
+        }
+    }
 }
 
 pub struct Group {
@@ -70,7 +116,11 @@ pub struct Group {
     epoch: Instant,
     query_opts: UpstreamQueryOptions,
     healthy_gauge: prometheus_client::metrics::gauge::Gauge,
+    failovers: Failovers,
 }
+
+/// What one attempt ended with.
+type Attempt = (usize, Result<Vec<u8>, GroupError>);
 
 impl Group {
     pub fn new(
@@ -98,6 +148,7 @@ impl Group {
                     group: name.clone(),
                 });
         healthy_gauge.set(members.len() as i64);
+        let failovers = Failovers::new(metrics, &name);
         Arc::new(Group {
             name,
             policy,
@@ -107,6 +158,7 @@ impl Group {
             epoch: Instant::now(),
             query_opts,
             healthy_gauge,
+            failovers,
         })
     }
 
@@ -128,6 +180,14 @@ impl Group {
         self.epoch.elapsed().as_millis() as u64 + 1
     }
 
+    /// How long to wait for member `i` before asking the next server too.
+    pub fn attempt_timeout(&self, i: usize) -> Duration {
+        self.members[i]
+            .health
+            .rtt
+            .timeout(INITIAL_ATTEMPT, MIN_ATTEMPT, self.timeout / 2)
+    }
+
     /// Sends a query built by `dns::message::upstream_query` and returns the raw answer.
     pub async fn query(&self, msg: &[u8]) -> Result<Vec<u8>, GroupError> {
         let deadline = Instant::now() + self.timeout;
@@ -135,29 +195,38 @@ impl Group {
         if order.is_empty() {
             return Err(GroupError::AllDown);
         }
-        match self.policy {
-            Policy::Race if order.len() > 1 => self.race(&order[..2], msg, deadline).await,
-            _ => self.in_turn(&order, msg, deadline).await,
-        }
+        let at_once = if self.policy == Policy::Race { 2 } else { 1 };
+        self.hedged(&order, at_once, msg, deadline).await
     }
 
-    /// Healthy members in the order the policy wants them tried.
+    /// Members in the order the policy wants them tried: the usable ones, or every member
+    /// when none is (a down server still gets the queries then, and any good answer brings
+    /// it back).
     fn order(&self) -> Vec<usize> {
         let up: Vec<usize> = (0..self.members.len())
             .filter(|&i| self.members[i].health.is_up())
             .collect();
-        if up.len() <= 1 {
-            return up;
+        let candidates = if up.is_empty() {
+            (0..self.members.len()).collect()
+        } else {
+            up
+        };
+        if candidates.len() <= 1 {
+            return candidates;
         }
         match self.policy {
-            Policy::Failover => up,
+            Policy::Failover => candidates,
             Policy::RoundRobin => {
-                let k = self.rr.fetch_add(1, Ordering::Relaxed) % up.len();
-                up[k..].iter().chain(&up[..k]).copied().collect()
+                let k = self.rr.fetch_add(1, Ordering::Relaxed) % candidates.len();
+                candidates[k..]
+                    .iter()
+                    .chain(&candidates[..k])
+                    .copied()
+                    .collect()
             }
             Policy::Fastest | Policy::Race => {
-                let mut v = up;
-                v.sort_by_key(|&i| self.members[i].health.srtt_us.load(Ordering::Relaxed));
+                let mut v = candidates;
+                v.sort_by_key(|&i| self.members[i].health.rtt.srtt_us());
                 let n = self.rr.fetch_add(1, Ordering::Relaxed);
                 if self.policy == Policy::Fastest && n % EXPLORE_EVERY == EXPLORE_EVERY - 1 {
                     // Now and then try another, so a recovered or improved server is noticed.
@@ -169,54 +238,79 @@ impl Group {
         }
     }
 
-    async fn in_turn(
+    /// Asks `order[..at_once]` at once, then each next server when the newest attempt's
+    /// timeout passes or an attempt fails; the first good answer wins. Late answers are
+    /// dropped with their futures.
+    async fn hedged(
         &self,
         order: &[usize],
+        at_once: usize,
         msg: &[u8],
         deadline: Instant,
     ) -> Result<Vec<u8>, GroupError> {
-        let mut last = GroupError::Timeout;
-        for (n, &i) in order.iter().enumerate() {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
-                break;
-            }
-            match self.attempt(i, msg, deadline).await {
-                Ok(r) if header::rcode(&r) == rcode::SERVFAIL && n + 1 < order.len() => {
-                    // Try the next server; keep this answer if none does better.
-                    if let Ok(better) = Box::pin(self.in_turn(&order[n + 1..], msg, deadline)).await
-                    {
-                        return Ok(better);
-                    }
-                    return Ok(r);
-                }
-                Ok(r) => return Ok(r),
-                Err(e) => last = e,
-            }
-        }
-        Err(last)
-    }
-
-    async fn race(
-        &self,
-        two: &[usize],
-        msg: &[u8],
-        deadline: Instant,
-    ) -> Result<Vec<u8>, GroupError> {
-        let mut futs: FuturesUnordered<_> = two
-            .iter()
-            .map(|&i| self.attempt(i, msg, deadline))
-            .collect();
+        let mut pending = FuturesUnordered::new();
+        let mut launched = 0;
+        // Servers whose attempt timeout passed while they still had the query.
+        let mut overtaken: Vec<usize> = Vec::new();
         let mut fallback = None;
         let mut last = GroupError::Timeout;
-        while let Some(r) = futs.next().await {
-            match r {
-                Ok(resp) if header::rcode(&resp) != rcode::SERVFAIL => return Ok(resp),
-                Ok(resp) => fallback = Some(resp),
-                Err(e) => last = e,
+        let mut hedge_at = deadline;
+        let launch = |pending: &mut FuturesUnordered<_>, launched: &mut usize| {
+            let i = order[*launched];
+            *launched += 1;
+            pending.push(self.tagged(i, msg, deadline));
+            (Instant::now() + self.attempt_timeout(i)).min(deadline)
+        };
+        while launched < at_once.min(order.len()) {
+            hedge_at = launch(&mut pending, &mut launched);
+        }
+        loop {
+            if pending.is_empty() {
+                if launched == order.len() || Instant::now() >= deadline {
+                    break;
+                }
+                hedge_at = launch(&mut pending, &mut launched);
+            }
+            tokio::select! {
+                biased;
+                Some((i, r)) = pending.next() => {
+                    overtaken.retain(|&j| j != i);
+                    match r {
+                        Ok(resp) if header::rcode(&resp) != rcode::SERVFAIL => {
+                            // Still silent after their timeout while another answered.
+                            for j in overtaken {
+                                self.record_failure(j, false);
+                            }
+                            return Ok(resp);
+                        }
+                        Ok(resp) => {
+                            fallback = Some(resp);
+                            if launched < order.len() {
+                                self.failovers.servfail.inc();
+                                hedge_at = launch(&mut pending, &mut launched);
+                            }
+                        }
+                        Err(e) => {
+                            last = e;
+                            if launched < order.len() {
+                                self.failovers.error.inc();
+                                hedge_at = launch(&mut pending, &mut launched);
+                            }
+                        }
+                    }
+                }
+                _ = sleep_until(hedge_at), if launched < order.len() => {
+                    overtaken.push(order[launched - 1]);
+                    self.failovers.slow.inc();
+                    hedge_at = launch(&mut pending, &mut launched);
+                }
             }
         }
         fallback.ok_or(last)
+    }
+
+    async fn tagged(&self, i: usize, msg: &[u8], deadline: Instant) -> Attempt {
+        (i, self.attempt(i, msg, deadline).await)
     }
 
     async fn attempt(
@@ -255,12 +349,7 @@ impl Group {
 
     fn record_success(&self, i: usize, rtt: Duration, servfail: bool) {
         let h = &self.members[i].health;
-        let us = rtt.as_micros().min(u64::MAX as u128) as u64;
-        let old = h.srtt_us.load(Ordering::Relaxed);
-        h.srtt_us.store(
-            if old == 0 { us } else { (old * 7 + us) / 8 },
-            Ordering::Relaxed,
-        );
+        h.rtt.observe(rtt);
         let pm = h.servfail_pm.load(Ordering::Relaxed);
         let new_pm = (pm * 15 + if servfail { 1000 } else { 0 }) / 16;
         h.servfail_pm.store(new_pm, Ordering::Relaxed);
@@ -269,39 +358,69 @@ impl Group {
                 .upstream
                 .stats()
                 .error(UpstreamErrorKind::servfail);
-            if new_pm > SERVFAIL_DOWN_PERMILLE {
+            if new_pm > SERVFAIL_DOWN_PERMILLE && self.other_usable(i) {
                 self.mark_down(i);
             }
         } else {
             h.failures.store(0, Ordering::Relaxed);
+            if !h.is_up() {
+                // Every server was down and this one answered: back at once.
+                self.mark_up(i);
+            }
         }
     }
 
+    /// A failed attempt. `hard` (connect or TLS failure): down at once. Otherwise down
+    /// after a few in a row, and only while another server is usable.
     fn record_failure(&self, i: usize, hard: bool) {
         let h = &self.members[i].health;
         let n = h.failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if hard || n >= FAILURES_TO_DOWN {
+        if hard || (n >= FAILURES_TO_DOWN && self.other_usable(i)) {
             self.mark_down(i);
         }
     }
 
+    fn other_usable(&self, i: usize) -> bool {
+        self.members
+            .iter()
+            .enumerate()
+            .any(|(j, m)| j != i && m.health.is_up())
+    }
+
+    /// Takes an up server out of use for its backoff (no-op when already down: only a
+    /// failed probe lengthens the backoff).
     fn mark_down(&self, i: usize) {
         let m = &self.members[i];
         let h = &m.health;
+        let backoff = Duration::from_millis(h.backoff_ms.load(Ordering::Relaxed))
+            .clamp(MIN_BACKOFF, MAX_BACKOFF);
+        let until = self.now_ms() + backoff.as_millis() as u64;
+        if h.down_until_ms
+            .compare_exchange(0, until, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            h.backoff_ms
+                .store(backoff.as_millis() as u64, Ordering::Relaxed);
+            tracing::warn!(group = %self.name, upstream = %m.upstream.label(), backoff_ms = backoff.as_millis() as u64, "upstream marked down");
+            m.upstream.stats().healthy.set(0);
+            self.update_gauge();
+        }
+    }
+
+    /// A failed probe: the server stays down for twice as long as before.
+    fn probe_failed(&self, i: usize) {
+        let h = &self.members[i].health;
         let backoff = Duration::from_millis(h.backoff_ms.load(Ordering::Relaxed))
             .mul_f64(2.0)
             .clamp(MIN_BACKOFF, MAX_BACKOFF);
         h.backoff_ms
             .store(backoff.as_millis() as u64, Ordering::Relaxed);
-        let was_up = h.down_until_ms.swap(
-            self.now_ms() + backoff.as_millis() as u64,
-            Ordering::Relaxed,
-        ) == 0;
-        if was_up {
-            tracing::warn!(group = %self.name, upstream = %m.upstream.label(), backoff_ms = backoff.as_millis() as u64, "upstream marked down");
-            m.upstream.stats().healthy.set(0);
-            self.update_gauge();
-        }
+        let until = self.now_ms() + backoff.as_millis() as u64;
+        let _ = h
+            .down_until_ms
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                (v != 0).then_some(until)
+            });
     }
 
     fn mark_up(&self, i: usize) {
@@ -321,29 +440,39 @@ impl Group {
             .set(self.members.iter().filter(|m| m.health.is_up()).count() as i64);
     }
 
-    /// Probes every down member whose backoff has passed; a good answer brings it back.
+    /// Probes every down member whose backoff has passed (every down member when none is
+    /// usable); an answer within half the group timeout brings it back.
     pub async fn probe_down_members(&self) {
         let now = self.now_ms();
+        let none_up = !self.any_up();
         let probe = probe_query(&self.query_opts);
         let mut futs = FuturesUnordered::new();
         for (i, m) in self.members.iter().enumerate() {
             let until = m.health.down_until_ms.load(Ordering::Relaxed);
-            if until != 0 && until <= now {
+            if until != 0 && (none_up || until <= now) {
                 let probe = probe.clone();
                 futs.push(async move {
+                    let start = Instant::now();
                     let r = tokio::time::timeout(self.timeout, m.upstream.query(&probe)).await;
-                    (i, r)
+                    (i, r, start.elapsed())
                 });
             }
         }
-        while let Some((i, r)) = futs.next().await {
+        while let Some((i, r, took)) = futs.next().await {
             match r {
                 // Any well-formed answer shows the server is reachable and its TLS identity
-                // checks out; how well it resolves is judged on real traffic.
-                Ok(Ok(resp)) if resp.len() >= wire::HEADER_LEN && header::is_response(&resp) => {
+                // checks out; how well it resolves is judged on real traffic. One slower
+                // than half the group timeout would only cost queries their attempt time.
+                Ok(Ok(resp))
+                    if resp.len() >= wire::HEADER_LEN
+                        && header::is_response(&resp)
+                        && took <= self.timeout / 2 =>
+                {
+                    self.members[i].health.rtt.reset();
+                    self.members[i].health.rtt.observe(took);
                     self.mark_up(i)
                 }
-                _ => self.mark_down(i),
+                _ => self.probe_failed(i),
             }
         }
     }
@@ -370,4 +499,278 @@ fn probe_query(o: &UpstreamQueryOptions) -> Vec<u8> {
     let mut out = Vec::new();
     upstream_query(&q, &qi, o, &mut out);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    //! Selection, failover within a query and health, against fake servers in paused time.
+
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::upstream::tls::UpstreamStats;
+    use crate::upstream::{Exchange, ExchangeFuture};
+
+    #[derive(Clone, Copy, Debug)]
+    enum Mode {
+        /// Answers NOERROR after this long.
+        Answer(Duration),
+        /// Answers SERVFAIL at once.
+        ServFail,
+        /// Never answers.
+        Stall,
+        /// Fails to connect at once.
+        Refuse,
+    }
+
+    struct Fake {
+        label: String,
+        stats: UpstreamStats,
+        mode: Mutex<Mode>,
+        calls: AtomicUsize,
+    }
+
+    impl Fake {
+        fn new(label: &str, mode: Mode) -> Arc<Fake> {
+            Arc::new(Fake {
+                label: label.into(),
+                stats: UpstreamStats::new(&crate::metrics::Metrics::default(), "g", label),
+                mode: Mutex::new(mode),
+                calls: AtomicUsize::new(0),
+            })
+        }
+        fn set(&self, mode: Mode) {
+            *self.mode.lock().expect("lock") = mode;
+        }
+        fn calls(&self) -> usize {
+            self.calls.load(Ordering::SeqCst)
+        }
+    }
+
+    impl Exchange for Fake {
+        fn query<'a>(&'a self, msg: &'a [u8]) -> ExchangeFuture<'a> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let mode = *self.mode.lock().expect("lock");
+            Box::pin(async move {
+                let mut r = msg.to_vec();
+                r[2] |= 0x80;
+                match mode {
+                    Mode::Answer(d) => {
+                        tokio::time::sleep(d).await;
+                        Ok(r)
+                    }
+                    Mode::ServFail => {
+                        r[3] = (r[3] & 0xF0) | rcode::SERVFAIL;
+                        Ok(r)
+                    }
+                    Mode::Stall => std::future::pending().await,
+                    Mode::Refuse => Err(UpstreamError::Connect("refused".into())),
+                }
+            })
+        }
+        fn label(&self) -> &str {
+            &self.label
+        }
+        fn stats(&self) -> &UpstreamStats {
+            &self.stats
+        }
+    }
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn group(policy: Policy, fakes: &[&Arc<Fake>]) -> (Arc<Group>, crate::metrics::Metrics) {
+        let metrics = crate::metrics::Metrics::default();
+        let upstreams = fakes
+            .iter()
+            .map(|f| Upstream::Other(Arc::clone(f) as Arc<dyn Exchange>))
+            .collect();
+        let g = Group::new(
+            "g".into(),
+            policy,
+            Duration::from_secs(2),
+            upstreams,
+            UpstreamQueryOptions::default(),
+            &metrics,
+        );
+        (g, metrics)
+    }
+
+    fn query() -> Vec<u8> {
+        let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+        q.extend_from_slice(b"\x01a\x00\x00\x01\x00\x01");
+        q
+    }
+
+    async fn timed(g: &Group) -> (Result<Vec<u8>, GroupError>, Duration) {
+        let t = Instant::now();
+        let r = g.query(&query()).await;
+        (r, t.elapsed())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_first_server_is_overtaken_after_its_attempt_timeout() {
+        let a = Fake::new("a", Mode::Stall);
+        let b = Fake::new("b", Mode::Answer(5 * MS));
+        let (g, _m) = group(Policy::Failover, &[&a, &b]);
+        let (r, took) = timed(&g).await;
+        assert!(r.is_ok());
+        // Before any RTT is known: the initial attempt timeout, then b's 5 ms.
+        assert_eq!(took, INITIAL_ATTEMPT + 5 * MS);
+        assert_eq!((a.calls(), b.calls()), (1, 1));
+        // Two more overtakes and a is out of use; b alone answers at once.
+        for _ in 0..2 {
+            assert!(timed(&g).await.0.is_ok());
+        }
+        assert!(!g.members()[0].health.is_up());
+        let (r, took) = timed(&g).await;
+        assert!(r.is_ok());
+        assert_eq!(took, 5 * MS);
+        assert_eq!(a.calls(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_attempt_timeout_follows_the_servers_rtt() {
+        let a = Fake::new("a", Mode::Answer(20 * MS));
+        let b = Fake::new("b", Mode::Answer(5 * MS));
+        let (g, _m) = group(Policy::Failover, &[&a, &b]);
+        for _ in 0..20 {
+            assert_eq!(timed(&g).await.1, 20 * MS);
+        }
+        // 20 ms steady: SRTT + 4·RTTVAR is under the 100 ms floor.
+        assert_eq!(g.attempt_timeout(0), MIN_ATTEMPT);
+        a.set(Mode::Stall);
+        let (r, took) = timed(&g).await;
+        assert!(r.is_ok());
+        assert_eq!(took, MIN_ATTEMPT + 5 * MS);
+        // A server slower than its usual self but within its timeout still wins.
+        a.set(Mode::Answer(60 * MS));
+        assert_eq!(timed(&g).await.1, 60 * MS);
+        assert_eq!(b.calls(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_late_answer_is_dropped_and_the_ceiling_is_half_the_group_timeout() {
+        let a = Fake::new("a", Mode::Answer(Duration::from_secs(5)));
+        let b = Fake::new("b", Mode::Stall);
+        let (g, _m) = group(Policy::Failover, &[&a, &b]);
+        // a answers after 5 s, b never: the group timeout (2 s) bounds the whole query.
+        let (r, took) = timed(&g).await;
+        assert_eq!(r, Err(GroupError::Timeout));
+        assert_eq!(took, Duration::from_secs(2));
+        // However slow a server has been, the next one is asked by half the group timeout.
+        for _ in 0..30 {
+            g.members()[0].health.rtt.observe(Duration::from_secs(3));
+        }
+        assert_eq!(g.attempt_timeout(0), Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn errors_and_servfail_move_on_at_once() {
+        let a = Fake::new("a", Mode::Refuse);
+        let b = Fake::new("b", Mode::ServFail);
+        let c = Fake::new("c", Mode::Answer(3 * MS));
+        let (g, m) = group(Policy::Failover, &[&a, &b, &c]);
+        let (r, took) = timed(&g).await;
+        assert_eq!(took, 3 * MS);
+        let r = r.expect("answer");
+        assert_eq!(header::rcode(&r), rcode::NOERROR);
+        // A refused connect takes a server out at once; a SERVFAIL does not.
+        assert!(!g.members()[0].health.is_up());
+        assert!(g.members()[1].health.is_up());
+        let count = |reason| {
+            m.group_failovers
+                .get_or_create(&FailoverLabels {
+                    group: "g".into(),
+                    reason,
+                })
+                .get()
+        };
+        assert_eq!(count(FailoverReason::error), 1);
+        assert_eq!(count(FailoverReason::servfail), 1);
+        // Nobody better than SERVFAIL: the SERVFAIL is the answer.
+        c.set(Mode::Refuse);
+        let r = timed(&g).await.0.expect("servfail answer");
+        assert_eq!(header::rcode(&r), rcode::SERVFAIL);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn timeouts_never_take_the_last_usable_server_out() {
+        let a = Fake::new("a", Mode::Stall);
+        let (g, _m) = group(Policy::Failover, &[&a]);
+        for _ in 0..5 {
+            assert_eq!(timed(&g).await.0, Err(GroupError::Timeout));
+        }
+        assert!(g.members()[0].health.is_up());
+        a.set(Mode::Answer(MS));
+        assert!(timed(&g).await.0.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn when_every_server_is_down_queries_still_go_and_bring_one_back() {
+        let a = Fake::new("a", Mode::Refuse);
+        let b = Fake::new("b", Mode::Refuse);
+        let (g, _m) = group(Policy::Failover, &[&a, &b]);
+        assert!(timed(&g).await.0.is_err());
+        assert!(!g.any_up());
+        // Down, in backoff, but still asked: the first good answer is served and brings
+        // its server back, without waiting for the backoff or a probe.
+        b.set(Mode::Answer(2 * MS));
+        let (r, took) = timed(&g).await;
+        assert!(r.is_ok());
+        assert_eq!(took, 2 * MS);
+        assert!(g.members()[1].health.is_up());
+        assert!(!g.members()[0].health.is_up());
+        // Now b is the usable one: a is left alone.
+        let before = a.calls();
+        assert!(timed(&g).await.0.is_ok());
+        assert_eq!(a.calls(), before);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn probes_respect_backoff_while_another_server_serves() {
+        let a = Fake::new("a", Mode::Refuse);
+        let b = Fake::new("b", Mode::Answer(MS));
+        let (g, _m) = group(Policy::Failover, &[&a, &b]);
+        assert!(timed(&g).await.0.is_ok());
+        assert!(!g.members()[0].health.is_up());
+        let calls = a.calls();
+        g.probe_down_members().await; // within the backoff: not probed
+        assert_eq!(a.calls(), calls);
+        tokio::time::advance(MIN_BACKOFF + MS).await;
+        g.probe_down_members().await; // probed, fails: backoff doubles
+        assert_eq!(a.calls(), calls + 1);
+        tokio::time::advance(MIN_BACKOFF + MS).await;
+        g.probe_down_members().await;
+        assert_eq!(a.calls(), calls + 1, "doubled backoff not over yet");
+        a.set(Mode::Answer(MS));
+        tokio::time::advance(MIN_BACKOFF).await;
+        g.probe_down_members().await;
+        assert!(g.members()[0].health.is_up());
+        // A probe answered slower than half the group timeout does not bring a server back.
+        let c = Fake::new("c", Mode::Refuse);
+        let d = Fake::new("d", Mode::Answer(MS));
+        let (g, _m) = group(Policy::Failover, &[&c, &d]);
+        assert!(timed(&g).await.0.is_ok());
+        c.set(Mode::Answer(Duration::from_millis(1500)));
+        tokio::time::advance(MIN_BACKOFF + MS).await;
+        g.probe_down_members().await;
+        assert!(!g.members()[0].health.is_up());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn race_asks_two_at_once_and_the_first_good_answer_wins() {
+        let a = Fake::new("a", Mode::Answer(30 * MS));
+        let b = Fake::new("b", Mode::Answer(10 * MS));
+        let (g, _m) = group(Policy::Race, &[&a, &b]);
+        let (r, took) = timed(&g).await;
+        assert!(r.is_ok());
+        assert_eq!(took, 10 * MS);
+        assert_eq!((a.calls(), b.calls()), (1, 1));
+        // The slower one losing a race is no failure.
+        for _ in 0..5 {
+            assert!(timed(&g).await.0.is_ok());
+        }
+        assert!(g.members().iter().all(|m| m.health.is_up()));
+    }
 }

@@ -1,14 +1,18 @@
 //! Upstream servers and the groups that choose among them.
 //!
-//! `group` holds the selection policies and health tracking; `tls` the pooled, pipelined
-//! DNS-over-TLS connections; `plain` the UDP/TCP client for zones allowed plain DNS;
-//! `tls_config` the certificate verification (CA, name, SPKI pins).
+//! `group` holds the selection policies, failover within a query and health tracking;
+//! `tls` the pooled, pipelined DNS-over-TLS connections; `plain` the UDP/TCP client for
+//! zones allowed plain DNS; `tls_config` the certificate verification (CA, name, SPKI
+//! pins); `rtt` the smoothed round-trip time each attempt's timeout comes from.
 
 pub mod group;
 pub mod plain;
+pub mod rtt;
 pub mod tls;
 pub mod tls_config;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 pub use group::{Group, GroupError};
@@ -29,11 +33,26 @@ pub enum UpstreamError {
     Timeout,
 }
 
+/// A future answer from an [`Exchange`].
+pub type ExchangeFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Vec<u8>, UpstreamError>> + Send + 'a>>;
+
+/// Any other way of asking one server: what a group needs of it. The built-in transports
+/// are variants of [`Upstream`]; this lets a group carry others (the group's unit tests use
+/// a fake server with paused time).
+pub trait Exchange: Send + Sync {
+    /// Sends one query and returns the raw answer; the caller bounds the time.
+    fn query<'a>(&'a self, msg: &'a [u8]) -> ExchangeFuture<'a>;
+    fn label(&self) -> &str;
+    fn stats(&self) -> &tls::UpstreamStats;
+}
+
 /// One upstream server, TLS or plain.
 #[derive(Clone)]
 pub enum Upstream {
     Tls(Arc<tls::TlsUpstream>),
     Plain(Arc<plain::PlainUpstream>),
+    Other(Arc<dyn Exchange>),
 }
 
 impl Upstream {
@@ -41,18 +60,21 @@ impl Upstream {
         match self {
             Upstream::Tls(u) => u.query(msg).await,
             Upstream::Plain(u) => u.query(msg).await,
+            Upstream::Other(u) => u.query(msg).await,
         }
     }
     pub fn label(&self) -> &str {
         match self {
             Upstream::Tls(u) => u.label(),
             Upstream::Plain(u) => u.label(),
+            Upstream::Other(u) => u.label(),
         }
     }
     pub fn stats(&self) -> &tls::UpstreamStats {
         match self {
             Upstream::Tls(u) => &u.stats,
             Upstream::Plain(u) => &u.stats,
+            Upstream::Other(u) => u.stats(),
         }
     }
     pub fn is_tls(&self) -> bool {

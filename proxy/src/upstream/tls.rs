@@ -59,6 +59,8 @@ pub struct UpstreamStats {
     pub resumed: Counter,
     pub healthy: Gauge,
     pub cert_expiry: Gauge,
+    /// Plain UDP queries sent again after no answer.
+    pub retransmits: Counter,
     errors: Vec<(UpstreamErrorKind, Counter)>,
 }
 
@@ -90,6 +92,7 @@ impl UpstreamStats {
             resumed: m.upstream_connections_resumed.get_or_create_owned(&l),
             healthy: m.upstream_healthy.get_or_create_owned(&l),
             cert_expiry: m.upstream_cert_expiry.get_or_create_owned(&l),
+            retransmits: m.upstream_retransmits.get_or_create_owned(&l),
             errors,
         }
     }
@@ -283,7 +286,9 @@ impl TlsUpstream {
                     .connect_backoff
                     .lock()
                     .unwrap_or_else(|p| p.into_inner());
-                let next = (b.1 * 2).clamp(Duration::from_millis(250), Duration::from_secs(30));
+                // Short and capped: this is what limits connect attempts to a dead server, and
+                // recovery must not wait for it (the group keeps a down server out of use).
+                let next = (b.1 * 2).clamp(Duration::from_millis(100), Duration::from_millis(500));
                 *b = (Some(Instant::now() + next), next);
                 self.stats.error(match e {
                     UpstreamError::Tls(_) => UpstreamErrorKind::tls,
@@ -366,7 +371,6 @@ async fn run_connection(
     let mut last_activity = born;
     let mut last_recv = born;
     let mut idle_timeout = opts.idle_timeout;
-    let mut seen_keepalive = false;
     let mut closing = false;
     let mut used = false;
 
@@ -398,11 +402,10 @@ async fn run_connection(
                     if frame.len() < wire::HEADER_LEN {
                         continue;
                     }
-                    if !seen_keepalive {
-                        seen_keepalive = true;
-                        if let Some(t) = server_keepalive(&frame) {
-                            idle_timeout = idle_timeout.min(t);
-                        }
+                    // RFC 7828: the server may send its timeout on any answer, and change
+                    // it; the latest one counts, never above our own idle timeout.
+                    if let Some(t) = server_keepalive(&frame) {
+                        idle_timeout = opts.idle_timeout.min(t);
                     }
                     if let Some(p) = inflight.remove(&header::id(&frame)) {
                         stats.duration.observe(now.duration_since(p.sent).as_secs_f64());
@@ -496,8 +499,7 @@ fn free_id(inflight: &HashMap<u16, Pending>, next: &mut u16) -> Option<u16> {
 
 /// The server's edns-tcp-keepalive timeout (RFC 7828), if its answer carries one.
 fn server_keepalive(resp: &[u8]) -> Option<Duration> {
-    let info = wire::parse_response(resp).ok()?;
-    let units = info.edns?.keepalive?;
+    let units = wire::response_keepalive(resp)?;
     // Close a little before the server would.
     Some(
         Duration::from_millis(u64::from(units) * 100)

@@ -209,6 +209,27 @@ async fn edns_keepalive_from_the_server_shortens_our_idle_timeout() {
     );
 }
 
+/// RFC 7828: the server's timeout counts on every answer, not only a connection's first.
+#[tokio::test]
+async fn edns_keepalive_on_a_later_answer_is_honoured() {
+    let up = Upstream::start().await;
+    let mut s = up.server();
+    s.pool_size = 1;
+    let p = Proxy::start(config_for(vec![s])).await;
+    udp(p.addr, "ka-first.example.test.", RecordType::A).await;
+    // The first answer carried no keepalive; the second, on the same connection, 300 ms.
+    up.behaviour.keepalive_units.store(3, Ordering::SeqCst);
+    udp(p.addr, "ka-second.example.test.", RecordType::A).await;
+    assert_eq!(up.connections.load(Ordering::SeqCst), 1, "one connection");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let metrics = p.metrics().await;
+    assert_eq!(
+        metric(&metrics, "dot_proxy_upstream_connections_open{"),
+        0.0,
+        "closed by us before the server's timeout (default idle timeout is 30 s):\n{metrics}"
+    );
+}
+
 #[tokio::test]
 async fn wrong_certificate_name_gives_servfail_and_no_plaintext() {
     let up = Upstream::start().await;

@@ -139,12 +139,17 @@ async fn race_answers_at_the_speed_of_the_faster_server() {
     assert_eq!(slow.query_count(), 5, "both asked every time");
 }
 
+/// Timeouts never take a group's last usable server out of use (issue 15: one slow reply
+/// is not an outage): while it stalls, queries wait for it; the moment it answers again,
+/// so do they, without waiting for a probe or a backoff.
 #[tokio::test]
-async fn down_server_recovers_within_the_probe_interval() {
+async fn timeouts_never_take_the_last_server_out_of_use() {
     let up = Upstream::start().await;
-    let p = Proxy::start(group_config(Policy::Failover, vec![up.server()])).await;
+    let mut cfg = group_config(Policy::Failover, vec![up.server()]);
+    cfg.upstream_groups[0].timeout = Dur::millis(400);
+    let p = Proxy::start(cfg).await;
     up.behaviour.stall.store(true, Ordering::SeqCst);
-    for i in 0..3 {
+    for i in 0..4 {
         assert_eq!(
             udp(p.addr, &format!("down{i}.example.test."), RecordType::A)
                 .await
@@ -153,35 +158,23 @@ async fn down_server_recovers_within_the_probe_interval() {
             ResponseCode::ServFail
         );
     }
-    // Every server of the group down: SERVFAIL at once, not after the timeout.
-    let t = Instant::now();
+    let metrics = p.metrics().await;
     assert_eq!(
-        udp(p.addr, "fast-fail.example.test.", RecordType::A)
-            .await
-            .metadata
-            .response_code,
-        ResponseCode::ServFail
-    );
-    assert!(
-        t.elapsed() < Duration::from_millis(200),
-        "failed fast: {:?}",
-        t.elapsed()
+        metric(&metrics, "dot_proxy_upstream_healthy{"),
+        1.0,
+        "still in use:\n{metrics}"
     );
     let (_, ready) = http_get(p.server.admin_addr().expect("admin"), "/readyz").await;
-    assert!(ready.contains("not ready"), "{ready}");
+    assert!(!ready.contains("not ready"), "{ready}");
     up.behaviour.stall.store(false, Ordering::SeqCst);
     let t = Instant::now();
-    loop {
-        let m = udp(p.addr, "back.example.test.", RecordType::A).await;
-        if m.metadata.response_code == ResponseCode::NoError {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "recovered within backoff + probe interval"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let m = udp(p.addr, "back.example.test.", RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert!(
+        t.elapsed() < Duration::from_millis(300),
+        "{:?}",
+        t.elapsed()
+    );
 }
 
 #[tokio::test]

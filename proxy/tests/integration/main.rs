@@ -4,6 +4,7 @@ mod support;
 
 mod cache;
 mod core;
+mod failover;
 mod groups;
 mod limits;
 mod observability;

@@ -101,6 +101,8 @@ pub struct Behaviour {
     pub keepalive_units: AtomicU32,
     /// Set AA=1 on every answer, as an authoritative server would.
     pub authoritative: AtomicBool,
+    /// Delay, ms, of answers to names whose first label starts with `slow`.
+    pub slow_ms: AtomicU64,
 }
 
 pub struct Upstream {
@@ -112,6 +114,12 @@ pub struct Upstream {
     pub behaviour: Behaviour,
     pub acceptor: Mutex<TlsAcceptor>,
     pub pki: Pki,
+    /// TLS handshakes that resumed an earlier session.
+    pub resumed: AtomicUsize,
+    /// The accept loop, aborted (its listener closed) during an outage.
+    accept_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Bumped to drop every open connection at once.
+    kill: tokio::sync::watch::Sender<u64>,
 }
 
 fn acceptor(cert: &[u8], key: &[u8]) -> TlsAcceptor {
@@ -157,9 +165,17 @@ impl Upstream {
             },
             acceptor: Mutex::new(acceptor(&pki.cert_der, &pki.key_der)),
             pki,
+            resumed: AtomicUsize::new(0),
+            accept_task: Mutex::new(None),
+            kill: tokio::sync::watch::channel(0).0,
         });
-        let me = up.clone();
-        tokio::spawn(async move {
+        up.spawn_accept(listener);
+        up
+    }
+
+    fn spawn_accept(self: &Arc<Self>, listener: TcpListener) {
+        let me = self.clone();
+        let task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     break;
@@ -167,14 +183,46 @@ impl Upstream {
                 me.connections.fetch_add(1, Ordering::SeqCst);
                 let acc = me.acceptor.lock().expect("lock").clone();
                 let me2 = me.clone();
+                let mut kill = me.kill.subscribe();
                 tokio::spawn(async move {
-                    if let Ok(tls) = acc.accept(tcp).await {
-                        me2.serve(tls).await;
+                    tokio::select! {
+                        _ = async {
+                            if let Ok(tls) = acc.accept(tcp).await {
+                                if tls.get_ref().1.handshake_kind()
+                                    == Some(rustls::HandshakeKind::Resumed)
+                                {
+                                    me2.resumed.fetch_add(1, Ordering::SeqCst);
+                                }
+                                me2.serve(tls).await;
+                            }
+                        } => {}
+                        _ = kill.changed() => {}
                     }
                 });
             }
         });
-        up
+        *self.accept_task.lock().expect("lock") = Some(task);
+    }
+
+    /// The server goes away: its listening socket closes (connects are refused) and every
+    /// open connection is dropped.
+    pub fn go_down(&self) {
+        if let Some(t) = self.accept_task.lock().expect("lock").take() {
+            t.abort();
+        }
+        self.kill.send_modify(|g| *g += 1);
+    }
+
+    /// The server is back on the same address.
+    pub async fn come_back(self: &Arc<Self>) {
+        for _ in 0..50 {
+            if let Ok(l) = TcpListener::bind(self.addr).await {
+                self.spawn_accept(l);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("cannot bind {} again", self.addr);
     }
 
     /// Serves a given certificate and key from now on (key rotation).
@@ -227,7 +275,12 @@ impl Upstream {
             let Some(resp) = self.answer(&buf) else {
                 continue;
             };
-            let delay = self.behaviour.delay_ms.load(Ordering::SeqCst);
+            let slow_name = buf.get(13..17) == Some(b"slow".as_slice());
+            let delay = if slow_name {
+                self.behaviour.slow_ms.load(Ordering::SeqCst)
+            } else {
+                self.behaviour.delay_ms.load(Ordering::SeqCst)
+            };
             let wr2 = wr.clone();
             let write = async move {
                 if delay > 0 {
