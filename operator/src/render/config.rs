@@ -386,6 +386,7 @@ fn server(errs: &mut Vec<String>, sp: &str, s: &UpstreamServerSpec) -> Option<Up
         spki_pins: s.spki_pins.clone(),
         verify_ca: s.verify_ca,
         pool_size: s.pool_size as usize,
+        force_tcp: s.force_tcp,
         ..base
     })
 }

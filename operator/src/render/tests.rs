@@ -103,6 +103,26 @@ fn minimal_spec_renders_a_config_the_proxy_loads() {
 }
 
 #[test]
+fn force_tcp_renders_for_plain_servers_and_is_refused_for_tls() {
+    let yaml = MINIMAL.replace("protocol: plain", "protocol: plain\n        forceTcp: true");
+    let r = render("default", &spec_from(&yaml), &[], &no_nodes()).expect("renders");
+    let cfg = Config::from_yaml(&r.config.data).expect("proxy parses it");
+    cfg.validate().expect("proxy validates it");
+    assert!(cfg.upstream_groups[1].servers[0].force_tcp);
+    assert!(!cfg.upstream_groups[0].servers[0].force_tcp);
+    let yaml = MINIMAL.replace(
+        "tlsName: cloudflare-dns.com",
+        "tlsName: cloudflare-dns.com\n        forceTcp: true",
+    );
+    let msgs = invalid_messages(render("default", &spec_from(&yaml), &[], &no_nodes()));
+    assert!(
+        msgs.iter()
+            .any(|m| m.contains("spec.upstreamGroups[0].servers[0].forceTcp")),
+        "{msgs:?}"
+    );
+}
+
+#[test]
 fn the_example_renders_and_loads() {
     let spec = example();
     assert_eq!(spec.upstream_groups.len(), 3);

@@ -191,6 +191,10 @@ fn default_timeout() -> Checked<Dur> {
     {
         "rule": "!has(self.verifyCa) || self.verifyCa || (has(self.spkiPins) && size(self.spkiPins) > 0)",
         "message": "verifyCa may be false only when spkiPins are set"
+    },
+    {
+        "rule": "!has(self.forceTcp) || !self.forceTcp || (has(self.protocol) && self.protocol == 'plain')",
+        "message": "forceTcp is only for plain servers"
     }
 ]))]
 pub struct UpstreamServerSpec {
@@ -239,6 +243,11 @@ pub struct UpstreamServerSpec {
     /// Time allowed for TCP connect plus TLS handshake.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect_timeout: Option<Checked<Dur>>,
+
+    /// Plain servers only: ask over TCP instead of UDP (as NodeLocal DNSCache forwards to
+    /// kube-dns). Off by default: some clouds rate-limit TCP.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force_tcp: bool,
 }
 
 fn default_protocol() -> Checked<Protocol> {

@@ -191,7 +191,7 @@ fn the_schema_refuses_what_it_can() {
         .x_kubernetes_validations
         .as_ref()
         .map(Vec::len);
-    assert_eq!(server_rules, Some(3));
+    assert_eq!(server_rules, Some(4));
     let static_rules = prop(&s, &["spec", "policy", "staticAnswers", "[]"])
         .x_kubernetes_validations
         .as_ref()
@@ -304,6 +304,11 @@ fn cel_rules_accept_the_example_and_refuse_the_rest() {
         "verifyCa off without pins",
         &|d| d.spec.upstream_groups[0].servers[0].verify_ca = false,
         "verifyCa may be false",
+    );
+    refused(
+        "forceTcp on a TLS server",
+        &|d| d.spec.upstream_groups[0].servers[0].force_tcp = true,
+        "forceTcp is only for plain servers",
     );
     refused(
         "min above max",
