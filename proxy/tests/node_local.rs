@@ -7,6 +7,9 @@
 //! forwarding to it, and `dot-proxy node-local`. Queries come from threads that entered
 //! the namespace. Every wait is bounded.
 
+#[path = "common/skip.rs"]
+mod skip;
+
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
@@ -44,7 +47,10 @@ impl Netns {
     /// A fresh namespace with loopback up, or `None` (and a message) where this cannot run.
     fn create(test: &str) -> Option<Netns> {
         if effective_uid() != Some(0) {
-            eprintln!("SKIPPED {test}: needs root to create a network namespace (run the tests as root, as CI does)");
+            skip::skip(
+                test,
+                "needs root to create a network namespace (run the tests as root, as CI does)",
+            );
             return None;
         }
         let name = format!(
@@ -55,14 +61,17 @@ impl Netns {
         match Command::new("ip").args(["netns", "add", &name]).output() {
             Ok(o) if o.status.success() => {}
             Ok(o) => {
-                eprintln!(
-                    "SKIPPED {test}: `ip netns add` failed: {}",
-                    String::from_utf8_lossy(&o.stderr).trim()
+                skip::skip(
+                    test,
+                    &format!(
+                        "`ip netns add` failed: {}",
+                        String::from_utf8_lossy(&o.stderr).trim()
+                    ),
                 );
                 return None;
             }
             Err(e) => {
-                eprintln!("SKIPPED {test}: cannot run `ip` (iproute2): {e}");
+                skip::skip(test, &format!("cannot run `ip` (iproute2): {e}"));
                 return None;
             }
         }
@@ -481,7 +490,10 @@ fn nftables_lifecycle_crash_upgrade_and_uninstall() {
         return;
     };
     if !ns.has("nft") {
-        eprintln!("SKIPPED nftables_lifecycle_crash_upgrade_and_uninstall: `nft` is not installed (apt-get install nftables)");
+        skip::skip(
+            "nftables_lifecycle_crash_upgrade_and_uninstall",
+            "`nft` is not installed (apt-get install nftables)",
+        );
         return;
     }
     let upstream = Upstream::start(&ns);
@@ -729,7 +741,10 @@ fn iptables_once_never_piles_up_duplicates() {
         return;
     };
     if !ns.has("iptables-restore") || !ns.has("ip6tables-restore") {
-        eprintln!("SKIPPED iptables_once_never_piles_up_duplicates: iptables is not installed (apt-get install iptables)");
+        skip::skip(
+            "iptables_once_never_piles_up_duplicates",
+            "iptables is not installed (apt-get install iptables)",
+        );
         return;
     }
     let upstream = Upstream::start(&ns);

@@ -51,14 +51,11 @@ async fn all_answered_quickly(p: &Proxy, prefix: &str, n: usize) -> Duration {
 }
 
 fn failovers(metrics: &str, reason: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| {
-            l.starts_with("dot_proxy_group_failovers_total{")
-                && l.contains(&format!("reason=\"{reason}\""))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    metric_with(
+        metrics,
+        "dot_proxy_group_failovers_total{",
+        &format!("reason=\"{reason}\""),
+    )
 }
 
 #[tokio::test]

@@ -282,16 +282,11 @@ async fn a_pinned_ca_certificate_sent_along_with_a_rogue_leaf_is_refused() {
                     0,
                     "no query ever reaches the rogue server"
                 );
-                let tls_errors: f64 = p
-                    .metrics()
-                    .await
-                    .lines()
-                    .filter(|l| {
-                        l.starts_with("dot_proxy_upstream_errors_total{")
-                            && l.contains("kind=\"tls\"")
-                    })
-                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                    .sum();
+                let tls_errors = metric_with(
+                    &p.metrics().await,
+                    "dot_proxy_upstream_errors_total{",
+                    "kind=\"tls\"",
+                );
                 assert!(tls_errors >= 1.0, "the refused handshake is counted");
             }
         }

@@ -77,7 +77,10 @@ async fn counters_and_histograms_move_and_health_endpoints_answer() {
 #[tokio::test]
 async fn promtool_check_metrics_reports_nothing() {
     let Ok(_) = Command::new("promtool").arg("--version").output() else {
-        eprintln!("skipping: promtool not installed (apt-get install prometheus)");
+        crate::skip::skip(
+            "promtool_check_metrics_reports_nothing",
+            "promtool not installed (apt-get install prometheus)",
+        );
         return;
     };
     let up = Upstream::start().await;
@@ -121,7 +124,10 @@ async fn prometheus_fires_the_latency_alert_for_a_slow_upstream() {
         .output()
         .is_err()
     {
-        eprintln!("skipping: prometheus not installed (apt-get install prometheus)");
+        crate::skip::skip(
+            "prometheus_fires_the_latency_alert_for_a_slow_upstream",
+            "prometheus not installed (apt-get install prometheus)",
+        );
         return;
     }
     let up = Upstream::start().await;

@@ -566,6 +566,15 @@ pub fn a_records(m: &Message) -> Vec<std::net::Ipv4Addr> {
         .collect()
 }
 
+/// Sums the samples of lines starting with `prefix` that also contain `label` (e.g.
+/// `kind="tls"`).
+pub fn metric_with(text: &str, prefix: &str, label: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
+
 /// Reads one sample from OpenMetrics text: the first line starting with `prefix`.
 pub fn metric(text: &str, prefix: &str) -> f64 {
     text.lines()
