@@ -1,7 +1,7 @@
 # dot-proxy: common tasks. `make run` and `make test` are the two commands README.md opens with.
 CARGO ?= cargo
 
-.PHONY: run test unit interop k8s lint fmt build release images bench bench-memory fuzz clean
+.PHONY: run test unit interop k8s lint fmt build release images push-images bench bench-memory fuzz clean
 
 ## Run the proxy with the built-in defaults: 127.0.0.1:5353 (UDP+TCP) -> Cloudflare over TLS.
 run:
@@ -35,10 +35,20 @@ build:
 release:
 	$(CARGO) build --release --locked -p dot-proxy -p dot-proxy-operator
 
-## Container images (needs a Docker engine).
+## Container images, with whichever builder is installed: Docker, Podman or Buildah.
+## make images REGISTRY=registry.example.com/dns TAG=0.1.0, then make push-images.
+REGISTRY ?= localhost/dot-proxy
+TAG ?= $(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$$/\1/p' charts/dot-proxy/Chart.yaml)
+BUILDER ?= $(shell for b in docker podman buildah; do command -v $$b >/dev/null 2>&1 && { echo $$b; break; }; done)
 images:
-	docker build -f Dockerfile.proxy -t dot-proxy:dev .
-	docker build -f Dockerfile.operator -t dot-proxy-operator:dev .
+	@test -n "$(BUILDER)" || { echo "make images: no docker, podman or buildah installed" >&2; exit 1; }
+	$(BUILDER) $(if $(filter buildah,$(BUILDER)),bud,build) -f Dockerfile.proxy -t $(REGISTRY)/dot-proxy:$(TAG) .
+	$(BUILDER) $(if $(filter buildah,$(BUILDER)),bud,build) -f Dockerfile.operator -t $(REGISTRY)/dot-proxy-operator:$(TAG) .
+
+push-images:
+	@test -n "$(BUILDER)" || { echo "make push-images: no docker, podman or buildah installed" >&2; exit 1; }
+	$(BUILDER) push $(REGISTRY)/dot-proxy:$(TAG)
+	$(BUILDER) push $(REGISTRY)/dot-proxy-operator:$(TAG)
 
 ## Side-by-side benchmark against Unbound, dnsdist, Stubby, kresd and hickory (see docs/benchmarks.md).
 bench: release
