@@ -1,5 +1,5 @@
 //! The HTTP admin server (hyper): `/metrics` (OpenMetrics text), `/healthz` (the process
-//! serves), `/readyz` (config loaded and an upstream usable), and `/debug/hot` (the names
+//! serves), `/readyz` (config loaded and a usable server in the group serving `.`), and `/debug/hot` (the names
 //! kept hot by prefetch: query names, so answered only to loopback clients).
 
 use std::convert::Infallible;

@@ -108,9 +108,23 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// True when some upstream of every group is usable (readiness).
-    pub fn ready(&self) -> bool {
-        self.groups.iter().any(|g| g.any_up())
+    /// Readiness: the group serving `.` (every name no other zone claims, nearly all of a
+    /// pod's traffic) has a usable server. A down group for another zone (the cluster DNS
+    /// during its own rollout, say) does not make the node's proxy unready: restarting or
+    /// holding back the proxy would not bring that group back, and every other name still
+    /// resolves. Per-group health is `dot_proxy_group_healthy_upstreams`.
+    pub fn ready(&self) -> Result<(), String> {
+        let Some(g) = self.groups.get(self.router.default_group()) else {
+            return Err("no group serves \".\"".into());
+        };
+        if g.any_up() {
+            Ok(())
+        } else {
+            Err(format!(
+                "no usable server in group {:?}, which serves \".\"",
+                g.name
+            ))
+        }
     }
 
     /// Validates, rate-limits and answers from the cache when it can. `now` is

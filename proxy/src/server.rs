@@ -379,10 +379,7 @@ impl AdminState for Server {
         if self.stop.is_cancelled() {
             return Err("shutting down".into());
         }
-        if !self.pipeline.load().ready() {
-            return Err("no upstream usable".into());
-        }
-        Ok(())
+        self.pipeline.load().ready()
     }
     fn hot_names(&self) -> String {
         let p = self.pipeline.load();

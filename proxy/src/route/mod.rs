@@ -43,6 +43,11 @@ impl Router {
         Router { zones, default }
     }
 
+    /// The group answering `.` (everything no other zone claims).
+    pub fn default_group(&self) -> usize {
+        self.default
+    }
+
     /// The group for a lower-cased wire-format name.
     pub fn route(&self, name: &[u8]) -> usize {
         if self.zones.is_empty() {

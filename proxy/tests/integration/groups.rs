@@ -463,3 +463,53 @@ async fn oversized_plain_udp_answer_is_asked_again_over_tcp() {
     );
     assert_eq!(tcp_count.load(Ordering::SeqCst), 1);
 }
+
+/// Readiness follows the group serving `.`: a down group for another zone leaves the proxy
+/// ready (every other name still resolves); the default group down makes it unready, and
+/// the body names the group.
+#[tokio::test]
+async fn readiness_follows_the_group_serving_the_root() {
+    let tls = Upstream::start().await;
+    let dead_plain = {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        s.local_addr().expect("addr")
+    };
+    let cluster = |cfg: &mut dot_proxy::config::Config| {
+        cfg.upstream_groups.push(dot_proxy::config::UpstreamGroup {
+            name: "cluster".into(),
+            policy: Policy::Failover,
+            timeout: Dur::millis(500),
+            servers: vec![UpstreamServer::plain(dead_plain)],
+        });
+        cfg.zones.push(dot_proxy::config::ZoneRoute {
+            zone: "cluster.local".into(),
+            group: "cluster".into(),
+        });
+    };
+    let mut cfg = group_config(Policy::Failover, vec![tls.server()]);
+    cluster(&mut cfg);
+    let p = Proxy::start(cfg).await;
+    let admin = p.server.admin_addr().expect("admin");
+    let m = udp(p.addr, "svc.ns.svc.cluster.local.", RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+    let metrics = p.metrics().await;
+    assert_eq!(
+        metric_with(
+            &metrics,
+            "dot_proxy_group_healthy_upstreams{",
+            "group=\"cluster\""
+        ),
+        0.0,
+        "{metrics}"
+    );
+    assert_eq!(http_get(admin, "/readyz").await.0, 200);
+
+    let mut cfg = group_config(Policy::Failover, vec![dead_server()]);
+    cluster(&mut cfg);
+    let p = Proxy::start(cfg).await;
+    let admin = p.server.admin_addr().expect("admin");
+    udp(p.addr, "www.example.test.", RecordType::A).await;
+    let (code, body) = http_get(admin, "/readyz").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("\"default\""), "{body}");
+}

@@ -1,8 +1,8 @@
 //! Integration tests: a real proxy on loopback against real in-process DoT upstreams.
 
-mod support;
 #[path = "../common/skip.rs"]
 mod skip;
+mod support;
 
 mod cache;
 mod core;
