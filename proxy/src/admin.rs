@@ -22,11 +22,13 @@ pub trait AdminState: Send + Sync + 'static {
 pub async fn serve(listener: TcpListener, state: Arc<dyn AdminState>, stop: CancellationToken) {
     loop {
         let (stream, peer) = tokio::select! {
+            // Stop first: once told to stop, accept nothing more.
+            biased;
+            _ = stop.cancelled() => break,
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(_) => continue,
             },
-            _ = stop.cancelled() => break,
         };
         let state = state.clone();
         tokio::spawn(async move {

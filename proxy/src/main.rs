@@ -13,7 +13,7 @@ use std::sync::Arc;
 use clap::Parser;
 use dot_proxy::cli::{Cli, Command};
 use dot_proxy::config::Config;
-use dot_proxy::reload::load_effective;
+use dot_proxy::reload::{load_effective, load_effective_with_hash};
 use dot_proxy::server::{effective_workers, Server};
 
 fn main() -> ExitCode {
@@ -32,6 +32,16 @@ fn main() -> ExitCode {
             };
         }
         Some(Command::NodeLocal(args)) => {
+            // A container probe: judge the heartbeat, touch nothing, need no config.
+            if let (Some(check), Some(path)) = (args.check, &args.status_file) {
+                return match dot_proxy::netsetup::status::check(path, args.max_age.get(), check) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("dot-proxy node-local --check: {e}");
+                        ExitCode::from(1)
+                    }
+                };
+            }
             let cfg = match load_effective(&cli) {
                 Ok(c) => c,
                 Err(e) => {
@@ -48,7 +58,7 @@ fn main() -> ExitCode {
         }
         None => {}
     }
-    let cfg = match load_effective(&cli) {
+    let (cfg, hash) = match load_effective_with_hash(&cli) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("dot-proxy: invalid configuration: {e}");
@@ -68,10 +78,10 @@ fn main() -> ExitCode {
             return ExitCode::from(71);
         }
     };
-    rt.block_on(run(Arc::new(cli), cfg))
+    rt.block_on(run(Arc::new(cli), cfg, hash))
 }
 
-async fn run(cli: Arc<Cli>, cfg: Config) -> ExitCode {
+async fn run(cli: Arc<Cli>, cfg: Config, hash: String) -> ExitCode {
     let grace = cfg.shutdown_grace.get();
     let server = match Server::start(cfg).await {
         Ok(s) => s,
@@ -80,7 +90,8 @@ async fn run(cli: Arc<Cli>, cfg: Config) -> ExitCode {
             return ExitCode::from(71);
         }
     };
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), "dot-proxy started");
+    server.set_config_hash(&hash);
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), config_hash = %hash, "dot-proxy started");
     tokio::spawn(dot_proxy::reload::run(server.clone(), cli));
     wait_for_stop().await;
     tracing::info!(

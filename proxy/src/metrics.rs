@@ -160,6 +160,12 @@ pub struct GroupLabels {
     pub group: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConfigInfoLabels {
+    /// SHA-256 (hex) of the config applied.
+    pub hash: String,
+}
+
 /// Why a query was also sent to the next server of its group.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
@@ -274,7 +280,11 @@ pub struct Metrics {
     pub rate_limit_top_qps: Family<RankLabels, Gauge<f64, AtomicU64>>,
     pub rate_limit_configured_qps: Gauge<f64, AtomicU64>,
     pub policy_actions: Family<PolicyLabels, Counter>,
+    pub blocklist_loads: Counter,
+    pub blocked_names: Gauge,
     pub config_reloads: Family<ReloadLabels, Counter>,
+    pub config_info: Family<ConfigInfoLabels, Gauge>,
+    pub config_restart_pending: Gauge,
     pub config_last_success: Gauge,
     pub config_last_reload_ok: Gauge,
     pub tcp_connections: Gauge,
@@ -311,7 +321,11 @@ impl Default for Metrics {
             rate_limit_clients: Gauge::default(),
             rate_limit_top_qps: Family::default(),
             rate_limit_configured_qps: Gauge::default(),
+            blocklist_loads: Counter::default(),
+            blocked_names: Gauge::default(),
             policy_actions: Family::default(),
+            config_restart_pending: Gauge::default(),
+            config_info: Family::default(),
             config_reloads: Family::default(),
             config_last_success: Gauge::default(),
             config_last_reload_ok: Gauge::default(),
@@ -471,9 +485,29 @@ impl Metrics {
             self.rate_limit_configured_qps.clone(),
         );
         r.register(
+            "policy_blocklist_loads",
+            "Times the block lists were (re)built from their files; a reload that changes neither the lists nor the policy reuses them",
+            self.blocklist_loads.clone(),
+        );
+        r.register(
+            "policy_blocked_names",
+            "Names in the block lists now in use",
+            self.blocked_names.clone(),
+        );
+        r.register(
             "policy_actions",
             "Queries matched by a local policy rule, by rule kind",
             self.policy_actions.clone(),
+        );
+        r.register(
+            "config_restart_pending_settings",
+            "Settings of the applied config that take effect only at restart (workers, shutdown_grace, overrides.dir, overrides.node_name) and differ from what this process runs with",
+            self.config_restart_pending.clone(),
+        );
+        r.register(
+            "config_info",
+            "The config this proxy applied: one series, 1, labelled with its SHA-256 (of the config file, as the operator's configHash)",
+            self.config_info.clone(),
         );
         r.register(
             "config_reloads",

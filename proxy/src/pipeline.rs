@@ -100,6 +100,8 @@ pub struct Pipeline {
     pub client_groups: PrefixTable<usize>,
     /// Static answers, block lists, rewrites (None when there are none).
     pub policy: Option<Arc<Policy>>,
+    /// Identity of the block-list files `policy` was built from (`policy::files_identity`).
+    pub lists_identity: Vec<u8>,
     pub groups: Vec<Arc<Group>>,
     pub strip_ecs: bool,
     pub metrics: Arc<Metrics>,

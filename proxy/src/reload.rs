@@ -12,18 +12,29 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 use crate::cli::Cli;
-use crate::config::{Config, OverridesFile};
+use crate::config::{shard_key, shard_of, Config, NodeOverrides, OverridesConfig, OverridesFile};
 use crate::server::Server;
 
 /// Loads the file (or defaults) and applies flag overrides, then validates.
 pub fn load_effective(cli: &Cli) -> Result<Config, String> {
-    let mut cfg = match &cli.config {
+    load_effective_with_hash(cli).map(|(cfg, _)| cfg)
+}
+
+/// [`load_effective`], with the config's hash: the SHA-256 (lower-case hex) of the config
+/// file's bytes as read, which is what the operator writes as the ConfigMap's
+/// `dns.dot-proxy.io/config-hash` and the DotProxyConfig status's `configHash`. Without a
+/// file, the hash of the effective config as YAML.
+pub fn load_effective_with_hash(cli: &Cli) -> Result<(Config, String), String> {
+    let (mut cfg, hash) = match &cli.config {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            Config::from_yaml(&text).map_err(|e| format!("{}: {e}", path.display()))?
+            let bytes =
+                std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let text = String::from_utf8(bytes)
+                .map_err(|_| format!("{}: not UTF-8 text", path.display()))?;
+            let cfg = Config::from_yaml(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+            (cfg, Some(sha256_hex(text.as_bytes())))
         }
-        None => Config::default(),
+        None => (Config::default(), None),
     };
     cli.apply(&mut cfg).map_err(|e| e.to_string())?;
     merge_overrides(&mut cfg)?;
@@ -31,19 +42,45 @@ pub fn load_effective(cli: &Cli) -> Result<Config, String> {
         Some(p) => format!("{}: {e}", p.display()),
         None => e.to_string(),
     })?;
-    Ok(cfg)
+    let hash = hash.unwrap_or_else(|| config_hash(&cfg));
+    Ok((cfg, hash))
+}
+
+/// SHA-256 (lower-case hex) of a config written as YAML.
+pub fn config_hash(cfg: &Config) -> String {
+    sha256_hex(cfg.to_yaml().as_bytes())
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
 }
 
 /// Adds this node's entries from the override shards (`overrides.dir`, written by the
 /// operator) to the rate-limit overrides and client groups. A missing directory is empty:
 /// the operator may not have written it yet.
 pub fn merge_overrides(cfg: &mut Config) -> Result<(), String> {
-    let (Some(dir), Some(node)) = (cfg.overrides.dir.clone(), cfg.overrides.node_name.clone())
-    else {
-        return Ok(());
+    if let Some(mine) = own_overrides(&cfg.overrides)? {
+        cfg.rate_limit.overrides.extend(mine.rate_limits);
+        cfg.client_groups.extend(mine.client_groups);
+    }
+    Ok(())
+}
+
+/// The shard files that may hold this node's entries: its own shard when the shard count
+/// is known, else every `*.yaml` in the directory.
+fn shard_files(o: &OverridesConfig) -> Vec<PathBuf> {
+    let (Some(dir), Some(node)) = (&o.dir, &o.node_name) else {
+        return Vec::new();
     };
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return Ok(());
+    if let Some(n) = o.shards {
+        return vec![dir.join(shard_key(shard_of(node, n)))];
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
     };
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -55,20 +92,35 @@ pub fn merge_overrides(cfg: &mut Config) -> Result<(), String> {
         })
         .collect();
     files.sort();
-    for f in files {
-        let text =
-            std::fs::read_to_string(&f).map_err(|e| format!("cannot read {}: {e}", f.display()))?;
+    files
+}
+
+/// This node's entries in the override shards (`None` without a directory, a node name,
+/// or entries).
+pub fn own_overrides(o: &OverridesConfig) -> Result<Option<NodeOverrides>, String> {
+    let Some(node) = &o.node_name else {
+        return Ok(None);
+    };
+    let mut found: Option<NodeOverrides> = None;
+    for f in shard_files(o) {
+        let text = match std::fs::read_to_string(&f) {
+            Ok(t) => t,
+            // The operator may not have written this shard yet.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(format!("cannot read {}: {e}", f.display())),
+        };
         if text.trim().is_empty() {
             continue;
         }
         let mut shard: OverridesFile =
             serde_saphyr::from_str(&text).map_err(|e| format!("{}: {e}", f.display()))?;
-        if let Some(mine) = shard.remove(&node) {
-            cfg.rate_limit.overrides.extend(mine.rate_limits);
-            cfg.client_groups.extend(mine.client_groups);
+        if let Some(mine) = shard.remove(node) {
+            let all = found.get_or_insert_with(NodeOverrides::default);
+            all.rate_limits.extend(mine.rate_limits);
+            all.client_groups.extend(mine.client_groups);
         }
     }
-    Ok(())
+    Ok(found)
 }
 
 /// Reloads on SIGHUP and when the config file's content changes, until shutdown.
@@ -84,24 +136,21 @@ pub async fn run(server: Arc<Server>, cli: Arc<Cli>) {
     // and size (a list can be tens of megabytes; a kubelet swap gives it a new inode).
     let mut lists = list_files(&server.current_config());
     let mut list_watchers = watch_all(&lists, &tx);
+    // What a reload depends on: the config file's bytes, this node's own override entries
+    // (not the shard files: another node's change must not reload this one) and the
+    // block-list files' identities.
     let snapshot = |lists: &[PathBuf]| {
         let mut v = cli
             .config
             .as_deref()
             .and_then(|p| std::fs::read(p).ok())
             .unwrap_or_default();
-        if let Some(d) = &overrides_dir {
-            if let Ok(rd) = std::fs::read_dir(d) {
-                let mut files: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
-                files.sort();
-                for f in files {
-                    v.extend(std::fs::read(&f).unwrap_or_default());
-                }
-            }
+        match own_overrides(&server.current_config().overrides) {
+            Ok(mine) => v.extend(format!("{mine:?}").into_bytes()),
+            // Unreadable now: let the reload report it.
+            Err(e) => v.extend(e.into_bytes()),
         }
-        for f in lists {
-            v.extend(file_identity(f));
-        }
+        v.extend(crate::policy::files_identity(lists));
         v
     };
     let mut last = snapshot(&lists);
@@ -118,8 +167,12 @@ pub async fn run(server: Arc<Server>, cli: Arc<Cli>) {
         if !forced && now == last {
             continue;
         }
-        let result = load_effective(&cli).and_then(|cfg| server.apply(cfg));
-        server.record_reload(&result);
+        let result =
+            load_effective_with_hash(&cli).and_then(|(cfg, hash)| server.apply(cfg).map(|()| hash));
+        if let Ok(hash) = &result {
+            server.set_config_hash(hash);
+        }
+        server.record_reload(&result.map(|_| ()));
         let now_lists = list_files(&server.current_config());
         if now_lists != lists {
             list_watchers = watch_all(&now_lists, &tx);
@@ -131,15 +184,7 @@ pub async fn run(server: Arc<Server>, cli: Arc<Cli>) {
 }
 
 fn list_files(cfg: &Config) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = cfg
-        .policy
-        .blocklists
-        .iter()
-        .filter_map(|b| b.file.clone())
-        .collect();
-    v.sort();
-    v.dedup();
-    v
+    crate::policy::list_files(&cfg.policy)
 }
 
 /// One watcher per directory holding a block-list file.
@@ -150,24 +195,6 @@ fn watch_all(files: &[PathBuf], tx: &mpsc::Sender<()>) -> Vec<notify::Recommende
     dirs.iter()
         .filter_map(|d| watch(&d.join("x"), tx.clone()))
         .collect()
-}
-
-/// What tells a file's versions apart without reading it: device, inode, size, mtime.
-fn file_identity(path: &Path) -> Vec<u8> {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(m) = std::fs::metadata(path) else {
-        return b"missing".to_vec();
-    };
-    [
-        m.dev(),
-        m.ino(),
-        m.size(),
-        m.mtime() as u64,
-        m.mtime_nsec() as u64,
-    ]
-    .iter()
-    .flat_map(|x| x.to_le_bytes())
-    .collect()
 }
 
 fn watch(path: &Path, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {

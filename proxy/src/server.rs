@@ -63,13 +63,41 @@ pub struct Server {
     groups: Mutex<Vec<BuiltGroup>>,
     listeners: Mutex<HashMap<SocketAddr, ListenerSet>>,
     admin_listener: Mutex<Option<(SocketAddr, CancellationToken)>>,
+    /// The admin accept loop, awaited at shutdown so its socket is closed before draining.
+    admin_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Cancelled on shutdown: listeners stop accepting.
     pub stop: CancellationToken,
     /// Every task serving a query: shutdown waits for them.
     pub tracker: TaskTracker,
     loaded: AtomicBool,
     workers: usize,
+    /// The config the process started with: settings that cannot change while it runs
+    /// are compared with it.
+    started: Config,
     pub clock: Arc<Clock>,
+}
+
+/// Longest wait for the default group's first connection before the admin port is bound
+/// anyway (an unreachable upstream must not keep metrics and liveness away).
+const WARM_LIMIT: Duration = Duration::from_secs(3);
+
+/// Settings read only when the process starts, by name, with whether they differ between
+/// two configs.
+fn restart_only(a: &Config, b: &Config) -> Vec<&'static str> {
+    let mut v = Vec::new();
+    if a.workers != b.workers {
+        v.push("workers");
+    }
+    if a.shutdown_grace != b.shutdown_grace {
+        v.push("shutdown_grace");
+    }
+    if a.overrides.dir != b.overrides.dir {
+        v.push("overrides.dir");
+    }
+    if a.overrides.node_name != b.overrides.node_name {
+        v.push("overrides.node_name");
+    }
+    v
 }
 
 impl Server {
@@ -91,14 +119,26 @@ impl Server {
             groups: Mutex::new(groups),
             listeners: Mutex::new(HashMap::new()),
             admin_listener: Mutex::new(None),
+            admin_task: Mutex::new(None),
             stop: CancellationToken::new(),
             tracker: TaskTracker::new(),
             loaded: AtomicBool::new(true),
             workers,
+            started: cfg.clone(),
             clock,
         });
         for addr in &cfg.listen {
             server.bind_listener(*addr)?;
+        }
+        // The admin port (readiness probe, metrics) is shared with the other process during
+        // a surge upgrade: bind it only once this one can answer DNS, with listeners bound
+        // and the group serving "." warmed (a live connection, or every first attempt
+        // over), so a probe answered here is answered by a process that serves.
+        {
+            let p = server.pipeline.load_full();
+            if let Some(g) = p.groups.get(p.router.default_group()) {
+                g.warmed(WARM_LIMIT).await;
+            }
         }
         if let Some(addr) = cfg.admin.listen {
             server.bind_admin(addr)?;
@@ -112,6 +152,8 @@ impl Server {
             .inc();
         metrics.config_last_success.set(unix_now());
         metrics.config_last_reload_ok.set(1);
+        // The hash of the config as YAML; `main` replaces it with the file's hash.
+        server.set_config_hash(&crate::reload::config_hash(&server.config.load()));
         Ok(server)
     }
 
@@ -210,7 +252,8 @@ impl Server {
         let bound = l.local_addr().unwrap_or(addr);
         let stop = self.stop.child_token();
         let state: Arc<dyn AdminState> = self.clone();
-        tokio::spawn(crate::admin::serve(l, state, stop.clone()));
+        let task = tokio::spawn(crate::admin::serve(l, state, stop.clone()));
+        *self.admin_task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
         tracing::info!(%bound, "admin server (metrics, health) listening");
         *self
             .admin_listener
@@ -285,6 +328,19 @@ impl Server {
         self.pipeline.store(Arc::new(pipeline));
         self.tcp_limits.store(Arc::new(TcpLimits::from(&cfg.tcp)));
         *groups_guard = groups;
+        if crate::logging::apply(&cfg.log) {
+            tracing::info!(level = %cfg.log.level, format = ?cfg.log.format, "log settings applied");
+        }
+        // Said once per reload that changes one of them; the gauge says how many differ
+        // from what this process runs with.
+        let pending = restart_only(&self.started, &cfg);
+        let changed_now = restart_only(&old_cfg, &cfg);
+        if !changed_now.is_empty() {
+            tracing::warn!(settings = ?changed_now, "changed settings take effect at restart; the running process keeps its values");
+        }
+        self.metrics
+            .config_restart_pending
+            .set(pending.len() as i64);
         self.config.store(Arc::new(cfg));
         Ok(())
     }
@@ -299,6 +355,18 @@ impl Server {
             tracing::info!(%addr, "listener closed");
             l.stop.cancel();
         }
+    }
+
+    /// Exports the hash of the config now applied (`dot_proxy_config_info{hash}`), replacing
+    /// the previous one: always exactly one series.
+    pub fn set_config_hash(&self, hash: &str) {
+        self.metrics.config_info.clear();
+        self.metrics
+            .config_info
+            .get_or_create(&crate::metrics::ConfigInfoLabels {
+                hash: hash.to_string(),
+            })
+            .set(1);
     }
 
     /// Records a reload attempt in metrics and logs.
@@ -327,6 +395,24 @@ impl Server {
 
     /// Stops accepting, lets in-flight queries finish within `grace`, then returns.
     pub async fn shutdown(&self, grace: Duration) {
+        // The shared admin port goes first: from now on probes reach the other process of a
+        // surge upgrade, never this one while it drains.
+        if let Some((_, stop)) = self
+            .admin_listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            stop.cancel();
+        }
+        let admin = self
+            .admin_task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(task) = admin {
+            let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+        }
         self.stop.cancel();
         self.tracker.close();
         if tokio::time::timeout(grace, self.tracker.wait())
@@ -481,15 +567,27 @@ fn build_pipeline(
     metrics: &Arc<Metrics>,
     clock: &Arc<Clock>,
 ) -> Result<Pipeline, String> {
-    let policy = Policy::new(&cfg.policy).map_err(|e| e.to_string())?;
-    if policy.blocked_names() > 0 {
-        tracing::info!(
-            names = policy.blocked_names(),
-            bytes = policy.blocklist_bytes(),
-            "block lists loaded"
-        );
-    }
-    let policy = (!policy.is_empty()).then(|| Arc::new(policy));
+    // Block lists can be large: the rules are rebuilt (and their files re-read) only when
+    // the policy settings or a list file changed.
+    let lists_identity = crate::policy::files_identity(&crate::policy::list_files(&cfg.policy));
+    let policy = match old {
+        Some((p, oc)) if oc.policy == cfg.policy && p.lists_identity == lists_identity => {
+            p.policy.clone()
+        }
+        _ => {
+            let policy = Policy::new(&cfg.policy).map_err(|e| e.to_string())?;
+            metrics.blocklist_loads.inc();
+            metrics.blocked_names.set(policy.blocked_names() as i64);
+            if policy.blocked_names() > 0 {
+                tracing::info!(
+                    names = policy.blocked_names(),
+                    bytes = policy.blocklist_bytes(),
+                    "block lists loaded"
+                );
+            }
+            (!policy.is_empty()).then(|| Arc::new(policy))
+        }
+    };
     let routes: Vec<(String, usize)> = cfg
         .zones
         .iter()
@@ -533,6 +631,7 @@ fn build_pipeline(
         router: Router::new(&routes),
         client_groups,
         policy,
+        lists_identity,
         groups: groups.iter().map(|g| g.group.clone()).collect(),
         strip_ecs: cfg.privacy.strip_ecs,
         metrics: metrics.clone(),

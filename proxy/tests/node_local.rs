@@ -936,3 +936,166 @@ fn cleanup_refuses_while_an_instance_runs() {
     );
     assert!(ns.addresses().is_empty());
 }
+
+/// Sends `n` A queries for `pod.test.` one after another from `from` (an address in the
+/// namespace) to `to`; returns (NOERROR, REFUSED) counts.
+fn ask_from(ns: &Netns, from: &'static str, to: SocketAddr, n: u16) -> (usize, usize) {
+    ns.within(move || {
+        let sock = UdpSocket::bind(SocketAddr::new(from.parse().expect("ip"), 0)).expect("bind");
+        sock.set_read_timeout(Some(Duration::from_secs(1)))
+            .expect("timeout");
+        let (mut ok, mut refused) = (0, 0);
+        let mut buf = [0u8; 512];
+        for id in 0..n {
+            sock.send_to(&query(id, "pod.test", 1), to).expect("send");
+            while let Ok((len, _)) = sock.recv_from(&mut buf) {
+                if len >= 12 && u16::from_be_bytes([buf[0], buf[1]]) == id {
+                    match buf[3] & 0xF {
+                        0 => ok += 1,
+                        5 => refused += 1,
+                        _ => {}
+                    }
+                    break;
+                }
+            }
+        }
+        (ok, refused)
+    })
+}
+
+/// Issue 16: Kubernetes gives each node one /64 of pod addresses. Several addresses on one
+/// /64 in a namespace the test creates: with the operator's `ipv6_prefix: 128` a flooding
+/// pod is limited and its neighbours are not; with the standalone /64 the neighbours share
+/// its bucket, but a pod's own /128 override is a bucket of its own either way.
+#[test]
+fn ipv6_pods_on_one_slash64_get_buckets_of_their_own() {
+    let Some(ns) = Netns::create("ipv6_pods_on_one_slash64_get_buckets_of_their_own") else {
+        return;
+    };
+    for a in [
+        "fd00:16::53/64",
+        "fd00:16::1/64",
+        "fd00:16::2/64",
+        "fd00:16::3/64",
+        "fd00:17::9/64",
+    ] {
+        ns.ok(&["ip", "-6", "addr", "add", a, "dev", "lo", "nodad"]);
+    }
+    let to: SocketAddr = "[fd00:16::53]:53".parse().expect("addr");
+    for prefix in [128u8, 64] {
+        let path = ns.dir.path().join(format!("rl-{prefix}.yaml"));
+        std::fs::write(
+            &path,
+            format!(
+                r#"listen: ["[fd00:16::53]:53"]
+workers: 1
+admin: {{listen: null}}
+upstream_groups:
+  - name: default
+    servers: [{{address: "127.0.0.1:1", tls_name: unused.test}}]
+cache: {{enabled: false}}
+policy:
+  static_answers: [{{name: pod.test, a: [10.0.0.1]}}]
+rate_limit:
+  enabled: true
+  qps: 0.5
+  burst: 5
+  ipv6_prefix: {prefix}
+  overrides: [{{cidr: "fd00:16::3/128", qps: 100, burst: 100}}]
+"#
+            ),
+        )
+        .expect("write config");
+        let cfg = path.to_str().expect("utf-8");
+        let mut p = ns.spawn(&format!("rl-{prefix}"), &["--config", cfg]);
+        // Probed from another /64, so no bucket of the test's is touched.
+        assert!(
+            wait_until(T, || ask_from(&ns, "fd00:17::9", to, 1).0 == 1),
+            "proxy answers\n{}",
+            p.log()
+        );
+        let (ok, refused) = ask_from(&ns, "fd00:16::1", to, 20);
+        assert!(ok <= 6 && refused >= 14, "/{prefix}: flood {ok}/{refused}");
+        let (ok, refused) = ask_from(&ns, "fd00:16::2", to, 3);
+        if prefix == 128 {
+            assert_eq!(
+                (ok, refused),
+                (3, 0),
+                "/128: a neighbour has its own bucket"
+            );
+        } else {
+            assert_eq!((ok, refused), (0, 3), "/64: the neighbours share one");
+        }
+        let (ok, refused) = ask_from(&ns, "fd00:16::3", to, 30);
+        assert_eq!(
+            (ok, refused),
+            (30, 0),
+            "/{prefix}: the /128 override is a bucket of its own\n{}",
+            p.log()
+        );
+        assert_eq!(p.term(T), Some(0), "{}", p.log());
+    }
+}
+
+/// Issue 16: the node-local container's probes. `--check ready` passes once setup has
+/// settled; a watch loop that stops turning (frozen here with SIGSTOP, as a hang on the
+/// xtables lock would) fails `--check live` once `--max-age` has passed, and passes again
+/// when it turns again.
+#[test]
+fn node_local_heartbeat_fails_the_liveness_check_when_the_loop_is_stuck() {
+    let Some(ns) =
+        Netns::create("node_local_heartbeat_fails_the_liveness_check_when_the_loop_is_stuck")
+    else {
+        return;
+    };
+    let cfg = ns.config("none", SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1));
+    let cfg = cfg.to_str().expect("utf-8 path");
+    let status = ns.dir.path().join("status");
+    let status = status.to_str().expect("utf-8 path");
+    let mut nl = ns.spawn(
+        "node-local-heartbeat",
+        &node_local_args(cfg, &["--status-file", status]),
+    );
+    let check = |mode: &str| {
+        Command::new(BIN)
+            .args([
+                "node-local",
+                "--check",
+                mode,
+                "--status-file",
+                status,
+                "--max-age",
+                "1500ms",
+            ])
+            .output()
+            .expect("run --check")
+    };
+    assert!(
+        wait_until(T, || check("ready").status.success()),
+        "ready once set up\n{}",
+        nl.log()
+    );
+    assert!(check("live").status.success());
+    let pid = nl.pid().to_string();
+    assert!(Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    std::thread::sleep(Duration::from_millis(2500));
+    let out = check("live");
+    assert_eq!(out.status.code(), Some(1), "stuck loop detected");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("stuck"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!check("ready").status.success());
+    let _ = Command::new("kill").args(["-CONT", &pid]).status();
+    assert!(
+        wait_until(T, || check("live").status.success()),
+        "live again\n{}",
+        nl.log()
+    );
+    assert_eq!(nl.term(T), Some(0), "{}", nl.log());
+}

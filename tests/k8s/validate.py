@@ -411,6 +411,21 @@ def check_invariants(variant: str, values: dict[str, Any], docs: list[Doc], note
                 p.check(nl.get("args", [])[:1] == ["node-local"] and "--config" in nl.get("args", []),
                         f"{tag} node-local must run `dot-proxy node-local --config ...`")
                 p.check(sc.get("runAsUser") == 0, f"{tag} node-local runs as root (see the template)")
+                # Probes on the watch loop's heartbeat (kubernetes/dns#394, #453: a setup
+                # container hung on the xtables lock went unnoticed).
+                args = nl.get("args", [])
+                status = args[args.index("--status-file") + 1] if "--status-file" in args else None
+                p.check(status is not None, f"{tag} node-local must write a --status-file heartbeat")
+                for probe, mode in (("livenessProbe", "live"), ("readinessProbe", "ready")):
+                    cmd = nl.get(probe, {}).get("exec", {}).get("command", [])
+                    p.check(cmd[:4] == ["dot-proxy", "node-local", "--check", mode]
+                            and "--status-file" in cmd and cmd[cmd.index("--status-file") + 1] == status,
+                            f"{tag} node-local {probe} must run `dot-proxy node-local --check {mode} --status-file {status}`")
+                mounts = {m["mountPath"]: m["name"] for m in nl.get("volumeMounts", [])}
+                vols = {vol["name"]: vol for vol in pod.get("volumes", [])}
+                status_dir = os.path.dirname(status or "/nonexistent/x")
+                p.check(status_dir in mounts and "emptyDir" in vols.get(mounts.get(status_dir, ""), {}),
+                        f"{tag} the heartbeat directory {status_dir} must be a writable emptyDir mount")
                 iptables = v["nodeLocal"]["firewall"] in ("auto", "iptables")
                 has_lock = any(m["mountPath"] == "/run/xtables.lock" for m in nl.get("volumeMounts", []))
                 p.check(has_lock == iptables, f"{tag} xtables.lock mount must exist exactly when iptables may be used")

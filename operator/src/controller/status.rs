@@ -3,7 +3,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::render::{Invalid, Rendered};
-use crate::resource::{DotProxyConfigStatus, INVALID, READY};
+use crate::resource::{DotProxyConfigStatus, ANNOTATIONS_IGNORED, INVALID, READY};
 
 /// Longest condition message written (the API allows 32 KiB; a status should stay readable).
 const MAX_MESSAGE: usize = 2048;
@@ -72,11 +72,41 @@ pub fn desired(
         }
     };
     let old_conditions = std::mem::take(&mut st.conditions);
+    let ignored = match outcome {
+        Outcome::Applied { rendered, .. } => Some(ignored_condition(rendered)),
+        // Not rendered: what the last render found still holds.
+        Outcome::Invalid(_) => old_conditions
+            .iter()
+            .find(|c| c.type_ == ANNOTATIONS_IGNORED)
+            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone())),
+    }
+    .unwrap_or_else(|| ("False".into(), "None".into(), String::new()));
     st.conditions = vec![
         condition(&old_conditions, READY, ready, generation, now),
         condition(&old_conditions, INVALID, invalid, generation, now),
+        condition(
+            &old_conditions,
+            ANNOTATIONS_IGNORED,
+            (&ignored.0, &ignored.1, ignored.2.clone()),
+            generation,
+            now,
+        ),
     ];
     st
+}
+
+/// `AnnotationsIgnored`: True while pods carry annotations the spec makes ineffective.
+fn ignored_condition(r: &Rendered) -> (String, String, String) {
+    match r.stats.rate_limit_annotations_ignored {
+        0 => ("False".into(), "None".into(), String::new()),
+        n => (
+            "True".into(),
+            "RateLimitDisabled".into(),
+            format!(
+                "{n} pod(s) have dns.dot-proxy.io rate-limit annotations, but spec.rateLimit.enabled is false, so they have no effect; set it to true to apply them (each such pod has a Warning Event)"
+            ),
+        ),
+    }
 }
 
 fn condition(
@@ -201,6 +231,45 @@ mod tests {
         assert_eq!(s3.conditions[0].status, "True");
         assert_eq!(s3.conditions[0].last_transition_time, at(400));
         assert_eq!(s3.pods_with_invalid_annotations, 2);
+    }
+
+    #[test]
+    fn rate_limit_annotations_while_limiting_is_off_are_a_condition() {
+        let mut r = rendered();
+        let applied = |r: &Rendered, old: Option<&DotProxyConfigStatus>, t| {
+            desired(
+                old,
+                Some(1),
+                Outcome::Applied {
+                    rendered: r,
+                    invalid_pods: 0,
+                },
+                &at(t),
+            )
+        };
+        let s0 = applied(&r, None, 1);
+        let c = &s0.conditions[2];
+        assert_eq!(
+            (c.type_.as_str(), c.status.as_str()),
+            (ANNOTATIONS_IGNORED, "False")
+        );
+        r.stats.rate_limit_annotations_ignored = 3;
+        let s1 = applied(&r, Some(&s0), 2);
+        let c = &s1.conditions[2];
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "RateLimitDisabled")
+        );
+        assert!(c.message.starts_with("3 pod(s)"), "{}", c.message);
+        assert!(c.message.contains("spec.rateLimit.enabled"));
+        // An invalid spec later: what the last render found still stands.
+        let bad = Invalid::Spec(vec!["x".into()]);
+        let s2 = desired(Some(&s1), Some(2), Outcome::Invalid(&bad), &at(3));
+        let (a, b) = (&s2.conditions[2], &s1.conditions[2]);
+        assert_eq!(
+            (&a.status, &a.reason, &a.message, &a.last_transition_time),
+            (&b.status, &b.reason, &b.message, &b.last_transition_time)
+        );
     }
 
     #[test]

@@ -552,7 +552,9 @@ async fn fewer_shards_delete_the_extra_ones_and_hand_edits_are_undone() {
     let (_, sent) = api
         .serve_while(reconcile(api.resource(2, one), ctx.clone()))
         .await;
-    let mut want = vec![LIST.to_string()];
+    // config.yaml carries the shard count (overrides.shards: each proxy reads only its
+    // own shard), so it is rewritten first.
+    let mut want = vec![LIST.to_string(), cm_patch("dot-proxy-config")];
     if shard_of("node-a", 2) == 1 {
         want.push(cm_patch("dot-proxy-config-overrides-0"));
     }

@@ -187,6 +187,7 @@ pub fn proxy_config(spec: &DotProxyConfigSpec) -> Result<Config, Vec<String>> {
         overrides: OverridesConfig {
             dir: Some(PathBuf::from(OVERRIDES_DIR)),
             node_name: None,
+            shards: Some(spec.target.override_shards.max(1)),
         },
         node_local,
         policy,

@@ -43,6 +43,9 @@ impl ConfigMapContent {
     }
 }
 
+/// The Warning Event on a pod with rate-limit annotations while rate limiting is off.
+pub const RATE_LIMIT_DISABLED_MESSAGE: &str = "rate-limit annotations have no effect: spec.rateLimit.enabled is false in the DotProxyConfig (the chart's default; set config.rateLimit.enabled: true)";
+
 /// A pod whose annotations were (partly) ignored, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodProblem {
@@ -65,6 +68,8 @@ pub struct RenderStats {
     pub pods_pending: usize,
     /// Rate-limit entries plus client-group entries, over all shards.
     pub entries: usize,
+    /// Pods with rate-limit annotations while `rateLimit.enabled` is false (no effect).
+    pub rate_limit_annotations_ignored: usize,
     /// Nodes with at least one override.
     pub nodes: usize,
     pub largest_shard_bytes: usize,
@@ -177,6 +182,11 @@ pub fn render<'a>(
         if pod.ips.is_empty() {
             stats.pods_pending += 1;
             continue;
+        }
+        if req.has_rate_limit() && !spec.rate_limit.enabled {
+            // Kept in the shard (it applies the moment limiting is switched on), but said.
+            stats.rate_limit_annotations_ignored += 1;
+            problems.push(problem(pod, RATE_LIMIT_DISABLED_MESSAGE.into()));
         }
         if !req.has_rate_limit() && req.group.is_none() {
             continue;

@@ -9,32 +9,12 @@
 /// the object's metadata.
 pub const MAX_SHARD_BYTES: usize = 900 * 1024;
 
-const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
-const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
-
-/// 64-bit FNV-1a (Fowler–Noll–Vo): for each byte, XOR it into the hash, then multiply by the
-/// FNV prime (wrapping), starting from the offset basis.
-pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(FNV_OFFSET_BASIS, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(FNV_PRIME)
-    })
-}
-
-/// The shard a node's overrides go to; `shards` is at least 1 (0 is treated as 1).
-pub fn shard_of(node_name: &str, shards: u32) -> u32 {
-    let n = u64::from(shards.max(1));
-    // The remainder is below `shards`, so it fits back into a u32.
-    (fnv1a64(node_name.as_bytes()) % n) as u32
-}
+// One definition, shared with the proxy, which finds its own shard with it.
+pub use dot_proxy::config::{fnv1a64, shard_key, shard_of};
 
 /// Name of shard `i` of the main ConfigMap `config_map`.
 pub fn shard_name(config_map: &str, i: u32) -> String {
     format!("{config_map}-overrides-{i}")
-}
-
-/// The one key of shard `i`.
-pub fn shard_key(i: u32) -> String {
-    format!("shard-{i}.yaml")
 }
 
 #[cfg(test)]

@@ -36,6 +36,8 @@ zones:
     group: cluster
 target:
   overrideShards: 4
+rateLimit:
+  enabled: true
 ";
 
 fn pod(name: &str, node: &str, ips: &[&str], ann: &[(&str, &str)]) -> PodInfo {
@@ -809,4 +811,37 @@ fn overrides_over_the_shard_limit_are_invalid() {
     spec.target.override_shards = 8;
     let r = render("default", &spec, &pods, &no_nodes()).expect("fits in 8 shards");
     assert!(r.stats.largest_shard_bytes <= MAX_SHARD_BYTES);
+}
+
+/// Issue 16: rate-limit annotations while `rateLimit.enabled` is false do nothing; the pod
+/// is reported (a Warning Event, once) and counted for the AnnotationsIgnored condition.
+#[test]
+fn rate_limit_annotations_while_limiting_is_off_are_reported() {
+    let pods = [
+        pod(
+            "limited",
+            "node-1",
+            &["10.1.0.5"],
+            &[("dns.dot-proxy.io/qps", "50")],
+        ),
+        pod(
+            "routed",
+            "node-1",
+            &["10.1.0.6"],
+            &[("dns.dot-proxy.io/upstream-group", "cluster")],
+        ),
+    ];
+    let mut spec = spec_from(MINIMAL);
+    spec.rate_limit.enabled = false;
+    let r = render("default", &spec, &pods, &no_nodes()).expect("renders");
+    assert_eq!(r.stats.rate_limit_annotations_ignored, 1);
+    assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+    assert_eq!(r.problems[0].name, "limited");
+    assert_eq!(r.problems[0].message, RATE_LIMIT_DISABLED_MESSAGE);
+    // With limiting on: nothing to report.
+    let spec = spec_from(MINIMAL);
+    assert!(spec.rate_limit.enabled);
+    let r = render("default", &spec, &pods, &no_nodes()).expect("renders");
+    assert_eq!(r.stats.rate_limit_annotations_ignored, 0);
+    assert!(r.problems.is_empty(), "{:?}", r.problems);
 }

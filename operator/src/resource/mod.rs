@@ -10,7 +10,7 @@ pub use spec::{
     PolicySpec, PrefetchSpec, PrivacySpec, RateLimitSpec, RewriteSpec, StaticAnswerSpec,
     TargetSpec, UpstreamGroupSpec, UpstreamServerSpec, ZoneSpec,
 };
-pub use status::{DotProxyConfigStatus, INVALID, READY};
+pub use status::{DotProxyConfigStatus, ANNOTATIONS_IGNORED, INVALID, READY};
 
 use kube::CustomResourceExt;
 

@@ -368,7 +368,9 @@ pub struct RateLimitSpec {
     /// Queries a client may send at once.
     #[schemars(range(min = 1, max = 10_000_000))]
     pub burst: u32,
-    /// IPv6 clients are grouped by this prefix length.
+    /// IPv6 clients are grouped by this prefix length. 128 by default here (the standalone
+    /// proxy's default is 64): Kubernetes gives each node one /64 of pod addresses, so a
+    /// /64 bucket would be shared by every pod of the node.
     #[schemars(range(min = 1, max = 128))]
     pub ipv6_prefix: u8,
     /// What an over-limit query gets: `refused` or `drop`.
@@ -387,7 +389,7 @@ impl Default for RateLimitSpec {
             enabled: false,
             qps: 200.0,
             burst: 400,
-            ipv6_prefix: 64,
+            ipv6_prefix: 128,
             action: Checked::Known(LimitAction::Refused),
             slip: 0,
             max_clients: 65_536,

@@ -9,6 +9,10 @@ pub const READY: &str = "Ready";
 /// Condition type: the current spec (or the overrides it produces) cannot be rendered; the
 /// message says why. The last good ConfigMaps stay as they were.
 pub const INVALID: &str = "Invalid";
+/// Condition type: some pods carry annotations that have no effect with the current spec
+/// (rate-limit annotations while `rateLimit.enabled` is false); the message says how many
+/// and what to change. Each such pod also gets one Warning Event.
+pub const ANNOTATIONS_IGNORED: &str = "AnnotationsIgnored";
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -1,6 +1,8 @@
 //! Per-client token buckets: per IPv4 address, per IPv6 prefix (/64 by default), with
 //! per-CIDR overrides (longest prefix wins; thousands of /32 and /128 entries cost one hash
-//! lookup). The table is sharded so the hot path never serialises on one lock, and bounded:
+//! lookup). An IPv6 client matched by an override longer than the prefix gets a bucket of
+//! that override's length (a pod's `/128` annotation is its own bucket, not its node's
+//! /64's). The table is sharded so the hot path never serialises on one lock, and bounded:
 //! when a shard is full, idle clients are evicted first.
 
 use std::collections::HashMap;
@@ -42,14 +44,18 @@ struct Bucket {
     limited: u32,
 }
 
+/// A bucket's key: (0, IPv4 address) or (IPv6 prefix length, masked IPv6 address).
+type Key = (u8, u128);
+
 #[derive(Default)]
 struct Shard {
-    buckets: HashMap<(bool, u128), Bucket>,
+    buckets: HashMap<Key, Bucket>,
 }
 
 pub struct RateLimiter {
     default: Limit,
-    overrides: PrefixTable<Limit>,
+    /// Each override's limit and prefix length.
+    overrides: PrefixTable<(Limit, u8)>,
     ipv6_prefix: u8,
     action: LimitAction,
     slip: u32,
@@ -86,7 +92,7 @@ impl RateLimiter {
                     burst: f64::from(o.burst.unwrap_or_else(|| cfg.burst.max(qps.ceil() as u32))),
                 }
             };
-            overrides.insert(c, l);
+            overrides.insert(c, (l, c.len));
         }
         RateLimiter {
             default,
@@ -100,22 +106,28 @@ impl RateLimiter {
         }
     }
 
-    fn key(&self, ip: IpAddr) -> (bool, u128) {
+    /// The bucket of `ip`: per address for IPv4; per `ipv6_prefix` for IPv6, or per the
+    /// matching override's prefix when that is longer.
+    fn key(&self, ip: IpAddr, override_len: Option<u8>) -> Key {
         let (bits, v6) = ip_bits(ip);
         if v6 {
-            (true, mask(bits, self.ipv6_prefix, true))
+            let len = override_len.map_or(self.ipv6_prefix, |l| l.max(self.ipv6_prefix));
+            (len.max(1), mask(bits, len, true))
         } else {
-            (false, bits)
+            (0, bits)
         }
     }
 
     /// Takes one token for `ip`.
     pub fn check(&self, ip: IpAddr, udp: bool, now: Instant) -> Decision {
-        let limit = self.overrides.lookup(ip).copied().unwrap_or(self.default);
+        let (limit, override_len) = match self.overrides.lookup(ip) {
+            Some(&(l, len)) => (l, Some(len)),
+            None => (self.default, None),
+        };
         let Limit::Rate { qps, burst } = limit else {
             return Decision::Allow;
         };
-        let key = self.key(ip);
+        let key = self.key(ip, override_len);
         let t = now.saturating_duration_since(self.epoch).as_secs_f64();
         let idx = (key.1 as usize ^ (key.1 >> 64) as usize).wrapping_mul(0x9E37_79B9) % SHARDS;
         let mut shard = self.shards[idx].lock().unwrap_or_else(|p| p.into_inner());
@@ -178,7 +190,7 @@ impl RateLimiter {
     /// The `k` busiest clients by query rate over the last second or so.
     pub fn top(&self, k: usize, now: Instant) -> Vec<ClientRate> {
         let t = now.saturating_duration_since(self.epoch).as_secs_f64();
-        let mut all: Vec<((bool, u128), f64)> = Vec::new();
+        let mut all: Vec<(Key, f64)> = Vec::new();
         for s in self.shards.iter() {
             let s = s.lock().unwrap_or_else(|p| p.into_inner());
             for (key, b) in &s.buckets {
@@ -198,9 +210,9 @@ impl RateLimiter {
         all.sort_by(|a, b| b.1.total_cmp(&a.1));
         all.truncate(k);
         all.into_iter()
-            .map(|((v6, bits), qps)| {
-                let client = if v6 {
-                    format!("{}/{}", std::net::Ipv6Addr::from(bits), self.ipv6_prefix)
+            .map(|((len, bits), qps)| {
+                let client = if len > 0 {
+                    format!("{}/{}", std::net::Ipv6Addr::from(bits), len)
                 } else {
                     std::net::Ipv4Addr::from(bits as u32).to_string()
                 };
@@ -294,6 +306,55 @@ mod tests {
             rl.check("10.0.1.7".parse().expect("ip"), true, now),
             Decision::Refuse
         );
+    }
+
+    /// Kubernetes gives each node one /64 of pod addresses: a pod's /128 override must be
+    /// a bucket of its own, not shared with every pod of its node.
+    #[tokio::test(start_paused = true)]
+    async fn an_ipv6_override_longer_than_the_prefix_gets_its_own_bucket() {
+        let mut c = cfg();
+        c.overrides = vec![RateLimitOverride {
+            cidr: "2001:db8::7/128".into(),
+            qps: Some(10.0),
+            burst: Some(3),
+            exempt: false,
+        }];
+        let rl = RateLimiter::new(&c);
+        let now = Instant::now();
+        let pod: IpAddr = "2001:db8::7".parse().expect("ip");
+        let neighbour: IpAddr = "2001:db8::8".parse().expect("ip");
+        // The neighbours of the /64 use up their shared bucket...
+        for _ in 0..5 {
+            assert_eq!(rl.check(neighbour, false, now), Decision::Allow);
+        }
+        assert_eq!(rl.check(neighbour, false, now), Decision::Refuse);
+        // ...and the pod with its own override still has all of its own.
+        for _ in 0..3 {
+            assert_eq!(rl.check(pod, false, now), Decision::Allow);
+        }
+        assert_eq!(rl.check(pod, false, now), Decision::Refuse);
+        // A /128 key whose low bits are zero is not the /64's key.
+        let mut c = cfg();
+        c.overrides = vec![RateLimitOverride {
+            cidr: "2001:db8:1::/128".into(),
+            qps: None,
+            burst: Some(2),
+            exempt: false,
+        }];
+        let rl = RateLimiter::new(&c);
+        for _ in 0..5 {
+            rl.check("2001:db8:1::9".parse().expect("ip"), false, now);
+        }
+        assert_eq!(
+            rl.check("2001:db8:1::".parse().expect("ip"), false, now),
+            Decision::Allow
+        );
+        let top = rl.top(2, now);
+        assert!(
+            top.iter().any(|t| t.client == "2001:db8:1::/128"),
+            "{top:?}"
+        );
+        assert!(top.iter().any(|t| t.client == "2001:db8:1::/64"), "{top:?}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -18,6 +18,7 @@ pub mod health;
 pub mod link;
 pub mod presence;
 pub mod probe;
+pub mod status;
 
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
@@ -30,6 +31,7 @@ use firewall::{Backend, FirewallError};
 use health::{Change, Health};
 use link::{LinkError, Netlink};
 use presence::Presence;
+use status::StatusFile;
 
 /// Flags of `dot-proxy node-local`.
 #[derive(Debug, Clone, clap::Args)]
@@ -60,6 +62,17 @@ pub struct NodeLocalArgs {
     /// With --once: how long to wait for the proxy to answer before installing the rules.
     #[arg(long, default_value = "0s", value_name = "DURATION")]
     pub wait: Dur,
+    /// Heartbeat file written on every turn of the watch loop, for the container's probes.
+    #[arg(long, value_name = "PATH")]
+    pub status_file: Option<std::path::PathBuf>,
+    /// Probe mode: judge the heartbeat in --status-file and exit 0 (live, or ready) or 1,
+    /// without touching anything. `live` fails when the loop is stuck; `ready` also until
+    /// setup has settled.
+    #[arg(long, value_enum, requires = "status_file", value_name = "live|ready")]
+    pub check: Option<status::Check>,
+    /// With --check: the oldest heartbeat that still counts as live.
+    #[arg(long, default_value = "30s", value_name = "DURATION")]
+    pub max_age: Dur,
 }
 
 /// Everything that can stop the subcommand.
@@ -140,6 +153,9 @@ async fn run(cfg: &Config, args: &NodeLocalArgs) -> Result<(), SetupError> {
     // Registered and listening for SIGTERM before touching anything, so that a stop
     // during setup still cleans up, and another instance sees this one from the start.
     let presence = (!args.once).then(|| Presence::register(&nl.interface));
+    // Alive from the start: a setup that hangs (netlink, the xtables lock) stops the beat.
+    let mut status = StatusFile::new(args.status_file.clone());
+    status.beat(false);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let netlink = Netlink::connect()?;
     let ensured = netlink.ensure(&nl.interface, &nl.addresses).await?;
@@ -161,7 +177,7 @@ async fn run(cfg: &Config, args: &NodeLocalArgs) -> Result<(), SetupError> {
     let Some(presence) = presence else {
         return once(nl, args, backend).await;
     };
-    watch(nl, args, &netlink, backend, &mut term).await;
+    watch(nl, args, &netlink, backend, &mut term, &mut status).await;
     shutdown(nl, backend, &presence).await
 }
 
@@ -227,6 +243,7 @@ async fn watch(
     netlink: &Netlink,
     backend: Option<Backend>,
     term: &mut tokio::signal::unix::Signal,
+    status: &mut StatusFile,
 ) {
     const RETRY: Duration = Duration::from_secs(5);
     let targets = targets(nl);
@@ -251,6 +268,8 @@ async fn watch(
                 return;
             }
         }
+        // Settled: the rules reflect the probes (or there are no rules to manage).
+        status.beat(backend.is_none() || installed.is_some());
         let outcomes = probe_all(&targets, args.probe_timeout.get()).await;
         for (i, o) in outcomes.iter().enumerate() {
             match health.record(i, o.answered()) {

@@ -71,6 +71,44 @@ fn suffixes(name: &[u8]) -> impl Iterator<Item = usize> + '_ {
     })
 }
 
+/// The block-list files a policy reads, sorted, without duplicates.
+pub fn list_files(cfg: &PolicyConfig) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<std::path::PathBuf> = cfg
+        .blocklists
+        .iter()
+        .filter_map(|b| b.file.clone())
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// What tells versions of the block-list files apart without reading them: device, inode,
+/// size and modification time of each (a kubelet swap gives a file a new inode). A list
+/// can be tens of megabytes: a reload re-reads the lists only when this or the policy
+/// settings change.
+pub fn files_identity(files: &[std::path::PathBuf]) -> Vec<u8> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    for path in files {
+        match std::fs::metadata(path) {
+            Ok(m) => {
+                for x in [
+                    m.dev(),
+                    m.ino(),
+                    m.size(),
+                    m.mtime() as u64,
+                    m.mtime_nsec() as u64,
+                ] {
+                    out.extend(x.to_le_bytes());
+                }
+            }
+            Err(_) => out.extend(b"missing"),
+        }
+    }
+    out
+}
+
 impl Policy {
     /// Builds the policy, reading block-list files. Errors name the rule.
     pub fn new(cfg: &PolicyConfig) -> Result<Policy, PolicyError> {

@@ -477,6 +477,27 @@ impl Group {
         }
     }
 
+    /// Waits, at most `limit`, until a member has a live connection, or every member's first
+    /// connect attempt has ended (a plain member needs none): what "upstreams warmed" means
+    /// before the admin port (and so the readiness probe) is bound.
+    pub async fn warmed(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            let live = self.members.iter().any(|m| match &m.upstream {
+                Upstream::Tls(u) => u.live_connections() > 0,
+                _ => true,
+            });
+            let settled = self.members.iter().all(|m| match &m.upstream {
+                Upstream::Tls(u) => u.attempted(),
+                _ => true,
+            });
+            if live || settled {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Starts connections ahead of need.
     pub fn warm(&self) {
         for m in &self.members {

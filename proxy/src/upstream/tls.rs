@@ -150,6 +150,8 @@ pub struct TlsUpstream {
     connect_backoff: Mutex<(Option<Instant>, Duration)>,
     last_used: AtomicU64,
     epoch: Instant,
+    /// Set once the first connect attempt has ended, well or not.
+    attempted: std::sync::atomic::AtomicBool,
 }
 
 impl TlsUpstream {
@@ -176,6 +178,7 @@ impl TlsUpstream {
             connect_backoff: Mutex::new((None, Duration::ZERO)),
             last_used: AtomicU64::new(0),
             epoch: Instant::now(),
+            attempted: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -272,7 +275,9 @@ impl TlsUpstream {
                 ));
             }
         }
-        match self.connect(i).await {
+        let result = self.connect(i).await;
+        self.attempted.store(true, Ordering::Relaxed);
+        match result {
             Ok(c) => {
                 *self
                     .connect_backoff
@@ -341,6 +346,11 @@ impl TlsUpstream {
             }
         });
         Ok(Arc::new(ConnHandle { tx }))
+    }
+
+    /// Whether the first connect attempt has ended (connected or failed).
+    pub fn attempted(&self) -> bool {
+        self.attempted.load(Ordering::Relaxed)
     }
 
     /// Number of slots with a live connection.

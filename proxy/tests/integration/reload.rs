@@ -38,10 +38,72 @@ async fn start_watched(dir: &Path) -> Arc<dot_proxy::server::Server> {
         "--config",
         &dir.join("config.yaml").display().to_string(),
     ]);
-    let cfg = dot_proxy::reload::load_effective(&cli).expect("valid");
+    // As `main` does: the hash of the file as read.
+    let (cfg, hash) = dot_proxy::reload::load_effective_with_hash(&cli).expect("valid");
     let server = dot_proxy::server::Server::start(cfg).await.expect("start");
+    server.set_config_hash(&hash);
     tokio::spawn(dot_proxy::reload::run(server.clone(), Arc::new(cli)));
     server
+}
+
+fn sha256_hex(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// `dot_proxy_config_info{hash}`: one series, the SHA-256 of the config file as the
+/// operator computes it for `configHash`, following each reload; a refused config keeps
+/// the last good hash.
+#[tokio::test]
+async fn config_info_carries_the_hash_of_the_applied_file() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let port = free_port();
+    let v1 = yaml_for(&up, &format!("127.0.0.1:{port}"), "");
+    write_kubelet_version(dir.path(), "..h1", &v1);
+    let server = start_watched(dir.path()).await;
+    let admin = server.admin_addr().expect("admin");
+    let series = || async {
+        http_get(admin, "/metrics")
+            .await
+            .1
+            .lines()
+            .filter(|l| l.starts_with("dot_proxy_config_info{"))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        series().await,
+        vec![format!(
+            "dot_proxy_config_info{{hash=\"{}\"}} 1",
+            sha256_hex(&v1)
+        )]
+    );
+    let v2 = yaml_for(&up, &format!("127.0.0.1:{port}"), "cache: {min_ttl: 7}\n");
+    write_kubelet_version(dir.path(), "..h2", &v2);
+    let want = vec![format!(
+        "dot_proxy_config_info{{hash=\"{}\"}} 1",
+        sha256_hex(&v2)
+    )];
+    let mut seen = Vec::new();
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        seen = series().await;
+        if seen == want {
+            break;
+        }
+    }
+    assert_eq!(seen, want);
+    write_kubelet_version(dir.path(), "..h3", "listen: [nope]\n");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        series().await,
+        want,
+        "a refused config keeps the last good hash"
+    );
 }
 
 fn yaml_for(up: &Upstream, listen: &str, extra: &str) -> String {
@@ -182,7 +244,11 @@ async fn reloads_under_load_lose_nothing_and_keep_the_cache() {
         for i in 0..20 {
             tokio::time::sleep(Duration::from_millis(450)).await;
             let text = if i % 2 == 0 {
-                format!("{good}shutdown_grace: {}s\n", 1 + i)
+                // A policy rule (observable) and a setting read only at start.
+                format!(
+                    "{good}shutdown_grace: {}s\npolicy:\n  static_answers:\n  - {{name: reloaded.example.test, a: [10.9.9.{i}]}}\n",
+                    1 + i
+                )
             } else {
                 format!("{good}cache: {{min_ttl: 10, max_ttl: 1}}\n")
             };
@@ -205,6 +271,35 @@ async fn reloads_under_load_lose_nothing_and_keep_the_cache() {
         "{after}"
     );
     assert!(metric(&after, "dot_proxy_config_reloads_total{result=\"failure\"}") >= 8.0);
+    // The last valid config took effect...
+    let m = udp(addr, "reloaded.example.test.", RecordType::A).await;
+    assert_eq!(a_records(&m), vec![std::net::Ipv4Addr::new(10, 9, 9, 18)]);
+    // ...except shutdown_grace, which is read at start, and says so.
+    assert_eq!(
+        metric(&after, "dot_proxy_config_restart_pending_settings"),
+        1.0,
+        "{after}"
+    );
+}
+
+/// GET /readyz, or `None` when nothing accepts the connection or answers within 1 s.
+async fn probe(addr: std::net::SocketAddr) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fut = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.ok()?;
+        let code = out.split_whitespace().nth(1)?.parse().ok()?;
+        let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+        Some((code, body))
+    };
+    tokio::time::timeout(Duration::from_secs(1), fut)
+        .await
+        .ok()
+        .flatten()
 }
 
 struct Proc(Child);
@@ -215,14 +310,14 @@ impl Drop for Proc {
     }
 }
 
-fn spawn_proxy(config: &Path) -> Proc {
+fn spawn_proxy(config: &Path, admin: &str) -> Proc {
     Proc(
         Command::new(env!("CARGO_BIN_EXE_dot-proxy"))
             .args([
                 "--config",
                 &config.display().to_string(),
                 "--admin-listen",
-                "off",
+                admin,
                 "--workers",
                 "2",
             ])
@@ -257,7 +352,14 @@ async fn second_process_takes_over_on_sigterm_without_losing_queries() {
     )
     .expect("write");
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    let mut old = spawn_proxy(&file);
+    // Both processes share the admin port (SO_REUSEPORT), as a surge pod beside the old one
+    // does on a host-network DaemonSet: probed throughout, it must only ever be answered by
+    // a process that serves (bound once ready, released first when draining).
+    let admin_addr: std::net::SocketAddr =
+        format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let admin = admin_addr.to_string();
+    let admin2 = admin.clone();
+    let mut old = spawn_proxy(&file, &admin);
     let mut up_ok = false;
     for _ in 0..50 {
         if udp_raw(
@@ -276,7 +378,7 @@ async fn second_process_takes_over_on_sigterm_without_losing_queries() {
     let file2 = file.clone();
     let handoff = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let new = spawn_proxy(&file2);
+        let new = spawn_proxy(&file2, &admin2);
         tokio::time::sleep(Duration::from_secs(2)).await;
         // The surge pod is up beside the old one; now the old one is told to stop.
         let pid = old.0.id().to_string();
@@ -287,10 +389,32 @@ async fn second_process_takes_over_on_sigterm_without_losing_queries() {
             .expect("wait");
         (new, status)
     });
+    let probes = tokio::spawn(async move {
+        // (answers, refused connections after the first answer, non-200 answers)
+        let (mut answers, mut refused, mut bad) = (0usize, 0usize, Vec::new());
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < end {
+            match probe(admin_addr).await {
+                Some((200, _)) => answers += 1,
+                Some((code, body)) => bad.push(format!("{code} {body}")),
+                None if answers > 0 => refused += 1,
+                None => {}
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (answers, refused, bad)
+    });
     let rep = load(addr, 10, 1500, 500, |i| {
         format!("h{}.example.test.", i % 500)
     })
     .await;
+    let (answers, refused, bad) = probes.await.expect("probes");
+    assert!(answers > 100, "probed throughout: {answers}");
+    assert!(
+        bad.is_empty(),
+        "answers from a process not serving: {bad:?}"
+    );
+    assert_eq!(refused, 0, "the admin port was never without a process");
     let (_new, status) = handoff.await.expect("handoff");
     assert!(status.success(), "old process exited 0: {status:?}");
     assert_eq!(rep.tcp_answered, rep.tcp_sent, "no TCP query lost: {rep:?}");
@@ -323,7 +447,7 @@ async fn a_changed_block_list_file_is_reloaded_without_a_config_change() {
         "..c1",
         &yaml_for(&up, &format!("127.0.0.1:{port}"), &extra),
     );
-    let _server = start_watched(cfg_dir.path()).await;
+    let server = start_watched(cfg_dir.path()).await;
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let rcode = |name: &'static str| async move {
         udp(addr, name, RecordType::A).await.metadata.response_code
@@ -332,7 +456,36 @@ async fn a_changed_block_list_file_is_reloaded_without_a_config_change() {
     assert_eq!(rcode("first.example.test.").await, ResponseCode::NXDomain);
     assert_eq!(rcode("second.example.test.").await, ResponseCode::NoError);
 
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A reload that changes neither the policy nor a list file does not re-read the lists.
+    let admin = server.admin_addr().expect("admin");
+    let count =
+        |name: &'static str| async move { metric(&http_get(admin, "/metrics").await.1, name) };
+    let loads = count("dot_proxy_policy_blocklist_loads_total").await;
+    assert_eq!(count("dot_proxy_policy_blocked_names").await, 1.0);
+    let reloads = count("dot_proxy_config_reloads_total{result=\"success\"}").await;
+    write_kubelet_version(
+        cfg_dir.path(),
+        "..c2",
+        &yaml_for(
+            &up,
+            &format!("127.0.0.1:{port}"),
+            &format!("{extra}cache: {{min_ttl: 5}}\n"),
+        ),
+    );
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if count("dot_proxy_config_reloads_total{result=\"success\"}").await > reloads {
+            break;
+        }
+    }
+    assert!(count("dot_proxy_config_reloads_total{result=\"success\"}").await > reloads);
+    assert_eq!(
+        count("dot_proxy_policy_blocklist_loads_total").await,
+        loads,
+        "lists not re-read"
+    );
+    assert_eq!(rcode("first.example.test.").await, ResponseCode::NXDomain);
+
     write_list("..v2", "0.0.0.0 second.example.test\n");
     let mut swapped = false;
     for _ in 0..50 {
@@ -348,4 +501,107 @@ async fn a_changed_block_list_file_is_reloaded_without_a_config_change() {
         ResponseCode::NoError,
         "the old list is gone"
     );
+    assert_eq!(
+        count("dot_proxy_policy_blocklist_loads_total").await,
+        loads + 1.0
+    );
+}
+
+/// Issue 16: every proxy mounts every override shard, but only a change of its own node's
+/// entries reloads it. Two nodes share one shard file here (the harder case): node B's
+/// change does not move node A's reload counter and A keeps answering; A's own change is
+/// applied.
+#[tokio::test]
+async fn only_a_change_of_this_nodes_own_overrides_reloads_it() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let odir = tempfile::tempdir().expect("tmp");
+    let shard = |a: &str, b: &str| {
+        format!("node-a:\n  rate_limits: [{a}]\nnode-b:\n  rate_limits: [{b}]\n")
+    };
+    write_kubelet_file(
+        odir.path(),
+        "..v1",
+        "shard-0.yaml",
+        &shard("", "{cidr: 10.0.0.1/32, qps: 5}"),
+    );
+    // As the kubelet lays out a ConfigMap volume: the key a symlink into `..data`.
+    symlink("..data/shard-0.yaml", odir.path().join("shard-0.yaml")).expect("symlink");
+    let port = free_port();
+    let extra = format!(
+        "rate_limit: {{enabled: true, qps: 0.5, burst: 2}}\noverrides: {{dir: {}, shards: 1}}\n",
+        odir.path().display()
+    );
+    write_kubelet_version(
+        dir.path(),
+        "..c1",
+        &yaml_for(&up, &format!("127.0.0.1:{port}"), &extra),
+    );
+    symlink("..data/config.yaml", dir.path().join("config.yaml")).expect("symlink");
+    let cli = dot_proxy::cli::Cli::parse_from([
+        "dot-proxy",
+        "--config",
+        &dir.path().join("config.yaml").display().to_string(),
+        "--node-name",
+        "node-a",
+    ]);
+    let server =
+        dot_proxy::server::Server::start(dot_proxy::reload::load_effective(&cli).expect("valid"))
+            .await
+            .expect("start");
+    tokio::spawn(dot_proxy::reload::run(server.clone(), Arc::new(cli)));
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let admin = server.admin_addr().expect("admin");
+    let reloads = || async {
+        metric(
+            &http_get(admin, "/metrics").await.1,
+            "dot_proxy_config_reloads_total{result=\"success\"}",
+        )
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = reloads().await;
+    // Limited at first: 0.5 qps, burst 2.
+    let mut refused = 0;
+    for i in 0..6 {
+        let m = udp(addr, &format!("rl{i}.example.test."), RecordType::A).await;
+        refused +=
+            usize::from(m.metadata.response_code == hickory_proto::op::ResponseCode::Refused);
+    }
+    assert!(refused >= 3, "limited before: {refused}");
+
+    // Node B's entries change (the same shard file): node A does not reload.
+    for (v, b) in [("..v2", "{cidr: 10.0.0.2/32, qps: 7}"), ("..v3", "")] {
+        write_kubelet_file(odir.path(), v, "shard-0.yaml", &shard("", b));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        reloads().await,
+        before,
+        "another node's change reloaded this proxy"
+    );
+
+    // Node A's own entries change: applied.
+    write_kubelet_file(
+        odir.path(),
+        "..v4",
+        "shard-0.yaml",
+        &shard("{cidr: 127.0.0.1/32, exempt: true}", ""),
+    );
+    let mut applied = false;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if reloads().await > before {
+            applied = true;
+            break;
+        }
+    }
+    assert!(applied, "own change reloaded");
+    for i in 0..20 {
+        let m = udp(addr, &format!("ex{i}.example.test."), RecordType::A).await;
+        assert_eq!(
+            m.metadata.response_code,
+            hickory_proto::op::ResponseCode::NoError,
+            "exempt now"
+        );
+    }
 }

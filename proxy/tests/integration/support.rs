@@ -101,7 +101,7 @@ pub struct Behaviour {
     pub keepalive_units: AtomicU32,
     /// Set AA=1 on every answer, as an authoritative server would.
     pub authoritative: AtomicBool,
-    /// Delay, ms, of answers to names whose first label starts with `slow`.
+    /// Extra delay, ms, of answers to names whose first label starts with `slow`.
     pub slow_ms: AtomicU64,
 }
 
@@ -276,11 +276,12 @@ impl Upstream {
                 continue;
             };
             let slow_name = buf.get(13..17) == Some(b"slow".as_slice());
-            let delay = if slow_name {
-                self.behaviour.slow_ms.load(Ordering::SeqCst)
-            } else {
-                self.behaviour.delay_ms.load(Ordering::SeqCst)
-            };
+            let delay = self.behaviour.delay_ms.load(Ordering::SeqCst)
+                + if slow_name {
+                    self.behaviour.slow_ms.load(Ordering::SeqCst)
+                } else {
+                    0
+                };
             let wr2 = wr.clone();
             let write = async move {
                 if delay > 0 {
