@@ -33,11 +33,23 @@ impl Lease {
         namespace: &str,
         identity: &str,
     ) -> Result<Lease, LeaseManagerError> {
+        Self::start_with(client, namespace, identity, LEASE_SECONDS, GRACE_SECONDS).await
+    }
+
+    /// [`Lease::start`] with another lease duration and renewal grace, in seconds (tests
+    /// use short ones: the lease manager keeps time by the wall clock).
+    pub async fn start_with(
+        client: Client,
+        namespace: &str,
+        identity: &str,
+        duration: u64,
+        grace: u64,
+    ) -> Result<Lease, LeaseManagerError> {
         let manager = LeaseManagerBuilder::new(client, LEASE_NAME)
             .with_namespace(namespace)
             .with_identity(identity)
-            .with_duration(LEASE_SECONDS)
-            .with_grace(GRACE_SECONDS)
+            .with_duration(duration)
+            .with_grace(grace)
             .with_field_manager(format!("{}-lease", crate::FIELD_MANAGER))
             .build()
             .await?;
@@ -45,7 +57,9 @@ impl Lease {
         Ok(Lease { leading, task })
     }
 
-    /// Gives the lease up (if held) so a standby takes over at once instead of after expiry.
+    /// Gives the lease up (if held): the Lease's holder is cleared at once, so a standby
+    /// takes it when it next looks (by the old term's expiry at the latest) without first
+    /// having to break an expired lock.
     pub async fn release(self) {
         drop(self.leading);
         let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
@@ -79,6 +93,184 @@ pub async fn until_lost(leading: &mut watch::Receiver<bool>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::sync::{Arc, Mutex};
+
+    use http::{Method, Request, Response, StatusCode};
+    use kube::client::Body;
+    use serde_json::{json, Value};
+
+    const NS: &str = "dot-proxy";
+    const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/dot-proxy/leases";
+
+    /// The API server's Lease endpoints, as far as the lease manager uses them: GET,
+    /// POST (create), and PATCH (server-side apply and strategic merge: the patch's `spec`
+    /// fields are merged, `null` removes one). One store, shared by every client made from
+    /// it, so several replicas compete for one Lease.
+    #[derive(Clone, Default)]
+    struct FakeLeases {
+        lease: Arc<Mutex<Option<Value>>>,
+        version: Arc<Mutex<u64>>,
+    }
+
+    impl FakeLeases {
+        fn client(&self) -> Client {
+            let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+            let me = self.clone();
+            tokio::spawn(async move {
+                while let Some((req, respond)) = handle.next_request().await {
+                    let resp = me.answer(req).await;
+                    respond.send_response(resp);
+                }
+            });
+            Client::new(service, "default")
+        }
+
+        fn spec(&self) -> Value {
+            self.lease
+                .lock()
+                .expect("lock")
+                .as_ref()
+                .map_or(Value::Null, |l| l["spec"].clone())
+        }
+
+        fn holder(&self) -> Option<String> {
+            self.spec()["holderIdentity"].as_str().map(str::to_string)
+        }
+
+        async fn answer(&self, req: Request<Body>) -> Response<Body> {
+            let method = req.method().clone();
+            let path = req.uri().path().to_string();
+            let bytes = req.into_body().collect_bytes().await.expect("body");
+            let body: Value = if bytes.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_slice(&bytes).expect("JSON body")
+            };
+            let named = path == format!("{LEASES}/{LEASE_NAME}");
+            let mut lease = self.lease.lock().expect("lock");
+            let mut version = self.version.lock().expect("lock");
+            let status = |code: u16, reason: &str| json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason, "code": code});
+            let (code, reply) = match (method, named) {
+                (Method::GET, true) => match lease.as_ref() {
+                    Some(l) => (StatusCode::OK, l.clone()),
+                    None => (StatusCode::NOT_FOUND, status(404, "NotFound")),
+                },
+                (Method::POST, false) if path == LEASES => {
+                    if lease.is_some() {
+                        (StatusCode::CONFLICT, status(409, "AlreadyExists"))
+                    } else {
+                        *version += 1;
+                        let mut l = body.clone();
+                        l["metadata"]["namespace"] = json!(NS);
+                        l["metadata"]["resourceVersion"] = json!(version.to_string());
+                        *lease = Some(l.clone());
+                        (StatusCode::CREATED, l)
+                    }
+                }
+                (Method::PATCH, true) => {
+                    *version += 1;
+                    let l = lease.get_or_insert_with(|| {
+                        json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                               "metadata": {"name": LEASE_NAME, "namespace": NS}, "spec": {}})
+                    });
+                    if !l["spec"].is_object() {
+                        l["spec"] = json!({});
+                    }
+                    if let (Some(patch), Some(spec)) =
+                        (body["spec"].as_object(), l["spec"].as_object_mut())
+                    {
+                        for (k, v) in patch {
+                            if v.is_null() {
+                                spec.remove(k);
+                            } else {
+                                spec.insert(k.clone(), v.clone());
+                            }
+                        }
+                    }
+                    l["metadata"]["resourceVersion"] = json!(version.to_string());
+                    (StatusCode::OK, l.clone())
+                }
+                _ => (StatusCode::NOT_FOUND, status(404, "NotFound")),
+            };
+            Response::builder()
+                .status(code)
+                .header("content-type", "application/json")
+                .body(Body::from(serde_json::to_vec(&reply).expect("json")))
+                .expect("response")
+        }
+    }
+
+    async fn start(api: &FakeLeases, identity: &str) -> Lease {
+        Lease::start_with(api.client(), NS, identity, 2, 1)
+            .await
+            .expect("lease manager starts")
+    }
+
+    async fn leads_within(lease: &mut Lease, limit: Duration) -> bool {
+        tokio::time::timeout(limit, until_leading(&mut lease.leading))
+            .await
+            .unwrap_or(false)
+    }
+
+    #[tokio::test]
+    async fn creates_the_lease_leads_and_renews_it() {
+        let api = FakeLeases::default();
+        let mut a = start(&api, "replica-a").await;
+        assert!(leads_within(&mut a, Duration::from_secs(5)).await);
+        assert_eq!(api.holder().as_deref(), Some("replica-a"));
+        assert_eq!(api.spec()["leaseDurationSeconds"], json!(2));
+        let renewed = api.spec()["renewTime"].clone();
+        // Renewed a grace second before each expiry: still the leader, with a newer renewTime.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert!(*a.leading.borrow());
+        assert_ne!(api.spec()["renewTime"], renewed, "renewed");
+        assert_eq!(api.holder().as_deref(), Some("replica-a"));
+        a.release().await;
+    }
+
+    #[tokio::test]
+    async fn a_standby_takes_over_after_the_leader_dies_without_stepping_down() {
+        let api = FakeLeases::default();
+        let mut a = start(&api, "replica-a").await;
+        assert!(leads_within(&mut a, Duration::from_secs(5)).await);
+        let mut b = start(&api, "replica-b").await;
+        assert!(
+            !leads_within(&mut b, Duration::from_millis(2500)).await,
+            "a standby does not lead while the leader renews"
+        );
+        // The leader's process dies: no renewal, no release.
+        a.task.abort();
+        drop(a.leading);
+        assert!(
+            leads_within(&mut b, Duration::from_secs(6)).await,
+            "taken over after expiry"
+        );
+        assert_eq!(api.holder().as_deref(), Some("replica-b"));
+        assert!(api.spec()["leaseTransitions"].as_i64().unwrap_or(0) >= 1);
+        b.release().await;
+    }
+
+    #[tokio::test]
+    async fn stepping_down_clears_the_holder_and_the_standby_takes_over() {
+        let api = FakeLeases::default();
+        let mut a = start(&api, "replica-a").await;
+        assert!(leads_within(&mut a, Duration::from_secs(5)).await);
+        let mut b = start(&api, "replica-b").await;
+        a.release().await;
+        assert_eq!(
+            api.holder(),
+            None,
+            "the holder is cleared at once on shutdown"
+        );
+        assert!(
+            leads_within(&mut b, Duration::from_secs(4)).await,
+            "the standby takes the free lease"
+        );
+        assert_eq!(api.holder().as_deref(), Some("replica-b"));
+        b.release().await;
+        assert_eq!(api.holder(), None);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn waits_to_lead_then_notices_the_loss() {
