@@ -605,3 +605,70 @@ async fn only_a_change_of_this_nodes_own_overrides_reloads_it() {
         );
     }
 }
+
+/// `log.level` and `log.format` apply live: a running process switched from `warn`/text to
+/// `debug`/JSON by a reload logs the next query's forwarding as a JSON line.
+#[tokio::test]
+async fn log_level_and_format_apply_on_reload() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("config.yaml");
+    let port = free_port();
+    let base = yaml_for(&up, &format!("127.0.0.1:{port}"), "")
+        .replace("log: {level: warn}", "log: {level: warn, format: text}");
+    std::fs::write(&file, &base).expect("write");
+    let log_path = dir.path().join("stderr.log");
+    let log = std::fs::File::create(&log_path).expect("log");
+    let _p = Proc(
+        Command::new(env!("CARGO_BIN_EXE_dot-proxy"))
+            .args(["--config", &file.display().to_string(), "--workers", "1"])
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn dot-proxy"),
+    );
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let mut up_ok = false;
+    for _ in 0..50 {
+        if udp_raw(
+            addr,
+            &query(1, "quiet.example.test.", RecordType::A, None),
+            Duration::from_millis(200),
+        )
+        .await
+        .is_some()
+        {
+            up_ok = true;
+            break;
+        }
+    }
+    assert!(up_ok, "serves");
+    let read = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(
+        !read().contains("forwarding"),
+        "nothing at debug yet:\n{}",
+        read()
+    );
+    std::fs::write(
+        &file,
+        base.replace(
+            "log: {level: warn, format: text}",
+            "log: {level: debug, format: json}",
+        ),
+    )
+    .expect("write");
+    let mut seen = false;
+    for i in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        udp(addr, &format!("loud{i}.example.test."), RecordType::A).await;
+        if read()
+            .lines()
+            .any(|l| l.starts_with('{') && l.contains("\"forwarding\"") && l.contains("loud"))
+        {
+            seen = true;
+            break;
+        }
+    }
+    assert!(seen, "debug JSON lines after the reload:\n{}", read());
+}
