@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -69,7 +68,6 @@ pub struct Server {
     pub stop: CancellationToken,
     /// Every task serving a query: shutdown waits for them.
     pub tracker: TaskTracker,
-    loaded: AtomicBool,
     workers: usize,
     /// The config the process started with: settings that cannot change while it runs
     /// are compared with it.
@@ -122,7 +120,6 @@ impl Server {
             admin_task: Mutex::new(None),
             stop: CancellationToken::new(),
             tracker: TaskTracker::new(),
-            loaded: AtomicBool::new(true),
             workers,
             started: cfg.clone(),
             clock,
@@ -311,14 +308,7 @@ impl Server {
             self.close_listener(*addr);
         }
         if old_cfg.admin.listen != cfg.admin.listen {
-            if let Some((_, stop)) = self
-                .admin_listener
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take()
-            {
-                stop.cancel();
-            }
+            self.release_admin();
             if let Some(a) = cfg.admin.listen {
                 if let Err(e) = self.bind_admin(a) {
                     tracing::warn!(error = %e, "admin server not moved");
@@ -393,10 +383,8 @@ impl Server {
         }
     }
 
-    /// Stops accepting, lets in-flight queries finish within `grace`, then returns.
-    pub async fn shutdown(&self, grace: Duration) {
-        // The shared admin port goes first: from now on probes reach the other process of a
-        // surge upgrade, never this one while it drains.
+    /// Tells the admin server to stop accepting (its socket closes as its loop ends).
+    fn release_admin(&self) {
         if let Some((_, stop)) = self
             .admin_listener
             .lock()
@@ -405,6 +393,13 @@ impl Server {
         {
             stop.cancel();
         }
+    }
+
+    /// Stops accepting, lets in-flight queries finish within `grace`, then returns.
+    pub async fn shutdown(&self, grace: Duration) {
+        // The shared admin port goes first: from now on probes reach the other process of a
+        // surge upgrade, never this one while it drains.
+        self.release_admin();
         let admin = self
             .admin_task
             .lock()
@@ -459,9 +454,7 @@ impl AdminState for Server {
         crate::metrics::encode(&self.registry)
     }
     fn ready(&self) -> Result<(), String> {
-        if !self.loaded.load(Ordering::Relaxed) {
-            return Err("config not loaded".into());
-        }
+        // A Server exists only with a loaded, validated config: nothing to check for that.
         if self.stop.is_cancelled() {
             return Err("shutting down".into());
         }

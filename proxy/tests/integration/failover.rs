@@ -285,8 +285,18 @@ fn cluster_answer(raw: &[u8], fake: bool) -> Option<Vec<u8>> {
 }
 
 async fn plain_server(drop_first: bool, spoof: bool) -> PlainServer {
-    let sock = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
-    let addr = sock.local_addr().expect("addr");
+    // UDP and TCP on one port: a port free for UDP may be taken for TCP (another test's
+    // connection), so try a few.
+    let mut bound = None;
+    for _ in 0..20 {
+        let udp = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let addr = udp.local_addr().expect("addr");
+        if let Ok(tcp) = TcpListener::bind(addr).await {
+            bound = Some((Arc::new(udp), tcp, addr));
+            break;
+        }
+    }
+    let (sock, tcp, addr) = bound.expect("a port free for UDP and TCP");
     let udp_queries: Arc<Mutex<usize>> = Arc::default();
     let tcp_queries: Arc<Mutex<usize>> = Arc::default();
     let count = udp_queries.clone();
@@ -326,7 +336,6 @@ async fn plain_server(drop_first: bool, spoof: bool) -> PlainServer {
             }
         }
     });
-    let tcp = TcpListener::bind(addr).await.expect("bind tcp");
     let count = tcp_queries.clone();
     tokio::spawn(async move {
         while let Ok((mut s, _)) = tcp.accept().await {

@@ -1,7 +1,6 @@
 //! Local policy: static answers, block lists and rewrites over UDP and TCP, through the
 //! cache, a million-name list, and rule reloads under load.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::ResponseCode;
@@ -266,16 +265,7 @@ async fn rules_change_under_load_without_a_lost_query() {
         format!("{base}policy:\n  blocklists:\n  - {{name: a, names: [blocked0.example.test]}}\n"),
     )
     .expect("write");
-    let cli = <dot_proxy::cli::Cli as clap::Parser>::parse_from([
-        "dot-proxy",
-        "--config",
-        &file.display().to_string(),
-    ]);
-    let server =
-        dot_proxy::server::Server::start(dot_proxy::reload::load_effective(&cli).expect("valid"))
-            .await
-            .expect("start");
-    tokio::spawn(dot_proxy::reload::run(server.clone(), Arc::new(cli)));
+    let _server = start_reloading(&["--config", &file.display().to_string()]).await;
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let f2 = file.clone();
     let b2 = base.clone();

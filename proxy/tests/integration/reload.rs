@@ -33,17 +33,24 @@ fn write_kubelet_file(dir: &Path, version: &str, file: &str, contents: &str) {
 /// task watching it.
 async fn start_watched(dir: &Path) -> Arc<dot_proxy::server::Server> {
     symlink("..data/config.yaml", dir.join("config.yaml")).expect("config symlink");
-    let cli = dot_proxy::cli::Cli::parse_from([
-        "dot-proxy",
-        "--config",
-        &dir.join("config.yaml").display().to_string(),
-    ]);
-    // As `main` does: the hash of the file as read.
-    let (cfg, hash) = dot_proxy::reload::load_effective_with_hash(&cli).expect("valid");
-    let server = dot_proxy::server::Server::start(cfg).await.expect("start");
-    server.set_config_hash(&hash);
-    tokio::spawn(dot_proxy::reload::run(server.clone(), Arc::new(cli)));
-    server
+    start_reloading(&["--config", &dir.join("config.yaml").display().to_string()]).await
+}
+
+/// Whether something answers DNS on `addr` within about 10 s.
+async fn wait_serving(addr: std::net::SocketAddr) -> bool {
+    for i in 0..50u16 {
+        if udp_raw(
+            addr,
+            &query(i, "boot.example.test.", RecordType::A, None),
+            Duration::from_millis(200),
+        )
+        .await
+        .is_some()
+        {
+            return true;
+        }
+    }
+    false
 }
 
 fn sha256_hex(text: &str) -> String {
@@ -221,13 +228,7 @@ async fn reloads_under_load_lose_nothing_and_keep_the_cache() {
         "tcp: {max_connections_per_client: 1024}\n",
     );
     std::fs::write(&file, &good).expect("write");
-    let cli =
-        dot_proxy::cli::Cli::parse_from(["dot-proxy", "--config", &file.display().to_string()]);
-    let server =
-        dot_proxy::server::Server::start(dot_proxy::reload::load_effective(&cli).expect("valid"))
-            .await
-            .expect("start");
-    tokio::spawn(dot_proxy::reload::run(server.clone(), Arc::new(cli)));
+    let server = start_reloading(&["--config", &file.display().to_string()]).await;
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let admin = server.admin_addr().expect("admin");
     // Warm the cache.
@@ -360,21 +361,7 @@ async fn second_process_takes_over_on_sigterm_without_losing_queries() {
     let admin = admin_addr.to_string();
     let admin2 = admin.clone();
     let mut old = spawn_proxy(&file, &admin);
-    let mut up_ok = false;
-    for _ in 0..50 {
-        if udp_raw(
-            addr,
-            &query(1, "boot.example.test.", RecordType::A, None),
-            Duration::from_millis(200),
-        )
-        .await
-        .is_some()
-        {
-            up_ok = true;
-            break;
-        }
-    }
-    assert!(up_ok, "first process serves");
+    assert!(wait_serving(addr).await, "first process serves");
     let file2 = file.clone();
     let handoff = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -538,18 +525,13 @@ async fn only_a_change_of_this_nodes_own_overrides_reloads_it() {
         &yaml_for(&up, &format!("127.0.0.1:{port}"), &extra),
     );
     symlink("..data/config.yaml", dir.path().join("config.yaml")).expect("symlink");
-    let cli = dot_proxy::cli::Cli::parse_from([
-        "dot-proxy",
+    let server = start_reloading(&[
         "--config",
         &dir.path().join("config.yaml").display().to_string(),
         "--node-name",
         "node-a",
-    ]);
-    let server =
-        dot_proxy::server::Server::start(dot_proxy::reload::load_effective(&cli).expect("valid"))
-            .await
-            .expect("start");
-    tokio::spawn(dot_proxy::reload::run(server.clone(), Arc::new(cli)));
+    ])
+    .await;
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let admin = server.admin_addr().expect("admin");
     let reloads = || async {
@@ -629,21 +611,7 @@ async fn log_level_and_format_apply_on_reload() {
             .expect("spawn dot-proxy"),
     );
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    let mut up_ok = false;
-    for _ in 0..50 {
-        if udp_raw(
-            addr,
-            &query(1, "quiet.example.test.", RecordType::A, None),
-            Duration::from_millis(200),
-        )
-        .await
-        .is_some()
-        {
-            up_ok = true;
-            break;
-        }
-    }
-    assert!(up_ok, "serves");
+    assert!(wait_serving(addr).await, "serves");
     let read = || std::fs::read_to_string(&log_path).unwrap_or_default();
     assert!(
         !read().contains("forwarding"),

@@ -470,6 +470,18 @@ impl Proxy {
     }
 }
 
+/// A proxy started as `main` starts it, from command-line arguments (after `dot-proxy`):
+/// the effective config and its hash, with the reload task watching its files.
+pub async fn start_reloading(args: &[&str]) -> Arc<Server> {
+    let cli =
+        dot_proxy::cli::Cli::parse_from(std::iter::once("dot-proxy").chain(args.iter().copied()));
+    let (cfg, hash) = dot_proxy::reload::load_effective_with_hash(&cli).expect("valid");
+    let server = Server::start(cfg).await.expect("start");
+    server.set_config_hash(&hash);
+    tokio::spawn(dot_proxy::reload::run(server.clone(), Arc::new(cli)));
+    server
+}
+
 /// Minimal HTTP/1.0 GET: (status, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).await.expect("connect admin");
