@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{ArgAction, Parser, Subcommand};
-use dot_proxy::config::Dur;
+use dot_proxy_config::Dur;
 use kube::ResourceExt;
 
 use crate::cluster::{pods_from_text, NodeLabels, PodInfo};

@@ -45,7 +45,7 @@ pub struct Cli {
     pub log_level: Option<String>,
 
     /// Log format.
-    #[arg(long, env = "DOT_PROXY_LOG_FORMAT", value_enum)]
+    #[arg(long, env = "DOT_PROXY_LOG_FORMAT", value_parser = parse_log_format, value_name = "text|json")]
     pub log_format: Option<LogFormat>,
 
     /// This node's name, to pick its entries from the override shards (`overrides.dir`).
@@ -142,4 +142,8 @@ impl Cli {
         }
         Ok(())
     }
+}
+
+fn parse_log_format(s: &str) -> Result<LogFormat, String> {
+    s.parse()
 }

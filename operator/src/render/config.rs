@@ -4,7 +4,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use dot_proxy::config::{
+use dot_proxy_config::{
     AdminConfig, BlockList, CacheConfig, Config, LogConfig, NodeLocalConfig, OverridesConfig,
     PolicyConfig, PrefetchConfig, PrivacyConfig, Protocol, RateLimitConfig, RewriteRule,
     StaticRule, UpstreamGroup, UpstreamServer, ZoneRoute,
@@ -62,7 +62,7 @@ pub fn proxy_config(spec: &DotProxyConfigSpec) -> Result<Config, Vec<String>> {
         upstream_groups.push(UpstreamGroup {
             name: g.name.clone(),
             policy: policy.unwrap_or_default(),
-            timeout: timeout.unwrap_or(dot_proxy::config::Dur::secs(2)),
+            timeout: timeout.unwrap_or(dot_proxy_config::Dur::secs(2)),
             servers,
         });
     }
@@ -358,7 +358,7 @@ fn server(errs: &mut Vec<String>, sp: &str, s: &UpstreamServerSpec) -> Option<Up
         Protocol::Tls => 853,
         Protocol::Plain => 53,
     };
-    let Some(address) = dot_proxy::config::parse_server_address(&s.address, default_port) else {
+    let Some(address) = dot_proxy_config::parse_server_address(&s.address, default_port) else {
         errs.push(format!(
             "{sp}.address: {:?} is not an IP address or IP:PORT (IPv6 as [addr]:port)",
             s.address
@@ -369,7 +369,7 @@ fn server(errs: &mut Vec<String>, sp: &str, s: &UpstreamServerSpec) -> Option<Up
         Protocol::Tls => UpstreamServer::tls(address, ""),
         Protocol::Plain => UpstreamServer::plain(address),
     };
-    let mut dur = |name: &str, v: &Option<Checked<dot_proxy::config::Dur>>, default| match v {
+    let mut dur = |name: &str, v: &Option<Checked<dot_proxy_config::Dur>>, default| match v {
         None => default,
         Some(c) => {
             checked(errs, &format!("{sp}.{name}"), c, "a duration like 30s").unwrap_or(default)
@@ -458,31 +458,31 @@ mod tests {
     #[test]
     fn server_addresses() {
         assert_eq!(
-            dot_proxy::config::parse_server_address("1.1.1.1", 853),
+            dot_proxy_config::parse_server_address("1.1.1.1", 853),
             Some("1.1.1.1:853".parse().expect("addr"))
         );
         assert_eq!(
-            dot_proxy::config::parse_server_address("1.1.1.1:8853", 853),
+            dot_proxy_config::parse_server_address("1.1.1.1:8853", 853),
             Some("1.1.1.1:8853".parse().expect("addr"))
         );
         assert_eq!(
-            dot_proxy::config::parse_server_address("[2606:4700::1111]", 853),
+            dot_proxy_config::parse_server_address("[2606:4700::1111]", 853),
             Some("[2606:4700::1111]:853".parse().expect("addr"))
         );
         assert_eq!(
-            dot_proxy::config::parse_server_address("2606:4700::1111", 853),
+            dot_proxy_config::parse_server_address("2606:4700::1111", 853),
             Some("[2606:4700::1111]:853".parse().expect("addr"))
         );
         assert_eq!(
-            dot_proxy::config::parse_server_address("10.96.0.10", 53),
+            dot_proxy_config::parse_server_address("10.96.0.10", 53),
             Some("10.96.0.10:53".parse().expect("addr"))
         );
         assert_eq!(
-            dot_proxy::config::parse_server_address("1.1.1.999:853", 853),
+            dot_proxy_config::parse_server_address("1.1.1.999:853", 853),
             None
         );
         assert_eq!(
-            dot_proxy::config::parse_server_address("dns.google:853", 853),
+            dot_proxy_config::parse_server_address("dns.google:853", 853),
             None
         );
     }

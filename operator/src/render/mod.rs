@@ -10,7 +10,7 @@ pub mod shards;
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 
-use dot_proxy::config::{ClientGroup, NodeOverrides, OverridesFile, RateLimitOverride};
+use dot_proxy_config::{ClientGroup, NodeOverrides, OverridesFile, RateLimitOverride};
 use sha2::{Digest, Sha256};
 
 pub use annotations::{AnnotationProblem, PodRequest};

@@ -10,7 +10,7 @@
 pub const MAX_SHARD_BYTES: usize = 900 * 1024;
 
 // One definition, shared with the proxy, which finds its own shard with it.
-pub use dot_proxy::config::{fnv1a64, shard_key, shard_of};
+pub use dot_proxy_config::{fnv1a64, shard_key, shard_of};
 
 /// Name of shard `i` of the main ConfigMap `config_map`.
 pub fn shard_name(config_map: &str, i: u32) -> String {

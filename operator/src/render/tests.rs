@@ -1,7 +1,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use dot_proxy::config::{
+use dot_proxy_config::{
     BlockAction, BlockList, Config, Policy, PolicyConfig, RewriteRule, StaticRule,
 };
 

@@ -85,7 +85,7 @@ impl<T: fmt::Display> fmt::Display for Checked<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dot_proxy::config::{Dur, Policy};
+    use dot_proxy_config::{Dur, Policy};
 
     #[test]
     fn keeps_unknown_values() {

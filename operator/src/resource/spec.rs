@@ -1,7 +1,7 @@
 //! `DotProxyConfig` (`dns.dot-proxy.io/v1alpha1`): what the proxies on the nodes should run.
 //!
 //! Field names are camelCase (the Kubernetes convention); the render module converts a spec
-//! into the proxy's own `dot_proxy::config::Config` (snake_case YAML). Where a proxy type fits
+//! into the proxy's own `dot_proxy_config::Config` (snake_case YAML). Where a proxy type fits
 //! (policies, protocols, durations, actions) it is reused, wrapped in [`Checked`] so its schema
 //! stays the proxy's own.
 //!
@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use dot_proxy::config::{BlockAction, Dur, Firewall, LimitAction, LogFormat, Policy, Protocol};
+use dot_proxy_config::{BlockAction, Dur, Firewall, LimitAction, LogFormat, Policy, Protocol};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};

@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use dot_proxy::config::Config;
+use dot_proxy_config::Config;
 use k8s_openapi::api::core::v1::ConfigMap;
 
 use crate::support::{example_path, repo_root, temp_dir};

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use dot_proxy::config::{Config, Policy, Protocol};
+use dot_proxy_config::{Config, Policy, Protocol};
 use dot_proxy_operator::cluster::{NodeLabels, PodInfo};
 use dot_proxy_operator::render::{render, Rendered};
 use dot_proxy_operator::resource::Checked;
@@ -137,7 +137,7 @@ fn the_example_renders_into_files_the_proxy_loads() {
     for (node, limits, groups) in [("node-1", 3, 0), ("node-2", 0, 1), ("node-3", 0, 0)] {
         let mut cfg = Config::load(&relocated).expect("loads");
         cfg.overrides.node_name = Some(node.into());
-        dot_proxy::reload::merge_overrides(&mut cfg).expect("the proxy reads the shards");
+        dot_proxy_config::merge_overrides(&mut cfg).expect("the proxy reads the shards");
         cfg.validate().expect("and the merged config is valid");
         assert_eq!(cfg.rate_limit.overrides.len(), limits, "{node}");
         assert_eq!(cfg.client_groups.len(), groups, "{node}");

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
-use dot_proxy::config::Config;
+use dot_proxy_config::Config;
 use dot_proxy_operator::cluster::{
     ClusterState, NodeLabels, PodIpLite, PodLite, PodLiteSpec, PodLiteStatus,
 };
@@ -155,7 +155,7 @@ fn five_thousand_nodes_150k_pods_20k_annotated() {
     for n in [0, 1, 2_499, 4_999] {
         let mut cfg = base.clone();
         cfg.overrides.node_name = Some(node_name(n));
-        dot_proxy::reload::merge_overrides(&mut cfg).expect("shards load");
+        dot_proxy_config::merge_overrides(&mut cfg).expect("shards load");
         cfg.validate().expect("valid");
         assert_eq!(
             cfg.rate_limit.overrides.len() + cfg.client_groups.len(),

@@ -2,7 +2,8 @@
 //! Validation (header, question, EDNS) lives in `dns::wire::parse_query`; this module adds
 //! per-client rate limiting.
 
-pub mod cidr;
+/// CIDR parsing and the longest-prefix table live with the config schema (one parser).
+pub use crate::config::cidr;
 pub mod ratelimit;
 
 pub use ratelimit::{Decision, RateLimiter};

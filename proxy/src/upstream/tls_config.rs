@@ -29,15 +29,7 @@ pub enum TlsConfigError {
     Rustls(#[from] rustls::Error),
 }
 
-/// Decodes a base64 SHA-256 SPKI pin; the error names what is wrong.
-pub fn decode_pin(pin: &str) -> Result<[u8; 32], String> {
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(pin.trim())
-        .map_err(|e| format!("not valid base64: {e}"))?;
-    raw.as_slice()
-        .try_into()
-        .map_err(|_| format!("decodes to {} bytes; a SHA-256 pin has 32", raw.len()))
-}
+pub use crate::config::decode_pin;
 
 /// Base64 SHA-256 of a certificate's SubjectPublicKeyInfo.
 pub fn spki_pin_of(cert_der: &[u8]) -> Option<String> {

@@ -52,7 +52,7 @@ pub fn parse_server_address(s: &str, default_port: u16) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Protocol;
+    use crate::Protocol;
 
     #[test]
     fn forms() {

@@ -59,3 +59,40 @@ fn zones_normalize() {
     assert!(normalize_zone("a..b").is_err());
     assert!(normalize_zone("").is_err());
 }
+
+#[test]
+fn server_names_are_checked_as_tls_libraries_do() {
+    for ok in [
+        "cloudflare-dns.com",
+        "dns.google.",
+        "upstream.test",
+        "a_b.example",
+        "1.1.1.1",
+        "2606:4700::1111",
+        "x",
+    ] {
+        assert!(valid_server_name(ok), "{ok}");
+    }
+    for bad in [
+        "",
+        ".",
+        "bad..name",
+        "-lead.example",
+        "trail-.example",
+        "sp ace.example",
+        "300.1.1.1",
+        "example.123",
+        &"a".repeat(64),
+        &format!("{}.com", "a.".repeat(127)),
+    ] {
+        assert!(!valid_server_name(bad), "{bad}");
+    }
+}
+
+#[test]
+fn pins_decode_to_32_bytes_or_say_why() {
+    assert!(decode_pin("47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=").is_ok());
+    assert!(decode_pin("not base64!").is_err());
+    let e = decode_pin("AAAA").expect_err("3 bytes");
+    assert!(e.contains("3 bytes"), "{e}");
+}

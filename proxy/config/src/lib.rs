@@ -4,7 +4,9 @@
 //! Loading is two steps: parse (serde, unknown fields refused) and [`Config::validate`],
 //! which collects every semantic error with the path of the field at fault.
 
+pub mod cidr;
 mod duration;
+mod overrides;
 mod upstream_url;
 
 use std::fmt;
@@ -14,6 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use duration::{Dur, DurationError};
+pub use overrides::{merge_overrides, own_overrides};
 pub use upstream_url::{parse_server_address, parse_upstream_url, UpstreamUrlError};
 
 #[cfg(feature = "schema")]
@@ -121,12 +124,59 @@ impl Default for LogConfig {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
     Text,
     Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("{other:?} is not a log format (text or json)")),
+        }
+    }
+}
+
+/// Decodes a base64 SHA-256 SPKI pin; the error names what is wrong.
+pub fn decode_pin(pin: &str) -> Result<[u8; 32], String> {
+    use base64::Engine;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(pin.trim())
+        .map_err(|e| format!("not valid base64: {e}"))?;
+    raw.as_slice()
+        .try_into()
+        .map_err(|_| format!("decodes to {} bytes; a SHA-256 pin has 32", raw.len()))
+}
+
+/// Whether `name` can be a TLS server name: an IP address, or a DNS name (labels of 1 to
+/// 63 letters, digits, `-` or `_`, not starting or ending with `-`; at most 253
+/// characters; one trailing dot allowed), as TLS libraries accept.
+pub fn valid_server_name(name: &str) -> bool {
+    if name.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    let n = name.strip_suffix('.').unwrap_or(name);
+    !n.is_empty()
+        && n.len() <= 253
+        && n.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+        // An all-numeric last label would read as a (bad) IP address.
+        && !n
+            .rsplit('.')
+            .next()
+            .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()))
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -567,7 +617,7 @@ impl Default for NodeLocalConfig {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Firewall {
@@ -914,7 +964,7 @@ impl Config {
         }
         for (i, o) in r.overrides.iter().enumerate() {
             let op = format!("rate_limit.overrides[{i}]");
-            if let Err(m) = crate::guard::cidr::Cidr::parse(&o.cidr) {
+            if let Err(m) = crate::cidr::Cidr::parse(&o.cidr) {
                 err(format!("{op}.cidr"), m);
             }
             if let Some(q) = o.qps {
@@ -928,7 +978,7 @@ impl Config {
         }
 
         for (i, c) in self.client_groups.iter().enumerate() {
-            if let Err(m) = crate::guard::cidr::Cidr::parse(&c.cidr) {
+            if let Err(m) = crate::cidr::Cidr::parse(&c.cidr) {
                 err(format!("client_groups[{i}].cidr"), m);
             }
             if !self.upstream_groups.iter().any(|g| g.name == c.group) {
@@ -1077,7 +1127,7 @@ fn validate_server(err: &mut impl FnMut(String, String), sp: &str, s: &UpstreamS
     match s.protocol {
         Protocol::Tls => {
             match s.tls_name.as_deref() {
-                Some(n) if rustls_pki_types::ServerName::try_from(n).is_err() => err(
+                Some(n) if !valid_server_name(n) => err(
                     format!("{sp}.tls_name"),
                     format!("{n:?} is not a valid DNS name or IP address"),
                 ),
@@ -1095,7 +1145,7 @@ fn validate_server(err: &mut impl FnMut(String, String), sp: &str, s: &UpstreamS
                 );
             }
             for (pi, pin) in s.spki_pins.iter().enumerate() {
-                if let Err(m) = crate::upstream::tls_config::decode_pin(pin) {
+                if let Err(m) = decode_pin(pin) {
                     err(format!("{sp}.spki_pins[{pi}]"), m);
                 }
             }

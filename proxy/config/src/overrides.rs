@@ -1,0 +1,70 @@
+//! Per-node overrides, read from the shard files the operator writes: only this node's
+//! entries, from only its own shard when the shard count is known.
+
+use std::path::PathBuf;
+
+use crate::{shard_key, shard_of, Config, NodeOverrides, OverridesConfig, OverridesFile};
+
+/// Adds this node's entries from the override shards (`overrides.dir`, written by the
+/// operator) to the rate-limit overrides and client groups. A missing directory is empty:
+/// the operator may not have written it yet.
+pub fn merge_overrides(cfg: &mut Config) -> Result<(), String> {
+    if let Some(mine) = own_overrides(&cfg.overrides)? {
+        cfg.rate_limit.overrides.extend(mine.rate_limits);
+        cfg.client_groups.extend(mine.client_groups);
+    }
+    Ok(())
+}
+
+/// The shard files that may hold this node's entries: its own shard when the shard count
+/// is known, else every `*.yaml` in the directory.
+fn shard_files(o: &OverridesConfig) -> Vec<PathBuf> {
+    let (Some(dir), Some(node)) = (&o.dir, &o.node_name) else {
+        return Vec::new();
+    };
+    if let Some(n) = o.shards {
+        return vec![dir.join(shard_key(shard_of(node, n)))];
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "yaml")
+                && !p
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// This node's entries in the override shards (`None` without a directory, a node name,
+/// or entries).
+pub fn own_overrides(o: &OverridesConfig) -> Result<Option<NodeOverrides>, String> {
+    let Some(node) = &o.node_name else {
+        return Ok(None);
+    };
+    let mut found: Option<NodeOverrides> = None;
+    for f in shard_files(o) {
+        let text = match std::fs::read_to_string(&f) {
+            Ok(t) => t,
+            // The operator may not have written this shard yet.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(format!("cannot read {}: {e}", f.display())),
+        };
+        if text.trim().is_empty() {
+            continue;
+        }
+        let mut shard: OverridesFile =
+            serde_saphyr::from_str(&text).map_err(|e| format!("{}: {e}", f.display()))?;
+        if let Some(mine) = shard.remove(node) {
+            let all = found.get_or_insert_with(NodeOverrides::default);
+            all.rate_limits.extend(mine.rate_limits);
+            all.client_groups.extend(mine.client_groups);
+        }
+    }
+    Ok(found)
+}
