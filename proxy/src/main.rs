@@ -53,8 +53,16 @@ fn main() -> ExitCode {
             return dot_proxy::netsetup::main(cfg, args.clone());
         }
         Some(Command::PrintConfig) => {
-            print!("{}", Config::default().to_yaml());
-            return ExitCode::SUCCESS;
+            return match Config::default().to_yaml() {
+                Ok(y) => {
+                    print!("{y}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("dot-proxy print-config: {e}");
+                    ExitCode::from(1)
+                }
+            };
         }
         None => {}
     }

@@ -48,7 +48,10 @@ pub fn load_effective_with_hash(cli: &Cli) -> Result<(Config, String), String> {
 
 /// SHA-256 (lower-case hex) of a config written as YAML.
 pub fn config_hash(cfg: &Config) -> String {
-    sha256_hex(cfg.to_yaml().as_bytes())
+    // A config that came from YAML writes as YAML; were that ever to fail, its Debug form
+    // still tells configs apart.
+    let text = cfg.to_yaml().unwrap_or_else(|_| format!("{cfg:?}"));
+    sha256_hex(text.as_bytes())
 }
 
 fn sha256_hex(b: &[u8]) -> String {

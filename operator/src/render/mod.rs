@@ -136,12 +136,10 @@ pub fn render<'a>(
         return Err(Invalid::Spec(errs));
     };
     let cm_name = spec.target.config_map_name.clone();
-    let config = ConfigMapContent::new(cm_name.clone(), CONFIG_KEY.into(), proxy.to_yaml());
-    if config.data.is_empty() {
-        return Err(Invalid::Spec(vec![
-            "spec: the proxy config could not be serialized".into(),
-        ]));
-    }
+    let yaml = proxy
+        .to_yaml()
+        .map_err(|e| Invalid::Spec(vec![format!("spec: {e}")]))?;
+    let config = ConfigMapContent::new(cm_name.clone(), CONFIG_KEY.into(), yaml);
     if config.data.len() > MAX_SHARD_BYTES {
         return Err(Invalid::Spec(vec![format!(
             "spec: config.yaml would be {} bytes, over the {MAX_SHARD_BYTES}-byte limit",

@@ -74,7 +74,7 @@ fn lay_out(r: &Rendered) -> (PathBuf, PathBuf) {
     let path = dir.join("config.yaml");
     std::fs::write(&path, &r.config.data).expect("write config");
     let relocated = dir.join("config-relocated.yaml");
-    std::fs::write(&relocated, cfg.to_yaml()).expect("write relocated config");
+    std::fs::write(&relocated, cfg.to_yaml().expect("yaml")).expect("write relocated config");
     (path, relocated)
 }
 

@@ -716,6 +716,19 @@ pub struct NodeOverrides {
 /// One override file: node name -> that node's overrides.
 pub type OverridesFile = std::collections::BTreeMap<String, NodeOverrides>;
 
+/// Reading or writing a config as YAML failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum YamlError {
+    /// Not YAML, or not this schema (an unknown field, a wrong type); serde's message names
+    /// the field and line.
+    #[error("{0}")]
+    Parse(String),
+    /// The config could not be written as YAML.
+    #[error("cannot write the config as YAML: {0}")]
+    Write(String),
+}
+
 /// Every problem found in a config, each with the path of its field.
 #[derive(Debug, thiserror::Error)]
 pub struct ConfigErrors(pub Vec<FieldError>);
@@ -754,11 +767,11 @@ pub enum LoadError {
 
 impl Config {
     /// Parses YAML text (unknown fields and duplicate keys are errors) without validating.
-    pub fn from_yaml(text: &str) -> Result<Config, String> {
+    pub fn from_yaml(text: &str) -> Result<Config, YamlError> {
         if text.trim().is_empty() {
             return Ok(Config::default());
         }
-        serde_saphyr::from_str(text).map_err(|e| e.to_string())
+        serde_saphyr::from_str(text).map_err(|e| YamlError::Parse(e.to_string()))
     }
 
     /// Reads, parses and validates a config file.
@@ -767,9 +780,9 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        let cfg = Config::from_yaml(&text).map_err(|message| LoadError::Parse {
+        let cfg = Config::from_yaml(&text).map_err(|e| LoadError::Parse {
             path: path.to_path_buf(),
-            message,
+            message: e.to_string(),
         })?;
         cfg.validate().map_err(|errors| LoadError::Invalid {
             path: path.to_path_buf(),
@@ -778,8 +791,8 @@ impl Config {
         Ok(cfg)
     }
 
-    pub fn to_yaml(&self) -> String {
-        serde_saphyr::to_string(self).unwrap_or_default()
+    pub fn to_yaml(&self) -> Result<String, YamlError> {
+        serde_saphyr::to_string(self).map_err(|e| YamlError::Write(e.to_string()))
     }
 
     /// Checks everything that serde cannot: references between sections, ranges, names.

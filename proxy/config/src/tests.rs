@@ -4,14 +4,14 @@ use super::*;
 fn default_config_is_valid_and_round_trips() {
     let c = Config::default();
     c.validate().expect("defaults are valid");
-    let back = Config::from_yaml(&c.to_yaml()).expect("parses");
+    let back = Config::from_yaml(&c.to_yaml().expect("yaml")).expect("parses");
     assert_eq!(back, c);
     assert_eq!(Config::from_yaml("").expect("empty"), c);
 }
 
 fn errors(yaml: &str) -> String {
     match Config::from_yaml(yaml) {
-        Err(e) => e,
+        Err(e) => e.to_string(),
         Ok(c) => c
             .validate()
             .err()
