@@ -378,9 +378,7 @@ impl Pipeline {
             if answer.kind() == AnswerKind::ServFail
                 && cache.stale(key.as_bytes(), self.clock.now()).is_some()
             {
-                return Err(GroupError::Failed(
-                    crate::upstream::UpstreamError::Malformed,
-                ));
+                return Err(GroupError::StaleIsBetter);
             }
             if cache.insert(key.as_bytes(), &answer, self.clock.now()) {
                 self.metrics.cache_inserts.inc();

@@ -15,8 +15,40 @@ use crate::cli::Cli;
 use crate::config::Config;
 use crate::server::Server;
 
+/// Why a config could not be loaded or applied; each says which file or field.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReloadError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: not UTF-8 text", path.display())]
+    NotText { path: PathBuf },
+    #[error("{}: {source}", path.display())]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: crate::config::YamlError,
+    },
+    #[error(transparent)]
+    Flags(#[from] crate::cli::FlagError),
+    #[error("override shards: {0}")]
+    Overrides(String),
+    #[error("{}{source}", path.as_ref().map(|p| format!("{}: ", p.display())).unwrap_or_default())]
+    Invalid {
+        path: Option<PathBuf>,
+        #[source]
+        source: crate::config::ConfigErrors,
+    },
+    #[error(transparent)]
+    Apply(#[from] crate::server::StartError),
+}
+
 /// Loads the file (or defaults) and applies flag overrides, then validates.
-pub fn load_effective(cli: &Cli) -> Result<Config, String> {
+pub fn load_effective(cli: &Cli) -> Result<Config, ReloadError> {
     load_effective_with_hash(cli).map(|(cfg, _)| cfg)
 }
 
@@ -24,23 +56,28 @@ pub fn load_effective(cli: &Cli) -> Result<Config, String> {
 /// file's bytes as read, which is what the operator writes as the ConfigMap's
 /// `dns.dot-proxy.io/config-hash` and the DotProxyConfig status's `configHash`. Without a
 /// file, the hash of the effective config as YAML.
-pub fn load_effective_with_hash(cli: &Cli) -> Result<(Config, String), String> {
+pub fn load_effective_with_hash(cli: &Cli) -> Result<(Config, String), ReloadError> {
     let (mut cfg, hash) = match &cli.config {
         Some(path) => {
-            let bytes =
-                std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let bytes = std::fs::read(path).map_err(|source| ReloadError::Read {
+                path: path.clone(),
+                source,
+            })?;
             let text = String::from_utf8(bytes)
-                .map_err(|_| format!("{}: not UTF-8 text", path.display()))?;
-            let cfg = Config::from_yaml(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+                .map_err(|_| ReloadError::NotText { path: path.clone() })?;
+            let cfg = Config::from_yaml(&text).map_err(|source| ReloadError::Parse {
+                path: path.clone(),
+                source,
+            })?;
             (cfg, Some(sha256_hex(text.as_bytes())))
         }
         None => (Config::default(), None),
     };
-    cli.apply(&mut cfg).map_err(|e| e.to_string())?;
-    merge_overrides(&mut cfg)?;
-    cfg.validate().map_err(|e| match &cli.config {
-        Some(p) => format!("{}: {e}", p.display()),
-        None => e.to_string(),
+    cli.apply(&mut cfg)?;
+    merge_overrides(&mut cfg).map_err(ReloadError::Overrides)?;
+    cfg.validate().map_err(|source| ReloadError::Invalid {
+        path: cli.config.clone(),
+        source,
     })?;
     let hash = hash.unwrap_or_else(|| config_hash(&cfg));
     Ok((cfg, hash))
@@ -108,8 +145,10 @@ pub async fn run(server: Arc<Server>, cli: Arc<Cli>) {
         if !forced && now == last {
             continue;
         }
-        let result =
-            load_effective_with_hash(&cli).and_then(|(cfg, hash)| server.apply(cfg).map(|()| hash));
+        let result = load_effective_with_hash(&cli).and_then(|(cfg, hash)| {
+            server.apply(cfg)?;
+            Ok::<String, ReloadError>(hash)
+        });
         if let Ok(hash) = &result {
             server.set_config_hash(hash);
         }

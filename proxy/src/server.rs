@@ -33,10 +33,25 @@ pub enum StartError {
     #[error("cannot bind {addr}: {source}")]
     Bind {
         addr: SocketAddr,
+        #[source]
         source: std::io::Error,
     },
-    #[error("{0}")]
-    Upstream(String),
+    #[error(transparent)]
+    Build(#[from] BuildError),
+}
+
+/// A part of the query path could not be built from its config section.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    #[error("upstream {label}: {source}")]
+    Upstream {
+        label: String,
+        #[source]
+        source: tls_config::TlsConfigError,
+    },
+    #[error("policy: {0}")]
+    Policy(#[from] crate::policy::PolicyError),
 }
 
 /// A group built from config, kept so a reload with the same settings reuses it (and its
@@ -103,10 +118,9 @@ impl Server {
     pub async fn start(cfg: Config) -> Result<Arc<Server>, StartError> {
         let (metrics, registry) = Metrics::new();
         let workers = effective_workers(cfg.workers);
-        let groups = build_groups(&cfg, &[], &metrics).map_err(StartError::Upstream)?;
+        let groups = build_groups(&cfg, &[], &metrics)?;
         let clock = Arc::new(Clock::default());
-        let pipeline =
-            build_pipeline(&cfg, &groups, None, &metrics, &clock).map_err(StartError::Upstream)?;
+        let pipeline = build_pipeline(&cfg, &groups, None, &metrics, &clock)?;
         let server = Arc::new(Server {
             metrics: metrics.clone(),
             registry,
@@ -280,7 +294,7 @@ impl Server {
     /// Applies a new validated config: the new pipeline is built first (reusing the cache
     /// and unchanged groups), then swapped in; listeners are added and removed to match.
     /// On error nothing changes.
-    pub fn apply(self: &Arc<Self>, cfg: Config) -> Result<(), String> {
+    pub fn apply(self: &Arc<Self>, cfg: Config) -> Result<(), StartError> {
         let old = self.pipeline.load_full();
         let old_cfg = self.config.load_full();
         let mut groups_guard = self.groups.lock().unwrap_or_else(|p| p.into_inner());
@@ -300,7 +314,7 @@ impl Server {
                 for a in added {
                     self.close_listener(a);
                 }
-                return Err(e.to_string());
+                return Err(e);
             }
             added.push(*addr);
         }
@@ -360,7 +374,7 @@ impl Server {
     }
 
     /// Records a reload attempt in metrics and logs.
-    pub fn record_reload(&self, result: &Result<(), String>) {
+    pub fn record_reload(&self, result: &Result<(), crate::reload::ReloadError>) {
         let r = if result.is_ok() {
             ReloadResult::success
         } else {
@@ -489,7 +503,7 @@ fn build_groups(
     cfg: &Config,
     old: &[BuiltGroup],
     metrics: &Metrics,
-) -> Result<Vec<BuiltGroup>, String> {
+) -> Result<Vec<BuiltGroup>, BuildError> {
     let mut out = Vec::new();
     for g in &cfg.upstream_groups {
         if let Some(o) = old
@@ -510,8 +524,13 @@ fn build_groups(
             let stats = UpstreamStats::new(metrics, &g.name, &label);
             let u = match s.protocol {
                 Protocol::Tls => {
-                    let setup = tls_config::build(s, cfg.tls.ca_file.as_deref())
-                        .map_err(|e| format!("upstream {label}: {e}"))?;
+                    let setup =
+                        tls_config::build(s, cfg.tls.ca_file.as_deref()).map_err(|source| {
+                            BuildError::Upstream {
+                                label: label.clone(),
+                                source,
+                            }
+                        })?;
                     let opts = ConnOptions {
                         pool_size: s.pool_size,
                         idle_timeout: s.idle_timeout.get(),
@@ -559,7 +578,7 @@ fn build_pipeline(
     old: Option<(&Pipeline, &Config)>,
     metrics: &Arc<Metrics>,
     clock: &Arc<Clock>,
-) -> Result<Pipeline, String> {
+) -> Result<Pipeline, BuildError> {
     // Block lists can be large: the rules are rebuilt (and their files re-read) only when
     // the policy settings or a list file changed.
     let lists_identity = crate::policy::files_identity(&crate::policy::list_files(&cfg.policy));
@@ -568,7 +587,7 @@ fn build_pipeline(
             p.policy.clone()
         }
         _ => {
-            let policy = Policy::new(&cfg.policy).map_err(|e| e.to_string())?;
+            let policy = Policy::new(&cfg.policy)?;
             metrics.blocklist_loads.inc();
             metrics.blocked_names.set(policy.blocked_names() as i64);
             if policy.blocked_names() > 0 {

@@ -53,7 +53,11 @@ pub enum GroupError {
     #[error("no answer within the timeout")]
     Timeout,
     #[error("upstream failed: {0}")]
-    Failed(UpstreamError),
+    Failed(#[source] UpstreamError),
+    /// The upstream answered SERVFAIL while the cache holds an expired answer in its
+    /// serve-stale window: that answer is served instead (RFC 8767).
+    #[error("upstream answered SERVFAIL; serving the stale answer")]
+    StaleIsBetter,
 }
 
 /// Health of one server, shared with the prober.
