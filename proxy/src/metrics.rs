@@ -204,6 +204,14 @@ pub enum LimitedAction {
     truncated,
 }
 
+impl LimitedAction {
+    pub const ALL: [LimitedAction; 3] = [
+        LimitedAction::refused,
+        LimitedAction::dropped,
+        LimitedAction::truncated,
+    ];
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LimitedLabels {
     pub action: LimitedAction,
@@ -222,6 +230,14 @@ pub enum PolicyKind {
     block,
 }
 
+impl PolicyKind {
+    pub const ALL: [PolicyKind; 3] = [
+        PolicyKind::rewrite,
+        PolicyKind::static_answer,
+        PolicyKind::block,
+    ];
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PolicyLabels {
     pub rule: PolicyKind,
@@ -236,9 +252,46 @@ pub enum DropReason {
     overloaded,
 }
 
+impl DropReason {
+    pub const ALL: [DropReason; 4] = [
+        DropReason::too_short,
+        DropReason::response,
+        DropReason::rate_limited,
+        DropReason::overloaded,
+    ];
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DropLabels {
     pub reason: DropReason,
+}
+
+/// Counter handles of a family with one enum label, resolved once for every value, so that
+/// counting on a path a flood controls (drops, rate-limit refusals, policy hits) is an
+/// atomic add instead of a lock and a hash per query.
+#[derive(Clone, Debug)]
+pub struct ByLabel<V> {
+    entries: Vec<(V, Counter)>,
+}
+
+impl<V: Copy + PartialEq> ByLabel<V> {
+    pub fn new<L>(family: &Family<L, Counter>, values: &[V], label: impl Fn(V) -> L) -> Self
+    where
+        L: Clone + std::hash::Hash + Eq,
+    {
+        ByLabel {
+            entries: values
+                .iter()
+                .map(|&v| (v, family.get_or_create_owned(&label(v))))
+                .collect(),
+        }
+    }
+
+    pub fn inc(&self, v: V) {
+        if let Some((_, c)) = self.entries.iter().find(|(k, _)| *k == v) {
+            c.inc();
+        }
+    }
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -280,6 +333,10 @@ pub struct Metrics {
     pub rate_limit_top_qps: Family<RankLabels, Gauge<f64, AtomicU64>>,
     pub rate_limit_configured_qps: Gauge<f64, AtomicU64>,
     pub policy_actions: Family<PolicyLabels, Counter>,
+    /// Resolved handles of `dropped`, `rate_limited` and `policy_actions`.
+    pub drops: ByLabel<DropReason>,
+    pub limited: ByLabel<LimitedAction>,
+    pub policy_hits: ByLabel<PolicyKind>,
     pub blocklist_loads: Counter,
     pub blocked_names: Gauge,
     pub config_reloads: Family<ReloadLabels, Counter>,
@@ -293,10 +350,23 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
+        let dropped: Family<DropLabels, Counter> = Family::default();
+        let rate_limited: Family<LimitedLabels, Counter> = Family::default();
+        let policy_actions: Family<PolicyLabels, Counter> = Family::default();
+        let drops = ByLabel::new(&dropped, &DropReason::ALL, |reason| DropLabels { reason });
+        let limited = ByLabel::new(&rate_limited, &LimitedAction::ALL, |action| LimitedLabels {
+            action,
+        });
+        let policy_hits = ByLabel::new(&policy_actions, &PolicyKind::ALL, |rule| PolicyLabels {
+            rule,
+        });
         Metrics {
+            drops,
+            limited,
+            policy_hits,
             queries: Family::default(),
             query_duration: Family::new_with_constructor(|| Histogram::new(latency_buckets())),
-            dropped: Family::default(),
+            dropped,
             upstream_queries: Family::default(),
             upstream_duration: Family::new_with_constructor(|| Histogram::new(latency_buckets())),
             upstream_errors: Family::default(),
@@ -317,13 +387,13 @@ impl Default for Metrics {
             cache_coalesced: Counter::default(),
             cache_entries: Gauge::default(),
             cache_bytes: Gauge::default(),
-            rate_limited: Family::default(),
+            rate_limited,
             rate_limit_clients: Gauge::default(),
             rate_limit_top_qps: Family::default(),
             rate_limit_configured_qps: Gauge::default(),
             blocklist_loads: Counter::default(),
             blocked_names: Gauge::default(),
-            policy_actions: Family::default(),
+            policy_actions,
             config_restart_pending: Gauge::default(),
             config_info: Family::default(),
             config_reloads: Family::default(),

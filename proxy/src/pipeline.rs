@@ -20,10 +20,7 @@ use crate::dns::rcode;
 use crate::dns::wire::{self, QueryInfo, Rejection};
 use crate::guard::cidr::PrefixTable;
 use crate::guard::{Decision, RateLimiter};
-use crate::metrics::{
-    DropLabels, DropReason, LimitedAction, LimitedLabels, Metrics, PolicyKind, PolicyLabels,
-    Transport,
-};
+use crate::metrics::{DropReason, LimitedAction, Metrics, PolicyKind, Transport};
 use crate::policy::{Policy, Verdict};
 use crate::route::Router;
 use crate::upstream::{Group, GroupError};
@@ -147,10 +144,7 @@ impl Pipeline {
                 } else {
                     DropReason::response
                 };
-                self.metrics
-                    .dropped
-                    .get_or_create(&DropLabels { reason })
-                    .inc();
+                self.metrics.drops.inc(reason);
                 return Fast::Drop;
             }
             Err(Rejection::Answer {
@@ -216,10 +210,7 @@ impl Pipeline {
                 )),
             };
             if let Some((kind, ok)) = answered {
-                self.metrics
-                    .policy_actions
-                    .get_or_create(&PolicyLabels { rule: kind })
-                    .inc();
+                self.metrics.policy_hits.inc(kind);
                 if !ok {
                     message::servfail(query, &qi, out);
                 }
@@ -260,10 +251,7 @@ impl Pipeline {
     }
 
     fn limited(&self, action: LimitedAction) {
-        self.metrics
-            .rate_limited
-            .get_or_create(&LimitedLabels { action })
-            .inc();
+        self.metrics.limited.inc(action);
     }
 
     fn cache_for(&self, qi: &QueryInfo) -> Option<&Arc<Cache>> {
@@ -346,12 +334,7 @@ impl Pipeline {
         };
         let resp = match &rewrite {
             Some((new_query, new_qi)) => {
-                self.metrics
-                    .policy_actions
-                    .get_or_create(&PolicyLabels {
-                        rule: PolicyKind::rewrite,
-                    })
-                    .inc();
+                self.metrics.policy_hits.inc(PolicyKind::rewrite);
                 upstream_query(new_query, new_qi, &group.query_options(), &mut msg);
                 let resp = group.query(&msg).await?;
                 crate::policy::restore_answer(&resp, query).ok_or(GroupError::Failed(

@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 use super::batch::{RecvBatch, SendBatch};
 use super::Miss;
 use crate::dns::wire::header;
-use crate::metrics::{DropLabels, DropReason, QType, QueryCounters, Rcode, Transport};
+use crate::metrics::{DropReason, QType, QueryCounters, Rcode, Transport};
 use crate::pipeline::{Fast, Pipeline};
 
 /// Most UDP queries waiting for an upstream at once, per socket.
@@ -113,12 +113,7 @@ impl Io {
                     Fast::Drop => {}
                     Fast::Miss(qi) => {
                         let Ok(permit) = self.pending.clone().try_acquire_owned() else {
-                            p.metrics
-                                .dropped
-                                .get_or_create(&DropLabels {
-                                    reason: DropReason::overloaded,
-                                })
-                                .inc();
+                            p.metrics.drops.inc(DropReason::overloaded);
                             continue;
                         };
                         let sock = sock.clone();
