@@ -799,7 +799,26 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigErrors> {
         let mut errs = Vec::new();
         let mut err = |field: String, message: String| errs.push(FieldError { field, message });
+        self.check_process(&mut err);
+        self.check_upstream_groups(&mut err);
+        self.check_zones(&mut err);
+        self.check_cache(&mut err);
+        self.check_tcp(&mut err);
+        self.check_rate_limit(&mut err);
+        self.check_client_groups(&mut err);
+        self.check_node_local(&mut err);
+        self.check_policy(&mut err);
+        self.check_privacy_and_shutdown(&mut err);
 
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(errs))
+        }
+    }
+
+    /// `validate`, for listen addresses, workers, logs, the default CA file.
+    fn check_process(&self, err: &mut impl FnMut(String, String)) {
         if self.listen.is_empty() {
             err(
                 "listen".into(),
@@ -818,9 +837,12 @@ impl Config {
             err("log.level".into(), format!("invalid filter: {e}"));
         }
         if let Some(ca) = &self.tls.ca_file {
-            check_readable(&mut err, "tls.ca_file", ca);
+            check_readable(err, "tls.ca_file", ca);
         }
+    }
 
+    /// `validate`, for upstream groups and their servers.
+    fn check_upstream_groups(&self, err: &mut impl FnMut(String, String)) {
         if self.upstream_groups.is_empty() {
             err(
                 "upstream_groups".into(),
@@ -851,10 +873,13 @@ impl Config {
                 );
             }
             for (si, s) in g.servers.iter().enumerate() {
-                validate_server(&mut err, &format!("{gp}.servers[{si}]"), s);
+                validate_server(err, &format!("{gp}.servers[{si}]"), s);
             }
         }
+    }
 
+    /// `validate`, for zone routes: each names a group, plain DNS only where allowed, a route for `.`.
+    fn check_zones(&self, err: &mut impl FnMut(String, String)) {
         let mut has_root = false;
         for (zi, z) in self.zones.iter().enumerate() {
             let zp = format!("zones[{zi}]");
@@ -902,7 +927,10 @@ impl Config {
                 "a route for \".\" (the default) is required".into(),
             );
         }
+    }
 
+    /// `validate`, for cache bounds and clamps.
+    fn check_cache(&self, err: &mut impl FnMut(String, String)) {
         let c = &self.cache;
         if c.enabled && c.max_entries == 0 {
             err(
@@ -935,7 +963,10 @@ impl Config {
                 "must be between 0.0 and 0.5".into(),
             );
         }
+    }
 
+    /// `validate`, for TCP listener limits.
+    fn check_tcp(&self, err: &mut impl FnMut(String, String)) {
         let t = &self.tcp;
         if t.max_connections == 0 {
             err("tcp.max_connections".into(), "must be at least 1".into());
@@ -958,7 +989,10 @@ impl Config {
                 "must be at least 1".into(),
             );
         }
+    }
 
+    /// `validate`, for rate limits and their overrides.
+    fn check_rate_limit(&self, err: &mut impl FnMut(String, String)) {
         let r = &self.rate_limit;
         if !(r.qps.is_finite() && r.qps > 0.0) {
             err("rate_limit.qps".into(), "must be a number above 0".into());
@@ -989,7 +1023,10 @@ impl Config {
                 err(format!("{op}.burst"), "must be at least 1".into());
             }
         }
+    }
 
+    /// `validate`, for per-client groups.
+    fn check_client_groups(&self, err: &mut impl FnMut(String, String)) {
         for (i, c) in self.client_groups.iter().enumerate() {
             if let Err(m) = crate::cidr::Cidr::parse(&c.cidr) {
                 err(format!("client_groups[{i}].cidr"), m);
@@ -1001,7 +1038,10 @@ impl Config {
                 );
             }
         }
+    }
 
+    /// `validate`, for the node-local address setup.
+    fn check_node_local(&self, err: &mut impl FnMut(String, String)) {
         let nl = &self.node_local;
         if nl.enabled {
             if nl.addresses.is_empty() {
@@ -1026,7 +1066,10 @@ impl Config {
                 err("node_local.port".into(), "must not be 0".into());
             }
         }
+    }
 
+    /// `validate`, for static answers, block lists, rewrites.
+    fn check_policy(&self, err: &mut impl FnMut(String, String)) {
         let pol = &self.policy;
         for (i, r) in pol.static_answers.iter().enumerate() {
             let f = format!("policy.static_answers[{i}]");
@@ -1081,7 +1124,7 @@ impl Config {
                 }
             }
             if let Some(file) = &b.file {
-                check_readable(&mut err, &format!("{f}.file"), file);
+                check_readable(err, &format!("{f}.file"), file);
             }
         }
         for (i, r) in pol.rewrites.iter().enumerate() {
@@ -1098,7 +1141,10 @@ impl Config {
                 }
             }
         }
+    }
 
+    /// `validate`, for padding and shutdown grace.
+    fn check_privacy_and_shutdown(&self, err: &mut impl FnMut(String, String)) {
         let pad = self.privacy.padding_block;
         if pad > 1024 {
             err(
@@ -1108,12 +1154,6 @@ impl Config {
         }
         if self.shutdown_grace.get().as_secs() > 600 {
             err("shutdown_grace".into(), "must be at most 10m".into());
-        }
-
-        if errs.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigErrors(errs))
         }
     }
 }
