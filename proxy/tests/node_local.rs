@@ -439,6 +439,17 @@ fn tcp(ns: &Netns, ip: &str, timeout: Duration) -> (Reply, Duration) {
     })
 }
 
+/// A UDP query to `ip` is refused at once (ICMP port unreachable, not silence): what a
+/// resolver needs to move to its next nameserver without waiting for a timeout.
+fn assert_refused_at_once(ns: &Netns, ip: &str, why: &str) {
+    let (r, took) = udp(ns, ip, Duration::from_secs(3));
+    assert_eq!(r, Reply::Refused, "{why}");
+    assert!(
+        took < Duration::from_millis(500),
+        "{why}: refusal took {took:?}"
+    );
+}
+
 fn answered(ns: &Netns, ip: &str) -> bool {
     udp(ns, ip, Duration::from_millis(500)).0 == Reply::Answer
 }
@@ -518,13 +529,7 @@ fn nftables_lifecycle_crash_upgrade_and_uninstall() {
     );
 
     // No proxy yet: a query is refused at once (ICMP port unreachable, not silence)...
-    let (r, took) = udp(&ns, V4, Duration::from_secs(3));
-    assert_eq!(
-        r,
-        Reply::Refused,
-        "a local address with no listener must refuse"
-    );
-    assert!(took < Duration::from_millis(500), "refusal took {took:?}");
+    assert_refused_at_once(&ns, V4, "a local address with no listener must refuse");
     // ... and no rules go in while nothing answers.
     std::thread::sleep(Duration::from_millis(800));
     assert_eq!(
@@ -584,12 +589,7 @@ fn nftables_lifecycle_crash_upgrade_and_uninstall() {
     // The proxy is OOM-killed: queries are refused at once over UDP and TCP, so a
     // resolver moves to its next nameserver without waiting for a timeout...
     proxy.kill9();
-    let (r, took) = udp(&ns, V4, Duration::from_secs(3));
-    assert_eq!(r, Reply::Refused, "UDP after the proxy died");
-    assert!(
-        took < Duration::from_millis(500),
-        "UDP refusal took {took:?}"
-    );
+    assert_refused_at_once(&ns, V4, "UDP after the proxy died");
     let (r, took) = tcp(&ns, V4, Duration::from_secs(3));
     assert_eq!(r, Reply::Refused, "TCP after the proxy died");
     assert!(
@@ -640,13 +640,7 @@ fn nftables_lifecycle_crash_upgrade_and_uninstall() {
     // proxy gone too, queries are still refused at once, with the rules in place.
     a.kill9();
     proxy.kill9();
-    let (r, took) = udp(&ns, V4, Duration::from_secs(3));
-    assert_eq!(
-        r,
-        Reply::Refused,
-        "leftover NOTRACK rules must not blackhole"
-    );
-    assert!(took < Duration::from_millis(500), "refusal took {took:?}");
+    assert_refused_at_once(&ns, V4, "leftover NOTRACK rules must not blackhole");
     assert!(
         ns.nft_table().is_some(),
         "the leftover rules should still be there for this check"
