@@ -4,16 +4,14 @@
 //!
 //! `handle_fast` runs inline on the listener for everything that needs no upstream (cache
 //! hits, errors, limits); `resolve` is the async path for misses, with identical concurrent
-//! misses coalesced into one upstream query.
+//! misses coalesced into one upstream query (`cache::Coalescer`).
 
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::cache::{Cache, CacheKey, Lookup};
+use crate::cache::{Cache, CacheKey, Coalescer, Lookup, Role};
 use crate::clock::Clock;
 use crate::dns::message::{self, error_answer, upstream_query, Answer, AnswerKind, BADVERS};
 use crate::dns::rcode;
@@ -37,58 +35,6 @@ pub enum Fast {
 
 type Outcome = Result<Arc<Answer>, GroupError>;
 
-type Waiters = Vec<oneshot::Sender<Outcome>>;
-
-/// Identical misses in flight: the first asks upstream, the others wait for its answer.
-#[derive(Default)]
-pub struct Coalescer {
-    waiting: Mutex<HashMap<Box<[u8]>, Waiters>>,
-}
-
-enum Role {
-    Leader,
-    Follower(oneshot::Receiver<Outcome>),
-}
-
-impl Coalescer {
-    fn join(&self, key: &[u8]) -> Role {
-        let mut m = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(v) = m.get_mut(key) {
-            let (tx, rx) = oneshot::channel();
-            v.push(tx);
-            Role::Follower(rx)
-        } else {
-            m.insert(key.into(), Vec::new());
-            Role::Leader
-        }
-    }
-    fn finish(&self, key: &[u8], outcome: &Outcome) {
-        let waiters = self
-            .waiting
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(key);
-        for w in waiters.into_iter().flatten() {
-            let _ = w.send(outcome.clone());
-        }
-    }
-}
-
-/// Ends a leader's turn even when its task is cancelled, so followers never hang.
-struct LeaderGuard<'a> {
-    co: &'a Coalescer,
-    key: &'a [u8],
-    done: bool,
-}
-
-impl Drop for LeaderGuard<'_> {
-    fn drop(&mut self) {
-        if !self.done {
-            self.co.finish(self.key, &Err(GroupError::Timeout));
-        }
-    }
-}
-
 pub struct Pipeline {
     pub limiter: Option<Arc<RateLimiter>>,
     pub cache: Option<Arc<Cache>>,
@@ -103,7 +49,7 @@ pub struct Pipeline {
     pub strip_ecs: bool,
     pub metrics: Arc<Metrics>,
     pub clock: Arc<Clock>,
-    pub(crate) coalescer: Coalescer,
+    pub(crate) coalescer: Coalescer<Outcome>,
 }
 
 impl Pipeline {
@@ -271,20 +217,17 @@ impl Pipeline {
     ) {
         let key = CacheKey::new(query, qi, self.route_tag(client));
         let outcome = if self.cache_for(qi).is_some() {
-            match self.coalescer.join(key.as_bytes()) {
+            match self
+                .coalescer
+                .join(key.as_bytes(), Err(GroupError::Timeout))
+            {
                 Role::Follower(rx) => {
                     self.metrics.cache_coalesced.inc();
                     rx.await.unwrap_or(Err(GroupError::Timeout))
                 }
-                Role::Leader => {
-                    let mut guard = LeaderGuard {
-                        co: &self.coalescer,
-                        key: key.as_bytes(),
-                        done: false,
-                    };
+                Role::Leader(turn) => {
                     let outcome = self.fetch(query, qi, &key).await;
-                    self.coalescer.finish(key.as_bytes(), &outcome);
-                    guard.done = true;
+                    turn.finish(&outcome);
                     outcome
                 }
             }
@@ -382,15 +325,10 @@ impl Pipeline {
         let me = Arc::clone(self);
         tokio::spawn(async move {
             let key = CacheKey::new(&query, &qi, route_tag);
-            if let Role::Leader = me.coalescer.join(key.as_bytes()) {
-                let mut guard = LeaderGuard {
-                    co: &me.coalescer,
-                    key: key.as_bytes(),
-                    done: false,
-                };
+            if let Role::Leader(turn) = me.coalescer.join(key.as_bytes(), Err(GroupError::Timeout))
+            {
                 let outcome = me.fetch(&query, &qi, &key).await;
-                me.coalescer.finish(key.as_bytes(), &outcome);
-                guard.done = true;
+                turn.finish(&outcome);
             }
             entry.end_refresh();
         });

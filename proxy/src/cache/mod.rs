@@ -7,6 +7,7 @@
 //! count. Expired entries stay for serve-stale (RFC 8767) until `stale_max_age` has passed.
 //! Hot names are refreshed shortly before they expire (prefetch); the hot set is bounded.
 
+mod coalesce;
 mod hot;
 mod key;
 
@@ -25,6 +26,7 @@ use triomphe::ThinArc;
 use crate::config::CacheConfig;
 use crate::dns::message::{Answer, AnswerKind, AnswerMeta, StoredAnswer, TtlPolicy};
 
+pub use coalesce::{Coalescer, Role, Turn};
 pub use hot::HotName;
 pub use key::{CacheKey, KeyBuf};
 
