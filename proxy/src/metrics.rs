@@ -148,6 +148,18 @@ pub enum UpstreamErrorKind {
     overloaded,
 }
 
+impl UpstreamErrorKind {
+    pub const ALL: [UpstreamErrorKind; 7] = [
+        UpstreamErrorKind::timeout,
+        UpstreamErrorKind::connect,
+        UpstreamErrorKind::tls,
+        UpstreamErrorKind::closed,
+        UpstreamErrorKind::malformed,
+        UpstreamErrorKind::servfail,
+        UpstreamErrorKind::overloaded,
+    ];
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamErrorLabels {
     pub group: String,
@@ -176,6 +188,14 @@ pub enum FailoverReason {
     error,
     /// The server answered SERVFAIL.
     servfail,
+}
+
+impl FailoverReason {
+    pub const ALL: [FailoverReason; 3] = [
+        FailoverReason::slow,
+        FailoverReason::error,
+        FailoverReason::servfail,
+    ];
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -396,6 +396,9 @@ fn parse_opt(b: &[u8], at: usize, rec: &RecordPos) -> Result<Edns, WireError> {
 /// record carries one. Skips the sections without collecting anything: cheap enough to run
 /// on every answer of a connection.
 pub fn response_keepalive(b: &[u8]) -> Option<u16> {
+    if header::arcount(b) == 0 {
+        return None; // no OPT record: nothing to walk to
+    }
     let (_, _, mut at) = parse_question(b).ok()?;
     let records = usize::from(header::ancount(b))
         + usize::from(header::nscount(b))

@@ -23,7 +23,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
-use prometheus_client::metrics::counter::Counter;
 use tokio::time::{sleep_until, Instant};
 
 use super::rtt::Rtt;
@@ -32,7 +31,7 @@ use crate::config::Policy;
 use crate::dns::message::{upstream_query, UpstreamQueryOptions};
 use crate::dns::wire::{self, header};
 use crate::dns::{rcode, rtype};
-use crate::metrics::{FailoverLabels, FailoverReason, UpstreamErrorKind};
+use crate::metrics::{ByLabel, FailoverLabels, FailoverReason, UpstreamErrorKind};
 
 const FAILURES_TO_DOWN: u32 = 3;
 const MIN_BACKOFF: Duration = Duration::from_millis(500);
@@ -86,31 +85,6 @@ pub struct Member {
     pub health: Health,
 }
 
-/// Failover counters of a group, resolved once.
-struct Failovers {
-    slow: Counter,
-    error: Counter,
-    servfail: Counter,
-}
-
-impl Failovers {
-    fn new(metrics: &crate::metrics::Metrics, group: &str) -> Self {
-        let get = |reason| {
-            metrics
-                .group_failovers
-                .get_or_create_owned(&FailoverLabels {
-                    group: group.to_string(),
-                    reason,
-                })
-        };
-        Failovers {
-            slow: get(FailoverReason::slow),
-            error: get(FailoverReason::error),
-            servfail: get(FailoverReason::servfail),
-        }
-    }
-}
-
 pub struct Group {
     pub name: String,
     policy: Policy,
@@ -120,7 +94,8 @@ pub struct Group {
     epoch: Instant,
     query_opts: UpstreamQueryOptions,
     healthy_gauge: prometheus_client::metrics::gauge::Gauge,
-    failovers: Failovers,
+    /// Failover counters, resolved once.
+    failovers: ByLabel<FailoverReason>,
 }
 
 /// What one attempt ended with.
@@ -152,7 +127,12 @@ impl Group {
                     group: name.clone(),
                 });
         healthy_gauge.set(members.len() as i64);
-        let failovers = Failovers::new(metrics, &name);
+        let failovers = ByLabel::new(&metrics.group_failovers, &FailoverReason::ALL, |reason| {
+            FailoverLabels {
+                group: name.clone(),
+                reason,
+            }
+        });
         Arc::new(Group {
             name,
             policy,
@@ -290,14 +270,14 @@ impl Group {
                         Ok(resp) => {
                             fallback = Some(resp);
                             if launched < order.len() {
-                                self.failovers.servfail.inc();
+                                self.failovers.inc(FailoverReason::servfail);
                                 hedge_at = launch(&mut pending, &mut launched);
                             }
                         }
                         Err(e) => {
                             last = e;
                             if launched < order.len() {
-                                self.failovers.error.inc();
+                                self.failovers.inc(FailoverReason::error);
                                 hedge_at = launch(&mut pending, &mut launched);
                             }
                         }
@@ -305,7 +285,7 @@ impl Group {
                 }
                 _ = sleep_until(hedge_at), if launched < order.len() => {
                     overtaken.push(order[launched - 1]);
-                    self.failovers.slow.inc();
+                    self.failovers.inc(FailoverReason::slow);
                     hedge_at = launch(&mut pending, &mut launched);
                 }
             }

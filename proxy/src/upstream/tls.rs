@@ -29,7 +29,7 @@ use tokio_rustls::TlsConnector;
 use super::tls_config::TlsSetup;
 use super::UpstreamError;
 use crate::dns::wire::{self, header};
-use crate::metrics::{UpstreamErrorKind, UpstreamErrorLabels, UpstreamLabels};
+use crate::metrics::{ByLabel, UpstreamErrorKind, UpstreamErrorLabels, UpstreamLabels};
 
 /// Most queries in flight on one connection.
 const MAX_INFLIGHT: usize = 4096;
@@ -61,7 +61,7 @@ pub struct UpstreamStats {
     pub cert_expiry: Gauge,
     /// Plain UDP queries sent again after no answer.
     pub retransmits: Counter,
-    errors: Vec<(UpstreamErrorKind, Counter)>,
+    errors: ByLabel<UpstreamErrorKind>,
 }
 
 impl UpstreamStats {
@@ -70,20 +70,13 @@ impl UpstreamStats {
             group: group.to_string(),
             upstream: upstream.to_string(),
         };
-        use UpstreamErrorKind::*;
-        let errors = [
-            timeout, connect, tls, closed, malformed, servfail, overloaded,
-        ]
-        .into_iter()
-        .map(|kind| {
-            let el = UpstreamErrorLabels {
+        let errors = ByLabel::new(&m.upstream_errors, &UpstreamErrorKind::ALL, |kind| {
+            UpstreamErrorLabels {
                 group: l.group.clone(),
                 upstream: l.upstream.clone(),
                 kind,
-            };
-            (kind, m.upstream_errors.get_or_create_owned(&el))
-        })
-        .collect();
+            }
+        });
         UpstreamStats {
             queries: m.upstream_queries.get_or_create_owned(&l),
             duration: m.upstream_duration.get_or_create_owned(&l),
@@ -97,9 +90,7 @@ impl UpstreamStats {
         }
     }
     pub fn error(&self, kind: UpstreamErrorKind) {
-        if let Some((_, c)) = self.errors.iter().find(|(k, _)| *k == kind) {
-            c.inc();
-        }
+        self.errors.inc(kind);
     }
 }
 
