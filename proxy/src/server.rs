@@ -17,7 +17,7 @@ use crate::cache::Cache;
 use crate::clock::Clock;
 use crate::config::{Config, Protocol, UpstreamGroup};
 use crate::dns::message::UpstreamQueryOptions;
-use crate::guard::cidr::{Cidr, PrefixTable};
+use crate::guard::cidr::PrefixTable;
 use crate::guard::RateLimiter;
 use crate::listener::tcp::{ConnTable, TcpLimits};
 use crate::metrics::{Metrics, RankLabels, ReloadLabels, ReloadResult, Transport};
@@ -630,11 +630,8 @@ fn build_pipeline(
     });
     let mut client_groups = PrefixTable::default();
     for c in &cfg.client_groups {
-        if let (Ok(cidr), Some(i)) = (
-            Cidr::parse(&c.cidr),
-            groups.iter().position(|g| g.cfg.name == c.group),
-        ) {
-            client_groups.insert(cidr, i);
+        if let Some(i) = groups.iter().position(|g| g.cfg.name == c.group) {
+            client_groups.insert(c.cidr, i);
         }
     }
     Ok(Pipeline {

@@ -334,11 +334,11 @@ async fn create_noop_update_pod_churn_invalid_and_back() {
             let cidrs: Vec<_> = file["node-a"]
                 .rate_limits
                 .iter()
-                .map(|o| (o.cidr.as_str(), o.qps))
+                .map(|o| (o.cidr.to_string(), o.qps))
                 .collect();
             assert_eq!(
                 cidrs,
-                [("10.244.1.10/32", Some(50.0))],
+                [("10.244.1.10/32".to_string(), Some(50.0))],
                 "the broken pod has no entry"
             );
         } else {
@@ -434,9 +434,9 @@ async fn create_noop_update_pod_churn_invalid_and_back() {
     let groups: Vec<_> = file["node-b"]
         .client_groups
         .iter()
-        .map(|c| (c.cidr.as_str(), c.group.as_str()))
+        .map(|c| (c.cidr.to_string(), c.group.as_str()))
         .collect();
-    assert_eq!(groups, [("10.244.2.20/32", "cloudflare")]);
+    assert_eq!(groups, [("10.244.2.20/32".to_string(), "cloudflare")]);
     assert_eq!(sent[2].body["status"]["podOverrides"], 2);
 
     // 5. A pod deleted: its node's shard loses the entry.

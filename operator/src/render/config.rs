@@ -384,7 +384,16 @@ fn server(errs: &mut Vec<String>, sp: &str, s: &UpstreamServerSpec) -> Option<Up
         ),
         connect_timeout: dur("connectTimeout", &s.connect_timeout, base.connect_timeout),
         tls_name: s.tls_name.clone(),
-        spki_pins: s.spki_pins.clone(),
+        spki_pins: s
+            .spki_pins
+            .iter()
+            .enumerate()
+            .filter_map(|(pi, p)| {
+                p.parse()
+                    .map_err(|m| errs.push(format!("{sp}.spkiPins[{pi}]: {m}")))
+                    .ok()
+            })
+            .collect(),
         verify_ca: s.verify_ca,
         pool_size: s.pool_size as usize,
         force_tcp: s.force_tcp,

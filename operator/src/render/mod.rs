@@ -10,7 +10,7 @@ pub mod shards;
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 
-use dot_proxy_config::{ClientGroup, NodeOverrides, OverridesFile, RateLimitOverride};
+use dot_proxy_config::{Cidr, ClientGroup, NodeOverrides, OverridesFile, RateLimitOverride};
 use sha2::{Digest, Sha256};
 
 pub use annotations::{AnnotationProblem, PodRequest};
@@ -205,7 +205,7 @@ pub fn render<'a>(
             let cidr = host_cidr(*ip);
             if req.has_rate_limit() {
                 entry.rate_limits.push(RateLimitOverride {
-                    cidr: cidr.clone(),
+                    cidr,
                     qps: req.qps,
                     burst: req.burst,
                     exempt: req.exempt,
@@ -230,8 +230,8 @@ pub fn render<'a>(
     for (i, mut file) in per_shard.into_iter().enumerate() {
         file.retain(|_, o| !o.rate_limits.is_empty() || !o.client_groups.is_empty());
         for o in file.values_mut() {
-            sort_by_ip(&mut o.rate_limits, |r| &r.cidr);
-            sort_by_ip(&mut o.client_groups, |c| &c.cidr);
+            sort_by_ip(&mut o.rate_limits, |r| r.cidr);
+            sort_by_ip(&mut o.client_groups, |c| c.cidr);
         }
         stats.nodes += file.len();
         let data = serde_saphyr::to_string(&file)
@@ -295,19 +295,12 @@ fn node_selected(
     labels.is_some_and(|l| selector.iter().all(|(k, v)| l.get(k) == Some(v)))
 }
 
-fn host_cidr(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(a) => format!("{a}/32"),
-        IpAddr::V6(a) => format!("{a}/128"),
-    }
+fn host_cidr(ip: IpAddr) -> Cidr {
+    Cidr::new(ip, if ip.is_ipv4() { 32 } else { 128 })
 }
 
-fn sort_by_ip<T>(v: &mut [T], cidr: impl Fn(&T) -> &String) {
-    v.sort_by_cached_key(|x| {
-        let c = cidr(x);
-        let ip = c.split('/').next().and_then(|ip| ip.parse::<IpAddr>().ok());
-        (ip, c.clone())
-    });
+fn sort_by_ip<T>(v: &mut [T], cidr: impl Fn(&T) -> Cidr) {
+    v.sort_by_key(cidr);
 }
 
 /// SHA-256 of `data` as lowercase hex.

@@ -534,14 +534,19 @@ fn annotated_pods_become_host_entries_in_their_nodes_shard() {
     let cidrs: Vec<_> = a
         .rate_limits
         .iter()
-        .map(|o| (o.cidr.as_str(), o.qps, o.burst, o.exempt))
+        .map(|o| (o.cidr.to_string(), o.qps, o.burst, o.exempt))
         .collect();
     assert_eq!(
         cidrs,
         [
-            ("10.244.1.5/32", Some(50.0), Some(100), false),
-            ("10.244.1.6/32", None, None, true),
-            ("fd00:10:244::5/128", Some(50.0), Some(100), false),
+            ("10.244.1.5/32".to_string(), Some(50.0), Some(100), false),
+            ("10.244.1.6/32".to_string(), None, None, true),
+            (
+                "fd00:10:244::5/128".to_string(),
+                Some(50.0),
+                Some(100),
+                false
+            ),
         ]
     );
     assert!(a.client_groups.is_empty());
@@ -551,11 +556,14 @@ fn annotated_pods_become_host_entries_in_their_nodes_shard() {
     let groups: Vec<_> = b
         .client_groups
         .iter()
-        .map(|c| (c.cidr.as_str(), c.group.as_str()))
+        .map(|c| (c.cidr.to_string(), c.group.as_str()))
         .collect();
     assert_eq!(
         groups,
-        [("10.244.2.7/32", "cluster"), ("10.244.2.8/32", "public")]
+        [
+            ("10.244.2.7/32".to_string(), "cluster"),
+            ("10.244.2.8/32".to_string(), "public")
+        ]
     );
     assert_eq!(b.rate_limits.len(), 1);
 
@@ -651,14 +659,14 @@ fn invalid_annotations_are_reported_and_never_break_other_pods() {
     let got: Vec<_> = a
         .rate_limits
         .iter()
-        .map(|o| (o.cidr.as_str(), o.qps, o.burst))
+        .map(|o| (o.cidr.to_string(), o.qps, o.burst))
         .collect();
     // The bad pod's valid annotation (burst) still applies.
     assert_eq!(
         got,
         [
-            ("10.244.1.5/32", Some(50.0), None),
-            ("10.244.1.6/32", None, Some(9))
+            ("10.244.1.5/32".to_string(), Some(50.0), None),
+            ("10.244.1.6/32".to_string(), None, Some(9))
         ]
     );
     assert!(a.client_groups.is_empty());
@@ -695,7 +703,7 @@ fn pod_removal_and_ip_change_update_only_that_shard() {
     assert!(entries
         .rate_limits
         .iter()
-        .all(|o| o.cidr != "10.244.0.13/32"));
+        .all(|o| o.cidr.to_string() != "10.244.0.13/32"));
 
     // p5 gets a new IP: the old entry goes, the new one comes.
     pods[4].ips = vec!["10.244.9.9".parse().expect("ip")];
@@ -704,9 +712,10 @@ fn pod_removal_and_ip_change_update_only_that_shard() {
     let e = node_overrides(&moved, "node-5")
         .expect("parses")
         .expect("present");
-    let cidrs: Vec<_> = e.rate_limits.iter().map(|o| o.cidr.as_str()).collect();
+    let cidrs: Vec<_> = e.rate_limits.iter().map(|o| o.cidr.to_string()).collect();
     assert!(
-        cidrs.contains(&"10.244.9.9/32") && !cidrs.contains(&"10.244.0.15/32"),
+        cidrs.contains(&"10.244.9.9/32".to_string())
+            && !cidrs.contains(&"10.244.0.15/32".to_string()),
         "{cidrs:?}"
     );
 
@@ -773,9 +782,9 @@ fn node_selector_pending_pods_host_network_and_duplicate_ips() {
     let got: Vec<_> = e
         .rate_limits
         .iter()
-        .map(|o| (o.cidr.as_str(), o.qps))
+        .map(|o| (o.cidr.to_string(), o.qps))
         .collect();
-    assert_eq!(got, [("10.9.0.1/32", Some(5.0))]);
+    assert_eq!(got, [("10.9.0.1/32".to_string(), Some(5.0))]);
     assert!(node_overrides(&r, "out").expect("parses").is_none());
 }
 

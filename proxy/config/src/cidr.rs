@@ -35,8 +35,14 @@ impl Cidr {
         Ok(Cidr::new(ip, len))
     }
 
+    /// The prefix of `len` bits of `ip`. An IPv4-mapped IPv6 address is the IPv4 one, its
+    /// length counted from bit 96 (`::ffff:10.0.0.1/128` is `10.0.0.1/32`).
     pub fn new(ip: IpAddr, len: u8) -> Cidr {
         let (bits, v6) = ip_bits(ip);
+        let len = match ip {
+            IpAddr::V6(_) if !v6 => len.saturating_sub(96),
+            _ => len,
+        };
         Cidr {
             net: mask(bits, len, v6),
             len,
@@ -47,6 +53,52 @@ impl Cidr {
     pub fn contains(&self, ip: IpAddr) -> bool {
         let (bits, v6) = ip_bits(ip);
         v6 == self.v6 && mask(bits, self.len, v6) == self.net
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Cidr, String> {
+        Cidr::parse(s)
+    }
+}
+
+/// Ordered as addresses are: IPv4 before IPv6, then by network, then shorter first.
+impl Ord for Cidr {
+    fn cmp(&self, other: &Cidr) -> std::cmp::Ordering {
+        (self.v6, self.net, self.len).cmp(&(other.v6, other.net, other.len))
+    }
+}
+impl PartialOrd for Cidr {
+    fn partial_cmp(&self, other: &Cidr) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// Written as `network/length` (host bits cleared: `10.1.2.3/8` reads back as `10.0.0.0/8`).
+impl serde::Serialize for Cidr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Cidr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Cidr::parse(&s).map_err(|m| serde::de::Error::custom(format!("invalid CIDR prefix: {m}")))
+    }
+}
+
+#[cfg(feature = "schema")]
+impl schemars::JsonSchema for Cidr {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Cidr".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "An IP address or prefix, e.g. \"10.0.0.5/32\" or \"fd00::/64\"."
+        })
     }
 }
 
@@ -145,6 +197,16 @@ mod tests {
             .expect("v6")
             .contains("fd00::1".parse().expect("ip")));
         assert_eq!(Cidr::parse("1.2.3.4").expect("host").len, 32);
+        assert_eq!(
+            Cidr::parse("::ffff:10.0.0.1/128")
+                .expect("mapped")
+                .to_string(),
+            "10.0.0.1/32"
+        );
+        assert_eq!(
+            Cidr::parse("10.1.2.3/8").expect("host bits").to_string(),
+            "10.0.0.0/8"
+        );
         for bad in ["", "1.2.3.4/33", "fd00::/129", "x/8", "1.2.3/8"] {
             assert!(Cidr::parse(bad).is_err(), "{bad}");
         }

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use cidr::Cidr;
 pub use duration::{Dur, DurationError};
 pub use overrides::{merge_overrides, own_overrides};
 pub use upstream_url::{parse_server_address, parse_upstream_url, UpstreamUrlError};
@@ -143,6 +144,65 @@ impl std::str::FromStr for LogFormat {
     }
 }
 
+/// A pin: the SHA-256 of a SubjectPublicKeyInfo, written in base64 (RFC 7858 section 4.2).
+/// Parsed when the config is read; kept with the text it was written as, so a config
+/// reads back the same.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SpkiPin {
+    text: String,
+    sha256: [u8; 32],
+}
+
+impl SpkiPin {
+    /// The digest the server's key must match.
+    pub fn sha256(&self) -> &[u8; 32] {
+        &self.sha256
+    }
+}
+
+impl std::str::FromStr for SpkiPin {
+    type Err = String;
+    fn from_str(s: &str) -> Result<SpkiPin, String> {
+        Ok(SpkiPin {
+            sha256: decode_pin(s)?,
+            text: s.trim().to_string(),
+        })
+    }
+}
+
+impl fmt::Display for SpkiPin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl Serialize for SpkiPin {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
+impl<'de> Deserialize<'de> for SpkiPin {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse()
+            .map_err(|m| serde::de::Error::custom(format!("invalid SPKI pin {s:?}: {m}")))
+    }
+}
+
+#[cfg(feature = "schema")]
+impl JsonSchema for SpkiPin {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "SpkiPin".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "Base64 SHA-256 of a SubjectPublicKeyInfo (44 characters ending in '=')."
+        })
+    }
+}
+
 /// Decodes a base64 SHA-256 SPKI pin; the error names what is wrong.
 pub fn decode_pin(pin: &str) -> Result<[u8; 32], String> {
     use base64::Engine;
@@ -263,7 +323,7 @@ pub struct UpstreamServer {
     /// Base64 SHA-256 digests of the server's SubjectPublicKeyInfo (RFC 7858 section 4.2).
     /// With pins, the server's key must match one of them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub spki_pins: Vec<String>,
+    pub spki_pins: Vec<SpkiPin>,
     /// Also verify the chain against the CAs (default true). Setting false with pins gives
     /// pin-only authentication.
     #[serde(default = "yes")]
@@ -506,7 +566,7 @@ pub enum LimitAction {
 #[serde(deny_unknown_fields)]
 pub struct RateLimitOverride {
     /// `10.0.0.5/32`, `fd00::/64`.
-    pub cidr: String,
+    pub cidr: Cidr,
     /// Queries per second; ignored when `exempt`.
     #[serde(default)]
     pub qps: Option<f64>,
@@ -541,7 +601,7 @@ impl Default for PrivacyConfig {
 #[serde(deny_unknown_fields)]
 pub struct ClientGroup {
     /// Client address or prefix, e.g. `10.244.1.7/32`.
-    pub cidr: String,
+    pub cidr: Cidr,
     /// Upstream group that answers every query from these clients.
     pub group: String,
 }
@@ -1011,9 +1071,6 @@ impl Config {
         }
         for (i, o) in r.overrides.iter().enumerate() {
             let op = format!("rate_limit.overrides[{i}]");
-            if let Err(m) = crate::cidr::Cidr::parse(&o.cidr) {
-                err(format!("{op}.cidr"), m);
-            }
             if let Some(q) = o.qps {
                 if !(q.is_finite() && q > 0.0) {
                     err(format!("{op}.qps"), "must be a number above 0".into());
@@ -1028,9 +1085,6 @@ impl Config {
     /// `validate`, for per-client groups.
     fn check_client_groups(&self, err: &mut impl FnMut(String, String)) {
         for (i, c) in self.client_groups.iter().enumerate() {
-            if let Err(m) = crate::cidr::Cidr::parse(&c.cidr) {
-                err(format!("client_groups[{i}].cidr"), m);
-            }
             if !self.upstream_groups.iter().any(|g| g.name == c.group) {
                 err(
                     format!("client_groups[{i}].group"),
@@ -1196,11 +1250,6 @@ fn validate_server(err: &mut impl FnMut(String, String), sp: &str, s: &UpstreamS
                     format!("{sp}.verify_ca"),
                     "may be false only when spki_pins are set".into(),
                 );
-            }
-            for (pi, pin) in s.spki_pins.iter().enumerate() {
-                if let Err(m) = decode_pin(pin) {
-                    err(format!("{sp}.spki_pins[{pi}]"), m);
-                }
             }
             if let Some(ca) = &s.ca_file {
                 check_readable(err, &format!("{sp}.ca_file"), ca);

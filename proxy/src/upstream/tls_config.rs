@@ -23,13 +23,9 @@ pub enum TlsConfigError {
     NoRoots,
     #[error("invalid TLS name {0:?}")]
     Name(String),
-    #[error("invalid SPKI pin: {0}")]
-    Pin(String),
     #[error("TLS setup: {0}")]
     Rustls(#[from] rustls::Error),
 }
-
-pub use crate::config::decode_pin;
 
 /// Base64 SHA-256 of a certificate's SubjectPublicKeyInfo.
 pub fn spki_pin_of(cert_der: &[u8]) -> Option<String> {
@@ -323,11 +319,7 @@ pub fn build(
     default_ca: Option<&Path>,
 ) -> Result<TlsSetup, TlsConfigError> {
     let provider = provider();
-    let pins = server
-        .spki_pins
-        .iter()
-        .map(|p| decode_pin(p).map_err(TlsConfigError::Pin))
-        .collect::<Result<Vec<_>, _>>()?;
+    let pins: Vec<[u8; 32]> = server.spki_pins.iter().map(|p| *p.sha256()).collect();
     let roots = if server.verify_ca || pins.is_empty() {
         Some(Arc::new(load_roots(
             server.ca_file.as_deref().or(default_ca),

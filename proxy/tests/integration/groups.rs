@@ -196,7 +196,10 @@ async fn spki_pins_refuse_a_mismatch_and_accept_a_rotated_key_with_its_pin() {
     // Current pin plus the next key's pin: accepted before and after rotation.
     let up = Upstream::start().await;
     let (next_cert, next_key) = Pki::issue(&up.pki.ca, &["upstream.test", "127.0.0.1"]);
-    let next_pin = dot_proxy::upstream::tls_config::spki_pin_of(&next_cert).expect("pin");
+    let next_pin = dot_proxy::upstream::tls_config::spki_pin_of(&next_cert)
+        .expect("pin")
+        .parse::<dot_proxy::config::SpkiPin>()
+        .expect("pin");
     let mut s = up.server();
     s.spki_pins = vec![up.pki.spki_pin(), next_pin.clone()];
     s.max_connection_age = Dur::secs(1);
@@ -247,7 +250,10 @@ async fn spki_pins_refuse_a_mismatch_and_accept_a_rotated_key_with_its_pin() {
 async fn a_pinned_ca_certificate_sent_along_with_a_rogue_leaf_is_refused() {
     let pinned = Pki::new();
     let rogue_ca = Pki::new();
-    let ca_pin = dot_proxy::upstream::tls_config::spki_pin_of(&pinned.ca_der).expect("pin");
+    let ca_pin = dot_proxy::upstream::tls_config::spki_pin_of(&pinned.ca_der)
+        .expect("pin")
+        .parse::<dot_proxy::config::SpkiPin>()
+        .expect("pin");
     // Both CAs trusted, as in a system store.
     let both = pinned.dir.path().join("both.pem");
     let pem = std::fs::read_to_string(&pinned.ca_file).expect("pem")

@@ -34,13 +34,13 @@ async fn over_limit_queries_are_refused_and_overrides_apply() {
     cfg.rate_limit.burst = 5;
     cfg.rate_limit.overrides = vec![
         RateLimitOverride {
-            cidr: "127.0.0.3/32".into(),
+            cidr: "127.0.0.3/32".parse().expect("cidr"),
             qps: None,
             burst: None,
             exempt: true,
         },
         RateLimitOverride {
-            cidr: "127.0.0.4/32".into(),
+            cidr: "127.0.0.4/32".parse().expect("cidr"),
             qps: Some(2.0),
             burst: Some(2),
             exempt: false,

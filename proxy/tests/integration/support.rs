@@ -77,8 +77,11 @@ impl Pki {
         (cert.der().to_vec(), key.serialize_der())
     }
 
-    pub fn spki_pin(&self) -> String {
-        dot_proxy::upstream::tls_config::spki_pin_of(&self.cert_der).expect("pin")
+    pub fn spki_pin(&self) -> dot_proxy::config::SpkiPin {
+        dot_proxy::upstream::tls_config::spki_pin_of(&self.cert_der)
+            .expect("pin")
+            .parse()
+            .expect("pin")
     }
 }
 
