@@ -11,7 +11,10 @@
 
 use std::collections::BTreeMap;
 
-use dot_proxy_config::{BlockAction, Dur, Firewall, LimitAction, LogFormat, Policy, Protocol};
+use dot_proxy_config::{
+    limits, BlockAction, CacheConfig, Dur, Firewall, LimitAction, LogFormat, Policy, PrivacyConfig,
+    Protocol, RateLimitConfig,
+};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -169,11 +172,11 @@ pub struct UpstreamGroupSpec {
 }
 
 fn default_policy() -> Checked<Policy> {
-    Checked::Known(Policy::Failover)
+    Checked::Known(Policy::default())
 }
 
 fn default_timeout() -> Checked<Dur> {
-    Checked::Known(Dur::secs(2))
+    Checked::Known(dot_proxy_config::default_query_timeout())
 }
 
 /// One upstream resolver.
@@ -229,7 +232,7 @@ pub struct UpstreamServerSpec {
 
     /// Long-lived TLS connections each proxy keeps to this server.
     #[serde(default = "default_pool_size")]
-    #[schemars(range(min = 1, max = 64))]
+    #[schemars(range(min = limits::POOL_SIZE.min, max = limits::POOL_SIZE.max))]
     pub pool_size: u32,
 
     /// Close a connection after this long without traffic.
@@ -259,7 +262,7 @@ fn yes() -> bool {
 }
 
 fn default_pool_size() -> u32 {
-    2
+    u32::try_from(dot_proxy_config::default_pool_size()).unwrap_or(u32::MAX)
 }
 
 /// Which group answers a zone.
@@ -287,44 +290,47 @@ pub struct ZoneSpec {
 pub struct CacheSpec {
     pub enabled: bool,
     /// Most answers kept.
-    #[schemars(range(min = 1, max = 10_000_000))]
+    #[schemars(range(min = limits::CACHE_MAX_ENTRIES.min, max = limits::CACHE_MAX_ENTRIES.max))]
     pub max_entries: u32,
     /// Most bytes of answers kept.
-    #[schemars(range(min = 4096, max = 17_179_869_184_u64))]
+    #[schemars(range(min = limits::CACHE_MAX_BYTES.min, max = limits::CACHE_MAX_BYTES.max))]
     pub max_bytes: u64,
     /// Lower clamp on positive TTLs, seconds.
-    #[schemars(range(max = 86_400))]
+    #[schemars(range(min = limits::CACHE_MIN_TTL.min, max = limits::CACHE_MIN_TTL.max))]
     pub min_ttl: u32,
     /// Upper clamp on positive TTLs, seconds.
-    #[schemars(range(max = 604_800))]
+    #[schemars(range(min = limits::CACHE_MAX_TTL.min, max = limits::CACHE_MAX_TTL.max))]
     pub max_ttl: u32,
     /// Upper clamp on negative (NXDOMAIN/NODATA) TTLs, seconds.
-    #[schemars(range(max = 86_400))]
+    #[schemars(range(min = limits::CACHE_NEGATIVE_MAX_TTL.min, max = limits::CACHE_NEGATIVE_MAX_TTL.max))]
     pub negative_max_ttl: u32,
     /// How long a SERVFAIL is kept, seconds (RFC 9520 caps it at 300).
-    #[schemars(range(max = 300))]
+    #[schemars(range(min = limits::CACHE_SERVFAIL_TTL.min, max = limits::CACHE_SERVFAIL_TTL.max))]
     pub servfail_ttl: u32,
     /// Serve expired answers up to this long after expiry when upstreams fail (RFC 8767);
     /// `0s` turns serve-stale off.
     pub stale_max_age: Checked<Dur>,
     /// TTL put on stale answers, seconds.
-    #[schemars(range(min = 1, max = 3600))]
+    #[schemars(range(min = limits::CACHE_STALE_TTL.min, max = limits::CACHE_STALE_TTL.max))]
     pub stale_ttl: u32,
     pub prefetch: PrefetchSpec,
 }
 
+/// The proxy's own defaults (one source: `dot_proxy_config`), except `maxBytes`
+/// (`limits::kubernetes`).
 impl Default for CacheSpec {
     fn default() -> Self {
+        let d = CacheConfig::default();
         CacheSpec {
-            enabled: true,
-            max_entries: 100_000,
-            max_bytes: 64 * 1024 * 1024,
-            min_ttl: 0,
-            max_ttl: 86_400,
-            negative_max_ttl: 3_600,
-            servfail_ttl: 5,
-            stale_max_age: Checked::Known(Dur::secs(86_400)),
-            stale_ttl: 30,
+            enabled: d.enabled,
+            max_entries: u32::try_from(d.max_entries).unwrap_or(u32::MAX),
+            max_bytes: limits::kubernetes::CACHE_MAX_BYTES,
+            min_ttl: d.min_ttl,
+            max_ttl: d.max_ttl,
+            negative_max_ttl: d.negative_max_ttl,
+            servfail_ttl: d.servfail_ttl,
+            stale_max_age: Checked::Known(d.stale_max_age),
+            stale_ttl: d.stale_ttl,
             prefetch: PrefetchSpec::default(),
         }
     }
@@ -336,23 +342,24 @@ impl Default for CacheSpec {
 pub struct PrefetchSpec {
     pub enabled: bool,
     /// A name is hot once it has been asked this many times during its TTL.
-    #[schemars(range(min = 1, max = 1_000_000))]
+    #[schemars(range(min = limits::PREFETCH_MIN_HITS.min, max = limits::PREFETCH_MIN_HITS.max))]
     pub min_hits: u32,
     /// At most this many names are kept hot at once.
-    #[schemars(range(min = 1, max = 1_000_000))]
+    #[schemars(range(min = limits::PREFETCH_TOP_N.min, max = limits::PREFETCH_TOP_N.max))]
     pub top_n: u32,
     /// Refresh when this fraction of the original TTL is left.
-    #[schemars(range(min = 0.0, max = 0.5))]
+    #[schemars(range(min = limits::PREFETCH_REMAINING_FRACTION.min, max = limits::PREFETCH_REMAINING_FRACTION.max))]
     pub remaining_fraction: f64,
 }
 
 impl Default for PrefetchSpec {
     fn default() -> Self {
+        let d = CacheConfig::default().prefetch;
         PrefetchSpec {
-            enabled: true,
-            min_hits: 5,
-            top_n: 1000,
-            remaining_fraction: 0.1,
+            enabled: d.enabled,
+            min_hits: d.min_hits,
+            top_n: u32::try_from(d.top_n).unwrap_or(u32::MAX),
+            remaining_fraction: d.remaining_fraction,
         }
     }
 }
@@ -363,36 +370,38 @@ impl Default for PrefetchSpec {
 pub struct RateLimitSpec {
     pub enabled: bool,
     /// Sustained queries per second per client.
-    #[schemars(range(min = 0.001, max = 1_000_000.0))]
+    #[schemars(range(min = limits::RATE_QPS.min, max = limits::RATE_QPS.max))]
     pub qps: f64,
     /// Queries a client may send at once.
-    #[schemars(range(min = 1, max = 10_000_000))]
+    #[schemars(range(min = limits::RATE_BURST.min, max = limits::RATE_BURST.max))]
     pub burst: u32,
     /// IPv6 clients are grouped by this prefix length. 128 by default here (the standalone
     /// proxy's default is 64): Kubernetes gives each node one /64 of pod addresses, so a
     /// /64 bucket would be shared by every pod of the node.
-    #[schemars(range(min = 1, max = 128))]
+    #[schemars(range(min = limits::RATE_IPV6_PREFIX.min, max = limits::RATE_IPV6_PREFIX.max))]
     pub ipv6_prefix: u8,
     /// What an over-limit query gets: `refused` or `drop`.
     pub action: Checked<LimitAction>,
     /// Answer every Nth limited UDP query with TC=1 instead (0 = never).
-    #[schemars(range(max = 100))]
+    #[schemars(range(min = limits::RATE_SLIP.min, max = limits::RATE_SLIP.max))]
     pub slip: u32,
     /// Client buckets kept at most; idle ones are evicted first.
-    #[schemars(range(min = 1, max = 10_000_000))]
+    #[schemars(range(min = limits::RATE_MAX_CLIENTS.min, max = limits::RATE_MAX_CLIENTS.max))]
     pub max_clients: u32,
 }
 
+/// The proxy's defaults, except `ipv6Prefix` (`limits::kubernetes`).
 impl Default for RateLimitSpec {
     fn default() -> Self {
+        let d = RateLimitConfig::default();
         RateLimitSpec {
-            enabled: false,
-            qps: 200.0,
-            burst: 400,
-            ipv6_prefix: 128,
-            action: Checked::Known(LimitAction::Refused),
-            slip: 0,
-            max_clients: 65_536,
+            enabled: d.enabled,
+            qps: d.qps,
+            burst: d.burst,
+            ipv6_prefix: limits::kubernetes::RATE_IPV6_PREFIX,
+            action: Checked::Known(d.action),
+            slip: d.slip,
+            max_clients: u32::try_from(d.max_clients).unwrap_or(u32::MAX),
         }
     }
 }
@@ -403,15 +412,16 @@ pub struct PrivacySpec {
     /// Remove EDNS Client Subnet from queries before they leave the node.
     pub strip_ecs: bool,
     /// Pad queries sent over TLS to a multiple of this many bytes (RFC 7830/8467); 0 = off.
-    #[schemars(range(max = 1024))]
+    #[schemars(range(min = limits::PADDING_BLOCK.min, max = limits::PADDING_BLOCK.max))]
     pub padding_block: u16,
 }
 
 impl Default for PrivacySpec {
     fn default() -> Self {
+        let d = PrivacyConfig::default();
         PrivacySpec {
-            strip_ecs: true,
-            padding_block: 128,
+            strip_ecs: d.strip_ecs,
+            padding_block: d.padding_block,
         }
     }
 }
@@ -463,7 +473,7 @@ pub struct StaticAnswerSpec {
 
     /// TTL of the answers, seconds.
     #[serde(default = "default_static_ttl")]
-    #[schemars(range(max = 604_800))]
+    #[schemars(range(min = limits::STATIC_TTL.min, max = limits::STATIC_TTL.max))]
     pub ttl: u32,
 
     /// IPv4 addresses answered to A queries.
@@ -497,7 +507,7 @@ pub struct StaticAnswerSpec {
 }
 
 fn default_static_ttl() -> u32 {
-    300
+    dot_proxy_config::default_static_ttl()
 }
 
 /// Blocked names, inline and/or from a file on the proxy's filesystem.

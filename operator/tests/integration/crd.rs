@@ -260,87 +260,71 @@ fn everything_cel_walks_is_bounded() {
     check(prop(&schema(), &["spec"]), "spec", false);
 }
 
-/// The CEL rules, run by kube's client-side evaluator against the object as the API server
-/// would see it: they compile, accept the example, and refuse what they are there to refuse.
-#[test]
-fn cel_rules_accept_the_example_and_refuse_the_rest() {
-    use kube::core::cel::validate_cel;
+type Change = fn(&mut DotProxyConfig);
 
-    let ok = crate::support::example();
-    validate_cel(&ok).expect("the example passes every rule");
-
-    let refused = |name: &str, change: &dyn Fn(&mut DotProxyConfig), want: &str| {
-        let mut d = crate::support::example();
-        change(&mut d);
-        let err = validate_cel(&d).expect_err(name).to_string();
-        assert!(err.contains(want), "{name}: {err}");
-    };
-    refused(
+/// One table of refused and accepted resources, run through both gates a user meets: the
+/// CRD's CEL rules (kube's client-side evaluator, as the API server would run them) and the
+/// operator's conversion into the proxy's config, which ends in the proxy's own
+/// `Config::validate()`. Both must agree on every row.
+const REFUSED: &[(&str, Change, &str)] = &[
+    (
         "no default route",
-        &|d| d.spec.zones.retain(|z| z.zone != "."),
+        |d| d.spec.zones.retain(|z| z.zone != "."),
         "zones must route",
-    );
-    refused(
+    ),
+    (
         "dangling group",
-        &|d| d.spec.zones[1].group = "nowhere".into(),
+        |d| d.spec.zones[1].group = "nowhere".into(),
         "must name one of upstreamGroups",
-    );
-    refused(
+    ),
+    (
         "plain for .",
-        &|d| d.spec.zones[0].group = "cluster".into(),
+        |d| d.spec.zones[0].group = "cluster".into(),
         "allowPlainDefault",
-    );
-    refused(
+    ),
+    (
         "TLS without a name",
-        &|d| d.spec.upstream_groups[0].servers[0].tls_name = None,
+        |d| d.spec.upstream_groups[0].servers[0].tls_name = None,
         "a TLS server needs tlsName",
-    );
-    refused(
+    ),
+    (
         "plain with a name",
-        &|d| d.spec.upstream_groups[2].servers[0].tls_name = Some("x.example".into()),
+        |d| d.spec.upstream_groups[2].servers[0].tls_name = Some("x.example".into()),
         "plain servers take no tlsName",
-    );
-    refused(
+    ),
+    (
         "verifyCa off without pins",
-        &|d| d.spec.upstream_groups[0].servers[0].verify_ca = false,
+        |d| d.spec.upstream_groups[0].servers[0].verify_ca = false,
         "verifyCa may be false",
-    );
-    refused(
+    ),
+    (
         "forceTcp on a TLS server",
-        &|d| d.spec.upstream_groups[0].servers[0].force_tcp = true,
+        |d| d.spec.upstream_groups[0].servers[0].force_tcp = true,
         "forceTcp is only for plain servers",
-    );
-    refused(
+    ),
+    (
         "min above max",
-        &|d| d.spec.cache.min_ttl = d.spec.cache.max_ttl + 1,
+        |d| d.spec.cache.min_ttl = d.spec.cache.max_ttl + 1,
         "minTtl must not be above maxTtl",
-    );
-
-    refused(
+    ),
+    (
         "cname with an address",
-        &|d| {
-            let r = &mut d.spec.policy.static_answers[2];
-            assert!(
-                r.cname.is_some(),
-                "the example's third static answer is a CNAME"
-            );
-            r.a = vec!["10.0.0.1".into()];
-        },
+        |d| d.spec.policy.static_answers[2].a = vec!["10.0.0.1".into()],
         "a static answer with cname takes no a, aaaa or txt",
-    );
-    refused(
+    ),
+    (
         "cname with aaaa",
-        &|d| d.spec.policy.static_answers[2].aaaa = vec!["fd00::1".into()],
+        |d| d.spec.policy.static_answers[2].aaaa = vec!["fd00::1".into()],
         "a static answer with cname takes no a, aaaa or txt",
-    );
-    refused(
+    ),
+    (
         "cname with txt",
-        &|d| d.spec.policy.static_answers[2].txt = vec!["hello".into()],
+        |d| d.spec.policy.static_answers[2].txt = vec!["hello".into()],
         "a static answer with cname takes no a, aaaa or txt",
-    );
-    refused(
+    ),
+    (
         "static answer with no record",
-        &|d| {
+        |d| {
             let r = &mut d.spec.policy.static_answers[0];
             r.a.clear();
             r.aaaa.clear();
@@ -348,32 +332,181 @@ fn cel_rules_accept_the_example_and_refuse_the_rest() {
             r.cname = None;
         },
         "a static answer needs at least one of a, aaaa, cname, txt",
-    );
-    refused(
+    ),
+    (
         "block list with neither names nor file",
-        &|d| d.spec.policy.blocklists[0].names.clear(),
+        |d| d.spec.policy.blocklists[0].names.clear(),
         "a block list needs names or a file",
+    ),
+];
+
+const ACCEPTED: &[(&str, Change)] = &[
+    ("the example", |_| {}),
+    ("a block list from a file alone", |d| {
+        let b = &mut d.spec.policy.blocklists[0];
+        b.names.clear();
+        b.file = Some("/etc/dot-proxy/lists/telemetry.hosts".into());
+    }),
+    ("an address replaced by an alias", |d| {
+        let r = &mut d.spec.policy.static_answers[0];
+        r.a.clear();
+        r.cname = Some("registry.example".into());
+    }),
+    ("plain for . with the opt-in", |d| {
+        d.spec.zones[0].group = "cluster".into();
+        d.spec.allow_plain_default = true;
+    }),
+    ("pin-only TLS", |d| {
+        let s = &mut d.spec.upstream_groups[0].servers[0];
+        s.tls_name = None;
+        s.verify_ca = false;
+        s.spki_pins = vec!["YLh1dUR9y6Kja30RrAn7JKnbQG/uEtLMkBgFF2Fuihg=".into()];
+    }),
+];
+
+#[test]
+fn cel_rules_and_the_proxys_validation_agree_on_one_table() {
+    use dot_proxy_operator::render::proxy_config;
+    use kube::core::cel::validate_cel;
+
+    let example = crate::support::example();
+    assert!(
+        example.spec.policy.static_answers[2].cname.is_some(),
+        "the example's third static answer is a CNAME"
     );
+    for (name, change, want) in REFUSED {
+        let mut d = crate::support::example();
+        change(&mut d);
+        let err = validate_cel(&d).expect_err(name).to_string();
+        assert!(err.contains(want), "{name}: CEL says {err}");
+        assert!(
+            proxy_config(&d.spec).is_err(),
+            "{name}: refused by CEL but accepted by the proxy's validation"
+        );
+    }
+    for (name, change) in ACCEPTED {
+        let mut d = crate::support::example();
+        change(&mut d);
+        validate_cel(&d).unwrap_or_else(|e| panic!("{name}: CEL refuses: {e}"));
+        if let Err(e) = proxy_config(&d.spec) {
+            panic!("{name}: accepted by CEL, refused by the proxy's validation: {e:?}");
+        }
+    }
+}
 
-    let mut from_file = crate::support::example();
-    let b = &mut from_file.spec.policy.blocklists[0];
-    b.names.clear();
-    b.file = Some("/etc/dot-proxy/lists/telemetry.hosts".into());
-    validate_cel(&from_file).expect("a block list from a file alone");
-    let mut alias_only = crate::support::example();
-    let r = &mut alias_only.spec.policy.static_answers[0];
-    r.a.clear();
-    r.cname = Some("registry.example".into());
-    validate_cel(&alias_only).expect("an address replaced by an alias");
+/// Numeric bounds come from `dot_proxy_config::limits`: the CRD's minimum and maximum are
+/// those constants, and the proxy's validation takes the bound and refuses one past it.
+#[test]
+fn numeric_bounds_are_the_proxys_own() {
+    use dot_proxy_config::limits::{self, Range};
+    use dot_proxy_operator::render::proxy_config;
 
-    let mut opted_in = crate::support::example();
-    opted_in.spec.zones[0].group = "cluster".into();
-    opted_in.spec.allow_plain_default = true;
-    validate_cel(&opted_in).expect("plain for . with the opt-in");
-    let mut pinned = crate::support::example();
-    let s = &mut pinned.spec.upstream_groups[0].servers[0];
-    s.tls_name = None;
-    s.verify_ca = false;
-    s.spki_pins = vec!["YLh1dUR9y6Kja30RrAn7JKnbQG/uEtLMkBgFF2Fuihg=".into()];
-    validate_cel(&pinned).expect("pin-only TLS");
+    let s = schema();
+    type Row = (
+        &'static [&'static str],
+        Range<u64>,
+        fn(&mut DotProxyConfig, u64),
+    );
+    let rows: &[Row] = &[
+        (
+            &["spec", "cache", "maxTtl"],
+            limits::CACHE_MAX_TTL,
+            |d, v| d.spec.cache.max_ttl = v as u32,
+        ),
+        (
+            &["spec", "cache", "servfailTtl"],
+            limits::CACHE_SERVFAIL_TTL,
+            |d, v| d.spec.cache.servfail_ttl = v as u32,
+        ),
+        (
+            &["spec", "cache", "staleTtl"],
+            limits::CACHE_STALE_TTL,
+            |d, v| d.spec.cache.stale_ttl = v as u32,
+        ),
+        (
+            &["spec", "cache", "negativeMaxTtl"],
+            limits::CACHE_NEGATIVE_MAX_TTL,
+            |d, v| d.spec.cache.negative_max_ttl = v as u32,
+        ),
+        (
+            &["spec", "cache", "maxEntries"],
+            limits::CACHE_MAX_ENTRIES,
+            |d, v| d.spec.cache.max_entries = v as u32,
+        ),
+        (
+            &["spec", "cache", "maxBytes"],
+            limits::CACHE_MAX_BYTES,
+            |d, v| d.spec.cache.max_bytes = v,
+        ),
+        (
+            &["spec", "cache", "prefetch", "minHits"],
+            limits::PREFETCH_MIN_HITS,
+            |d, v| d.spec.cache.prefetch.min_hits = v as u32,
+        ),
+        (
+            &["spec", "cache", "prefetch", "topN"],
+            limits::PREFETCH_TOP_N,
+            |d, v| d.spec.cache.prefetch.top_n = v as u32,
+        ),
+        (
+            &["spec", "rateLimit", "burst"],
+            limits::RATE_BURST,
+            |d, v| d.spec.rate_limit.burst = v as u32,
+        ),
+        (
+            &["spec", "rateLimit", "ipv6Prefix"],
+            limits::RATE_IPV6_PREFIX,
+            |d, v| d.spec.rate_limit.ipv6_prefix = v as u8,
+        ),
+        (&["spec", "rateLimit", "slip"], limits::RATE_SLIP, |d, v| {
+            d.spec.rate_limit.slip = v as u32
+        }),
+        (
+            &["spec", "rateLimit", "maxClients"],
+            limits::RATE_MAX_CLIENTS,
+            |d, v| d.spec.rate_limit.max_clients = v as u32,
+        ),
+        (
+            &["spec", "privacy", "paddingBlock"],
+            limits::PADDING_BLOCK,
+            |d, v| d.spec.privacy.padding_block = v as u16,
+        ),
+        (
+            &["spec", "upstreamGroups", "[]", "servers", "[]", "poolSize"],
+            limits::POOL_SIZE,
+            |d, v| d.spec.upstream_groups[0].servers[0].pool_size = v as u32,
+        ),
+        (
+            &["spec", "policy", "staticAnswers", "[]", "ttl"],
+            limits::STATIC_TTL,
+            |d, v| d.spec.policy.static_answers[0].ttl = v as u32,
+        ),
+    ];
+    for (path, range, set) in rows {
+        let p = prop(&s, path);
+        let name = path.join(".");
+        assert_eq!(p.maximum, Some(range.max as f64), "{name}: CRD maximum");
+        let min = p.minimum.unwrap_or(0.0);
+        assert_eq!(min, range.min as f64, "{name}: CRD minimum");
+        for (v, ok) in [(range.min, true), (range.max, true), (range.max + 1, false)] {
+            let mut d = crate::support::example();
+            // minTtl rides along so that the cross-field rule does not decide the row.
+            d.spec.cache.min_ttl = 0;
+            set(&mut d, v);
+            assert_eq!(
+                proxy_config(&d.spec).is_ok(),
+                ok,
+                "{name} = {v}: the proxy's validation disagrees with the CRD's bounds"
+            );
+        }
+        if range.min > 0 {
+            let mut d = crate::support::example();
+            set(&mut d, range.min - 1);
+            assert!(
+                proxy_config(&d.spec).is_err(),
+                "{name} = {}: below the minimum",
+                range.min - 1
+            );
+        }
+    }
 }

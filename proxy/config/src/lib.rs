@@ -6,6 +6,7 @@
 
 pub mod cidr;
 mod duration;
+pub mod limits;
 mod overrides;
 mod upstream_url;
 
@@ -277,7 +278,8 @@ pub struct UpstreamGroup {
     pub servers: Vec<UpstreamServer>,
 }
 
-fn default_query_timeout() -> Dur {
+/// Shared with the operator's CRD defaults.
+pub fn default_query_timeout() -> Dur {
     Dur::secs(2)
 }
 
@@ -357,7 +359,8 @@ fn is_false(b: &bool) -> bool {
 fn yes() -> bool {
     true
 }
-fn default_pool_size() -> usize {
+/// Shared with the operator's CRD defaults.
+pub fn default_pool_size() -> usize {
     2
 }
 fn default_idle_timeout() -> Dur {
@@ -719,7 +722,8 @@ pub struct StaticRule {
     pub txt: Vec<String>,
 }
 
-fn default_static_ttl() -> u32 {
+/// Shared with the operator's CRD defaults.
+pub fn default_static_ttl() -> u32 {
     300
 }
 
@@ -890,8 +894,8 @@ impl Config {
                 err(format!("listen[{i}]"), format!("{a} is listed twice"));
             }
         }
-        if self.workers > 1024 {
-            err("workers".into(), "must be at most 1024".into());
+        if let Some(m) = limits::WORKERS.check(self.workers as u64) {
+            err("workers".into(), m);
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             err("log.level".into(), format!("invalid filter: {e}"));
@@ -991,36 +995,40 @@ impl Config {
 
     /// `validate`, for cache bounds and clamps.
     fn check_cache(&self, err: &mut impl FnMut(String, String)) {
+        use limits::*;
         let c = &self.cache;
-        if c.enabled && c.max_entries == 0 {
-            err(
-                "cache.max_entries".into(),
-                "must be at least 1 (or set cache.enabled: false)".into(),
-            );
+        let mut range = |field: &str, v: u64, r: Range<u64>| {
+            if let Some(m) = r.check(v) {
+                err(format!("cache.{field}"), m);
+            }
+        };
+        if c.enabled {
+            if c.max_entries == 0 {
+                range("max_entries", 0, CACHE_MAX_ENTRIES);
+            } else {
+                range("max_entries", c.max_entries as u64, CACHE_MAX_ENTRIES);
+            }
+            range("max_bytes", c.max_bytes, CACHE_MAX_BYTES);
         }
-        if c.enabled && c.max_bytes < 4096 {
-            err("cache.max_bytes".into(), "must be at least 4096".into());
+        range("min_ttl", c.min_ttl.into(), CACHE_MIN_TTL);
+        range("max_ttl", c.max_ttl.into(), CACHE_MAX_TTL);
+        range(
+            "negative_max_ttl",
+            c.negative_max_ttl.into(),
+            CACHE_NEGATIVE_MAX_TTL,
+        );
+        range("servfail_ttl", c.servfail_ttl.into(), CACHE_SERVFAIL_TTL);
+        range("stale_ttl", c.stale_ttl.into(), CACHE_STALE_TTL);
+        let p = &c.prefetch;
+        range("prefetch.min_hits", p.min_hits.into(), PREFETCH_MIN_HITS);
+        range("prefetch.top_n", p.top_n as u64, PREFETCH_TOP_N);
+        if let Some(m) = PREFETCH_REMAINING_FRACTION.check(p.remaining_fraction) {
+            err("cache.prefetch.remaining_fraction".into(), m);
         }
         if c.min_ttl > c.max_ttl {
             err(
                 "cache.min_ttl".into(),
                 format!("{} is above cache.max_ttl ({})", c.min_ttl, c.max_ttl),
-            );
-        }
-        if c.servfail_ttl > 300 {
-            err(
-                "cache.servfail_ttl".into(),
-                "must be at most 300 (RFC 9520)".into(),
-            );
-        }
-        if c.stale_ttl == 0 {
-            err("cache.stale_ttl".into(), "must be at least 1".into());
-        }
-        let p = &c.prefetch;
-        if !(0.0..=0.5).contains(&p.remaining_fraction) || p.remaining_fraction.is_nan() {
-            err(
-                "cache.prefetch.remaining_fraction".into(),
-                "must be between 0.0 and 0.5".into(),
             );
         }
     }
@@ -1053,22 +1061,20 @@ impl Config {
 
     /// `validate`, for rate limits and their overrides.
     fn check_rate_limit(&self, err: &mut impl FnMut(String, String)) {
+        use limits::*;
         let r = &self.rate_limit;
-        if !(r.qps.is_finite() && r.qps > 0.0) {
-            err("rate_limit.qps".into(), "must be a number above 0".into());
+        if let Some(m) = RATE_QPS.check(r.qps) {
+            err("rate_limit.qps".into(), m);
         }
-        if r.burst == 0 {
-            err("rate_limit.burst".into(), "must be at least 1".into());
-        }
-        if r.ipv6_prefix == 0 || r.ipv6_prefix > 128 {
-            err(
-                "rate_limit.ipv6_prefix".into(),
-                "must be between 1 and 128".into(),
-            );
-        }
-        if r.max_clients == 0 {
-            err("rate_limit.max_clients".into(), "must be at least 1".into());
-        }
+        let mut range = |field: &str, v: u64, r: Range<u64>| {
+            if let Some(m) = r.check(v) {
+                err(format!("rate_limit.{field}"), m);
+            }
+        };
+        range("burst", r.burst.into(), RATE_BURST);
+        range("ipv6_prefix", r.ipv6_prefix.into(), RATE_IPV6_PREFIX);
+        range("slip", r.slip.into(), RATE_SLIP);
+        range("max_clients", r.max_clients as u64, RATE_MAX_CLIENTS);
         for (i, o) in r.overrides.iter().enumerate() {
             let op = format!("rate_limit.overrides[{i}]");
             if let Some(q) = o.qps {
@@ -1137,6 +1143,9 @@ impl Config {
             }) {
                 err(format!("{f}.name"), m);
             }
+            if let Some(m) = limits::STATIC_TTL.check(r.ttl.into()) {
+                err(format!("{f}.ttl"), m);
+            }
             if r.a.is_empty() && r.aaaa.is_empty() && r.cname.is_none() && r.txt.is_empty() {
                 err(
                     f.clone(),
@@ -1199,12 +1208,8 @@ impl Config {
 
     /// `validate`, for padding and shutdown grace.
     fn check_privacy_and_shutdown(&self, err: &mut impl FnMut(String, String)) {
-        let pad = self.privacy.padding_block;
-        if pad > 1024 {
-            err(
-                "privacy.padding_block".into(),
-                "must be at most 1024".into(),
-            );
+        if let Some(m) = limits::PADDING_BLOCK.check(self.privacy.padding_block.into()) {
+            err("privacy.padding_block".into(), m);
         }
         if self.shutdown_grace.get().as_secs() > 600 {
             err("shutdown_grace".into(), "must be at most 10m".into());
@@ -1254,8 +1259,8 @@ fn validate_server(err: &mut impl FnMut(String, String), sp: &str, s: &UpstreamS
             if let Some(ca) = &s.ca_file {
                 check_readable(err, &format!("{sp}.ca_file"), ca);
             }
-            if s.pool_size == 0 || s.pool_size > 64 {
-                err(format!("{sp}.pool_size"), "must be between 1 and 64".into());
+            if let Some(m) = limits::POOL_SIZE.check(s.pool_size as u64) {
+                err(format!("{sp}.pool_size"), m);
             }
             if s.force_tcp {
                 err(

@@ -1,0 +1,76 @@
+//! The ranges numeric settings must lie in, defined once: [`Config::validate`](crate::Config::validate)
+//! checks them, and the operator writes the same constants into the CRD's OpenAPI schema
+//! (`minimum`/`maximum`), so the API server and the proxy refuse the same values.
+
+/// An inclusive range.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Range<T> {
+    pub min: T,
+    pub max: T,
+}
+
+impl<T: PartialOrd + Copy + std::fmt::Display> Range<T> {
+    pub const fn new(min: T, max: T) -> Range<T> {
+        Range { min, max }
+    }
+
+    pub fn contains(&self, v: T) -> bool {
+        self.min <= v && v <= self.max
+    }
+
+    /// `Some("must be between MIN and MAX")` when `v` is outside.
+    pub fn check(&self, v: T) -> Option<String> {
+        (!self.contains(v)).then(|| format!("must be between {} and {}", self.min, self.max))
+    }
+}
+
+pub const WORKERS: Range<u64> = Range::new(0, 1024);
+pub const POOL_SIZE: Range<u64> = Range::new(1, 64);
+
+pub const CACHE_MAX_ENTRIES: Range<u64> = Range::new(1, 10_000_000);
+pub const CACHE_MAX_BYTES: Range<u64> = Range::new(4096, 16 * 1024 * 1024 * 1024);
+pub const CACHE_MIN_TTL: Range<u64> = Range::new(0, 86_400);
+pub const CACHE_MAX_TTL: Range<u64> = Range::new(0, 604_800);
+pub const CACHE_NEGATIVE_MAX_TTL: Range<u64> = Range::new(0, 86_400);
+/// RFC 9520 caps how long a resolution failure may be cached at five minutes.
+pub const CACHE_SERVFAIL_TTL: Range<u64> = Range::new(0, 300);
+pub const CACHE_STALE_TTL: Range<u64> = Range::new(1, 3600);
+pub const PREFETCH_MIN_HITS: Range<u64> = Range::new(1, 1_000_000);
+pub const PREFETCH_TOP_N: Range<u64> = Range::new(1, 1_000_000);
+pub const PREFETCH_REMAINING_FRACTION: Range<f64> = Range::new(0.0, 0.5);
+
+pub const RATE_QPS: Range<f64> = Range::new(0.001, 1_000_000.0);
+pub const RATE_BURST: Range<u64> = Range::new(1, 10_000_000);
+pub const RATE_IPV6_PREFIX: Range<u64> = Range::new(1, 128);
+pub const RATE_SLIP: Range<u64> = Range::new(0, 100);
+pub const RATE_MAX_CLIENTS: Range<u64> = Range::new(1, 10_000_000);
+
+pub const PADDING_BLOCK: Range<u64> = Range::new(0, 1024);
+pub const STATIC_TTL: Range<u64> = Range::new(0, 604_800);
+
+/// Where the operator's defaults differ from the standalone proxy's, on purpose: a node
+/// proxy in Kubernetes serves every pod of its node.
+pub mod kubernetes {
+    /// `cache.maxBytes`: one node cache serves every pod of the node (the standalone
+    /// default is 16 MiB); with typical answers the 100,000-entry bound is reached first.
+    pub const CACHE_MAX_BYTES: u64 = 64 * 1024 * 1024;
+    /// `rateLimit.ipv6Prefix`: Kubernetes gives each node one /64 of pod addresses, so a /64
+    /// bucket would be shared by every pod of the node (the standalone default is 64).
+    pub const RATE_IPV6_PREFIX: u8 = 128;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_are_inclusive_and_name_their_bounds() {
+        assert!(CACHE_SERVFAIL_TTL.contains(300));
+        assert_eq!(
+            CACHE_SERVFAIL_TTL.check(301).as_deref(),
+            Some("must be between 0 and 300")
+        );
+        assert!(RATE_QPS.check(f64::NAN).is_some());
+        assert!(PREFETCH_REMAINING_FRACTION.check(0.5).is_none());
+    }
+}
