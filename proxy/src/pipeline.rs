@@ -9,6 +9,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use tokio::time::Instant;
 
 use crate::cache::{Cache, CacheKey, Coalescer, Lookup, Role};
@@ -24,13 +25,32 @@ use crate::route::Router;
 use crate::upstream::{Group, GroupError};
 
 /// What the inline path decided.
+// A miss moves its request once, into the task that resolves it; boxing it would add an
+// allocation per miss for nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Fast {
     /// `out` holds the answer to a query of this type (0 when it did not parse).
     Answered(u16),
     /// Send nothing.
     Drop,
-    /// Needs an upstream: call [`Pipeline::resolve`].
-    Miss(QueryInfo),
+    /// Needs an upstream: hand the request to [`Pipeline::resolve`].
+    Miss(Request),
+}
+
+/// A query on its way to an upstream: built once by [`Pipeline::handle_fast`] with what the
+/// guard, policy and cache steps found, then moved into the task that resolves it. Nothing
+/// is parsed, keyed or policy-checked again after the fast path.
+pub struct Request {
+    /// The client's query, copied once out of the listener's receive buffer.
+    pub query: Vec<u8>,
+    pub qi: QueryInfo,
+    /// Cache and coalescing key (lower-cased name, type, class, DO/CD, route tag).
+    pub key: CacheKey,
+    /// The query to send instead when a rewrite rule matched: the rewritten query and its
+    /// parsed info (the answer is restored to the asked name).
+    pub rewrite: Option<(Vec<u8>, QueryInfo)>,
+    pub client: IpAddr,
+    pub transport: Transport,
 }
 
 type Outcome = Result<Arc<Answer>, GroupError>;
@@ -143,9 +163,14 @@ impl Pipeline {
         }
         // One key serves both steps: its lower-cased name is what the policy matches.
         let key = CacheKey::new(query, &qi, self.route_tag(client));
+        let mut rewrite_to = None;
         if let Some(policy) = &self.policy {
             let answered = match policy.check(key.name()) {
-                Verdict::Pass | Verdict::Rewrite { .. } => None,
+                Verdict::Pass => None,
+                Verdict::Rewrite { strip, to } => {
+                    rewrite_to = Some((strip, to));
+                    None
+                }
                 Verdict::Static(rule) => Some((
                     PolicyKind::static_answer,
                     crate::policy::static_answer(query, &qi, rule, out),
@@ -176,7 +201,8 @@ impl Pipeline {
                         out,
                     );
                     if prefetch {
-                        self.refresh(query.to_vec(), qi, key.route_tag(), entry);
+                        let req = self.request(query, qi, key, rewrite_to, client, transport);
+                        self.refresh(req, entry);
                     }
                     return Fast::Answered(qi.qtype);
                 }
@@ -185,7 +211,30 @@ impl Pipeline {
                 }
             }
         }
-        Fast::Miss(qi)
+        Fast::Miss(self.request(query, qi, key, rewrite_to, client, transport))
+    }
+
+    /// The request a miss (or a refresh) carries on; the rewritten query is built here, once.
+    fn request(
+        &self,
+        query: &[u8],
+        qi: QueryInfo,
+        key: CacheKey,
+        rewrite_to: Option<(usize, &[u8])>,
+        client: IpAddr,
+        transport: Transport,
+    ) -> Request {
+        let rewrite = rewrite_to.and_then(|(strip, to)| {
+            crate::policy::rewrite_query(query, &qi, key.name(), strip, to)
+        });
+        Request {
+            query: query.to_vec(),
+            qi,
+            key,
+            rewrite,
+            client,
+            transport,
+        }
     }
 
     /// 0 for zone routing, 1 + group index when the client has a group of its own.
@@ -207,15 +256,14 @@ impl Pipeline {
     }
 
     /// The async path for a query `handle_fast` could not answer. Always produces an answer.
-    pub async fn resolve(
-        self: &Arc<Self>,
-        query: &[u8],
-        qi: &QueryInfo,
-        client: IpAddr,
-        transport: Transport,
-        out: &mut Vec<u8>,
-    ) {
-        let key = CacheKey::new(query, qi, self.route_tag(client));
+    pub async fn resolve(self: &Arc<Self>, req: Request, out: &mut Vec<u8>) {
+        let Request {
+            query,
+            qi,
+            key,
+            transport,
+            ..
+        } = &req;
         let outcome = if self.cache_for(qi).is_some() {
             match self
                 .coalescer
@@ -226,15 +274,15 @@ impl Pipeline {
                     rx.await.unwrap_or(Err(GroupError::Timeout))
                 }
                 Role::Leader(turn) => {
-                    let outcome = self.fetch(query, qi, &key).await;
+                    let outcome = self.fetch(&req).await;
                     turn.finish(&outcome);
                     outcome
                 }
             }
         } else {
-            self.fetch(query, qi, &key).await
+            self.fetch(&req).await
         };
-        let max = max_len(transport, qi);
+        let max = max_len(*transport, qi);
         match outcome {
             Ok(answer) => answer.stored().render(query, qi, 0, None, max, out),
             Err(e) => {
@@ -248,7 +296,7 @@ impl Pipeline {
                         .stored()
                         .render(query, qi, 0, Some(cache.config().stale_ttl), max, out);
                     if entry.start_refresh() {
-                        self.refresh(query.to_vec(), *qi, key.route_tag(), entry);
+                        self.refresh(req, entry);
                     }
                 } else {
                     tracing::debug!(error = %e, "answering SERVFAIL");
@@ -259,7 +307,14 @@ impl Pipeline {
     }
 
     /// Asks the zone's group and caches the answer.
-    async fn fetch(&self, query: &[u8], qi: &QueryInfo, key: &CacheKey) -> Outcome {
+    async fn fetch(&self, req: &Request) -> Outcome {
+        let Request {
+            query,
+            qi,
+            key,
+            rewrite,
+            ..
+        } = req;
         let index = match key.route_tag() {
             0 => self.router.route(key.name()),
             tag => usize::from(tag) - 1,
@@ -268,25 +323,20 @@ impl Pipeline {
         if tracing::enabled!(tracing::Level::DEBUG) {
             tracing::debug!(name = %wire::name_to_string(key.name()), qtype = qi.qtype, group = %group.name, "forwarding");
         }
+        // The one message built for upstreams; every attempt and hedge shares it.
         let mut msg = Vec::with_capacity(query.len() + 160);
-        let rewrite = match self.policy.as_ref().map(|p| p.check(key.name())) {
-            Some(Verdict::Rewrite { strip, to }) => {
-                crate::policy::rewrite_query(query, qi, key.name(), strip, to)
-            }
-            _ => None,
-        };
-        let resp = match &rewrite {
+        let resp = match rewrite {
             Some((new_query, new_qi)) => {
                 self.metrics.policy_hits.inc(PolicyKind::rewrite);
                 upstream_query(new_query, new_qi, &group.query_options(), &mut msg);
-                let resp = group.query(&msg).await?;
-                crate::policy::restore_answer(&resp, query).ok_or(GroupError::Failed(
-                    crate::upstream::UpstreamError::Malformed,
-                ))?
+                let resp = group.query(&Bytes::from(msg)).await?;
+                Bytes::from(crate::policy::restore_answer(&resp, query).ok_or(
+                    GroupError::Failed(crate::upstream::UpstreamError::Malformed),
+                )?)
             }
             None => {
                 upstream_query(query, qi, &group.query_options(), &mut msg);
-                group.query(&msg).await?
+                group.query(&Bytes::from(msg)).await?
             }
         };
         let policy = self
@@ -314,20 +364,15 @@ impl Pipeline {
     }
 
     /// Refreshes a cached name in the background (prefetch, or after serving stale).
-    fn refresh(
-        self: &Arc<Self>,
-        query: Vec<u8>,
-        qi: QueryInfo,
-        route_tag: u8,
-        entry: crate::cache::Entry,
-    ) {
+    fn refresh(self: &Arc<Self>, req: Request, entry: crate::cache::Entry) {
         self.metrics.cache_prefetches.inc();
         let me = Arc::clone(self);
         tokio::spawn(async move {
-            let key = CacheKey::new(&query, &qi, route_tag);
-            if let Role::Leader(turn) = me.coalescer.join(key.as_bytes(), Err(GroupError::Timeout))
+            if let Role::Leader(turn) = me
+                .coalescer
+                .join(req.key.as_bytes(), Err(GroupError::Timeout))
             {
-                let outcome = me.fetch(&query, &qi, &key).await;
+                let outcome = me.fetch(&req).await;
                 turn.finish(&outcome);
             }
             entry.end_refresh();

@@ -754,8 +754,9 @@ fn pipeline_case(
                     prop_assert!(query.len() >= 12);
                     check_pipeline_answer(query, &out, transport, "inline answer")?;
                 }
-                Fast::Miss(qi) => {
-                    let resolve = pipeline.resolve(query, &qi, CLIENT, transport, &mut out);
+                Fast::Miss(req) => {
+                    let qi = req.qi;
+                    let resolve = pipeline.resolve(req, &mut out);
                     tokio::time::timeout(Duration::from_secs(5), resolve)
                         .await
                         .map_err(|_| TestCaseError::fail("resolve took over 5 s"))?;

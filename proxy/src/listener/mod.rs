@@ -6,7 +6,7 @@ pub mod tcp;
 pub mod udp;
 
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -14,9 +14,9 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
-use crate::dns::wire::{header, QueryInfo};
-use crate::metrics::{QType, QueryCounters, Rcode, Transport};
-use crate::pipeline::Pipeline;
+use crate::dns::wire::header;
+use crate::metrics::{QType, QueryCounters, Rcode};
+use crate::pipeline::{Pipeline, Request};
 
 /// Counts an answered query and the time it took since `start`.
 pub(crate) fn count(counters: &QueryCounters, qtype: u16, answer: &[u8], start: Instant) {
@@ -32,10 +32,7 @@ pub(crate) fn count(counters: &QueryCounters, qtype: u16, answer: &[u8], start: 
 /// many of a listener's queries wait for upstreams at once; it is released at the end.
 pub(crate) struct Miss {
     pub pipeline: Arc<Pipeline>,
-    pub query: Vec<u8>,
-    pub qi: QueryInfo,
-    pub client: IpAddr,
-    pub transport: Transport,
+    pub req: Request,
     pub start: Instant,
     pub permit: OwnedSemaphorePermit,
 }
@@ -49,18 +46,16 @@ impl Miss {
         tracker.spawn(async move {
             let Miss {
                 pipeline: p,
-                query,
-                qi,
-                client,
-                transport,
+                req,
                 start,
                 permit,
             } = self;
+            let qtype = req.qi.qtype;
             let mut out = Vec::with_capacity(512);
             p.metrics.inflight.inc();
-            p.resolve(&query, &qi, client, transport, &mut out).await;
+            p.resolve(req, &mut out).await;
             p.metrics.inflight.dec();
-            count(&counters, qi.qtype, &out, start);
+            count(&counters, qtype, &out, start);
             deliver(out).await;
             drop(permit);
         });

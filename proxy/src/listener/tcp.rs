@@ -248,17 +248,14 @@ async fn connection(
                 }
             }
             Fast::Drop => {}
-            Fast::Miss(qi) => {
+            Fast::Miss(req) => {
                 let Ok(permit) = inflight.clone().acquire_owned().await else {
                     break;
                 };
                 let tx = tx.clone();
                 let miss = Miss {
                     pipeline: p,
-                    query: query.to_vec(),
-                    qi,
-                    client: peer.ip(),
-                    transport: Transport::tcp,
+                    req,
                     start,
                     permit,
                 };

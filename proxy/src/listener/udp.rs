@@ -111,7 +111,7 @@ impl Io {
                         }
                     }
                     Fast::Drop => {}
-                    Fast::Miss(qi) => {
+                    Fast::Miss(req) => {
                         let Ok(permit) = self.pending.clone().try_acquire_owned() else {
                             p.metrics.drops.inc(DropReason::overloaded);
                             continue;
@@ -119,10 +119,7 @@ impl Io {
                         let sock = sock.clone();
                         let miss = Miss {
                             pipeline: p.clone(),
-                            query: query.to_vec(),
-                            qi,
-                            client: peer.ip(),
-                            transport: Transport::udp,
+                            req,
                             start,
                             permit,
                         };

@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::time::{sleep_until, Instant};
 
@@ -99,7 +100,7 @@ pub struct Group {
 }
 
 /// What one attempt ended with.
-type Attempt = (usize, Result<Vec<u8>, GroupError>);
+type Attempt = (usize, Result<Bytes, GroupError>);
 
 impl Group {
     pub fn new(
@@ -173,7 +174,7 @@ impl Group {
     }
 
     /// Sends a query built by `dns::message::upstream_query` and returns the raw answer.
-    pub async fn query(&self, msg: &[u8]) -> Result<Vec<u8>, GroupError> {
+    pub async fn query(&self, msg: &Bytes) -> Result<Bytes, GroupError> {
         let deadline = Instant::now() + self.timeout;
         let order = self.order();
         if order.is_empty() {
@@ -229,9 +230,9 @@ impl Group {
         &self,
         order: &[usize],
         at_once: usize,
-        msg: &[u8],
+        msg: &Bytes,
         deadline: Instant,
-    ) -> Result<Vec<u8>, GroupError> {
+    ) -> Result<Bytes, GroupError> {
         let mut pending = FuturesUnordered::new();
         let mut launched = 0;
         // Servers whose attempt timeout passed while they still had the query.
@@ -293,16 +294,11 @@ impl Group {
         fallback.ok_or(last)
     }
 
-    async fn tagged(&self, i: usize, msg: &[u8], deadline: Instant) -> Attempt {
+    async fn tagged(&self, i: usize, msg: &Bytes, deadline: Instant) -> Attempt {
         (i, self.attempt(i, msg, deadline).await)
     }
 
-    async fn attempt(
-        &self,
-        i: usize,
-        msg: &[u8],
-        deadline: Instant,
-    ) -> Result<Vec<u8>, GroupError> {
+    async fn attempt(&self, i: usize, msg: &Bytes, deadline: Instant) -> Result<Bytes, GroupError> {
         let m = &self.members[i];
         let start = Instant::now();
         match tokio::time::timeout_at(deadline, m.upstream.query(msg)).await {
@@ -429,7 +425,7 @@ impl Group {
     pub async fn probe_down_members(&self) {
         let now = self.now_ms();
         let none_up = !self.any_up();
-        let probe = probe_query(&self.query_opts);
+        let probe = Bytes::from(probe_query(&self.query_opts));
         let mut futs = FuturesUnordered::new();
         for (i, m) in self.members.iter().enumerate() {
             let until = m.health.down_until_ms.load(Ordering::Relaxed);
@@ -554,7 +550,7 @@ mod tests {
     }
 
     impl Exchange for Fake {
-        fn query<'a>(&'a self, msg: &'a [u8]) -> ExchangeFuture<'a> {
+        fn query<'a>(&'a self, msg: &'a Bytes) -> ExchangeFuture<'a> {
             self.calls.fetch_add(1, Ordering::SeqCst);
             let mode = *self.mode.lock().expect("lock");
             Box::pin(async move {
@@ -563,11 +559,11 @@ mod tests {
                 match mode {
                     Mode::Answer(d) => {
                         tokio::time::sleep(d).await;
-                        Ok(r)
+                        Ok(Bytes::from(r))
                     }
                     Mode::ServFail => {
                         r[3] = (r[3] & 0xF0) | rcode::SERVFAIL;
-                        Ok(r)
+                        Ok(Bytes::from(r))
                     }
                     Mode::Stall => std::future::pending().await,
                     Mode::Refuse => Err(UpstreamError::Connect("refused".into())),
@@ -601,13 +597,13 @@ mod tests {
         (g, metrics)
     }
 
-    fn query() -> Vec<u8> {
+    fn query() -> Bytes {
         let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
         q.extend_from_slice(b"\x01a\x00\x00\x01\x00\x01");
-        q
+        Bytes::from(q)
     }
 
-    async fn timed(g: &Group) -> (Result<Vec<u8>, GroupError>, Duration) {
+    async fn timed(g: &Group) -> (Result<Bytes, GroupError>, Duration) {
         let t = Instant::now();
         let r = g.query(&query()).await;
         (r, t.elapsed())

@@ -12,6 +12,8 @@ pub mod tls;
 pub mod tls_config;
 
 use std::future::Future;
+
+use bytes::Bytes;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -35,14 +37,14 @@ pub enum UpstreamError {
 
 /// A future answer from an [`Exchange`].
 pub type ExchangeFuture<'a> =
-    Pin<Box<dyn Future<Output = Result<Vec<u8>, UpstreamError>> + Send + 'a>>;
+    Pin<Box<dyn Future<Output = Result<Bytes, UpstreamError>> + Send + 'a>>;
 
 /// Any other way of asking one server: what a group needs of it. The built-in transports
 /// are variants of [`Upstream`]; this lets a group carry others (the group's unit tests use
 /// a fake server with paused time).
 pub trait Exchange: Send + Sync {
     /// Sends one query and returns the raw answer; the caller bounds the time.
-    fn query<'a>(&'a self, msg: &'a [u8]) -> ExchangeFuture<'a>;
+    fn query<'a>(&'a self, msg: &'a Bytes) -> ExchangeFuture<'a>;
     fn label(&self) -> &str;
     fn stats(&self) -> &tls::UpstreamStats;
 }
@@ -56,7 +58,8 @@ pub enum Upstream {
 }
 
 impl Upstream {
-    pub async fn query(&self, msg: &[u8]) -> Result<Vec<u8>, UpstreamError> {
+    /// Sends one query; `msg` is shared, not copied, by every attempt that carries it.
+    pub async fn query(&self, msg: &Bytes) -> Result<Bytes, UpstreamError> {
         match self {
             Upstream::Tls(u) => u.query(msg).await,
             Upstream::Plain(u) => u.query(msg).await,

@@ -12,6 +12,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::time::Instant;
@@ -54,7 +56,7 @@ impl PlainUpstream {
     }
 
     /// Sends the query; the caller bounds the time.
-    pub async fn query(&self, msg: &[u8]) -> Result<Vec<u8>, UpstreamError> {
+    pub async fn query(&self, msg: &[u8]) -> Result<Bytes, UpstreamError> {
         if msg.len() > usize::from(u16::MAX) || msg.len() < wire::HEADER_LEN {
             return Err(UpstreamError::Malformed);
         }
@@ -74,7 +76,7 @@ impl PlainUpstream {
             }
         };
         self.stats.duration.observe(start.elapsed().as_secs_f64());
-        Ok(resp)
+        Ok(Bytes::from(resp))
     }
 
     async fn udp(&self, q: &[u8], id: u16) -> Result<Vec<u8>, UpstreamError> {

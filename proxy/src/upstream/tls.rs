@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
@@ -94,10 +94,10 @@ impl UpstreamStats {
     }
 }
 
-type Reply = oneshot::Sender<Result<Vec<u8>, UpstreamError>>;
+type Reply = oneshot::Sender<Result<Bytes, UpstreamError>>;
 
 struct Request {
-    msg: Vec<u8>,
+    msg: Bytes,
     reply: Reply,
 }
 
@@ -191,7 +191,7 @@ impl TlsUpstream {
 
     /// Sends one query (any ID; the connection sets its own) and returns the answer with
     /// the ID as sent by the server.
-    pub async fn query(self: &Arc<Self>, msg: &[u8]) -> Result<Vec<u8>, UpstreamError> {
+    pub async fn query(self: &Arc<Self>, msg: &Bytes) -> Result<Bytes, UpstreamError> {
         // The frame's length prefix is 16 bits: a longer message would desynchronise the
         // connection for every other query on it.
         if msg.len() > usize::from(u16::MAX) {
@@ -208,7 +208,7 @@ impl TlsUpstream {
             if conn
                 .tx
                 .send(Request {
-                    msg: msg.to_vec(),
+                    msg: msg.clone(),
                     reply: tx,
                 })
                 .await
@@ -399,7 +399,7 @@ async fn run_connection(
                         break;
                     }
                     rbuf.advance(2);
-                    let frame = rbuf.split_to(len).to_vec();
+                    let frame = rbuf.split_to(len).freeze();
                     if frame.len() < wire::HEADER_LEN {
                         continue;
                     }
