@@ -17,11 +17,10 @@ use crate::clock::Clock;
 use crate::dns::message::{self, error_answer, upstream_query, Answer, AnswerKind, BADVERS};
 use crate::dns::rcode;
 use crate::dns::wire::{self, QueryInfo, Rejection};
-use crate::guard::cidr::PrefixTable;
 use crate::guard::{Decision, RateLimiter};
 use crate::metrics::{DropReason, LimitedAction, Metrics, PolicyKind, Transport};
 use crate::policy::{Policy, Verdict};
-use crate::route::Router;
+use crate::route::Routes;
 use crate::upstream::{Group, GroupError};
 
 /// What the inline path decided.
@@ -56,30 +55,34 @@ pub struct Request {
 type Outcome = Result<Arc<Answer>, GroupError>;
 
 pub struct Pipeline {
-    pub limiter: Option<Arc<RateLimiter>>,
-    pub cache: Option<Arc<Cache>>,
-    pub router: Router,
-    /// Clients sent to a group of their own (index into `groups`), checked before zones.
-    pub client_groups: PrefixTable<usize>,
+    pub(crate) limiter: Option<Arc<RateLimiter>>,
+    pub(crate) cache: Option<Arc<Cache>>,
+    /// Which group answers: per-client groups, then zones (`route`).
+    pub(crate) routes: Routes,
     /// Static answers, block lists, rewrites (None when there are none).
-    pub policy: Option<Arc<Policy>>,
+    pub(crate) policy: Option<Arc<Policy>>,
     /// Identity of the block-list files `policy` was built from (`policy::files_identity`).
-    pub lists_identity: Vec<u8>,
-    pub groups: Vec<Arc<Group>>,
-    pub strip_ecs: bool,
-    pub metrics: Arc<Metrics>,
-    pub clock: Arc<Clock>,
+    pub(crate) lists_identity: Vec<u8>,
+    pub(crate) groups: Vec<Arc<Group>>,
+    pub(crate) strip_ecs: bool,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) clock: Arc<Clock>,
     pub(crate) coalescer: Coalescer<Outcome>,
 }
 
 impl Pipeline {
+    /// The clock `handle_fast`'s `now` is read from.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
     /// Readiness: the group serving `.` (every name no other zone claims, nearly all of a
     /// pod's traffic) has a usable server. A down group for another zone (the cluster DNS
     /// during its own rollout, say) does not make the node's proxy unready: restarting or
     /// holding back the proxy would not bring that group back, and every other name still
     /// resolves. Per-group health is `dot_proxy_group_healthy_upstreams`.
     pub fn ready(&self) -> Result<(), String> {
-        let Some(g) = self.groups.get(self.router.default_group()) else {
+        let Some(g) = self.groups.get(self.routes.default_group()) else {
             return Err("no group serves \".\"".into());
         };
         if g.any_up() {
@@ -162,7 +165,7 @@ impl Pipeline {
             }
         }
         // One key serves both steps: its lower-cased name is what the policy matches.
-        let key = CacheKey::new(query, &qi, self.route_tag(client));
+        let key = CacheKey::new(query, &qi, self.routes.tag(client));
         let mut rewrite_to = None;
         if let Some(policy) = &self.policy {
             let answered = match policy.check(key.name()) {
@@ -237,14 +240,6 @@ impl Pipeline {
         }
     }
 
-    /// 0 for zone routing, 1 + group index when the client has a group of its own.
-    fn route_tag(&self, client: IpAddr) -> u8 {
-        match self.client_groups.lookup(client) {
-            Some(&g) => u8::try_from(g + 1).unwrap_or(u8::MAX),
-            None => 0,
-        }
-    }
-
     fn limited(&self, action: LimitedAction) {
         self.metrics.limited.inc(action);
     }
@@ -315,10 +310,7 @@ impl Pipeline {
             rewrite,
             ..
         } = req;
-        let index = match key.route_tag() {
-            0 => self.router.route(key.name()),
-            tag => usize::from(tag) - 1,
-        };
+        let index = self.routes.group(key.route_tag(), key.name());
         let group = &self.groups[index.min(self.groups.len().saturating_sub(1))];
         if tracing::enabled!(tracing::Level::DEBUG) {
             tracing::debug!(name = %wire::name_to_string(key.name()), qtype = qi.qtype, group = %group.name, "forwarding");

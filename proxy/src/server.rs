@@ -15,18 +15,14 @@ use tokio_util::task::TaskTracker;
 use crate::admin::AdminState;
 use crate::cache::Cache;
 use crate::clock::Clock;
-use crate::config::{Config, Protocol, UpstreamGroup};
-use crate::dns::message::UpstreamQueryOptions;
-use crate::guard::cidr::PrefixTable;
+use crate::config::{Config, UpstreamGroup};
 use crate::guard::RateLimiter;
 use crate::listener::tcp::{ConnTable, TcpLimits};
-use crate::metrics::{Metrics, RankLabels, ReloadLabels, ReloadResult, Transport};
+use crate::metrics::{Metrics, ReloadLabels, ReloadResult, Transport};
 use crate::pipeline::Pipeline;
 use crate::policy::Policy;
-use crate::route::Router;
-use crate::upstream::plain::PlainUpstream;
-use crate::upstream::tls::{ConnOptions, TlsUpstream, UpstreamStats};
-use crate::upstream::{tls_config, Group, Upstream};
+use crate::route::Routes;
+use crate::upstream::Group;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -44,12 +40,8 @@ pub enum StartError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BuildError {
-    #[error("upstream {label}: {source}")]
-    Upstream {
-        label: String,
-        #[source]
-        source: tls_config::TlsConfigError,
-    },
+    #[error(transparent)]
+    Upstream(#[from] crate::upstream::build::BuildError),
     #[error("policy: {0}")]
     Policy(#[from] crate::policy::PolicyError),
 }
@@ -147,7 +139,7 @@ impl Server {
         // over), so a probe answered here is answered by a process that serves.
         {
             let p = server.pipeline.load_full();
-            if let Some(g) = p.groups.get(p.router.default_group()) {
+            if let Some(g) = p.groups.get(p.routes.default_group()) {
                 g.warmed(WARM_LIMIT).await;
             }
         }
@@ -274,21 +266,13 @@ impl Server {
     }
 
     fn start_background(self: &Arc<Self>) {
-        // Health probes of down upstreams.
+        // Health probes of down upstreams, over whichever groups the current pipeline has.
         let weak = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(500));
-            loop {
-                tick.tick().await;
-                let Some(s) = weak.upgrade() else { break };
-                if s.stop.is_cancelled() {
-                    break;
-                }
-                let groups = s.pipeline.load().groups.clone();
-                drop(s);
-                futures::future::join_all(groups.iter().map(|g| g.probe_down_members())).await;
-            }
-        });
+        tokio::spawn(crate::upstream::group::probe_loop(move || {
+            let s = weak.upgrade().filter(|s| !s.stop.is_cancelled())?;
+            let groups = s.pipeline.load().groups.clone();
+            Some(groups)
+        }));
     }
 
     /// Applies a new validated config: the new pipeline is built first (reusing the cache
@@ -432,29 +416,18 @@ impl Server {
         }
     }
 
+    /// Gauges that are read, not counted: each part sets its own at scrape time.
     fn refresh_gauges(&self) {
         let p = self.pipeline.load();
         if let Some(c) = &p.cache {
-            self.metrics.cache_entries.set(c.len() as i64);
-            self.metrics.cache_bytes.set(c.weight() as i64);
+            c.export_gauges(&self.metrics);
         }
-        let cfg = self.config.load();
         match &p.limiter {
-            Some(rl) => {
-                let now = self.clock.now();
-                self.metrics.rate_limit_clients.set(rl.clients() as i64);
-                self.metrics
-                    .rate_limit_configured_qps
-                    .set(cfg.rate_limit.qps);
-                let top = rl.top(cfg.rate_limit.top_k, now);
-                for rank in 1..=cfg.rate_limit.top_k.min(100) {
-                    let qps = top.get(rank - 1).map_or(0.0, |c| c.qps);
-                    self.metrics
-                        .rate_limit_top_qps
-                        .get_or_create(&RankLabels { rank: rank as u16 })
-                        .set(qps);
-                }
-            }
+            Some(rl) => rl.export_gauges(
+                &self.metrics,
+                &self.config.load().rate_limit,
+                self.clock.now(),
+            ),
             None => {
                 self.metrics.rate_limit_configured_qps.set(0.0);
             }
@@ -475,13 +448,10 @@ impl AdminState for Server {
         self.pipeline.load().ready()
     }
     fn hot_names(&self) -> String {
-        let p = self.pipeline.load();
-        let names = p.cache.as_ref().map(|c| c.hot_names()).unwrap_or_default();
-        let v: Vec<serde_json::Value> = names
-            .iter()
-            .map(|h| serde_json::json!({"name": h.name, "qtype": h.qtype, "hits": h.hits, "prefetches": h.prefetches}))
-            .collect();
-        serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"
+        match &self.pipeline.load().cache {
+            Some(c) => c.hot_names_json(),
+            None => "[]\n".into(),
+        }
     }
 }
 
@@ -518,50 +488,7 @@ fn build_groups(
             });
             continue;
         }
-        let mut upstreams = Vec::new();
-        for s in &g.servers {
-            let label = s.label();
-            let stats = UpstreamStats::new(metrics, &g.name, &label);
-            let u = match s.protocol {
-                Protocol::Tls => {
-                    let setup =
-                        tls_config::build(s, cfg.tls.ca_file.as_deref()).map_err(|source| {
-                            BuildError::Upstream {
-                                label: label.clone(),
-                                source,
-                            }
-                        })?;
-                    let opts = ConnOptions {
-                        pool_size: s.pool_size,
-                        idle_timeout: s.idle_timeout.get(),
-                        max_age: s.max_connection_age.get(),
-                        connect_timeout: s.connect_timeout.get(),
-                        stall_timeout: g.timeout.get().max(Duration::from_secs(2)) * 2,
-                        write_timeout: Duration::from_secs(5),
-                    };
-                    Upstream::Tls(TlsUpstream::new(label, s.address, setup, opts, stats))
-                }
-                Protocol::Plain => {
-                    Upstream::Plain(PlainUpstream::new(label, s.address, s.force_tcp, stats))
-                }
-            };
-            upstreams.push(u);
-        }
-        let tls = g.servers.iter().all(|s| s.protocol == Protocol::Tls);
-        let qopts = UpstreamQueryOptions {
-            strip_ecs: cfg.privacy.strip_ecs,
-            padding_block: if tls { cfg.privacy.padding_block } else { 0 },
-            keepalive: tls,
-        };
-        let group = Group::new(
-            g.name.clone(),
-            g.policy,
-            g.timeout.get(),
-            upstreams,
-            qopts,
-            metrics,
-        );
-        group.warm();
+        let group = Group::from_config(g, cfg.tls.ca_file.as_deref(), &cfg.privacy, metrics)?;
         out.push(BuiltGroup {
             cfg: g.clone(),
             ca: cfg.tls.ca_file.clone(),
@@ -600,16 +527,6 @@ fn build_pipeline(
             (!policy.is_empty()).then(|| Arc::new(policy))
         }
     };
-    let routes: Vec<(String, usize)> = cfg
-        .zones
-        .iter()
-        .filter_map(|z| {
-            groups
-                .iter()
-                .position(|g| g.cfg.name == z.group)
-                .map(|i| (z.zone.clone(), i))
-        })
-        .collect();
     // The cache is kept across reloads; only a change of its size bounds starts it afresh.
     let cache = cfg.cache.enabled.then(|| {
         match old
@@ -628,17 +545,11 @@ fn build_pipeline(
             .unwrap_or_else(|| Arc::new(RateLimiter::new(&cfg.rate_limit))),
         _ => Arc::new(RateLimiter::new(&cfg.rate_limit)),
     });
-    let mut client_groups = PrefixTable::default();
-    for c in &cfg.client_groups {
-        if let Some(i) = groups.iter().position(|g| g.cfg.name == c.group) {
-            client_groups.insert(c.cidr, i);
-        }
-    }
+    let names: Vec<&str> = groups.iter().map(|g| g.cfg.name.as_str()).collect();
     Ok(Pipeline {
         limiter,
         cache,
-        router: Router::new(&routes),
-        client_groups,
+        routes: Routes::from_config(cfg, &names),
         policy,
         lists_identity,
         groups: groups.iter().map(|g| g.group.clone()).collect(),

@@ -735,7 +735,7 @@ fn pipeline_case(
         let mut out = Vec::new();
         for transport in [Transport::udp, Transport::tcp] {
             let fast =
-                pipeline.handle_fast(query, CLIENT, transport, pipeline.clock.now(), &mut out);
+                pipeline.handle_fast(query, CLIENT, transport, pipeline.clock().now(), &mut out);
             let counter = match &fast {
                 Fast::Drop => &seen.dropped,
                 Fast::Answered(_) => &seen.answered,

@@ -318,6 +318,23 @@ impl Cache {
         self.map.clear();
     }
     /// The names currently kept hot by prefetch, most asked first.
+    /// Sets the size gauges (`dot_proxy_cache_entries`, `dot_proxy_cache_bytes`); called when
+    /// metrics are scraped.
+    pub fn export_gauges(&self, metrics: &crate::metrics::Metrics) {
+        metrics.cache_entries.set(self.len() as i64);
+        metrics.cache_bytes.set(self.weight() as i64);
+    }
+
+    /// `/debug/hot`: the names kept hot, as a JSON array.
+    pub fn hot_names_json(&self) -> String {
+        let v: Vec<serde_json::Value> = self
+            .hot_names()
+            .iter()
+            .map(|h| serde_json::json!({"name": h.name, "qtype": h.qtype, "hits": h.hits, "prefetches": h.prefetches}))
+            .collect();
+        serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"
+    }
+
     pub fn hot_names(&self) -> Vec<HotName> {
         self.hot.snapshot()
     }

@@ -186,6 +186,26 @@ impl RateLimiter {
     }
 
     /// The `k` busiest clients by query rate over the last second or so.
+    /// Sets the limiter's gauges (clients tracked, configured rate, the top `top_k` clients'
+    /// rates by rank; never their addresses); called when metrics are scraped.
+    pub fn export_gauges(
+        &self,
+        metrics: &crate::metrics::Metrics,
+        cfg: &crate::config::RateLimitConfig,
+        now: Instant,
+    ) {
+        metrics.rate_limit_clients.set(self.clients() as i64);
+        metrics.rate_limit_configured_qps.set(cfg.qps);
+        let top = self.top(cfg.top_k, now);
+        for rank in 1..=cfg.top_k.min(100) {
+            let qps = top.get(rank - 1).map_or(0.0, |c| c.qps);
+            metrics
+                .rate_limit_top_qps
+                .get_or_create(&crate::metrics::RankLabels { rank: rank as u16 })
+                .set(qps);
+        }
+    }
+
     pub fn top(&self, k: usize, now: Instant) -> Vec<ClientRate> {
         let t = now.saturating_duration_since(self.epoch).as_secs_f64();
         let mut all: Vec<(Key, f64)> = Vec::new();

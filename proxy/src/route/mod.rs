@@ -1,9 +1,66 @@
-//! Zone routing: the longest configured zone that is a suffix of the query name (on label
-//! boundaries) picks the upstream group; `.` is the default.
+//! Routing: which upstream group answers a query. A client with a group of its own
+//! (`client_groups`, per-pod overrides) gets that group for every name; otherwise the
+//! longest configured zone that is a suffix of the query name (on label boundaries) picks
+//! the group, and `.` is the default.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 
-use crate::config::normalize_zone;
+use crate::config::{normalize_zone, Config};
+use crate::guard::cidr::PrefixTable;
+
+/// Both routing steps, built from the config's `zones` and `client_groups`.
+#[derive(Debug, Clone)]
+pub struct Routes {
+    zones: Router,
+    /// Clients sent to a group of their own (index into the groups), checked first.
+    clients: PrefixTable<usize>,
+}
+
+impl Routes {
+    /// `groups` are the built groups' names, in the pipeline's order; entries naming no
+    /// group are skipped (validation has refused them already).
+    pub fn from_config(cfg: &Config, groups: &[&str]) -> Routes {
+        let index = |name: &str| groups.iter().position(|g| *g == name);
+        let zones: Vec<(String, usize)> = cfg
+            .zones
+            .iter()
+            .filter_map(|z| index(&z.group).map(|i| (z.zone.clone(), i)))
+            .collect();
+        let mut clients = PrefixTable::default();
+        for c in &cfg.client_groups {
+            if let Some(i) = index(&c.group) {
+                clients.insert(c.cidr, i);
+            }
+        }
+        Routes {
+            zones: Router::new(&zones),
+            clients,
+        }
+    }
+
+    /// 0 for zone routing, or 1 + the index of the client's own group. It is part of the
+    /// cache key, so clients sent to another group never share its answers.
+    pub fn tag(&self, client: IpAddr) -> u8 {
+        match self.clients.lookup(client) {
+            Some(&g) => u8::try_from(g + 1).unwrap_or(u8::MAX),
+            None => 0,
+        }
+    }
+
+    /// The group for a query with route tag `tag` and lower-cased wire-format `name`.
+    pub fn group(&self, tag: u8, name: &[u8]) -> usize {
+        match tag {
+            0 => self.zones.route(name),
+            tag => usize::from(tag) - 1,
+        }
+    }
+
+    /// The group answering `.`.
+    pub fn default_group(&self) -> usize {
+        self.zones.default_group()
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Router {
@@ -92,5 +149,27 @@ mod tests {
         assert_eq!(r.route(&w(".")), 0);
         assert_eq!(r.route(&[]), 0);
         assert_eq!(r.route(&[5, b'a']), 0);
+    }
+
+    #[test]
+    fn a_client_group_wins_over_zones() {
+        let cfg: Config = serde_saphyr::from_str(
+            "zones: [{zone: ., group: a}, {zone: cluster.local, group: b}]\nclient_groups: [{cidr: 10.0.0.7/32, group: b}, {cidr: 10.1.0.0/16, group: nowhere}]\n",
+        )
+        .expect("config");
+        let r = Routes::from_config(&cfg, &["a", "b"]);
+        let name = zone_to_wire("example.com");
+        let pod = "10.0.0.7".parse().expect("ip");
+        let other = "10.0.0.8".parse().expect("ip");
+        assert_eq!(r.tag(other), 0);
+        assert_eq!(r.group(r.tag(other), &name), 0);
+        assert_eq!(r.tag(pod), 2);
+        assert_eq!(r.group(r.tag(pod), &name), 1);
+        assert_eq!(
+            r.tag("10.1.2.3".parse().expect("ip")),
+            0,
+            "unknown group skipped"
+        );
+        assert_eq!(r.default_group(), 0);
     }
 }

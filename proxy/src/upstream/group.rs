@@ -486,6 +486,23 @@ impl Group {
     }
 }
 
+/// How often down servers are looked at for a probe (each has its own backoff).
+pub const PROBE_TICK: Duration = Duration::from_millis(500);
+
+/// Probes the down servers of the groups `groups()` returns, every [`PROBE_TICK`], until it
+/// returns `None` (the proxy stopped or is gone).
+pub async fn probe_loop<F>(groups: F)
+where
+    F: Fn() -> Option<Vec<Arc<Group>>>,
+{
+    let mut tick = tokio::time::interval(PROBE_TICK);
+    loop {
+        tick.tick().await;
+        let Some(groups) = groups() else { break };
+        futures::future::join_all(groups.iter().map(|g| g.probe_down_members())).await;
+    }
+}
+
 /// `localhost. IN A`: resolvers answer it themselves (RFC 6761), without recursion, so the
 /// probe measures the server and the path to it, not the Internet behind it.
 fn probe_query(o: &UpstreamQueryOptions) -> Vec<u8> {

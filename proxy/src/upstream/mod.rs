@@ -1,10 +1,11 @@
 //! Upstream servers and the groups that choose among them.
 //!
-//! `group` holds the selection policies, failover within a query and health tracking;
+//! `build` makes a group from its config section; `group` holds the selection policies, failover within a query and health tracking;
 //! `tls` the pooled, pipelined DNS-over-TLS connections; `plain` the UDP/TCP client for
 //! zones allowed plain DNS; `tls_config` the certificate verification (CA, name, SPKI
 //! pins); `rtt` the smoothed round-trip time each attempt's timeout comes from.
 
+pub mod build;
 pub mod group;
 pub mod plain;
 pub mod rtt;

@@ -5,15 +5,18 @@
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{
-    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric,
-};
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
+
+mod exposition;
+mod process;
+
+pub use exposition::{encode, to_prometheus_text};
+use process::ProcessCollector;
 
 pub const PREFIX: &str = "dot_proxy";
 
@@ -684,107 +687,4 @@ impl QueryCounters {
             c.inc();
         }
     }
-}
-
-/// Process CPU, memory, file descriptors and threads, read from /proc at scrape time.
-#[derive(Debug)]
-struct ProcessCollector;
-
-impl Collector for ProcessCollector {
-    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let Some(p) = read_proc() else { return Ok(()) };
-        let cpu = ConstCounter::new(p.cpu_seconds);
-        cpu.encode(enc.encode_descriptor(
-            "process_cpu_seconds",
-            "User and system CPU time spent",
-            None,
-            cpu.metric_type(),
-        )?)?;
-        let rss = ConstGauge::new(p.rss_bytes as i64);
-        rss.encode(enc.encode_descriptor(
-            "process_resident_memory_bytes",
-            "Resident memory size",
-            None,
-            rss.metric_type(),
-        )?)?;
-        let fds = ConstGauge::new(p.open_fds as i64);
-        fds.encode(enc.encode_descriptor(
-            "process_open_fds",
-            "Open file descriptors",
-            None,
-            fds.metric_type(),
-        )?)?;
-        let th = ConstGauge::new(p.threads as i64);
-        th.encode(enc.encode_descriptor(
-            "process_threads",
-            "OS threads",
-            None,
-            th.metric_type(),
-        )?)?;
-        Ok(())
-    }
-}
-
-struct ProcStats {
-    cpu_seconds: f64,
-    rss_bytes: u64,
-    open_fds: u64,
-    threads: u64,
-}
-
-fn read_proc() -> Option<ProcStats> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name, which is in parentheses and may contain spaces.
-    let rest = stat.rsplit_once(')')?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = 100.0; // USER_HZ is 100 on every Linux platform Prometheus' own client assumes.
-    let utime: f64 = f.get(11)?.parse().ok()?;
-    let stime: f64 = f.get(12)?.parse().ok()?;
-    let threads: u64 = f.get(17)?.parse().ok()?;
-    let rss_pages: u64 = f.get(21)?.parse().ok()?;
-    let open_fds = std::fs::read_dir("/proc/self/fd")
-        .map(|d| d.count() as u64)
-        .unwrap_or(0);
-    Some(ProcStats {
-        cpu_seconds: (utime + stime) / ticks,
-        rss_bytes: rss_pages * 4096,
-        open_fds,
-        threads,
-    })
-}
-
-/// The Prometheus text format (0.0.4) for scrapers that do not ask for OpenMetrics (curl,
-/// `promtool check metrics`): counter families take their `_total` name, and the OpenMetrics
-/// `# UNIT` and `# EOF` lines go.
-pub fn to_prometheus_text(openmetrics: &str) -> String {
-    let counters: std::collections::HashSet<&str> = openmetrics
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.strip_suffix(" counter"))
-        .collect();
-    let mut out = String::with_capacity(openmetrics.len());
-    for line in openmetrics.lines() {
-        if line.starts_with("# UNIT ") || line == "# EOF" {
-            continue;
-        }
-        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|p| {
-            let rest = line.strip_prefix(p)?;
-            let (name, tail) = rest.split_once(' ')?;
-            counters
-                .contains(name)
-                .then(|| format!("{p}{name}_total {tail}"))
-        });
-        out.push_str(renamed.as_deref().unwrap_or(line));
-        out.push('\n');
-    }
-    out
-}
-
-/// Encodes the registry as OpenMetrics text.
-pub fn encode(reg: &Registry) -> String {
-    let mut out = String::new();
-    if prometheus_client::encoding::text::encode(&mut out, reg).is_err() {
-        out.clear();
-    }
-    out
 }
