@@ -131,17 +131,13 @@ impl Pipeline {
         };
         if let Some(rl) = &self.limiter {
             let udp = transport == Transport::udp;
+            let mut answer =
+                |rc| error_answer(query, Some(qi.question_end), rc, qi.edns.as_ref(), out);
             match rl.check(client, udp, now) {
                 Decision::Allow => {}
                 Decision::Refuse => {
                     self.limited(LimitedAction::refused);
-                    error_answer(
-                        query,
-                        Some(qi.question_end),
-                        rcode::REFUSED,
-                        qi.edns.as_ref(),
-                        out,
-                    );
+                    answer(rcode::REFUSED);
                     return Fast::Answered(qi.qtype);
                 }
                 Decision::Drop => {
@@ -150,13 +146,7 @@ impl Pipeline {
                 }
                 Decision::Truncate => {
                     self.limited(LimitedAction::truncated);
-                    error_answer(
-                        query,
-                        Some(qi.question_end),
-                        rcode::NOERROR,
-                        qi.edns.as_ref(),
-                        out,
-                    );
+                    answer(rcode::NOERROR);
                     if out.len() >= 4 {
                         out[2] |= 0x02;
                     }

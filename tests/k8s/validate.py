@@ -19,7 +19,7 @@ Steps (each prints PASS, FAIL or SKIP with the reason):
                 embedded in them use only fields of proxy/src/config/mod.rs
   checkov       security scan of every variant; each finding must be skipped with a
                 reason in values.yaml, and each skip must match a real finding
-  metrics       metric names used by the rules and the dashboard exist in proxy/src/metrics.rs
+  metrics       metric names used by the rules and the dashboard exist in proxy/src/metrics/mod.rs
   dashboard     files/dashboard.json is well-formed and has the expected panels; every
                 panel query parses (promtool)
   rules         promtool check rules (both copies) and promtool test rules
@@ -656,20 +656,25 @@ def step_crd() -> str:
     return f"{n} DotProxyConfig objects valid against the CRD's openAPIV3Schema"
 
 
+def objects_in(files: list[Path]):
+    """Every (file, object) of a list of multi-document YAML files, empty documents skipped."""
+    for f in files:
+        for obj in yaml.safe_load_all(f.read_text()):
+            if obj:
+                yield f, obj
+
+
 def step_manifests() -> str:
     p = Problems()
     files = sorted(MANIFESTS.glob("*.yaml"))
     assert files, "manifests/ is empty; run tests/k8s/render.py"
     crd = load_crd()
     n = 0
-    for f in files:
-        for obj in yaml.safe_load_all(f.read_text()):
-            if not obj:
-                continue
-            n += 1
-            validate_k8s(obj, rel(f), p)
-            if obj["kind"] == "DotProxyConfig" and crd is not None:
-                validate_cr(crd, obj, rel(f), p)
+    for f, obj in objects_in(files):
+        n += 1
+        validate_k8s(obj, rel(f), p)
+        if obj["kind"] == "DotProxyConfig" and crd is not None:
+            validate_cr(crd, obj, rel(f), p)
     p.raise_if_any()
     note = "" if crd is not None else f" (no CRD yet: {rel(CRD_FILE)} is missing, so no 00-crd.yaml and no CR check)"
     return f"{n} objects in {len(files)} files valid{note}"
@@ -678,7 +683,7 @@ def step_manifests() -> str:
 # ------------------------------------------------------------------------ examples
 
 EXAMPLES = ROOT / "deploy" / "examples"
-CONFIG_RS = ROOT / "proxy" / "src" / "config" / "mod.rs"
+CONFIG_RS = ROOT / "proxy" / "config" / "src" / "lib.rs"
 
 
 def proxy_config_fields() -> set[str]:
@@ -704,29 +709,29 @@ def step_examples() -> str:
     p = Problems()
     files = sorted(EXAMPLES.glob("*.yaml"))
     assert files, f"no examples in {rel(EXAMPLES)}"
-    fields = proxy_config_fields() if CONFIG_RS.exists() else None
+    # The schema lives in the dot-proxy-config crate; a missing file is a broken check, not
+    # a skipped one.
+    assert CONFIG_RS.exists(), f"{rel(CONFIG_RS)} is missing: point CONFIG_RS at the config schema"
+    fields = proxy_config_fields()
     n = 0
-    for f in files:
-        for obj in yaml.safe_load_all(f.read_text()):
-            if not obj:
-                continue
-            n += 1
-            where = f"{rel(f)}: {obj['kind']}/{obj['metadata']['name']}"
-            # The newest schemas must accept it; the oldest supported ones too when they
-            # know the kind (MutatingAdmissionPolicy is GA only from 1.36).
-            for version in (K8S_VERSIONS[-1], K8S_VERSIONS[0]):
-                try:
-                    kv.validate(obj, version, strict=True)
-                except kv.ValidationError as e:
-                    p.add(f"{where} (k8s {version}): {'.'.join(str(x) for x in e.path)}: {e.message}")
-                except kv.SchemaNotFoundError as e:
-                    if version == K8S_VERSIONS[-1]:
-                        p.add(f"{where}: {e.message}")
-            # A proxy config embedded in a ConfigMap: every key must be a config field.
-            if obj["kind"] == "ConfigMap" and "config.yaml" in obj.get("data", {}) and fields:
-                cfg = yaml.safe_load(obj["data"]["config.yaml"])
-                for key in config_keys(cfg):
-                    p.check(key.rsplit(".", 1)[-1] in fields, f"{where}: config.yaml key {key} is not a proxy config field")
+    for f, obj in objects_in(files):
+        n += 1
+        where = f"{rel(f)}: {obj['kind']}/{obj['metadata']['name']}"
+        # The newest schemas must accept it; the oldest supported ones too when they
+        # know the kind (MutatingAdmissionPolicy is GA only from 1.36).
+        for version in (K8S_VERSIONS[-1], K8S_VERSIONS[0]):
+            try:
+                kv.validate(obj, version, strict=True)
+            except kv.ValidationError as e:
+                p.add(f"{where} (k8s {version}): {'.'.join(str(x) for x in e.path)}: {e.message}")
+            except kv.SchemaNotFoundError as e:
+                if version == K8S_VERSIONS[-1]:
+                    p.add(f"{where}: {e.message}")
+        # A proxy config embedded in a ConfigMap: every key must be a config field.
+        if obj["kind"] == "ConfigMap" and "config.yaml" in obj.get("data", {}):
+            cfg = yaml.safe_load(obj["data"]["config.yaml"])
+            for key in config_keys(cfg):
+                p.check(key.rsplit(".", 1)[-1] in fields, f"{where}: config.yaml key {key} is not a proxy config field")
     p.raise_if_any()
     return f"{n} objects in {len(files)} example files valid (strict); embedded proxy configs use known fields"
 
@@ -814,7 +819,7 @@ def strip_checkov(obj: dict[str, Any]) -> dict[str, Any]:
 # ----------------------------------------------------------------- metrics & dashboard
 
 def known_metrics() -> set[str]:
-    """Metric names the proxy exports, derived from proxy/src/metrics.rs the way
+    """Metric names the proxy exports, derived from proxy/src/metrics/mod.rs the way
     prometheus-client names them: prefix, name, unit; counters get _total, histograms
     _bucket/_sum/_count, info metrics _info."""
     src = METRICS_RS.read_text()
@@ -859,15 +864,15 @@ def rule_exprs() -> list[tuple[str, str]]:
 
 
 def step_metrics() -> str:
-    if not METRICS_RS.exists():
-        raise Skip(f"{rel(METRICS_RS)} not found")
+    # A moved file must break this check, not skip it.
+    assert METRICS_RS.exists(), f"{rel(METRICS_RS)} is missing: point METRICS_RS at struct Metrics"
     names = known_metrics()
     p = Problems()
     used = set()
     for where, expr in rule_exprs() + dashboard_exprs():
         for n in re.findall(r"\bdot_proxy_[a-z0-9_]+", expr):
             used.add(n)
-            p.check(n in names, f"{where}: {n} is not exported by the proxy (proxy/src/metrics.rs)")
+            p.check(n in names, f"{where}: {n} is not exported by the proxy (proxy/src/metrics/mod.rs)")
     p.raise_if_any()
     return f"{len(used)} metric names used by rules and dashboard, all among the {len(names)} the proxy exports"
 

@@ -68,6 +68,28 @@ pub struct PodInfo {
 pub type PodKey = (String, String);
 
 impl PodInfo {
+    /// A scheduled, non-host-network pod (uid `uid-NAME`): for tests and examples.
+    pub fn scheduled(
+        namespace: &str,
+        name: &str,
+        node: &str,
+        ips: &[&str],
+        annotations: &[(&str, &str)],
+    ) -> PodInfo {
+        PodInfo {
+            namespace: namespace.into(),
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            node_name: Some(node.into()),
+            host_network: false,
+            ips: ips.iter().filter_map(|i| i.parse().ok()).collect(),
+            annotations: annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
     pub fn key(&self) -> PodKey {
         (self.namespace.clone(), self.name.clone())
     }

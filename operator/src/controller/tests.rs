@@ -172,18 +172,7 @@ fn fixed_now() -> Time {
 }
 
 fn pod(name: &str, node: &str, ip: &str, ann: &[(&str, &str)]) -> PodInfo {
-    PodInfo {
-        namespace: "apps".into(),
-        name: name.into(),
-        uid: format!("uid-{name}"),
-        node_name: Some(node.into()),
-        host_network: false,
-        ips: vec![ip.parse().expect("ip")],
-        annotations: ann
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    }
+    PodInfo::scheduled("apps", name, node, &[ip], ann)
 }
 
 fn snapshot(pods: Vec<PodInfo>) -> Arc<Snapshot> {

@@ -41,18 +41,7 @@ rateLimit:
 ";
 
 fn pod(name: &str, node: &str, ips: &[&str], ann: &[(&str, &str)]) -> PodInfo {
-    PodInfo {
-        namespace: "apps".into(),
-        name: name.into(),
-        uid: format!("uid-{name}"),
-        node_name: Some(node.into()),
-        host_network: false,
-        ips: ips.iter().map(|i| i.parse().expect("ip")).collect(),
-        annotations: ann
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    }
+    PodInfo::scheduled("apps", name, node, ips, ann)
 }
 
 fn no_nodes() -> NodeLabels {

@@ -67,6 +67,7 @@ fn schema() -> JSONSchemaProps {
         .expect("schema")
 }
 
+/// The schema at `path`: property names, `[]` for a list's items.
 fn prop<'a>(s: &'a JSONSchemaProps, path: &[&str]) -> &'a JSONSchemaProps {
     let mut cur = s;
     for p in path {
@@ -402,110 +403,64 @@ fn numeric_bounds_are_the_proxys_own() {
     use dot_proxy_operator::render::proxy_config;
 
     let s = schema();
-    type Row = (
-        &'static [&'static str],
-        Range<u64>,
-        fn(&mut DotProxyConfig, u64),
-    );
-    let rows: &[Row] = &[
+    // Each row: the field's path in the resource (and so in its schema) and its bounds.
+    let rows: &[(&str, Range<u64>)] = &[
+        ("spec.cache.maxTtl", limits::CACHE_MAX_TTL),
+        ("spec.cache.servfailTtl", limits::CACHE_SERVFAIL_TTL),
+        ("spec.cache.staleTtl", limits::CACHE_STALE_TTL),
+        ("spec.cache.negativeMaxTtl", limits::CACHE_NEGATIVE_MAX_TTL),
+        ("spec.cache.maxEntries", limits::CACHE_MAX_ENTRIES),
+        ("spec.cache.maxBytes", limits::CACHE_MAX_BYTES),
+        ("spec.cache.prefetch.minHits", limits::PREFETCH_MIN_HITS),
+        ("spec.cache.prefetch.topN", limits::PREFETCH_TOP_N),
+        ("spec.rateLimit.burst", limits::RATE_BURST),
+        ("spec.rateLimit.ipv6Prefix", limits::RATE_IPV6_PREFIX),
+        ("spec.rateLimit.slip", limits::RATE_SLIP),
+        ("spec.rateLimit.maxClients", limits::RATE_MAX_CLIENTS),
+        ("spec.privacy.paddingBlock", limits::PADDING_BLOCK),
         (
-            &["spec", "cache", "maxTtl"],
-            limits::CACHE_MAX_TTL,
-            |d, v| d.spec.cache.max_ttl = v as u32,
-        ),
-        (
-            &["spec", "cache", "servfailTtl"],
-            limits::CACHE_SERVFAIL_TTL,
-            |d, v| d.spec.cache.servfail_ttl = v as u32,
-        ),
-        (
-            &["spec", "cache", "staleTtl"],
-            limits::CACHE_STALE_TTL,
-            |d, v| d.spec.cache.stale_ttl = v as u32,
-        ),
-        (
-            &["spec", "cache", "negativeMaxTtl"],
-            limits::CACHE_NEGATIVE_MAX_TTL,
-            |d, v| d.spec.cache.negative_max_ttl = v as u32,
-        ),
-        (
-            &["spec", "cache", "maxEntries"],
-            limits::CACHE_MAX_ENTRIES,
-            |d, v| d.spec.cache.max_entries = v as u32,
-        ),
-        (
-            &["spec", "cache", "maxBytes"],
-            limits::CACHE_MAX_BYTES,
-            |d, v| d.spec.cache.max_bytes = v,
-        ),
-        (
-            &["spec", "cache", "prefetch", "minHits"],
-            limits::PREFETCH_MIN_HITS,
-            |d, v| d.spec.cache.prefetch.min_hits = v as u32,
-        ),
-        (
-            &["spec", "cache", "prefetch", "topN"],
-            limits::PREFETCH_TOP_N,
-            |d, v| d.spec.cache.prefetch.top_n = v as u32,
-        ),
-        (
-            &["spec", "rateLimit", "burst"],
-            limits::RATE_BURST,
-            |d, v| d.spec.rate_limit.burst = v as u32,
-        ),
-        (
-            &["spec", "rateLimit", "ipv6Prefix"],
-            limits::RATE_IPV6_PREFIX,
-            |d, v| d.spec.rate_limit.ipv6_prefix = v as u8,
-        ),
-        (&["spec", "rateLimit", "slip"], limits::RATE_SLIP, |d, v| {
-            d.spec.rate_limit.slip = v as u32
-        }),
-        (
-            &["spec", "rateLimit", "maxClients"],
-            limits::RATE_MAX_CLIENTS,
-            |d, v| d.spec.rate_limit.max_clients = v as u32,
-        ),
-        (
-            &["spec", "privacy", "paddingBlock"],
-            limits::PADDING_BLOCK,
-            |d, v| d.spec.privacy.padding_block = v as u16,
-        ),
-        (
-            &["spec", "upstreamGroups", "[]", "servers", "[]", "poolSize"],
+            "spec.upstreamGroups.[].servers.[].poolSize",
             limits::POOL_SIZE,
-            |d, v| d.spec.upstream_groups[0].servers[0].pool_size = v as u32,
         ),
-        (
-            &["spec", "policy", "staticAnswers", "[]", "ttl"],
-            limits::STATIC_TTL,
-            |d, v| d.spec.policy.static_answers[0].ttl = v as u32,
-        ),
+        ("spec.policy.staticAnswers.[].ttl", limits::STATIC_TTL),
     ];
-    for (path, range, set) in rows {
-        let p = prop(&s, path);
-        let name = path.join(".");
-        assert_eq!(p.maximum, Some(range.max as f64), "{name}: CRD maximum");
-        let min = p.minimum.unwrap_or(0.0);
-        assert_eq!(min, range.min as f64, "{name}: CRD minimum");
-        for (v, ok) in [(range.min, true), (range.max, true), (range.max + 1, false)] {
-            let mut d = crate::support::example();
-            // minTtl rides along so that the cross-field rule does not decide the row.
-            d.spec.cache.min_ttl = 0;
-            set(&mut d, v);
-            assert_eq!(
-                proxy_config(&d.spec).is_ok(),
-                ok,
-                "{name} = {v}: the proxy's validation disagrees with the CRD's bounds"
-            );
+    // The resource with `path` (the first item of each list) set to `v`, or None when the
+    // value does not fit the field's Rust type.
+    let with = |path: &str, v: u64| -> Option<DotProxyConfig> {
+        let mut doc = serde_json::to_value(crate::support::example()).expect("json");
+        // minTtl is zeroed so that the cross-field rule does not decide a row.
+        doc["spec"]["cache"]["minTtl"] = 0.into();
+        let mut at = &mut doc;
+        for part in path.split('.') {
+            at = if part == "[]" {
+                &mut at[0]
+            } else {
+                &mut at[part]
+            };
         }
+        *at = v.into();
+        serde_json::from_value(doc).ok()
+    };
+    for (name, range) in rows {
+        let path: Vec<&str> = name.split('.').collect();
+        let p = prop(&s, &path);
+        assert_eq!(p.maximum, Some(range.max as f64), "{name}: CRD maximum");
+        assert_eq!(
+            p.minimum.unwrap_or(0.0),
+            range.min as f64,
+            "{name}: CRD minimum"
+        );
+        let mut cases = vec![(range.min, true), (range.max, true), (range.max + 1, false)];
         if range.min > 0 {
-            let mut d = crate::support::example();
-            set(&mut d, range.min - 1);
-            assert!(
-                proxy_config(&d.spec).is_err(),
-                "{name} = {}: below the minimum",
-                range.min - 1
+            cases.push((range.min - 1, false));
+        }
+        for (v, ok) in cases {
+            // A value the field's type cannot hold is refused by the API server's schema
+            // and by parsing alike.
+            let accepted = with(name, v).is_some_and(|d| proxy_config(&d.spec).is_ok());
+            assert_eq!(
+                accepted, ok,
+                "{name} = {v}: the proxy's validation disagrees with the CRD's bounds"
             );
         }
     }

@@ -13,17 +13,8 @@ use dot_proxy_operator::resource::Checked;
 use crate::support::{example, temp_dir};
 
 fn pods() -> Vec<PodInfo> {
-    let pod = |name: &str, node: &str, ips: &[&str], ann: &[(&str, &str)]| PodInfo {
-        namespace: "shop".into(),
-        name: name.into(),
-        uid: format!("uid-{name}"),
-        node_name: Some(node.into()),
-        host_network: false,
-        ips: ips.iter().map(|i| i.parse().expect("ip")).collect(),
-        annotations: ann
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
+    let pod = |name: &str, node: &str, ips: &[&str], ann: &[(&str, &str)]| {
+        PodInfo::scheduled("shop", name, node, ips, ann)
     };
     vec![
         pod(

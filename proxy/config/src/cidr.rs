@@ -75,32 +75,11 @@ impl PartialOrd for Cidr {
     }
 }
 
-/// Written as `network/length` (host bits cleared: `10.1.2.3/8` reads back as `10.0.0.0/8`).
-impl serde::Serialize for Cidr {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Cidr {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Cidr::parse(&s).map_err(|m| serde::de::Error::custom(format!("invalid CIDR prefix: {m}")))
-    }
-}
-
-#[cfg(feature = "schema")]
-impl schemars::JsonSchema for Cidr {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "Cidr".into()
-    }
-    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({
-            "type": "string",
-            "description": "An IP address or prefix, e.g. \"10.0.0.5/32\" or \"fd00::/64\"."
-        })
-    }
-}
+// Written as `network/length` (host bits cleared: `10.1.2.3/8` reads back as `10.0.0.0/8`).
+string_type!(Cidr, "invalid CIDR prefix: ", "Cidr", {
+    "type": "string",
+    "description": "An IP address or prefix, e.g. \"10.0.0.5/32\" or \"fd00::/64\"."
+});
 
 impl std::fmt::Display for Cidr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -4,8 +4,6 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
 /// A duration written as a number followed by a unit (`ms`, `s`, `m`, `h`, `d`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Dur(pub Duration);
@@ -75,32 +73,11 @@ impl fmt::Display for Dur {
     }
 }
 
-impl Serialize for Dur {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for Dur {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-#[cfg(feature = "schema")]
-impl schemars::JsonSchema for Dur {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "Duration".into()
-    }
-    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({
-            "type": "string",
-            "pattern": "^[0-9]+(ms|s|m|h|d)$",
-            "description": "A duration: a whole number and a unit (ms, s, m, h, d), e.g. \"2s\"."
-        })
-    }
-}
+string_type!(Dur, "", "Duration", {
+    "type": "string",
+    "pattern": "^[0-9]+(ms|s|m|h|d)$",
+    "description": "A duration: a whole number and a unit (ms, s, m, h, d), e.g. \"2s\"."
+});
 
 #[cfg(test)]
 mod tests {

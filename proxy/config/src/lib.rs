@@ -4,6 +4,36 @@
 //! Loading is two steps: parse (serde, unknown fields refused) and [`Config::validate`],
 //! which collects every semantic error with the path of the field at fault.
 
+/// Serde for a type written as a string: `Display` out, `FromStr` in (the parse error,
+/// after `$what`, is the message), and with the `schema` feature a string JSON schema.
+macro_rules! string_type {
+    ($ty:ty, $what:literal, $schema_name:literal, $schema:tt) => {
+        impl serde::Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <String as serde::Deserialize>::deserialize(d)?;
+                s.parse::<$ty>()
+                    .map_err(|m| serde::de::Error::custom(format!("{}{m}", $what)))
+            }
+        }
+
+        #[cfg(feature = "schema")]
+        impl schemars::JsonSchema for $ty {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                $schema_name.into()
+            }
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                schemars::json_schema!($schema)
+            }
+        }
+    };
+}
+
 pub mod cidr;
 mod duration;
 pub mod limits;
@@ -177,32 +207,10 @@ impl fmt::Display for SpkiPin {
     }
 }
 
-impl Serialize for SpkiPin {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.text)
-    }
-}
-
-impl<'de> Deserialize<'de> for SpkiPin {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse()
-            .map_err(|m| serde::de::Error::custom(format!("invalid SPKI pin {s:?}: {m}")))
-    }
-}
-
-#[cfg(feature = "schema")]
-impl JsonSchema for SpkiPin {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "SpkiPin".into()
-    }
-    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({
-            "type": "string",
-            "description": "Base64 SHA-256 of a SubjectPublicKeyInfo (44 characters ending in '=')."
-        })
-    }
-}
+string_type!(SpkiPin, "invalid SPKI pin: ", "SpkiPin", {
+    "type": "string",
+    "description": "Base64 SHA-256 of a SubjectPublicKeyInfo (44 characters ending in '=')."
+});
 
 /// Decodes a base64 SHA-256 SPKI pin; the error names what is wrong.
 pub fn decode_pin(pin: &str) -> Result<[u8; 32], String> {

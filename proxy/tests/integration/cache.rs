@@ -59,12 +59,12 @@ async fn negative_answers_cached_from_the_soa() {
 
 #[tokio::test]
 async fn ttl_clamps() {
-    let up = Upstream::start().await;
-    let mut cfg = config_for(vec![up.server()]);
-    cfg.cache.min_ttl = 60;
-    cfg.cache.max_ttl = 120;
-    cfg.cache.negative_max_ttl = 10;
-    let p = Proxy::start(cfg).await;
+    let (up, p) = start_with(|cfg| {
+        cfg.cache.min_ttl = 60;
+        cfg.cache.max_ttl = 120;
+        cfg.cache.negative_max_ttl = 10;
+    })
+    .await;
     assert_eq!(
         udp(p.addr, "ttl5.example.test.", RecordType::A)
             .await
@@ -171,10 +171,10 @@ async fn do_and_cd_bits_are_part_of_the_key() {
 
 #[tokio::test]
 async fn servfail_kept_briefly_and_truncated_never() {
-    let up = Upstream::start().await;
-    let mut cfg = config_for(vec![up.server()]);
-    cfg.cache.servfail_ttl = 3;
-    let p = Proxy::start(cfg).await;
+    let (up, p) = start_with(|cfg| {
+        cfg.cache.servfail_ttl = 3;
+    })
+    .await;
     up.behaviour.servfail.store(true, Ordering::SeqCst);
     assert_eq!(
         udp(p.addr, "sf.example.test.", RecordType::A)
@@ -205,10 +205,10 @@ async fn servfail_kept_briefly_and_truncated_never() {
 
 #[tokio::test]
 async fn stale_answer_served_when_the_upstream_fails_then_refreshed() {
-    let up = Upstream::start().await;
-    let mut cfg = config_for(vec![up.server()]);
-    cfg.upstream_groups[0].timeout = dot_proxy::config::Dur::millis(400);
-    let p = Proxy::start(cfg).await;
+    let (up, p) = start_with(|cfg| {
+        cfg.upstream_groups[0].timeout = dot_proxy::config::Dur::millis(400);
+    })
+    .await;
     udp(p.addr, "ttl10.example.test.", RecordType::A).await;
     up.behaviour.stall.store(true, Ordering::SeqCst);
     adv(&p, 3600);
@@ -296,25 +296,21 @@ async fn concurrent_identical_misses_send_one_upstream_query() {
     let up = Upstream::start().await;
     up.behaviour.delay_ms.store(300, Ordering::SeqCst);
     let p = Proxy::start(config_for(vec![up.server()])).await;
-    let mut tasks = Vec::new();
-    for i in 0..100u16 {
-        let addr = p.addr;
-        tasks.push(tokio::spawn(async move {
-            let r = udp_raw(
-                addr,
-                &query(i, "coalesce.example.test.", RecordType::A, None),
-                Duration::from_secs(5),
-            )
-            .await
-            .expect("answer");
-            let m = Message::from_vec(&r).expect("parse");
-            assert_eq!(m.metadata.id, i);
-            assert_eq!(a_records(&m).len(), 1);
-        }));
-    }
-    for t in tasks {
-        t.await.expect("client");
-    }
+    let addr = p.addr;
+    concurrently(100, |i| async move {
+        let i = i as u16;
+        let r = udp_raw(
+            addr,
+            &query(i, "coalesce.example.test.", RecordType::A, None),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("answer");
+        let m = Message::from_vec(&r).expect("parse");
+        assert_eq!(m.metadata.id, i);
+        assert_eq!(a_records(&m).len(), 1);
+    })
+    .await;
     assert_eq!(
         up.query_count(),
         1,
@@ -324,10 +320,10 @@ async fn concurrent_identical_misses_send_one_upstream_query() {
 
 #[tokio::test]
 async fn cache_bounded_by_entries() {
-    let up = Upstream::start().await;
-    let mut cfg = config_for(vec![up.server()]);
-    cfg.cache.max_entries = 50;
-    let p = Proxy::start(cfg).await;
+    let (_up, p) = start_with(|cfg| {
+        cfg.cache.max_entries = 50;
+    })
+    .await;
     for i in 0..300 {
         udp(p.addr, &format!("bound{i}.example.test."), RecordType::A).await;
     }

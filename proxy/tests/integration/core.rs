@@ -101,27 +101,22 @@ async fn concurrent_clients_with_the_same_id_get_their_own_answers() {
     let up = Upstream::start().await;
     up.behaviour.delay_ms.store(20, Ordering::SeqCst);
     let p = Proxy::start(config_for(vec![up.server()])).await;
-    let mut tasks = Vec::new();
-    for i in 0..50 {
-        let addr = p.addr;
-        tasks.push(tokio::spawn(async move {
-            let name = format!("same{i}.example.test.");
-            let r = udp_raw(
-                addr,
-                &query(4242, &name, RecordType::A, None),
-                Duration::from_secs(5),
-            )
-            .await
-            .expect("answer");
-            let m = Message::from_vec(&r).expect("parse");
-            assert_eq!(m.metadata.id, 4242);
-            assert_eq!(m.queries[0].name().to_ascii(), name);
-            assert_eq!(a_records(&m).len(), 1);
-        }));
-    }
-    for t in tasks {
-        t.await.expect("client");
-    }
+    let addr = p.addr;
+    concurrently(50, |i| async move {
+        let name = format!("same{i}.example.test.");
+        let r = udp_raw(
+            addr,
+            &query(4242, &name, RecordType::A, None),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("answer");
+        let m = Message::from_vec(&r).expect("parse");
+        assert_eq!(m.metadata.id, 4242);
+        assert_eq!(m.queries[0].name().to_ascii(), name);
+        assert_eq!(a_records(&m).len(), 1);
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -156,19 +151,7 @@ async fn upstream_closing_after_each_answer_loses_no_query() {
     let up = Upstream::start().await;
     up.behaviour.close_after.store(5, Ordering::SeqCst);
     let p = Proxy::start(config_for(vec![up.server()])).await;
-    let mut tasks = Vec::new();
-    for c in 0..10 {
-        let addr = p.addr;
-        tasks.push(tokio::spawn(async move {
-            for i in 0..4 {
-                let m = udp(addr, &format!("churn{c}-{i}.example.test."), RecordType::A).await;
-                assert_eq!(m.metadata.response_code, ResponseCode::NoError);
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.expect("client");
-    }
+    load_noerror(p.addr, "churn", 10, 4).await;
     assert!(
         up.connections.load(Ordering::SeqCst) >= 8,
         "the server really closed connections"
@@ -195,13 +178,7 @@ async fn edns_keepalive_from_the_server_shortens_our_idle_timeout() {
         opts.as_ref().iter().any(|(c, _)| u16::from(*c) == 11),
         "edns-tcp-keepalive requested"
     );
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    let metrics = p.metrics().await;
-    assert_eq!(
-        metric(&metrics, "dot_proxy_upstream_connections_open{"),
-        0.0,
-        "closed by us before the server's timeout:\n{metrics}"
-    );
+    closed_within_800ms(&p, "").await;
     // And the next query works on a fresh connection.
     assert_eq!(
         a_records(&udp(p.addr, "ka2.example.test.", RecordType::A).await).len(),
@@ -221,12 +198,18 @@ async fn edns_keepalive_on_a_later_answer_is_honoured() {
     up.behaviour.keepalive_units.store(3, Ordering::SeqCst);
     udp(p.addr, "ka-second.example.test.", RecordType::A).await;
     assert_eq!(up.connections.load(Ordering::SeqCst), 1, "one connection");
+    closed_within_800ms(&p, " (default idle timeout is 30 s)").await;
+}
+
+/// The proxy has closed its upstream connections 800 ms from now: a server's keepalive
+/// timeout of 300 ms was honoured.
+async fn closed_within_800ms(p: &Proxy, note: &str) {
     tokio::time::sleep(Duration::from_millis(800)).await;
     let metrics = p.metrics().await;
     assert_eq!(
         metric(&metrics, "dot_proxy_upstream_connections_open{"),
         0.0,
-        "closed by us before the server's timeout (default idle timeout is 30 s):\n{metrics}"
+        "closed by us before the server's timeout{note}:\n{metrics}"
     );
 }
 
@@ -275,45 +258,23 @@ async fn large_answers_are_truncated_over_udp_and_whole_over_tcp() {
     let up = Upstream::start().await;
     let p = Proxy::start(config_for(vec![up.server()])).await;
     // No EDNS: 512 bytes at most.
-    let r = udp_raw(
-        p.addr,
-        &query(9, "big.example.test.", RecordType::TXT, None),
-        Duration::from_secs(5),
-    )
-    .await
-    .expect("answer");
+    let big = |id, edns| {
+        udp_raw_answer(
+            p.addr,
+            query(id, "big.example.test.", RecordType::TXT, edns),
+        )
+    };
+    let r = big(9, None).await;
     assert!(r.len() <= 512);
     let m = Message::from_vec(&r).expect("parse");
     assert!(m.metadata.truncation, "TC=1");
     assert!(m.answers.is_empty());
     // EDNS 1232: still too big (about 3 KB).
-    let r = udp_raw(
-        p.addr,
-        &query(
-            10,
-            "big.example.test.",
-            RecordType::TXT,
-            Some((1232, false)),
-        ),
-        Duration::from_secs(5),
-    )
-    .await
-    .expect("answer");
+    let r = big(10, Some((1232, false))).await;
     assert!(r.len() <= 1232);
     assert!(Message::from_vec(&r).expect("parse").metadata.truncation);
     // EDNS 4096: fits.
-    let r = udp_raw(
-        p.addr,
-        &query(
-            11,
-            "big.example.test.",
-            RecordType::TXT,
-            Some((4096, false)),
-        ),
-        Duration::from_secs(5),
-    )
-    .await
-    .expect("answer");
+    let r = big(11, Some((4096, false))).await;
     let m = Message::from_vec(&r).expect("parse");
     assert!(!m.metadata.truncation);
     assert_eq!(m.answers.len(), 12);
@@ -395,31 +356,30 @@ async fn malformed_input_is_dropped_or_refused_without_harm() {
 
 #[tokio::test]
 async fn tcp_slowloris_is_cut_off_and_idle_connections_closed() {
-    let up = Upstream::start().await;
-    let mut cfg = config_for(vec![up.server()]);
-    cfg.tcp.frame_timeout = dot_proxy::config::Dur::millis(300);
-    cfg.tcp.idle_timeout = dot_proxy::config::Dur::millis(500);
-    let p = Proxy::start(cfg).await;
+    let (_up, p) = start_with(|cfg| {
+        cfg.tcp.frame_timeout = dot_proxy::config::Dur::millis(300);
+        cfg.tcp.idle_timeout = dot_proxy::config::Dur::millis(500);
+    })
+    .await;
     // Half a frame, then silence: closed after the frame timeout.
     let mut s = TcpStream::connect(p.addr).await.expect("connect");
     tokio::io::AsyncWriteExt::write_all(&mut s, &[0, 40, 1, 2])
         .await
         .expect("write");
     let t = Instant::now();
-    let mut b = [0u8; 1];
-    let n = tokio::time::timeout(
-        Duration::from_secs(3),
-        tokio::io::AsyncReadExt::read(&mut s, &mut b),
-    )
-    .await
-    .expect("closed in time");
-    assert!(matches!(n, Ok(0) | Err(_)));
+    closed_by_proxy(&mut s).await;
     assert!(t.elapsed() < Duration::from_millis(1500));
     // An idle connection is closed after the idle timeout.
     let mut s = TcpStream::connect(p.addr).await.expect("connect");
+    closed_by_proxy(&mut s).await;
+}
+
+/// Waits (3 s at most) for the proxy to close `s` without sending anything.
+async fn closed_by_proxy(s: &mut TcpStream) {
+    let mut b = [0u8; 1];
     let n = tokio::time::timeout(
         Duration::from_secs(3),
-        tokio::io::AsyncReadExt::read(&mut s, &mut b),
+        tokio::io::AsyncReadExt::read(s, &mut b),
     )
     .await
     .expect("closed in time");
@@ -430,19 +390,7 @@ async fn tcp_slowloris_is_cut_off_and_idle_connections_closed() {
 async fn connection_pool_stays_small_under_load() {
     let up = Upstream::start().await;
     let p = Proxy::start(config_for(vec![up.server()])).await;
-    let mut tasks = Vec::new();
-    for c in 0..20 {
-        let addr = p.addr;
-        tasks.push(tokio::spawn(async move {
-            for i in 0..25 {
-                let m = udp(addr, &format!("load{c}-{i}.example.test."), RecordType::A).await;
-                assert_eq!(m.metadata.response_code, ResponseCode::NoError);
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.expect("client");
-    }
+    load_noerror(p.addr, "load", 20, 25).await;
     let conns = up.connections.load(Ordering::SeqCst);
     assert!(conns <= 2, "pool size is 2, opened {conns}");
     let metrics = p.metrics().await;

@@ -166,11 +166,11 @@ async fn one_reply_slower_than_the_timeout_does_not_fail_other_queries() {
 /// answered), while the backoff would have kept it out for longer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_resume_within_1500ms_after_each_outage_of_the_only_upstream() {
-    let up = Upstream::start().await;
-    let mut cfg = config_for(vec![up.server()]);
-    cfg.upstream_groups[0].timeout = Dur::secs(2);
-    cfg.cache.enabled = false;
-    let p = Proxy::start(cfg).await;
+    let (up, p) = start_with(|cfg| {
+        cfg.upstream_groups[0].timeout = Dur::secs(2);
+        cfg.cache.enabled = false;
+    })
+    .await;
 
     const QPS: u64 = 400;
     const LOAD: Duration = Duration::from_millis(12500);

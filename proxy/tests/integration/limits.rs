@@ -178,12 +178,12 @@ async fn well_behaved(addr: SocketAddr, secs: u64) -> (Vec<Duration>, usize) {
 
 #[tokio::test]
 async fn a_flooding_client_does_not_slow_a_well_behaved_one() {
-    let up = Upstream::start().await;
-    let mut cfg = config_for(vec![up.server()]);
-    cfg.rate_limit.enabled = true;
-    cfg.rate_limit.qps = 100.0;
-    cfg.rate_limit.burst = 100;
-    let p = Proxy::start(cfg).await;
+    let (_up, p) = start_with(|cfg| {
+        cfg.rate_limit.enabled = true;
+        cfg.rate_limit.qps = 100.0;
+        cfg.rate_limit.burst = 100;
+    })
+    .await;
     for i in 0..20 {
         udp(p.addr, &format!("fair{i}.example.test."), RecordType::A).await;
     }
@@ -224,11 +224,11 @@ async fn a_flooding_client_does_not_slow_a_well_behaved_one() {
 
 #[tokio::test]
 async fn tcp_connection_limits() {
-    let up = Upstream::start().await;
-    let mut cfg = config_for(vec![up.server()]);
-    cfg.tcp.max_connections_per_client = 3;
-    cfg.tcp.max_connections = 5;
-    let p = Proxy::start(cfg).await;
+    let (_up, p) = start_with(|cfg| {
+        cfg.tcp.max_connections_per_client = 3;
+        cfg.tcp.max_connections = 5;
+    })
+    .await;
     let mut open = Vec::new();
     for _ in 0..3 {
         let mut s = TcpStream::connect(p.addr).await.expect("connect");

@@ -83,10 +83,10 @@ async fn both(
 
 #[tokio::test]
 async fn static_answers_over_udp_and_tcp() {
-    let up = Upstream::start().await;
-    let mut cfg = config_for(vec![up.server()]);
-    cfg.policy = policy();
-    let p = Proxy::start(cfg).await;
+    let (up, p) = start_with(|cfg| {
+        cfg.policy = policy();
+    })
+    .await;
     for m in both(p.addr, "Pinned.Corp.Test.", RecordType::A).await {
         assert_eq!(
             a_records(&m),
@@ -134,10 +134,10 @@ async fn static_answers_over_udp_and_tcp() {
 
 #[tokio::test]
 async fn block_lists_with_each_action() {
-    let up = Upstream::start().await;
-    let mut cfg = config_for(vec![up.server()]);
-    cfg.policy = policy();
-    let p = Proxy::start(cfg).await;
+    let (up, p) = start_with(|cfg| {
+        cfg.policy = policy();
+    })
+    .await;
     for m in both(p.addr, "x.ADS.example.test.", RecordType::A).await {
         assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
     }
@@ -168,10 +168,10 @@ async fn block_lists_with_each_action() {
 
 #[tokio::test]
 async fn rewrites_restore_the_asked_name_and_are_cached() {
-    let up = Upstream::start().await;
-    let mut cfg = config_for(vec![up.server()]);
-    cfg.policy = policy();
-    let p = Proxy::start(cfg).await;
+    let (up, p) = start_with(|cfg| {
+        cfg.policy = policy();
+    })
+    .await;
     for m in both(p.addr, "Legacy.Corp.Test.", RecordType::A).await {
         assert_eq!(m.metadata.response_code, ResponseCode::NoError);
         assert_eq!(m.queries[0].name().to_ascii(), "Legacy.Corp.Test.");

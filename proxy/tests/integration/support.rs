@@ -440,6 +440,15 @@ impl Upstream {
 }
 
 /// A config for tests: listens on 127.0.0.1:0, admin on 127.0.0.1:0, one group.
+/// An upstream and a proxy forwarding to it, with `change` applied to the config first.
+pub async fn start_with(change: impl FnOnce(&mut Config)) -> (Arc<Upstream>, Proxy) {
+    let up = Upstream::start().await;
+    let mut cfg = config_for(vec![up.server()]);
+    change(&mut cfg);
+    let p = Proxy::start(cfg).await;
+    (up, p)
+}
+
 pub fn config_for(servers: Vec<UpstreamServer>) -> Config {
     let mut c = Config {
         listen: vec!["127.0.0.1:0".parse().expect("addr")],
@@ -521,6 +530,58 @@ pub fn query(id: u16, name: &str, qtype: RecordType, edns: Option<(u16, bool)>) 
         m.set_edns(e);
     }
     m.to_vec().expect("encode")
+}
+
+/// Runs `n` clients at once, client `i` being `client(i)`; fails if any client fails.
+pub async fn concurrently<F, Fut>(n: usize, client: F)
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let tasks: Vec<_> = (0..n).map(|i| tokio::spawn(client(i))).collect();
+    for t in tasks {
+        t.await.expect("client");
+    }
+}
+
+/// `clients` clients at once, each asking `per_client` distinct A names under `prefix`
+/// over UDP, one after another; every answer must be NOERROR.
+pub async fn load_noerror(addr: SocketAddr, prefix: &str, clients: usize, per_client: usize) {
+    let prefix = prefix.to_string();
+    concurrently(clients, |c| {
+        let prefix = prefix.clone();
+        async move {
+            for i in 0..per_client {
+                let m = udp(
+                    addr,
+                    &format!("{prefix}{c}-{i}.example.test."),
+                    RecordType::A,
+                )
+                .await;
+                assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+            }
+        }
+    })
+    .await;
+}
+
+/// Sends `msg` over UDP and returns the answer; fails when none comes within 5 s.
+pub async fn udp_raw_answer(addr: SocketAddr, msg: Vec<u8>) -> Vec<u8> {
+    udp_raw(addr, &msg, Duration::from_secs(5))
+        .await
+        .expect("answer")
+}
+
+/// The EDNS option codes of a message.
+pub fn option_codes(m: &Message) -> Vec<u16> {
+    m.edns
+        .as_ref()
+        .expect("edns")
+        .options()
+        .as_ref()
+        .iter()
+        .map(|(c, _)| u16::from(*c))
+        .collect()
 }
 
 pub async fn udp_raw(addr: SocketAddr, msg: &[u8], wait: Duration) -> Option<Vec<u8>> {

@@ -53,63 +53,47 @@ fn response(name: &str, ttls: &[u32], rcode: ResponseCode, soa: Option<(u32, u32
     m.to_vec().expect("encode")
 }
 
-#[test]
-fn upstream_query_pads_strips_ecs_and_asks_keepalive() {
-    let q = query("WWW.example.", Some(4096));
-    let qi = parse_query(&q).expect("valid");
+/// The query sent upstream for `q` with these options.
+fn upstream_with(q: &[u8], strip_ecs: bool, padding_block: u16, keepalive: bool) -> Vec<u8> {
+    let qi = parse_query(q).expect("valid");
     let mut out = Vec::new();
-    upstream_query(
-        &q,
-        &qi,
-        &UpstreamQueryOptions {
-            strip_ecs: true,
-            padding_block: 128,
-            keepalive: true,
-        },
-        &mut out,
-    );
-    assert_eq!(out.len() % 128, 0, "padded to a block");
-    let m = Message::from_vec(&out).expect("parse");
-    assert_eq!(m.queries[0].name().to_ascii(), "WWW.example.", "case kept");
-    let opts = m.edns.as_ref().expect("edns").options();
-    let codes: Vec<u16> = opts.as_ref().iter().map(|(c, _)| u16::from(*c)).collect();
-    assert!(!codes.contains(&8), "ECS removed: {codes:?}");
-    assert!(codes.contains(&11) && codes.contains(&12));
-    let mut out2 = Vec::new();
-    upstream_query(
-        &q,
-        &qi,
-        &UpstreamQueryOptions {
-            strip_ecs: false,
-            padding_block: 0,
-            keepalive: false,
-        },
-        &mut out2,
-    );
-    let m = Message::from_vec(&out2).expect("parse");
-    let codes: Vec<u16> = m
-        .edns
+    let opts = UpstreamQueryOptions {
+        strip_ecs,
+        padding_block,
+        keepalive,
+    };
+    upstream_query(q, &qi, &opts, &mut out);
+    out
+}
+
+/// The EDNS option codes of a message.
+fn option_codes(m: &Message) -> Vec<u16> {
+    m.edns
         .as_ref()
         .expect("edns")
         .options()
         .as_ref()
         .iter()
         .map(|(c, _)| u16::from(*c))
-        .collect();
-    assert_eq!(codes, vec![8]);
+        .collect()
+}
+
+#[test]
+fn upstream_query_pads_strips_ecs_and_asks_keepalive() {
+    let q = query("WWW.example.", Some(4096));
+    let out = upstream_with(&q, true, 128, true);
+    assert_eq!(out.len() % 128, 0, "padded to a block");
+    let m = Message::from_vec(&out).expect("parse");
+    assert_eq!(m.queries[0].name().to_ascii(), "WWW.example.", "case kept");
+    let codes = option_codes(&m);
+    assert!(!codes.contains(&8), "ECS removed: {codes:?}");
+    assert!(codes.contains(&11) && codes.contains(&12));
+    let out2 = upstream_with(&q, false, 0, false);
+    let m = Message::from_vec(&out2).expect("parse");
+    assert_eq!(option_codes(&m), vec![8]);
     // Without client EDNS we still send our OPT (for padding and large answers).
     let q = query("a.example.", None);
-    let qi = parse_query(&q).expect("valid");
-    upstream_query(
-        &q,
-        &qi,
-        &UpstreamQueryOptions {
-            strip_ecs: true,
-            padding_block: 128,
-            keepalive: true,
-        },
-        &mut out,
-    );
+    let out = upstream_with(&q, true, 128, true);
     assert!(Message::from_vec(&out).expect("parse").edns.is_some());
 }
 
