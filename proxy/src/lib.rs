@@ -2,8 +2,10 @@
 //! cache, or forwarded over DNS-over-TLS (RFC 7858) to upstream resolvers.
 //!
 //! A query's path: [`listener`] -> guard ([`dns::wire::parse_query`], [`guard`]) ->
-//! [`cache`] -> zone router ([`route`]) -> [`upstream`] group -> TLS connection -> back.
-//! [`pipeline`] ties those steps together; [`server`] assembles a running proxy.
+//! [`policy`] -> [`cache`] (a miss becomes one [`pipeline::Request`]) -> [`route`] ->
+//! [`upstream`] group -> TLS connection -> back. [`pipeline`] ties those steps together;
+//! each part builds itself from its config section ([`config`], the `dot-proxy-config`
+//! crate); [`server`] assembles them and swaps them on reload.
 #![forbid(unsafe_code)]
 
 pub mod admin;

@@ -1,10 +1,11 @@
-//! The query path after the listener: guard (validate, rate-limit) -> cache -> zone router
-//! -> upstream group -> answer. One `Pipeline` is built per config; a reload builds a new
-//! one (reusing the cache and unchanged groups) and swaps it in atomically.
+//! The query path after the listener: guard (validate, rate-limit) -> policy -> cache ->
+//! route -> upstream group -> answer. One `Pipeline` is built per config; a reload builds a
+//! new one (reusing the cache and unchanged groups) and swaps it in atomically.
 //!
 //! `handle_fast` runs inline on the listener for everything that needs no upstream (cache
-//! hits, errors, limits); `resolve` is the async path for misses, with identical concurrent
-//! misses coalesced into one upstream query (`cache::Coalescer`).
+//! hits, errors, limits, policy answers); a miss leaves it as one [`Request`], which
+//! `resolve` (the async path) carries to the upstream, with identical concurrent misses
+//! coalesced into one upstream query (`cache::Coalescer`).
 
 use std::net::IpAddr;
 use std::sync::Arc;
