@@ -40,6 +40,7 @@ pub enum Fast {
 /// A query on its way to an upstream: built once by [`Pipeline::handle_fast`] with what the
 /// guard, policy and cache steps found, then moved into the task that resolves it. Nothing
 /// is parsed, keyed or policy-checked again after the fast path.
+#[derive(Clone)]
 pub struct Request {
     /// The client's query, copied once out of the listener's receive buffer.
     pub query: Vec<u8>,
@@ -69,6 +70,8 @@ pub struct Pipeline {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) clock: Arc<Clock>,
     pub(crate) coalescer: Coalescer<Outcome>,
+    /// Query logging (dnstap), when on.
+    pub(crate) tap: Option<Arc<crate::dnstap::Tap>>,
 }
 
 impl Pipeline {
@@ -242,14 +245,14 @@ impl Pipeline {
     }
 
     /// The async path for a query `handle_fast` could not answer. Always produces an answer.
-    pub async fn resolve(self: &Arc<Self>, req: Request, out: &mut Vec<u8>) {
+    pub async fn resolve(self: &Arc<Self>, req: &Request, out: &mut Vec<u8>) {
         let Request {
             query,
             qi,
             key,
             transport,
             ..
-        } = &req;
+        } = req;
         let outcome = if self.cache_for(qi).is_some() {
             match self
                 .coalescer
@@ -260,13 +263,13 @@ impl Pipeline {
                     rx.await.unwrap_or(Err(GroupError::Timeout))
                 }
                 Role::Leader(turn) => {
-                    let outcome = self.fetch(&req).await;
+                    let outcome = self.fetch(req).await;
                     turn.finish(&outcome);
                     outcome
                 }
             }
         } else {
-            self.fetch(&req).await
+            self.fetch(req).await
         };
         let max = max_len(*transport, qi);
         match outcome {
@@ -282,7 +285,7 @@ impl Pipeline {
                         .stored()
                         .render(query, qi, 0, Some(cache.config().stale_ttl), max, out);
                     if entry.start_refresh() {
-                        self.refresh(req, entry);
+                        self.refresh(req.clone(), entry);
                     }
                 } else {
                     tracing::debug!(error = %e, "answering SERVFAIL");

@@ -546,6 +546,14 @@ fn build_pipeline(
         _ => Arc::new(RateLimiter::new(&cfg.rate_limit)),
     });
     let names: Vec<&str> = groups.iter().map(|g| g.cfg.name.as_str()).collect();
+    // The tap (and its collector connection) is kept while its section is unchanged.
+    let tap = match old.and_then(|(p, _)| p.tap.clone()) {
+        Some(t) if *t.config() == cfg.dnstap => Some(t),
+        _ => crate::dnstap::Tap::from_config(&cfg.dnstap, metrics),
+    };
+    for g in groups {
+        g.group.set_tap(tap.clone());
+    }
     Ok(Pipeline {
         limiter,
         cache,
@@ -557,5 +565,6 @@ fn build_pipeline(
         metrics: metrics.clone(),
         clock: clock.clone(),
         coalescer: Default::default(),
+        tap,
     })
 }

@@ -756,7 +756,7 @@ fn pipeline_case(
                 }
                 Fast::Miss(req) => {
                     let qi = req.qi;
-                    let resolve = pipeline.resolve(req, &mut out);
+                    let resolve = pipeline.resolve(&req, &mut out);
                     tokio::time::timeout(Duration::from_secs(5), resolve)
                         .await
                         .map_err(|_| TestCaseError::fail("resolve took over 5 s"))?;

@@ -14,7 +14,7 @@ pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  rm -rf "$work"
+  [ -n "${KEEP_WORK:-}" ] || rm -rf "$work"
 }
 trap cleanup EXIT
 
@@ -98,6 +98,94 @@ kill "${pids[1]}"; wait "${pids[1]}" 2>/dev/null || true
 pids+=($!)
 sleep 0.5
 check "wrong TLS name gives SERVFAIL" "SERVFAIL" "$(dig +time=3 @127.0.0.1 -p "$PORT" www.interop.test A | sed -n 's/.*status: \([A-Z]*\).*/\1/p')"
+
+# dnstap beside Unbound's own: an Unbound forwarder and the proxy, each logging to its own
+# fstrm_capture, forward the same queries to the same DoT upstream; the decoded messages
+# are compared field by field (tests/interop/dnstap_compare.py says which fields and why).
+if command -v fstrm_capture >/dev/null && command -v dnstap-read >/dev/null; then
+  FWD_PORT=5393
+  TAP_PORT=5394
+  cat > "$work/fwd.conf" <<CONF
+server:
+  interface: 127.0.0.1@$FWD_PORT
+  username: ""
+  chroot: ""
+  directory: "$work"
+  pidfile: "$work/fwd.pid"
+  use-syslog: no
+  logfile: "$work/fwd.log"
+  do-daemonize: no
+  num-threads: 1
+  access-control: 127.0.0.0/8 allow
+  do-not-query-localhost: no
+  # test. is one of Unbound's built-in empty zones (RFC 6761): forward it like any name.
+  local-zone: "test." nodefault
+  tls-cert-bundle: "$work/ca.pem"
+forward-zone:
+  name: "."
+  forward-addr: $UP_IP@$UP_PORT#upstream.test
+  forward-tls-upstream: yes
+dnstap:
+  dnstap-enable: yes
+  dnstap-socket-path: "$work/unbound-tap.sock"
+  dnstap-send-identity: yes
+  dnstap-identity: "tap-compare"
+  dnstap-log-client-query-messages: yes
+  dnstap-log-client-response-messages: yes
+  dnstap-log-forwarder-query-messages: yes
+  dnstap-log-forwarder-response-messages: yes
+remote-control:
+  control-enable: no
+CONF
+  cat > "$work/tap.yaml" <<CONF
+dnstap:
+  enabled: true
+  socket: $work/proxy-tap.sock
+  identity: tap-compare
+  client_ipv4_prefix: 32
+CONF
+  fstrm_capture -t protobuf:dnstap.Dnstap -u "$work/unbound-tap.sock" -w "$work/unbound.fstrm" 2>/dev/null &
+  cap_u=$!; pids+=($cap_u)
+  fstrm_capture -t protobuf:dnstap.Dnstap -u "$work/proxy-tap.sock" -w "$work/proxy.fstrm" 2>/dev/null &
+  cap_p=$!; pids+=($cap_p)
+  for _ in $(seq 1 50); do [ -S "$work/unbound-tap.sock" ] && [ -S "$work/proxy-tap.sock" ] && break; sleep 0.1; done
+  unbound -d -c "$work/fwd.conf" &
+  fwd=$!; pids+=($fwd)
+  "$BIN" --config "$work/tap.yaml" --listen "127.0.0.1:$TAP_PORT" --upstream "tls://$UP_IP:$UP_PORT#upstream.test" \
+    --tls-ca-file "$work/ca.pem" --admin-listen 127.0.0.1:9394 --log-level warn &
+  tapper=$!; pids+=($tapper)
+  # Up when they answer at all (one query each: the names to compare are asked below).
+  for port in "$FWD_PORT" "$TAP_PORT"; do
+    for _ in $(seq 1 50); do
+      dig +time=1 +tries=1 @127.0.0.1 -p "$port" interop.test SOA | grep -q 'status: NOERROR' && break
+      sleep 0.2
+    done
+  done
+  # Wait for the proxy's collector connection, then the same two lookups to each: a miss,
+  # then a hit.
+  for _ in $(seq 1 50); do
+    curl -s http://127.0.0.1:9394/metrics | grep -q '^dot_proxy_dnstap_connected 1' && break; sleep 0.1
+  done
+  for port in "$FWD_PORT" "$TAP_PORT"; do
+    dig +short @127.0.0.1 -p "$port" www.interop.test A >/dev/null
+    dig +short @127.0.0.1 -p "$port" www.interop.test A >/dev/null
+  done
+  sleep 1
+  # Unbound writes its log on exit; the proxy sends STOP on exit; then the captures close.
+  kill "$fwd" "$tapper"; wait "$fwd" "$tapper" 2>/dev/null || true
+  sleep 0.5
+  kill -INT "$cap_u" "$cap_p"; wait "$cap_u" "$cap_p" 2>/dev/null || true
+  dnstap-read -y "$work/unbound.fstrm" > "$work/unbound.tap.yaml" || true
+  dnstap-read -y "$work/proxy.fstrm" > "$work/proxy.tap.yaml" || true
+  if python3 "$(dirname "$0")/dnstap_compare.py" "$work/unbound.tap.yaml" "$work/proxy.tap.yaml"; then
+    echo "ok   dnstap matches Unbound's field by field"
+  else
+    echo "FAIL dnstap differs from Unbound's"; fail=1
+  fi
+else
+  echo "interop: fstrm_capture or dnstap-read missing (fstrm-bin, bind9-dnsutils)"
+  if [ -n "${CI:-}" ]; then fail=1; else echo "SKIPPED dnstap comparison"; fi
+fi
 
 if [ "$fail" -ne 0 ]; then
   echo "interop: FAILED"; exit 1

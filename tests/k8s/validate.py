@@ -90,6 +90,15 @@ VARIANTS: dict[str, dict[str, Any]] = {
             {"name": "malware", "file": "/etc/dot-proxy/lists/malware-lists/malware.hosts", "action": "refused"},
         ]}}},
     },
+    # dnstap to a collector's Unix socket on the node (connecting needs no write access to
+    # the mount: sockets are exempt from read-only mounts).
+    "dnstap": {
+        "proxy": {
+            "extraVolumes": [{"name": "dnstap", "hostPath": {"path": "/var/run/dnstap", "type": "Directory"}}],
+            "extraVolumeMounts": [{"name": "dnstap", "mountPath": "/var/run/dnstap", "readOnly": True}],
+        },
+        "config": {"dnstap": {"enabled": True, "socket": "/var/run/dnstap/dnstap.sock", "clientIpv4Prefix": 16}},
+    },
 }
 
 # Values the schema must refuse, and values that must make rendering fail.

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use dot_proxy_config::{
-    AdminConfig, BlockList, CacheConfig, Config, LogConfig, NodeLocalConfig, OverridesConfig,
-    PolicyConfig, PrefetchConfig, PrivacyConfig, Protocol, RateLimitConfig, RewriteRule,
-    StaticRule, UpstreamGroup, UpstreamServer, ZoneRoute,
+    AdminConfig, BlockList, CacheConfig, Config, DnstapConfig, LogConfig, NodeLocalConfig,
+    OverridesConfig, PolicyConfig, PrefetchConfig, PrivacyConfig, Protocol, RateLimitConfig,
+    RewriteRule, StaticRule, UpstreamGroup, UpstreamServer, ZoneRoute,
 };
 
 use crate::resource::{Checked, DotProxyConfigSpec, PolicySpec, UpstreamServerSpec};
@@ -164,6 +164,7 @@ pub fn proxy_config(spec: &DotProxyConfigSpec) -> Result<Config, Vec<String>> {
     };
 
     let policy = policy(&mut errs, &spec.policy);
+    let dnstap = dnstap(&mut errs, &spec.dnstap);
 
     let config = Config {
         listen,
@@ -191,6 +192,7 @@ pub fn proxy_config(spec: &DotProxyConfigSpec) -> Result<Config, Vec<String>> {
         },
         node_local,
         policy,
+        dnstap,
         ..defaults
     };
 
@@ -334,6 +336,35 @@ fn policy(errs: &mut Vec<String>, p: &PolicySpec) -> PolicyConfig {
         static_answers,
         blocklists,
         rewrites,
+    }
+}
+
+fn dnstap(errs: &mut Vec<String>, d: &crate::resource::DnstapSpec) -> DnstapConfig {
+    let address = d.address.as_deref().and_then(|a| {
+        a.trim()
+            .parse::<SocketAddr>()
+            .map_err(|_| {
+                errs.push(format!(
+                    "spec.dnstap.address: {a:?} is not IP:PORT (IPv6 as [addr]:port)"
+                ))
+            })
+            .ok()
+    });
+    DnstapConfig {
+        enabled: d.enabled,
+        socket: d.socket.as_ref().map(PathBuf::from),
+        address,
+        identity: d.identity.clone(),
+        version: d.version.clone(),
+        client_query: d.client_query,
+        client_response: d.client_response,
+        forwarder_query: d.forwarder_query,
+        forwarder_response: d.forwarder_response,
+        client_ipv4_prefix: d.client_ipv4_prefix,
+        client_ipv6_prefix: d.client_ipv6_prefix,
+        only_errors: d.only_errors,
+        sample_rate: d.sample_rate,
+        queue_size: d.queue_size as usize,
     }
 }
 

@@ -6,9 +6,9 @@ mod status;
 
 pub use checked::Checked;
 pub use spec::{
-    BlockListSpec, CacheSpec, DotProxyConfig, DotProxyConfigSpec, LogSpec, NodeLocalSpec,
-    PolicySpec, PrefetchSpec, PrivacySpec, RateLimitSpec, RewriteSpec, StaticAnswerSpec,
-    TargetSpec, UpstreamGroupSpec, UpstreamServerSpec, ZoneSpec,
+    BlockListSpec, CacheSpec, DnstapSpec, DotProxyConfig, DotProxyConfigSpec, LogSpec,
+    NodeLocalSpec, PolicySpec, PrefetchSpec, PrivacySpec, RateLimitSpec, RewriteSpec,
+    StaticAnswerSpec, TargetSpec, UpstreamGroupSpec, UpstreamServerSpec, ZoneSpec,
 };
 pub use status::{DotProxyConfigStatus, ANNOTATIONS_IGNORED, INVALID, READY};
 

@@ -12,8 +12,8 @@
 use std::collections::BTreeMap;
 
 use dot_proxy_config::{
-    limits, BlockAction, CacheConfig, Dur, Firewall, LimitAction, LogFormat, Policy, PrivacyConfig,
-    Protocol, RateLimitConfig,
+    limits, BlockAction, CacheConfig, DnstapConfig, Dur, Firewall, LimitAction, LogFormat, Policy,
+    PrivacyConfig, Protocol, RateLimitConfig,
 };
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -127,6 +127,11 @@ pub struct DotProxyConfigSpec {
 
     #[serde(default)]
     pub log: LogSpec,
+
+    /// Query logging with dnstap to a collector (Vector, fluent-bit, dnstap tools). Off by
+    /// default. Query names are in every message; client addresses are cut to a prefix.
+    #[serde(default)]
+    pub dnstap: DnstapSpec,
 
     /// Address of the proxies' HTTP server for /metrics, /healthz and /readyz; empty turns it
     /// off. The proxies run on the host network, so this is reachable on the node's address.
@@ -402,6 +407,76 @@ impl Default for RateLimitSpec {
             action: Checked::Known(d.action),
             slip: d.slip,
             max_clients: u32::try_from(d.max_clients).unwrap_or(u32::MAX),
+        }
+    }
+}
+
+/// `spec.dnstap`: the proxy's `dnstap` section (docs/dnstap.md).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!self.enabled || (has(self.socket) != has(self.address))",
+        "message": "dnstap needs exactly one of socket and address when enabled"
+    }
+]))]
+pub struct DnstapSpec {
+    pub enabled: bool,
+    /// The collector's Unix socket, an absolute path in the proxy container (mount its
+    /// directory with `proxy.extraVolumes`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub socket: Option<String>,
+    /// The collector's TCP address, `IP:PORT`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub address: Option<String>,
+    /// `identity` of every message; empty: the node's host name.
+    #[schemars(length(max = 255))]
+    pub identity: String,
+    /// `version` of every message; empty: `dot-proxy <version>`.
+    #[schemars(length(max = 255))]
+    pub version: String,
+    pub client_query: bool,
+    pub client_response: bool,
+    pub forwarder_query: bool,
+    pub forwarder_response: bool,
+    /// Client IPv4 addresses cut to this prefix (32: full, 0: none).
+    #[schemars(range(min = limits::DNSTAP_IPV4_PREFIX.min, max = limits::DNSTAP_IPV4_PREFIX.max))]
+    pub client_ipv4_prefix: u8,
+    /// Client IPv6 addresses cut to this prefix (128: full, 0: none).
+    #[schemars(range(min = limits::DNSTAP_IPV6_PREFIX.min, max = limits::DNSTAP_IPV6_PREFIX.max))]
+    pub client_ipv6_prefix: u8,
+    /// Only exchanges answered SERVFAIL, REFUSED or NXDOMAIN.
+    pub only_errors: bool,
+    /// Share of exchanges logged (above 0, at most 1).
+    #[schemars(range(min = limits::DNSTAP_SAMPLE_RATE.min, max = limits::DNSTAP_SAMPLE_RATE.max))]
+    pub sample_rate: f64,
+    /// Exchanges (a query and its response) waiting for the collector at most; past that
+    /// their messages are dropped and counted.
+    #[schemars(range(min = limits::DNSTAP_QUEUE.min, max = limits::DNSTAP_QUEUE.max))]
+    pub queue_size: u32,
+}
+
+/// The proxy's defaults.
+impl Default for DnstapSpec {
+    fn default() -> Self {
+        let d = DnstapConfig::default();
+        DnstapSpec {
+            enabled: d.enabled,
+            socket: None,
+            address: None,
+            identity: d.identity,
+            version: d.version,
+            client_query: d.client_query,
+            client_response: d.client_response,
+            forwarder_query: d.forwarder_query,
+            forwarder_response: d.forwarder_response,
+            client_ipv4_prefix: d.client_ipv4_prefix,
+            client_ipv6_prefix: d.client_ipv6_prefix,
+            only_errors: d.only_errors,
+            sample_rate: d.sample_rate,
+            queue_size: u32::try_from(d.queue_size).unwrap_or(u32::MAX),
         }
     }
 }

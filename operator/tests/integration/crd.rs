@@ -357,6 +357,16 @@ const ACCEPTED: &[(&str, Change)] = &[
         d.spec.zones[0].group = "cluster".into();
         d.spec.allow_plain_default = true;
     }),
+    ("dnstap to a TCP collector", |d| {
+        d.spec.dnstap.enabled = true;
+        d.spec.dnstap.address = Some("10.0.0.5:6000".into());
+    }),
+    (
+        "dnstap to a Unix socket, off: a collector left configured",
+        |d| {
+            d.spec.dnstap.socket = Some("/var/run/dnstap/dnstap.sock".into());
+        },
+    ),
     ("pin-only TLS", |d| {
         let s = &mut d.spec.upstream_groups[0].servers[0];
         s.tls_name = None;
@@ -423,6 +433,9 @@ fn numeric_bounds_are_the_proxys_own() {
             limits::POOL_SIZE,
         ),
         ("spec.policy.staticAnswers.[].ttl", limits::STATIC_TTL),
+        ("spec.dnstap.clientIpv4Prefix", limits::DNSTAP_IPV4_PREFIX),
+        ("spec.dnstap.clientIpv6Prefix", limits::DNSTAP_IPV6_PREFIX),
+        ("spec.dnstap.queueSize", limits::DNSTAP_QUEUE),
     ];
     // The resource with `path` (the first item of each list) set to `v`, or None when the
     // value does not fit the field's Rust type.

@@ -35,6 +35,7 @@ macro_rules! string_type {
 }
 
 pub mod cidr;
+mod dnstap;
 mod duration;
 pub mod limits;
 mod overrides;
@@ -47,6 +48,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use cidr::Cidr;
+pub use dnstap::DnstapConfig;
 pub use duration::{Dur, DurationError};
 pub use overrides::{merge_overrides, own_overrides};
 pub use upstream_url::{parse_server_address, parse_upstream_url, UpstreamUrlError};
@@ -89,6 +91,8 @@ pub struct Config {
     /// Local policy: static answers, blocking and rewriting, applied before the cache and
     /// the zone router (docs/policy.md).
     pub policy: PolicyConfig,
+    /// Query logging with dnstap to a collector (docs/dnstap.md). Off by default.
+    pub dnstap: DnstapConfig,
     /// How long in-flight queries may take to finish after SIGTERM.
     pub shutdown_grace: Dur,
 }
@@ -129,6 +133,7 @@ impl Default for Config {
             overrides: OverridesConfig::default(),
             node_local: NodeLocalConfig::default(),
             policy: PolicyConfig::default(),
+            dnstap: DnstapConfig::default(),
             shutdown_grace: Dur::secs(5),
         }
     }
@@ -881,6 +886,7 @@ impl Config {
         self.check_node_local(&mut err);
         self.check_policy(&mut err);
         self.check_privacy_and_shutdown(&mut err);
+        self.dnstap.check(&mut err);
 
         if errs.is_empty() {
             Ok(())

@@ -46,6 +46,11 @@ pub const RATE_SLIP: Range<u64> = Range::new(0, 100);
 pub const RATE_MAX_CLIENTS: Range<u64> = Range::new(1, 10_000_000);
 
 pub const PADDING_BLOCK: Range<u64> = Range::new(0, 1024);
+
+pub const DNSTAP_IPV4_PREFIX: Range<u64> = Range::new(0, 32);
+pub const DNSTAP_IPV6_PREFIX: Range<u64> = Range::new(0, 128);
+pub const DNSTAP_SAMPLE_RATE: Range<f64> = Range::new(0.0, 1.0);
+pub const DNSTAP_QUEUE: Range<u64> = Range::new(1, 1_000_000);
 pub const STATIC_TTL: Range<u64> = Range::new(0, 604_800);
 
 /// Where the operator's defaults differ from the standalone proxy's, on purpose: a node

@@ -100,3 +100,21 @@ fn pins_decode_to_32_bytes_or_say_why() {
     let e = decode_pin("AAAA").expect_err("3 bytes");
     assert!(e.contains("3 bytes"), "{e}");
 }
+
+#[test]
+fn dnstap_needs_one_collector_and_sane_settings() {
+    assert!(errors("dnstap:\n  enabled: true\n").contains("dnstap: set exactly one of socket"));
+    let both = "dnstap:\n  enabled: true\n  socket: /run/tap.sock\n  address: 127.0.0.1:6000\n";
+    assert!(errors(both).contains("exactly one"));
+    assert!(errors("dnstap:\n  enabled: true\n  socket: run/tap.sock\n").contains("dnstap.socket"));
+    assert!(errors("dnstap:\n  sample_rate: 0\n").contains("dnstap.sample_rate"));
+    assert!(errors("dnstap:\n  sample_rate: 1.5\n").contains("dnstap.sample_rate"));
+    assert!(errors("dnstap:\n  client_ipv4_prefix: 33\n").contains("dnstap.client_ipv4_prefix"));
+    assert!(errors("dnstap:\n  queue_size: 0\n").contains("dnstap.queue_size"));
+    assert_eq!(
+        errors("dnstap:\n  enabled: true\n  address: 127.0.0.1:6000\n  client_ipv6_prefix: 0\n"),
+        ""
+    );
+    // Off, a collector may stay configured.
+    assert_eq!(errors("dnstap:\n  socket: /run/tap.sock\n"), "");
+}

@@ -9,6 +9,7 @@ pub type KeyBuf = [u8; 264];
 /// Bytes after the name in a key: type (2), class (2), flags (1), route tag (1).
 pub const KEY_SUFFIX: usize = 6;
 
+#[derive(Clone)]
 pub struct CacheKey {
     buf: KeyBuf,
     len: usize,

@@ -18,6 +18,13 @@ use crate::dns::wire::header;
 use crate::metrics::{QType, QueryCounters, Rcode};
 use crate::pipeline::{Pipeline, Request};
 
+/// The wall-clock time of `start` (for query logs).
+pub(crate) fn arrived(start: Instant) -> std::time::SystemTime {
+    std::time::SystemTime::now()
+        .checked_sub(start.elapsed())
+        .unwrap_or_else(std::time::SystemTime::now)
+}
+
 /// Counts an answered query and the time it took since `start`.
 pub(crate) fn count(counters: &QueryCounters, qtype: u16, answer: &[u8], start: Instant) {
     counters.count(
@@ -33,6 +40,9 @@ pub(crate) fn count(counters: &QueryCounters, qtype: u16, answer: &[u8], start: 
 pub(crate) struct Miss {
     pub pipeline: Arc<Pipeline>,
     pub req: Request,
+    /// The client and the listener's own address (for query logs).
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
     pub start: Instant,
     pub permit: OwnedSemaphorePermit,
 }
@@ -47,15 +57,19 @@ impl Miss {
             let Miss {
                 pipeline: p,
                 req,
+                peer,
+                local,
                 start,
                 permit,
             } = self;
-            let qtype = req.qi.qtype;
             let mut out = Vec::with_capacity(512);
             p.metrics.inflight.inc();
-            p.resolve(req, &mut out).await;
+            p.resolve(&req, &mut out).await;
             p.metrics.inflight.dec();
-            count(&counters, qtype, &out, start);
+            count(&counters, req.qi.qtype, &out, start);
+            if let Some(tap) = &p.tap {
+                tap.client(&req.query, &out, peer, local, req.transport, arrived(start));
+            }
             deliver(out).await;
             drop(permit);
         });

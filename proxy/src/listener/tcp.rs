@@ -168,6 +168,9 @@ async fn connection(
     stop: CancellationToken,
     tracker: TaskTracker,
 ) {
+    let local = stream
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let (rd, wr) = stream.into_split();
     let mut rd = BufReader::with_capacity(8 * 1024, rd);
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(l.inflight.max(1));
@@ -243,6 +246,10 @@ async fn connection(
         ) {
             Fast::Answered(qtype) => {
                 super::count(&counters, qtype, &out, start);
+                if let Some(tap) = &p.tap {
+                    let arrived = super::arrived(start);
+                    tap.client(query, &out, peer, local, Transport::tcp, arrived);
+                }
                 if tx.send(out.clone()).await.is_err() {
                     break;
                 }
@@ -256,6 +263,8 @@ async fn connection(
                 let miss = Miss {
                     pipeline: p,
                     req,
+                    peer,
+                    local,
                     start,
                     permit,
                 };

@@ -29,6 +29,9 @@ pub async fn serve(
     drain_limit: std::time::Duration,
 ) {
     let mut io = Io {
+        local: sock
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
         rb: RecvBatch::default(),
         sb: SendBatch::default(),
         pending: Arc::new(Semaphore::new(MAX_PENDING)),
@@ -60,6 +63,8 @@ pub async fn serve(
 }
 
 struct Io {
+    /// This socket's address (for query logs).
+    local: SocketAddr,
     rb: RecvBatch,
     sb: SendBatch,
     pending: Arc<Semaphore>,
@@ -105,6 +110,11 @@ impl Io {
                             QType::from_u16(qtype),
                             Rcode::from_u8(header::rcode(self.sb.next_buf())),
                         );
+                        if let Some(tap) = &p.tap {
+                            let arrived = super::arrived(start);
+                            let answer = self.sb.next_buf();
+                            tap.client(query, answer, peer, self.local, Transport::udp, arrived);
+                        }
                         self.sb.push(peer);
                         if self.sb.is_full() {
                             self.sb.flush(sock, counters, start).await;
@@ -120,6 +130,8 @@ impl Io {
                         let miss = Miss {
                             pipeline: p.clone(),
                             req,
+                            peer,
+                            local: self.local,
                             start,
                             permit,
                         };

@@ -361,6 +361,10 @@ pub struct Metrics {
     pub limited: ByLabel<LimitedAction>,
     pub policy_hits: ByLabel<PolicyKind>,
     pub blocklist_loads: Counter,
+    pub dnstap_messages: Counter,
+    pub dnstap_dropped: Counter,
+    pub dnstap_connected: Gauge,
+    pub dnstap_connects: Counter,
     pub blocked_names: Gauge,
     pub config_reloads: Family<ReloadLabels, Counter>,
     pub config_info: Family<ConfigInfoLabels, Gauge>,
@@ -415,6 +419,10 @@ impl Default for Metrics {
             rate_limit_top_qps: Family::default(),
             rate_limit_configured_qps: Gauge::default(),
             blocklist_loads: Counter::default(),
+            dnstap_messages: Counter::default(),
+            dnstap_dropped: Counter::default(),
+            dnstap_connected: Gauge::default(),
+            dnstap_connects: Counter::default(),
             blocked_names: Gauge::default(),
             policy_actions,
             config_restart_pending: Gauge::default(),
@@ -576,6 +584,26 @@ impl Metrics {
             "rate_limit_configured_qps",
             "Default per-client rate limit (0 when off)",
             self.rate_limit_configured_qps.clone(),
+        );
+        r.register(
+            "dnstap_messages",
+            "dnstap messages written to the collector",
+            self.dnstap_messages.clone(),
+        );
+        r.register(
+            "dnstap_dropped",
+            "dnstap messages dropped (queue full, collector slow, stalled or gone); queries are never held back",
+            self.dnstap_dropped.clone(),
+        );
+        r.register(
+            "dnstap_connected",
+            "1 while a dnstap collector connection is up (handshake done)",
+            self.dnstap_connected.clone(),
+        );
+        r.register(
+            "dnstap_connects",
+            "dnstap collector connections established (handshake done)",
+            self.dnstap_connects.clone(),
         );
         r.register(
             "policy_blocklist_loads",

@@ -97,6 +97,9 @@ pub struct Group {
     healthy_gauge: prometheus_client::metrics::gauge::Gauge,
     /// Failover counters, resolved once.
     failovers: ByLabel<FailoverReason>,
+    /// Query logging of what goes upstream (dnstap); set by each pipeline built with
+    /// this group, since a reload may keep the group and change the tap.
+    tap: arc_swap::ArcSwapOption<crate::dnstap::Tap>,
 }
 
 /// What one attempt ended with.
@@ -144,7 +147,13 @@ impl Group {
             query_opts,
             healthy_gauge,
             failovers,
+            tap: Default::default(),
         })
+    }
+
+    /// Logs this group's upstream exchanges to `tap` from now on (None: stop).
+    pub fn set_tap(&self, tap: Option<Arc<crate::dnstap::Tap>>) {
+        self.tap.store(tap);
     }
 
     pub fn members(&self) -> &[Member] {
@@ -301,7 +310,14 @@ impl Group {
     async fn attempt(&self, i: usize, msg: &Bytes, deadline: Instant) -> Result<Bytes, GroupError> {
         let m = &self.members[i];
         let start = Instant::now();
-        match tokio::time::timeout_at(deadline, m.upstream.query(msg)).await {
+        let result = tokio::time::timeout_at(deadline, m.upstream.query(msg)).await;
+        if let Some(tap) = self.tap.load().as_ref() {
+            if let Some((addr, protocol)) = m.upstream.tap_identity() {
+                let answer = result.as_ref().ok().and_then(|r| r.as_ref().ok());
+                tap.forwarder(msg, answer, addr, protocol, crate::listener::arrived(start));
+            }
+        }
+        match result {
             Ok(Ok(resp)) if resp.len() >= wire::HEADER_LEN && header::is_response(&resp) => {
                 self.record_success(i, start.elapsed(), header::rcode(&resp) == rcode::SERVFAIL);
                 Ok(resp)

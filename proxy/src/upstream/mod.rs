@@ -81,6 +81,24 @@ impl Upstream {
             Upstream::Other(u) => u.stats(),
         }
     }
+    /// The server's address and transport as query logs name them (None for a test fake).
+    pub fn tap_identity(
+        &self,
+    ) -> Option<(std::net::SocketAddr, crate::dnstap::proto::SocketProtocol)> {
+        use crate::dnstap::proto::SocketProtocol;
+        match self {
+            Upstream::Tls(u) => Some((u.address(), SocketProtocol::Dot)),
+            Upstream::Plain(u) => Some((
+                u.address(),
+                if u.force_tcp() {
+                    SocketProtocol::Tcp
+                } else {
+                    SocketProtocol::Udp
+                },
+            )),
+            Upstream::Other(_) => None,
+        }
+    }
     pub fn is_tls(&self) -> bool {
         matches!(self, Upstream::Tls(_))
     }

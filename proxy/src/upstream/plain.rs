@@ -51,6 +51,12 @@ impl PlainUpstream {
         })
     }
 
+    pub fn address(&self) -> SocketAddr {
+        self.addr
+    }
+    pub fn force_tcp(&self) -> bool {
+        self.force_tcp
+    }
     pub fn label(&self) -> &str {
         &self.label
     }

@@ -173,6 +173,9 @@ impl TlsUpstream {
         })
     }
 
+    pub fn address(&self) -> SocketAddr {
+        self.addr
+    }
     pub fn label(&self) -> &str {
         &self.label
     }

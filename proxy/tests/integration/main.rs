@@ -6,6 +6,7 @@ mod support;
 
 mod cache;
 mod core;
+mod dnstap;
 mod failover;
 mod groups;
 mod limits;

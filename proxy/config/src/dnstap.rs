@@ -1,0 +1,125 @@
+//! The `dnstap` section: query logging as dnstap over Frame Streams to a collector.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+#[cfg(feature = "schema")]
+use schemars::JsonSchema;
+
+use crate::limits;
+
+/// Query logging with dnstap (protobuf messages over Frame Streams), off by default.
+/// Query names are in every message by nature; client addresses are cut to a prefix.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+#[serde(deny_unknown_fields, default)]
+pub struct DnstapConfig {
+    pub enabled: bool,
+    /// The collector's Unix socket (e.g. `/var/run/dnstap/dnstap.sock`). Exactly one of
+    /// `socket` and `address` when enabled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket: Option<PathBuf>,
+    /// The collector's TCP address (`IP:PORT`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<SocketAddr>,
+    /// The `identity` of every message; empty: the host name.
+    pub identity: String,
+    /// The `version` of every message; empty: `dot-proxy <version>`.
+    pub version: String,
+    /// What pods asked (CLIENT_QUERY).
+    pub client_query: bool,
+    /// What pods got (CLIENT_RESPONSE); cache hits are client responses without a
+    /// forwarder pair.
+    pub client_response: bool,
+    /// What went upstream (FORWARDER_QUERY), with the server's address and transport.
+    pub forwarder_query: bool,
+    /// What came back from upstream (FORWARDER_RESPONSE).
+    pub forwarder_response: bool,
+    /// Client IPv4 addresses are cut to this prefix (32: the full address; 0: no address).
+    pub client_ipv4_prefix: u8,
+    /// Client IPv6 addresses are cut to this prefix (128: the full address; 0: none).
+    pub client_ipv6_prefix: u8,
+    /// Log only exchanges whose response is SERVFAIL, REFUSED or NXDOMAIN.
+    pub only_errors: bool,
+    /// Share of client queries logged (with their forwarder messages), 0 < rate <= 1.
+    pub sample_rate: f64,
+    /// Exchanges (a query and its response: two messages) waiting for the collector at
+    /// most; past that, messages are dropped and counted (`dot_proxy_dnstap_dropped_total`),
+    /// never queries.
+    pub queue_size: usize,
+}
+
+impl Default for DnstapConfig {
+    fn default() -> Self {
+        DnstapConfig {
+            enabled: false,
+            socket: None,
+            address: None,
+            identity: String::new(),
+            version: String::new(),
+            client_query: true,
+            client_response: true,
+            forwarder_query: true,
+            forwarder_response: true,
+            client_ipv4_prefix: 24,
+            client_ipv6_prefix: 56,
+            only_errors: false,
+            sample_rate: 1.0,
+            queue_size: 10_000,
+        }
+    }
+}
+
+impl DnstapConfig {
+    /// `Config::validate`, for this section.
+    pub(crate) fn check(&self, err: &mut impl FnMut(String, String)) {
+        let mut range = |field: &str, v: u64, r: limits::Range<u64>| {
+            if let Some(m) = r.check(v) {
+                err(format!("dnstap.{field}"), m);
+            }
+        };
+        range(
+            "client_ipv4_prefix",
+            self.client_ipv4_prefix.into(),
+            limits::DNSTAP_IPV4_PREFIX,
+        );
+        range(
+            "client_ipv6_prefix",
+            self.client_ipv6_prefix.into(),
+            limits::DNSTAP_IPV6_PREFIX,
+        );
+        range("queue_size", self.queue_size as u64, limits::DNSTAP_QUEUE);
+        if let Some(m) = limits::DNSTAP_SAMPLE_RATE.check(self.sample_rate) {
+            err("dnstap.sample_rate".into(), m);
+        } else if self.sample_rate == 0.0 {
+            err(
+                "dnstap.sample_rate".into(),
+                "must be above 0 (set enabled: false to log nothing)".into(),
+            );
+        }
+        if self.enabled && self.socket.is_some() == self.address.is_some() {
+            err(
+                "dnstap".into(),
+                "set exactly one of socket (a Unix socket path) and address (IP:PORT)".into(),
+            );
+        }
+        if let Some(p) = &self.socket {
+            if !p.is_absolute() {
+                err(
+                    "dnstap.socket".into(),
+                    format!("{} must be an absolute path", p.display()),
+                );
+            }
+        }
+        for (field, v) in [("identity", &self.identity), ("version", &self.version)] {
+            if v.len() > 255 {
+                err(
+                    format!("dnstap.{field}"),
+                    "must be at most 255 bytes".into(),
+                );
+            }
+        }
+    }
+}

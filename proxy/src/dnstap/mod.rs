@@ -1,0 +1,531 @@
+//! Query logging with dnstap: protobuf messages (`proto`) over Frame Streams (`fstrm`) to
+//! a collector on a Unix socket or TCP.
+//!
+//! Never in the way of answering: the query path hands an [`Event`] to a bounded queue with
+//! `try_send` and moves on; when the queue is full (the collector slow, stalled or gone) the
+//! message is dropped and counted (`dot_proxy_dnstap_dropped_total`). One writer task owns
+//! the connection: it reconnects with backoff, does the handshake, encodes and writes in
+//! batches, and gives a connection up when a write stalls. What a collector sends after the
+//! handshake is read and ignored, so garbage cannot stall or crash anything.
+
+pub mod fstrm;
+pub mod proto;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prost::Message as _;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+
+use crate::config::{Cidr, DnstapConfig};
+use crate::dns::{rcode, wire::header};
+use crate::metrics::{Metrics, Transport};
+use proto::{Dnstap, DnstapType, MessageType, SocketFamily, SocketProtocol};
+
+/// A write to the collector that takes longer than this gives the connection up.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// At most this many events are encoded into one write.
+const BATCH: usize = 256;
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Where the collector listens.
+#[derive(Clone, Debug, PartialEq)]
+enum Target {
+    Unix(PathBuf),
+    Tcp(SocketAddr),
+}
+
+/// Which exchange an event records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// A client's query and the answer it got: CLIENT_QUERY and CLIENT_RESPONSE.
+    Client,
+    /// A query sent upstream and the answer (if any): FORWARDER_QUERY and _RESPONSE.
+    Forwarder,
+}
+
+/// One exchange, as the query path hands it over.
+#[derive(Debug)]
+pub struct Event {
+    side: Side,
+    protocol: SocketProtocol,
+    /// The client (already cut to the configured prefix; None: not logged), or, for a
+    /// forwarder event, None.
+    query_addr: Option<(Bytes, u16)>,
+    /// The proxy's listening address, or the upstream server.
+    response_addr: SocketAddr,
+    query: Option<Bytes>,
+    response: Option<Bytes>,
+    query_time: SystemTime,
+    response_time: SystemTime,
+}
+
+/// Which messages are wanted, and how client addresses are cut.
+#[derive(Clone, Debug)]
+struct Filter {
+    client_query: bool,
+    client_response: bool,
+    forwarder_query: bool,
+    forwarder_response: bool,
+    ipv4_prefix: u8,
+    ipv6_prefix: u8,
+    only_errors: bool,
+    sample_rate: f64,
+}
+
+/// The query path's handle: cheap to call, never blocks.
+pub struct Tap {
+    tx: mpsc::Sender<Event>,
+    filter: Filter,
+    dropped: Counter,
+    /// The config it was built from (a reload with the same section keeps the tap).
+    cfg: DnstapConfig,
+}
+
+impl std::fmt::Debug for Tap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tap").field("cfg", &self.cfg).finish()
+    }
+}
+
+/// The writer's counters.
+#[derive(Clone)]
+struct Stats {
+    written: Counter,
+    dropped: Counter,
+    connected: Gauge,
+    connects: Counter,
+}
+
+impl Tap {
+    /// Starts the writer task (on the current runtime) for an enabled section; None when
+    /// dnstap is off.
+    pub fn from_config(cfg: &DnstapConfig, metrics: &Metrics) -> Option<Arc<Tap>> {
+        if !cfg.enabled {
+            return None;
+        }
+        let target = match (&cfg.socket, cfg.address) {
+            (Some(p), _) => Target::Unix(p.clone()),
+            (None, Some(a)) => Target::Tcp(a),
+            (None, None) => return None,
+        };
+        let (tx, rx) = mpsc::channel(cfg.queue_size.max(1));
+        let stats = Stats {
+            written: metrics.dnstap_messages.clone(),
+            dropped: metrics.dnstap_dropped.clone(),
+            connected: metrics.dnstap_connected.clone(),
+            connects: metrics.dnstap_connects.clone(),
+        };
+        let identity = if cfg.identity.is_empty() {
+            host_name()
+        } else {
+            cfg.identity.clone()
+        };
+        let version = if cfg.version.is_empty() {
+            format!("dot-proxy {}", env!("CARGO_PKG_VERSION"))
+        } else {
+            cfg.version.clone()
+        };
+        let header = Header {
+            identity: Bytes::from(identity),
+            version: Bytes::from(version),
+        };
+        tokio::spawn(run(rx, target, header, stats.clone()));
+        Some(Arc::new(Tap {
+            tx,
+            filter: Filter {
+                client_query: cfg.client_query,
+                client_response: cfg.client_response,
+                forwarder_query: cfg.forwarder_query,
+                forwarder_response: cfg.forwarder_response,
+                ipv4_prefix: cfg.client_ipv4_prefix,
+                ipv6_prefix: cfg.client_ipv6_prefix,
+                only_errors: cfg.only_errors,
+                sample_rate: cfg.sample_rate,
+            },
+            dropped: stats.dropped,
+            cfg: cfg.clone(),
+        }))
+    }
+
+    /// The section this tap was built from.
+    pub fn config(&self) -> &DnstapConfig {
+        &self.cfg
+    }
+
+    fn wanted(&self, side: Side, response: Option<&[u8]>) -> bool {
+        let f = &self.filter;
+        let kinds = match side {
+            Side::Client => f.client_query || f.client_response,
+            Side::Forwarder => f.forwarder_query || f.forwarder_response,
+        };
+        if !kinds {
+            return false;
+        }
+        if f.only_errors {
+            let error = response.is_some_and(|r| {
+                r.len() >= 4
+                    && matches!(
+                        header::rcode(r),
+                        rcode::SERVFAIL | rcode::REFUSED | rcode::NXDOMAIN
+                    )
+            });
+            // A forwarder exchange without an answer (timeout, error) is a failure too.
+            if !(error || (side == Side::Forwarder && response.is_none())) {
+                return false;
+            }
+        }
+        f.sample_rate >= 1.0 || rand::random::<f64>() < f.sample_rate
+    }
+
+    /// A client's query and the answer it got. `arrived` is when the query came in.
+    pub fn client(
+        &self,
+        query: &[u8],
+        answer: &[u8],
+        client: SocketAddr,
+        local: SocketAddr,
+        transport: Transport,
+        arrived: SystemTime,
+    ) {
+        if !self.wanted(Side::Client, Some(answer)) {
+            return;
+        }
+        let (q, r) = (self.filter.client_query, self.filter.client_response);
+        // One allocation holds both messages.
+        let mut both = Vec::with_capacity(query.len() + answer.len());
+        both.extend_from_slice(if q { query } else { &[] });
+        both.extend_from_slice(if r { answer } else { &[] });
+        let mut both = Bytes::from(both);
+        let query = q.then(|| both.split_to(query.len()));
+        let response = r.then_some(both);
+        let protocol = match transport {
+            Transport::udp => SocketProtocol::Udp,
+            Transport::tcp => SocketProtocol::Tcp,
+        };
+        self.send(Event {
+            side: Side::Client,
+            protocol,
+            query_addr: self.cut(client.ip()).map(|a| (a, client.port())),
+            response_addr: local,
+            query,
+            response,
+            query_time: arrived,
+            response_time: SystemTime::now(),
+        });
+    }
+
+    /// A query sent to `server` and its answer (None: none came).
+    pub fn forwarder(
+        &self,
+        query: &Bytes,
+        answer: Option<&Bytes>,
+        server: SocketAddr,
+        protocol: SocketProtocol,
+        sent: SystemTime,
+    ) {
+        if !self.wanted(Side::Forwarder, answer.map(|a| a.as_ref())) {
+            return;
+        }
+        self.send(Event {
+            side: Side::Forwarder,
+            protocol,
+            query_addr: None,
+            response_addr: server,
+            query: self.filter.forwarder_query.then(|| query.clone()),
+            response: answer.filter(|_| self.filter.forwarder_response).cloned(),
+            query_time: sent,
+            response_time: SystemTime::now(),
+        });
+    }
+
+    fn send(&self, ev: Event) {
+        if let Err(e) = self.tx.try_send(ev) {
+            let ev = match e {
+                mpsc::error::TrySendError::Full(ev) | mpsc::error::TrySendError::Closed(ev) => ev,
+            };
+            self.dropped
+                .inc_by(u64::from(ev.query.is_some()) + u64::from(ev.response.is_some()));
+        }
+    }
+
+    /// The client address cut to the configured prefix, as dnstap carries it (4 or 16
+    /// bytes); None when the prefix is 0.
+    fn cut(&self, ip: IpAddr) -> Option<Bytes> {
+        cut_address(ip, self.filter.ipv4_prefix, self.filter.ipv6_prefix)
+    }
+}
+
+/// `ip` with the bits past the prefix cleared; None when the prefix is 0.
+pub fn cut_address(ip: IpAddr, v4: u8, v6: u8) -> Option<Bytes> {
+    let ip = match ip {
+        IpAddr::V6(a) => a.to_ipv4_mapped().map_or(IpAddr::V6(a), IpAddr::V4),
+        a => a,
+    };
+    let len = if ip.is_ipv4() { v4 } else { v6 };
+    if len == 0 {
+        return None;
+    }
+    let c = Cidr::new(ip, len);
+    Some(if c.v6 {
+        Bytes::copy_from_slice(&c.net.to_be_bytes())
+    } else {
+        Bytes::copy_from_slice(&(c.net as u32).to_be_bytes())
+    })
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "dot-proxy".into())
+}
+
+struct Header {
+    identity: Bytes,
+    version: Bytes,
+}
+
+/// The writer task: connect, handshake, write until the connection fails, back off,
+/// again; ends when every `Tap` handle is gone and the queue is drained (or the
+/// collector unreachable).
+async fn run(mut rx: mpsc::Receiver<Event>, target: Target, header: Header, stats: Stats) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let ended = match &target {
+            Target::Unix(p) => {
+                match timeout(fstrm::HANDSHAKE_TIMEOUT, tokio::net::UnixStream::connect(p)).await {
+                    Ok(Ok(s)) => Some(session(s, &mut rx, &header, &stats, &mut backoff).await),
+                    _ => None,
+                }
+            }
+            Target::Tcp(a) => {
+                match timeout(fstrm::HANDSHAKE_TIMEOUT, tokio::net::TcpStream::connect(a)).await {
+                    Ok(Ok(s)) => {
+                        let _ = s.set_nodelay(true);
+                        Some(session(s, &mut rx, &header, &stats, &mut backoff).await)
+                    }
+                    _ => None,
+                }
+            }
+        };
+        stats.connected.set(0);
+        if ended == Some(End::Closed) {
+            return;
+        }
+        if rx.is_closed() && rx.is_empty() {
+            return;
+        }
+        if ended.is_none() {
+            tracing::debug!(target = ?target, "dnstap collector unreachable");
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+#[derive(Debug, PartialEq)]
+enum End {
+    /// Every handle is gone and the queue is written: the task is done.
+    Closed,
+    /// The connection failed: reconnect.
+    Failed,
+}
+
+async fn session<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    rx: &mut mpsc::Receiver<Event>,
+    header: &Header,
+    stats: &Stats,
+    backoff: &mut Duration,
+) -> End {
+    if let Err(e) = fstrm::handshake(&mut s, proto::CONTENT_TYPE).await {
+        tracing::warn!(error = %e, "dnstap handshake failed");
+        return End::Failed;
+    }
+    stats.connects.inc();
+    stats.connected.set(1);
+    *backoff = BACKOFF_MIN;
+    let (mut rd, mut wr) = tokio::io::split(s);
+    let mut buf = Vec::with_capacity(64 * 1024);
+    let mut scratch = [0u8; 512];
+    loop {
+        tokio::select! {
+            ev = rx.recv() => {
+                let Some(ev) = ev else {
+                    // Every handle is gone (reload or shutdown): STOP, and wait a moment
+                    // for FINISH.
+                    let _ = timeout(WRITE_TIMEOUT, wr.write_all(&fstrm::control(fstrm::STOP, None))).await;
+                    let _ = timeout(Duration::from_secs(1), fstrm::read_control(&mut rd, fstrm::FINISH)).await;
+                    return End::Closed;
+                };
+                buf.clear();
+                let mut n = encode(&ev, header, &mut buf);
+                let mut events = 1;
+                while events < BATCH {
+                    let Ok(ev) = rx.try_recv() else { break };
+                    n += encode(&ev, header, &mut buf);
+                    events += 1;
+                }
+                match timeout(WRITE_TIMEOUT, wr.write_all(&buf)).await {
+                    Ok(Ok(())) => {
+                        stats.written.inc_by(n);
+                    }
+                    _ => {
+                        // Stalled or gone: these messages are lost, the connection too.
+                        stats.dropped.inc_by(n);
+                        tracing::warn!("dnstap collector stopped reading; reconnecting");
+                        return End::Failed;
+                    }
+                }
+            }
+            r = rd.read(&mut scratch) => match r {
+                Ok(0) | Err(_) => return End::Failed,
+                // Nothing is expected after START: ignored.
+                Ok(_) => {}
+            },
+        }
+    }
+}
+
+/// Encodes the messages of one event as data frames; returns how many.
+fn encode(ev: &Event, header: &Header, out: &mut Vec<u8>) -> u64 {
+    let (qt, rt) = match ev.side {
+        Side::Client => (MessageType::ClientQuery, MessageType::ClientResponse),
+        Side::Forwarder => (MessageType::ForwarderQuery, MessageType::ForwarderResponse),
+    };
+    let family = match ev.response_addr {
+        SocketAddr::V4(_) => SocketFamily::Inet,
+        SocketAddr::V6(_) => SocketFamily::Inet6,
+    };
+    let raddr = match ev.response_addr.ip() {
+        IpAddr::V4(a) => Bytes::copy_from_slice(&a.octets()),
+        IpAddr::V6(a) => Bytes::copy_from_slice(&a.octets()),
+    };
+    let (qs, qn) = split_time(ev.query_time);
+    let (rs, rn) = split_time(ev.response_time);
+    let base = proto::Message {
+        r#type: 0,
+        socket_family: Some(family as i32),
+        socket_protocol: Some(ev.protocol as i32),
+        query_address: ev.query_addr.as_ref().map(|(a, _)| a.clone()),
+        response_address: Some(raddr),
+        query_port: ev.query_addr.as_ref().map(|(_, p)| u32::from(*p)),
+        response_port: Some(u32::from(ev.response_addr.port())),
+        query_time_sec: Some(qs),
+        query_time_nsec: Some(qn),
+        query_message: None,
+        response_time_sec: None,
+        response_time_nsec: None,
+        response_message: None,
+    };
+    let mut n = 0;
+    if let Some(q) = &ev.query {
+        let m = proto::Message {
+            r#type: qt as i32,
+            query_message: Some(q.clone()),
+            ..base.clone()
+        };
+        frame(header, m, out);
+        n += 1;
+    }
+    if let Some(r) = &ev.response {
+        let m = proto::Message {
+            r#type: rt as i32,
+            response_time_sec: Some(rs),
+            response_time_nsec: Some(rn),
+            response_message: Some(r.clone()),
+            ..base
+        };
+        frame(header, m, out);
+        n += 1;
+    }
+    n
+}
+
+fn frame(header: &Header, m: proto::Message, out: &mut Vec<u8>) {
+    let d = Dnstap {
+        identity: Some(header.identity.clone()),
+        version: Some(header.version.clone()),
+        message: Some(m),
+        r#type: DnstapType::Message as i32,
+    };
+    fstrm::data_frame(out, d.encoded_len(), |out| {
+        // Encoding into a Vec cannot run out of room.
+        let _ = d.encode(out);
+    });
+}
+
+fn split_time(t: SystemTime) -> (u64, u32) {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or((0, 0), |d| (d.as_secs(), d.subsec_nanos()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_cut_to_the_prefix() {
+        let v4: IpAddr = "10.1.2.3".parse().expect("ip");
+        assert_eq!(cut_address(v4, 24, 56).as_deref(), Some(&[10, 1, 2, 0][..]));
+        assert_eq!(cut_address(v4, 32, 56).as_deref(), Some(&[10, 1, 2, 3][..]));
+        assert_eq!(cut_address(v4, 0, 56), None);
+        let v6: IpAddr = "2001:db8:aaaa:bbbb:cccc::1".parse().expect("ip");
+        let cut = cut_address(v6, 24, 56).expect("v6");
+        assert_eq!(&cut[..7], &[0x20, 0x01, 0x0d, 0xb8, 0xaa, 0xaa, 0xbb]);
+        assert!(cut[7..].iter().all(|&b| b == 0));
+        assert_eq!(cut_address(v6, 24, 128).expect("full").len(), 16);
+    }
+
+    #[test]
+    fn an_event_encodes_as_two_framed_messages() {
+        let header = Header {
+            identity: Bytes::from_static(b"node-a"),
+            version: Bytes::from_static(b"dot-proxy test"),
+        };
+        let ev = Event {
+            side: Side::Client,
+            protocol: SocketProtocol::Udp,
+            query_addr: Some((Bytes::from_static(&[10, 0, 0, 0]), 4242)),
+            response_addr: "169.254.20.10:53".parse().expect("addr"),
+            query: Some(Bytes::from_static(b"query")),
+            response: Some(Bytes::from_static(b"answer")),
+            query_time: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+            response_time: SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_500),
+        };
+        let mut out = Vec::new();
+        assert_eq!(encode(&ev, &header, &mut out), 2);
+        let mut at = 0;
+        let mut kinds = Vec::new();
+        while at < out.len() {
+            let len = u32::from_be_bytes([out[at], out[at + 1], out[at + 2], out[at + 3]]) as usize;
+            let d = Dnstap::decode(&out[at + 4..at + 4 + len]).expect("decodes");
+            assert_eq!(d.identity.as_deref(), Some(&b"node-a"[..]));
+            let m = d.message.expect("message");
+            assert_eq!(m.query_address.as_deref(), Some(&[10, 0, 0, 0][..]));
+            assert_eq!(m.query_port, Some(4242));
+            assert_eq!(m.response_port, Some(53));
+            assert_eq!(m.query_time_sec, Some(1_700_000_000));
+            kinds.push(m.r#type);
+            if m.r#type == MessageType::ClientResponse as i32 {
+                assert_eq!(m.response_message.as_deref(), Some(&b"answer"[..]));
+                assert_eq!(m.response_time_nsec, Some(500_000_000));
+            } else {
+                assert_eq!(m.query_message.as_deref(), Some(&b"query"[..]));
+                assert!(m.response_message.is_none());
+            }
+            at += 4 + len;
+        }
+        assert_eq!(kinds, vec![5, 6]);
+    }
+}

@@ -1,0 +1,437 @@
+//! dnstap: real collectors (fstrm_capture over a Unix socket and TCP), decoded by
+//! dnstap-read; collectors that are absent, stop reading, or send garbage and close.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::*;
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The tools these tests need, or a skip (a failure in CI).
+fn tools(test: &str) -> bool {
+    for t in ["fstrm_capture", "dnstap-read"] {
+        if !have(t) {
+            crate::skip::skip(
+                test,
+                &format!("{t} is not installed (fstrm-bin, bind9-dnsutils)"),
+            );
+            return false;
+        }
+    }
+    true
+}
+
+/// fstrm_capture writing to `out`, listening on a Unix socket or TCP.
+struct Capture {
+    child: Child,
+    out: PathBuf,
+}
+
+impl Capture {
+    fn start(listen: &[&str], out: &Path) -> Capture {
+        let child = Command::new("fstrm_capture")
+            .args(["-t", "protobuf:dnstap.Dnstap"])
+            .args(listen)
+            .args(["-w", out.to_str().expect("path")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("fstrm_capture starts");
+        Capture {
+            child,
+            out: out.to_path_buf(),
+        }
+    }
+
+    /// Stops the capture (it closes its file cleanly on SIGINT) and decodes what it
+    /// wrote with dnstap-read (one YAML document per message), and with the proxy's own
+    /// schema (for what Debian's dnstap-read cannot show: it prints DOT as UDP).
+    fn finish(
+        mut self,
+    ) -> (
+        Vec<serde_yaml_like::Doc>,
+        Vec<dot_proxy::dnstap::proto::Message>,
+    ) {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let out = Command::new("dnstap-read")
+            .arg("-y")
+            .arg(&self.out)
+            .output()
+            .expect("dnstap-read runs");
+        assert!(
+            out.status.success(),
+            "dnstap-read failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let raw = std::fs::read(&self.out).expect("capture file");
+        (
+            serde_yaml_like::docs(&String::from_utf8_lossy(&out.stdout)),
+            frames(&raw),
+        )
+    }
+}
+
+/// The dnstap messages of a Frame Streams file: a control frame (START), data frames,
+/// a control frame (STOP).
+fn frames(raw: &[u8]) -> Vec<dot_proxy::dnstap::proto::Message> {
+    use prost::Message as _;
+    let u32_at = |at: usize| {
+        raw.get(at..at + 4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    let mut out = Vec::new();
+    let mut at = 0;
+    while let Some(len) = u32_at(at) {
+        if len == 0 {
+            // A control frame: skip it.
+            at += 8 + u32_at(at + 4).unwrap_or(0);
+            continue;
+        }
+        let d = dot_proxy::dnstap::proto::Dnstap::decode(&raw[at + 4..at + 4 + len])
+            .expect("a dnstap message");
+        out.extend(d.message);
+        at += 4 + len;
+    }
+    out
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Just enough of dnstap-read's YAML: each document's `key: value` lines, flattened.
+mod serde_yaml_like {
+    pub type Doc = Vec<(String, String)>;
+
+    pub fn docs(text: &str) -> Vec<Doc> {
+        text.split("\n---")
+            .map(|d| {
+                d.lines()
+                    .map(|l| match l.trim().split_once(": ") {
+                        Some((k, v)) => {
+                            (k.trim().to_string(), v.trim().trim_matches('"').to_string())
+                        }
+                        // The decoded DNS message's own lines (the question, records).
+                        None => (l.trim().to_string(), String::new()),
+                    })
+                    .collect::<Doc>()
+            })
+            .filter(|d: &Doc| !d.is_empty())
+            .collect()
+    }
+
+    pub fn get<'a>(d: &'a Doc, key: &str) -> Option<&'a str> {
+        d.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    /// The message's type (the document's own `type` is MESSAGE).
+    pub fn kind(d: &Doc) -> &str {
+        d.iter()
+            .find(|(k, v)| k == "type" && v != "MESSAGE")
+            .map_or("", |(_, v)| v.as_str())
+    }
+}
+use serde_yaml_like::{get, kind};
+
+async fn wait_for<F: Fn(&str) -> bool>(p: &Proxy, what: &str, ok: F) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = p.metrics().await;
+        if ok(&m) {
+            return m;
+        }
+        assert!(Instant::now() < deadline, "{what} never happened:\n{m}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn wait_path(p: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !p.exists() {
+        assert!(Instant::now() < deadline, "{} never appeared", p.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test]
+async fn unix_socket_collector_gets_client_and_forwarder_messages() {
+    if !tools("unix_socket_collector_gets_client_and_forwarder_messages") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let sock = dir.path().join("tap.sock");
+    let cap = Capture::start(
+        &["-u", sock.to_str().expect("path")],
+        &dir.path().join("out.fstrm"),
+    );
+    wait_path(&sock);
+    let (up, p) = start_with(|cfg| {
+        cfg.dnstap.enabled = true;
+        cfg.dnstap.socket = Some(sock.clone());
+        cfg.dnstap.identity = "node-a".into();
+    })
+    .await;
+    wait_for(&p, "connect", |m| {
+        metric(m, "dot_proxy_dnstap_connected ") == 1.0
+    })
+    .await;
+    // A miss (client pair and forwarder pair), then a hit (client pair only).
+    for _ in 0..2 {
+        let m = udp(p.addr, "tap.example.test.", RecordType::A).await;
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    }
+    let m = wait_for(&p, "six messages written", |m| {
+        metric(m, "dot_proxy_dnstap_messages_total") >= 6.0
+    })
+    .await;
+    assert_eq!(metric(&m, "dot_proxy_dnstap_dropped_total"), 0.0);
+    assert_eq!(up.query_count(), 1);
+    let (docs, raw) = cap.finish();
+    let kinds: Vec<&str> = docs.iter().map(kind).collect();
+    let count = |k: &str| kinds.iter().filter(|t| **t == k).count();
+    assert_eq!(
+        (
+            count("CLIENT_QUERY"),
+            count("CLIENT_RESPONSE"),
+            count("FORWARDER_QUERY"),
+            count("FORWARDER_RESPONSE")
+        ),
+        (2, 2, 1, 1),
+        "{docs:#?}"
+    );
+    for d in &docs {
+        assert_eq!(get(d, "identity"), Some("node-a"), "{d:?}");
+        match kind(d) {
+            "CLIENT_QUERY" | "CLIENT_RESPONSE" => {
+                // 127.0.0.1 cut to the default /24.
+                assert_eq!(get(d, "query_address"), Some("127.0.0.0"), "{d:?}");
+                assert_eq!(get(d, "socket_protocol"), Some("UDP"), "{d:?}");
+                assert_eq!(get(d, "response_address"), Some("127.0.0.1"), "{d:?}");
+                assert_eq!(
+                    get(d, "response_port"),
+                    Some(p.addr.port().to_string().as_str())
+                );
+            }
+            "FORWARDER_QUERY" | "FORWARDER_RESPONSE" => {
+                assert_eq!(
+                    get(d, "response_port"),
+                    Some(up.addr.port().to_string().as_str())
+                );
+                assert_eq!(get(d, "query_address"), None, "{d:?}");
+            }
+            _ => {}
+        }
+    }
+    let text = format!("{docs:?}");
+    assert!(
+        text.contains("tap.example.test"),
+        "the DNS messages are decoded: {text}"
+    );
+    // The transport of DoT upstream exchanges is DOT (3); Debian 12's dnstap-read prints it
+    // as UDP, so it is read with the schema itself.
+    use dot_proxy::dnstap::proto::{MessageType, SocketProtocol};
+    let forwarded: Vec<_> = raw
+        .iter()
+        .filter(|m| {
+            m.r#type == MessageType::ForwarderQuery as i32
+                || m.r#type == MessageType::ForwarderResponse as i32
+        })
+        .collect();
+    assert_eq!(forwarded.len(), 2);
+    assert!(forwarded
+        .iter()
+        .all(|m| m.socket_protocol == Some(SocketProtocol::Dot as i32)));
+    assert_eq!(raw.len(), docs.len(), "both decoders read every message");
+}
+
+#[tokio::test]
+async fn tcp_collector_with_full_addresses_and_only_some_kinds() {
+    if !tools("tcp_collector_with_full_addresses_and_only_some_kinds") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let port =
+        dot_proxy::listener::unshared_port("127.0.0.1:0".parse().expect("addr")).expect("port");
+    let cap = Capture::start(
+        &["-a", "127.0.0.1", "-p", &port.to_string()],
+        &dir.path().join("out.fstrm"),
+    );
+    let (_up, p) = start_with(|cfg| {
+        cfg.dnstap.enabled = true;
+        cfg.dnstap.address = Some(([127, 0, 0, 1], port).into());
+        cfg.dnstap.client_ipv4_prefix = 32;
+        cfg.dnstap.forwarder_query = false;
+        cfg.dnstap.client_query = false;
+    })
+    .await;
+    wait_for(&p, "connect", |m| {
+        metric(m, "dot_proxy_dnstap_connected ") == 1.0
+    })
+    .await;
+    let m = tcp(p.addr, "tcp-tap.example.test.", RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    wait_for(&p, "two messages written", |m| {
+        metric(m, "dot_proxy_dnstap_messages_total") >= 2.0
+    })
+    .await;
+    let (docs, _) = cap.finish();
+    let kinds: Vec<&str> = docs.iter().map(kind).collect();
+    assert_eq!(
+        kinds,
+        vec!["FORWARDER_RESPONSE", "CLIENT_RESPONSE"],
+        "{docs:#?}"
+    );
+    let client = docs
+        .iter()
+        .find(|d| kind(d) == "CLIENT_RESPONSE")
+        .expect("client");
+    assert_eq!(
+        get(client, "query_address"),
+        Some("127.0.0.1"),
+        "full address"
+    );
+    assert_eq!(get(client, "socket_protocol"), Some("TCP"));
+}
+
+/// A collector that is not there at start: queries are answered, messages beyond the queue
+/// are dropped and counted; when it appears, logging starts.
+#[tokio::test]
+async fn a_collector_that_appears_later_gets_messages_and_drops_are_counted() {
+    if !tools("a_collector_that_appears_later_gets_messages_and_drops_are_counted") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let sock = dir.path().join("late.sock");
+    let (_up, p) = start_with(|cfg| {
+        cfg.dnstap.enabled = true;
+        cfg.dnstap.socket = Some(sock.clone());
+        cfg.dnstap.queue_size = 10;
+    })
+    .await;
+    for i in 0..40 {
+        let m = udp(p.addr, &format!("early{i}.example.test."), RecordType::A).await;
+        assert_eq!(
+            m.metadata.response_code,
+            ResponseCode::NoError,
+            "answered without a collector"
+        );
+    }
+    let m = p.metrics().await;
+    assert!(
+        metric(&m, "dot_proxy_dnstap_dropped_total") >= 100.0,
+        "40 queries, 4 messages each, 10 queued:\n{m}"
+    );
+    let cap = Capture::start(
+        &["-u", sock.to_str().expect("path")],
+        &dir.path().join("out.fstrm"),
+    );
+    wait_for(&p, "connect after the collector appears", |m| {
+        metric(m, "dot_proxy_dnstap_connected ") == 1.0
+    })
+    .await;
+    udp(p.addr, "late.example.test.", RecordType::A).await;
+    wait_for(&p, "late messages written", |m| {
+        metric(m, "dot_proxy_dnstap_messages_total") >= 4.0
+    })
+    .await;
+    let (docs, _) = cap.finish();
+    assert!(
+        format!("{docs:?}").contains("late.example.test"),
+        "{docs:#?}"
+    );
+}
+
+/// Collectors that misbehave: one does the handshake and never reads again, one sends
+/// garbage and closes. Queries are all answered; messages are dropped and counted; the
+/// proxy reconnects.
+#[tokio::test]
+async fn misbehaving_collectors_never_hold_back_queries() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let sock = dir.path().join("bad.sock");
+    let listener = tokio::net::UnixListener::bind(&sock).expect("bind");
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let acc = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let n = acc.fetch_add(1, Ordering::SeqCst);
+            // READY from the proxy, then ACCEPT.
+            let ready =
+                dot_proxy::dnstap::fstrm::read_control(&mut s, dot_proxy::dnstap::fstrm::READY)
+                    .await;
+            assert!(ready.is_ok(), "READY first");
+            let accept = dot_proxy::dnstap::fstrm::control(
+                dot_proxy::dnstap::fstrm::ACCEPT,
+                Some(dot_proxy::dnstap::proto::CONTENT_TYPE),
+            );
+            let _ = s.write_all(&accept).await;
+            if n == 0 {
+                // The first never reads again.
+                held.push(s);
+            } else {
+                // The others read a little, send garbage and close.
+                let mut b = [0u8; 64];
+                let _ = s.read(&mut b).await;
+                let _ = s
+                    .write_all(&[0xde, 0xad, 0xbe, 0xef, 0, 0, 0, 0, 0xff])
+                    .await;
+                drop(s);
+            }
+        }
+    });
+    let (_up, p) = start_with(|cfg| {
+        cfg.dnstap.enabled = true;
+        cfg.dnstap.socket = Some(sock.clone());
+        cfg.dnstap.queue_size = 100;
+        cfg.cache.enabled = false;
+    })
+    .await;
+    // Large answers fill the socket buffer of the collector that stopped reading.
+    let addr = p.addr;
+    concurrently(8, |c| async move {
+        for i in 0..150 {
+            let m = udp(addr, &format!("flood{c}-{i}.example.test."), RecordType::A).await;
+            assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+        }
+    })
+    .await;
+    let m = wait_for(&p, "drops and a reconnect", |m| {
+        metric(m, "dot_proxy_dnstap_dropped_total") > 0.0
+            && metric(m, "dot_proxy_dnstap_connects_total") >= 2.0
+    })
+    .await;
+    assert!(accepted.load(Ordering::SeqCst) >= 2, "reconnected:\n{m}");
+    // Still answering after all that.
+    let m = udp(p.addr, "after.example.test.", RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+}
