@@ -328,7 +328,7 @@ impl Pipeline {
         let policy = self
             .cache
             .as_ref()
-            .map(|c| *c.ttl_policy())
+            .map(|c| *c.ttl_policy_for(key.name()))
             .unwrap_or_default();
         let answer = Arc::new(
             Answer::from_upstream(&resp, query, qi, &policy)

@@ -99,6 +99,16 @@ pub fn proxy_config(spec: &DotProxyConfigSpec) -> Result<Config, Vec<String>> {
             top_n: c.prefetch.top_n as usize,
             remaining_fraction: c.prefetch.remaining_fraction,
         },
+        zones: c
+            .zones
+            .iter()
+            .map(|z| dot_proxy_config::CacheZone {
+                zone: z.zone.clone(),
+                min_ttl: z.min_ttl,
+                max_ttl: z.max_ttl,
+                negative_max_ttl: z.negative_max_ttl,
+            })
+            .collect(),
     };
 
     let r = &spec.rate_limit;

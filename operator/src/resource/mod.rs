@@ -6,8 +6,8 @@ mod status;
 
 pub use checked::Checked;
 pub use spec::{
-    BlockListSpec, CacheSpec, DnstapSpec, DotProxyConfig, DotProxyConfigSpec, LogSpec,
-    NodeLocalSpec, PolicySpec, PrefetchSpec, PrivacySpec, RateLimitSpec, RewriteSpec,
+    BlockListSpec, CacheSpec, CacheZoneSpec, DnstapSpec, DotProxyConfig, DotProxyConfigSpec,
+    LogSpec, NodeLocalSpec, PolicySpec, PrefetchSpec, PrivacySpec, RateLimitSpec, RewriteSpec,
     StaticAnswerSpec, TargetSpec, UpstreamGroupSpec, UpstreamServerSpec, ZoneSpec,
 };
 pub use status::{DotProxyConfigStatus, ANNOTATIONS_IGNORED, INVALID, READY};

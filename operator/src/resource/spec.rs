@@ -319,6 +319,33 @@ pub struct CacheSpec {
     #[schemars(range(min = limits::CACHE_STALE_TTL.min, max = limits::CACHE_STALE_TTL.max))]
     pub stale_ttl: u32,
     pub prefetch: PrefetchSpec,
+    /// TTL clamps for names under a zone (longest match wins), overriding the ones above:
+    /// e.g. `{zone: cluster.local, maxTtl: 30, negativeMaxTtl: 5}`, as NodeLocal DNSCache
+    /// caches the cluster domain. The chart adds the cluster domain's from `clusterDNS`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub zones: Vec<CacheZoneSpec>,
+}
+
+/// One `spec.cache.zones` entry; unset clamps keep the cache-wide value.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CacheZoneSpec {
+    /// A domain such as `cluster.local` (not `.`).
+    #[schemars(
+        length(min = 1, max = 254),
+        regex(pattern = r"^[A-Za-z0-9_-]{1,63}(\.[A-Za-z0-9_-]{1,63})*\.?$")
+    )]
+    pub zone: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = limits::CACHE_MIN_TTL.min, max = limits::CACHE_MIN_TTL.max))]
+    pub min_ttl: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = limits::CACHE_MAX_TTL.min, max = limits::CACHE_MAX_TTL.max))]
+    pub max_ttl: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = limits::CACHE_NEGATIVE_MAX_TTL.min, max = limits::CACHE_NEGATIVE_MAX_TTL.max))]
+    pub negative_max_ttl: Option<u32>,
 }
 
 /// The proxy's own defaults (one source: `dot_proxy_config`), except `maxBytes`
@@ -337,6 +364,7 @@ impl Default for CacheSpec {
             stale_max_age: Checked::Known(d.stale_max_age),
             stale_ttl: d.stale_ttl,
             prefetch: PrefetchSpec::default(),
+            zones: Vec::new(),
         }
     }
 }

@@ -357,6 +357,14 @@ const ACCEPTED: &[(&str, Change)] = &[
         d.spec.zones[0].group = "cluster".into();
         d.spec.allow_plain_default = true;
     }),
+    ("the cluster domain cached briefly", |d| {
+        d.spec.cache.zones = vec![dot_proxy_operator::resource::CacheZoneSpec {
+            zone: "cluster.local".into(),
+            min_ttl: None,
+            max_ttl: Some(30),
+            negative_max_ttl: Some(5),
+        }];
+    }),
     ("dnstap to a TCP collector", |d| {
         d.spec.dnstap.enabled = true;
         d.spec.dnstap.address = Some("10.0.0.5:6000".into());

@@ -458,6 +458,26 @@ pub struct CacheConfig {
     /// TTL put on stale answers.
     pub stale_ttl: u32,
     pub prefetch: PrefetchConfig,
+    /// TTL clamps for names under a zone, overriding the ones above (the longest matching
+    /// zone wins), e.g. `cluster.local` capped at 30 s positive and 5 s negative, as
+    /// NodeLocal DNSCache does, so a new pod or service is found quickly.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub zones: Vec<CacheZone>,
+}
+
+/// Per-zone TTL clamps (`cache.zones[]`); unset fields keep the cache-wide value.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct CacheZone {
+    /// A domain (`cluster.local`); `.` is not allowed (that is the cache-wide setting).
+    pub zone: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_ttl: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ttl: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub negative_max_ttl: Option<u32>,
 }
 
 impl Default for CacheConfig {
@@ -473,6 +493,7 @@ impl Default for CacheConfig {
             stale_max_age: Dur::secs(86_400),
             stale_ttl: 30,
             prefetch: PrefetchConfig::default(),
+            zones: Vec::new(),
         }
     }
 }
@@ -1044,6 +1065,47 @@ impl Config {
                 "cache.min_ttl".into(),
                 format!("{} is above cache.max_ttl ({})", c.min_ttl, c.max_ttl),
             );
+        }
+        for (i, z) in c.zones.iter().enumerate() {
+            let f = format!("cache.zones[{i}]");
+            match normalize_zone(&z.zone) {
+                Ok(n) if n == "." => err(
+                    format!("{f}.zone"),
+                    "must not be \".\" (the cache-wide settings are that)".into(),
+                ),
+                Ok(n)
+                    if c.zones[..i]
+                        .iter()
+                        .any(|o| normalize_zone(&o.zone).ok().as_ref() == Some(&n)) =>
+                {
+                    err(format!("{f}.zone"), format!("{n:?} is listed twice"))
+                }
+                Ok(_) => {}
+                Err(m) => err(format!("{f}.zone"), m),
+            }
+            for (field, v, r) in [
+                ("min_ttl", z.min_ttl, CACHE_MIN_TTL),
+                ("max_ttl", z.max_ttl, CACHE_MAX_TTL),
+                (
+                    "negative_max_ttl",
+                    z.negative_max_ttl,
+                    CACHE_NEGATIVE_MAX_TTL,
+                ),
+            ] {
+                if let Some(m) = v.and_then(|v| r.check(v.into())) {
+                    err(format!("{f}.{field}"), m);
+                }
+            }
+            let (min, max) = (
+                z.min_ttl.unwrap_or(c.min_ttl),
+                z.max_ttl.unwrap_or(c.max_ttl),
+            );
+            if min > max {
+                err(
+                    format!("{f}.min_ttl"),
+                    format!("{min} is above the zone's max_ttl ({max})"),
+                );
+            }
         }
     }
 

@@ -203,6 +203,8 @@ pub struct Cache {
     map: Arc<Map>,
     cfg: CacheConfig,
     ttl_policy: TtlPolicy,
+    /// `cache.zones`: which TTL clamps a name gets (index 0: the cache-wide ones).
+    zone_ttls: (crate::route::Router, Vec<TtlPolicy>),
     hot: Arc<hot::HotSet>,
 }
 
@@ -221,6 +223,7 @@ impl Cache {
             map: Arc::new(map),
             cfg: cfg.clone(),
             ttl_policy: ttl_policy(cfg),
+            zone_ttls: zone_ttls(cfg),
             hot: Arc::new(hot::HotSet::new(cfg.prefetch.top_n)),
         }
     }
@@ -230,6 +233,16 @@ impl Cache {
     }
     pub fn ttl_policy(&self) -> &TtlPolicy {
         &self.ttl_policy
+    }
+
+    /// The TTL clamps for a lower-cased wire-format name: its longest `cache.zones` entry,
+    /// else the cache-wide ones.
+    pub fn ttl_policy_for(&self, name: &[u8]) -> &TtlPolicy {
+        let (router, policies) = &self.zone_ttls;
+        if policies.len() == 1 {
+            return &self.ttl_policy;
+        }
+        policies.get(router.route(name)).unwrap_or(&self.ttl_policy)
     }
 
     /// True when a new cache config can keep this cache's contents.
@@ -244,6 +257,7 @@ impl Cache {
             map: self.map.clone(),
             cfg: cfg.clone(),
             ttl_policy: ttl_policy(cfg),
+            zone_ttls: zone_ttls(cfg),
             // The hot set (and so prefetch's bookkeeping) carries over unless its size changed.
             hot: if cfg.prefetch.top_n == self.cfg.prefetch.top_n {
                 self.hot.clone()
@@ -338,6 +352,23 @@ impl Cache {
     pub fn hot_names(&self) -> Vec<HotName> {
         self.hot.snapshot()
     }
+}
+
+/// A router over `cache.zones` (index 0 is `.`) and the clamps of each.
+fn zone_ttls(cfg: &CacheConfig) -> (crate::route::Router, Vec<TtlPolicy>) {
+    let base = ttl_policy(cfg);
+    let mut routes = vec![(".".to_string(), 0)];
+    let mut policies = vec![base];
+    for z in &cfg.zones {
+        routes.push((z.zone.clone(), policies.len()));
+        policies.push(TtlPolicy {
+            min_ttl: z.min_ttl.unwrap_or(base.min_ttl),
+            max_ttl: z.max_ttl.unwrap_or(base.max_ttl),
+            negative_max_ttl: z.negative_max_ttl.unwrap_or(base.negative_max_ttl),
+            servfail_ttl: base.servfail_ttl,
+        });
+    }
+    (crate::route::Router::new(&routes), policies)
 }
 
 pub fn ttl_policy(cfg: &CacheConfig) -> TtlPolicy {

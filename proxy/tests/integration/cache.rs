@@ -96,6 +96,59 @@ async fn ttl_clamps() {
     assert_eq!(up.query_count(), 6, "long TTL capped at max_ttl");
 }
 
+/// `cache.zones`: names under a zone get its clamps (the longest zone wins), others the
+/// cache-wide ones.
+#[tokio::test]
+async fn per_zone_ttl_clamps() {
+    let (up, p) = start_with(|cfg| {
+        cfg.cache.zones = vec![
+            dot_proxy::config::CacheZone {
+                zone: "example.test".into(),
+                min_ttl: None,
+                max_ttl: Some(30),
+                negative_max_ttl: Some(5),
+            },
+            dot_proxy::config::CacheZone {
+                zone: "Long.Example.Test.".into(),
+                min_ttl: Some(100),
+                max_ttl: None,
+                negative_max_ttl: None,
+            },
+        ];
+    })
+    .await;
+    let ttl = |m: hickory_proto::op::Message| m.answers[0].ttl;
+    assert_eq!(
+        ttl(udp(p.addr, "ttl900.example.test.", RecordType::A).await),
+        30
+    );
+    assert_eq!(
+        ttl(udp(p.addr, "ttl5.long.example.test.", RecordType::A).await),
+        100
+    );
+    assert_eq!(
+        ttl(udp(p.addr, "ttl900.long.example.test.", RecordType::A).await),
+        900
+    );
+    udp(p.addr, "nxzone.example.test.", RecordType::A).await;
+    assert_eq!(up.query_count(), 4);
+    adv(&p, 6);
+    udp(p.addr, "nxzone.example.test.", RecordType::A).await;
+    assert_eq!(
+        up.query_count(),
+        5,
+        "negative answers capped at 5 s in the zone"
+    );
+    adv(&p, 25);
+    udp(p.addr, "ttl900.example.test.", RecordType::A).await;
+    udp(p.addr, "ttl5.long.example.test.", RecordType::A).await;
+    assert_eq!(
+        up.query_count(),
+        6,
+        "30 s cap over; the longer zone's 100 s floor holds"
+    );
+}
+
 #[tokio::test]
 async fn each_client_gets_its_id_and_question_case() {
     let up = Upstream::start().await;
