@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
-use prost::Message as _;
+use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
@@ -27,7 +27,7 @@ use tokio::time::timeout;
 use crate::config::{Cidr, DnstapConfig};
 use crate::dns::{rcode, wire::header};
 use crate::metrics::{Metrics, Transport};
-use proto::{Dnstap, DnstapType, MessageType, SocketFamily, SocketProtocol};
+use proto::{DnstapType, MessageType, SocketFamily, SocketProtocol};
 
 /// A write to the collector that takes longer than this gives the connection up.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -56,20 +56,46 @@ pub enum Side {
     Forwarder,
 }
 
-/// One exchange, as the query path hands it over.
+/// One exchange, as the query path hands it over: no allocation but the copy of a client's
+/// messages (one buffer for both), and no encoding on the query path.
 #[derive(Debug)]
 pub struct Event {
     side: Side,
     protocol: SocketProtocol,
-    /// The client (already cut to the configured prefix; None: not logged), or, for a
-    /// forwarder event, None.
-    query_addr: Option<(Bytes, u16)>,
+    /// The client, its address already cut to the configured prefix (None: not logged);
+    /// None for a forwarder event.
+    client: Option<(IpAddr, u16)>,
     /// The proxy's listening address, or the upstream server.
-    response_addr: SocketAddr,
-    query: Option<Bytes>,
-    response: Option<Bytes>,
+    server: SocketAddr,
+    /// A client event's copied messages.
+    own: Vec<u8>,
+    query: Part,
+    response: Part,
     query_time: SystemTime,
     response_time: SystemTime,
+}
+
+/// Where an event's DNS message is.
+#[derive(Debug)]
+enum Part {
+    None,
+    /// A range of the event's own buffer.
+    Own(std::ops::Range<usize>),
+    Shared(Bytes),
+}
+
+impl Event {
+    fn part<'a>(&'a self, p: &'a Part) -> Option<&'a [u8]> {
+        match p {
+            Part::None => None,
+            Part::Own(r) => self.own.get(r.clone()),
+            Part::Shared(b) => Some(b),
+        }
+    }
+
+    fn messages(&self) -> u64 {
+        u64::from(self.part(&self.query).is_some()) + u64::from(self.part(&self.response).is_some())
+    }
 }
 
 /// Which messages are wanted, and how client addresses are cut.
@@ -138,10 +164,7 @@ impl Tap {
         } else {
             cfg.version.clone()
         };
-        let header = Header {
-            identity: Bytes::from(identity),
-            version: Bytes::from(version),
-        };
+        let header = Header::new(&identity, &version);
         tokio::spawn(run(rx, target, header, stats.clone()));
         Some(Arc::new(Tap {
             tx,
@@ -204,22 +227,28 @@ impl Tap {
             return;
         }
         let (q, r) = (self.filter.client_query, self.filter.client_response);
-        // One allocation holds both messages.
-        let mut both = Vec::with_capacity(query.len() + answer.len());
-        both.extend_from_slice(if q { query } else { &[] });
-        both.extend_from_slice(if r { answer } else { &[] });
-        let mut both = Bytes::from(both);
-        let query = q.then(|| both.split_to(query.len()));
-        let response = r.then_some(both);
         let protocol = match transport {
             Transport::udp => SocketProtocol::Udp,
             Transport::tcp => SocketProtocol::Tcp,
         };
+        // One allocation holds both messages.
+        let mut own = Vec::with_capacity(query.len() + answer.len());
+        let mut part = |wanted: bool, msg: &[u8]| {
+            if !wanted {
+                return Part::None;
+            }
+            let start = own.len();
+            own.extend_from_slice(msg);
+            Part::Own(start..own.len())
+        };
+        let query = part(q, query);
+        let response = part(r, answer);
         self.send(Event {
             side: Side::Client,
             protocol,
-            query_addr: self.cut(client.ip()).map(|a| (a, client.port())),
-            response_addr: local,
+            client: self.cut_ip(client.ip()).map(|a| (a, client.port())),
+            server: local,
+            own,
             query,
             response,
             query_time: arrived,
@@ -239,13 +268,18 @@ impl Tap {
         if !self.wanted(Side::Forwarder, answer.map(|a| a.as_ref())) {
             return;
         }
+        let shared = |wanted: bool, b: Option<&Bytes>| match b {
+            Some(b) if wanted => Part::Shared(b.clone()),
+            _ => Part::None,
+        };
         self.send(Event {
             side: Side::Forwarder,
             protocol,
-            query_addr: None,
-            response_addr: server,
-            query: self.filter.forwarder_query.then(|| query.clone()),
-            response: answer.filter(|_| self.filter.forwarder_response).cloned(),
+            client: None,
+            server,
+            own: Vec::new(),
+            query: shared(self.filter.forwarder_query, Some(query)),
+            response: shared(self.filter.forwarder_response, answer),
             query_time: sent,
             response_time: SystemTime::now(),
         });
@@ -256,20 +290,18 @@ impl Tap {
             let ev = match e {
                 mpsc::error::TrySendError::Full(ev) | mpsc::error::TrySendError::Closed(ev) => ev,
             };
-            self.dropped
-                .inc_by(u64::from(ev.query.is_some()) + u64::from(ev.response.is_some()));
+            self.dropped.inc_by(ev.messages());
         }
     }
 
-    /// The client address cut to the configured prefix, as dnstap carries it (4 or 16
-    /// bytes); None when the prefix is 0.
-    fn cut(&self, ip: IpAddr) -> Option<Bytes> {
-        cut_address(ip, self.filter.ipv4_prefix, self.filter.ipv6_prefix)
+    /// The client address cut to the configured prefix; None when the prefix is 0.
+    fn cut_ip(&self, ip: IpAddr) -> Option<IpAddr> {
+        cut_ip(ip, self.filter.ipv4_prefix, self.filter.ipv6_prefix)
     }
 }
 
 /// `ip` with the bits past the prefix cleared; None when the prefix is 0.
-pub fn cut_address(ip: IpAddr, v4: u8, v6: u8) -> Option<Bytes> {
+pub fn cut_ip(ip: IpAddr, v4: u8, v6: u8) -> Option<IpAddr> {
     let ip = match ip {
         IpAddr::V6(a) => a.to_ipv4_mapped().map_or(IpAddr::V6(a), IpAddr::V4),
         a => a,
@@ -280,9 +312,9 @@ pub fn cut_address(ip: IpAddr, v4: u8, v6: u8) -> Option<Bytes> {
     }
     let c = Cidr::new(ip, len);
     Some(if c.v6 {
-        Bytes::copy_from_slice(&c.net.to_be_bytes())
+        IpAddr::from(c.net.to_be_bytes())
     } else {
-        Bytes::copy_from_slice(&(c.net as u32).to_be_bytes())
+        IpAddr::from((c.net as u32).to_be_bytes())
     })
 }
 
@@ -294,9 +326,21 @@ fn host_name() -> String {
         .unwrap_or_else(|| "dot-proxy".into())
 }
 
+/// The fields every message repeats (identity, version), encoded once.
 struct Header {
-    identity: Bytes,
-    version: Bytes,
+    fields: Vec<u8>,
+}
+
+impl Header {
+    fn new(identity: &str, version: &str) -> Header {
+        let mut fields = Vec::new();
+        for (tag, v) in [(1, identity), (2, version)] {
+            encode_key(tag, WireType::LengthDelimited, &mut fields);
+            encode_varint(v.len() as u64, &mut fields);
+            fields.extend_from_slice(v.as_bytes());
+        }
+        Header { fields }
+    }
 }
 
 /// The writer task: connect, handshake, write until the connection fails, back off,
@@ -331,7 +375,7 @@ async fn run(mut rx: mpsc::Receiver<Event>, target: Target, header: Header, stat
             // collector is not there: what is still queued is lost.
             let mut lost = 0;
             while let Ok(ev) = rx.try_recv() {
-                lost += u64::from(ev.query.is_some()) + u64::from(ev.response.is_some());
+                lost += ev.messages();
             }
             stats.dropped.inc_by(lost);
             return;
@@ -415,66 +459,167 @@ fn encode(ev: &Event, header: &Header, out: &mut Vec<u8>) -> u64 {
         Side::Client => (MessageType::ClientQuery, MessageType::ClientResponse),
         Side::Forwarder => (MessageType::ForwarderQuery, MessageType::ForwarderResponse),
     };
-    let family = match ev.response_addr {
-        SocketAddr::V4(_) => SocketFamily::Inet,
-        SocketAddr::V6(_) => SocketFamily::Inet6,
-    };
-    let raddr = match ev.response_addr.ip() {
-        IpAddr::V4(a) => Bytes::copy_from_slice(&a.octets()),
-        IpAddr::V6(a) => Bytes::copy_from_slice(&a.octets()),
-    };
-    let (qs, qn) = split_time(ev.query_time);
-    let (rs, rn) = split_time(ev.response_time);
-    let base = proto::Message {
-        r#type: 0,
-        socket_family: Some(family as i32),
-        socket_protocol: Some(ev.protocol as i32),
-        query_address: ev.query_addr.as_ref().map(|(a, _)| a.clone()),
-        response_address: Some(raddr),
-        query_port: ev.query_addr.as_ref().map(|(_, p)| u32::from(*p)),
-        response_port: Some(u32::from(ev.response_addr.port())),
-        query_time_sec: Some(qs),
-        query_time_nsec: Some(qn),
-        query_message: None,
-        response_time_sec: None,
-        response_time_nsec: None,
-        response_message: None,
+    let fields = Fields {
+        kind: qt,
+        protocol: ev.protocol,
+        client: ev.client,
+        server: ev.server,
+        query_time: split_time(ev.query_time),
+        response_time: None,
+        query: None,
+        response: None,
     };
     let mut n = 0;
-    if let Some(q) = &ev.query {
-        let m = proto::Message {
-            r#type: qt as i32,
-            query_message: Some(q.clone()),
-            ..base.clone()
-        };
-        frame(header, m, out);
+    if let Some(q) = ev.part(&ev.query) {
+        frame(
+            header,
+            &Fields {
+                query: Some(q),
+                ..fields
+            },
+            out,
+        );
         n += 1;
     }
-    if let Some(r) = &ev.response {
-        let m = proto::Message {
-            r#type: rt as i32,
-            response_time_sec: Some(rs),
-            response_time_nsec: Some(rn),
-            response_message: Some(r.clone()),
-            ..base
+    if let Some(r) = ev.part(&ev.response) {
+        let f = Fields {
+            kind: rt,
+            response_time: Some(split_time(ev.response_time)),
+            response: Some(r),
+            ..fields
         };
-        frame(header, m, out);
+        frame(header, &f, out);
         n += 1;
     }
     n
 }
 
-fn frame(header: &Header, m: proto::Message, out: &mut Vec<u8>) {
-    let d = Dnstap {
-        identity: Some(header.identity.clone()),
-        version: Some(header.version.clone()),
-        message: Some(m),
-        r#type: DnstapType::Message as i32,
-    };
-    fstrm::data_frame(out, d.encoded_len(), |out| {
-        // Encoding into a Vec cannot run out of room.
-        let _ = d.encode(out);
-    });
+/// One dnstap `Message`, written field by field with prost's encoding primitives (the
+/// derived structs in `proto` are the schema's reference and what the tests decode with):
+/// no intermediate struct, no reference counting, nothing allocated.
+#[derive(Clone, Copy)]
+struct Fields<'a> {
+    kind: MessageType,
+    protocol: SocketProtocol,
+    client: Option<(IpAddr, u16)>,
+    server: SocketAddr,
+    query_time: (u64, u32),
+    response_time: Option<(u64, u32)>,
+    query: Option<&'a [u8]>,
+    response: Option<&'a [u8]>,
+}
+
+fn ip_octets(ip: IpAddr) -> ([u8; 16], usize) {
+    match ip {
+        IpAddr::V4(a) => {
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&a.octets());
+            (b, 4)
+        }
+        IpAddr::V6(a) => (a.octets(), 16),
+    }
+}
+
+impl Fields<'_> {
+    /// Calls `emit` for each field: (tag, value).
+    fn each(&self, mut emit: impl FnMut(u32, Value<'_>)) {
+        emit(1, Value::Varint(self.kind as u64));
+        let family = match self.server {
+            SocketAddr::V4(_) => SocketFamily::Inet,
+            SocketAddr::V6(_) => SocketFamily::Inet6,
+        };
+        emit(2, Value::Varint(family as u64));
+        emit(3, Value::Varint(self.protocol as u64));
+        if let Some((ip, _)) = self.client {
+            let (b, n) = ip_octets(ip);
+            emit(4, Value::Bytes(&b[..n]));
+        }
+        let (b, n) = ip_octets(self.server.ip());
+        emit(5, Value::Bytes(&b[..n]));
+        if let Some((_, port)) = self.client {
+            emit(6, Value::Varint(port.into()));
+        }
+        emit(7, Value::Varint(self.server.port().into()));
+        emit(8, Value::Varint(self.query_time.0));
+        emit(9, Value::Fixed32(self.query_time.1));
+        if let Some(q) = self.query {
+            emit(10, Value::Bytes(q));
+        }
+        if let Some((s, ns)) = self.response_time {
+            emit(12, Value::Varint(s));
+            emit(13, Value::Fixed32(ns));
+        }
+        if let Some(r) = self.response {
+            emit(14, Value::Bytes(r));
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        let mut len = 0;
+        self.each(|tag, v| len += key_len(tag) + v.len());
+        len
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        self.each(|tag, v| v.write(tag, out));
+    }
+}
+
+enum Value<'a> {
+    Varint(u64),
+    Fixed32(u32),
+    Bytes(&'a [u8]),
+}
+
+impl Value<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Value::Varint(v) => encoded_len_varint(*v),
+            Value::Fixed32(_) => 4,
+            Value::Bytes(b) => encoded_len_varint(b.len() as u64) + b.len(),
+        }
+    }
+
+    fn write(&self, tag: u32, out: &mut Vec<u8>) {
+        match self {
+            Value::Varint(v) => {
+                encode_key(tag, WireType::Varint, out);
+                encode_varint(*v, out);
+            }
+            Value::Fixed32(v) => {
+                encode_key(tag, WireType::ThirtyTwoBit, out);
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            Value::Bytes(b) => {
+                encode_key(tag, WireType::LengthDelimited, out);
+                encode_varint(b.len() as u64, out);
+                out.extend_from_slice(b);
+            }
+        }
+    }
+}
+
+fn key_len(tag: u32) -> usize {
+    encoded_len_varint(u64::from(tag << 3))
+}
+
+/// One data frame: a `Dnstap` with the header's fields, the message (tag 14) and the type
+/// MESSAGE (tag 15).
+fn frame(header: &Header, m: &Fields<'_>, out: &mut Vec<u8>) {
+    let mlen = m.encoded_len();
+    let total = header.fields.len()
+        + key_len(14)
+        + encoded_len_varint(mlen as u64)
+        + mlen
+        + key_len(15)
+        + 1;
+    out.extend_from_slice(&(total as u32).to_be_bytes());
+    out.extend_from_slice(&header.fields);
+    encode_key(14, WireType::LengthDelimited, out);
+    encode_varint(mlen as u64, out);
+    m.write(out);
+    encode_key(15, WireType::Varint, out);
+    encode_varint(DnstapType::Message as u64, out);
 }
 
 fn split_time(t: SystemTime) -> (u64, u32) {
@@ -485,33 +630,31 @@ fn split_time(t: SystemTime) -> (u64, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prost::Message as _;
 
     #[test]
     fn addresses_are_cut_to_the_prefix() {
-        let v4: IpAddr = "10.1.2.3".parse().expect("ip");
-        assert_eq!(cut_address(v4, 24, 56).as_deref(), Some(&[10, 1, 2, 0][..]));
-        assert_eq!(cut_address(v4, 32, 56).as_deref(), Some(&[10, 1, 2, 3][..]));
-        assert_eq!(cut_address(v4, 0, 56), None);
-        let v6: IpAddr = "2001:db8:aaaa:bbbb:cccc::1".parse().expect("ip");
-        let cut = cut_address(v6, 24, 56).expect("v6");
-        assert_eq!(&cut[..7], &[0x20, 0x01, 0x0d, 0xb8, 0xaa, 0xaa, 0xbb]);
-        assert!(cut[7..].iter().all(|&b| b == 0));
-        assert_eq!(cut_address(v6, 24, 128).expect("full").len(), 16);
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        assert_eq!(cut_ip(ip("10.1.2.3"), 24, 56), Some(ip("10.1.2.0")));
+        assert_eq!(cut_ip(ip("10.1.2.3"), 32, 56), Some(ip("10.1.2.3")));
+        assert_eq!(cut_ip(ip("10.1.2.3"), 0, 56), None);
+        let v6 = ip("2001:db8:aaaa:bbbb:cccc::1");
+        assert_eq!(cut_ip(v6, 24, 56), Some(ip("2001:db8:aaaa:bb00::")));
+        assert_eq!(cut_ip(v6, 24, 128), Some(v6));
+        assert_eq!(cut_ip(ip("::ffff:10.1.2.3"), 24, 128), Some(ip("10.1.2.0")));
     }
 
     #[test]
     fn an_event_encodes_as_two_framed_messages() {
-        let header = Header {
-            identity: Bytes::from_static(b"node-a"),
-            version: Bytes::from_static(b"dot-proxy test"),
-        };
+        let header = Header::new("node-a", "dot-proxy test");
         let ev = Event {
             side: Side::Client,
             protocol: SocketProtocol::Udp,
-            query_addr: Some((Bytes::from_static(&[10, 0, 0, 0]), 4242)),
-            response_addr: "169.254.20.10:53".parse().expect("addr"),
-            query: Some(Bytes::from_static(b"query")),
-            response: Some(Bytes::from_static(b"answer")),
+            client: Some(("10.0.0.0".parse().expect("ip"), 4242)),
+            server: "169.254.20.10:53".parse().expect("addr"),
+            own: b"queryanswer".to_vec(),
+            query: Part::Own(0..5),
+            response: Part::Own(5..11),
             query_time: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
             response_time: SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_500),
         };
@@ -521,12 +664,18 @@ mod tests {
         let mut kinds = Vec::new();
         while at < out.len() {
             let len = u32::from_be_bytes([out[at], out[at + 1], out[at + 2], out[at + 3]]) as usize;
-            let d = Dnstap::decode(&out[at + 4..at + 4 + len]).expect("decodes");
+            let d = proto::Dnstap::decode(&out[at + 4..at + 4 + len]).expect("decodes");
+            assert_eq!(d.version.as_deref(), Some(&b"dot-proxy test"[..]));
+            assert_eq!(d.r#type, DnstapType::Message as i32);
             assert_eq!(d.identity.as_deref(), Some(&b"node-a"[..]));
             let m = d.message.expect("message");
             assert_eq!(m.query_address.as_deref(), Some(&[10, 0, 0, 0][..]));
             assert_eq!(m.query_port, Some(4242));
             assert_eq!(m.response_port, Some(53));
+            assert_eq!(m.response_address.as_deref(), Some(&[169, 254, 20, 10][..]));
+            assert_eq!(m.socket_family, Some(SocketFamily::Inet as i32));
+            assert_eq!(m.socket_protocol, Some(SocketProtocol::Udp as i32));
+            assert_eq!(m.query_time_nsec, Some(0));
             assert_eq!(m.query_time_sec, Some(1_700_000_000));
             kinds.push(m.r#type);
             if m.r#type == MessageType::ClientResponse as i32 {
