@@ -54,24 +54,26 @@ impl Miss {
         Fut: Future<Output = ()> + Send,
     {
         tracker.spawn(async move {
-            let Miss {
-                pipeline: p,
-                req,
-                peer,
-                local,
-                start,
-                permit,
-            } = self;
+            let m = self;
+            let p = &m.pipeline;
             let mut out = Vec::with_capacity(512);
             p.metrics.inflight.inc();
-            p.resolve(&req, &mut out).await;
+            p.resolve(&m.req, &mut out).await;
             p.metrics.inflight.dec();
-            count(&counters, req.qi.qtype, &out, start);
+            count(&counters, m.req.qi.qtype, &out, m.start);
             if let Some(tap) = &p.tap {
-                tap.client(&req.query, &out, peer, local, req.transport, arrived(start));
+                let arrived = arrived(m.start);
+                tap.client(
+                    &m.req.query,
+                    &out,
+                    m.peer,
+                    m.local,
+                    m.req.transport,
+                    arrived,
+                );
             }
             deliver(out).await;
-            drop(permit);
+            drop(m.permit);
         });
     }
 }

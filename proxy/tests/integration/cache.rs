@@ -14,8 +14,7 @@ fn adv(p: &Proxy, secs: u64) {
 
 #[tokio::test]
 async fn ttls_count_down_and_expiry_refetches() {
-    let up = Upstream::start().await;
-    let p = Proxy::start(config_for(vec![up.server()])).await;
+    let (up, p) = start_with(|_| {}).await;
     let m = udp(p.addr, "ttl100.example.test.", RecordType::A).await;
     assert_eq!(m.answers[0].ttl, 100);
     adv(&p, 40);
@@ -30,8 +29,7 @@ async fn ttls_count_down_and_expiry_refetches() {
 
 #[tokio::test]
 async fn negative_answers_cached_from_the_soa() {
-    let up = Upstream::start().await;
-    let p = Proxy::start(config_for(vec![up.server()])).await;
+    let (up, p) = start_with(|_| {}).await;
     // SOA TTL 60, MINIMUM 30: cached for 30 s (RFC 2308).
     assert_eq!(
         udp(p.addr, "nxcache.example.test.", RecordType::A)
@@ -151,8 +149,7 @@ async fn per_zone_ttl_clamps() {
 
 #[tokio::test]
 async fn each_client_gets_its_id_and_question_case() {
-    let up = Upstream::start().await;
-    let p = Proxy::start(config_for(vec![up.server()])).await;
+    let (up, p) = start_with(|_| {}).await;
     udp(p.addr, "case.example.test.", RecordType::A).await;
     let r = udp_raw(
         p.addr,
@@ -174,8 +171,7 @@ async fn each_client_gets_its_id_and_question_case() {
 
 #[tokio::test]
 async fn do_and_cd_bits_are_part_of_the_key() {
-    let up = Upstream::start().await;
-    let p = Proxy::start(config_for(vec![up.server()])).await;
+    let (up, p) = start_with(|_| {}).await;
     let plain = query(
         1,
         "dnssec.example.test.",
@@ -224,10 +220,7 @@ async fn do_and_cd_bits_are_part_of_the_key() {
 
 #[tokio::test]
 async fn servfail_kept_briefly_and_truncated_never() {
-    let (up, p) = start_with(|cfg| {
-        cfg.cache.servfail_ttl = 3;
-    })
-    .await;
+    let (up, p) = start_with(|cfg| cfg.cache.servfail_ttl = 3).await;
     up.behaviour.servfail.store(true, Ordering::SeqCst);
     assert_eq!(
         udp(p.addr, "sf.example.test.", RecordType::A)
@@ -258,10 +251,9 @@ async fn servfail_kept_briefly_and_truncated_never() {
 
 #[tokio::test]
 async fn stale_answer_served_when_the_upstream_fails_then_refreshed() {
-    let (up, p) = start_with(|cfg| {
-        cfg.upstream_groups[0].timeout = dot_proxy::config::Dur::millis(400);
-    })
-    .await;
+    let (up, p) =
+        start_with(|cfg| cfg.upstream_groups[0].timeout = dot_proxy::config::Dur::millis(400))
+            .await;
     udp(p.addr, "ttl10.example.test.", RecordType::A).await;
     up.behaviour.stall.store(true, Ordering::SeqCst);
     adv(&p, 3600);
@@ -278,8 +270,7 @@ async fn stale_answer_served_when_the_upstream_fails_then_refreshed() {
 
 #[tokio::test]
 async fn stale_served_at_once_when_every_upstream_is_down_and_refreshed_after() {
-    let up = Upstream::start().await;
-    let p = Proxy::start(config_for(vec![up.server()])).await;
+    let (up, p) = start_with(|_| {}).await;
     udp(p.addr, "ttl10.example.test.", RecordType::A).await;
     up.behaviour.servfail.store(true, Ordering::SeqCst);
     adv(&p, 20);
@@ -303,8 +294,7 @@ async fn stale_served_at_once_when_every_upstream_is_down_and_refreshed_after() 
 
 #[tokio::test]
 async fn prefetch_keeps_a_hot_name_from_ever_missing() {
-    let up = Upstream::start().await;
-    let p = Proxy::start(config_for(vec![up.server()])).await;
+    let (up, p) = start_with(|_| {}).await;
     udp(p.addr, "ttl20.example.test.", RecordType::A).await;
     let mut upstream_before = up.query_count();
     for round in 0..4 {
@@ -373,10 +363,7 @@ async fn concurrent_identical_misses_send_one_upstream_query() {
 
 #[tokio::test]
 async fn cache_bounded_by_entries() {
-    let (_up, p) = start_with(|cfg| {
-        cfg.cache.max_entries = 50;
-    })
-    .await;
+    let (_up, p) = start_with(|cfg| cfg.cache.max_entries = 50).await;
     for i in 0..300 {
         udp(p.addr, &format!("bound{i}.example.test."), RecordType::A).await;
     }

@@ -11,8 +11,7 @@ use crate::support::*;
 
 #[tokio::test]
 async fn udp_and_tcp_answers_and_nxdomain() {
-    let up = Upstream::start().await;
-    let p = Proxy::start(config_for(vec![up.server()])).await;
+    let (_up, p) = start_with(|_| {}).await;
     let m = udp(p.addr, "www.example.test.", RecordType::A).await;
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
     assert_eq!(
@@ -57,8 +56,7 @@ async fn ipv6_listener() {
 
 #[tokio::test]
 async fn pipelined_tcp_queries_answered_out_of_order_and_matched() {
-    let up = Upstream::start().await;
-    let p = Proxy::start(config_for(vec![up.server()])).await;
+    let (up, p) = start_with(|_| {}).await;
     let mut s = TcpStream::connect(p.addr).await.expect("connect");
     // 150 distinct names on one connection, written back to back.
     let mut batch = Vec::new();
@@ -255,8 +253,7 @@ async fn stalled_upstream_gives_servfail_within_the_timeout() {
 
 #[tokio::test]
 async fn large_answers_are_truncated_over_udp_and_whole_over_tcp() {
-    let up = Upstream::start().await;
-    let p = Proxy::start(config_for(vec![up.server()])).await;
+    let (_up, p) = start_with(|_| {}).await;
     // No EDNS: 512 bytes at most.
     let big = |id, edns| {
         udp_raw_answer(
@@ -286,8 +283,7 @@ async fn large_answers_are_truncated_over_udp_and_whole_over_tcp() {
 
 #[tokio::test]
 async fn malformed_input_is_dropped_or_refused_without_harm() {
-    let up = Upstream::start().await;
-    let p = Proxy::start(config_for(vec![up.server()])).await;
+    let (up, p) = start_with(|_| {}).await;
     let wait = Duration::from_millis(300);
     // Shorter than a header: dropped.
     assert!(udp_raw(p.addr, &[1, 2, 3], wait).await.is_none());
@@ -388,8 +384,7 @@ async fn closed_by_proxy(s: &mut TcpStream) {
 
 #[tokio::test]
 async fn connection_pool_stays_small_under_load() {
-    let up = Upstream::start().await;
-    let p = Proxy::start(config_for(vec![up.server()])).await;
+    let (up, p) = start_with(|_| {}).await;
     load_noerror(p.addr, "load", 20, 25).await;
     let conns = up.connections.load(Ordering::SeqCst);
     assert!(conns <= 2, "pool size is 2, opened {conns}");

@@ -20,18 +20,19 @@ fn have(tool: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// The tools these tests need, or a skip (a failure in CI).
-fn tools(test: &str) -> bool {
+/// A scratch directory for a test that needs the collector tools, or None after a skip (a
+/// failure in CI) when they are missing.
+fn scratch(test: &str) -> Option<tempfile::TempDir> {
     for t in ["fstrm_capture", "dnstap-read"] {
         if !have(t) {
             crate::skip::skip(
                 test,
                 &format!("{t} is not installed (fstrm-bin, bind9-dnsutils)"),
             );
-            return false;
+            return None;
         }
     }
-    true
+    Some(tempfile::tempdir().expect("tmp"))
 }
 
 /// fstrm_capture writing to `out`, listening on a Unix socket or TCP.
@@ -182,10 +183,9 @@ fn wait_path(p: &Path) {
 
 #[tokio::test]
 async fn unix_socket_collector_gets_client_and_forwarder_messages() {
-    if !tools("unix_socket_collector_gets_client_and_forwarder_messages") {
+    let Some(dir) = scratch("unix_socket_collector_gets_client_and_forwarder_messages") else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tmp");
+    };
     let sock = dir.path().join("tap.sock");
     let cap = Capture::start(
         &["-u", sock.to_str().expect("path")],
@@ -273,10 +273,9 @@ async fn unix_socket_collector_gets_client_and_forwarder_messages() {
 
 #[tokio::test]
 async fn tcp_collector_with_full_addresses_and_only_some_kinds() {
-    if !tools("tcp_collector_with_full_addresses_and_only_some_kinds") {
+    let Some(dir) = scratch("tcp_collector_with_full_addresses_and_only_some_kinds") else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tmp");
+    };
     let port =
         dot_proxy::listener::unshared_port("127.0.0.1:0".parse().expect("addr")).expect("port");
     let cap = Capture::start(
@@ -324,10 +323,10 @@ async fn tcp_collector_with_full_addresses_and_only_some_kinds() {
 /// are dropped and counted; when it appears, logging starts.
 #[tokio::test]
 async fn a_collector_that_appears_later_gets_messages_and_drops_are_counted() {
-    if !tools("a_collector_that_appears_later_gets_messages_and_drops_are_counted") {
+    let Some(dir) = scratch("a_collector_that_appears_later_gets_messages_and_drops_are_counted")
+    else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tmp");
+    };
     let sock = dir.path().join("late.sock");
     let (_up, p) = start_with(|cfg| {
         cfg.dnstap.enabled = true;

@@ -11,8 +11,7 @@ use crate::support::*;
 
 #[tokio::test]
 async fn counters_and_histograms_move_and_health_endpoints_answer() {
-    let up = Upstream::start().await;
-    let p = Proxy::start(config_for(vec![up.server()])).await;
+    let (_up, p) = start_with(|_| {}).await;
     let admin = p.server.admin_addr().expect("admin");
     assert_eq!(http_get(admin, "/healthz").await.0, 200);
     assert_eq!(http_get(admin, "/readyz").await.0, 200);
@@ -83,8 +82,7 @@ async fn promtool_check_metrics_reports_nothing() {
         );
         return;
     };
-    let up = Upstream::start().await;
-    let p = Proxy::start(config_for(vec![up.server()])).await;
+    let (_up, p) = start_with(|_| {}).await;
     udp(p.addr, "pt.example.test.", RecordType::A).await;
     let text = p.metrics().await;
     let mut child = Command::new("promtool")

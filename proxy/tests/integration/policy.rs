@@ -83,10 +83,7 @@ async fn both(
 
 #[tokio::test]
 async fn static_answers_over_udp_and_tcp() {
-    let (up, p) = start_with(|cfg| {
-        cfg.policy = policy();
-    })
-    .await;
+    let (up, p) = start_with(|cfg| cfg.policy = policy()).await;
     for m in both(p.addr, "Pinned.Corp.Test.", RecordType::A).await {
         assert_eq!(
             a_records(&m),
@@ -134,10 +131,7 @@ async fn static_answers_over_udp_and_tcp() {
 
 #[tokio::test]
 async fn block_lists_with_each_action() {
-    let (up, p) = start_with(|cfg| {
-        cfg.policy = policy();
-    })
-    .await;
+    let (up, p) = start_with(|cfg| cfg.policy = policy()).await;
     for m in both(p.addr, "x.ADS.example.test.", RecordType::A).await {
         assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
     }
@@ -168,10 +162,7 @@ async fn block_lists_with_each_action() {
 
 #[tokio::test]
 async fn rewrites_restore_the_asked_name_and_are_cached() {
-    let (up, p) = start_with(|cfg| {
-        cfg.policy = policy();
-    })
-    .await;
+    let (up, p) = start_with(|cfg| cfg.policy = policy()).await;
     for m in both(p.addr, "Legacy.Corp.Test.", RecordType::A).await {
         assert_eq!(m.metadata.response_code, ResponseCode::NoError);
         assert_eq!(m.queries[0].name().to_ascii(), "Legacy.Corp.Test.");
