@@ -114,12 +114,6 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(())
 }
 
-/// Appends one data frame.
-pub fn data_frame(out: &mut Vec<u8>, payload_len: usize, write: impl FnOnce(&mut Vec<u8>)) {
-    out.extend_from_slice(&(payload_len as u32).to_be_bytes());
-    write(out);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
