@@ -19,6 +19,7 @@ pub mod dnstap;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod guard;
+pub mod kubernetes;
 pub mod listener;
 pub mod logging;
 pub mod metrics;

@@ -37,6 +37,7 @@ macro_rules! string_type {
 pub mod cidr;
 mod dnstap;
 mod duration;
+mod kubernetes;
 pub mod limits;
 mod overrides;
 mod upstream_url;
@@ -50,6 +51,9 @@ use serde::{Deserialize, Serialize};
 pub use cidr::Cidr;
 pub use dnstap::DnstapConfig;
 pub use duration::{Dur, DurationError};
+pub use kubernetes::{
+    completion_type, FilterAaaaConfig, KubernetesConfig, SearchCompletionConfig, COMPLETION_TYPES,
+};
 pub use overrides::{merge_overrides, own_overrides};
 pub use upstream_url::{parse_server_address, parse_upstream_url, UpstreamUrlError};
 
@@ -93,6 +97,12 @@ pub struct Config {
     pub policy: PolicyConfig,
     /// Query logging with dnstap to a collector (docs/dnstap.md). Off by default.
     pub dnstap: DnstapConfig,
+    /// The API server: the pods of this node (docs/search-completion.md). Off by default.
+    pub kubernetes: KubernetesConfig,
+    /// Search-path completion at the node (docs/search-completion.md). Off by default.
+    pub search_completion: SearchCompletionConfig,
+    /// AAAA answered with NODATA in these zones (IPv4-only clusters). Empty by default.
+    pub filter_aaaa: FilterAaaaConfig,
     /// How long in-flight queries may take to finish after SIGTERM.
     pub shutdown_grace: Dur,
 }
@@ -134,6 +144,9 @@ impl Default for Config {
             node_local: NodeLocalConfig::default(),
             policy: PolicyConfig::default(),
             dnstap: DnstapConfig::default(),
+            kubernetes: KubernetesConfig::default(),
+            search_completion: SearchCompletionConfig::default(),
+            filter_aaaa: FilterAaaaConfig::default(),
             shutdown_grace: Dur::secs(5),
         }
     }
@@ -908,6 +921,10 @@ impl Config {
         self.check_policy(&mut err);
         self.check_privacy_and_shutdown(&mut err);
         self.dnstap.check(&mut err);
+        self.kubernetes
+            .check(self.overrides.node_name.as_deref(), &mut err);
+        self.search_completion.check(&self.kubernetes, &mut err);
+        self.filter_aaaa.check(&mut err);
 
         if errs.is_empty() {
             Ok(())

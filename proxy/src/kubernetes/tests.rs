@@ -1,0 +1,251 @@
+//! The pod watch against a mocked API server (tower-test), and its folding as a pure
+//! function.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode};
+use kube::client::Body;
+use serde_json::{json, Value};
+
+use super::*;
+
+fn pod(ns: &str, name: &str, ips: &[&str], host_network: bool) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns, "uid": format!("uid-{name}"),
+            "resourceVersion": "5", "labels": {"app": "x"},
+            "managedFields": [{"manager": "kubelet"}]},
+        "spec": {"nodeName": "node-a", "hostNetwork": host_network,
+            "containers": [{"name": "c", "image": "i"}]},
+        "status": {"phase": "Running", "podIP": ips.first().copied().unwrap_or(""),
+            "podIPs": ips.iter().map(|i| json!({"ip": i})).collect::<Vec<_>>()}
+    })
+}
+
+fn decode(v: Value) -> PodAddresses {
+    serde_json::from_value(v).expect("pod")
+}
+
+#[test]
+fn folds_events_into_ip_to_namespace() {
+    let mut s = PodState::default();
+    assert!(!s.apply(watcher::Event::Init));
+    assert!(!s.apply(watcher::Event::InitApply(decode(pod(
+        "team-a",
+        "web-0",
+        &["10.1.0.5", "fd00::5"],
+        false
+    )))));
+    assert!(!s.apply(watcher::Event::InitApply(decode(pod(
+        "kube-system",
+        "proxy",
+        &["192.168.0.10"],
+        true
+    )))));
+    assert!(
+        s.apply(watcher::Event::InitDone),
+        "first listing is a change"
+    );
+    let t = s.table();
+    assert_eq!(t.len(), 2, "host-network pod left out: {t:?}");
+    assert_eq!(
+        t[&"10.1.0.5".parse::<IpAddr>().expect("ip")].as_ref(),
+        "team-a"
+    );
+    assert_eq!(
+        t[&"fd00::5".parse::<IpAddr>().expect("ip")].as_ref(),
+        "team-a"
+    );
+
+    // Same pod again: no change. A new pod: change. Deleted: change.
+    assert!(!s.apply(watcher::Event::Apply(decode(pod(
+        "team-a",
+        "web-0",
+        &["fd00::5", "10.1.0.5"],
+        false
+    )))));
+    assert!(s.apply(watcher::Event::Apply(decode(pod(
+        "team-b",
+        "api-0",
+        &["10.1.0.6"],
+        false
+    )))));
+    assert_eq!(s.table().len(), 3);
+    let mut done = pod("team-b", "api-0", &["10.1.0.6"], false);
+    done["status"]["phase"] = json!("Succeeded");
+    assert!(
+        s.apply(watcher::Event::Apply(decode(done))),
+        "finished pod removed"
+    );
+    assert_eq!(s.table().len(), 2);
+    assert!(s.apply(watcher::Event::Delete(decode(pod(
+        "team-a",
+        "web-0",
+        &[],
+        false
+    )))));
+    assert!(s.table().is_empty());
+
+    // A pod without an IP yet is not kept; it is once it has one.
+    assert!(!s.apply(watcher::Event::Apply(decode(pod(
+        "team-c",
+        "new",
+        &[],
+        false
+    )))));
+    assert!(s.apply(watcher::Event::Apply(decode(pod(
+        "team-c",
+        "new",
+        &["10.1.0.9"],
+        false
+    )))));
+    // A relist that finds the same pods is no change.
+    s.apply(watcher::Event::Init);
+    s.apply(watcher::Event::InitApply(decode(pod(
+        "team-c",
+        "new",
+        &["10.1.0.9"],
+        false,
+    ))));
+    assert!(!s.apply(watcher::Event::InitDone));
+}
+
+/// A fake API server for `GET /api/v1/pods`: the list, then one watch answered with
+/// `events`; later watches are held open (as a quiet API server does). `fail` answers
+/// every request with 500 once set.
+struct FakeApi {
+    selectors: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+fn fake_api(list: Vec<Value>, events: Vec<Value>, fail_after_list: bool) -> (Client, FakeApi) {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let selectors = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = selectors.clone();
+    tokio::spawn(async move {
+        let mut events = Some(events);
+        let mut held = Vec::new();
+        let mut listed = false;
+        while let Some((req, respond)) = handle.next_request().await {
+            let uri = req.uri().to_string();
+            assert!(uri.starts_with("/api/v1/pods?"), "{uri}");
+            seen.lock().expect("lock").push(uri.clone());
+            let ok = |body: Vec<u8>| {
+                Response::builder()
+                    .status(StatusCode::OK)
+                    .header("content-type", "application/json")
+                    .body(Body::from(body))
+                    .expect("response")
+            };
+            if fail_after_list && listed {
+                let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                    "reason": "InternalError", "code": 500});
+                respond.send_response(
+                    Response::builder()
+                        .status(StatusCode::INTERNAL_SERVER_ERROR)
+                        .body(Body::from(serde_json::to_vec(&status).expect("json")))
+                        .expect("response"),
+                );
+            } else if uri.contains("watch=true") {
+                match events.take() {
+                    Some(evs) => {
+                        let mut body = Vec::new();
+                        for e in evs {
+                            body.extend(serde_json::to_vec(&e).expect("json"));
+                            body.push(b'\n');
+                        }
+                        respond.send_response(ok(body));
+                    }
+                    None => held.push(respond),
+                }
+            } else {
+                listed = true;
+                let l = json!({"apiVersion": "v1", "kind": "PodList",
+                    "metadata": {"resourceVersion": "10"}, "items": list.clone()});
+                respond.send_response(ok(serde_json::to_vec(&l).expect("json")));
+            }
+        }
+    });
+    (Client::new(service, "default"), FakeApi { selectors })
+}
+
+async fn until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < end {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    f()
+}
+
+#[tokio::test]
+async fn watch_lists_and_follows_the_nodes_pods() {
+    let (client, api) = fake_api(
+        vec![
+            pod("team-a", "web-0", &["10.1.0.5"], false),
+            pod("kube-system", "cni", &["192.168.0.10"], true),
+        ],
+        vec![
+            json!({"type": "ADDED", "object": pod("team-b", "api-0", &["10.1.0.6"], false)}),
+            json!({"type": "DELETED", "object": pod("team-a", "web-0", &["10.1.0.5"], false)}),
+            json!({"type": "BOOKMARK", "object": {"kind": "Pod", "apiVersion": "v1",
+                "metadata": {"resourceVersion": "12"}}}),
+        ],
+        false,
+    );
+    let table = Arc::new(PodTable::default());
+    let metrics = WatchMetrics::default();
+    let config = watcher::Config::default().fields(&field_selector("node-a"));
+    let events = watcher(Api::<PodAddresses>::all(client), config);
+    let (t, m) = (table.clone(), metrics.clone());
+    let task = tokio::spawn(async move { follow(events, &t, &m).await });
+    let b: IpAddr = "10.1.0.6".parse().expect("ip");
+    let a: IpAddr = "10.1.0.5".parse().expect("ip");
+    assert!(
+        until(Duration::from_secs(5), || table.namespace_of(b).is_some()
+            && table.namespace_of(a).is_none())
+        .await,
+        "table follows the watch"
+    );
+    assert_eq!(table.namespace_of(b).as_deref(), Some("team-b"));
+    assert_eq!(metrics.synced.get(), 1);
+    assert_eq!(metrics.pod_ips.get(), 1);
+    let sel = api.selectors.lock().expect("lock").clone();
+    assert!(
+        sel.iter()
+            .all(|u| u.contains("fieldSelector=spec.nodeName%3Dnode-a")),
+        "every request is scoped to the node: {sel:?}"
+    );
+    task.abort();
+}
+
+#[tokio::test]
+async fn an_api_server_failing_keeps_the_last_table() {
+    let (client, _api) = fake_api(
+        vec![pod("team-a", "web-0", &["10.1.0.5"], false)],
+        vec![],
+        true,
+    );
+    let table = Arc::new(PodTable::default());
+    let metrics = WatchMetrics::default();
+    let events = watcher(
+        Api::<PodAddresses>::all(client),
+        watcher::Config::default().fields(&field_selector("node-a")),
+    );
+    let (t, m) = (table.clone(), metrics.clone());
+    let task = tokio::spawn(async move { follow(events, &t, &m).await });
+    let a: IpAddr = "10.1.0.5".parse().expect("ip");
+    assert!(until(Duration::from_secs(5), || table.namespace_of(a).is_some()).await);
+    assert!(
+        until(Duration::from_secs(5), || metrics.errors.get() >= 2).await,
+        "watch errors counted"
+    );
+    assert_eq!(table.namespace_of(a).as_deref(), Some("team-a"), "kept");
+    // An IPv4 client seen as a v4-mapped IPv6 address is the same pod.
+    assert!(table
+        .namespace_of("::ffff:10.1.0.5".parse().expect("ip"))
+        .is_some());
+    task.abort();
+}
