@@ -370,7 +370,11 @@ pub fn synth_response(query: &[u8], qi: &QueryInfo) -> Vec<u8> {
         rcode::REFUSED,
         rcode::NOERROR,
     ][d.u8() as usize % 6];
-    let tc = if d.u8() % 16 == 0 { header::TC } else { 0 };
+    let tc = if d.u8().is_multiple_of(16) {
+        header::TC
+    } else {
+        0
+    };
     let mut r = Vec::with_capacity(512);
     r.extend_from_slice(&d.u16().to_be_bytes());
     let flags =
@@ -388,7 +392,7 @@ pub fn synth_response(query: &[u8], qi: &QueryInfo) -> Vec<u8> {
     let mut ns = 0u16;
     let mut ar = 0u16;
     if rc == rcode::NOERROR {
-        if d.u8() % 4 == 0 {
+        if d.u8().is_multiple_of(4) {
             // www.<qname> CNAME, then the answers for it.
             let alias_at = r.len() + 2 + 10;
             push_record(
@@ -430,7 +434,7 @@ pub fn synth_response(query: &[u8], qi: &QueryInfo) -> Vec<u8> {
         push_record(&mut r, owner, rtype::SOA, d.u32(), &soa);
         ns += 1;
     }
-    if d.u8() % 3 == 0 {
+    if d.u8().is_multiple_of(3) {
         push_record(
             &mut r,
             &[2, b'n', b's', 0xC0, HEADER_LEN as u8],

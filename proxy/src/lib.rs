@@ -12,6 +12,7 @@ pub mod admin;
 pub mod cache;
 pub mod cli;
 pub mod clock;
+pub mod completion;
 pub mod config;
 pub mod dns;
 pub mod dnstap;

@@ -15,13 +15,14 @@ use tokio::time::Instant;
 
 use crate::cache::{Cache, CacheKey, Coalescer, Lookup, Role};
 use crate::clock::Clock;
+use crate::completion::{Completion, Outcome as CompletionOutcome};
 use crate::dns::message::{self, error_answer, upstream_query, Answer, AnswerKind, BADVERS};
-use crate::dns::rcode;
 use crate::dns::wire::{self, QueryInfo, Rejection};
+use crate::dns::{rcode, rtype};
 use crate::guard::{Decision, RateLimiter};
 use crate::metrics::{DropReason, LimitedAction, Metrics, PolicyKind, Transport};
 use crate::policy::{Policy, Verdict};
-use crate::route::Routes;
+use crate::route::{Routes, ZoneSet};
 use crate::upstream::{Group, GroupError};
 
 /// What the inline path decided.
@@ -52,6 +53,9 @@ pub struct Request {
     pub rewrite: Option<(Vec<u8>, QueryInfo)>,
     pub client: IpAddr,
     pub transport: Transport,
+    /// Search-path completion applies (`completion`): the length of the asked name's
+    /// prefix before the client's namespace label.
+    pub complete: Option<usize>,
 }
 
 type Outcome = Result<Arc<Answer>, GroupError>;
@@ -72,6 +76,10 @@ pub struct Pipeline {
     pub(crate) coalescer: Coalescer<Outcome>,
     /// Query logging (dnstap), when on.
     pub(crate) tap: Option<Arc<crate::dnstap::Tap>>,
+    /// Search-path completion, when on.
+    pub(crate) completion: Option<Arc<Completion>>,
+    /// Zones whose AAAA queries are answered NODATA (`filter_aaaa`), when any.
+    pub(crate) filter_aaaa: Option<ZoneSet>,
 }
 
 impl Pipeline {
@@ -158,6 +166,23 @@ impl Pipeline {
                 }
             }
         }
+        self.answer_parsed(query, qi, client, transport, now, out, true)
+    }
+
+    /// The policy and cache steps of [`handle_fast`](Self::handle_fast), for a parsed query
+    /// past the guard; also how each step of a search-path completion is answered (with
+    /// `may_complete` false).
+    #[allow(clippy::too_many_arguments)]
+    fn answer_parsed(
+        self: &Arc<Self>,
+        query: &[u8],
+        qi: QueryInfo,
+        client: IpAddr,
+        transport: Transport,
+        now: Instant,
+        out: &mut Vec<u8>,
+        may_complete: bool,
+    ) -> Fast {
         // One key serves both steps: its lower-cased name is what the policy matches.
         let key = CacheKey::new(query, &qi, self.routes.tag(client));
         let mut rewrite_to = None;
@@ -185,8 +210,35 @@ impl Pipeline {
                 return Fast::Answered(qi.qtype);
             }
         }
+        if qi.qtype == rtype::AAAA
+            && self
+                .filter_aaaa
+                .as_ref()
+                .is_some_and(|z| z.contains(key.name()))
+        {
+            self.metrics.policy_hits.inc(PolicyKind::filter_aaaa);
+            error_answer(
+                query,
+                Some(qi.question_end),
+                rcode::NOERROR,
+                qi.edns.as_ref(),
+                out,
+            );
+            return Fast::Answered(qi.qtype);
+        }
+        let complete = match (&self.completion, &rewrite_to) {
+            (Some(c), None) if may_complete => c.walk(key.name(), qi.qtype, qi.do_bit(), client),
+            _ => None,
+        };
         if let Some(cache) = self.cache_for(&qi) {
             match cache.lookup(key.as_bytes(), now) {
+                // A cached NXDOMAIN for a name completion applies to is where the walk
+                // starts: the async path answers it.
+                Lookup::Fresh { entry, .. }
+                    if complete.is_some() && entry.stored().rcode() == rcode::NXDOMAIN =>
+                {
+                    self.metrics.cache_hits.inc();
+                }
                 Lookup::Fresh { entry, prefetch } => {
                     self.metrics.cache_hits.inc();
                     entry.stored().render(
@@ -198,7 +250,7 @@ impl Pipeline {
                         out,
                     );
                     if prefetch {
-                        let req = self.request(query, qi, key, rewrite_to, client, transport);
+                        let req = self.request(query, qi, key, rewrite_to, client, transport, None);
                         self.refresh(req, entry);
                     }
                     return Fast::Answered(qi.qtype);
@@ -208,10 +260,11 @@ impl Pipeline {
                 }
             }
         }
-        Fast::Miss(self.request(query, qi, key, rewrite_to, client, transport))
+        Fast::Miss(self.request(query, qi, key, rewrite_to, client, transport, complete))
     }
 
     /// The request a miss (or a refresh) carries on; the rewritten query is built here, once.
+    #[allow(clippy::too_many_arguments)]
     fn request(
         &self,
         query: &[u8],
@@ -220,6 +273,7 @@ impl Pipeline {
         rewrite_to: Option<(usize, &[u8])>,
         client: IpAddr,
         transport: Transport,
+        complete: Option<usize>,
     ) -> Request {
         let rewrite = rewrite_to.and_then(|(strip, to)| {
             crate::policy::rewrite_query(query, &qi, key.name(), strip, to)
@@ -231,6 +285,7 @@ impl Pipeline {
             rewrite,
             client,
             transport,
+            complete,
         }
     }
 
@@ -246,6 +301,93 @@ impl Pipeline {
 
     /// The async path for a query `handle_fast` could not answer. Always produces an answer.
     pub async fn resolve(self: &Arc<Self>, req: &Request, out: &mut Vec<u8>) {
+        match (req.complete, &self.completion) {
+            (Some(prefix), Some(c)) => self.complete(req, prefix, c, out).await,
+            _ => self.resolve_one(req, out).await,
+        }
+    }
+
+    /// Answers one query of a completion (the asked name, or a search-list name) as a
+    /// client's query would be answered: policy, cache, then upstream.
+    async fn answer_step(
+        self: &Arc<Self>,
+        query: &[u8],
+        qi: QueryInfo,
+        client: IpAddr,
+        transport: Transport,
+        out: &mut Vec<u8>,
+    ) {
+        let now = self.clock.now();
+        match self.answer_parsed(query, qi, client, transport, now, out, false) {
+            Fast::Answered(_) => {}
+            Fast::Miss(step) => self.resolve_one(&step, out).await,
+            Fast::Drop => message::servfail(query, &qi, out),
+        }
+    }
+
+    /// Search-path completion (`completion`): the asked name first; only if it is
+    /// NXDOMAIN, the rest of the client's search list, each name answered as a query of
+    /// its own, until one is not NXDOMAIN.
+    async fn complete(
+        self: &Arc<Self>,
+        req: &Request,
+        prefix: usize,
+        c: &Completion,
+        out: &mut Vec<u8>,
+    ) {
+        self.answer_step(&req.query, req.qi, req.client, req.transport, out)
+            .await;
+        if wire::header::rcode(out) != rcode::NXDOMAIN {
+            return;
+        }
+        let negative_ttl = |b: &[u8]| {
+            wire::parse_response(b)
+                .ok()
+                .and_then(|i| i.negative_ttl)
+                .unwrap_or(0)
+        };
+        let mut cap = negative_ttl(out);
+        let name = req.key.name();
+        let mut step = Vec::with_capacity(512);
+        for (k, suffix) in c.suffixes().enumerate() {
+            let strip = name.len().saturating_sub(prefix);
+            // A name over 255 bytes is one the client cannot ask either: skipped.
+            let Some((q, qi)) =
+                crate::policy::rewrite_query(&req.query, &req.qi, name, strip, suffix)
+            else {
+                continue;
+            };
+            c.metrics.steps.inc();
+            self.answer_step(&q, qi, req.client, Transport::tcp, &mut step)
+                .await;
+            match wire::header::rcode(&step) {
+                rcode::NXDOMAIN => cap = cap.min(negative_ttl(&step)),
+                rcode::NOERROR => {
+                    let max = max_len(req.transport, &req.qi);
+                    match crate::completion::synthesize(&req.query, &step, cap, max) {
+                        Some(answer) => {
+                            *out = answer;
+                            c.metrics.outcome(CompletionOutcome::completed);
+                            c.metrics.saved.inc_by(k as u64 + 1);
+                        }
+                        None => c.metrics.outcome(CompletionOutcome::abandoned),
+                    }
+                    return;
+                }
+                // A failing step says nothing about the names after it: the asked
+                // name's own NXDOMAIN goes back, and the client walks the list itself.
+                _ => {
+                    c.metrics.outcome(CompletionOutcome::abandoned);
+                    return;
+                }
+            }
+        }
+        c.metrics.outcome(CompletionOutcome::nxdomain);
+    }
+
+    /// [`resolve`](Self::resolve) for one name: coalesced with identical misses, answered
+    /// stale or SERVFAIL when the upstream fails.
+    async fn resolve_one(self: &Arc<Self>, req: &Request, out: &mut Vec<u8>) {
         let Request {
             query,
             qi,
@@ -324,6 +466,13 @@ impl Pipeline {
                 upstream_query(query, qi, &group.query_options(), &mut msg);
                 group.query(&Bytes::from(msg)).await?
             }
+        };
+        // IPv4-only zones: no address hints a client cannot use.
+        let resp = match &self.filter_aaaa {
+            Some(z) if matches!(qi.qtype, rtype::SVCB | rtype::HTTPS) && z.contains(key.name()) => {
+                crate::dns::svcb::without_ipv6_hints(&resp).map_or(resp, Bytes::from)
+            }
+            _ => resp,
         };
         let policy = self
             .cache

@@ -80,6 +80,9 @@ pub struct Server {
     /// are compared with it.
     started: Config,
     pub clock: Arc<Clock>,
+    /// This node's pods (filled by the pod watch when `kubernetes.enabled` at start).
+    pods: Arc<crate::kubernetes::PodTable>,
+    completion_metrics: crate::completion::CompletionMetrics,
 }
 
 /// Longest wait for the default group's first connection before the admin port is bound
@@ -102,17 +105,31 @@ fn restart_only(a: &Config, b: &Config) -> Vec<&'static str> {
     if a.overrides.node_name != b.overrides.node_name {
         v.push("overrides.node_name");
     }
+    if a.kubernetes != b.kubernetes {
+        v.push("kubernetes");
+    }
     v
 }
 
 impl Server {
     /// Builds everything from a validated config and binds every listener.
     pub async fn start(cfg: Config) -> Result<Arc<Server>, StartError> {
-        let (metrics, registry) = Metrics::new();
+        let (metrics, mut registry) = Metrics::new();
         let workers = effective_workers(cfg.workers);
         let groups = build_groups(&cfg, &[], &metrics)?;
         let clock = Arc::new(Clock::default());
-        let pipeline = build_pipeline(&cfg, &groups, None, &metrics, &clock)?;
+        let pods = Arc::new(crate::kubernetes::PodTable::default());
+        let watch_metrics = crate::kubernetes::WatchMetrics::default();
+        watch_metrics.register(&mut registry);
+        let completion_metrics = crate::completion::CompletionMetrics::default();
+        completion_metrics.register(&mut registry);
+        let shared = Shared {
+            metrics: &metrics,
+            clock: &clock,
+            pods: &pods,
+            completion: &completion_metrics,
+        };
+        let pipeline = build_pipeline(&cfg, &groups, None, &shared)?;
         let server = Arc::new(Server {
             metrics: metrics.clone(),
             registry,
@@ -129,7 +146,20 @@ impl Server {
             workers,
             started: cfg.clone(),
             clock,
+            pods: pods.clone(),
+            completion_metrics,
         });
+        if cfg.kubernetes.enabled {
+            if let Some(node) = cfg.kubernetes.node(cfg.overrides.node_name.as_deref()) {
+                tokio::spawn(crate::kubernetes::run(
+                    cfg.kubernetes.clone(),
+                    node.to_string(),
+                    pods,
+                    watch_metrics,
+                    server.stop.clone(),
+                ));
+            }
+        }
         for addr in &cfg.listen {
             server.bind_listener(*addr)?;
         }
@@ -180,6 +210,12 @@ impl Server {
 
     pub fn current_config(&self) -> Arc<Config> {
         self.config.load_full()
+    }
+
+    /// This node's pods as the completion step sees them: filled by the pod watch (tests
+    /// fill it themselves).
+    pub fn pods(&self) -> &Arc<crate::kubernetes::PodTable> {
+        &self.pods
     }
 
     pub fn pipeline(&self) -> Arc<Pipeline> {
@@ -283,13 +319,13 @@ impl Server {
         let old_cfg = self.config.load_full();
         let mut groups_guard = self.groups.lock().unwrap_or_else(|p| p.into_inner());
         let groups = build_groups(&cfg, &groups_guard, &self.metrics)?;
-        let pipeline = build_pipeline(
-            &cfg,
-            &groups,
-            Some((&old, &old_cfg)),
-            &self.metrics,
-            &self.clock,
-        )?;
+        let shared = Shared {
+            metrics: &self.metrics,
+            clock: &self.clock,
+            pods: &self.pods,
+            completion: &self.completion_metrics,
+        };
+        let pipeline = build_pipeline(&cfg, &groups, Some((&old, &old_cfg)), &shared)?;
         // Listeners first, so a bind failure leaves everything as it was.
         let current: Vec<SocketAddr> = self.listen_addrs();
         let mut added = Vec::new();
@@ -499,13 +535,21 @@ fn build_groups(
     Ok(out)
 }
 
+/// What every pipeline of a process shares, whatever its config.
+struct Shared<'a> {
+    metrics: &'a Arc<Metrics>,
+    clock: &'a Arc<Clock>,
+    pods: &'a Arc<crate::kubernetes::PodTable>,
+    completion: &'a crate::completion::CompletionMetrics,
+}
+
 fn build_pipeline(
     cfg: &Config,
     groups: &[BuiltGroup],
     old: Option<(&Pipeline, &Config)>,
-    metrics: &Arc<Metrics>,
-    clock: &Arc<Clock>,
+    shared: &Shared<'_>,
 ) -> Result<Pipeline, BuildError> {
+    let (metrics, clock) = (shared.metrics, shared.clock);
     // Block lists can be large: the rules are rebuilt (and their files re-read) only when
     // the policy settings or a list file changed.
     let lists_identity = crate::policy::files_identity(&crate::policy::list_files(&cfg.policy));
@@ -566,5 +610,12 @@ fn build_pipeline(
         clock: clock.clone(),
         coalescer: Default::default(),
         tap,
+        completion: crate::completion::Completion::from_config(
+            &cfg.search_completion,
+            shared.pods,
+            shared.completion,
+        )
+        .map(Arc::new),
+        filter_aaaa: crate::route::ZoneSet::new(&cfg.filter_aaaa.zones),
     })
 }

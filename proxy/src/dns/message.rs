@@ -297,6 +297,11 @@ impl<'a> StoredAnswer<'a> {
         StoredAnswer { meta, bytes }
     }
 
+    /// The full RCODE (extended bits included).
+    pub fn rcode(&self) -> u8 {
+        self.meta.rcode
+    }
+
     /// The stored response (ID 0, no OPT).
     pub fn wire(&self) -> &'a [u8] {
         self.bytes

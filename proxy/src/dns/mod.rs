@@ -5,6 +5,7 @@
 //! message parsing (hickory-proto) is used where a message is built from scratch.
 
 pub mod message;
+pub mod svcb;
 pub mod wire;
 
 pub use wire::{QueryInfo, ResponseInfo, WireError};
@@ -35,6 +36,7 @@ pub mod rtype {
     pub const DS: u16 = 43;
     pub const RRSIG: u16 = 46;
     pub const DNSKEY: u16 = 48;
+    pub const SVCB: u16 = 64;
     pub const HTTPS: u16 = 65;
     pub const AXFR: u16 = 252;
     pub const IXFR: u16 = 251;

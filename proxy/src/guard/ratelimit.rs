@@ -168,7 +168,7 @@ impl RateLimiter {
             return Decision::Allow;
         }
         b.limited = b.limited.wrapping_add(1);
-        if udp && self.slip > 0 && b.limited % self.slip == 0 {
+        if udp && self.slip > 0 && b.limited.is_multiple_of(self.slip) {
             return Decision::Truncate;
         }
         match self.action {

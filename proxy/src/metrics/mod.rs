@@ -251,13 +251,16 @@ pub enum PolicyKind {
     rewrite,
     static_answer,
     block,
+    /// AAAA answered NODATA in a `filter_aaaa` zone.
+    filter_aaaa,
 }
 
 impl PolicyKind {
-    pub const ALL: [PolicyKind; 3] = [
+    pub const ALL: [PolicyKind; 4] = [
         PolicyKind::rewrite,
         PolicyKind::static_answer,
         PolicyKind::block,
+        PolicyKind::filter_aaaa,
     ];
 }
 

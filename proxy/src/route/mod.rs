@@ -62,6 +62,24 @@ impl Routes {
     }
 }
 
+/// A set of zones: whether a name is at or below one of them (`.`: every name).
+#[derive(Debug, Clone)]
+pub struct ZoneSet(Router);
+
+impl ZoneSet {
+    /// `None` when `zones` is empty (or has no valid zone).
+    pub fn new(zones: &[String]) -> Option<ZoneSet> {
+        let routes: Vec<(String, usize)> = zones.iter().map(|z| (z.clone(), 1)).collect();
+        let r = Router::new(&routes);
+        (r.default == 1 || !r.zones.is_empty()).then_some(ZoneSet(r))
+    }
+
+    /// For a lower-cased wire-format name.
+    pub fn contains(&self, name: &[u8]) -> bool {
+        self.0.route(name) == 1
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Router {
     /// Lower-cased wire-format zone name -> group index.
@@ -149,6 +167,19 @@ mod tests {
         assert_eq!(r.route(&w(".")), 0);
         assert_eq!(r.route(&[]), 0);
         assert_eq!(r.route(&[5, b'a']), 0);
+    }
+
+    #[test]
+    fn zone_sets() {
+        let w = |s: &str| zone_to_wire(s);
+        assert!(ZoneSet::new(&[]).is_none());
+        let z = ZoneSet::new(&["cluster.local".into(), "Example.org.".into()]).expect("set");
+        assert!(z.contains(&w("a.b.cluster.local")));
+        assert!(z.contains(&w("example.org")));
+        assert!(!z.contains(&w("example.com")));
+        assert!(!z.contains(&w(".")));
+        let all = ZoneSet::new(&[".".into()]).expect("set");
+        assert!(all.contains(&w("example.com")) && all.contains(&w(".")));
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod skip;
 mod support;
 
 mod cache;
+mod completion;
 mod core;
 mod dnstap;
 mod failover;

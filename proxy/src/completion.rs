@@ -1,0 +1,262 @@
+//! Search-path completion (docs/search-completion.md): a pod with `ndots:5` asks
+//! `api.github.com.<ns>.svc.cluster.local` first, then every other search domain, then the
+//! bare name, for A and AAAA each. For a client whose namespace is known from the pod
+//! watch, a query under its own first search domain that is NXDOMAIN is completed here:
+//! the rest of its search list is walked (each step through the policy, the cache and zone
+//! routing like any query) and the first step that is not NXDOMAIN is answered as a CNAME
+//! from the asked name to the found one, with its records. The client stops searching.
+//!
+//! What decides (this module): whether a query is eligible and which names the walk asks.
+//! What walks (the pipeline): each step is answered as a query of its own.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use hickory_proto::op::Message;
+use hickory_proto::rr::rdata::CNAME;
+use hickory_proto::rr::{RData, Record};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+use crate::config::SearchCompletionConfig;
+use crate::kubernetes::PodTable;
+use crate::route::zone_to_wire;
+
+/// How a completion ended, for `dot_proxy_search_completions_total{result}`.
+#[derive(
+    Clone, Copy, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelValue,
+)]
+#[allow(non_camel_case_types)]
+pub enum Outcome {
+    /// A later step existed: answered with a CNAME to it.
+    completed,
+    /// Every step was NXDOMAIN: answered NXDOMAIN, as without completion.
+    nxdomain,
+    /// A step failed (SERVFAIL, REFUSED, timeout): the asked name's own answer was sent,
+    /// and the client walks its search list itself.
+    abandoned,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub result: Outcome,
+}
+
+/// Completion's own metrics: no names, no namespaces.
+#[derive(Clone, Default)]
+pub struct CompletionMetrics {
+    pub completions: Family<OutcomeLabels, Counter>,
+    /// Search-list names asked by the walk (the asked name itself not counted).
+    pub steps: Counter,
+    /// Queries the clients did not have to send: for a completion at step k, the k names
+    /// before the found one, which the client would otherwise have asked one by one.
+    pub saved: Counter,
+}
+
+impl CompletionMetrics {
+    pub fn register(&self, r: &mut Registry) {
+        r.register(
+            "search_completions",
+            "Queries under a client's own first search domain that were NXDOMAIN and were completed at the node, by result",
+            self.completions.clone(),
+        );
+        r.register(
+            "search_completion_steps",
+            "Search-list names asked while completing (each through the cache and zone routing)",
+            self.steps.clone(),
+        );
+        r.register(
+            "search_completion_queries_saved",
+            "Client queries made unnecessary by completed answers (the search-list names the client no longer asks)",
+            self.saved.clone(),
+        );
+    }
+
+    pub fn outcome(&self, o: Outcome) {
+        self.completions
+            .get_or_create(&OutcomeLabels { result: o })
+            .inc();
+    }
+}
+
+/// Built from `search_completion` when enabled.
+pub struct Completion {
+    /// `svc.<domain>.` in lower-case wire format.
+    svc: Vec<u8>,
+    /// `<domain>.`
+    domain: Vec<u8>,
+    host: Vec<Vec<u8>>,
+    types: Vec<u16>,
+    pods: Arc<PodTable>,
+    pub metrics: CompletionMetrics,
+}
+
+impl Completion {
+    pub fn from_config(
+        cfg: &SearchCompletionConfig,
+        pods: &Arc<PodTable>,
+        metrics: &CompletionMetrics,
+    ) -> Option<Completion> {
+        if !cfg.enabled {
+            return None;
+        }
+        let norm = |d: &str| crate::config::normalize_zone(d).ok();
+        let domain = norm(&cfg.cluster_domain)?;
+        Some(Completion {
+            svc: zone_to_wire(&format!("svc.{domain}")),
+            domain: zone_to_wire(&domain),
+            host: cfg
+                .host_search_domains
+                .iter()
+                .filter_map(|d| norm(d))
+                .map(|d| zone_to_wire(&d))
+                .collect(),
+            types: cfg.type_codes(),
+            pods: pods.clone(),
+            metrics: metrics.clone(),
+        })
+    }
+
+    /// The walk for a query of `qtype` for `name` (lower-cased wire format) from `client`,
+    /// when it is eligible: a completed type, no DNSSEC answer asked for (a synthesized
+    /// CNAME is unsigned), the name under the client's own `<ns>.svc.<domain>` with at
+    /// least one label before it, and the client a pod of this node.
+    /// Returns the length of the name's prefix (the bytes before the namespace label).
+    pub fn walk(&self, name: &[u8], qtype: u16, do_bit: bool, client: IpAddr) -> Option<usize> {
+        if do_bit || !self.types.contains(&qtype) || !name.ends_with(&self.svc) {
+            return None;
+        }
+        // Label offsets: find the namespace label, the one just before `svc.<domain>`.
+        let svc_at = name.len() - self.svc.len();
+        let (mut at, mut prev) = (0usize, None);
+        while at < svc_at {
+            let len = usize::from(*name.get(at)?);
+            if len == 0 {
+                return None;
+            }
+            prev = Some(at);
+            at += 1 + len;
+        }
+        let ns_at = prev.filter(|&p| at == svc_at && p > 0)?;
+        let ns_label = name.get(ns_at + 1..svc_at)?;
+        let ns = self.pods.namespace_of(client)?;
+        (ns.as_bytes() == ns_label).then_some(ns_at)
+    }
+
+    /// The suffixes of the rest of the search list, in order, ending with the root (the
+    /// bare name): `svc.<domain>`, `<domain>`, each host search domain, `.`.
+    pub fn suffixes(&self) -> impl Iterator<Item = &[u8]> {
+        [self.svc.as_slice(), self.domain.as_slice()]
+            .into_iter()
+            .chain(self.host.iter().map(Vec::as_slice))
+            .chain(std::iter::once(&[0u8][..]))
+    }
+}
+
+/// The answer to the client's query: a CNAME from the asked name (as the client spelled it)
+/// to the found step's name, then that step's answer (`found`, a full response to the
+/// step's query with the client's ID and EDNS). The CNAME's TTL is the lowest of the found
+/// records' (or its SOA's, for NODATA) and `cap`: the negative TTLs of the names walked
+/// past, so that the alias is not kept longer than their non-existence would have been.
+/// Truncated (TC, no records) past `max_len`. `None` if either message does not parse.
+pub fn synthesize(client_query: &[u8], found: &[u8], cap: u32, max_len: usize) -> Option<Vec<u8>> {
+    let mut m = Message::from_vec(found).ok()?;
+    let asked = Message::from_vec(client_query).ok()?;
+    let asked_name = asked.queries.first()?.name().clone();
+    let found_name = m.queries.first()?.name().clone();
+    let ttl = m
+        .answers
+        .iter()
+        .map(|r| r.ttl)
+        .min()
+        .or_else(|| m.authorities.iter().map(|r| r.ttl).min())
+        .unwrap_or(0)
+        .min(cap);
+    m.queries = asked.queries;
+    m.answers.insert(
+        0,
+        Record::from_rdata(asked_name, ttl, RData::CNAME(CNAME(found_name))),
+    );
+    let bytes = m.to_vec().ok()?;
+    if bytes.len() <= max_len {
+        return Some(bytes);
+    }
+    m.answers.clear();
+    m.authorities.clear();
+    m.additionals.clear();
+    m.metadata.truncation = true;
+    m.to_vec().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn completion(host: &[&str]) -> (Completion, Arc<PodTable>) {
+        let pods = Arc::new(PodTable::default());
+        let mut t = HashMap::new();
+        t.insert("10.1.0.5".parse().expect("ip"), Arc::from("team-a"));
+        pods.replace(t);
+        let cfg = SearchCompletionConfig {
+            enabled: true,
+            host_search_domains: host.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        let c = Completion::from_config(&cfg, &pods, &CompletionMetrics::default()).expect("on");
+        (c, pods)
+    }
+
+    fn names(c: &Completion, prefix: usize, name: &[u8]) -> Vec<String> {
+        c.suffixes()
+            .map(|s| {
+                let mut n = name[..prefix].to_vec();
+                n.extend_from_slice(s);
+                crate::dns::wire::name_to_string(&n)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_the_clients_own_first_search_domain_is_completed() {
+        let (c, _) = completion(&["corp.example"]);
+        let pod: IpAddr = "10.1.0.5".parse().expect("ip");
+        let other: IpAddr = "10.1.0.6".parse().expect("ip");
+        let w = |n: &str| zone_to_wire(n);
+        let n = w("api.github.com.team-a.svc.cluster.local");
+        let walk = c.walk(&n, 1, false, pod).expect("eligible");
+        assert_eq!(
+            names(&c, walk, &n),
+            [
+                "api.github.com.svc.cluster.local.",
+                "api.github.com.cluster.local.",
+                "api.github.com.corp.example.",
+                "api.github.com."
+            ]
+        );
+        assert!(c.walk(&n, 28, false, pod).is_some(), "AAAA");
+        assert!(c.walk(&n, 16, false, pod).is_none(), "TXT not configured");
+        assert!(c.walk(&n, 1, true, pod).is_none(), "DO bit");
+        assert!(c.walk(&n, 1, false, other).is_none(), "unknown client");
+        let foreign = w("api.github.com.team-b.svc.cluster.local");
+        assert!(
+            c.walk(&foreign, 1, false, pod).is_none(),
+            "another namespace's domain"
+        );
+        let bare = w("team-a.svc.cluster.local");
+        assert!(
+            c.walk(&bare, 1, false, pod).is_none(),
+            "nothing before the namespace"
+        );
+        assert!(c.walk(&w("svc.cluster.local"), 1, false, pod).is_none());
+        assert!(c.walk(&w("x.svc.cluster.local"), 1, false, pod).is_none());
+        assert!(c
+            .walk(&w("a.team-a.svc.other.local"), 1, false, pod)
+            .is_none());
+        assert!(c
+            .walk(&w("a.xteam-a.svc.cluster.local"), 1, false, pod)
+            .is_none());
+        assert!(c.walk(&[3, b'a'], 1, false, pod).is_none(), "broken name");
+    }
+}
