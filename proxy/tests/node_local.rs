@@ -7,20 +7,22 @@
 //! forwarding to it, and `dot-proxy node-local`. Queries come from threads that entered
 //! the namespace. Every wait is bounded.
 
+#[path = "common/netns.rs"]
+mod netns;
 #[path = "common/skip.rs"]
 mod skip;
 
-use std::fs::File;
+use netns::{enter, wait_until, Netns, BIN};
+
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_dot-proxy");
 const V4: &str = "169.254.20.10";
 const V6: &str = "fd00::10";
 const IFACE: &str = "dpt0";
@@ -29,119 +31,7 @@ const TABLE: [&str; 2] = ["inet", "dot_proxy_notrack"];
 
 // ---------------------------------------------------------------- namespace plumbing
 
-/// A network namespace, deleted on drop (so also when an assertion fails).
-struct Netns {
-    name: String,
-    dir: tempfile::TempDir,
-}
-
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-fn effective_uid() -> Option<u32> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
-    line.split_whitespace().nth(2)?.parse().ok()
-}
-
 impl Netns {
-    /// A fresh namespace with loopback up, or `None` (and a message) where this cannot run.
-    fn create(test: &str) -> Option<Netns> {
-        if effective_uid() != Some(0) {
-            skip::skip(
-                test,
-                "needs root to create a network namespace (run the tests as root, as CI does)",
-            );
-            return None;
-        }
-        let name = format!(
-            "dotproxy-test-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        );
-        match Command::new("ip").args(["netns", "add", &name]).output() {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => {
-                skip::skip(
-                    test,
-                    &format!(
-                        "`ip netns add` failed: {}",
-                        String::from_utf8_lossy(&o.stderr).trim()
-                    ),
-                );
-                return None;
-            }
-            Err(e) => {
-                skip::skip(test, &format!("cannot run `ip` (iproute2): {e}"));
-                return None;
-            }
-        }
-        let ns = Netns {
-            name,
-            dir: tempfile::tempdir().expect("tempdir"),
-        };
-        ns.ok(&["ip", "link", "set", "lo", "up"]);
-        Some(ns)
-    }
-
-    fn exec(&self, cmd: &[&str]) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .args(cmd)
-            .output()
-            .expect("run ip netns exec")
-    }
-
-    /// Runs a command in the namespace and returns its output; panics when it fails.
-    fn ok(&self, cmd: &[&str]) -> String {
-        let out = self.exec(cmd);
-        assert!(
-            out.status.success(),
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn has(&self, tool: &str) -> bool {
-        self.exec(&["sh", "-c", &format!("command -v {tool}")])
-            .status
-            .success()
-    }
-
-    /// Starts `dot-proxy ARGS` in the namespace; its output goes to `<dir>/<log>.log`.
-    fn spawn(&self, log: &str, args: &[&str]) -> Proc {
-        let path = self.dir.path().join(format!("{log}.log"));
-        let file = File::create(&path).expect("log file");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.name, BIN])
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("dup log"))
-            .stderr(file)
-            .spawn()
-            .expect("spawn dot-proxy");
-        Proc {
-            child: Some(child),
-            log: path,
-        }
-    }
-
-    /// Runs `f` on a thread that entered the namespace.
-    fn within<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = self.path();
-        std::thread::spawn(move || {
-            enter(&path);
-            f()
-        })
-        .join()
-        .expect("namespace thread")
-    }
-
-    fn path(&self) -> PathBuf {
-        Path::new("/run/netns").join(&self.name)
-    }
-
     fn config(&self, firewall: &str, upstream: SocketAddr) -> PathBuf {
         let path = self.dir.path().join(format!("config-{firewall}.yaml"));
         let yaml = format!(
@@ -178,78 +68,6 @@ node_local:
         out.status
             .success()
             .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-fn enter(ns_path: &Path) {
-    let f = File::open(ns_path).expect("open netns");
-    nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-}
-
-/// A child process, killed on drop; its log is shown when a check fails.
-struct Proc {
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
-    }
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-    /// SIGKILL, as the OOM killer sends.
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-    /// SIGTERM, then the exit status (within `limit`).
-    fn term(&mut self, limit: Duration) -> Option<i32> {
-        let pid = self.pid().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let mut c = self.child.take()?;
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Ok(Some(st)) = c.try_wait() {
-                return st.code();
-            }
-            if Instant::now() > deadline {
-                let _ = c.kill();
-                let _ = c.wait();
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -1,5 +1,7 @@
 //! Integration tests: a real proxy on loopback against real in-process DoT upstreams.
 
+#[path = "../common/cluster_dns.rs"]
+mod cluster_dns;
 #[path = "../common/skip.rs"]
 mod skip;
 mod support;
