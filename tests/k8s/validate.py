@@ -99,6 +99,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
         },
         "config": {"dnstap": {"enabled": True, "socket": "/var/run/dnstap/dnstap.sock", "clientIpv4Prefix": 16}},
     },
+    # Search-path completion: the proxies watch their node's pods (token, RBAC), and AAAA
+    # is filtered for an IPv4-only cluster.
+    "search-completion": {
+        "searchCompletion": {"enabled": True, "hostSearchDomains": ["corp.example", "example.com"]},
+        "config": {"filterAaaa": {"zones": ["."]}},
+    },
 }
 
 # Values the schema must refuse, and values that must make rendering fail.
@@ -113,6 +119,7 @@ BAD_VALUES: dict[str, dict[str, Any]] = {
     "zero override shards": {"operator": {"overrideShards": 0}},
     "block-list ConfigMap name that is no volume name": {"proxy": {"blocklistConfigMaps": ["my.lists"]}},
     "checkov reason with '='": {"proxy": {"checkovSkips": {"CKV_K8S_1": "a reason with = in it"}}},
+    "completion of a type it cannot complete": {"searchCompletion": {"types": ["PTR"]}},
 }
 RENDER_FAILURES: dict[str, tuple[dict[str, Any], str]] = {
     "node-local off without listen": ({"nodeLocal": {"enabled": False}}, "config.listen must list"),
@@ -359,7 +366,9 @@ def check_invariants(variant: str, values: dict[str, Any], docs: list[Doc], note
         ru = spec.get("updateStrategy", {})
         p.check(ru.get("type") == "RollingUpdate" and ru.get("rollingUpdate") == {"maxSurge": 1, "maxUnavailable": 0},
                 f"{tag} update strategy must be RollingUpdate maxSurge 1 / maxUnavailable 0, got {ru}")
-        p.check(pod.get("automountServiceAccountToken") is False, f"{tag} proxy pods must not mount an API token")
+        completion = v["searchCompletion"]["enabled"]
+        p.check(pod.get("automountServiceAccountToken") is completion,
+                f"{tag} proxy pods mount an API token exactly when search completion is on")
         containers = {c["name"]: c for c in pod["containers"]}
         for c in pod["containers"]:
             p.check(not c.get("ports"), f"{tag} container {c['name']} declares ports: in a host-network pod they become hostPorts and block the surge pod")
@@ -464,9 +473,10 @@ def check_invariants(variant: str, values: dict[str, Any], docs: list[Doc], note
             sc = c["securityContext"]
             p.check(sc.get("runAsNonRoot") and sc.get("readOnlyRootFilesystem") and sc.get("capabilities", {}).get("drop") == ["ALL"]
                     and not sc.get("capabilities", {}).get("add"), f"{tag} operator securityContext must be restrictive")
-        check_rbac(tag, v, docs, p)
+        check_rbac(tag, v, operator_objects(docs), p)
     else:
-        p.check(not deps and not find(docs, "Role") and not find(docs, "ClusterRole"), f"{tag} operator objects present while operator.enabled is false")
+        p.check(not deps and not find(docs, "Role") and not find(operator_objects(docs), "ClusterRole"), f"{tag} operator objects present while operator.enabled is false")
+    check_proxy_rbac(tag, v, docs, p)
 
     # Services, monitoring, dashboard.
     svc_names = {d.name for d in docs if d.kind == "Service"}
@@ -497,6 +507,32 @@ def check_invariants(variant: str, values: dict[str, Any], docs: list[Doc], note
         p.check(f"      - {s}\n" in notes, f"{tag} NOTES.txt does not list nameserver {s}")
     p.check('dnsPolicy: "None"' in notes and "name: ndots" in notes and 'value: "5"' in notes, f"{tag} NOTES.txt lacks the dnsConfig snippet")
     p.check(f"NAMESPACE.svc.{v['clusterDNS']['domain']}" in notes, f"{tag} NOTES.txt lacks the search domains")
+
+
+def component(d: Doc) -> str:
+    return d.obj.get("metadata", {}).get("labels", {}).get("app.kubernetes.io/component", "")
+
+
+def operator_objects(docs: list[Doc]) -> list[Doc]:
+    """Everything but the proxy's own RBAC objects."""
+    return [d for d in docs if not (d.kind.startswith("ClusterRole") and component(d) == "proxy")]
+
+
+def check_proxy_rbac(tag: str, v: dict[str, Any], docs: list[Doc], p: Problems) -> None:
+    """The proxy gets exactly list and watch on pods, and only with search completion on."""
+    roles = [d for d in docs if d.kind == "ClusterRole" and component(d) == "proxy"]
+    bindings = [d for d in docs if d.kind == "ClusterRoleBinding" and component(d) == "proxy"]
+    if not v["searchCompletion"]["enabled"]:
+        p.check(not roles and not bindings, f"{tag} proxy RBAC present while search completion is off")
+        return
+    p.check(len(roles) == 1 and len(bindings) == 1, f"{tag} expected one proxy ClusterRole and one binding")
+    for r in roles:
+        p.check(r.obj["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]}],
+                f"{tag} proxy ClusterRole must grant list and watch on pods only, got {r.obj['rules']}")
+    for b in bindings:
+        p.check(b.obj["subjects"] == [{"kind": "ServiceAccount", "name": "dot-proxy", "namespace": NAMESPACE}],
+                f"{tag} proxy ClusterRoleBinding must bind only the proxy ServiceAccount, got {b.obj['subjects']}")
+        p.check(bool(roles) and b.obj["roleRef"]["name"] == roles[0].name, f"{tag} proxy binding names its role")
 
 
 def check_rbac(tag: str, v: dict[str, Any], docs: list[Doc], p: Problems) -> None:
@@ -548,6 +584,10 @@ def check_rbac(tag: str, v: dict[str, Any], docs: list[Doc], p: Problems) -> Non
 
 def check_dotproxyconfig(tag: str, v: dict[str, Any], cfg: dict[str, Any], p: Problems) -> None:
     spec = cfg["spec"]
+    sc = v["searchCompletion"]
+    p.check(spec.get("searchCompletion") == {"enabled": sc["enabled"], "clusterDomain": v["clusterDNS"]["domain"],
+                                             "hostSearchDomains": sc["hostSearchDomains"], "types": sc["types"]},
+            f"{tag} spec.searchCompletion must follow the searchCompletion values, got {spec.get('searchCompletion')}")
     p.check(cfg["apiVersion"] == "dns.dot-proxy.io/v1alpha1", f"{tag} DotProxyConfig apiVersion")
     groups = {g["name"]: g for g in spec.get("upstreamGroups", [])}
     p.check(len(groups) == len(spec.get("upstreamGroups", [])), f"{tag} upstream group names repeat")

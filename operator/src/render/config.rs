@@ -5,9 +5,10 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use dot_proxy_config::{
-    AdminConfig, BlockList, CacheConfig, Config, DnstapConfig, LogConfig, NodeLocalConfig,
-    OverridesConfig, PolicyConfig, PrefetchConfig, PrivacyConfig, Protocol, RateLimitConfig,
-    RewriteRule, StaticRule, UpstreamGroup, UpstreamServer, ZoneRoute,
+    AdminConfig, BlockList, CacheConfig, Config, DnstapConfig, FilterAaaaConfig, KubernetesConfig,
+    LogConfig, NodeLocalConfig, OverridesConfig, PolicyConfig, PrefetchConfig, PrivacyConfig,
+    Protocol, RateLimitConfig, RewriteRule, SearchCompletionConfig, StaticRule, UpstreamGroup,
+    UpstreamServer, ZoneRoute,
 };
 
 use crate::resource::{Checked, DotProxyConfigSpec, PolicySpec, UpstreamServerSpec};
@@ -203,12 +204,28 @@ pub fn proxy_config(spec: &DotProxyConfigSpec) -> Result<Config, Vec<String>> {
         node_local,
         policy,
         dnstap,
+        // Completion needs the pod watch; the node's name comes from each proxy's
+        // environment (DOT_PROXY_NODE_NAME), its credentials from its service account.
+        kubernetes: KubernetesConfig {
+            enabled: spec.search_completion.enabled,
+            node_name: None,
+            kubeconfig: None,
+        },
+        search_completion: SearchCompletionConfig {
+            enabled: spec.search_completion.enabled,
+            cluster_domain: spec.search_completion.cluster_domain.clone(),
+            host_search_domains: spec.search_completion.host_search_domains.clone(),
+            types: spec.search_completion.types.clone(),
+        },
+        filter_aaaa: FilterAaaaConfig {
+            zones: spec.filter_aaaa.zones.clone(),
+        },
         ..defaults
     };
 
     if let Err(e) = config.validate() {
         for fe in e.0 {
-            if on_the_proxys_filesystem(&fe.field, &fe.message) {
+            if on_the_proxys_filesystem(&fe.field, &fe.message) || supplied_on_the_node(&fe.field) {
                 continue;
             }
             // A field the conversion already reported (an address it could not parse, so
@@ -242,6 +259,12 @@ fn on_the_proxys_filesystem(proxy_field: &str, message: &str) -> bool {
     proxy_field.starts_with("policy.blocklists[")
         && proxy_field.ends_with("].file")
         && message.starts_with("cannot read ")
+}
+
+/// The node name is each proxy's own (the DaemonSet sets `DOT_PROXY_NODE_NAME`): a rendered
+/// config never has it.
+fn supplied_on_the_node(proxy_field: &str) -> bool {
+    proxy_field == "kubernetes.node_name"
 }
 
 /// ` (rule "name")` for a policy field, so that an error in a long list names the rule as

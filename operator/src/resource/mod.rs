@@ -7,8 +7,9 @@ mod status;
 pub use checked::Checked;
 pub use spec::{
     BlockListSpec, CacheSpec, CacheZoneSpec, DnstapSpec, DotProxyConfig, DotProxyConfigSpec,
-    LogSpec, NodeLocalSpec, PolicySpec, PrefetchSpec, PrivacySpec, RateLimitSpec, RewriteSpec,
-    StaticAnswerSpec, TargetSpec, UpstreamGroupSpec, UpstreamServerSpec, ZoneSpec,
+    FilterAaaaSpec, LogSpec, NodeLocalSpec, PolicySpec, PrefetchSpec, PrivacySpec, RateLimitSpec,
+    RewriteSpec, SearchCompletionSpec, StaticAnswerSpec, TargetSpec, UpstreamGroupSpec,
+    UpstreamServerSpec, ZoneSpec,
 };
 pub use status::{DotProxyConfigStatus, ANNOTATIONS_IGNORED, INVALID, READY};
 

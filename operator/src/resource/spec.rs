@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use dot_proxy_config::{
     limits, BlockAction, CacheConfig, DnstapConfig, Dur, Firewall, LimitAction, LogFormat, Policy,
-    PrivacyConfig, Protocol, RateLimitConfig,
+    PrivacyConfig, Protocol, RateLimitConfig, SearchCompletionConfig,
 };
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -132,6 +132,18 @@ pub struct DotProxyConfigSpec {
     /// default. Query names are in every message; client addresses are cut to a prefix.
     #[serde(default)]
     pub dnstap: DnstapSpec,
+
+    /// Search-path completion at the node: a pod's query under its own first search domain
+    /// that is NXDOMAIN is completed by the proxy, which walks the rest of the pod's search
+    /// list and answers with a CNAME to the first name that exists. Off by default; the
+    /// proxies then watch their own node's pods (docs/search-completion.md).
+    #[serde(default)]
+    pub search_completion: SearchCompletionSpec,
+
+    /// AAAA answered with NODATA (and `ipv6hint` removed from HTTPS/SVCB answers) for names
+    /// in these zones, for IPv4-only clusters. Empty by default.
+    #[serde(default)]
+    pub filter_aaaa: FilterAaaaSpec,
 
     /// Address of the proxies' HTTP server for /metrics, /healthz and /readyz; empty turns it
     /// off. The proxies run on the host network, so this is reachable on the node's address.
@@ -507,6 +519,55 @@ impl Default for DnstapSpec {
             queue_size: u32::try_from(d.queue_size).unwrap_or(u32::MAX),
         }
     }
+}
+
+/// `spec.searchCompletion`: the proxy's `search_completion` section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self.types.all(t, t in ['A', 'AAAA', 'HTTPS', 'SVCB', 'SRV', 'TXT', 'MX', 'CNAME'])",
+        "message": "searchCompletion types must be among A, AAAA, HTTPS, SVCB, SRV, TXT, MX, CNAME"
+    },
+    {
+        "rule": "!self.enabled || size(self.types) > 0",
+        "message": "searchCompletion needs at least one type when enabled"
+    }
+]))]
+pub struct SearchCompletionSpec {
+    pub enabled: bool,
+    /// The kubelet's `--cluster-domain`.
+    #[schemars(length(min = 1, max = 253))]
+    pub cluster_domain: String,
+    /// The nodes' own search domains (the host's resolv.conf `search` line), which kubelet
+    /// appends to every pod's list, in order.
+    #[schemars(length(max = 29), inner(length(min = 1, max = 253)))]
+    pub host_search_domains: Vec<String>,
+    /// Query types completed: A, AAAA, HTTPS, SVCB, SRV, TXT, MX, CNAME.
+    #[schemars(length(max = 8), inner(length(min = 1, max = 8)))]
+    pub types: Vec<String>,
+}
+
+/// The proxy's defaults.
+impl Default for SearchCompletionSpec {
+    fn default() -> Self {
+        let d = SearchCompletionConfig::default();
+        SearchCompletionSpec {
+            enabled: d.enabled,
+            cluster_domain: d.cluster_domain,
+            host_search_domains: d.host_search_domains,
+            types: d.types,
+        }
+    }
+}
+
+/// `spec.filterAaaa`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct FilterAaaaSpec {
+    /// Zones (`.`: every name).
+    #[schemars(length(max = 64), inner(length(min = 1, max = 253)))]
+    pub zones: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -339,6 +339,19 @@ const REFUSED: &[(&str, Change, &str)] = &[
         |d| d.spec.policy.blocklists[0].names.clear(),
         "a block list needs names or a file",
     ),
+    (
+        "completion of a type it does not complete",
+        |d| d.spec.search_completion.types = vec!["A".into(), "PTR".into()],
+        "searchCompletion types must be among",
+    ),
+    (
+        "completion on with no type",
+        |d| {
+            d.spec.search_completion.enabled = true;
+            d.spec.search_completion.types.clear();
+        },
+        "searchCompletion needs at least one type",
+    ),
 ];
 
 const ACCEPTED: &[(&str, Change)] = &[
@@ -375,6 +388,13 @@ const ACCEPTED: &[(&str, Change)] = &[
             d.spec.dnstap.socket = Some("/var/run/dnstap/dnstap.sock".into());
         },
     ),
+    ("search completion with the nodes' own search domain", |d| {
+        d.spec.search_completion.enabled = true;
+        d.spec.search_completion.host_search_domains = vec!["corp.example".into()];
+    }),
+    ("AAAA filtered everywhere", |d| {
+        d.spec.filter_aaaa.zones = vec![".".into()];
+    }),
     ("pin-only TLS", |d| {
         let s = &mut d.spec.upstream_groups[0].servers[0];
         s.tls_name = None;
