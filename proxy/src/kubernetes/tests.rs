@@ -197,8 +197,7 @@ async fn watch_lists_and_follows_the_nodes_pods() {
     );
     let table = Arc::new(PodTable::default());
     let metrics = WatchMetrics::default();
-    let config = watcher::Config::default().fields(&field_selector("node-a"));
-    let events = watcher(Api::<PodAddresses>::all(client), config);
+    let events = watcher(Api::<PodAddresses>::all(client), watch_config("node-a"));
     let (t, m) = (table.clone(), metrics.clone());
     let task = tokio::spawn(async move { follow(events, &t, &m).await });
     let b: IpAddr = "10.1.0.6".parse().expect("ip");
@@ -230,10 +229,7 @@ async fn an_api_server_failing_keeps_the_last_table() {
     );
     let table = Arc::new(PodTable::default());
     let metrics = WatchMetrics::default();
-    let events = watcher(
-        Api::<PodAddresses>::all(client),
-        watcher::Config::default().fields(&field_selector("node-a")),
-    );
+    let events = watcher(Api::<PodAddresses>::all(client), watch_config("node-a"));
     let (t, m) = (table.clone(), metrics.clone());
     let task = tokio::spawn(async move { follow(events, &t, &m).await });
     let a: IpAddr = "10.1.0.5".parse().expect("ip");

@@ -267,3 +267,48 @@ async fn filter_aaaa_answers_nodata_in_its_zones() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn completion_follows_reloads_and_the_watch_restarts_with_the_process() {
+    let dns = ClusterDns::start().await;
+    let up = Upstream::start().await;
+    let p = Proxy::start(completion_config(&up, dns.addr, false)).await;
+    p.server.pods().replace(pods(&[("127.0.0.1", "team-a")]));
+    let name = "www.example.test.team-a.svc.cluster.local.";
+    let m = udp(p.addr, name, RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+    // Reloaded configs keep the bound addresses.
+    let (addr, admin) = (p.addr, p.server.admin_addr());
+    let config = |on: bool| {
+        let mut c = completion_config(&up, dns.addr, on);
+        c.listen = vec![addr];
+        c.admin.listen = admin;
+        c
+    };
+
+    p.server
+        .apply(config(true))
+        .expect("reload turns completion on");
+    let m = udp(p.addr, name, RecordType::A).await;
+    assert_eq!(cname_target(&m).as_deref(), Some("www.example.test."));
+
+    // The pod watch is set up at start: a change of the kubernetes section is reported as
+    // waiting for a restart; completion keeps working with the table it has.
+    let mut cfg = config(true);
+    cfg.kubernetes.node_name = Some("node-b".into());
+    p.server.apply(cfg).expect("reload");
+    let text = p.metrics().await;
+    assert_eq!(
+        metric(&text, "dot_proxy_config_restart_pending_settings"),
+        1.0,
+        "{text}"
+    );
+    let m = udp(p.addr, name, RecordType::A).await;
+    assert_eq!(cname_target(&m).as_deref(), Some("www.example.test."));
+
+    p.server
+        .apply(config(false))
+        .expect("reload turns completion off");
+    let m = udp(p.addr, name, RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+}
