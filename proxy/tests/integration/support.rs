@@ -184,6 +184,8 @@ impl Upstream {
                     break;
                 };
                 me.connections.fetch_add(1, Ordering::SeqCst);
+                // As DNS servers do: answers written back to back are not held by Nagle.
+                let _ = tcp.set_nodelay(true);
                 let acc = me.acceptor.lock().expect("lock").clone();
                 let me2 = me.clone();
                 let mut kill = me.kill.subscribe();
