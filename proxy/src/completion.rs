@@ -192,6 +192,9 @@ pub fn synthesize(client_query: &[u8], found: &[u8], cap: u32, max_len: usize) -
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hickory_proto::op::{MessageType, OpCode, Query};
+    use hickory_proto::rr::rdata::A;
+    use hickory_proto::rr::{Name, RecordType};
     use std::collections::HashMap;
 
     fn completion(host: &[&str]) -> (Completion, Arc<PodTable>) {
@@ -216,6 +219,57 @@ mod tests {
                 crate::dns::wire::name_to_string(&n)
             })
             .collect()
+    }
+
+    fn message(id: u16, name: &str, rtype: RecordType, answers: usize) -> Vec<u8> {
+        let mut m = Message::new(id, MessageType::Response, OpCode::Query);
+        let n = Name::from_ascii(name).expect("name");
+        m.add_query(Query::query(n.clone(), rtype));
+        for i in 0..answers {
+            m.add_answer(Record::from_rdata(
+                n.clone(),
+                300 - i as u32,
+                RData::A(A::new(10, 0, (i / 256) as u8, i as u8)),
+            ));
+        }
+        m.to_vec().expect("wire")
+    }
+
+    #[test]
+    fn synthesized_answers_keep_the_askers_spelling_and_fit_its_size() {
+        let asked = message(9, "Api.Example.Team-A.svc.cluster.local.", RecordType::A, 0);
+        let found = message(9, "api.example.", RecordType::A, 2);
+        let out = synthesize(&asked, &found, 30, 512).expect("answer");
+        let m = Message::from_vec(&out).expect("parses");
+        assert_eq!(m.metadata.id, 9);
+        assert_eq!(
+            m.queries[0].name().to_ascii(),
+            "Api.Example.Team-A.svc.cluster.local."
+        );
+        assert_eq!(m.answers.len(), 3);
+        assert_eq!(
+            m.answers[0].name.to_ascii(),
+            "Api.Example.Team-A.svc.cluster.local."
+        );
+        assert!(matches!(&m.answers[0].data, RData::CNAME(c) if c.0.to_ascii() == "api.example."));
+        assert_eq!(m.answers[0].ttl, 30, "capped by the walked NXDOMAINs");
+        let out = synthesize(&asked, &found, 3600, 512).expect("answer");
+        let m = Message::from_vec(&out).expect("parses");
+        assert_eq!(m.answers[0].ttl, 299, "the found records' lowest");
+
+        // Too big for a 512-byte UDP answer: TC, no records, the question kept.
+        let big = message(9, "api.example.", RecordType::A, 60);
+        let out = synthesize(&asked, &big, 30, 512).expect("answer");
+        assert!(out.len() <= 512);
+        let m = Message::from_vec(&out).expect("parses");
+        assert!(m.metadata.truncation);
+        assert!(m.answers.is_empty());
+        assert_eq!(m.queries.len(), 1);
+        let out = synthesize(&asked, &big, 30, 65_535).expect("answer over TCP");
+        assert_eq!(Message::from_vec(&out).expect("parses").answers.len(), 61);
+
+        assert!(synthesize(b"junk", &found, 30, 512).is_none());
+        assert!(synthesize(&asked, b"junk", 30, 512).is_none());
     }
 
     #[test]

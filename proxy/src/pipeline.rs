@@ -233,12 +233,9 @@ impl Pipeline {
         if let Some(cache) = self.cache_for(&qi) {
             match cache.lookup(key.as_bytes(), now) {
                 // A cached NXDOMAIN for a name completion applies to is where the walk
-                // starts: the async path answers it.
+                // starts: the async path answers it (and counts the hit).
                 Lookup::Fresh { entry, .. }
-                    if complete.is_some() && entry.stored().rcode() == rcode::NXDOMAIN =>
-                {
-                    self.metrics.cache_hits.inc();
-                }
+                    if complete.is_some() && entry.stored().rcode() == rcode::NXDOMAIN => {}
                 Lookup::Fresh { entry, prefetch } => {
                     self.metrics.cache_hits.inc();
                     entry.stored().render(

