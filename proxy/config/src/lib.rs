@@ -334,7 +334,30 @@ pub enum Protocol {
     Tls,
     /// Plain DNS over UDP, retried over TCP when truncated. Only for in-cluster zones.
     Plain,
+    /// DNS over HTTPS (RFC 8484): POST over HTTP/2, port 443 by default. Verified as TLS.
+    Https,
+    /// DNS over QUIC (RFC 9250), port 853 by default. Verified as TLS.
+    Quic,
 }
+
+impl Protocol {
+    /// TLS, HTTPS or QUIC: verified, never plaintext.
+    pub fn is_encrypted(self) -> bool {
+        !matches!(self, Protocol::Plain)
+    }
+
+    /// The port a server address without one gets.
+    pub fn default_port(self) -> u16 {
+        match self {
+            Protocol::Tls | Protocol::Quic => 853,
+            Protocol::Plain => 53,
+            Protocol::Https => 443,
+        }
+    }
+}
+
+/// The URL path of DNS over HTTPS queries when `path` is not set.
+pub const DEFAULT_DOH_PATH: &str = "/dns-query";
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(JsonSchema))]
@@ -376,6 +399,9 @@ pub struct UpstreamServer {
     /// kube-dns). Off by default: some clouds rate-limit TCP.
     #[serde(default, skip_serializing_if = "is_false")]
     pub force_tcp: bool,
+    /// HTTPS servers only: the URL path queries are POSTed to (default `/dns-query`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -413,7 +439,19 @@ impl UpstreamServer {
             max_connection_age: default_max_age(),
             connect_timeout: default_connect_timeout(),
             force_tcp: false,
+            path: None,
         }
+    }
+    /// An encrypted server of `protocol` (TLS, HTTPS or QUIC) verified for `name`.
+    pub fn encrypted(protocol: Protocol, address: SocketAddr, name: &str) -> Self {
+        UpstreamServer {
+            protocol,
+            ..Self::tls(address, name)
+        }
+    }
+    /// The URL path of an HTTPS server.
+    pub fn doh_path(&self) -> &str {
+        self.path.as_deref().unwrap_or(DEFAULT_DOH_PATH)
     }
     pub fn plain(address: SocketAddr) -> Self {
         UpstreamServer {
@@ -434,6 +472,17 @@ impl UpstreamServer {
             }
             Protocol::Plain if self.force_tcp => format!("tcp://{}", self.address),
             Protocol::Plain => format!("udp://{}", self.address),
+            Protocol::Https => format!(
+                "https://{}{}#{}",
+                self.address,
+                self.doh_path(),
+                self.tls_name.as_deref().unwrap_or("")
+            ),
+            Protocol::Quic => format!(
+                "quic://{}#{}",
+                self.address,
+                self.tls_name.as_deref().unwrap_or("")
+            ),
         }
     }
 }
@@ -1329,8 +1378,26 @@ fn validate_server(err: &mut impl FnMut(String, String), sp: &str, s: &UpstreamS
             "must not be an unspecified address".into(),
         );
     }
+    if s.path.is_some() && s.protocol != Protocol::Https {
+        err(
+            format!("{sp}.path"),
+            "only for https servers (the URL path of DNS over HTTPS)".into(),
+        );
+    }
+    if let Some(p) = &s.path {
+        if !p.starts_with('/')
+            || p.len() > 256
+            || p.bytes()
+                .any(|b| b.is_ascii_control() || b == b' ' || b == b'?' || b == b'#')
+        {
+            err(
+                format!("{sp}.path"),
+                format!("{p:?} must be an absolute URL path (starting with /, no spaces, query or fragment, at most 256 bytes)"),
+            );
+        }
+    }
     match s.protocol {
-        Protocol::Tls => {
+        Protocol::Tls | Protocol::Https | Protocol::Quic => {
             match s.tls_name.as_deref() {
                 Some(n) if !valid_server_name(n) => err(
                     format!("{sp}.tls_name"),
@@ -1338,7 +1405,7 @@ fn validate_server(err: &mut impl FnMut(String, String), sp: &str, s: &UpstreamS
                 ),
                 None | Some("") if s.verify_ca || s.spki_pins.is_empty() => err(
                     format!("{sp}.tls_name"),
-                    "required for a TLS upstream (the name its certificate must be valid for)"
+                    "required for a TLS, HTTPS or QUIC upstream (the name its certificate must be valid for)"
                         .into(),
                 ),
                 _ => {}
@@ -1358,7 +1425,8 @@ fn validate_server(err: &mut impl FnMut(String, String), sp: &str, s: &UpstreamS
             if s.force_tcp {
                 err(
                     format!("{sp}.force_tcp"),
-                    "only for plain servers (DNS over TLS always runs over TCP)".into(),
+                    "only for plain servers (DNS over TLS and HTTPS run over TCP, QUIC over UDP)"
+                        .into(),
                 );
             }
         }

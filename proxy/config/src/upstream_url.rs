@@ -2,11 +2,11 @@
 
 use std::net::SocketAddr;
 
-use super::UpstreamServer;
+use super::{Protocol, UpstreamServer};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error(
-    "invalid upstream {0:?}: expected tls://IP[:PORT]#NAME (IPv6 in brackets) or udp://IP[:PORT]"
+    "invalid upstream {0:?}: expected tls://IP[:PORT]#NAME, https://IP[:PORT][/PATH]#NAME, quic://IP[:PORT]#NAME (IPv6 in brackets) or udp://IP[:PORT]"
 )]
 pub struct UpstreamUrlError(pub String);
 
@@ -17,15 +17,25 @@ pub fn parse_upstream_url(s: &str) -> Result<UpstreamServer, UpstreamUrlError> {
         Some((a, n)) => (a, Some(n)),
         None => (rest, None),
     };
-    let default_port = match scheme {
-        "tls" => 853,
-        "udp" | "dns" | "plain" => 53,
+    let protocol = match scheme {
+        "tls" => Protocol::Tls,
+        "https" => Protocol::Https,
+        "quic" => Protocol::Quic,
+        "udp" | "dns" | "plain" => Protocol::Plain,
         _ => return Err(bad()),
     };
-    let address = parse_server_address(addr, default_port).ok_or_else(bad)?;
-    if scheme == "tls" {
+    // https://IP:PORT/path: the path starts at the first '/' after the address (an IPv6
+    // address is in brackets, so it has none).
+    let (addr, path) = match (protocol, addr.find('/')) {
+        (Protocol::Https, Some(i)) => (&addr[..i], Some(&addr[i..])),
+        _ => (addr, None),
+    };
+    let address = parse_server_address(addr, protocol.default_port()).ok_or_else(bad)?;
+    if protocol.is_encrypted() {
         let name = name.filter(|n| !n.is_empty()).ok_or_else(bad)?;
-        Ok(UpstreamServer::tls(address, name))
+        let mut s = UpstreamServer::encrypted(protocol, address, name);
+        s.path = path.map(str::to_string);
+        Ok(s)
     } else {
         if name.is_some() {
             return Err(bad());
@@ -52,7 +62,20 @@ pub fn parse_server_address(s: &str, default_port: u16) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Protocol;
+
+    #[test]
+    fn doh_and_doq_forms() {
+        let u = parse_upstream_url("https://1.1.1.1/dns-query#cloudflare-dns.com").expect("valid");
+        assert_eq!((u.protocol, u.address.port()), (Protocol::Https, 443));
+        assert_eq!(u.path.as_deref(), Some("/dns-query"));
+        let u =
+            parse_upstream_url("https://[2606:4700::1111]:8443#one.one.one.one").expect("valid");
+        assert_eq!((u.address.port(), u.doh_path()), (8443, "/dns-query"));
+        let u = parse_upstream_url("quic://94.140.14.14#dns.adguard-dns.com").expect("valid");
+        assert_eq!((u.protocol, u.address.port()), (Protocol::Quic, 853));
+        assert!(parse_upstream_url("quic://1.1.1.1").is_err(), "no name");
+        assert!(parse_upstream_url("https://1.1.1.1/x").is_err(), "no name");
+    }
 
     #[test]
     fn forms() {

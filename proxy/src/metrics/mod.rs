@@ -149,10 +149,13 @@ pub enum UpstreamErrorKind {
     malformed,
     servfail,
     overloaded,
+    /// DNS over HTTPS: a status other than 200, or a content type other than
+    /// application/dns-message.
+    http,
 }
 
 impl UpstreamErrorKind {
-    pub const ALL: [UpstreamErrorKind; 7] = [
+    pub const ALL: [UpstreamErrorKind; 8] = [
         UpstreamErrorKind::timeout,
         UpstreamErrorKind::connect,
         UpstreamErrorKind::tls,
@@ -160,6 +163,7 @@ impl UpstreamErrorKind {
         UpstreamErrorKind::malformed,
         UpstreamErrorKind::servfail,
         UpstreamErrorKind::overloaded,
+        UpstreamErrorKind::http,
     ];
 }
 

@@ -10,7 +10,9 @@ use crate::config::{PrivacyConfig, Protocol, UpstreamGroup, UpstreamServer};
 use crate::dns::message::UpstreamQueryOptions;
 use crate::metrics::Metrics;
 
+use super::https::HttpsUpstream;
 use super::plain::PlainUpstream;
+use super::quic::QuicUpstream;
 use super::tls::{ConnOptions, TlsUpstream, UpstreamStats};
 use super::{tls_config, Group, Upstream};
 
@@ -41,11 +43,14 @@ impl Group {
             .iter()
             .map(|s| upstream(g, s, ca_file, metrics))
             .collect::<Result<Vec<_>, _>>()?;
-        let tls = g.servers.iter().all(|s| s.protocol == Protocol::Tls);
+        // Padding (RFC 8467) for every encrypted transport; edns-tcp-keepalive only over
+        // DoT (RFC 9250 forbids it over QUIC; HTTP/2 has its own connection management).
+        let encrypted = g.servers.iter().all(|s| s.protocol.is_encrypted());
+        let dot = g.servers.iter().all(|s| s.protocol == Protocol::Tls);
         let qopts = UpstreamQueryOptions {
             strip_ecs: privacy.strip_ecs,
-            padding_block: if tls { privacy.padding_block } else { 0 },
-            keepalive: tls,
+            padding_block: if encrypted { privacy.padding_block } else { 0 },
+            keepalive: dot,
         };
         let group = Group::new(
             g.name.clone(),
@@ -68,26 +73,53 @@ fn upstream(
 ) -> Result<Upstream, BuildError> {
     let label = s.label();
     let stats = UpstreamStats::new(metrics, &g.name, &label);
+    let setup = || {
+        tls_config::build(s, ca_file).map_err(|source| BuildError {
+            label: label.clone(),
+            source,
+        })
+    };
+    let opts = ConnOptions {
+        pool_size: s.pool_size,
+        idle_timeout: s.idle_timeout.get(),
+        max_age: s.max_connection_age.get(),
+        connect_timeout: s.connect_timeout.get(),
+        // Queries outstanding and nothing heard for twice the group's timeout (at least
+        // 4 s): the connection is dead.
+        stall_timeout: g.timeout.get().max(Duration::from_secs(2)) * 2,
+        write_timeout: WRITE_TIMEOUT,
+    };
+    let other = |e: String| BuildError {
+        label: label.clone(),
+        source: tls_config::TlsConfigError::Setup(e),
+    };
     Ok(match s.protocol {
-        Protocol::Tls => {
-            let setup = tls_config::build(s, ca_file).map_err(|source| BuildError {
-                label: label.clone(),
-                source,
-            })?;
-            let opts = ConnOptions {
-                pool_size: s.pool_size,
-                idle_timeout: s.idle_timeout.get(),
-                max_age: s.max_connection_age.get(),
-                connect_timeout: s.connect_timeout.get(),
-                // Queries outstanding and nothing heard for twice the group's timeout (at
-                // least 4 s): the connection is dead.
-                stall_timeout: g.timeout.get().max(Duration::from_secs(2)) * 2,
-                write_timeout: WRITE_TIMEOUT,
-            };
-            Upstream::Tls(TlsUpstream::new(label, s.address, setup, opts, stats))
-        }
-        Protocol::Plain => {
-            Upstream::Plain(PlainUpstream::new(label, s.address, s.force_tcp, stats))
-        }
+        Protocol::Https => Upstream::Https(
+            HttpsUpstream::new(
+                label.clone(),
+                s.address,
+                setup()?,
+                s.doh_path(),
+                opts,
+                stats,
+            )
+            .map_err(other)?,
+        ),
+        Protocol::Quic => Upstream::Quic(
+            QuicUpstream::new(label.clone(), s.address, setup()?, opts, stats).map_err(other)?,
+        ),
+        Protocol::Tls => Upstream::Tls(TlsUpstream::new(
+            label.clone(),
+            s.address,
+            setup()?,
+            opts,
+            stats,
+        )),
+        Protocol::Plain => Upstream::Plain(PlainUpstream::new(
+            label.clone(),
+            s.address,
+            s.force_tcp,
+            stats,
+        )),
     })
 }

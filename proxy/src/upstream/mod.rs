@@ -1,13 +1,16 @@
 //! Upstream servers and the groups that choose among them.
 //!
 //! `build` makes a group from its config section; `group` holds the selection policies, failover within a query and health tracking;
-//! `tls` the pooled, pipelined DNS-over-TLS connections; `plain` the UDP/TCP client for
+//! `tls` the pooled, pipelined DNS-over-TLS connections; `https` DNS over HTTPS (HTTP/2);
+//! `quic` DNS over QUIC; `plain` the UDP/TCP client for
 //! zones allowed plain DNS; `tls_config` the certificate verification (CA, name, SPKI
 //! pins); `rtt` the smoothed round-trip time each attempt's timeout comes from.
 
 pub mod build;
 pub mod group;
+pub mod https;
 pub mod plain;
+pub mod quic;
 pub mod rtt;
 pub mod tls;
 pub mod tls_config;
@@ -34,6 +37,8 @@ pub enum UpstreamError {
     Overloaded,
     #[error("timed out")]
     Timeout,
+    #[error("HTTP error: {0}")]
+    Http(String),
 }
 
 /// A future answer from an [`Exchange`].
@@ -54,6 +59,8 @@ pub trait Exchange: Send + Sync {
 #[derive(Clone)]
 pub enum Upstream {
     Tls(Arc<tls::TlsUpstream>),
+    Https(Arc<https::HttpsUpstream>),
+    Quic(Arc<quic::QuicUpstream>),
     Plain(Arc<plain::PlainUpstream>),
     Other(Arc<dyn Exchange>),
 }
@@ -63,6 +70,8 @@ impl Upstream {
     pub async fn query(&self, msg: &Bytes) -> Result<Bytes, UpstreamError> {
         match self {
             Upstream::Tls(u) => u.query(msg).await,
+            Upstream::Https(u) => u.query(msg).await,
+            Upstream::Quic(u) => u.query(msg).await,
             Upstream::Plain(u) => u.query(msg).await,
             Upstream::Other(u) => u.query(msg).await,
         }
@@ -70,6 +79,8 @@ impl Upstream {
     pub fn label(&self) -> &str {
         match self {
             Upstream::Tls(u) => u.label(),
+            Upstream::Https(u) => u.label(),
+            Upstream::Quic(u) => u.label(),
             Upstream::Plain(u) => u.label(),
             Upstream::Other(u) => u.label(),
         }
@@ -77,6 +88,8 @@ impl Upstream {
     pub fn stats(&self) -> &tls::UpstreamStats {
         match self {
             Upstream::Tls(u) => &u.stats,
+            Upstream::Https(u) => &u.stats,
+            Upstream::Quic(u) => &u.stats,
             Upstream::Plain(u) => &u.stats,
             Upstream::Other(u) => u.stats(),
         }
@@ -88,6 +101,8 @@ impl Upstream {
         use crate::dnstap::proto::SocketProtocol;
         match self {
             Upstream::Tls(u) => Some((u.address(), SocketProtocol::Dot)),
+            Upstream::Https(u) => Some((u.address(), SocketProtocol::Doh)),
+            Upstream::Quic(u) => Some((u.address(), SocketProtocol::Doq)),
             Upstream::Plain(u) => Some((
                 u.address(),
                 if u.force_tcp() {
@@ -99,12 +114,19 @@ impl Upstream {
             Upstream::Other(_) => None,
         }
     }
+    /// Encrypted (TLS, HTTPS or QUIC).
     pub fn is_tls(&self) -> bool {
-        matches!(self, Upstream::Tls(_))
+        matches!(
+            self,
+            Upstream::Tls(_) | Upstream::Https(_) | Upstream::Quic(_)
+        )
     }
     pub fn warm(&self) {
-        if let Upstream::Tls(u) = self {
-            u.warm();
+        match self {
+            Upstream::Tls(u) => u.warm(),
+            Upstream::Https(u) => u.warm(),
+            Upstream::Quic(u) => u.warm(),
+            Upstream::Plain(_) | Upstream::Other(_) => {}
         }
     }
 }

@@ -299,27 +299,14 @@ impl TlsUpstream {
     }
 
     async fn connect(self: &Arc<Self>, slot: usize) -> Result<Arc<ConnHandle>, UpstreamError> {
-        let deadline = Instant::now() + self.opts.connect_timeout;
-        let tcp = timeout(self.opts.connect_timeout, TcpStream::connect(self.addr))
-            .await
-            .map_err(|_| UpstreamError::Connect("connect timed out".into()))?
-            .map_err(|e| UpstreamError::Connect(e.to_string()))?;
-        let _ = tcp.set_nodelay(true);
-        let tls = tokio::time::timeout_at(
-            deadline,
-            self.connector.connect(self.setup.server_name.clone(), tcp),
+        let tls = handshake(
+            self.addr,
+            &self.setup,
+            &self.connector,
+            self.opts.connect_timeout,
+            &self.stats,
         )
-        .await
-        .map_err(|_| UpstreamError::Tls("handshake timed out".into()))?
-        .map_err(|e| UpstreamError::Tls(e.to_string()))?;
-        self.stats.opened.inc();
-        if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
-            self.stats.resumed.inc();
-        }
-        let t = self.setup.cert_not_after.load(Ordering::Relaxed);
-        if t > 0 {
-            self.stats.cert_expiry.set(t);
-        }
+        .await?;
         tracing::debug!(upstream = %self.label, slot, "upstream connection open");
         let (tx, rx) = mpsc::channel(QUEUE);
         let me = Arc::clone(self);
@@ -359,6 +346,36 @@ impl TlsUpstream {
 struct Pending {
     reply: Reply,
     sent: Instant,
+}
+
+/// TCP connect and TLS handshake within `limit`, verified by `setup` (DoT, and DoH under
+/// its HTTP/2): counts the connection, its resumption and the certificate's expiry.
+pub(crate) async fn handshake(
+    addr: SocketAddr,
+    setup: &TlsSetup,
+    connector: &TlsConnector,
+    limit: Duration,
+    stats: &UpstreamStats,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, UpstreamError> {
+    let deadline = Instant::now() + limit;
+    let tcp = timeout(limit, TcpStream::connect(addr))
+        .await
+        .map_err(|_| UpstreamError::Connect("connect timed out".into()))?
+        .map_err(|e| UpstreamError::Connect(e.to_string()))?;
+    let _ = tcp.set_nodelay(true);
+    let tls = tokio::time::timeout_at(deadline, connector.connect(setup.server_name.clone(), tcp))
+        .await
+        .map_err(|_| UpstreamError::Tls("handshake timed out".into()))?
+        .map_err(|e| UpstreamError::Tls(e.to_string()))?;
+    stats.opened.inc();
+    if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+        stats.resumed.inc();
+    }
+    let t = setup.cert_not_after.load(Ordering::Relaxed);
+    if t > 0 {
+        stats.cert_expiry.set(t);
+    }
+    Ok(tls)
 }
 
 async fn run_connection(

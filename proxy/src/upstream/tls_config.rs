@@ -25,6 +25,8 @@ pub enum TlsConfigError {
     Name(String),
     #[error("TLS setup: {0}")]
     Rustls(#[from] rustls::Error),
+    #[error("{0}")]
+    Setup(String),
 }
 
 /// Base64 SHA-256 of a certificate's SubjectPublicKeyInfo.
@@ -340,6 +342,14 @@ pub fn build(
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
     config.resumption = rustls::client::Resumption::in_memory_sessions(64);
+    // ALPN: `h2` for DNS over HTTPS (RFC 8484 §5.2: HTTP/2), `doq` for DNS over QUIC
+    // (RFC 9250 §4.1); none for DNS over TLS, as RFC 7858 servers expect. Early data stays
+    // off (rustls's default): a replayed query is not worth a round trip.
+    config.alpn_protocols = match server.protocol {
+        crate::config::Protocol::Https => vec![b"h2".to_vec()],
+        crate::config::Protocol::Quic => vec![b"doq".to_vec()],
+        _ => Vec::new(),
+    };
     let name = server
         .tls_name
         .clone()

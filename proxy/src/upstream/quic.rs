@@ -1,0 +1,276 @@
+//! DNS over QUIC (RFC 9250): ALPN `doq`, one bidirectional stream per query carrying the
+//! message with its 2-byte length prefix and ID 0 (§4.2.1), the caller's ID put back on the
+//! answer; one connection reused for every query until it is idle for `idle_timeout`
+//! (negotiated as QUIC's idle timeout), older than `max_connection_age`, or lost. 0-RTT is
+//! never used: early data could be replayed, and a node-local proxy keeps its connection
+//! open anyway. The certificate is verified exactly as for DNS over TLS (`tls_config`).
+//!
+//! A stream that cannot be opened or written (the connection is gone) is tried once more on
+//! a fresh connection; a reset stream, a truncated answer or one longer than its prefix says
+//! fails this attempt, and the group fails over.
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use quinn::crypto::rustls::QuicClientConfig;
+use tokio::time::Instant;
+
+use super::tls::{ConnOptions, UpstreamStats};
+use super::tls_config::TlsSetup;
+use super::UpstreamError;
+use crate::metrics::UpstreamErrorKind;
+
+/// RFC 9250 §8.4: DOQ_NO_ERROR, used when closing an idle or aged connection.
+const DOQ_NO_ERROR: u32 = 0;
+
+struct Conn {
+    conn: quinn::Connection,
+    born: Instant,
+}
+
+pub struct QuicUpstream {
+    label: String,
+    addr: SocketAddr,
+    server_name: String,
+    setup: TlsSetup,
+    client: quinn::ClientConfig,
+    /// Made on first use (it needs the runtime), one UDP socket for every connection.
+    endpoint: ArcSwapOption<quinn::Endpoint>,
+    conn: ArcSwapOption<Conn>,
+    connecting: tokio::sync::Mutex<()>,
+    opts: ConnOptions,
+    pub stats: UpstreamStats,
+    streams: AtomicUsize,
+}
+
+enum Failure {
+    Retry(UpstreamError),
+    Final(UpstreamError),
+}
+
+impl QuicUpstream {
+    /// `setup` must offer ALPN `doq` (`tls_config::build` does for QUIC servers).
+    pub fn new(
+        label: String,
+        addr: SocketAddr,
+        setup: TlsSetup,
+        opts: ConnOptions,
+        stats: UpstreamStats,
+    ) -> Result<Arc<QuicUpstream>, String> {
+        let crypto = QuicClientConfig::try_from(setup.config.clone())
+            .map_err(|e| format!("QUIC needs TLS 1.3: {e}"))?;
+        let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .max_idle_timeout(quinn::IdleTimeout::try_from(opts.idle_timeout).ok())
+            // The server opens no streams (RFC 9250 §4.2).
+            .max_concurrent_uni_streams(0u8.into());
+        client.transport_config(Arc::new(transport));
+        let server_name = match &setup.server_name {
+            rustls_pki_types::ServerName::DnsName(n) => n.as_ref().to_string(),
+            other => other.to_str().into_owned(),
+        };
+        Ok(Arc::new(QuicUpstream {
+            label,
+            addr,
+            server_name,
+            setup,
+            client,
+            endpoint: ArcSwapOption::empty(),
+            conn: ArcSwapOption::empty(),
+            connecting: tokio::sync::Mutex::new(()),
+            opts,
+            stats,
+            streams: AtomicUsize::new(0),
+        }))
+    }
+
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn warm(self: &Arc<Self>) {
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            let _ = me.conn(false).await;
+        });
+    }
+
+    /// Sends one query on a stream of its own and returns the answer with `msg`'s ID.
+    pub async fn query(self: &Arc<Self>, msg: &Bytes) -> Result<Bytes, UpstreamError> {
+        if msg.len() < 2 || msg.len() > 65_535 {
+            return Err(UpstreamError::Malformed);
+        }
+        let id = [msg[0], msg[1]];
+        let mut wire = Vec::with_capacity(msg.len() + 2);
+        wire.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+        wire.extend_from_slice(&[0, 0]);
+        wire.extend_from_slice(&msg[2..]);
+        self.stats.queries.inc();
+        let start = Instant::now();
+        let mut fresh = false;
+        loop {
+            let conn = self.conn(fresh).await?;
+            match self.exchange(&conn.conn, &wire).await {
+                Ok(mut answer) => {
+                    self.stats.duration.observe(start.elapsed().as_secs_f64());
+                    answer[0] = id[0];
+                    answer[1] = id[1];
+                    return Ok(Bytes::from(answer));
+                }
+                Err(Failure::Retry(e)) => {
+                    self.forget(&conn);
+                    if fresh {
+                        self.stats.error(UpstreamErrorKind::closed);
+                        return Err(e);
+                    }
+                    fresh = true;
+                }
+                Err(Failure::Final(e)) => return Err(e),
+            }
+        }
+    }
+
+    async fn exchange(&self, conn: &quinn::Connection, wire: &[u8]) -> Result<Vec<u8>, Failure> {
+        let (mut send, mut recv) = conn
+            .open_bi()
+            .await
+            .map_err(|_| Failure::Retry(UpstreamError::Closed))?;
+        self.streams.fetch_add(1, Ordering::Relaxed);
+        send.write_all(wire)
+            .await
+            .map_err(|_| Failure::Retry(UpstreamError::Closed))?;
+        // The query is complete: STREAM FIN (RFC 9250 §4.2).
+        let _ = send.finish();
+        let data = recv.read_to_end(65_537).await.map_err(|e| {
+            let kind = match e {
+                quinn::ReadToEndError::TooLong => UpstreamErrorKind::malformed,
+                _ => UpstreamErrorKind::closed,
+            };
+            self.stats.error(kind);
+            Failure::Final(match kind {
+                UpstreamErrorKind::malformed => UpstreamError::Malformed,
+                _ => UpstreamError::Closed,
+            })
+        })?;
+        let len = data
+            .get(..2)
+            .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])));
+        match len {
+            Some(n) if n >= 2 && data.len() == n + 2 => Ok(data[2..].to_vec()),
+            _ => {
+                self.stats.error(UpstreamErrorKind::malformed);
+                Err(Failure::Final(UpstreamError::Malformed))
+            }
+        }
+    }
+
+    fn usable(&self, c: &Conn) -> bool {
+        c.conn.close_reason().is_none() && c.born.elapsed() < self.opts.max_age
+    }
+
+    async fn conn(self: &Arc<Self>, fresh: bool) -> Result<Arc<Conn>, UpstreamError> {
+        if !fresh {
+            if let Some(c) = self.conn.load_full().filter(|c| self.usable(c)) {
+                return Ok(c);
+            }
+        }
+        let _guard = self.connecting.lock().await;
+        if !fresh {
+            if let Some(c) = self.conn.load_full().filter(|c| self.usable(c)) {
+                return Ok(c);
+            }
+        }
+        match self.connect().await {
+            Ok(c) => {
+                if let Some(old) = self.conn.swap(Some(c.clone())) {
+                    // Queries still on it finish; then it closes.
+                    let conn = old.conn.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                        conn.close(DOQ_NO_ERROR.into(), b"");
+                    });
+                }
+                Ok(c)
+            }
+            Err(e) => {
+                self.stats.error(match e {
+                    UpstreamError::Tls(_) => UpstreamErrorKind::tls,
+                    _ => UpstreamErrorKind::connect,
+                });
+                Err(e)
+            }
+        }
+    }
+
+    fn forget(&self, conn: &Arc<Conn>) {
+        let current = self.conn.load();
+        if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
+            self.conn.store(None);
+        }
+    }
+
+    fn endpoint(&self) -> Result<Arc<quinn::Endpoint>, UpstreamError> {
+        if let Some(e) = self.endpoint.load_full() {
+            return Ok(e);
+        }
+        let bind = if self.addr.is_ipv4() {
+            SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))
+        } else {
+            SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0))
+        };
+        let e = Arc::new(
+            quinn::Endpoint::client(bind)
+                .map_err(|e| UpstreamError::Connect(format!("QUIC socket: {e}")))?,
+        );
+        self.endpoint.store(Some(e.clone()));
+        Ok(e)
+    }
+
+    async fn connect(self: &Arc<Self>) -> Result<Arc<Conn>, UpstreamError> {
+        let endpoint = self.endpoint()?;
+        let connecting = endpoint
+            .connect_with(self.client.clone(), self.addr, &self.server_name)
+            .map_err(|e| UpstreamError::Connect(e.to_string()))?;
+        let conn = tokio::time::timeout(self.opts.connect_timeout, connecting)
+            .await
+            .map_err(|_| UpstreamError::Connect("QUIC handshake timed out".into()))?
+            .map_err(|e| match e {
+                quinn::ConnectionError::TransportError(t) => UpstreamError::Tls(t.to_string()),
+                other => UpstreamError::Connect(other.to_string()),
+            })?;
+        let alpn = conn
+            .handshake_data()
+            .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+            .and_then(|d| d.protocol);
+        if alpn.as_deref() != Some(b"doq") {
+            conn.close(DOQ_NO_ERROR.into(), b"");
+            return Err(UpstreamError::Tls(
+                "the server did not agree to DNS over QUIC (ALPN doq)".into(),
+            ));
+        }
+        self.stats.opened.inc();
+        let t = self.setup.cert_not_after.load(Ordering::Relaxed);
+        if t > 0 {
+            self.stats.cert_expiry.set(t);
+        }
+        let stats = self.stats.clone();
+        let watch = conn.clone();
+        tokio::spawn(async move {
+            stats.open.inc();
+            let _ = watch.closed().await;
+            stats.open.dec();
+        });
+        Ok(Arc::new(Conn {
+            conn,
+            born: Instant::now(),
+        }))
+    }
+}
