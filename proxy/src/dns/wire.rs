@@ -392,6 +392,39 @@ fn parse_opt(b: &[u8], at: usize, rec: &RecordPos) -> Result<Edns, WireError> {
     Ok(e)
 }
 
+/// Whether `resp` is a whole answer to `query`: a response, one question equal to the
+/// query's (letter case aside), and every record of every section within the message and
+/// ending exactly at its end. What a group checks before taking an upstream's answer, so a
+/// cut or garbled one fails over to the next server. Allocates nothing.
+pub fn is_answer_to(resp: &[u8], query: &[u8]) -> bool {
+    if resp.len() < HEADER_LEN || !header::is_response(resp) || header::qdcount(resp) != 1 {
+        return false;
+    }
+    let (Ok(q_end), Ok(r_end)) = (skip_name(query, HEADER_LEN), skip_name(resp, HEADER_LEN)) else {
+        return false;
+    };
+    let (Some(asked), Some(got)) = (
+        query.get(HEADER_LEN..q_end + 4),
+        resp.get(HEADER_LEN..r_end + 4),
+    ) else {
+        return false;
+    };
+    if !names_equal_ci(asked, got) {
+        return false;
+    }
+    let records = usize::from(header::ancount(resp))
+        + usize::from(header::nscount(resp))
+        + usize::from(header::arcount(resp));
+    let mut at = r_end + 4;
+    for _ in 0..records {
+        match skip_record(resp, at) {
+            Ok(r) => at = r.end,
+            Err(_) => return false,
+        }
+    }
+    at == resp.len()
+}
+
 /// The edns-tcp-keepalive timeout (RFC 7828, in 100 ms units) of a response, if its OPT
 /// record carries one. Skips the sections without collecting anything: cheap enough to run
 /// on every answer of a connection.

@@ -318,7 +318,8 @@ impl Group {
             }
         }
         match result {
-            Ok(Ok(resp)) if resp.len() >= wire::HEADER_LEN && header::is_response(&resp) => {
+            // A cut or garbled answer is this server's failure: the query moves on.
+            Ok(Ok(resp)) if wire::is_answer_to(&resp, msg) => {
                 self.record_success(i, start.elapsed(), header::rcode(&resp) == rcode::SERVFAIL);
                 Ok(resp)
             }

@@ -10,6 +10,7 @@ mod cache;
 mod completion;
 mod core;
 mod dnstap;
+mod doh_doq;
 mod failover;
 mod groups;
 mod limits;

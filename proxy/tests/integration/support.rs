@@ -312,84 +312,9 @@ impl Upstream {
         let _ = w.shutdown().await;
     }
 
-    /// The synthetic zone:
-    /// - `nx*.example.test` and names outside `example.test`: NXDOMAIN with SOA (TTL 60, minimum 30)
-    /// - `nodata.example.test`: NOERROR, no answer, SOA
-    /// - `big.example.test TXT`: an answer of about 3000 bytes
-    /// - `ttl<N>.example.test`: A with TTL N
-    /// - other names under `example.test`: A 192.0.2.1 with the behaviour's TTL; AAAA: NODATA
+    /// [`zone_answer`] with this server's behaviour.
     pub fn answer(&self, raw: &[u8]) -> Option<Vec<u8>> {
-        let q = Message::from_vec(raw).ok()?;
-        let query = q.queries.first()?.clone();
-        let mut m = Message::new(q.metadata.id, MessageType::Response, OpCode::Query);
-        m.metadata.recursion_desired = q.metadata.recursion_desired;
-        m.metadata.recursion_available = true;
-        m.metadata.checking_disabled = q.metadata.checking_disabled;
-        m.metadata.authoritative = self.behaviour.authoritative.load(Ordering::SeqCst);
-        m.add_query(query.clone());
-        if let Some(e) = &q.edns {
-            let mut edns = Edns::new();
-            edns.set_max_payload(1232);
-            edns.set_dnssec_ok(e.flags().dnssec_ok);
-            let units = self.behaviour.keepalive_units.load(Ordering::SeqCst);
-            if units > 0 {
-                edns.options_mut()
-                    .insert(hickory_proto::rr::rdata::opt::EdnsOption::Unknown(
-                        11,
-                        (units as u16).to_be_bytes().to_vec(),
-                    ));
-            }
-            m.set_edns(edns);
-        }
-        if self.behaviour.servfail.load(Ordering::SeqCst) {
-            m.metadata.response_code = ResponseCode::ServFail;
-            return m.to_vec().ok();
-        }
-        let name = query.name().to_lowercase();
-        let text = name.to_ascii();
-        let zone = Name::from_ascii("example.test.").ok()?;
-        let soa = Record::from_rdata(
-            zone.clone(),
-            60,
-            RData::SOA(SOA::new(
-                Name::from_ascii("ns.example.test.").ok()?,
-                Name::from_ascii("admin.example.test.").ok()?,
-                1,
-                3600,
-                600,
-                86400,
-                30,
-            )),
-        );
-        let first = text.split('.').next().unwrap_or("");
-        if !zone.zone_of(&name) || first.starts_with("nx") {
-            m.metadata.response_code = ResponseCode::NXDomain;
-            m.add_authority(soa);
-        } else if first == "nodata" {
-            m.add_authority(soa);
-        } else if first == "big" && query.query_type() == RecordType::TXT {
-            for i in 0..12 {
-                let s = format!("{i:02}-{}", "x".repeat(240));
-                m.add_answer(Record::from_rdata(
-                    query.name().clone(),
-                    300,
-                    RData::TXT(TXT::new(vec![s])),
-                ));
-            }
-        } else if query.query_type() == RecordType::A {
-            let ttl = first
-                .strip_prefix("ttl")
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(self.behaviour.ttl.load(Ordering::SeqCst));
-            m.add_answer(Record::from_rdata(
-                query.name().clone(),
-                ttl,
-                RData::A(A::new(192, 0, 2, 1)),
-            ));
-        } else {
-            m.add_authority(soa);
-        }
-        m.to_vec().ok()
+        zone_answer(&self.behaviour, raw)
     }
 
     pub fn server(&self) -> UpstreamServer {
@@ -772,4 +697,84 @@ pub async fn load(
     rep.tcp_answered = a;
     rep.tcp_servfail = f;
     rep
+}
+
+/// The synthetic zone:
+/// - `nx*.example.test` and names outside `example.test`: NXDOMAIN with SOA (TTL 60, minimum 30)
+/// - `nodata.example.test`: NOERROR, no answer, SOA
+/// - `big.example.test TXT`: an answer of about 3000 bytes
+/// - `ttl<N>.example.test`: A with TTL N
+/// - other names under `example.test`: A 192.0.2.1 with the behaviour's TTL; AAAA: NODATA
+pub fn zone_answer(behaviour: &Behaviour, raw: &[u8]) -> Option<Vec<u8>> {
+    let q = Message::from_vec(raw).ok()?;
+    let query = q.queries.first()?.clone();
+    let mut m = Message::new(q.metadata.id, MessageType::Response, OpCode::Query);
+    m.metadata.recursion_desired = q.metadata.recursion_desired;
+    m.metadata.recursion_available = true;
+    m.metadata.checking_disabled = q.metadata.checking_disabled;
+    m.metadata.authoritative = behaviour.authoritative.load(Ordering::SeqCst);
+    m.add_query(query.clone());
+    if let Some(e) = &q.edns {
+        let mut edns = Edns::new();
+        edns.set_max_payload(1232);
+        edns.set_dnssec_ok(e.flags().dnssec_ok);
+        let units = behaviour.keepalive_units.load(Ordering::SeqCst);
+        if units > 0 {
+            edns.options_mut()
+                .insert(hickory_proto::rr::rdata::opt::EdnsOption::Unknown(
+                    11,
+                    (units as u16).to_be_bytes().to_vec(),
+                ));
+        }
+        m.set_edns(edns);
+    }
+    if behaviour.servfail.load(Ordering::SeqCst) {
+        m.metadata.response_code = ResponseCode::ServFail;
+        return m.to_vec().ok();
+    }
+    let name = query.name().to_lowercase();
+    let text = name.to_ascii();
+    let zone = Name::from_ascii("example.test.").ok()?;
+    let soa = Record::from_rdata(
+        zone.clone(),
+        60,
+        RData::SOA(SOA::new(
+            Name::from_ascii("ns.example.test.").ok()?,
+            Name::from_ascii("admin.example.test.").ok()?,
+            1,
+            3600,
+            600,
+            86400,
+            30,
+        )),
+    );
+    let first = text.split('.').next().unwrap_or("");
+    if !zone.zone_of(&name) || first.starts_with("nx") {
+        m.metadata.response_code = ResponseCode::NXDomain;
+        m.add_authority(soa);
+    } else if first == "nodata" {
+        m.add_authority(soa);
+    } else if first == "big" && query.query_type() == RecordType::TXT {
+        for i in 0..12 {
+            let s = format!("{i:02}-{}", "x".repeat(240));
+            m.add_answer(Record::from_rdata(
+                query.name().clone(),
+                300,
+                RData::TXT(TXT::new(vec![s])),
+            ));
+        }
+    } else if query.query_type() == RecordType::A {
+        let ttl = first
+            .strip_prefix("ttl")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(behaviour.ttl.load(Ordering::SeqCst));
+        m.add_answer(Record::from_rdata(
+            query.name().clone(),
+            ttl,
+            RData::A(A::new(192, 0, 2, 1)),
+        ));
+    } else {
+        m.add_authority(soa);
+    }
+    m.to_vec().ok()
 }
