@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Interop test: real Unbound serving DNS-over-TLS on a loopback address with a test CA as
+# Interop test: real Unbound serving DNS-over-TLS (and DNS-over-HTTPS, as Knot Resolver does
+# too) on a loopback address with a test CA as
 # the upstream; dig and kdig as clients over UDP and TCP. Everything stays on 127.0.0.0/8;
 # every process is stopped on exit.
 set -euo pipefail
@@ -7,6 +8,7 @@ set -euo pipefail
 BIN=${DOT_PROXY_BIN:-${CARGO_TARGET_DIR:-target}/release/dot-proxy}
 UP_IP=127.0.0.77
 UP_PORT=8853
+DOH_PORT=8443
 PORT=${INTEROP_PORT:-5391}
 ADMIN=127.0.0.1:9391
 work=$(mktemp -d /tmp/dot-proxy-interop.XXXXXX)
@@ -40,7 +42,11 @@ openssl x509 -req -in "$work/up.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" -C
 cat > "$work/unbound.conf" <<CONF
 server:
   interface: $UP_IP@$UP_PORT
+  interface: $UP_IP@$DOH_PORT
   tls-port: $UP_PORT
+  # DNS over HTTPS (Debian's Unbound is built with nghttp2).
+  https-port: $DOH_PORT
+  http-endpoint: "/dns-query"
   tls-service-key: "$work/up.key"
   tls-service-pem: "$work/up.pem"
   username: ""
@@ -55,6 +61,7 @@ server:
   local-zone: "interop.test." static
   local-data: "www.interop.test. 300 IN A 192.0.2.10"
   local-data: "www.interop.test. 300 IN AAAA 2001:db8::10"
+  local-data: "www2.interop.test. 300 IN A 192.0.2.10"
   local-data: "interop.test. 300 IN SOA ns.interop.test. admin.interop.test. 1 3600 600 86400 60"
 remote-control:
   control-enable: no
@@ -90,6 +97,53 @@ check "kdig TCP keepalive, 3 queries on one connection" "192.0.2.10 192.0.2.10 1
 check "kdig DNSSEC OK bit kept" "192.0.2.10" "$(kdig +short +dnssec @127.0.0.1 -p "$PORT" www.interop.test A | head -1)"
 upstream_conns=$(curl -s "http://$ADMIN/metrics" 2>/dev/null | sed -n 's/^dot_proxy_upstream_connections_opened_total{.*} \([0-9]*\).*/\1/p' | head -1)
 check "one pooled TLS connection or two" "yes" "$([ "${upstream_conns:-99}" -le 2 ] && echo yes || echo "no ($upstream_conns)")"
+
+# The same Unbound as a DNS-over-HTTPS upstream (RFC 8484 over HTTP/2).
+kill "${pids[1]}"; wait "${pids[1]}" 2>/dev/null || true
+"$BIN" --listen "127.0.0.1:$PORT" --upstream "https://$UP_IP:$DOH_PORT/dns-query#upstream.test" \
+  --tls-ca-file "$work/ca.pem" --admin-listen "$ADMIN" --log-level warn &
+pids[1]=$!
+wait_udp 127.0.0.1 "$PORT" www.interop.test || { echo "interop: proxy over DoH did not answer"; cat "$work/unbound.log" || true; exit 1; }
+check "DoH: dig UDP A" "192.0.2.10" "$(dig +short @127.0.0.1 -p "$PORT" www.interop.test A)"
+check "DoH: dig TCP AAAA" "2001:db8::10" "$(dig +short +tcp @127.0.0.1 -p "$PORT" www.interop.test AAAA)"
+check "DoH: NXDOMAIN" "NXDOMAIN" "$(dig @127.0.0.1 -p "$PORT" nope.interop.test A | sed -n 's/.*status: \([A-Z]*\).*/\1/p')"
+check "DoH: kdig DNSSEC OK bit kept" "192.0.2.10" "$(kdig +short +dnssec @127.0.0.1 -p "$PORT" www2.interop.test A 2>/dev/null | head -1 || true)"
+doh_queries=$(curl -s "http://$ADMIN/metrics" 2>/dev/null | sed -n 's/^dot_proxy_upstream_queries_total{.*https:.*} \([0-9]*\).*/\1/p' | head -1)
+check "DoH: queries went over https" "yes" "$([ "${doh_queries:-0}" -ge 3 ] && echo yes || echo "no (${doh_queries:-none})")"
+kill "${pids[1]}"; wait "${pids[1]}" 2>/dev/null || true
+"$BIN" --listen "127.0.0.1:$PORT" --upstream "https://$UP_IP:$DOH_PORT/dns-query#wrong.test" \
+  --tls-ca-file "$work/ca.pem" --admin-listen off --log-level error &
+pids[1]=$!
+sleep 0.5
+check "DoH: wrong TLS name gives SERVFAIL" "SERVFAIL" "$(dig +time=3 @127.0.0.1 -p "$PORT" www.interop.test A | sed -n 's/.*status: \([A-Z]*\).*/\1/p')"
+
+# Knot Resolver as a DNS-over-HTTPS upstream (its doh2 listener).
+if command -v kresd >/dev/null; then
+  KR_PORT=8444
+  mkdir -p "$work/kresd"
+  cat > "$work/kresd.conf" <<CONF
+net.listen('$UP_IP', $KR_PORT, { kind = 'doh2' })
+net.tls('$work/up.pem', '$work/up.key')
+modules.load('hints > iterate')
+hints['www.kresd.internal'] = '192.0.2.11'
+cache.open(10*MB, 'lmdb://$work/kresd')
+CONF
+  kresd -n -q -c "$work/kresd.conf" "$work/kresd" > "$work/kresd.log" 2>&1 &
+  pids+=($!)
+  kill "${pids[1]}"; wait "${pids[1]}" 2>/dev/null || true
+  "$BIN" --listen "127.0.0.1:$PORT" --upstream "https://$UP_IP:$KR_PORT/dns-query#upstream.test" \
+    --tls-ca-file "$work/ca.pem" --admin-listen off --log-level warn &
+  pids[1]=$!
+  if wait_udp 127.0.0.1 "$PORT" www.kresd.internal; then
+    check "DoH to Knot Resolver: dig UDP A" "192.0.2.11" "$(dig +short @127.0.0.1 -p "$PORT" www.kresd.internal A)"
+    check "DoH to Knot Resolver: dig TCP A" "192.0.2.11" "$(dig +short +tcp @127.0.0.1 -p "$PORT" www.kresd.internal A)"
+  else
+    echo "FAIL DoH to Knot Resolver: no answer"; cat "$work/kresd.log" || true; fail=1
+  fi
+else
+  echo "interop: kresd missing (knot-resolver)"
+  if [ -n "${CI:-}" ]; then fail=1; else echo "SKIPPED DoH to Knot Resolver"; fi
+fi
 
 # A proxy told to expect another name must refuse the upstream (SERVFAIL), never fall back.
 kill "${pids[1]}"; wait "${pids[1]}" 2>/dev/null || true
