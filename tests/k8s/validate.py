@@ -99,6 +99,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
         },
         "config": {"dnstap": {"enabled": True, "socket": "/var/run/dnstap/dnstap.sock", "clientIpv4Prefix": 16}},
     },
+    # DNS over HTTPS where port 853 is blocked, DNS over QUIC beside it.
+    "doh-doq": {
+        "config": {"upstreamGroups": [{"name": "public", "policy": "failover", "timeout": "2s", "servers": [
+            {"address": "1.1.1.1:443", "tlsName": "cloudflare-dns.com", "protocol": "https", "path": "/dns-query"},
+            {"address": "94.140.14.14:853", "tlsName": "dns.adguard-dns.com", "protocol": "quic"},
+        ]}]},
+    },
     # Search-path completion: the proxies watch their node's pods (token, RBAC), and AAAA
     # is filtered for an IPv4-only cluster.
     "search-completion": {
@@ -596,8 +603,8 @@ def check_dotproxyconfig(tag: str, v: dict[str, Any], cfg: dict[str, Any], p: Pr
     for z, g in zones.items():
         p.check(g in groups, f"{tag} zone {z} routes to unknown group {g}")
     root = groups.get(zones.get("."), {})
-    p.check(all(s.get("protocol", "tls") == "tls" and s.get("tlsName") for s in root.get("servers", [])),
-            f"{tag} the root zone must go over TLS with a tlsName")
+    p.check(all(s.get("protocol", "tls") in ("tls", "https", "quic") and s.get("tlsName") for s in root.get("servers", [])),
+            f"{tag} the root zone must go over TLS, HTTPS or QUIC with a tlsName")
     p.check(bool(spec.get("listen")), f"{tag} empty listen")
     t = spec.get("target", {})
     p.check(t.get("overrideShards") == v["operator"]["overrideShards"], f"{tag} target.overrideShards must equal operator.overrideShards")

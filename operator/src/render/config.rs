@@ -417,11 +417,13 @@ fn checked<T: Clone>(
 }
 
 fn server(errs: &mut Vec<String>, sp: &str, s: &UpstreamServerSpec) -> Option<UpstreamServer> {
-    let protocol = checked(errs, &format!("{sp}.protocol"), &s.protocol, "tls, plain")?;
-    let default_port = match protocol {
-        Protocol::Tls => 853,
-        Protocol::Plain => 53,
-    };
+    let protocol = checked(
+        errs,
+        &format!("{sp}.protocol"),
+        &s.protocol,
+        "tls, https, quic, plain",
+    )?;
+    let default_port = protocol.default_port();
     let Some(address) = dot_proxy_config::parse_server_address(&s.address, default_port) else {
         errs.push(format!(
             "{sp}.address: {:?} is not an IP address or IP:PORT (IPv6 as [addr]:port)",
@@ -430,8 +432,8 @@ fn server(errs: &mut Vec<String>, sp: &str, s: &UpstreamServerSpec) -> Option<Up
         return None;
     };
     let base = match protocol {
-        Protocol::Tls => UpstreamServer::tls(address, ""),
         Protocol::Plain => UpstreamServer::plain(address),
+        p => UpstreamServer::encrypted(p, address, ""),
     };
     let mut dur = |name: &str, v: &Option<Checked<dot_proxy_config::Dur>>, default| match v {
         None => default,
@@ -461,6 +463,7 @@ fn server(errs: &mut Vec<String>, sp: &str, s: &UpstreamServerSpec) -> Option<Up
         verify_ca: s.verify_ca,
         pool_size: s.pool_size as usize,
         force_tcp: s.force_tcp,
+        path: s.path.clone(),
         ..base
     })
 }

@@ -215,19 +215,24 @@ fn default_timeout() -> Checked<Dur> {
     {
         "rule": "!has(self.forceTcp) || !self.forceTcp || (has(self.protocol) && self.protocol == 'plain')",
         "message": "forceTcp is only for plain servers"
+    },
+    {
+        "rule": "!has(self.path) || (has(self.protocol) && self.protocol == 'https')",
+        "message": "path is only for https servers"
     }
 ]))]
 pub struct UpstreamServerSpec {
     /// `IP:PORT` (IPv6 in brackets), or a bare IP for the protocol's default port
-    /// (853 for TLS, 53 for plain).
+    /// (853 for TLS and QUIC, 443 for HTTPS, 53 for plain).
     #[schemars(
         length(min = 1, max = 64),
         regex(pattern = r"^(\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f:.]+)(:[0-9]{1,5})?$")
     )]
     pub address: String,
 
-    /// `tls` (DNS over TLS, RFC 7858, always verified) or `plain` (UDP with TCP fallback;
-    /// only for in-cluster resolvers).
+    /// `tls` (DNS over TLS, RFC 7858), `https` (DNS over HTTPS, RFC 8484, HTTP/2 on port
+    /// 443), `quic` (DNS over QUIC, RFC 9250), all three always verified; or `plain` (UDP
+    /// with TCP fallback; only for in-cluster resolvers).
     #[serde(default = "default_protocol")]
     pub protocol: Checked<Protocol>,
 
@@ -268,6 +273,11 @@ pub struct UpstreamServerSpec {
     /// kube-dns). Off by default: some clouds rate-limit TCP.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub force_tcp: bool,
+
+    /// HTTPS servers only: the URL path queries are POSTed to (default `/dns-query`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256), regex(pattern = r"^/[^ ?#]*$"))]
+    pub path: Option<String>,
 }
 
 fn default_protocol() -> Checked<Protocol> {

@@ -149,7 +149,7 @@ fn the_schema_refuses_what_it_can() {
     );
     assert_eq!(
         enums(&["spec", "upstreamGroups", "[]", "servers", "[]", "protocol"]),
-        ["tls", "plain"]
+        ["tls", "plain", "https", "quic"]
     );
     assert_eq!(enums(&["spec", "rateLimit", "action"]), ["refused", "drop"]);
     assert_eq!(
@@ -340,6 +340,21 @@ const REFUSED: &[(&str, Change, &str)] = &[
         "a block list needs names or a file",
     ),
     (
+        "a path on a DoT server",
+        |d| d.spec.upstream_groups[0].servers[0].path = Some("/dns-query".into()),
+        "path is only for https servers",
+    ),
+    (
+        "DoH without a name",
+        |d| {
+            let s = &mut d.spec.upstream_groups[0].servers[0];
+            s.protocol =
+                dot_proxy_operator::resource::Checked::Known(dot_proxy_config::Protocol::Https);
+            s.tls_name = None;
+        },
+        "a TLS server needs tlsName",
+    ),
+    (
         "completion of a type it does not complete",
         |d| d.spec.search_completion.types = vec!["A".into(), "PTR".into()],
         "searchCompletion types must be among",
@@ -394,6 +409,17 @@ const ACCEPTED: &[(&str, Change)] = &[
     }),
     ("AAAA filtered everywhere", |d| {
         d.spec.filter_aaaa.zones = vec![".".into()];
+    }),
+    ("DNS over HTTPS on 443 with its own path", |d| {
+        let s = &mut d.spec.upstream_groups[0].servers[0];
+        s.protocol =
+            dot_proxy_operator::resource::Checked::Known(dot_proxy_config::Protocol::Https);
+        s.address = "1.1.1.1".into();
+        s.path = Some("/dns-query".into());
+    }),
+    ("DNS over QUIC", |d| {
+        let s = &mut d.spec.upstream_groups[0].servers[0];
+        s.protocol = dot_proxy_operator::resource::Checked::Known(dot_proxy_config::Protocol::Quic);
     }),
     ("pin-only TLS", |d| {
         let s = &mut d.spec.upstream_groups[0].servers[0];
