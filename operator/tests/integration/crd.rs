@@ -192,7 +192,7 @@ fn the_schema_refuses_what_it_can() {
         .x_kubernetes_validations
         .as_ref()
         .map(Vec::len);
-    assert_eq!(server_rules, Some(4));
+    assert_eq!(server_rules, Some(5));
     let static_rules = prop(&s, &["spec", "policy", "staticAnswers", "[]"])
         .x_kubernetes_validations
         .as_ref()
