@@ -223,7 +223,7 @@ async fn doh_handle(
             reply(200, "application/dns-message", answer)
         }
         Mode::GoawayEvery2 => {
-            if n % 2 == 0 {
+            if n.is_multiple_of(2) {
                 goaway.notify_one();
             }
             reply(200, "application/dns-message", answer)
