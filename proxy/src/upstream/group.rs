@@ -482,10 +482,14 @@ impl Group {
         while Instant::now() < deadline {
             let live = self.members.iter().any(|m| match &m.upstream {
                 Upstream::Tls(u) => u.live_connections() > 0,
+                Upstream::Https(u) => u.live_connections() > 0,
+                Upstream::Quic(u) => u.live_connections() > 0,
                 _ => true,
             });
             let settled = self.members.iter().all(|m| match &m.upstream {
                 Upstream::Tls(u) => u.attempted(),
+                Upstream::Https(u) => u.attempted(),
+                Upstream::Quic(u) => u.attempted(),
                 _ => true,
             });
             if live || settled {

@@ -57,6 +57,7 @@ pub struct HttpsUpstream {
     epoch: Instant,
     /// Milliseconds since `epoch` of the last query (idle connections close).
     last_used: Arc<AtomicU64>,
+    backoff: super::backoff::ConnectBackoff,
 }
 
 /// How a request failed.
@@ -107,6 +108,7 @@ impl HttpsUpstream {
             stats,
             epoch: Instant::now(),
             last_used: Arc::new(AtomicU64::new(0)),
+            backoff: Default::default(),
         }))
     }
 
@@ -116,6 +118,24 @@ impl HttpsUpstream {
 
     pub fn address(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Whether the first connect attempt has ended (readiness waits for it, bounded).
+    pub fn attempted(&self) -> bool {
+        self.backoff.attempted()
+    }
+
+    /// Connections open now.
+    pub fn live_connections(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| {
+                s.conn
+                    .load()
+                    .as_ref()
+                    .is_some_and(|c| !c.sender.is_closed())
+            })
+            .count()
     }
 
     /// Opens the first connection ahead of need.
@@ -240,12 +260,15 @@ impl HttpsUpstream {
                 return Ok(c);
             }
         }
+        self.backoff.check()?;
         match self.connect().await {
             Ok(c) => {
+                self.backoff.succeeded();
                 s.conn.store(Some(c.clone()));
                 Ok(c)
             }
             Err(e) => {
+                self.backoff.failed();
                 self.stats.error(match e {
                     UpstreamError::Tls(_) => UpstreamErrorKind::tls,
                     _ => UpstreamErrorKind::connect,

@@ -6,6 +6,7 @@
 //! zones allowed plain DNS; `tls_config` the certificate verification (CA, name, SPKI
 //! pins); `rtt` the smoothed round-trip time each attempt's timeout comes from.
 
+pub mod backoff;
 pub mod build;
 pub mod group;
 pub mod https;

@@ -44,6 +44,7 @@ pub struct QuicUpstream {
     opts: ConnOptions,
     pub stats: UpstreamStats,
     streams: AtomicUsize,
+    backoff: super::backoff::ConnectBackoff,
 }
 
 enum Failure {
@@ -85,6 +86,7 @@ impl QuicUpstream {
             opts,
             stats,
             streams: AtomicUsize::new(0),
+            backoff: Default::default(),
         }))
     }
 
@@ -94,6 +96,16 @@ impl QuicUpstream {
 
     pub fn address(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Whether the first connect attempt has ended (readiness waits for it, bounded).
+    pub fn attempted(&self) -> bool {
+        self.backoff.attempted()
+    }
+
+    /// Connections open now (0 or 1).
+    pub fn live_connections(&self) -> usize {
+        usize::from(self.conn.load().as_ref().is_some_and(|c| self.usable(c)))
     }
 
     pub fn warm(self: &Arc<Self>) {
@@ -188,8 +200,10 @@ impl QuicUpstream {
                 return Ok(c);
             }
         }
+        self.backoff.check()?;
         match self.connect().await {
             Ok(c) => {
+                self.backoff.succeeded();
                 if let Some(old) = self.conn.swap(Some(c.clone())) {
                     // Queries still on it finish; then it closes.
                     let conn = old.conn.clone();
@@ -201,6 +215,7 @@ impl QuicUpstream {
                 Ok(c)
             }
             Err(e) => {
+                self.backoff.failed();
                 self.stats.error(match e {
                     UpstreamError::Tls(_) => UpstreamErrorKind::tls,
                     _ => UpstreamErrorKind::connect,

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -137,12 +137,10 @@ pub struct TlsUpstream {
     next: AtomicUsize,
     opts: ConnOptions,
     pub stats: UpstreamStats,
-    /// Until when new connects are refused after a failed one (ms since `epoch`), with backoff.
-    connect_backoff: Mutex<(Option<Instant>, Duration)>,
+    /// New connects refused for a while after a failed one.
+    backoff: super::backoff::ConnectBackoff,
     last_used: AtomicU64,
     epoch: Instant,
-    /// Set once the first connect attempt has ended, well or not.
-    attempted: std::sync::atomic::AtomicBool,
 }
 
 impl TlsUpstream {
@@ -166,10 +164,9 @@ impl TlsUpstream {
             next: AtomicUsize::new(0),
             opts,
             stats,
-            connect_backoff: Mutex::new((None, Duration::ZERO)),
+            backoff: Default::default(),
             last_used: AtomicU64::new(0),
             epoch: Instant::now(),
-            attempted: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -258,37 +255,15 @@ impl TlsUpstream {
         if let Some(c) = slot.conn.load_full().filter(|c| c.usable()) {
             return Ok(c);
         }
-        {
-            let b = self
-                .connect_backoff
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if b.0.is_some_and(|until| Instant::now() < until) {
-                return Err(UpstreamError::Connect(
-                    "in backoff after a failed connect".into(),
-                ));
-            }
-        }
-        let result = self.connect(i).await;
-        self.attempted.store(true, Ordering::Relaxed);
-        match result {
+        self.backoff.check()?;
+        match self.connect(i).await {
             Ok(c) => {
-                *self
-                    .connect_backoff
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()) = (None, Duration::ZERO);
+                self.backoff.succeeded();
                 slot.conn.store(Some(c.clone()));
                 Ok(c)
             }
             Err(e) => {
-                let mut b = self
-                    .connect_backoff
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner());
-                // Short and capped: this is what limits connect attempts to a dead server, and
-                // recovery must not wait for it (the group keeps a down server out of use).
-                let next = (b.1 * 2).clamp(Duration::from_millis(100), Duration::from_millis(500));
-                *b = (Some(Instant::now() + next), next);
+                self.backoff.failed();
                 self.stats.error(match e {
                     UpstreamError::Tls(_) => UpstreamErrorKind::tls,
                     _ => UpstreamErrorKind::connect,
@@ -331,7 +306,7 @@ impl TlsUpstream {
 
     /// Whether the first connect attempt has ended (connected or failed).
     pub fn attempted(&self) -> bool {
-        self.attempted.load(Ordering::Relaxed)
+        self.backoff.attempted()
     }
 
     /// Number of slots with a live connection.

@@ -500,3 +500,42 @@ fn a_raw_answer_is_what_dns_parses() {
     let a = zone_answer(&Behaviour::default(), &q).expect("answer");
     assert_eq!(Message::from_vec(&a).expect("parses").metadata.id, 7);
 }
+
+#[tokio::test]
+async fn a_dead_doh_or_doq_server_is_not_reconnected_for_every_query() {
+    // The group's only server is gone: every query is still tried on it (a group whose
+    // servers are all down keeps asking them), but connects are spaced by the backoff.
+    for protocol in [Protocol::Https, Protocol::Quic] {
+        let pki = Pki::new();
+        let dead_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let mut dead = UpstreamServer::encrypted(protocol, dead_addr, "upstream.test");
+        dead.ca_file = Some(pki.ca_file.clone());
+        dead.connect_timeout = dot_proxy::config::Dur::millis(300);
+        let label = dead.label();
+        let p = Proxy::start(group_of(vec![dead])).await;
+        for round in 0..4 {
+            concurrently(20, |i| {
+                let addr = p.addr;
+                async move {
+                    let m = udp(addr, &format!("d{round}-{i}.example.test."), RecordType::A).await;
+                    assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+                }
+            })
+            .await;
+        }
+        let text = p.metrics().await;
+        let connects: f64 = text
+            .lines()
+            .filter(|l| {
+                l.starts_with("dot_proxy_upstream_errors_total")
+                    && l.contains(&format!("upstream=\"{label}\""))
+                    && l.contains("kind=\"connect\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        assert!(
+            (1.0..=10.0).contains(&connects),
+            "{protocol:?}: {connects} failed connects for 80 queries (backoff, then marked down)"
+        );
+    }
+}

@@ -1,0 +1,78 @@
+//! The connect backoff of the encrypted transports (DoT, DoH, DoQ): after a failed connect,
+//! new ones to that server are refused for a short while (100 ms, doubling to 500 ms), so a
+//! dead server costs one connect attempt per interval instead of one per query. Short and
+//! capped on purpose: this is what limits connects to a dead server, and recovery must not
+//! wait for it (the group keeps a down server out of use and probes it).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::UpstreamError;
+
+#[derive(Default)]
+pub struct ConnectBackoff {
+    /// Until when connects are refused, and the last interval.
+    state: Mutex<(Option<Instant>, Duration)>,
+    /// The first connect attempt has ended (connected or failed).
+    attempted: AtomicBool,
+}
+
+impl ConnectBackoff {
+    /// Err while in backoff after a failed connect.
+    pub fn check(&self) -> Result<(), UpstreamError> {
+        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if s.0.is_some_and(|until| Instant::now() < until) {
+            return Err(UpstreamError::Connect(
+                "in backoff after a failed connect".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn succeeded(&self) {
+        self.attempted.store(true, Ordering::Relaxed);
+        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = (None, Duration::ZERO);
+    }
+
+    pub fn failed(&self) {
+        self.attempted.store(true, Ordering::Relaxed);
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let next = (s.1 * 2).clamp(Duration::from_millis(100), Duration::from_millis(500));
+        *s = (Some(Instant::now() + next), next);
+    }
+
+    pub fn attempted(&self) -> bool {
+        self.attempted.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn doubles_to_half_a_second_and_clears_on_success() {
+        let b = ConnectBackoff::default();
+        assert!(b.check().is_ok() && !b.attempted());
+        b.failed();
+        assert!(b.check().is_err() && b.attempted());
+        tokio::time::advance(Duration::from_millis(101)).await;
+        assert!(b.check().is_ok());
+        b.failed();
+        tokio::time::advance(Duration::from_millis(150)).await;
+        assert!(b.check().is_err(), "200 ms the second time");
+        b.failed();
+        b.failed();
+        b.failed();
+        tokio::time::advance(Duration::from_millis(499)).await;
+        assert!(b.check().is_err());
+        tokio::time::advance(Duration::from_millis(2)).await;
+        assert!(b.check().is_ok(), "capped at 500 ms");
+        b.failed();
+        b.succeeded();
+        assert!(b.check().is_ok());
+    }
+}
