@@ -547,7 +547,9 @@ impl Default for CacheConfig {
         CacheConfig {
             enabled: true,
             max_entries: 100_000,
-            max_bytes: 16 * 1024 * 1024,
+            // Unbound's default budget (4 MiB messages + 4 MiB RRsets): about 27,000 typical
+            // answers, more than NodeLocal DNSCache keeps (9,984 + 9,984).
+            max_bytes: 8 * 1024 * 1024,
             min_ttl: 0,
             max_ttl: 86_400,
             negative_max_ttl: 3_600,

@@ -57,7 +57,7 @@ pub const STATIC_TTL: Range<u64> = Range::new(0, 604_800);
 /// proxy in Kubernetes serves every pod of its node.
 pub mod kubernetes {
     /// `cache.maxBytes`: one node cache serves every pod of the node (the standalone
-    /// default is 16 MiB); with typical answers the 100,000-entry bound is reached first.
+    /// default is 8 MiB); with typical answers the 100,000-entry bound is reached first.
     pub const CACHE_MAX_BYTES: u64 = 64 * 1024 * 1024;
     /// `rateLimit.ipv6Prefix`: Kubernetes gives each node one /64 of pod addresses, so a /64
     /// bucket would be shared by every pod of the node (the standalone default is 64).
