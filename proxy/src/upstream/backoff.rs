@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::tls::UpstreamStats;
 use super::UpstreamError;
+use crate::metrics::UpstreamErrorKind;
 
 #[derive(Default)]
 pub struct ConnectBackoff {
@@ -37,7 +39,18 @@ impl ConnectBackoff {
         *self.state.lock().unwrap_or_else(|p| p.into_inner()) = (None, Duration::ZERO);
     }
 
-    pub fn failed(&self) {
+    /// A connect failed: counted in `stats` (`tls` or `connect`), backoff extended; returns
+    /// the error for the caller to pass on.
+    pub fn failed(&self, stats: &UpstreamStats, e: UpstreamError) -> UpstreamError {
+        stats.error(match e {
+            UpstreamError::Tls(_) => UpstreamErrorKind::tls,
+            _ => UpstreamErrorKind::connect,
+        });
+        self.extend();
+        e
+    }
+
+    fn extend(&self) {
         self.attempted.store(true, Ordering::Relaxed);
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let next = (s.1 * 2).clamp(Duration::from_millis(100), Duration::from_millis(500));
@@ -57,21 +70,21 @@ mod tests {
     async fn doubles_to_half_a_second_and_clears_on_success() {
         let b = ConnectBackoff::default();
         assert!(b.check().is_ok() && !b.attempted());
-        b.failed();
+        b.extend();
         assert!(b.check().is_err() && b.attempted());
         tokio::time::advance(Duration::from_millis(101)).await;
         assert!(b.check().is_ok());
-        b.failed();
+        b.extend();
         tokio::time::advance(Duration::from_millis(150)).await;
         assert!(b.check().is_err(), "200 ms the second time");
-        b.failed();
-        b.failed();
-        b.failed();
+        b.extend();
+        b.extend();
+        b.extend();
         tokio::time::advance(Duration::from_millis(499)).await;
         assert!(b.check().is_err());
         tokio::time::advance(Duration::from_millis(2)).await;
         assert!(b.check().is_ok(), "capped at 500 ms");
-        b.failed();
+        b.extend();
         b.succeeded();
         assert!(b.check().is_ok());
     }

@@ -267,14 +267,7 @@ impl HttpsUpstream {
                 s.conn.store(Some(c.clone()));
                 Ok(c)
             }
-            Err(e) => {
-                self.backoff.failed();
-                self.stats.error(match e {
-                    UpstreamError::Tls(_) => UpstreamErrorKind::tls,
-                    _ => UpstreamErrorKind::connect,
-                });
-                Err(e)
-            }
+            Err(e) => Err(self.backoff.failed(&self.stats, e)),
         }
     }
 

@@ -214,14 +214,7 @@ impl QuicUpstream {
                 }
                 Ok(c)
             }
-            Err(e) => {
-                self.backoff.failed();
-                self.stats.error(match e {
-                    UpstreamError::Tls(_) => UpstreamErrorKind::tls,
-                    _ => UpstreamErrorKind::connect,
-                });
-                Err(e)
-            }
+            Err(e) => Err(self.backoff.failed(&self.stats, e)),
         }
     }
 

@@ -20,6 +20,13 @@ fn pods(entries: &[(&str, &str)]) -> HashMap<IpAddr, Arc<str>> {
         .collect()
 }
 
+/// An external name as a pod of `team-a` asks it first, through its own search domain.
+const ASKED: &str = "www.example.test.team-a.svc.cluster.local.";
+
+async fn rcode(addr: std::net::SocketAddr, name: &str, qtype: RecordType) -> ResponseCode {
+    udp(addr, name, qtype).await.metadata.response_code
+}
+
 fn cname_target(m: &Message) -> Option<String> {
     m.answers.iter().find_map(|r| match &r.data {
         RData::CNAME(c) => Some(c.0.to_ascii()),
@@ -36,17 +43,9 @@ async fn completes_a_pods_search_list_at_the_node() {
 
     // An external name through the pod's first search domain: one answer, a CNAME to
     // the bare name and its address.
-    let m = udp(
-        p.addr,
-        "www.example.test.team-a.svc.cluster.local.",
-        RecordType::A,
-    )
-    .await;
+    let m = udp(p.addr, ASKED, RecordType::A).await;
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
-    assert_eq!(
-        m.queries[0].name().to_ascii(),
-        "www.example.test.team-a.svc.cluster.local."
-    );
+    assert_eq!(m.queries[0].name().to_ascii(), ASKED);
     assert_eq!(cname_target(&m).as_deref(), Some("www.example.test."));
     assert_eq!(a_records(&m), vec![std::net::Ipv4Addr::new(192, 0, 2, 1)]);
     assert!(
@@ -67,12 +66,7 @@ async fn completes_a_pods_search_list_at_the_node() {
     );
     // AAAA: the bare name has no AAAA: a CNAME and NODATA (with the SOA), as the client's
     // own walk would have ended there too.
-    let m = udp(
-        p.addr,
-        "www.example.test.team-a.svc.cluster.local.",
-        RecordType::AAAA,
-    )
-    .await;
+    let m = udp(p.addr, ASKED, RecordType::AAAA).await;
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
     assert_eq!(cname_target(&m).as_deref(), Some("www.example.test."));
     assert_eq!(m.answers.len(), 1);
@@ -99,13 +93,15 @@ async fn completes_a_pods_search_list_at_the_node() {
         assert_eq!(m.answers.len(), 1, "{name}");
     }
     // A name that exists nowhere: NXDOMAIN.
-    let m = udp(
-        p.addr,
-        "nothing-here.team-a.svc.cluster.local.",
-        RecordType::A,
-    )
-    .await;
-    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+    assert_eq!(
+        rcode(
+            p.addr,
+            "nothing-here.team-a.svc.cluster.local.",
+            RecordType::A
+        )
+        .await,
+        ResponseCode::NXDomain
+    );
 
     let text = p.metrics().await;
     assert_eq!(
@@ -137,12 +133,7 @@ async fn completes_a_pods_search_list_at_the_node() {
 
     // Asked again: every step is a cache hit, the stand-in sees nothing new.
     let before = dns.queries.load(Ordering::SeqCst);
-    let m = udp(
-        p.addr,
-        "www.example.test.team-a.svc.cluster.local.",
-        RecordType::A,
-    )
-    .await;
+    let m = udp(p.addr, ASKED, RecordType::A).await;
     assert_eq!(cname_target(&m).as_deref(), Some("www.example.test."));
     assert_eq!(dns.queries.load(Ordering::SeqCst), before);
 }
@@ -156,38 +147,29 @@ async fn other_clients_and_other_domains_are_answered_as_without_completion() {
 
     // Unknown client: no pod has 127.0.0.1.
     p.server.pods().replace(pods(&[("10.1.0.5", "team-a")]));
-    let m = udp(
-        p.addr,
-        "www.example.test.team-a.svc.cluster.local.",
-        RecordType::A,
-    )
-    .await;
-    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+    assert_eq!(
+        rcode(p.addr, ASKED, RecordType::A).await,
+        ResponseCode::NXDomain
+    );
     assert_eq!(steps(&p.metrics().await), 0.0);
 
     // Known client, but a name under another namespace's domain, a type not completed, a
     // DNSSEC query: as asked.
     p.server.pods().replace(pods(&[("127.0.0.1", "team-a")]));
-    let m = udp(
-        p.addr,
-        "www.example.test.other.svc.cluster.local.",
-        RecordType::A,
-    )
-    .await;
-    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
-    let m = udp(
-        p.addr,
-        "www.example.test.team-a.svc.cluster.local.",
-        RecordType::TXT,
-    )
-    .await;
-    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
-    let q = query(
-        7,
-        "www.example.test.team-a.svc.cluster.local.",
-        RecordType::A,
-        Some((1232, true)),
+    assert_eq!(
+        rcode(
+            p.addr,
+            "www.example.test.other.svc.cluster.local.",
+            RecordType::A
+        )
+        .await,
+        ResponseCode::NXDomain
     );
+    assert_eq!(
+        rcode(p.addr, ASKED, RecordType::TXT).await,
+        ResponseCode::NXDomain
+    );
+    let q = query(7, ASKED, RecordType::A, Some((1232, true)));
     let m = Message::from_vec(&udp_raw_answer(p.addr, q).await).expect("answer");
     assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
     assert_eq!(steps(&p.metrics().await), 0.0);
@@ -195,13 +177,10 @@ async fn other_clients_and_other_domains_are_answered_as_without_completion() {
     // Off: the pod's own domain is answered as asked.
     let off = Proxy::start(completion_config(&up, dns.addr, false)).await;
     off.server.pods().replace(pods(&[("127.0.0.1", "team-a")]));
-    let m = udp(
-        off.addr,
-        "www.example.test.team-a.svc.cluster.local.",
-        RecordType::A,
-    )
-    .await;
-    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+    assert_eq!(
+        rcode(off.addr, ASKED, RecordType::A).await,
+        ResponseCode::NXDomain
+    );
 }
 
 #[tokio::test]
@@ -213,12 +192,7 @@ async fn a_failing_step_gives_the_client_its_own_walk_back() {
     up.behaviour.servfail.store(true, Ordering::SeqCst);
     let p = Proxy::start(completion_config(&up, dns.addr, true)).await;
     p.server.pods().replace(pods(&[("127.0.0.1", "team-a")]));
-    let m = udp(
-        p.addr,
-        "www.example.test.team-a.svc.cluster.local.",
-        RecordType::A,
-    )
-    .await;
+    let m = udp(p.addr, ASKED, RecordType::A).await;
     assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
     assert!(!m.authorities.is_empty(), "the NXDOMAIN's own SOA");
     let text = p.metrics().await;
@@ -248,8 +222,10 @@ async fn filter_aaaa_answers_nodata_in_its_zones() {
     // A is untouched, and AAAA outside the zones goes upstream.
     let m = udp(p.addr, "www.example.test.", RecordType::A).await;
     assert_eq!(a_records(&m).len(), 1);
-    let m = udp(p.addr, "web.team-a.svc.cluster.local.", RecordType::AAAA).await;
-    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(
+        rcode(p.addr, "web.team-a.svc.cluster.local.", RecordType::AAAA).await,
+        ResponseCode::NoError
+    );
     assert!(dns
         .asked
         .lock()
@@ -274,9 +250,11 @@ async fn completion_follows_reloads_and_the_watch_restarts_with_the_process() {
     let up = Upstream::start().await;
     let p = Proxy::start(completion_config(&up, dns.addr, false)).await;
     p.server.pods().replace(pods(&[("127.0.0.1", "team-a")]));
-    let name = "www.example.test.team-a.svc.cluster.local.";
-    let m = udp(p.addr, name, RecordType::A).await;
-    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+    let name = ASKED;
+    assert_eq!(
+        rcode(p.addr, name, RecordType::A).await,
+        ResponseCode::NXDomain
+    );
     // Reloaded configs keep the bound addresses.
     let (addr, admin) = (p.addr, p.server.admin_addr());
     let config = |on: bool| {
@@ -309,6 +287,8 @@ async fn completion_follows_reloads_and_the_watch_restarts_with_the_process() {
     p.server
         .apply(config(false))
         .expect("reload turns completion off");
-    let m = udp(p.addr, name, RecordType::A).await;
-    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+    assert_eq!(
+        rcode(p.addr, name, RecordType::A).await,
+        ResponseCode::NXDomain
+    );
 }

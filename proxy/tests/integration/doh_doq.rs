@@ -304,6 +304,18 @@ pub async fn doq_server(mode: Mode) -> Arc<EncServer> {
 
 // ------------------------------------------------------------------ tests
 
+/// `dot_proxy_upstream_errors_total` of one server and kind.
+fn upstream_errors(text: &str, label: &str, kind: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.starts_with("dot_proxy_upstream_errors_total")
+                && l.contains(&format!("upstream=\"{label}\""))
+                && l.contains(&format!("kind=\"{kind}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 fn group_of(servers: Vec<UpstreamServer>) -> Config {
     config_for(servers)
 }
@@ -451,14 +463,7 @@ async fn misbehaving_servers_fail_over_and_lose_no_query() {
         let errors: f64 = if kind == "slow" {
             metric_with(&text, "dot_proxy_group_failovers_total", "reason=\"slow\"")
         } else {
-            text.lines()
-                .filter(|l| {
-                    l.starts_with("dot_proxy_upstream_errors_total")
-                        && l.contains(&format!("upstream=\"{label}\""))
-                        && l.contains(&format!("kind=\"{kind}\""))
-                })
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum()
+            upstream_errors(&text, &label, kind)
         };
         assert!(
             errors >= 1.0,
@@ -524,15 +529,7 @@ async fn a_dead_doh_or_doq_server_is_not_reconnected_for_every_query() {
             .await;
         }
         let text = p.metrics().await;
-        let connects: f64 = text
-            .lines()
-            .filter(|l| {
-                l.starts_with("dot_proxy_upstream_errors_total")
-                    && l.contains(&format!("upstream=\"{label}\""))
-                    && l.contains("kind=\"connect\"")
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum();
+        let connects = upstream_errors(&text, &label, "connect");
         assert!(
             (1.0..=10.0).contains(&connects),
             "{protocol:?}: {connects} failed connects for 80 queries (backoff, then marked down)"
