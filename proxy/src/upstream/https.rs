@@ -27,7 +27,7 @@ use tokio_rustls::TlsConnector;
 
 use super::tls::{handshake, ConnOptions, UpstreamStats};
 use super::tls_config::TlsSetup;
-use super::UpstreamError;
+use super::{exchange_id_zero, Failure, UpstreamError};
 use crate::metrics::UpstreamErrorKind;
 
 const DNS_MESSAGE: &str = "application/dns-message";
@@ -58,14 +58,6 @@ pub struct HttpsUpstream {
     /// Milliseconds since `epoch` of the last query (idle connections close).
     last_used: Arc<AtomicU64>,
     backoff: super::backoff::ConnectBackoff,
-}
-
-/// How a request failed.
-enum Failure {
-    /// Nothing came back on this connection (closed, GOAWAY, refused stream): worth one
-    /// more try on a fresh connection.
-    Retry(UpstreamError),
-    Final(UpstreamError),
 }
 
 impl HttpsUpstream {
@@ -148,45 +140,18 @@ impl HttpsUpstream {
 
     /// Sends one query (ID 0 on the wire) and returns the answer with `msg`'s ID.
     pub async fn query(self: &Arc<Self>, msg: &Bytes) -> Result<Bytes, UpstreamError> {
-        if msg.len() < 2 {
-            return Err(UpstreamError::Malformed);
-        }
-        let id = [msg[0], msg[1]];
-        let mut wire = msg.to_vec();
-        wire[0] = 0;
-        wire[1] = 0;
-        let body = Bytes::from(wire);
         self.last_used
             .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
         let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
-        self.stats.queries.inc();
-        let start = Instant::now();
-        let mut fresh = false;
-        loop {
-            let conn = self.conn(slot, fresh).await?;
-            match self.send(&conn, body.clone()).await {
-                Ok(answer) => {
-                    self.stats.duration.observe(start.elapsed().as_secs_f64());
-                    let mut a = answer.to_vec();
-                    if a.len() < 2 {
-                        self.stats.error(UpstreamErrorKind::malformed);
-                        return Err(UpstreamError::Malformed);
-                    }
-                    a[0] = id[0];
-                    a[1] = id[1];
-                    return Ok(Bytes::from(a));
-                }
-                Err(Failure::Retry(e)) => {
-                    self.forget(slot, &conn);
-                    if fresh {
-                        self.stats.error(UpstreamErrorKind::closed);
-                        return Err(e);
-                    }
-                    fresh = true;
-                }
-                Err(Failure::Final(e)) => return Err(e),
+        exchange_id_zero(msg, &self.stats, |body, fresh| async move {
+            let conn = self.conn(slot, fresh).await.map_err(Failure::Final)?;
+            let r = self.send(&conn, body).await;
+            if matches!(r, Err(Failure::Retry(_))) {
+                self.forget(slot, &conn);
             }
-        }
+            r.map(|b| b.to_vec())
+        })
+        .await
     }
 
     async fn send(&self, conn: &Conn, body: Bytes) -> Result<Bytes, Failure> {

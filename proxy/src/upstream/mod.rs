@@ -42,6 +42,62 @@ pub enum UpstreamError {
     Http(String),
 }
 
+/// How one request of a multiplexed transport (DoH, DoQ) failed.
+pub(crate) enum Failure {
+    /// Nothing came back on this connection (closed, GOAWAY, refused or unopenable
+    /// stream): worth one more try on a fresh connection.
+    Retry(UpstreamError),
+    /// The server answered badly: this attempt fails and the group moves on.
+    Final(UpstreamError),
+}
+
+/// What DoH and DoQ share around one query: counted and timed, sent with message ID 0
+/// (RFC 8484 §4.1, RFC 9250 §4.2.1), tried once more on a fresh connection when nothing
+/// came back, and answered with the caller's ID. `attempt(wire, fresh)` sends `wire` (the
+/// query with ID 0) on the current connection, or a new one when `fresh`, and drops a
+/// connection that failed with [`Failure::Retry`].
+pub(crate) async fn exchange_id_zero<F, Fut>(
+    msg: &Bytes,
+    stats: &tls::UpstreamStats,
+    mut attempt: F,
+) -> Result<Bytes, UpstreamError>
+where
+    F: FnMut(Bytes, bool) -> Fut,
+    Fut: Future<Output = Result<Vec<u8>, Failure>>,
+{
+    if msg.len() < 2 {
+        return Err(UpstreamError::Malformed);
+    }
+    let id = [msg[0], msg[1]];
+    let mut zeroed = msg.to_vec();
+    zeroed[0] = 0;
+    zeroed[1] = 0;
+    let zeroed = Bytes::from(zeroed);
+    stats.queries.inc();
+    let start = tokio::time::Instant::now();
+    let mut fresh = false;
+    loop {
+        match attempt(zeroed.clone(), fresh).await {
+            Ok(mut answer) if answer.len() >= 2 => {
+                stats.duration.observe(start.elapsed().as_secs_f64());
+                answer[0] = id[0];
+                answer[1] = id[1];
+                return Ok(Bytes::from(answer));
+            }
+            Ok(_) => {
+                stats.error(crate::metrics::UpstreamErrorKind::malformed);
+                return Err(UpstreamError::Malformed);
+            }
+            Err(Failure::Retry(e)) if fresh => {
+                stats.error(crate::metrics::UpstreamErrorKind::closed);
+                return Err(e);
+            }
+            Err(Failure::Retry(_)) => fresh = true,
+            Err(Failure::Final(e)) => return Err(e),
+        }
+    }
+}
+
 /// A future answer from an [`Exchange`].
 pub type ExchangeFuture<'a> =
     Pin<Box<dyn Future<Output = Result<Bytes, UpstreamError>> + Send + 'a>>;

@@ -10,7 +10,7 @@
 //! fails this attempt, and the group fails over.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use super::tls::{ConnOptions, UpstreamStats};
 use super::tls_config::TlsSetup;
-use super::UpstreamError;
+use super::{exchange_id_zero, Failure, UpstreamError};
 use crate::metrics::UpstreamErrorKind;
 
 /// RFC 9250 §8.4: DOQ_NO_ERROR, used when closing an idle or aged connection.
@@ -43,13 +43,7 @@ pub struct QuicUpstream {
     connecting: tokio::sync::Mutex<()>,
     opts: ConnOptions,
     pub stats: UpstreamStats,
-    streams: AtomicUsize,
     backoff: super::backoff::ConnectBackoff,
-}
-
-enum Failure {
-    Retry(UpstreamError),
-    Final(UpstreamError),
 }
 
 impl QuicUpstream {
@@ -85,7 +79,6 @@ impl QuicUpstream {
             connecting: tokio::sync::Mutex::new(()),
             opts,
             stats,
-            streams: AtomicUsize::new(0),
             backoff: Default::default(),
         }))
     }
@@ -117,37 +110,22 @@ impl QuicUpstream {
 
     /// Sends one query on a stream of its own and returns the answer with `msg`'s ID.
     pub async fn query(self: &Arc<Self>, msg: &Bytes) -> Result<Bytes, UpstreamError> {
-        if msg.len() < 2 || msg.len() > 65_535 {
+        if msg.len() > 65_535 {
             return Err(UpstreamError::Malformed);
         }
-        let id = [msg[0], msg[1]];
-        let mut wire = Vec::with_capacity(msg.len() + 2);
-        wire.extend_from_slice(&(msg.len() as u16).to_be_bytes());
-        wire.extend_from_slice(&[0, 0]);
-        wire.extend_from_slice(&msg[2..]);
-        self.stats.queries.inc();
-        let start = Instant::now();
-        let mut fresh = false;
-        loop {
-            let conn = self.conn(fresh).await?;
-            match self.exchange(&conn.conn, &wire).await {
-                Ok(mut answer) => {
-                    self.stats.duration.observe(start.elapsed().as_secs_f64());
-                    answer[0] = id[0];
-                    answer[1] = id[1];
-                    return Ok(Bytes::from(answer));
-                }
-                Err(Failure::Retry(e)) => {
-                    self.forget(&conn);
-                    if fresh {
-                        self.stats.error(UpstreamErrorKind::closed);
-                        return Err(e);
-                    }
-                    fresh = true;
-                }
-                Err(Failure::Final(e)) => return Err(e),
+        exchange_id_zero(msg, &self.stats, |zeroed, fresh| async move {
+            let conn = self.conn(fresh).await.map_err(Failure::Final)?;
+            // RFC 9250 §4.2: the message with its 2-byte length prefix.
+            let mut wire = Vec::with_capacity(zeroed.len() + 2);
+            wire.extend_from_slice(&(zeroed.len() as u16).to_be_bytes());
+            wire.extend_from_slice(&zeroed);
+            let r = self.exchange(&conn.conn, &wire).await;
+            if matches!(r, Err(Failure::Retry(_))) {
+                self.forget(&conn);
             }
-        }
+            r
+        })
+        .await
     }
 
     async fn exchange(&self, conn: &quinn::Connection, wire: &[u8]) -> Result<Vec<u8>, Failure> {
@@ -155,7 +133,6 @@ impl QuicUpstream {
             .open_bi()
             .await
             .map_err(|_| Failure::Retry(UpstreamError::Closed))?;
-        self.streams.fetch_add(1, Ordering::Relaxed);
         send.write_all(wire)
             .await
             .map_err(|_| Failure::Retry(UpstreamError::Closed))?;
