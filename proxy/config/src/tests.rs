@@ -118,3 +118,95 @@ fn dnstap_needs_one_collector_and_sane_settings() {
     // Off, a collector may stay configured.
     assert_eq!(errors("dnstap:\n  socket: /run/tap.sock\n"), "");
 }
+
+#[test]
+fn kubernetes_sections_name_their_bad_fields() {
+    let e = errors("search_completion:\n  enabled: true\n");
+    assert!(
+        e.contains("search_completion.enabled") && e.contains("kubernetes.enabled"),
+        "{e}"
+    );
+    let e = errors("kubernetes:\n  enabled: true\n");
+    assert!(e.contains("kubernetes.node_name"), "needs a node: {e}");
+    assert_eq!(
+        errors("kubernetes:\n  enabled: true\n  node_name: node-a\n"),
+        ""
+    );
+    assert_eq!(
+        errors("kubernetes:\n  enabled: true\noverrides:\n  node_name: node-a\n"),
+        "",
+        "the overrides' node name serves"
+    );
+    assert!(errors("kubernetes:\n  node_name: \"\"\n").contains("kubernetes.node_name"));
+    let on = "kubernetes:\n  enabled: true\n  node_name: n\nsearch_completion:\n  enabled: true\n";
+    assert_eq!(errors(on), "");
+    let e = errors(&format!("{on}  types: [A, PTR]\n"));
+    assert!(
+        e.contains("search_completion.types[1]") && e.contains("PTR"),
+        "{e}"
+    );
+    assert!(errors(&format!("{on}  types: []\n")).contains("search_completion.types"));
+    assert_eq!(
+        errors(&format!("{on}  types: [a, aaaa, https]\n")),
+        "",
+        "any letter case"
+    );
+    assert!(
+        errors(&format!("{on}  cluster_domain: .\n")).contains("search_completion.cluster_domain")
+    );
+    let e = errors(&format!(
+        "{on}  host_search_domains: [corp.example, \"bad domain\"]\n"
+    ));
+    assert!(
+        e.contains("search_completion.host_search_domains[1]"),
+        "{e}"
+    );
+    let many: Vec<String> = (0..30).map(|i| format!("d{i}.example")).collect();
+    let e = errors(&format!(
+        "{on}  host_search_domains: [{}]\n",
+        many.join(", ")
+    ));
+    assert!(e.contains("search_completion.host_search_domains"), "{e}");
+    assert!(
+        errors("filter_aaaa:\n  zones: [\"no spaces.example\"]\n").contains("filter_aaaa.zones[0]")
+    );
+    assert_eq!(errors("filter_aaaa:\n  zones: [., cluster.local]\n"), "");
+}
+
+#[test]
+fn https_and_quic_servers_are_checked_like_tls() {
+    let server = |extra: &str| {
+        errors(&format!(
+            "upstream_groups:\n- name: default\n  servers:\n  - address: 1.1.1.1:443\n{extra}"
+        ))
+    };
+    for proto in ["https", "quic"] {
+        let e = server(&format!("    protocol: {proto}\n"));
+        assert!(e.contains("servers[0].tls_name"), "{proto}: {e}");
+        assert_eq!(
+            server(&format!(
+                "    protocol: {proto}\n    tls_name: one.one.one.one\n"
+            )),
+            ""
+        );
+        let e = server(&format!(
+            "    protocol: {proto}\n    tls_name: x.example\n    force_tcp: true\n"
+        ));
+        assert!(e.contains("servers[0].force_tcp"), "{proto}: {e}");
+    }
+    let e = server("    protocol: quic\n    tls_name: x.example\n    path: /dns-query\n");
+    assert!(
+        e.contains("servers[0].path") && e.contains("only for https"),
+        "{e}"
+    );
+    for bad in ["dns-query", "/a b", "/q?x=1", "/f#x"] {
+        let e = server(&format!(
+            "    protocol: https\n    tls_name: x.example\n    path: \"{bad}\"\n"
+        ));
+        assert!(e.contains("servers[0].path"), "{bad}: {e}");
+    }
+    assert_eq!(
+        server("    protocol: https\n    tls_name: x.example\n    path: /resolve\n"),
+        ""
+    );
+}
