@@ -17,6 +17,12 @@ use dot_proxy::reload::{load_effective, load_effective_with_hash};
 use dot_proxy::server::{effective_workers, Server};
 
 fn main() -> ExitCode {
+    // Transparent huge pages off for this process, before the first allocation: the
+    // allocator's regions may be backed by 2 MiB pages, and the kernel then zeroes 2 MiB at
+    // the first touch of each, stalling the worker for milliseconds (in the cache-miss
+    // benchmark these were the slowest answers) and growing the resident size in 2 MiB
+    // steps. A kernel without the prctl leaves things as they were.
+    let _ = nix::sys::prctl::set_thp_disable(true);
     let cli = Cli::parse();
     match &cli.command {
         Some(Command::CheckConfig { file }) => {

@@ -299,7 +299,9 @@ impl Pipeline {
     /// The async path for a query `handle_fast` could not answer. Always produces an answer.
     pub async fn resolve(self: &Arc<Self>, req: &Request, out: &mut Vec<u8>) {
         match (req.complete, &self.completion) {
-            (Some(prefix), Some(c)) => self.complete(req, prefix, c, out).await,
+            // Boxed: the walk holds two nested lookups, and inline it would double the size
+            // of every miss's task, which is copied when the task is spawned.
+            (Some(prefix), Some(c)) => Box::pin(self.complete(req, prefix, c, out)).await,
             _ => self.resolve_one(req, out).await,
         }
     }

@@ -142,6 +142,9 @@ impl Io {
                 }
             }
             self.sb.flush(sock, counters, start).await;
+            if self.rb.drained {
+                break;
+            }
         }
     }
 }

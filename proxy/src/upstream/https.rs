@@ -226,7 +226,8 @@ impl HttpsUpstream {
             }
         }
         self.backoff.check()?;
-        match self.connect().await {
+        // Boxed: see TlsUpstream::connection (the handshake state stays out of each query).
+        match Box::pin(self.connect()).await {
             Ok(c) => {
                 self.backoff.succeeded();
                 s.conn.store(Some(c.clone()));

@@ -178,7 +178,8 @@ impl QuicUpstream {
             }
         }
         self.backoff.check()?;
-        match self.connect().await {
+        // Boxed: see TlsUpstream::connection (the handshake state stays out of each query).
+        match Box::pin(self.connect()).await {
             Ok(c) => {
                 self.backoff.succeeded();
                 if let Some(old) = self.conn.swap(Some(c.clone())) {

@@ -246,7 +246,9 @@ impl TlsUpstream {
                 return Ok(c);
             }
         }
-        self.slot_connection(start).await
+        // Boxed: the handshake's state is kilobytes, and inline it would be part of every
+        // query's future (copied at each spawn) though almost no query opens a connection.
+        Box::pin(self.slot_connection(start)).await
     }
 
     async fn slot_connection(self: &Arc<Self>, i: usize) -> Result<Arc<ConnHandle>, UpstreamError> {
