@@ -244,6 +244,39 @@ async fn filter_aaaa_answers_nodata_in_its_zones() {
     );
 }
 
+/// HTTPS answers in a filter_aaaa zone lose their ipv6hint (and keep the IPv4 one), from the
+/// upstream and from the cache alike; outside the zones they are untouched.
+#[tokio::test]
+async fn filter_aaaa_strips_ipv6_hints_from_https_answers() {
+    use hickory_proto::rr::rdata::svcb::SvcParamKey;
+    fn hint_keys(m: &Message) -> Vec<SvcParamKey> {
+        m.answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::HTTPS(h) => Some(h.0.svc_params.iter().map(|(k, _)| *k)),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+    let up = Upstream::start().await;
+    let mut cfg = config_for(vec![up.server()]);
+    cfg.filter_aaaa.zones = vec!["filtered.example.test".into()];
+    let p = Proxy::start(cfg).await;
+    for round in ["from the upstream", "from the cache"] {
+        let m = udp(p.addr, "www.filtered.example.test.", RecordType::HTTPS).await;
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{round}");
+        assert_eq!(hint_keys(&m), vec![SvcParamKey::Ipv4Hint], "{round}");
+        let m = udp(p.addr, "www.example.test.", RecordType::HTTPS).await;
+        assert_eq!(
+            hint_keys(&m),
+            vec![SvcParamKey::Ipv4Hint, SvcParamKey::Ipv6Hint],
+            "outside the zones, {round}"
+        );
+    }
+    assert_eq!(up.query_count(), 2, "the second round came from the cache");
+}
+
 #[tokio::test]
 async fn completion_follows_reloads_and_the_watch_restarts_with_the_process() {
     let dns = ClusterDns::start().await;

@@ -271,6 +271,65 @@ async fn unix_socket_collector_gets_client_and_forwarder_messages() {
     assert_eq!(raw.len(), docs.len(), "both decoders read every message");
 }
 
+/// Exchanges with DoH and DoQ servers are tapped with their own transports (DOH, DOQ),
+/// the server's address and port, and the query and answer.
+#[tokio::test]
+async fn doh_and_doq_exchanges_are_tapped_with_their_transport() {
+    use crate::doh_doq::{doh_server, doq_server, Mode};
+    use dot_proxy::config::Protocol;
+    use dot_proxy::dnstap::proto::{MessageType, SocketProtocol};
+    let Some(dir) = scratch("doh_and_doq_exchanges_are_tapped_with_their_transport") else {
+        return;
+    };
+    for (protocol, want) in [
+        (Protocol::Https, SocketProtocol::Doh),
+        (Protocol::Quic, SocketProtocol::Doq),
+    ] {
+        let server = match protocol {
+            Protocol::Https => doh_server(Mode::Good).await,
+            _ => doq_server(Mode::Good).await,
+        };
+        let sock = dir.path().join(format!("{want:?}.sock"));
+        let cap = Capture::start(
+            &["-u", sock.to_str().expect("path")],
+            &dir.path().join(format!("{want:?}.fstrm")),
+        );
+        wait_path(&sock);
+        let upstream = server.server(protocol);
+        let mut cfg = config_for(vec![upstream.clone()]);
+        cfg.dnstap.enabled = true;
+        cfg.dnstap.socket = Some(sock.clone());
+        let p = Proxy::start(cfg).await;
+        wait_for(&p, "connect", |m| {
+            metric(m, "dot_proxy_dnstap_connected ") == 1.0
+        })
+        .await;
+        let m = udp(p.addr, "tap.example.test.", RecordType::A).await;
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{want:?}");
+        wait_for(&p, "four messages written", |m| {
+            metric(m, "dot_proxy_dnstap_messages_total") >= 4.0
+        })
+        .await;
+        let (_docs, raw) = cap.finish();
+        let forwarded: Vec<_> = raw
+            .iter()
+            .filter(|m| {
+                m.r#type == MessageType::ForwarderQuery as i32
+                    || m.r#type == MessageType::ForwarderResponse as i32
+            })
+            .collect();
+        assert_eq!(forwarded.len(), 2, "{want:?}: {raw:?}");
+        for m in forwarded {
+            assert_eq!(m.socket_protocol, Some(want as i32), "{m:?}");
+            assert_eq!(
+                m.response_port,
+                Some(u32::from(upstream.address.port())),
+                "{m:?}"
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn tcp_collector_with_full_addresses_and_only_some_kinds() {
     let Some(dir) = scratch("tcp_collector_with_full_addresses_and_only_some_kinds") else {

@@ -96,7 +96,7 @@ impl EncServer {
         zone_answer(&self.behaviour, raw)
     }
 
-    fn server(&self, protocol: Protocol) -> UpstreamServer {
+    pub fn server(&self, protocol: Protocol) -> UpstreamServer {
         let mut s = UpstreamServer::encrypted(protocol, self.addr, "upstream.test");
         s.ca_file = Some(self.pki.ca_file.clone());
         s

@@ -773,6 +773,30 @@ pub fn zone_answer(behaviour: &Behaviour, raw: &[u8]) -> Option<Vec<u8>> {
             ttl,
             RData::A(A::new(192, 0, 2, 1)),
         ));
+    } else if query.query_type() == RecordType::HTTPS {
+        // Both address hints, so filter_aaaa's removal of the IPv6 one can be seen.
+        use hickory_proto::rr::rdata::svcb::{IpHint, SvcParamKey, SvcParamValue, SVCB};
+        let svcb = SVCB::new(
+            1,
+            Name::root(),
+            vec![
+                (
+                    SvcParamKey::Ipv4Hint,
+                    SvcParamValue::Ipv4Hint(IpHint(vec![A::new(192, 0, 2, 1)])),
+                ),
+                (
+                    SvcParamKey::Ipv6Hint,
+                    SvcParamValue::Ipv6Hint(IpHint(vec![hickory_proto::rr::rdata::AAAA::new(
+                        0x2001, 0xdb8, 0, 0, 0, 0, 0, 1,
+                    )])),
+                ),
+            ],
+        );
+        m.add_answer(Record::from_rdata(
+            query.name().clone(),
+            300,
+            RData::HTTPS(hickory_proto::rr::rdata::HTTPS(svcb)),
+        ));
     } else {
         m.add_authority(soa);
     }
