@@ -252,6 +252,9 @@ impl Pipeline {
                     }
                     return Fast::Answered(qi.qtype);
                 }
+                // A query completion applies to is looked up again, and counted, by its
+                // first step on the async path.
+                Lookup::Stale(_) | Lookup::Miss if complete.is_some() => {}
                 Lookup::Stale(_) | Lookup::Miss => {
                     self.metrics.cache_misses.inc();
                 }

@@ -138,6 +138,40 @@ async fn completes_a_pods_search_list_at_the_node() {
     assert_eq!(dns.queries.load(Ordering::SeqCst), before);
 }
 
+/// A query that completion applies to is looked up in the cache once, and counted once:
+/// the cache counters stay a true hit ratio with completion on.
+#[tokio::test]
+async fn an_eligible_query_counts_one_cache_lookup() {
+    let dns = ClusterDns::start().await;
+    let up = Upstream::start().await;
+    let p = Proxy::start(completion_config(&up, dns.addr, true)).await;
+    p.server.pods().replace(pods(&[("127.0.0.1", "team-a")]));
+    let counts = |text: &str| {
+        (
+            metric(text, "dot_proxy_cache_hits_total"),
+            metric(text, "dot_proxy_cache_misses_total"),
+        )
+    };
+    let before = counts(&p.metrics().await);
+    // A name that exists as asked: no walk, one miss, then one hit.
+    let m = udp(p.addr, "web.team-a.svc.cluster.local.", RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    let (hits, misses) = counts(&p.metrics().await);
+    assert_eq!(
+        (hits - before.0, misses - before.1),
+        (0.0, 1.0),
+        "first ask"
+    );
+    let m = udp(p.addr, "web.team-a.svc.cluster.local.", RecordType::A).await;
+    assert_eq!(m.answers.len(), 1);
+    let (hits, misses) = counts(&p.metrics().await);
+    assert_eq!(
+        (hits - before.0, misses - before.1),
+        (1.0, 1.0),
+        "second ask"
+    );
+}
+
 #[tokio::test]
 async fn other_clients_and_other_domains_are_answered_as_without_completion() {
     let dns = ClusterDns::start().await;
