@@ -181,6 +181,19 @@ fn wait_path(p: &Path) {
     }
 }
 
+/// The FORWARDER_QUERY and FORWARDER_RESPONSE messages of a capture, read with the schema.
+fn forwarder_messages(
+    raw: &[dot_proxy::dnstap::proto::Message],
+) -> Vec<&dot_proxy::dnstap::proto::Message> {
+    use dot_proxy::dnstap::proto::MessageType;
+    raw.iter()
+        .filter(|m| {
+            m.r#type == MessageType::ForwarderQuery as i32
+                || m.r#type == MessageType::ForwarderResponse as i32
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn unix_socket_collector_gets_client_and_forwarder_messages() {
     let Some(dir) = scratch("unix_socket_collector_gets_client_and_forwarder_messages") else {
@@ -256,14 +269,8 @@ async fn unix_socket_collector_gets_client_and_forwarder_messages() {
     );
     // The transport of DoT upstream exchanges is DOT (3); Debian 12's dnstap-read prints it
     // as UDP, so it is read with the schema itself.
-    use dot_proxy::dnstap::proto::{MessageType, SocketProtocol};
-    let forwarded: Vec<_> = raw
-        .iter()
-        .filter(|m| {
-            m.r#type == MessageType::ForwarderQuery as i32
-                || m.r#type == MessageType::ForwarderResponse as i32
-        })
-        .collect();
+    use dot_proxy::dnstap::proto::SocketProtocol;
+    let forwarded = forwarder_messages(&raw);
     assert_eq!(forwarded.len(), 2);
     assert!(forwarded
         .iter()
@@ -277,7 +284,7 @@ async fn unix_socket_collector_gets_client_and_forwarder_messages() {
 async fn doh_and_doq_exchanges_are_tapped_with_their_transport() {
     use crate::doh_doq::{doh_server, doq_server, Mode};
     use dot_proxy::config::Protocol;
-    use dot_proxy::dnstap::proto::{MessageType, SocketProtocol};
+    use dot_proxy::dnstap::proto::SocketProtocol;
     let Some(dir) = scratch("doh_and_doq_exchanges_are_tapped_with_their_transport") else {
         return;
     };
@@ -311,13 +318,7 @@ async fn doh_and_doq_exchanges_are_tapped_with_their_transport() {
         })
         .await;
         let (_docs, raw) = cap.finish();
-        let forwarded: Vec<_> = raw
-            .iter()
-            .filter(|m| {
-                m.r#type == MessageType::ForwarderQuery as i32
-                    || m.r#type == MessageType::ForwarderResponse as i32
-            })
-            .collect();
+        let forwarded = forwarder_messages(&raw);
         assert_eq!(forwarded.len(), 2, "{want:?}: {raw:?}");
         for m in forwarded {
             assert_eq!(m.socket_protocol, Some(want as i32), "{m:?}");
