@@ -331,6 +331,65 @@ async fn doh_and_doq_exchanges_are_tapped_with_their_transport() {
     }
 }
 
+/// A reload turns the tap on, keeps it (and its collector connection) while the section is
+/// unchanged, and turns it off: only the queries made while it was on are logged.
+#[tokio::test]
+async fn reloads_turn_the_tap_on_keep_it_and_turn_it_off() {
+    let Some(dir) = scratch("reloads_turn_the_tap_on_keep_it_and_turn_it_off") else {
+        return;
+    };
+    let sock = dir.path().join("tap.sock");
+    let cap = Capture::start(
+        &["-u", sock.to_str().expect("path")],
+        &dir.path().join("out.fstrm"),
+    );
+    wait_path(&sock);
+    let up = Upstream::start().await;
+    let mut off = config_for(vec![up.server()]);
+    let p = Proxy::start(off.clone()).await;
+    // Reloads keep the address the proxy is serving on (port 0 would ask for a new one).
+    off.listen = vec![p.addr];
+    off.admin.listen = p.server.admin_addr();
+    let mut on = off.clone();
+    on.dnstap.enabled = true;
+    on.dnstap.socket = Some(sock.clone());
+    let ask = |name: &'static str| {
+        let addr = p.addr;
+        async move {
+            let m = udp(addr, name, RecordType::A).await;
+            assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{name}");
+        }
+    };
+    ask("before.example.test.").await;
+    p.server.apply(on.clone()).expect("reload: tap on");
+    wait_for(&p, "connect", |m| {
+        metric(m, "dot_proxy_dnstap_connected ") == 1.0
+    })
+    .await;
+    ask("during.example.test.").await;
+    wait_for(&p, "the first miss written", |m| {
+        metric(m, "dot_proxy_dnstap_messages_total") >= 4.0
+    })
+    .await;
+    p.server
+        .apply(on.clone())
+        .expect("reload: section unchanged");
+    ask("kept.example.test.").await;
+    wait_for(&p, "the second miss written", |m| {
+        metric(m, "dot_proxy_dnstap_messages_total") >= 8.0
+    })
+    .await;
+    p.server.apply(off).expect("reload: tap off");
+    ask("after.example.test.").await;
+    let (docs, raw) = cap.finish();
+    let text = format!("{docs:?}");
+    assert!(text.contains("during.example.test"), "{text}");
+    assert!(text.contains("kept.example.test"), "{text}");
+    assert!(!text.contains("before.example.test"), "{text}");
+    assert!(!text.contains("after.example.test"), "{text}");
+    assert_eq!(raw.len(), 8, "two misses, four messages each: {text}");
+}
+
 #[tokio::test]
 async fn tcp_collector_with_full_addresses_and_only_some_kinds() {
     let Some(dir) = scratch("tcp_collector_with_full_addresses_and_only_some_kinds") else {
