@@ -331,6 +331,46 @@ async fn doh_and_doq_exchanges_are_tapped_with_their_transport() {
     }
 }
 
+/// Exchanges with a plain-DNS server (a cluster zone's) are tapped as UDP, with the
+/// server's port.
+#[tokio::test]
+async fn plain_dns_exchanges_are_tapped_as_udp() {
+    use dot_proxy::dnstap::proto::SocketProtocol;
+    let Some(dir) = scratch("plain_dns_exchanges_are_tapped_as_udp") else {
+        return;
+    };
+    let sock = dir.path().join("tap.sock");
+    let cap = Capture::start(
+        &["-u", sock.to_str().expect("path")],
+        &dir.path().join("out.fstrm"),
+    );
+    wait_path(&sock);
+    let dns = crate::cluster_dns::ClusterDns::start().await;
+    let up = Upstream::start().await;
+    let mut cfg = crate::cluster_dns::completion_config(&up, dns.addr, false);
+    cfg.kubernetes.enabled = false;
+    cfg.dnstap.enabled = true;
+    cfg.dnstap.socket = Some(sock.clone());
+    let p = Proxy::start(cfg).await;
+    wait_for(&p, "connect", |m| {
+        metric(m, "dot_proxy_dnstap_connected ") == 1.0
+    })
+    .await;
+    let m = udp(p.addr, "web.team-a.svc.cluster.local.", RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    wait_for(&p, "four messages written", |m| {
+        metric(m, "dot_proxy_dnstap_messages_total") >= 4.0
+    })
+    .await;
+    let (_docs, raw) = cap.finish();
+    let forwarded = forwarder_messages(&raw);
+    assert_eq!(forwarded.len(), 2, "{raw:?}");
+    for m in forwarded {
+        assert_eq!(m.socket_protocol, Some(SocketProtocol::Udp as i32), "{m:?}");
+        assert_eq!(m.response_port, Some(u32::from(dns.addr.port())), "{m:?}");
+    }
+}
+
 /// A reload turns the tap on, keeps it (and its collector connection) while the section is
 /// unchanged, and turns it off: only the queries made while it was on are logged.
 #[tokio::test]
