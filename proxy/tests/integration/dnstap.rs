@@ -57,6 +57,13 @@ impl Capture {
         }
     }
 
+    /// A capture on a Unix socket at `sock`, listening once this returns.
+    fn unix(sock: &Path, out: &Path) -> Capture {
+        let cap = Capture::start(&["-u", sock.to_str().expect("path")], out);
+        wait_path(sock);
+        cap
+    }
+
     /// Stops the capture (it closes its file cleanly on SIGINT) and decodes what it
     /// wrote with dnstap-read (one YAML document per message), and with the proxy's own
     /// schema (for what Debian's dnstap-read cannot show: it prints DOT as UDP).
@@ -181,6 +188,14 @@ fn wait_path(p: &Path) {
     }
 }
 
+/// Waits until the proxy's tap is connected to its collector.
+async fn wait_connected(p: &Proxy) {
+    wait_for(p, "connect", |m| {
+        metric(m, "dot_proxy_dnstap_connected ") == 1.0
+    })
+    .await;
+}
+
 /// The FORWARDER_QUERY and FORWARDER_RESPONSE messages of a capture, read with the schema.
 fn forwarder_messages(
     raw: &[dot_proxy::dnstap::proto::Message],
@@ -200,21 +215,14 @@ async fn unix_socket_collector_gets_client_and_forwarder_messages() {
         return;
     };
     let sock = dir.path().join("tap.sock");
-    let cap = Capture::start(
-        &["-u", sock.to_str().expect("path")],
-        &dir.path().join("out.fstrm"),
-    );
-    wait_path(&sock);
+    let cap = Capture::unix(&sock, &dir.path().join("out.fstrm"));
     let (up, p) = start_with(|cfg| {
         cfg.dnstap.enabled = true;
         cfg.dnstap.socket = Some(sock.clone());
         cfg.dnstap.identity = "node-a".into();
     })
     .await;
-    wait_for(&p, "connect", |m| {
-        metric(m, "dot_proxy_dnstap_connected ") == 1.0
-    })
-    .await;
+    wait_connected(&p).await;
     // A miss (client pair and forwarder pair), then a hit (client pair only).
     for _ in 0..2 {
         let m = udp(p.addr, "tap.example.test.", RecordType::A).await;
@@ -297,20 +305,13 @@ async fn doh_and_doq_exchanges_are_tapped_with_their_transport() {
             _ => doq_server(Mode::Good).await,
         };
         let sock = dir.path().join(format!("{want:?}.sock"));
-        let cap = Capture::start(
-            &["-u", sock.to_str().expect("path")],
-            &dir.path().join(format!("{want:?}.fstrm")),
-        );
-        wait_path(&sock);
+        let cap = Capture::unix(&sock, &dir.path().join(format!("{want:?}.fstrm")));
         let upstream = server.server(protocol);
         let mut cfg = config_for(vec![upstream.clone()]);
         cfg.dnstap.enabled = true;
         cfg.dnstap.socket = Some(sock.clone());
         let p = Proxy::start(cfg).await;
-        wait_for(&p, "connect", |m| {
-            metric(m, "dot_proxy_dnstap_connected ") == 1.0
-        })
-        .await;
+        wait_connected(&p).await;
         let m = udp(p.addr, "tap.example.test.", RecordType::A).await;
         assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{want:?}");
         wait_for(&p, "four messages written", |m| {
@@ -340,11 +341,7 @@ async fn plain_dns_exchanges_are_tapped_as_udp() {
         return;
     };
     let sock = dir.path().join("tap.sock");
-    let cap = Capture::start(
-        &["-u", sock.to_str().expect("path")],
-        &dir.path().join("out.fstrm"),
-    );
-    wait_path(&sock);
+    let cap = Capture::unix(&sock, &dir.path().join("out.fstrm"));
     let dns = crate::cluster_dns::ClusterDns::start().await;
     let up = Upstream::start().await;
     let mut cfg = crate::cluster_dns::completion_config(&up, dns.addr, false);
@@ -352,10 +349,7 @@ async fn plain_dns_exchanges_are_tapped_as_udp() {
     cfg.dnstap.enabled = true;
     cfg.dnstap.socket = Some(sock.clone());
     let p = Proxy::start(cfg).await;
-    wait_for(&p, "connect", |m| {
-        metric(m, "dot_proxy_dnstap_connected ") == 1.0
-    })
-    .await;
+    wait_connected(&p).await;
     let m = udp(p.addr, "web.team-a.svc.cluster.local.", RecordType::A).await;
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
     wait_for(&p, "four messages written", |m| {
@@ -379,11 +373,7 @@ async fn reloads_turn_the_tap_on_keep_it_and_turn_it_off() {
         return;
     };
     let sock = dir.path().join("tap.sock");
-    let cap = Capture::start(
-        &["-u", sock.to_str().expect("path")],
-        &dir.path().join("out.fstrm"),
-    );
-    wait_path(&sock);
+    let cap = Capture::unix(&sock, &dir.path().join("out.fstrm"));
     let up = Upstream::start().await;
     let mut off = config_for(vec![up.server()]);
     let p = Proxy::start(off.clone()).await;
@@ -402,10 +392,7 @@ async fn reloads_turn_the_tap_on_keep_it_and_turn_it_off() {
     };
     ask("before.example.test.").await;
     p.server.apply(on.clone()).expect("reload: tap on");
-    wait_for(&p, "connect", |m| {
-        metric(m, "dot_proxy_dnstap_connected ") == 1.0
-    })
-    .await;
+    wait_connected(&p).await;
     ask("during.example.test.").await;
     wait_for(&p, "the first miss written", |m| {
         metric(m, "dot_proxy_dnstap_messages_total") >= 4.0
@@ -449,10 +436,7 @@ async fn tcp_collector_with_full_addresses_and_only_some_kinds() {
         cfg.dnstap.client_query = false;
     })
     .await;
-    wait_for(&p, "connect", |m| {
-        metric(m, "dot_proxy_dnstap_connected ") == 1.0
-    })
-    .await;
+    wait_connected(&p).await;
     let m = tcp(p.addr, "tcp-tap.example.test.", RecordType::A).await;
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
     wait_for(&p, "two messages written", |m| {
