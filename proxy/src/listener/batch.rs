@@ -26,9 +26,6 @@ pub struct RecvBatch {
     bufs: Vec<Vec<u8>>,
     /// (length, sender) of each datagram of the last batch.
     pub got: Vec<(usize, SocketAddr)>,
-    /// The last batch was not full: the socket was empty after it, and its readiness is
-    /// cleared already (no further `recvmmsg` needed to learn that it would block).
-    pub drained: bool,
 }
 
 impl Default for RecvBatch {
@@ -36,7 +33,6 @@ impl Default for RecvBatch {
         RecvBatch {
             bufs: (0..BATCH).map(|_| vec![0u8; QUERY_ROOM]).collect(),
             got: Vec::with_capacity(BATCH),
-            drained: false,
         }
     }
 }
@@ -44,7 +40,8 @@ impl Default for RecvBatch {
 impl RecvBatch {
     /// Receives what is queued, without waiting; `Err(WouldBlock)` when nothing is.
     ///
-    /// A batch short of [`BATCH`] means the socket's queue was emptied: the closure then
+    /// A batch short of [`BATCH`] means the socket's queue was emptied (the caller may go
+    /// back to waiting for readiness at once): the closure then
     /// reports `WouldBlock` to tokio, which clears the socket's readiness unless a new
     /// readiness event came in meanwhile (tokio compares the event's tick), so nothing that
     /// arrives later is missed, and the caller goes back to waiting without another
@@ -52,7 +49,6 @@ impl RecvBatch {
     /// at moderate rates is one in four or five.
     pub fn try_recv(&mut self, sock: &UdpSocket) -> std::io::Result<usize> {
         self.got.clear();
-        self.drained = false;
         let fd = sock.as_raw_fd();
         let (bufs, got) = (&mut self.bufs, &mut self.got);
         let r = sock.try_io(Interest::READABLE, || {
@@ -84,7 +80,6 @@ impl RecvBatch {
         match r {
             Ok(()) => Ok(self.got.len()),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && !self.got.is_empty() => {
-                self.drained = true;
                 Ok(self.got.len())
             }
             Err(e) => Err(e),

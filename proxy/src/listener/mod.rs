@@ -53,7 +53,7 @@ impl Miss {
         F: FnOnce(Vec<u8>) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send,
     {
-        let fut = async move {
+        tracker.spawn(async move {
             let m = self;
             let p = &m.pipeline;
             let mut out = Vec::with_capacity(512);
@@ -74,8 +74,7 @@ impl Miss {
             }
             deliver(out).await;
             drop(m.permit);
-        };
-        tracker.spawn(fut);
+        });
     }
 }
 

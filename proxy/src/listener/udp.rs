@@ -142,7 +142,8 @@ impl Io {
                 }
             }
             self.sb.flush(sock, counters, start).await;
-            if self.rb.drained {
+            // A short batch emptied the socket (and cleared its readiness): wait again.
+            if n < super::batch::BATCH {
                 break;
             }
         }

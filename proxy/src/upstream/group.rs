@@ -499,18 +499,8 @@ impl Group {
     pub async fn warmed(&self, limit: Duration) {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
-            let live = self.members.iter().any(|m| match &m.upstream {
-                Upstream::Tls(u) => u.live_connections() > 0,
-                Upstream::Https(u) => u.live_connections() > 0,
-                Upstream::Quic(u) => u.live_connections() > 0,
-                _ => true,
-            });
-            let settled = self.members.iter().all(|m| match &m.upstream {
-                Upstream::Tls(u) => u.attempted(),
-                Upstream::Https(u) => u.attempted(),
-                Upstream::Quic(u) => u.attempted(),
-                _ => true,
-            });
+            let live = self.members.iter().any(|m| m.upstream.warmed().0);
+            let settled = self.members.iter().all(|m| m.upstream.warmed().1);
             if live || settled {
                 return;
             }

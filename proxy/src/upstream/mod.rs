@@ -186,4 +186,14 @@ impl Upstream {
             Upstream::Plain(_) | Upstream::Other(_) => {}
         }
     }
+    /// Warmed for readiness: `(has a live connection, its first connect attempt ended)`.
+    /// A transport that connects per query (plain DNS, test fakes) is both at once.
+    pub fn warmed(&self) -> (bool, bool) {
+        match self {
+            Upstream::Tls(u) => (u.live_connections() > 0, u.attempted()),
+            Upstream::Https(u) => (u.live_connections() > 0, u.attempted()),
+            Upstream::Quic(u) => (u.live_connections() > 0, u.attempted()),
+            Upstream::Plain(_) | Upstream::Other(_) => (true, true),
+        }
+    }
 }
