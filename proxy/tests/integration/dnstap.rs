@@ -188,6 +188,43 @@ fn wait_path(p: &Path) {
     }
 }
 
+/// A proxy started with `cfg` and a tap on a capture in `dir` asks `name` once (a miss):
+/// the forwarder messages it logged.
+async fn forwarded_once(
+    dir: &Path,
+    tag: &str,
+    mut cfg: dot_proxy::config::Config,
+    name: &str,
+) -> Vec<dot_proxy::dnstap::proto::Message> {
+    let sock = dir.join(format!("{tag}.sock"));
+    let cap = Capture::unix(&sock, &dir.join(format!("{tag}.fstrm")));
+    cfg.dnstap.enabled = true;
+    cfg.dnstap.socket = Some(sock);
+    let p = Proxy::start(cfg).await;
+    wait_connected(&p).await;
+    let m = udp(p.addr, name, RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{tag}");
+    wait_for(&p, "four messages written", |m| {
+        metric(m, "dot_proxy_dnstap_messages_total") >= 4.0
+    })
+    .await;
+    let (_docs, raw) = cap.finish();
+    forwarder_messages(&raw).into_iter().cloned().collect()
+}
+
+/// A query and its answer, both logged with `protocol` and the server's `port`.
+fn assert_forwarded(
+    logged: &[dot_proxy::dnstap::proto::Message],
+    protocol: dot_proxy::dnstap::proto::SocketProtocol,
+    port: u16,
+) {
+    assert_eq!(logged.len(), 2, "{protocol:?}: {logged:?}");
+    for m in logged {
+        assert_eq!(m.socket_protocol, Some(protocol as i32), "{m:?}");
+        assert_eq!(m.response_port, Some(u32::from(port)), "{m:?}");
+    }
+}
+
 /// Waits until the proxy's tap is connected to its collector.
 async fn wait_connected(p: &Proxy) {
     wait_for(p, "connect", |m| {
@@ -304,31 +341,12 @@ async fn doh_and_doq_exchanges_are_tapped_with_their_transport() {
             Protocol::Https => doh_server(Mode::Good).await,
             _ => doq_server(Mode::Good).await,
         };
-        let sock = dir.path().join(format!("{want:?}.sock"));
-        let cap = Capture::unix(&sock, &dir.path().join(format!("{want:?}.fstrm")));
         let upstream = server.server(protocol);
-        let mut cfg = config_for(vec![upstream.clone()]);
-        cfg.dnstap.enabled = true;
-        cfg.dnstap.socket = Some(sock.clone());
-        let p = Proxy::start(cfg).await;
-        wait_connected(&p).await;
-        let m = udp(p.addr, "tap.example.test.", RecordType::A).await;
-        assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{want:?}");
-        wait_for(&p, "four messages written", |m| {
-            metric(m, "dot_proxy_dnstap_messages_total") >= 4.0
-        })
-        .await;
-        let (_docs, raw) = cap.finish();
-        let forwarded = forwarder_messages(&raw);
-        assert_eq!(forwarded.len(), 2, "{want:?}: {raw:?}");
-        for m in forwarded {
-            assert_eq!(m.socket_protocol, Some(want as i32), "{m:?}");
-            assert_eq!(
-                m.response_port,
-                Some(u32::from(upstream.address.port())),
-                "{m:?}"
-            );
-        }
+        let port = upstream.address.port();
+        let cfg = config_for(vec![upstream]);
+        let logged =
+            forwarded_once(dir.path(), &format!("{want:?}"), cfg, "tap.example.test.").await;
+        assert_forwarded(&logged, want, port);
     }
 }
 
@@ -340,29 +358,12 @@ async fn plain_dns_exchanges_are_tapped_as_udp() {
     let Some(dir) = scratch("plain_dns_exchanges_are_tapped_as_udp") else {
         return;
     };
-    let sock = dir.path().join("tap.sock");
-    let cap = Capture::unix(&sock, &dir.path().join("out.fstrm"));
     let dns = crate::cluster_dns::ClusterDns::start().await;
     let up = Upstream::start().await;
     let mut cfg = crate::cluster_dns::completion_config(&up, dns.addr, false);
     cfg.kubernetes.enabled = false;
-    cfg.dnstap.enabled = true;
-    cfg.dnstap.socket = Some(sock.clone());
-    let p = Proxy::start(cfg).await;
-    wait_connected(&p).await;
-    let m = udp(p.addr, "web.team-a.svc.cluster.local.", RecordType::A).await;
-    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
-    wait_for(&p, "four messages written", |m| {
-        metric(m, "dot_proxy_dnstap_messages_total") >= 4.0
-    })
-    .await;
-    let (_docs, raw) = cap.finish();
-    let forwarded = forwarder_messages(&raw);
-    assert_eq!(forwarded.len(), 2, "{raw:?}");
-    for m in forwarded {
-        assert_eq!(m.socket_protocol, Some(SocketProtocol::Udp as i32), "{m:?}");
-        assert_eq!(m.response_port, Some(u32::from(dns.addr.port())), "{m:?}");
-    }
+    let logged = forwarded_once(dir.path(), "plain", cfg, "web.team-a.svc.cluster.local.").await;
+    assert_forwarded(&logged, SocketProtocol::Udp, dns.addr.port());
 }
 
 /// A reload turns the tap on, keeps it (and its collector connection) while the section is
