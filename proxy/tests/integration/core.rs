@@ -483,3 +483,107 @@ fn the_proxy_process_runs_without_transparent_huge_pages() {
         ),
     }
 }
+
+/// Bursts of cached names around the receive batch's size (32 datagrams per `recvmmsg`):
+/// a batch short of 32 clears the socket's readiness without a further `recvmmsg`, so
+/// datagrams that arrive after such a batch, a full batch followed by a short one, and
+/// bursts of several batches must all be answered, each exactly once.
+#[tokio::test]
+async fn udp_bursts_around_the_batch_size_are_all_answered() {
+    let (_up, p) = start_with(|c| c.workers = 1).await;
+    let names: Vec<String> = (0..4).map(|i| format!("burst{i}.example.test.")).collect();
+    for n in &names {
+        assert_eq!(
+            udp(p.addr, n, RecordType::A).await.metadata.response_code,
+            ResponseCode::NoError
+        );
+    }
+    let client = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let mut id: u16 = 0;
+    for burst in [1usize, 31, 32, 33, 1, 64, 65, 2, 97, 31, 1] {
+        let first = id;
+        for i in 0..burst {
+            let q = query(id, &names[i % names.len()], RecordType::A, None);
+            client.send_to(&q, p.addr).await.expect("send");
+            id += 1;
+        }
+        let mut seen = vec![false; burst];
+        let mut buf = [0u8; 512];
+        for _ in 0..burst {
+            let (n, _) = tokio::time::timeout(Duration::from_secs(5), client.recv_from(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("burst of {burst}: an answer missing"))
+                .expect("recv");
+            let m = Message::from_vec(&buf[..n]).expect("answer parses");
+            assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+            let k = usize::from(m.metadata.id.wrapping_sub(first));
+            assert!(
+                k < burst && !seen[k],
+                "burst of {burst}: unexpected id {}",
+                m.metadata.id
+            );
+            seen[k] = true;
+        }
+        // A pause between bursts: the proxy goes back to waiting after each.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Datagrams already queued when the receive loop starts (as after a handover, or when the
+/// worker was busy): a full batch of junk and three batches' worth of queries behind it
+/// must all be answered. A full batch of 32 does not clear the socket's readiness, so the
+/// loop reads again at once; were it cleared, the datagrams past the first batch would
+/// wait for a new arrival that may never come.
+#[tokio::test]
+async fn datagrams_queued_before_the_receive_loop_runs_are_all_answered() {
+    use dot_proxy::metrics::{Metrics, Transport};
+    let (_up, p) = start_with(|c| c.workers = 1).await;
+    let name = "queued.example.test.";
+    udp(p.addr, name, RecordType::A).await;
+    let sock = std::sync::Arc::new(
+        dot_proxy::listener::bind_udp("127.0.0.1:0".parse().expect("addr")).expect("bind"),
+    );
+    let addr = sock.local_addr().expect("addr");
+    let client = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    // First a full batch of datagrams too short to be DNS, which are dropped: no answer
+    // goes out for them, so no write event could stand in for the readiness that the loop
+    // needs to read on.
+    for _ in 0..32 {
+        client.send_to(b"\0\x01\x02", addr).await.expect("send");
+    }
+    const QUEUED: u16 = 70;
+    for id in 0..QUEUED {
+        let q = query(id, name, RecordType::A, None);
+        client.send_to(&q, addr).await.expect("send");
+    }
+    let (metrics, _registry) = Metrics::new();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let tracker = tokio_util::task::TaskTracker::new();
+    let serving = tokio::spawn(dot_proxy::listener::udp::serve(
+        sock,
+        std::sync::Arc::new(arc_swap::ArcSwap::new(p.server.pipeline())),
+        metrics.query_counters(Transport::udp),
+        stop.clone(),
+        tracker,
+        Duration::from_millis(100),
+    ));
+    let mut seen = vec![false; usize::from(QUEUED)];
+    let mut buf = [0u8; 512];
+    for _ in 0..QUEUED {
+        let (n, _) = tokio::time::timeout(Duration::from_secs(5), client.recv_from(&mut buf))
+            .await
+            .expect("every queued query is answered")
+            .expect("recv");
+        let m = Message::from_vec(&buf[..n]).expect("answer parses");
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+        let k = usize::from(m.metadata.id);
+        assert!(k < seen.len() && !seen[k], "unexpected id {k}");
+        seen[k] = true;
+    }
+    stop.cancel();
+    serving.await.expect("the loop ends");
+}
