@@ -167,6 +167,12 @@ fn default_admin_listen() -> String {
 /// A named group of upstream servers and how it picks one for each query.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self.servers.all(s, has(s.protocol) && s.protocol == 'plain') || self.servers.all(s, !has(s.protocol) || s.protocol != 'plain')",
+        "message": "a group's servers are all plain DNS or all encrypted: a plain server beside an encrypted one would get its queries in clear text when it fails"
+    }
+]))]
 pub struct UpstreamGroupSpec {
     /// Referenced by `zones[].group` and by the `dns.dot-proxy.io/upstream-group` pod annotation.
     #[schemars(

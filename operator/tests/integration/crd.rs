@@ -340,6 +340,20 @@ const REFUSED: &[(&str, Change, &str)] = &[
         "a block list needs names or a file",
     ),
     (
+        "a TLS server beside a plain one in a group",
+        |d| {
+            let tls = d.spec.upstream_groups[0].servers[0].clone();
+            let cluster = d
+                .spec
+                .upstream_groups
+                .iter_mut()
+                .find(|g| g.name == "cluster")
+                .expect("the example has a cluster group");
+            cluster.servers.push(tls);
+        },
+        "a group's servers are all plain DNS or all encrypted",
+    ),
+    (
         "a path on a DoT server",
         |d| d.spec.upstream_groups[0].servers[0].path = Some("/dns-query".into()),
         "path is only for https servers",

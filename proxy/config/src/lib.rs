@@ -1042,6 +1042,21 @@ impl Config {
             for (si, s) in g.servers.iter().enumerate() {
                 validate_server(err, &format!("{gp}.servers[{si}]"), s);
             }
+            // The servers of a group stand in for one another: plain DNS beside an
+            // encrypted server would be a clear-text fallback for it.
+            if g.servers.iter().any(|s| s.protocol.is_encrypted()) {
+                for (si, s) in g.servers.iter().enumerate() {
+                    if !s.protocol.is_encrypted() {
+                        err(
+                            format!("{gp}.servers[{si}].protocol"),
+                            format!(
+                                "group {:?} has encrypted servers; a plain-DNS server beside them would receive their queries in clear text when they fail: put plain servers in a group of their own",
+                                g.name
+                            ),
+                        );
+                    }
+                }
+            }
         }
     }
 

@@ -210,3 +210,24 @@ fn https_and_quic_servers_are_checked_like_tls() {
         ""
     );
 }
+
+/// A group's servers answer for one another: a group with an encrypted server and a
+/// plain-DNS one would send the encrypted server's queries in clear text whenever it
+/// fails over (a refused certificate included). Refused, for every group, naming the
+/// plain server.
+#[test]
+fn a_group_does_not_mix_plain_dns_with_encrypted_servers() {
+    let mixed = "upstream_groups:\n- name: default\n  servers:\n  - {address: 1.1.1.1:853, tls_name: cloudflare-dns.com}\n- name: cluster\n  servers:\n  - {address: 10.96.0.11:853, tls_name: dns.cluster}\n  - {address: 10.96.0.10:53, protocol: plain}\nzones:\n- {zone: ., group: default}\n- {zone: cluster.local, group: cluster}\n";
+    let e = errors(mixed);
+    assert!(
+        e.contains("upstream_groups[1].servers[1].protocol") && e.contains("plain"),
+        "{e}"
+    );
+    // Also when plain DNS may serve ".": the opt-in is for a plain group, not a fallback.
+    let default_mixed = "allow_plain_default: true\nupstream_groups:\n- name: default\n  servers:\n  - {address: 10.96.0.10:53, protocol: plain}\n  - {address: 1.1.1.1:443, protocol: https, tls_name: cloudflare-dns.com}\n";
+    let e = errors(default_mixed);
+    assert!(e.contains("upstream_groups[0].servers[0].protocol"), "{e}");
+    // Encrypted protocols mix freely, and so do plain servers among themselves.
+    let fine = "upstream_groups:\n- name: default\n  servers:\n  - {address: 1.1.1.1:853, tls_name: cloudflare-dns.com}\n  - {address: 1.1.1.1:443, protocol: https, tls_name: cloudflare-dns.com}\n  - {address: 1.1.1.1:853, protocol: quic, tls_name: cloudflare-dns.com}\n- name: cluster\n  servers:\n  - {address: 10.96.0.10:53, protocol: plain}\n  - {address: 10.96.0.11:53, protocol: plain}\nzones:\n- {zone: ., group: default}\n- {zone: cluster.local, group: cluster}\n";
+    assert_eq!(errors(fine), "");
+}
