@@ -65,11 +65,11 @@ fn truncate(s: &str, max: usize) -> &str {
     }
 }
 
-/// Parses the `dns.dot-proxy.io/` annotations of one pod. `group_exists` tells whether an
-/// upstream group of that name is defined in the resource.
+/// Parses the `dns.dot-proxy.io/` annotations of one pod. `group_usable` tells whether a
+/// pod may be sent to the upstream group of that name, or why not.
 pub fn parse(
     annotations: &BTreeMap<String, String>,
-    group_exists: impl Fn(&str) -> bool,
+    group_usable: impl Fn(&str) -> Result<(), String>,
 ) -> (PodRequest, Vec<AnnotationProblem>) {
     let mut req = PodRequest::default();
     let mut problems = Vec::new();
@@ -82,14 +82,7 @@ pub fn parse(
             QPS => parse_qps(value).map(|q| req.qps = Some(q)),
             BURST => parse_burst(value).map(|b| req.burst = Some(b)),
             EXEMPT => parse_bool(value).map(|e| req.exempt = e),
-            GROUP => {
-                if group_exists(value) {
-                    req.group = Some(value.to_string());
-                    Ok(())
-                } else {
-                    Err("no upstream group of that name in this DotProxyConfig".to_string())
-                }
-            }
+            GROUP => group_usable(value).map(|()| req.group = Some(value.to_string())),
             _ => Err(format!(
                 "unknown annotation (known: {QPS}, {BURST}, {EXEMPT}, {GROUP})"
             )),
@@ -143,8 +136,12 @@ mod tests {
             .collect()
     }
 
-    fn groups(name: &str) -> bool {
-        matches!(name, "default" | "internal")
+    fn groups(name: &str) -> Result<(), String> {
+        if matches!(name, "default" | "internal") {
+            Ok(())
+        } else {
+            Err("no upstream group of that name in this DotProxyConfig".into())
+        }
     }
 
     #[test]

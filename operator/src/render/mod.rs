@@ -10,7 +10,9 @@ pub mod shards;
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 
-use dot_proxy_config::{Cidr, ClientGroup, NodeOverrides, OverridesFile, RateLimitOverride};
+use dot_proxy_config::{
+    Cidr, ClientGroup, NodeOverrides, OverridesFile, Protocol, RateLimitOverride,
+};
 use sha2::{Digest, Sha256};
 
 pub use annotations::{AnnotationProblem, PodRequest};
@@ -18,7 +20,7 @@ pub use config::{proxy_config, spec_path};
 pub use shards::{fnv1a64, shard_key, shard_name, shard_of, MAX_SHARD_BYTES};
 
 use crate::cluster::{NodeLabels, PodInfo};
-use crate::resource::DotProxyConfigSpec;
+use crate::resource::{Checked, DotProxyConfigSpec};
 use crate::CONFIG_KEY;
 
 /// The data of one ConfigMap to write: a single key.
@@ -147,7 +149,24 @@ pub fn render<'a>(
         )]));
     }
 
-    let group_exists = |g: &str| spec.upstream_groups.iter().any(|x| x.name == g);
+    let group_usable = |g: &str| {
+        match spec.upstream_groups.iter().find(|x| x.name == g) {
+        None => Err("no upstream group of that name in this DotProxyConfig".to_string()),
+        // The pod's own group answers every name it asks: plain DNS there is a plain
+        // default for the pod, allowed only with the same opt-in as for ".".
+        Some(x)
+            if !spec.allow_plain_default
+                && x.servers
+                    .iter()
+                    .any(|s| matches!(s.protocol, Checked::Known(Protocol::Plain))) =>
+        {
+            Err(format!(
+                "group {g:?} is plain DNS and would answer every name the pod asks; allowPlainDefault is off"
+            ))
+        }
+        Some(_) => Ok(()),
+    }
+    };
     let shard_count = spec.target.override_shards.max(1);
     let mut per_shard: Vec<OverridesFile> = vec![BTreeMap::new(); shard_count as usize];
     let mut stats = RenderStats::default();
@@ -166,7 +185,7 @@ pub fn render<'a>(
             stats.pods_not_selected += 1;
             continue;
         }
-        let (req, found) = annotations::parse(&pod.annotations, group_exists);
+        let (req, found) = annotations::parse(&pod.annotations, group_usable);
         for p in found {
             problems.push(problem(pod, p.to_string()));
         }

@@ -492,7 +492,9 @@ const GROUP: &str = "dns.dot-proxy.io/upstream-group";
 
 #[test]
 fn annotated_pods_become_host_entries_in_their_nodes_shard() {
-    let spec = spec_from(MINIMAL);
+    let mut spec = spec_from(MINIMAL);
+    // "routed" is sent to the plain cluster group for every name: that needs the opt-in.
+    spec.allow_plain_default = true;
     let pods = vec![
         pod(
             "limited",
@@ -573,7 +575,8 @@ fn annotated_pods_become_host_entries_in_their_nodes_shard() {
 fn shard_entries_pass_the_proxys_own_checks() {
     // The proxy validates overrides with the same rules as rate_limit.overrides and
     // client_groups in its config; fold every shard entry into one and validate it.
-    let spec = example();
+    let mut spec = example();
+    spec.allow_plain_default = true; // pods sent to the plain cluster group
     let pods: Vec<PodInfo> = (0..200)
         .map(|i| {
             let ip = format!("10.244.{}.{}", i / 200, i % 200 + 2);
@@ -625,6 +628,13 @@ fn invalid_annotations_are_reported_and_never_break_other_pods() {
             &["10.244.1.8"],
             &[(EXEMPT, "yes please")],
         ),
+        // Every name of this pod would go out as plain DNS, and allowPlainDefault is off.
+        pod(
+            "plain-group",
+            "node-a",
+            &["10.244.1.9"],
+            &[(GROUP, "cluster"), (QPS, "7")],
+        ),
     ];
     let r = render("default", &spec, &pods, &no_nodes()).expect("still renders");
     let msgs: Vec<_> = r
@@ -632,7 +642,14 @@ fn invalid_annotations_are_reported_and_never_break_other_pods() {
         .iter()
         .map(|p| (p.name.as_str(), p.uid.as_str(), p.message.as_str()))
         .collect();
-    assert_eq!(msgs.len(), 3, "{msgs:?}");
+    assert_eq!(msgs.len(), 4, "{msgs:?}");
+    assert!(
+        msgs[3].0 == "plain-group"
+            && msgs[3]
+                .2
+                .contains("upstream-group=\"cluster\" ignored: group \"cluster\" is plain DNS"),
+        "{msgs:?}"
+    );
     assert_eq!(msgs[0].0, "bad-exempt");
     assert_eq!(msgs[0].1, "uid-bad-exempt");
     assert!(
@@ -655,7 +672,8 @@ fn invalid_annotations_are_reported_and_never_break_other_pods() {
         got,
         [
             ("10.244.1.5/32".to_string(), Some(50.0), None),
-            ("10.244.1.6/32".to_string(), None, Some(9))
+            ("10.244.1.6/32".to_string(), None, Some(9)),
+            ("10.244.1.9/32".to_string(), Some(7.0), None)
         ]
     );
     assert!(a.client_groups.is_empty());
@@ -780,6 +798,7 @@ fn node_selector_pending_pods_host_network_and_duplicate_ips() {
 #[test]
 fn overrides_over_the_shard_limit_are_invalid() {
     let mut spec = spec_from(MINIMAL);
+    spec.allow_plain_default = true; // pods sent to the plain cluster group
     spec.target.override_shards = 1;
     let pods: Vec<PodInfo> = (0..12_000u32)
         .map(|i| {
@@ -826,7 +845,7 @@ fn rate_limit_annotations_while_limiting_is_off_are_reported() {
             "routed",
             "node-1",
             &["10.1.0.6"],
-            &[("dns.dot-proxy.io/upstream-group", "cluster")],
+            &[("dns.dot-proxy.io/upstream-group", "public")],
         ),
     ];
     let mut spec = spec_from(MINIMAL);

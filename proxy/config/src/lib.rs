@@ -304,6 +304,14 @@ pub struct UpstreamGroup {
     pub servers: Vec<UpstreamServer>,
 }
 
+impl UpstreamGroup {
+    /// Whether any of its servers speaks plain DNS (validation keeps a group's servers all
+    /// plain or all encrypted).
+    pub fn is_plain(&self) -> bool {
+        self.servers.iter().any(|s| !s.protocol.is_encrypted())
+    }
+}
+
 /// Shared with the operator's CRD defaults.
 pub fn default_query_timeout() -> Dur {
     Dur::secs(2)
@@ -1089,8 +1097,7 @@ impl Config {
                 ),
                 Some(g) if norm == "." => {
                     has_root = true;
-                    let plain = g.servers.iter().any(|s| s.protocol == Protocol::Plain);
-                    if plain && !self.allow_plain_default {
+                    if g.is_plain() && !self.allow_plain_default {
                         err(
                             format!("{zp}.group"),
                             format!(
@@ -1250,11 +1257,21 @@ impl Config {
     /// `validate`, for per-client groups.
     fn check_client_groups(&self, err: &mut impl FnMut(String, String)) {
         for (i, c) in self.client_groups.iter().enumerate() {
-            if !self.upstream_groups.iter().any(|g| g.name == c.group) {
-                err(
+            match self.upstream_groups.iter().find(|g| g.name == c.group) {
+                None => err(
                     format!("client_groups[{i}].group"),
                     format!("no upstream group named {:?}", c.group),
-                );
+                ),
+                // The client's own group answers every name it asks, as "." does for the
+                // others: plain DNS there needs the same opt-in.
+                Some(g) if g.is_plain() && !self.allow_plain_default => err(
+                    format!("client_groups[{i}].group"),
+                    format!(
+                        "group {:?} has plain-DNS servers and would answer every name these clients ask; set allow_plain_default: true to allow unencrypted forwarding for them",
+                        g.name
+                    ),
+                ),
+                Some(_) => {}
             }
         }
     }

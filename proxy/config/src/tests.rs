@@ -231,3 +231,19 @@ fn a_group_does_not_mix_plain_dns_with_encrypted_servers() {
     let fine = "upstream_groups:\n- name: default\n  servers:\n  - {address: 1.1.1.1:853, tls_name: cloudflare-dns.com}\n  - {address: 1.1.1.1:443, protocol: https, tls_name: cloudflare-dns.com}\n  - {address: 1.1.1.1:853, protocol: quic, tls_name: cloudflare-dns.com}\n- name: cluster\n  servers:\n  - {address: 10.96.0.10:53, protocol: plain}\n  - {address: 10.96.0.11:53, protocol: plain}\nzones:\n- {zone: ., group: default}\n- {zone: cluster.local, group: cluster}\n";
     assert_eq!(errors(fine), "");
 }
+
+/// A client with a group of its own gets that group for every name: a plain-DNS group
+/// there is a plain default for that client, and needs the same opt-in as one for ".".
+#[test]
+fn a_client_group_of_plain_dns_needs_the_plain_default_opt_in() {
+    let yaml = "upstream_groups:\n- name: default\n  servers:\n  - {address: 1.1.1.1:853, tls_name: cloudflare-dns.com}\n- name: cluster\n  servers:\n  - {address: 10.96.0.10:53, protocol: plain}\nzones:\n- {zone: ., group: default}\n- {zone: cluster.local, group: cluster}\nclient_groups:\n- {cidr: 10.244.0.0/16, group: cluster}\n";
+    let e = errors(yaml);
+    assert!(
+        e.contains("client_groups[0].group") && e.contains("allow_plain_default"),
+        "{e}"
+    );
+    assert_eq!(errors(&format!("{yaml}allow_plain_default: true\n")), "");
+    let encrypted = yaml.replace("group: cluster}\n", "group: default}\n");
+    assert!(encrypted.ends_with("group: default}\n"));
+    assert_eq!(errors(&encrypted), "");
+}
