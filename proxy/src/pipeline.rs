@@ -190,6 +190,7 @@ impl Pipeline {
             let answered = match policy.check(key.name()) {
                 Verdict::Pass => None,
                 Verdict::Rewrite { strip, to } => {
+                    self.metrics.policy_hits.inc(PolicyKind::rewrite);
                     rewrite_to = Some((strip, to));
                     None
                 }
@@ -448,7 +449,13 @@ impl Pipeline {
             rewrite,
             ..
         } = req;
-        let index = self.routes.group(key.route_tag(), key.name());
+        // Rules apply before routing: a rewritten query goes by the name it is sent as
+        // (lower-cased: the rule's target after the asked name's lower-cased prefix).
+        let sent_name = match rewrite {
+            Some((q, qi)) => q.get(wire::HEADER_LEN..qi.qname_end).unwrap_or(key.name()),
+            None => key.name(),
+        };
+        let index = self.routes.group(key.route_tag(), sent_name);
         let group = &self.groups[index.min(self.groups.len().saturating_sub(1))];
         if tracing::enabled!(tracing::Level::DEBUG) {
             tracing::debug!(name = %wire::name_to_string(key.name()), qtype = qi.qtype, group = %group.name, "forwarding");
@@ -457,7 +464,6 @@ impl Pipeline {
         let mut msg = Vec::with_capacity(query.len() + 160);
         let resp = match rewrite {
             Some((new_query, new_qi)) => {
-                self.metrics.policy_hits.inc(PolicyKind::rewrite);
                 upstream_query(new_query, new_qi, &group.query_options(), &mut msg);
                 let resp = group.query(&Bytes::from(msg)).await?;
                 Bytes::from(crate::policy::restore_answer(&resp, query).ok_or(

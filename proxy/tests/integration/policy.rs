@@ -190,11 +190,60 @@ async fn rewrites_restore_the_asked_name_and_are_cached() {
     let raw = up.raw.lock().expect("lock").clone();
     let sent = hickory_proto::op::Message::from_vec(raw.last().expect("sent")).expect("parse");
     assert_eq!(sent.queries[0].name().to_ascii(), "svc.new.example.test.");
+    // Counted per query matched, as the other rules are: the cache hit (TCP) too.
     let metrics = p.metrics().await;
     assert_eq!(
         metric(&metrics, "dot_proxy_policy_actions_total{rule=\"rewrite\"}"),
-        2.0
+        3.0
     );
+}
+
+/// Rules apply before the zone router (docs/policy.md): a rewritten query goes to the group
+/// of the name it is sent as. `svc.ns.old-cluster.example.test` sent as
+/// `svc.ns.cluster.example.test` is asked of the group serving `cluster.example.test`, never
+/// of the default group (which would get an in-cluster name and answer for the wrong zone).
+#[tokio::test]
+async fn rewritten_queries_are_routed_by_the_name_they_are_sent_as() {
+    use dot_proxy::config::{Policy, UpstreamGroup, ZoneRoute};
+    let public = Upstream::start().await;
+    let cluster = Upstream::start().await;
+    let mut cfg = config_for(vec![public.server()]);
+    cfg.upstream_groups.push(UpstreamGroup {
+        name: "cluster".into(),
+        policy: Policy::Failover,
+        timeout: dot_proxy::config::Dur::secs(1),
+        servers: vec![cluster.server()],
+    });
+    cfg.zones.push(ZoneRoute {
+        zone: "cluster.example.test".into(),
+        group: "cluster".into(),
+    });
+    cfg.policy.rewrites = vec![RewriteRule {
+        from: "old-cluster.example.test".into(),
+        to: "cluster.example.test".into(),
+        suffix: true,
+    }];
+    let p = Proxy::start(cfg).await;
+    let m = udp(p.addr, "svc.ns.old-cluster.example.test.", RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(
+        m.answers[0].name.to_ascii(),
+        "svc.ns.old-cluster.example.test."
+    );
+    assert_eq!(
+        (public.query_count(), cluster.query_count()),
+        (0, 1),
+        "asked of the cluster.example.test group only"
+    );
+    let raw = cluster.raw.lock().expect("lock").clone();
+    let sent = hickory_proto::op::Message::from_vec(&raw[0]).expect("parse");
+    assert_eq!(
+        sent.queries[0].name().to_ascii(),
+        "svc.ns.cluster.example.test."
+    );
+    // A name the rule does not touch still goes by its own zone.
+    udp(p.addr, "www.example.test.", RecordType::A).await;
+    assert_eq!((public.query_count(), cluster.query_count()), (1, 1));
 }
 
 #[tokio::test]
