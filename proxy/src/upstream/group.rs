@@ -286,7 +286,8 @@ impl Group {
                         None => None,
                     }
                 } => r,
-                _ = sleep_until(hedge_at), if launched < order.len() => {
+                // Nobody is asked at the deadline: the query is over then.
+                _ = sleep_until(hedge_at), if launched < order.len() && hedge_at < deadline => {
                     overtaken.push(order[launched - 1]);
                     self.failovers.inc(FailoverReason::slow);
                     hedge_at = launch(&mut pending, &mut launched);
@@ -305,14 +306,14 @@ impl Group {
                 }
                 Ok(resp) => {
                     fallback = Some(resp);
-                    if launched < order.len() {
+                    if launched < order.len() && Instant::now() < deadline {
                         self.failovers.inc(FailoverReason::servfail);
                         hedge_at = launch(&mut pending, &mut launched);
                     }
                 }
                 Err(e) => {
                     last = e;
-                    if launched < order.len() {
+                    if launched < order.len() && Instant::now() < deadline {
                         self.failovers.inc(FailoverReason::error);
                         hedge_at = launch(&mut pending, &mut launched);
                     }
@@ -711,6 +712,37 @@ mod tests {
             g.members()[0].health.rtt.observe(Duration::from_secs(3));
         }
         assert_eq!(g.attempt_timeout(0), Duration::from_secs(1));
+    }
+
+    /// The group's deadline ends the query: no server is asked at or after it, so none is
+    /// charged a timeout (and a failover) for a query it never had time to answer.
+    #[tokio::test(start_paused = true)]
+    async fn no_server_is_asked_at_the_group_deadline() {
+        let a = Fake::new("a", Mode::Stall);
+        let b = Fake::new("b", Mode::Stall);
+        let c = Fake::new("c", Mode::Answer(MS));
+        let (g, m) = group(Policy::Failover, &[&a, &b, &c]);
+        // Slow servers: each has the ceiling of half the group timeout (1 s), so a is
+        // overtaken by b at 1 s and b's turn would end at the 2 s deadline.
+        for i in 0..2 {
+            for _ in 0..30 {
+                g.members()[i].health.rtt.observe(Duration::from_secs(3));
+            }
+        }
+        let (r, took) = timed(&g).await;
+        assert_eq!(r, Err(GroupError::Timeout));
+        assert_eq!(took, Duration::from_secs(2));
+        assert_eq!((a.calls(), b.calls(), c.calls()), (1, 1, 0));
+        let count = |reason| {
+            m.group_failovers
+                .get_or_create(&FailoverLabels {
+                    group: "g".into(),
+                    reason,
+                })
+                .get()
+        };
+        assert_eq!(count(FailoverReason::slow), 1);
+        assert_eq!(count(FailoverReason::error), 0);
     }
 
     #[tokio::test(start_paused = true)]
