@@ -234,9 +234,17 @@ impl Pipeline {
         if let Some(cache) = self.cache_for(&qi) {
             match cache.lookup(key.as_bytes(), now) {
                 // A cached NXDOMAIN for a name completion applies to is where the walk
-                // starts: the async path answers it (and counts the hit).
-                Lookup::Fresh { entry, .. }
-                    if complete.is_some() && entry.stored().rcode() == rcode::NXDOMAIN => {}
+                // starts: the async path answers it (and counts the hit). A prefetch this
+                // lookup granted (and marked on the entry) still runs.
+                Lookup::Fresh { entry, prefetch }
+                    if complete.is_some() && entry.stored().rcode() == rcode::NXDOMAIN =>
+                {
+                    if prefetch {
+                        let req =
+                            self.request(query, qi, key.clone(), None, client, transport, None);
+                        self.refresh(req, entry);
+                    }
+                }
                 Lookup::Fresh { entry, prefetch } => {
                     self.metrics.cache_hits.inc();
                     entry.stored().render(

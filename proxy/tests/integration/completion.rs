@@ -359,3 +359,46 @@ async fn completion_follows_reloads_and_the_watch_restarts_with_the_process() {
         ResponseCode::NXDomain
     );
 }
+
+/// A hot name that completion applies to, cached as NXDOMAIN, is prefetched before it
+/// expires like any hot name. (The cache lookup that grants a prefetch marks the entry as
+/// refreshing; this path once dropped the grant, so the mark stayed and the name was never
+/// refreshed again, fresh or stale.)
+#[tokio::test]
+async fn a_hot_name_that_completion_walks_is_prefetched() {
+    let dns = ClusterDns::start().await;
+    let up = Upstream::start().await;
+    let p = Proxy::start(completion_config(&up, dns.addr, true)).await;
+    p.server.pods().replace(pods(&[("127.0.0.1", "team-a")]));
+    let asked_count = |dns: &ClusterDns| {
+        let asked = dns.asked.lock().expect("lock").clone();
+        asked
+            .iter()
+            .filter(|q| q.as_str() == format!("{ASKED} A"))
+            .count()
+    };
+    let m = udp(p.addr, ASKED, RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(asked_count(&dns), 1);
+    // Asked often (prefetch.min_hits is 5), and again in the last second of the asked
+    // name's 5 s negative TTL: that hit is granted a prefetch.
+    for _ in 0..6 {
+        udp(p.addr, ASKED, RecordType::A).await;
+    }
+    p.server
+        .clock
+        .advance(std::time::Duration::from_millis(4200));
+    for _ in 0..3 {
+        let m = udp(p.addr, ASKED, RecordType::A).await;
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    }
+    let mut refreshed = false;
+    for _ in 0..50 {
+        if asked_count(&dns) >= 2 {
+            refreshed = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(refreshed, "the asked name was refreshed before it expired");
+}
