@@ -196,7 +196,7 @@ impl Pipeline {
                 }
                 Verdict::Static(rule) => Some((
                     PolicyKind::static_answer,
-                    crate::policy::static_answer(query, &qi, rule, out),
+                    crate::policy::static_answer(query, &qi, rule, max_len(transport, &qi), out),
                 )),
                 Verdict::Block(action) => Some((
                     PolicyKind::block,

@@ -217,8 +217,15 @@ fn header_of(query: &[u8], qi: &QueryInfo, rc: ResponseCode) -> Message {
     m
 }
 
-/// Builds the local answer of a static rule. Other types at the name get NODATA.
-pub fn static_answer(query: &[u8], qi: &QueryInfo, rule: &StaticRule, out: &mut Vec<u8>) -> bool {
+/// Builds the local answer of a static rule. Other types at the name get NODATA. An answer
+/// longer than `max_len` (the client's UDP size) is cut to the question with TC set.
+pub fn static_answer(
+    query: &[u8],
+    qi: &QueryInfo,
+    rule: &StaticRule,
+    max_len: usize,
+    out: &mut Vec<u8>,
+) -> bool {
     let mut m = header_of(query, qi, ResponseCode::NoError);
     m.metadata.authoritative = true;
     let Some(owner) = m.queries.first().map(|q| q.name().clone()) else {
@@ -255,7 +262,15 @@ pub fn static_answer(query: &[u8], qi: &QueryInfo, rule: &StaticRule, out: &mut 
             _ => {}
         }
     }
-    encode(&m, out)
+    if !encode(&m, out) {
+        return false;
+    }
+    if out.len() > max_len {
+        m.answers.clear();
+        m.metadata.truncation = true;
+        return encode(&m, out);
+    }
+    true
 }
 
 /// Builds the answer of a block rule.

@@ -343,3 +343,39 @@ async fn rules_change_under_load_without_a_lost_query() {
         vec!["10.0.0.9".parse::<std::net::Ipv4Addr>().expect("ip")]
     );
 }
+
+/// A static answer too big for the client's UDP size is cut to the question with TC set,
+/// as cached answers are, so the client asks again over TCP and gets it whole.
+#[tokio::test]
+async fn a_static_answer_too_big_for_udp_is_truncated() {
+    let many: Vec<std::net::Ipv4Addr> = (1..=40u8)
+        .map(|i| std::net::Ipv4Addr::new(10, 0, 0, i))
+        .collect();
+    let (_up, p) = start_with(|cfg| {
+        cfg.policy.static_answers = vec![StaticRule {
+            name: "many.corp.test".into(),
+            ttl: 60,
+            a: many.clone(),
+            aaaa: vec![],
+            cname: None,
+            txt: vec![],
+        }];
+    })
+    .await;
+    // No EDNS: 512 bytes at most; 40 A records are about 660.
+    let raw = udp_raw_answer(p.addr, query(5, "many.corp.test.", RecordType::A, None)).await;
+    assert!(
+        raw.len() <= 512,
+        "{} bytes over UDP without EDNS",
+        raw.len()
+    );
+    let m = hickory_proto::op::Message::from_vec(&raw).expect("parse");
+    assert!(m.metadata.truncation, "TC set");
+    assert!(m.answers.is_empty());
+    assert_eq!(m.queries.len(), 1);
+    // With EDNS (1232) it fits, and over TCP it is whole.
+    for m in both(p.addr, "many.corp.test.", RecordType::A).await {
+        assert!(!m.metadata.truncation);
+        assert_eq!(a_records(&m).len(), 40);
+    }
+}
