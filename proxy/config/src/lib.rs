@@ -312,6 +312,10 @@ impl UpstreamGroup {
     }
 }
 
+/// Most upstream groups in one config: a client's own group is carried in one byte of the
+/// cache key, 0 meaning zone routing.
+pub const MAX_UPSTREAM_GROUPS: usize = u8::MAX as usize;
+
 /// Shared with the operator's CRD defaults.
 pub fn default_query_timeout() -> Dur {
     Dur::secs(2)
@@ -1022,6 +1026,16 @@ impl Config {
             err(
                 "upstream_groups".into(),
                 "at least one upstream group is required".into(),
+            );
+        }
+        // A client's own group is one byte of the cache key (0 = zone routing).
+        if self.upstream_groups.len() > MAX_UPSTREAM_GROUPS {
+            err(
+                "upstream_groups".into(),
+                format!(
+                    "{} groups; at most {MAX_UPSTREAM_GROUPS}",
+                    self.upstream_groups.len()
+                ),
             );
         }
         for (gi, g) in self.upstream_groups.iter().enumerate() {

@@ -247,3 +247,23 @@ fn a_client_group_of_plain_dns_needs_the_plain_default_opt_in() {
     assert!(encrypted.ends_with("group: default}\n"));
     assert_eq!(errors(&encrypted), "");
 }
+
+/// A client's group is carried in one byte of the cache key (0 = zone routing), so at
+/// most 255 groups can be told apart: more are refused rather than folded together.
+#[test]
+fn at_most_255_upstream_groups() {
+    let mut c = Config::default();
+    let template = c.upstream_groups[0].clone();
+    for i in 1..255 {
+        let mut g = template.clone();
+        g.name = format!("g{i}");
+        c.upstream_groups.push(g);
+    }
+    assert_eq!(c.upstream_groups.len(), 255);
+    c.validate().expect("255 groups are fine");
+    let mut g = template;
+    g.name = "one-too-many".into();
+    c.upstream_groups.push(g);
+    let e = c.validate().expect_err("256 are not").to_string();
+    assert!(e.contains("upstream_groups") && e.contains("255"), "{e}");
+}
