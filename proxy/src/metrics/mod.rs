@@ -543,7 +543,7 @@ impl Metrics {
         );
         r.register(
             "cache_prefetches",
-            "Background refreshes of hot names before expiry",
+            "Background refreshes: of hot names before they expire, and of answers just served stale",
             self.cache_prefetches.clone(),
         );
         r.register(
