@@ -1,7 +1,7 @@
-//! Cache keys: lower-cased question name, type, class, and the DO and CD bits, built in a
-//! stack buffer so a lookup allocates nothing.
+//! Cache keys: lower-cased question name, type, class, and the DO, CD, RD and AD bits,
+//! built in a stack buffer so a lookup allocates nothing.
 
-use crate::dns::wire::{QueryInfo, HEADER_LEN};
+use crate::dns::wire::{header, QueryInfo, HEADER_LEN};
 
 /// Enough for a 255-byte name, type, class, flags and the route tag.
 pub type KeyBuf = [u8; 264];
@@ -27,7 +27,14 @@ impl CacheKey {
         }
         buf[n..n + 2].copy_from_slice(&qi.qtype.to_be_bytes());
         buf[n + 2..n + 4].copy_from_slice(&qi.qclass.to_be_bytes());
-        buf[n + 4] = u8::from(qi.do_bit()) | (u8::from(qi.cd()) << 1);
+        // The query bits that change what an upstream answers: DO and CD (DNSSEC), RD (a
+        // non-recursive query gets a cache-only answer or a referral, never to be served to
+        // recursive ones) and AD (whether the answer may carry AD, RFC 6840 5.7).
+        let f = qi.flags;
+        buf[n + 4] = u8::from(qi.do_bit())
+            | (u8::from(qi.cd()) << 1)
+            | (u8::from(f & header::RD == 0) << 2)
+            | (u8::from(f & header::AD != 0) << 3);
         buf[n + 5] = route_tag;
         CacheKey {
             buf,

@@ -398,3 +398,42 @@ async fn authoritative_bit_is_cleared_on_forwarded_and_cached_answers() {
     assert!(!m.metadata.authoritative);
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
 }
+
+/// Queries that differ in RD or AD are answered apart: a non-recursive query (`dig
+/// +norec`, a monitoring probe) may get a cache-only answer, a referral or a SERVFAIL from
+/// the upstream, and that must never be served to the recursive queries of everyone else
+/// (nor an answer's AD bit to clients that did not ask for it, RFC 6840 5.7).
+#[tokio::test]
+async fn rd_and_ad_bits_are_part_of_the_cache_key() {
+    let (up, p) = start_with(|_| {}).await;
+    let mut norec = query(1, "norec.example.test.", RecordType::A, None);
+    norec[2] &= !0x01; // RD off
+    udp_raw_answer(p.addr, norec).await;
+    let rec = query(2, "norec.example.test.", RecordType::A, None);
+    let m =
+        hickory_proto::op::Message::from_vec(&udp_raw_answer(p.addr, rec).await).expect("parse");
+    assert!(m.metadata.recursion_desired);
+    assert_eq!(a_records(&m).len(), 1);
+    assert_eq!(
+        up.query_count(),
+        2,
+        "the recursive query was not answered from the RD=0 one"
+    );
+    let sent: Vec<bool> = up
+        .raw
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|q| q[2] & 0x01 != 0)
+        .collect();
+    assert_eq!(sent, [false, true], "RD passed on as asked");
+    // AD: likewise apart.
+    let mut ad = query(3, "norec.example.test.", RecordType::A, None);
+    ad[3] |= 0x20;
+    udp_raw_answer(p.addr, ad).await;
+    assert_eq!(up.query_count(), 3);
+    // And each is cached under its own key.
+    let rec = query(4, "norec.example.test.", RecordType::A, None);
+    udp_raw_answer(p.addr, rec).await;
+    assert_eq!(up.query_count(), 3);
+}
