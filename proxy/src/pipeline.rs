@@ -500,10 +500,11 @@ impl Pipeline {
                 .map_err(|_| GroupError::Failed(crate::upstream::UpstreamError::Malformed))?,
         );
         if let Some(cache) = self.cache_for(qi) {
-            // A SERVFAIL is a failure to resolve: an expired answer still in its serve-stale
-            // window is better (RFC 8767), and must not be overwritten by it.
+            // A SERVFAIL is a failure to resolve: an answer still fresh (a prefetch's
+            // refresh failed) or expired but in its serve-stale window (RFC 8767) is
+            // better, and must not be overwritten by it.
             if answer.kind() == AnswerKind::ServFail
-                && cache.stale(key.as_bytes(), self.clock.now()).is_some()
+                && cache.holds_answer(key.as_bytes(), self.clock.now())
             {
                 return Err(GroupError::StaleIsBetter);
             }

@@ -304,6 +304,14 @@ impl Cache {
         }
     }
 
+    /// Whether an answer better than a SERVFAIL is cached: one still fresh, or expired
+    /// but inside the serve-stale window. A SERVFAIL must not replace it.
+    pub fn holds_answer(&self, key: &[u8], now: Instant) -> bool {
+        self.map.peek(key).is_some_and(|e| {
+            e.kind() != AnswerKind::ServFail && (now < e.expires() || self.stale_ok(&e, now))
+        })
+    }
+
     /// An expired entry still inside the serve-stale window.
     pub fn stale(&self, key: &[u8], now: Instant) -> Option<Entry> {
         self.map.peek(key).filter(|e| self.stale_ok(e, now))

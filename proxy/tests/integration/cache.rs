@@ -437,3 +437,33 @@ async fn rd_and_ad_bits_are_part_of_the_cache_key() {
     udp_raw_answer(p.addr, rec).await;
     assert_eq!(up.query_count(), 3);
 }
+
+/// A refresh that gets SERVFAIL leaves a still-valid answer in place, with serve-stale off
+/// too: the hot name keeps being answered until its TTL ends, and is not replaced by a
+/// SERVFAIL cached for `servfail_ttl`.
+#[tokio::test]
+async fn a_refresh_answered_servfail_keeps_the_valid_answer_without_serve_stale() {
+    let (up, p) = start_with(|c| c.cache.stale_max_age = dot_proxy::config::Dur::secs(0)).await;
+    udp(p.addr, "ttl20.example.test.", RecordType::A).await;
+    for _ in 0..6 {
+        udp(p.addr, "ttl20.example.test.", RecordType::A).await;
+    }
+    up.behaviour.servfail.store(true, Ordering::SeqCst);
+    let before = up.query_count();
+    adv(&p, 18);
+    // A hit in the last 10 % of the TTL: a prefetch, which the upstream answers SERVFAIL.
+    let m = udp(p.addr, "ttl20.example.test.", RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    for _ in 0..50 {
+        if up.query_count() > before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(up.query_count() > before, "prefetched");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Still the cached answer, for the second of TTL it has left.
+    let m = udp(p.addr, "ttl20.example.test.", RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(a_records(&m).len(), 1);
+}
