@@ -39,8 +39,9 @@ pub async fn serve(
     loop {
         tokio::select! {
             biased;
-            r = sock.readable() => if r.is_err() { continue },
+            // First, so that a socket that is always readable (a flood) cannot hide it.
             _ = stop.cancelled() => break,
+            r = sock.readable() => if r.is_err() { continue },
         }
         io.serve_ready(&sock, &pipeline, &counters, &tracker).await;
     }
@@ -146,6 +147,10 @@ impl Io {
             if n < super::batch::BATCH {
                 break;
             }
+            // Full batches one after another (a flood): give way when this task's budget
+            // is spent, so the worker's other tasks (misses, upstream connections, timers)
+            // still run. Nothing is consumed while batches are short.
+            tokio::task::consume_budget().await;
         }
     }
 }

@@ -587,3 +587,54 @@ async fn datagrams_queued_before_the_receive_loop_runs_are_all_answered() {
     stop.cancel();
     serving.await.expect("the loop ends");
 }
+
+/// A flood that keeps every receive batch full must not keep the worker to itself: with one
+/// runtime thread (the proxy's and this test's), a cache miss, its upstream exchange and
+/// this test's own timer all need the receive loop to give way now and then.
+#[tokio::test(flavor = "current_thread")]
+async fn a_udp_flood_does_not_starve_the_other_tasks_of_its_worker() {
+    let (_up, p) = start_with(|c| c.workers = 1).await;
+    udp(p.addr, "hot.example.test.", RecordType::A).await;
+    let addr = p.addr;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flooding = stop.clone();
+    // Cache hits as fast as one thread sends them, for at most 8 s; answers are not read.
+    let flood = std::thread::spawn(move || {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let q = query(9, "hot.example.test.", RecordType::A, None);
+        let t = std::time::Instant::now();
+        let mut sent = 0u64;
+        while !flooding.load(Ordering::Relaxed) && t.elapsed() < Duration::from_secs(8) {
+            for _ in 0..256 {
+                if s.send_to(&q, addr).is_ok() {
+                    sent += 1;
+                }
+            }
+        }
+        sent
+    });
+    // Timed from here: this task's own wake-up from the sleep also needs the loop to give way.
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The socket's queue is full: a datagram may be dropped by the kernel, so the probe
+    // asks again every 200 ms, as a stub resolver would.
+    let probe = query(10, "miss-under-flood.example.test.", RecordType::A, None);
+    let answered = tokio::time::timeout(Duration::from_secs(3), async {
+        for _ in 0..15 {
+            if let Some(a) = udp_raw(addr, &probe, Duration::from_millis(200)).await {
+                return Some(a);
+            }
+        }
+        None
+    })
+    .await;
+    let waited = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let sent = flood.join().expect("flood thread");
+    assert!(sent > 0);
+    assert!(
+        matches!(answered, Ok(Some(_))) && waited < Duration::from_millis(3300),
+        "a cache miss during the flood was answered after {waited:?} ({} datagrams sent)",
+        sent
+    );
+}
