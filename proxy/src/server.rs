@@ -108,6 +108,10 @@ fn restart_only(a: &Config, b: &Config) -> Vec<&'static str> {
     if a.kubernetes != b.kubernetes {
         v.push("kubernetes");
     }
+    // The connection table's size is fixed when it is made.
+    if a.tcp.max_connections != b.tcp.max_connections {
+        v.push("tcp.max_connections");
+    }
     v
 }
 
@@ -535,6 +539,21 @@ fn build_groups(
     Ok(out)
 }
 
+/// Whether cached answers fetched under `old` are still what `new` would fetch: the same
+/// groups in the same order (a client's own group is keyed by its position), zone routes,
+/// rewrites and AAAA filtering.
+fn same_answer_sources(old: &Config, new: &Config) -> bool {
+    old.upstream_groups.len() == new.upstream_groups.len()
+        && old
+            .upstream_groups
+            .iter()
+            .zip(&new.upstream_groups)
+            .all(|(a, b)| a.name == b.name)
+        && old.zones == new.zones
+        && old.policy.rewrites == new.policy.rewrites
+        && old.filter_aaaa == new.filter_aaaa
+}
+
 /// What every pipeline of a process shares, whatever its config.
 struct Shared<'a> {
     metrics: &'a Arc<Metrics>,
@@ -571,9 +590,12 @@ fn build_pipeline(
             (!policy.is_empty()).then(|| Arc::new(policy))
         }
     };
-    // The cache is kept across reloads; only a change of its size bounds starts it afresh.
+    // The cache is kept across reloads. A change of its size bounds starts it afresh, and
+    // so does a change of what decides where and how its answers were fetched: they came
+    // by the old routes.
     let cache = cfg.cache.enabled.then(|| {
         match old
+            .filter(|(_, oc)| same_answer_sources(oc, cfg))
             .and_then(|(p, _)| p.cache.clone())
             .filter(|c| c.compatible(&cfg.cache))
         {

@@ -640,3 +640,67 @@ async fn log_level_and_format_apply_on_reload() {
     }
     assert!(seen, "debug JSON lines after the reload:\n{}", read());
 }
+
+/// What decides where an answer comes from (the groups' order, which a client's own group
+/// is keyed by; zones; rewrites) changing at a reload starts the cache afresh: answers
+/// fetched by the old routes are not served by the new ones.
+#[tokio::test]
+async fn a_reload_that_changes_the_routes_starts_the_cache_afresh() {
+    use dot_proxy::config::{ClientGroup, Dur, UpstreamGroup};
+    let a = Upstream::start().await;
+    let b = Upstream::start().await;
+    let c = Upstream::start().await;
+    let group = |name: &str, up: &Upstream| UpstreamGroup {
+        name: name.into(),
+        policy: Default::default(),
+        timeout: Dur::secs(1),
+        servers: vec![up.server()],
+    };
+    let mut cfg = config_for(vec![a.server()]);
+    cfg.upstream_groups.push(group("special", &b));
+    cfg.client_groups = vec![ClientGroup {
+        cidr: "127.0.0.1/32".parse().expect("cidr"),
+        group: "special".into(),
+    }];
+    let p = Proxy::start(cfg.clone()).await;
+    // Reloads keep the addresses bound at start.
+    cfg.listen = vec![p.addr];
+    cfg.admin.listen = p.server.admin_addr();
+    udp(p.addr, "routed.example.test.", RecordType::A).await;
+    assert_eq!((a.query_count(), b.query_count()), (0, 1));
+    // A group inserted before "special", and the client sent to it: it now has the
+    // position (and so the key tag) "special" had.
+    cfg.upstream_groups.insert(1, group("other", &c));
+    cfg.client_groups[0].group = "other".into();
+    p.server.apply(cfg.clone()).expect("reload");
+    udp(p.addr, "routed.example.test.", RecordType::A).await;
+    assert_eq!(
+        (b.query_count(), c.query_count()),
+        (1, 1),
+        "asked of the client's new group, not answered with the old group's answer"
+    );
+    // A reload that changes nothing of the routes keeps the cache.
+    cfg.log.level = "error".into();
+    p.server.apply(cfg).expect("reload");
+    udp(p.addr, "routed.example.test.", RecordType::A).await;
+    assert_eq!(c.query_count(), 1, "still cached");
+}
+
+/// `tcp.max_connections` sizes the connection table once, at start: a reload that changes
+/// it says so (log and `dot_proxy_config_restart_pending_settings`) instead of taking it
+/// silently.
+#[tokio::test]
+async fn a_changed_tcp_connection_limit_is_reported_as_waiting_for_a_restart() {
+    let (_up, p) = start_with(|_| {}).await;
+    let mut cfg = (*p.server.current_config()).clone();
+    cfg.listen = vec![p.addr];
+    cfg.admin.listen = p.server.admin_addr();
+    cfg.tcp.max_connections += 1;
+    p.server.apply(cfg).expect("reload");
+    let text = p.metrics().await;
+    assert_eq!(
+        metric(&text, "dot_proxy_config_restart_pending_settings"),
+        1.0,
+        "{text}"
+    );
+}
