@@ -51,6 +51,9 @@ pub enum BuildError {
 struct BuiltGroup {
     cfg: UpstreamGroup,
     ca: Option<PathBuf>,
+    /// Which versions of its CA files (the global one and the servers' own) it was built
+    /// with: a bundle rotated in place builds the group again at the next reload.
+    ca_files: Vec<u8>,
     privacy: crate::config::PrivacyConfig,
     group: Arc<Group>,
 }
@@ -516,13 +519,24 @@ fn build_groups(
 ) -> Result<Vec<BuiltGroup>, BuildError> {
     let mut out = Vec::new();
     for g in &cfg.upstream_groups {
-        if let Some(o) = old
+        let ca_paths: Vec<PathBuf> = cfg
+            .tls
+            .ca_file
             .iter()
-            .find(|o| o.cfg == *g && o.ca == cfg.tls.ca_file && o.privacy == cfg.privacy)
-        {
+            .chain(g.servers.iter().filter_map(|s| s.ca_file.as_ref()))
+            .cloned()
+            .collect();
+        let ca_files = crate::policy::files_identity(&ca_paths);
+        if let Some(o) = old.iter().find(|o| {
+            o.cfg == *g
+                && o.ca == cfg.tls.ca_file
+                && o.ca_files == ca_files
+                && o.privacy == cfg.privacy
+        }) {
             out.push(BuiltGroup {
                 cfg: g.clone(),
                 ca: o.ca.clone(),
+                ca_files,
                 privacy: o.privacy.clone(),
                 group: o.group.clone(),
             });
@@ -532,6 +546,7 @@ fn build_groups(
         out.push(BuiltGroup {
             cfg: g.clone(),
             ca: cfg.tls.ca_file.clone(),
+            ca_files,
             privacy: cfg.privacy.clone(),
             group,
         });

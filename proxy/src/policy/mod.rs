@@ -83,7 +83,7 @@ pub fn list_files(cfg: &PolicyConfig) -> Vec<std::path::PathBuf> {
     v
 }
 
-/// What tells versions of the block-list files apart without reading them: device, inode,
+/// What tells versions of files (block lists, CA bundles) apart without reading them: device, inode,
 /// size and modification time of each (a kubelet swap gives a file a new inode). A list
 /// can be tens of megabytes: a reload re-reads the lists only when this or the policy
 /// settings change.

@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 
 use crate::support::*;
@@ -703,4 +704,30 @@ async fn a_changed_tcp_connection_limit_is_reported_as_waiting_for_a_restart() {
         1.0,
         "{text}"
     );
+}
+
+/// A CA bundle rotated in place (same path, new contents: a renewed cert-manager or
+/// trust-manager bundle) takes effect at the next reload: the groups that use it are built
+/// again, with the new roots.
+#[tokio::test]
+async fn a_ca_bundle_rotated_in_place_is_used_after_a_reload() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let bundle = dir.path().join("ca.pem");
+    // At first the bundle holds another CA: the upstream's certificate is refused.
+    let other = Pki::new();
+    std::fs::copy(&other.ca_file, &bundle).expect("copy");
+    let mut server = up.server();
+    server.ca_file = Some(bundle.clone());
+    let mut cfg = config_for(vec![server]);
+    let p = Proxy::start(cfg.clone()).await;
+    cfg.listen = vec![p.addr];
+    cfg.admin.listen = p.server.admin_addr();
+    let m = udp(p.addr, "before.example.test.", RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+    // The right CA written over it, and the same config reloaded.
+    std::fs::copy(&up.pki.ca_file, &bundle).expect("copy");
+    p.server.apply(cfg).expect("reload");
+    let m = udp(p.addr, "after.example.test.", RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
 }
