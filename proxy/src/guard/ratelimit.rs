@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use super::cidr::{ip_bits, mask, PrefixTable};
 use crate::config::{LimitAction, RateLimitConfig};
 
+/// A power of two (`shard_of` takes the top bits of a hash).
 const SHARDS: usize = 64;
 /// A bucket untouched for this long may be evicted before a busier one.
 const IDLE_SECS: f64 = 10.0;
@@ -127,8 +128,9 @@ impl RateLimiter {
         };
         let key = self.key(ip, override_len);
         let t = now.saturating_duration_since(self.epoch).as_secs_f64();
-        let idx = (key.1 as usize ^ (key.1 >> 64) as usize).wrapping_mul(0x9E37_79B9) % SHARDS;
-        let mut shard = self.shards[idx].lock().unwrap_or_else(|p| p.into_inner());
+        let mut shard = self.shards[shard_of(&key)]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if !shard.buckets.contains_key(&key) && shard.buckets.len() >= self.per_shard {
             shard.buckets.retain(|_, b| t - b.last < IDLE_SECS);
             if shard.buckets.len() >= self.per_shard {
@@ -240,11 +242,40 @@ impl RateLimiter {
     }
 }
 
+/// The shard of a bucket: the top bits of a multiplicative hash of the whole address, so
+/// that IPv6 prefixes (whose low bits are all zero once masked) spread like IPv4 addresses.
+fn shard_of(key: &Key) -> usize {
+    let folded = (key.1 as u64) ^ ((key.1 >> 64) as u64);
+    let h = folded.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    // The top bits of the product depend on every bit of its input.
+    (h >> (64 - SHARDS.trailing_zeros())) as usize
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::RateLimitOverride;
     use std::time::Duration;
+
+    /// Buckets of /56 and /64 IPv6 prefixes and of IPv4 addresses spread over the shards
+    /// (they once all fell in shard 0 for IPv6: one lock, 1/64 of max_clients).
+    #[test]
+    fn clients_spread_over_the_shards() {
+        let spread = |keys: Vec<Key>| {
+            let mut seen = std::collections::HashSet::new();
+            for k in &keys {
+                seen.insert(shard_of(k));
+            }
+            seen.len()
+        };
+        let v6 = |len: u8, i: u128| (len, (0x2001_0db8_u128 << 96) | (i << (128 - len)));
+        for len in [48u8, 56, 64] {
+            let n = spread((0..256).map(|i| v6(len, i)).collect());
+            assert!(n >= 48, "/{len}: 256 prefixes in {n} shards");
+        }
+        let n = spread((0..256u128).map(|i| (0, 0x0a00_0000 | i)).collect());
+        assert!(n >= 48, "IPv4: 256 addresses in {n} shards");
+    }
 
     fn cfg() -> RateLimitConfig {
         RateLimitConfig {
