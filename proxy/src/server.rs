@@ -137,6 +137,9 @@ impl Server {
             completion: &completion_metrics,
         };
         let pipeline = build_pipeline(&cfg, &groups, None, &shared)?;
+        for g in &pipeline.groups {
+            g.set_tap(pipeline.tap.clone());
+        }
         let server = Arc::new(Server {
             metrics: metrics.clone(),
             registry,
@@ -295,6 +298,12 @@ impl Server {
     fn bind_admin(self: &Arc<Self>, addr: SocketAddr) -> Result<(), StartError> {
         let l =
             crate::listener::bind_tcp(addr).map_err(|source| StartError::Bind { addr, source })?;
+        self.serve_admin(l, addr);
+        Ok(())
+    }
+
+    /// Serves the admin endpoints on a bound listener (replacing any earlier one's slot).
+    fn serve_admin(self: &Arc<Self>, l: tokio::net::TcpListener, addr: SocketAddr) {
         let bound = l.local_addr().unwrap_or(addr);
         let stop = self.stop.child_token();
         let state: Arc<dyn AdminState> = self.clone();
@@ -305,7 +314,6 @@ impl Server {
             .admin_listener
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = Some((bound, stop));
-        Ok(())
     }
 
     fn start_background(self: &Arc<Self>) {
@@ -333,7 +341,16 @@ impl Server {
             completion: &self.completion_metrics,
         };
         let pipeline = build_pipeline(&cfg, &groups, Some((&old, &old_cfg)), &shared)?;
-        // Listeners first, so a bind failure leaves everything as it was.
+        // Addresses first, so a bind failure leaves everything as it was: the admin server's
+        // new address, then the listeners.
+        let new_admin = match cfg.admin.listen {
+            Some(addr) if old_cfg.admin.listen != cfg.admin.listen => Some((
+                crate::listener::bind_tcp(addr)
+                    .map_err(|source| StartError::Bind { addr, source })?,
+                addr,
+            )),
+            _ => None,
+        };
         let current: Vec<SocketAddr> = self.listen_addrs();
         let mut added = Vec::new();
         for addr in cfg.listen.iter().filter(|a| !current.contains(a)) {
@@ -350,11 +367,13 @@ impl Server {
         }
         if old_cfg.admin.listen != cfg.admin.listen {
             self.release_admin();
-            if let Some(a) = cfg.admin.listen {
-                if let Err(e) = self.bind_admin(a) {
-                    tracing::warn!(error = %e, "admin server not moved");
-                }
+            if let Some((l, addr)) = new_admin {
+                self.serve_admin(l, addr);
             }
+        }
+        // The tap goes on the groups only now: they may be the running pipeline's too.
+        for g in &pipeline.groups {
+            g.set_tap(pipeline.tap.clone());
         }
         self.pipeline.store(Arc::new(pipeline));
         self.tcp_limits.store(Arc::new(TcpLimits::from(&cfg.tcp)));
@@ -632,9 +651,6 @@ fn build_pipeline(
         Some(t) if *t.config() == cfg.dnstap => Some(t),
         _ => crate::dnstap::Tap::from_config(&cfg.dnstap, metrics),
     };
-    for g in groups {
-        g.group.set_tap(tap.clone());
-    }
     Ok(Pipeline {
         limiter,
         cache,

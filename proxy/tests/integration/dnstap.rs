@@ -579,3 +579,43 @@ async fn misbehaving_collectors_never_hold_back_queries() {
     let m = udp(p.addr, "after.example.test.", RecordType::A).await;
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
 }
+
+/// A reload that is refused (here: a new listen address that cannot be bound) changes
+/// nothing of the tap: the upstream side of each miss is still logged to the collector of
+/// the running config, not switched off by the config that was refused.
+#[tokio::test]
+async fn a_refused_reload_leaves_the_tap_as_it_was() {
+    let Some(dir) = scratch("a_refused_reload_leaves_the_tap_as_it_was") else {
+        return;
+    };
+    let sock = dir.path().join("tap.sock");
+    let cap = Capture::unix(&sock, &dir.path().join("out.fstrm"));
+    let up = Upstream::start().await;
+    let mut on = config_for(vec![up.server()]);
+    on.dnstap.enabled = true;
+    on.dnstap.socket = Some(sock.clone());
+    let p = Proxy::start(on.clone()).await;
+    on.listen = vec![p.addr];
+    on.admin.listen = p.server.admin_addr();
+    wait_connected(&p).await;
+    // The refused config: tap off, and an address held by a socket without SO_REUSEPORT.
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let mut refused = on.clone();
+    refused.dnstap.enabled = false;
+    refused.listen.push(taken.local_addr().expect("addr"));
+    assert!(p.server.apply(refused).is_err(), "refused");
+    let m = udp(p.addr, "after-refusal.example.test.", RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    wait_for(&p, "the miss written, both sides", |m| {
+        metric(m, "dot_proxy_dnstap_messages_total") >= 4.0
+    })
+    .await;
+    let (docs, raw) = cap.finish();
+    let text = format!("{docs:?}");
+    assert!(text.contains("after-refusal.example.test"), "{text}");
+    assert_eq!(
+        raw.len(),
+        4,
+        "client and forwarder query and response: {text}"
+    );
+}

@@ -731,3 +731,27 @@ async fn a_ca_bundle_rotated_in_place_is_used_after_a_reload() {
     let m = udp(p.addr, "after.example.test.", RecordType::A).await;
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
 }
+
+/// A reload that moves the admin server to an address it cannot bind is refused as a
+/// whole, and the admin server (health, metrics) keeps serving where it was: probes must
+/// not start failing because of a bad reload.
+#[tokio::test]
+async fn a_reload_that_cannot_bind_the_new_admin_address_is_refused() {
+    let (_up, p) = start_with(|_| {}).await;
+    let admin = p.server.admin_addr().expect("admin");
+    // Held by a socket without SO_REUSEPORT: nobody else can bind it.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let mut cfg = (*p.server.current_config()).clone();
+    cfg.listen = vec![p.addr];
+    cfg.admin.listen = Some(taken.local_addr().expect("addr"));
+    cfg.log.level = "error".into();
+    assert!(p.server.apply(cfg).is_err(), "refused");
+    assert_eq!(p.server.admin_addr(), Some(admin));
+    let (status, _) = http_get(admin, "/readyz").await;
+    assert_eq!(status, 200, "the admin server still answers where it was");
+    assert_eq!(
+        p.server.current_config().log.level,
+        "warn",
+        "nothing applied"
+    );
+}
