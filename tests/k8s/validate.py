@@ -570,8 +570,8 @@ def check_rbac(tag: str, v: dict[str, Any], docs: list[Doc], p: Problems) -> Non
     ns = grants(rules_of("Role"))
     want_ns = {
         ("", "configmaps"): {"get", "list", "watch", "create", "patch", "update", "delete"},
-        ("dns.dot-proxy.io", "dotproxyconfigs"): {"get", "list", "watch", "patch", "update"},
-        ("dns.dot-proxy.io", "dotproxyconfigs/status"): {"get", "list", "watch", "patch", "update"},
+        ("dns.dot-proxy.io", "dotproxyconfigs"): {"get", "list", "watch"},
+        ("dns.dot-proxy.io", "dotproxyconfigs/status"): {"get", "patch", "update"},
         ("dns.dot-proxy.io", "dotproxyconfigs/finalizers"): {"update"},
         ("coordination.k8s.io", "leases"): {"get", "create", "patch", "update"},
     }
