@@ -174,7 +174,15 @@ async fn reconcile_inner(
         if current.is_some_and(|e| up_to_date(e, &cm)) {
             continue;
         }
-        api.patch(&cm_name, &pp, &Patch::Apply(&cm)).await?;
+        if let Err(e) = api.patch(&cm_name, &pp, &Patch::Apply(&cm)).await {
+            // Said in the status (best effort: the API server may be what fails), then
+            // retried by the error policy.
+            let why = format!("could not write ConfigMap {cm_name}: {e}");
+            if let Err(se) = write_status(dpc, ctx, &ns, Outcome::WriteFailed(&why)).await {
+                warn!(error = %se, namespace = %ns, name = %name, "could not record the failed write in the status");
+            }
+            return Err(e.into());
+        }
         written += 1;
         ctx.metrics.wrote(match role {
             Role::Config => WriteKind::Config,

@@ -18,6 +18,8 @@ pub enum Outcome<'a> {
     },
     /// Not rendered; the ConfigMaps were left as they were.
     Invalid(&'a Invalid),
+    /// Rendered, but writing a ConfigMap failed (the API server's error, with the name).
+    WriteFailed(&'a str),
 }
 
 /// The status to write. Conditions whose status, reason and message are unchanged keep their
@@ -70,12 +72,22 @@ pub fn desired(
                 ("True", e.reason(), e.to_string()),
             )
         }
+        Outcome::WriteFailed(error) => {
+            let kept = match &st.config_hash {
+                Some(h) => format!("the proxies keep the config last written ({})", short(h)),
+                None => "nothing has been written yet".to_string(),
+            };
+            (
+                ("False", "WriteFailed", format!("{error}; {kept}; retrying")),
+                ("False", "Valid", String::new()),
+            )
+        }
     };
     let old_conditions = std::mem::take(&mut st.conditions);
     let ignored = match outcome {
         Outcome::Applied { rendered, .. } => Some(ignored_condition(rendered)),
-        // Not rendered: what the last render found still holds.
-        Outcome::Invalid(_) => old_conditions
+        // Not rendered or not written: what the last render found still holds.
+        Outcome::Invalid(_) | Outcome::WriteFailed(_) => old_conditions
             .iter()
             .find(|c| c.type_ == ANNOTATIONS_IGNORED)
             .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone())),

@@ -566,9 +566,29 @@ async fn a_failed_write_is_an_error_for_retry() {
     api.fail_patches = true;
     let d = api.resource(1, |_| {});
     let (result, sent) = api.serve_while(reconcile(d.clone(), ctx.clone())).await;
+    // The failure is said in the status too: Ready must not keep saying the config is
+    // written when it is not.
     assert_eq!(
         lines(&sent),
-        [LIST.to_string(), cm_patch("dot-proxy-config")]
+        [
+            LIST.to_string(),
+            cm_patch("dot-proxy-config"),
+            STATUS.to_string()
+        ]
+    );
+    let status = api.status.clone().expect("status written");
+    let ready = status["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+        .cloned()
+        .expect("Ready condition");
+    assert_eq!(ready["status"], "False", "{ready}");
+    assert_eq!(ready["reason"], "WriteFailed", "{ready}");
+    assert!(
+        ready["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("dot-proxy-config") && m.contains("etcdserver")),
+        "{ready}"
     );
     let err = result.expect_err("the 500 is returned");
     assert!(err.to_string().contains("etcdserver"), "{err}");
