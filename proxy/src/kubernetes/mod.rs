@@ -165,13 +165,15 @@ impl PodState {
             watcher::Event::InitDone => {
                 let first = !self.synced;
                 self.synced = true;
-                match self.relist.take() {
+                let changed = match self.relist.take() {
                     Some(list) if list != self.pods => {
                         self.pods = list;
                         true
                     }
                     _ => first,
-                }
+                };
+                self.forget_unused_namespaces();
+                changed
             }
             watcher::Event::Apply(pod) => {
                 let Some(k) = key(&pod) else {
@@ -183,9 +185,25 @@ impl PodState {
                 }
             }
             watcher::Event::Delete(pod) => {
-                key(&pod).is_some_and(|k| self.pods.remove(&k).is_some())
+                let removed = key(&pod).is_some_and(|k| self.pods.remove(&k).is_some());
+                if removed {
+                    self.forget_unused_namespaces();
+                }
+                removed
             }
         }
+    }
+
+    /// Drops the names no pod refers to any more (the map's own reference is the only
+    /// one left). Namespaces on one node are few: a pass over them per deleted pod.
+    fn forget_unused_namespaces(&mut self) {
+        self.namespaces.retain(|_, n| Arc::strong_count(n) > 1);
+    }
+
+    /// How many namespace names are kept.
+    #[cfg(test)]
+    fn interned_namespaces(&self) -> usize {
+        self.namespaces.len()
     }
 
     pub fn synced(&self) -> bool {

@@ -245,3 +245,45 @@ async fn an_api_server_failing_keeps_the_last_table() {
         .is_some());
     task.abort();
 }
+
+/// The namespace names shared by pods are dropped with their last pod: a node that sees a
+/// namespace per CI run keeps no trace of the finished ones.
+#[test]
+fn namespace_names_go_with_their_last_pod() {
+    let mut s = PodState::default();
+    s.apply(watcher::Event::Init);
+    s.apply(watcher::Event::InitDone);
+    for i in 0..100 {
+        let ns = format!("ci-run-{i}");
+        s.apply(watcher::Event::Apply(decode(pod(
+            &ns,
+            "job",
+            &[&format!("10.2.0.{i}")],
+            false,
+        ))));
+        s.apply(watcher::Event::Delete(decode(pod(&ns, "job", &[], false))));
+    }
+    s.apply(watcher::Event::Apply(decode(pod(
+        "team-a",
+        "web-0",
+        &["10.1.0.5"],
+        false,
+    ))));
+    // A relist that no longer has a pod drops its namespace too.
+    s.apply(watcher::Event::Apply(decode(pod(
+        "gone",
+        "x",
+        &["10.1.0.7"],
+        false,
+    ))));
+    s.apply(watcher::Event::Init);
+    s.apply(watcher::Event::InitApply(decode(pod(
+        "team-a",
+        "web-0",
+        &["10.1.0.5"],
+        false,
+    ))));
+    s.apply(watcher::Event::InitDone);
+    assert_eq!(s.interned_namespaces(), 1);
+    assert_eq!(s.table().len(), 1);
+}
