@@ -205,11 +205,13 @@ async fn connection(
         // Idle: waiting for the first byte of the next frame. After shutdown starts, the
         // connection closes once it has nothing in flight and the client has sent nothing
         // more for a moment (RFC 7766: close when idle), so no query it sent is dropped; a
-        // connection that has not sent its first query yet gets the full idle timeout.
-        let idle = if stop.is_cancelled() && served > 0 {
-            Duration::from_millis(200)
-        } else {
-            l.idle
+        // connection that has not sent its first query yet gets a second for one already
+        // on the wire, not the whole idle timeout (which would hold every shutdown to its
+        // grace period).
+        let idle = match (stop.is_cancelled(), served) {
+            (false, _) => l.idle,
+            (true, 0) => l.idle.min(Duration::from_secs(1)),
+            (true, _) => l.idle.min(Duration::from_millis(200)),
         };
         let first = tokio::select! {
             biased;

@@ -638,3 +638,21 @@ async fn a_udp_flood_does_not_starve_the_other_tasks_of_its_worker() {
         sent
     );
 }
+
+/// A TCP connection that has sent nothing when shutdown starts is closed after a short
+/// wait (long enough for a query already on the wire), not held for the whole idle
+/// timeout: one such client must not make every shutdown run to its grace period.
+#[tokio::test]
+async fn a_silent_tcp_connection_does_not_hold_shutdown_to_its_grace() {
+    let (_up, p) = start_with(|_| {}).await;
+    let _silent = TcpStream::connect(p.addr).await.expect("connect");
+    // Accepted and waiting for its first frame.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    p.server.shutdown(Duration::from_secs(8)).await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(4),
+        "shutdown took {took:?} (idle timeout 10 s, grace 8 s)"
+    );
+}
