@@ -21,7 +21,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http2::SendRequest;
 use hyper::header::{ACCEPT, CONTENT_TYPE};
 use hyper::{Method, Request, StatusCode, Uri};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
@@ -265,6 +265,20 @@ impl HttpsUpstream {
             .initial_stream_window_size(MAX_BODY as u32 + 1)
             .initial_connection_window_size(1 << 20)
             .max_header_list_size(16 * 1024)
+            // A connection gone dark (open, silent) is found by PING, as DoT finds one by
+            // its stall timer: after a second with nothing received while requests are
+            // open, a PING; no acknowledgement within the rest of the stall timeout, and
+            // the connection ends, its requests fail over and the next ones get a fresh
+            // connection. No PINGs while idle: servers limit those.
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Some(Duration::from_secs(1)))
+            .keep_alive_timeout(
+                self.opts
+                    .stall_timeout
+                    .saturating_sub(Duration::from_secs(1))
+                    .max(Duration::from_secs(1)),
+            )
+            .keep_alive_while_idle(false)
             .handshake(TokioIo::new(tls))
             .await
             .map_err(|e| UpstreamError::Connect(format!("HTTP/2 handshake: {e}")))?;

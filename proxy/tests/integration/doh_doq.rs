@@ -52,6 +52,9 @@ pub struct EncServer {
     pub ids: Mutex<Vec<u16>>,
     mode: AtomicU8,
     pub behaviour: Behaviour,
+    /// DoH: the connections open now stop being served at all (no frame read, no PING
+    /// acknowledged, the TCP connection left open): a path that went dark.
+    pub freeze: tokio::sync::Notify,
 }
 
 impl EncServer {
@@ -67,6 +70,7 @@ impl EncServer {
                 ttl: AtomicU32::new(300),
                 ..Default::default()
             },
+            freeze: tokio::sync::Notify::new(),
         }
     }
 
@@ -168,6 +172,10 @@ async fn serve_h2(
         tokio::select! {
             _ = conn.as_mut() => break,
             _ = goaway.notified() => conn.as_mut().graceful_shutdown(),
+            _ = server.freeze.notified() => {
+                // Kept, never polled again: the socket stays open and silent.
+                std::future::pending::<()>().await;
+            }
         }
     }
 }
@@ -535,4 +543,43 @@ async fn a_dead_doh_or_doq_server_is_not_reconnected_for_every_query() {
             "{protocol:?}: {connects} failed connects for 80 queries (backoff, then marked down)"
         );
     }
+}
+
+/// A DoH connection that goes dark (open, but nothing comes back, not even PING acks) is
+/// found dead and replaced while queries are outstanding, within seconds, not left in use
+/// until the kernel gives up on it or `max_connection_age`.
+#[tokio::test]
+async fn a_doh_connection_that_goes_dark_is_replaced() {
+    let server = doh_server(Mode::Good).await;
+    // One connection, so that every query goes to it.
+    let mut one = server.server(Protocol::Https);
+    one.pool_size = 1;
+    let p = Proxy::start(group_of(vec![one])).await;
+    let m = udp(p.addr, "lit.example.test.", RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(server.connections.load(Ordering::SeqCst), 1);
+    server.freeze.notify_waiters();
+    let started = std::time::Instant::now();
+    let mut answered = false;
+    for i in 0..40 {
+        let m = udp(p.addr, &format!("dark{i}.example.test."), RecordType::A).await;
+        if m.metadata.response_code == ResponseCode::NoError {
+            answered = true;
+            break;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(10) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert!(
+        answered,
+        "no answer {:?} after the connection went dark",
+        started.elapsed()
+    );
+    assert_eq!(
+        server.connections.load(Ordering::SeqCst),
+        2,
+        "a new connection"
+    );
 }
