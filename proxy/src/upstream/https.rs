@@ -220,10 +220,10 @@ impl HttpsUpstream {
             }
         }
         let _guard = s.connecting.lock().await;
+        // A retry (`fresh`) has already forgotten the connection that failed it: one found
+        // here is newer, opened by another retry while this one waited for the lock.
         if let Some(c) = s.conn.load_full().filter(|c| !c.sender.is_closed()) {
-            if !fresh {
-                return Ok(c);
-            }
+            return Ok(c);
         }
         self.backoff.check()?;
         // Boxed: see TlsUpstream::connection (the handshake state stays out of each query).

@@ -172,10 +172,10 @@ impl QuicUpstream {
             }
         }
         let _guard = self.connecting.lock().await;
-        if !fresh {
-            if let Some(c) = self.conn.load_full().filter(|c| self.usable(c)) {
-                return Ok(c);
-            }
+        // A retry (`fresh`) has already forgotten the connection that failed it: one found
+        // here is newer, opened by another retry while this one waited for the lock.
+        if let Some(c) = self.conn.load_full().filter(|c| self.usable(c)) {
+            return Ok(c);
         }
         self.backoff.check()?;
         // Boxed: see TlsUpstream::connection (the handshake state stays out of each query).

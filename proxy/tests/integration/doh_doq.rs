@@ -55,6 +55,8 @@ pub struct EncServer {
     /// DoH: the connections open now stop being served at all (no frame read, no PING
     /// acknowledged, the TCP connection left open): a path that went dark.
     pub freeze: tokio::sync::Notify,
+    /// DoH: the connections open now are closed at once, their streams unanswered.
+    pub close_all: tokio::sync::Notify,
 }
 
 impl EncServer {
@@ -71,7 +73,12 @@ impl EncServer {
                 ..Default::default()
             },
             freeze: tokio::sync::Notify::new(),
+            close_all: tokio::sync::Notify::new(),
         }
+    }
+
+    pub fn set_mode(&self, mode: Mode) {
+        self.mode.store(mode as u8, Ordering::SeqCst);
     }
 
     fn mode(&self) -> Mode {
@@ -172,6 +179,7 @@ async fn serve_h2(
         tokio::select! {
             _ = conn.as_mut() => break,
             _ = goaway.notified() => conn.as_mut().graceful_shutdown(),
+            _ = server.close_all.notified() => break,
             _ = server.freeze.notified() => {
                 // Kept, never polled again: the socket stays open and silent.
                 std::future::pending::<()>().await;
@@ -581,5 +589,41 @@ async fn a_doh_connection_that_goes_dark_is_replaced() {
         server.connections.load(Ordering::SeqCst),
         2,
         "a new connection"
+    );
+}
+
+/// When a DoH connection dies with many queries on it, their retries share one new
+/// connection: the first retry opens it and the others find it, instead of each opening
+/// its own, one after another, under the slot's lock (which would push the later ones past
+/// the group's timeout).
+#[tokio::test]
+async fn retries_after_a_dead_doh_connection_share_one_new_connection() {
+    let server = doh_server(Mode::Good).await;
+    let mut one = server.server(Protocol::Https);
+    one.pool_size = 1;
+    let p = Proxy::start(group_of(vec![one])).await;
+    let m = udp(p.addr, "first.example.test.", RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    // Eight queries held open on the connection, then the connection closed under them.
+    server.set_mode(Mode::Stall);
+    let addr = p.addr;
+    let pending: Vec<_> = (0..8)
+        .map(|i| {
+            tokio::spawn(async move {
+                udp(addr, &format!("held{i}.example.test."), RecordType::A).await
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    server.set_mode(Mode::Good);
+    server.close_all.notify_waiters();
+    for t in pending {
+        let m = t.await.expect("client");
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    }
+    assert_eq!(
+        server.connections.load(Ordering::SeqCst),
+        2,
+        "one new connection for all the retries"
     );
 }
