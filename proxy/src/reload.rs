@@ -74,7 +74,13 @@ pub fn load_effective_with_hash(cli: &Cli) -> Result<(Config, String), ReloadErr
         None => (Config::default(), None),
     };
     cli.apply(&mut cfg)?;
-    merge_overrides(&mut cfg).map_err(ReloadError::Overrides)?;
+    let skipped = merge_overrides(&mut cfg).map_err(ReloadError::Overrides)?;
+    if skipped > 0 {
+        tracing::warn!(
+            skipped,
+            "per-pod override entries this config cannot use (a group it does not have, or a plain-DNS group without allow_plain_default, or an invalid rate) were left out"
+        );
+    }
     cfg.validate().map_err(|source| ReloadError::Invalid {
         path: cli.config.clone(),
         source,

@@ -72,16 +72,12 @@ pub fn desired(
                 ("True", e.reason(), e.to_string()),
             )
         }
-        Outcome::WriteFailed(error) => {
-            let kept = match &st.config_hash {
-                Some(h) => format!("the proxies keep the config last written ({})", short(h)),
-                None => "nothing has been written yet".to_string(),
-            };
-            (
-                ("False", "WriteFailed", format!("{error}; {kept}; retrying")),
-                ("False", "Valid", String::new()),
-            )
-        }
+        // The ConfigMaps written before the failing one stand (the main config is written
+        // first): which config the proxies run is not known here, so none is named.
+        Outcome::WriteFailed(error) => (
+            ("False", "WriteFailed", format!("{error}; retrying")),
+            ("False", "Valid", String::new()),
+        ),
     };
     let old_conditions = std::mem::take(&mut st.conditions);
     let ignored = match outcome {

@@ -3,17 +3,45 @@
 
 use std::path::PathBuf;
 
-use crate::{shard_key, shard_of, Config, NodeOverrides, OverridesConfig, OverridesFile};
+use crate::{
+    shard_key, shard_of, ClientGroup, Config, NodeOverrides, OverridesConfig, OverridesFile,
+    RateLimitOverride,
+};
 
 /// Adds this node's entries from the override shards (`overrides.dir`, written by the
 /// operator) to the rate-limit overrides and client groups. A missing directory is empty:
 /// the operator may not have written it yet.
-pub fn merge_overrides(cfg: &mut Config) -> Result<(), String> {
-    if let Some(mine) = own_overrides(&cfg.overrides)? {
-        cfg.rate_limit.overrides.extend(mine.rate_limits);
-        cfg.client_groups.extend(mine.client_groups);
-    }
-    Ok(())
+///
+/// Per-pod entries never make the node's config invalid: the operator writes the shards
+/// after the config, so for a while they may name a group the config no longer has (or has
+/// made plain), and an older operator wrote entries for plain groups. Entries the config
+/// cannot use (a client group naming no group, or a plain-DNS one without
+/// `allow_plain_default`; a rate that is not a number above 0, a burst of 0) are left out;
+/// their number is returned.
+pub fn merge_overrides(cfg: &mut Config) -> Result<usize, String> {
+    let Some(mine) = own_overrides(&cfg.overrides)? else {
+        return Ok(0);
+    };
+    let before = mine.client_groups.len() + mine.rate_limits.len();
+    let groups: Vec<ClientGroup> = mine
+        .client_groups
+        .into_iter()
+        .filter(|c| {
+            cfg.upstream_groups
+                .iter()
+                .find(|g| g.name == c.group)
+                .is_some_and(|g| !g.is_plain() || cfg.allow_plain_default)
+        })
+        .collect();
+    let limits: Vec<RateLimitOverride> = mine
+        .rate_limits
+        .into_iter()
+        .filter(|o| o.qps.is_none_or(|q| q.is_finite() && q > 0.0) && o.burst != Some(0))
+        .collect();
+    let skipped = before - groups.len() - limits.len();
+    cfg.rate_limit.overrides.extend(limits);
+    cfg.client_groups.extend(groups);
+    Ok(skipped)
 }
 
 /// The shard files that may hold this node's entries: its own shard when the shard count

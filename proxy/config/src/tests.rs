@@ -267,3 +267,30 @@ fn at_most_255_upstream_groups() {
     let e = c.validate().expect_err("256 are not").to_string();
     assert!(e.contains("upstream_groups") && e.contains("255"), "{e}");
 }
+
+/// Per-pod entries from the operator's shards never make the node's config invalid: the
+/// shards are written after the config (so for a while they may name a group the config no
+/// longer has, or one it made plain), and an older operator wrote entries for plain groups.
+/// Entries the config cannot use are left out and counted; the rest apply.
+#[test]
+fn override_entries_the_config_cannot_use_are_left_out() {
+    let dir = std::env::temp_dir().join(format!("dot-proxy-config-ovr-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(
+        dir.join("shard-0.yaml"),
+        "node-a:\n  client_groups:\n  - {cidr: 10.244.1.5/32, group: cluster}\n  - {cidr: 10.244.1.6/32, group: renamed-away}\n  - {cidr: 10.244.1.7/32, group: default}\n  rate_limits:\n  - {cidr: 10.244.1.8/32, qps: 0}\n  - {cidr: 10.244.1.9/32, qps: 5}\n",
+    )
+    .expect("write shard");
+    let yaml = format!(
+        "upstream_groups:\n- name: default\n  servers:\n  - {{address: 1.1.1.1:853, tls_name: cloudflare-dns.com}}\n- name: cluster\n  servers:\n  - {{address: 10.96.0.10:53, protocol: plain}}\nzones:\n- {{zone: ., group: default}}\n- {{zone: cluster.local, group: cluster}}\noverrides:\n  dir: {}\n  node_name: node-a\n",
+        dir.display()
+    );
+    let mut cfg = Config::from_yaml(&yaml).expect("parses");
+    let skipped = merge_overrides(&mut cfg).expect("shards read");
+    assert_eq!(skipped, 3, "plain group, unknown group, qps 0");
+    assert_eq!(cfg.client_groups.len(), 1);
+    assert_eq!(cfg.client_groups[0].group, "default");
+    assert_eq!(cfg.rate_limit.overrides.len(), 1);
+    cfg.validate().expect("the node's config stays valid");
+    let _ = std::fs::remove_dir_all(&dir);
+}
