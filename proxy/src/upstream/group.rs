@@ -651,6 +651,16 @@ mod tests {
         Bytes::from(q)
     }
 
+    /// Failovers of the test group "g" for `reason`.
+    fn failovers(m: &crate::metrics::Metrics, reason: FailoverReason) -> u64 {
+        m.group_failovers
+            .get_or_create(&FailoverLabels {
+                group: "g".into(),
+                reason,
+            })
+            .get()
+    }
+
     async fn timed(g: &Group) -> (Result<Bytes, GroupError>, Duration) {
         let t = Instant::now();
         let r = g.query(&query()).await;
@@ -733,16 +743,8 @@ mod tests {
         assert_eq!(r, Err(GroupError::Timeout));
         assert_eq!(took, Duration::from_secs(2));
         assert_eq!((a.calls(), b.calls(), c.calls()), (1, 1, 0));
-        let count = |reason| {
-            m.group_failovers
-                .get_or_create(&FailoverLabels {
-                    group: "g".into(),
-                    reason,
-                })
-                .get()
-        };
-        assert_eq!(count(FailoverReason::slow), 1);
-        assert_eq!(count(FailoverReason::error), 0);
+        assert_eq!(failovers(&m, FailoverReason::slow), 1);
+        assert_eq!(failovers(&m, FailoverReason::error), 0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -758,16 +760,8 @@ mod tests {
         // A refused connect takes a server out at once; a SERVFAIL does not.
         assert!(!g.members()[0].health.is_up());
         assert!(g.members()[1].health.is_up());
-        let count = |reason| {
-            m.group_failovers
-                .get_or_create(&FailoverLabels {
-                    group: "g".into(),
-                    reason,
-                })
-                .get()
-        };
-        assert_eq!(count(FailoverReason::error), 1);
-        assert_eq!(count(FailoverReason::servfail), 1);
+        assert_eq!(failovers(&m, FailoverReason::error), 1);
+        assert_eq!(failovers(&m, FailoverReason::servfail), 1);
         // Nobody better than SERVFAIL: the SERVFAIL is the answer.
         c.set(Mode::Refuse);
         let r = timed(&g).await.0.expect("servfail answer");

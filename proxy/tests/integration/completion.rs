@@ -323,11 +323,9 @@ async fn completion_follows_reloads_and_the_watch_restarts_with_the_process() {
         ResponseCode::NXDomain
     );
     // Reloaded configs keep the bound addresses.
-    let (addr, admin) = (p.addr, p.server.admin_addr());
     let config = |on: bool| {
         let mut c = completion_config(&up, dns.addr, on);
-        c.listen = vec![addr];
-        c.admin.listen = admin;
+        p.keep_addresses(&mut c);
         c
     };
 

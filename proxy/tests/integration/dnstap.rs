@@ -379,8 +379,7 @@ async fn reloads_turn_the_tap_on_keep_it_and_turn_it_off() {
     let mut off = config_for(vec![up.server()]);
     let p = Proxy::start(off.clone()).await;
     // Reloads keep the address the proxy is serving on (port 0 would ask for a new one).
-    off.listen = vec![p.addr];
-    off.admin.listen = p.server.admin_addr();
+    p.keep_addresses(&mut off);
     let mut on = off.clone();
     on.dnstap.enabled = true;
     on.dnstap.socket = Some(sock.clone());
@@ -595,8 +594,7 @@ async fn a_refused_reload_leaves_the_tap_as_it_was() {
     on.dnstap.enabled = true;
     on.dnstap.socket = Some(sock.clone());
     let p = Proxy::start(on.clone()).await;
-    on.listen = vec![p.addr];
-    on.admin.listen = p.server.admin_addr();
+    p.keep_addresses(&mut on);
     wait_connected(&p).await;
     // The refused config: tap off, and an address held by a socket without SO_REUSEPORT.
     let taken = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");

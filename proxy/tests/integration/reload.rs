@@ -665,8 +665,7 @@ async fn a_reload_that_changes_the_routes_starts_the_cache_afresh() {
     }];
     let p = Proxy::start(cfg.clone()).await;
     // Reloads keep the addresses bound at start.
-    cfg.listen = vec![p.addr];
-    cfg.admin.listen = p.server.admin_addr();
+    p.keep_addresses(&mut cfg);
     udp(p.addr, "routed.example.test.", RecordType::A).await;
     assert_eq!((a.query_count(), b.query_count()), (0, 1));
     // A group inserted before "special", and the client sent to it: it now has the
@@ -694,8 +693,7 @@ async fn a_reload_that_changes_the_routes_starts_the_cache_afresh() {
 async fn a_changed_tcp_connection_limit_is_reported_as_waiting_for_a_restart() {
     let (_up, p) = start_with(|_| {}).await;
     let mut cfg = (*p.server.current_config()).clone();
-    cfg.listen = vec![p.addr];
-    cfg.admin.listen = p.server.admin_addr();
+    p.keep_addresses(&mut cfg);
     cfg.tcp.max_connections += 1;
     p.server.apply(cfg).expect("reload");
     let text = p.metrics().await;
@@ -721,8 +719,7 @@ async fn a_ca_bundle_rotated_in_place_is_used_after_a_reload() {
     server.ca_file = Some(bundle.clone());
     let mut cfg = config_for(vec![server]);
     let p = Proxy::start(cfg.clone()).await;
-    cfg.listen = vec![p.addr];
-    cfg.admin.listen = p.server.admin_addr();
+    p.keep_addresses(&mut cfg);
     let m = udp(p.addr, "before.example.test.", RecordType::A).await;
     assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
     // The right CA written over it, and the same config reloaded.
@@ -742,7 +739,7 @@ async fn a_reload_that_cannot_bind_the_new_admin_address_is_refused() {
     // Held by a socket without SO_REUSEPORT: nobody else can bind it.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let mut cfg = (*p.server.current_config()).clone();
-    cfg.listen = vec![p.addr];
+    p.keep_addresses(&mut cfg);
     cfg.admin.listen = Some(taken.local_addr().expect("addr"));
     cfg.log.level = "error".into();
     assert!(p.server.apply(cfg).is_err(), "refused");

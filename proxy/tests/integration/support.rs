@@ -402,6 +402,13 @@ impl Proxy {
         Proxy { server, addr }
     }
 
+    /// `cfg` made fit for a reload of this proxy: the addresses it bound at start (port 0
+    /// in a config would ask for new ones, and close the ones the test talks to).
+    pub fn keep_addresses(&self, cfg: &mut Config) {
+        cfg.listen = vec![self.addr];
+        cfg.admin.listen = self.server.admin_addr();
+    }
+
     pub async fn metrics(&self) -> String {
         http_get(self.server.admin_addr().expect("admin"), "/metrics")
             .await
