@@ -690,6 +690,19 @@ pub struct RateLimitOverride {
     pub exempt: bool,
 }
 
+impl RateLimitOverride {
+    /// What is wrong with it, by field: validation and the merge of per-pod overrides both
+    /// ask this.
+    pub fn problems(&self) -> impl Iterator<Item = (&'static str, &'static str)> {
+        let qps = self
+            .qps
+            .is_some_and(|q| !(q.is_finite() && q > 0.0))
+            .then_some(("qps", "must be a number above 0"));
+        let burst = (self.burst == Some(0)).then_some(("burst", "must be at least 1"));
+        qps.into_iter().chain(burst)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(JsonSchema))]
 #[serde(deny_unknown_fields, default)]
@@ -1256,14 +1269,8 @@ impl Config {
         range("slip", r.slip.into(), RATE_SLIP);
         range("max_clients", r.max_clients as u64, RATE_MAX_CLIENTS);
         for (i, o) in r.overrides.iter().enumerate() {
-            let op = format!("rate_limit.overrides[{i}]");
-            if let Some(q) = o.qps {
-                if !(q.is_finite() && q > 0.0) {
-                    err(format!("{op}.qps"), "must be a number above 0".into());
-                }
-            }
-            if o.burst == Some(0) {
-                err(format!("{op}.burst"), "must be at least 1".into());
+            for (field, m) in o.problems() {
+                err(format!("rate_limit.overrides[{i}].{field}"), m.into());
             }
         }
     }
@@ -1271,22 +1278,22 @@ impl Config {
     /// `validate`, for per-client groups.
     fn check_client_groups(&self, err: &mut impl FnMut(String, String)) {
         for (i, c) in self.client_groups.iter().enumerate() {
-            match self.upstream_groups.iter().find(|g| g.name == c.group) {
-                None => err(
-                    format!("client_groups[{i}].group"),
-                    format!("no upstream group named {:?}", c.group),
-                ),
-                // The client's own group answers every name it asks, as "." does for the
-                // others: plain DNS there needs the same opt-in.
-                Some(g) if g.is_plain() && !self.allow_plain_default => err(
-                    format!("client_groups[{i}].group"),
-                    format!(
-                        "group {:?} has plain-DNS servers and would answer every name these clients ask; set allow_plain_default: true to allow unencrypted forwarding for them",
-                        g.name
-                    ),
-                ),
-                Some(_) => {}
+            if let Err(m) = self.client_group_usable(&c.group) {
+                err(format!("client_groups[{i}].group"), m);
             }
+        }
+    }
+
+    /// Whether clients may be sent to the group `name` for every name they ask, or why not:
+    /// it must exist, and plain DNS there needs the same opt-in as for ".". Validation and
+    /// the merge of per-pod overrides both ask this.
+    pub fn client_group_usable(&self, name: &str) -> Result<(), String> {
+        match self.upstream_groups.iter().find(|g| g.name == name) {
+            None => Err(format!("no upstream group named {name:?}")),
+            Some(g) if g.is_plain() && !self.allow_plain_default => Err(format!(
+                "group {name:?} has plain-DNS servers and would answer every name these clients ask; set allow_plain_default: true to allow unencrypted forwarding for them"
+            )),
+            Some(_) => Ok(()),
         }
     }
 

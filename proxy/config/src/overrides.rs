@@ -26,17 +26,12 @@ pub fn merge_overrides(cfg: &mut Config) -> Result<usize, String> {
     let groups: Vec<ClientGroup> = mine
         .client_groups
         .into_iter()
-        .filter(|c| {
-            cfg.upstream_groups
-                .iter()
-                .find(|g| g.name == c.group)
-                .is_some_and(|g| !g.is_plain() || cfg.allow_plain_default)
-        })
+        .filter(|c| cfg.client_group_usable(&c.group).is_ok())
         .collect();
     let limits: Vec<RateLimitOverride> = mine
         .rate_limits
         .into_iter()
-        .filter(|o| o.qps.is_none_or(|q| q.is_finite() && q > 0.0) && o.burst != Some(0))
+        .filter(|o| o.problems().next().is_none())
         .collect();
     let skipped = before - groups.len() - limits.len();
     cfg.rate_limit.overrides.extend(limits);
