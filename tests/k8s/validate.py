@@ -112,6 +112,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "searchCompletion": {"enabled": True, "hostSearchDomains": ["corp.example", "example.com"]},
         "config": {"filterAaaa": {"zones": ["."]}},
     },
+    # The operator's egress closed to the API server's own addresses.
+    "apiserver-cidrs": {"operator": {"networkPolicy": {"apiServerCIDRs": ["10.0.0.2/32", "fd00:10::2/128"]}}},
 }
 
 # Values the schema must refuse, and values that must make rendering fail.
@@ -127,6 +129,7 @@ BAD_VALUES: dict[str, dict[str, Any]] = {
     "block-list ConfigMap name that is no volume name": {"proxy": {"blocklistConfigMaps": ["my.lists"]}},
     "checkov reason with '='": {"proxy": {"checkovSkips": {"CKV_K8S_1": "a reason with = in it"}}},
     "completion of a type it cannot complete": {"searchCompletion": {"types": ["PTR"]}},
+    "API server address without a prefix length": {"operator": {"networkPolicy": {"apiServerCIDRs": ["10.0.0.2"]}}},
 }
 RENDER_FAILURES: dict[str, tuple[dict[str, Any], str]] = {
     "node-local off without listen": ({"nodeLocal": {"enabled": False}}, "config.listen must list"),
@@ -481,6 +484,7 @@ def check_invariants(variant: str, values: dict[str, Any], docs: list[Doc], note
             p.check(sc.get("runAsNonRoot") and sc.get("readOnlyRootFilesystem") and sc.get("capabilities", {}).get("drop") == ["ALL"]
                     and not sc.get("capabilities", {}).get("add"), f"{tag} operator securityContext must be restrictive")
         check_rbac(tag, v, operator_objects(docs), p)
+        check_networkpolicy(tag, v, docs, p)
     else:
         p.check(not deps and not find(docs, "Role") and not find(operator_objects(docs), "ClusterRole"), f"{tag} operator objects present while operator.enabled is false")
     check_proxy_rbac(tag, v, docs, p)
@@ -514,6 +518,24 @@ def check_invariants(variant: str, values: dict[str, Any], docs: list[Doc], note
         p.check(f"      - {s}\n" in notes, f"{tag} NOTES.txt does not list nameserver {s}")
     p.check('dnsPolicy: "None"' in notes and "name: ndots" in notes and 'value: "5"' in notes, f"{tag} NOTES.txt lacks the dnsConfig snippet")
     p.check(f"NAMESPACE.svc.{v['clusterDNS']['domain']}" in notes, f"{tag} NOTES.txt lacks the search domains")
+
+
+def check_networkpolicy(tag: str, v: dict[str, Any], docs: list[Doc], p: Problems) -> None:
+    """The operator's egress: the API server's ports, to any address unless
+    operator.networkPolicy.apiServerCIDRs lists the API server's, which become ipBlock peers."""
+    np = v["operator"]["networkPolicy"]
+    pols = find(docs, "NetworkPolicy")
+    p.check(len(pols) == (1 if np["enabled"] else 0), f"{tag} expected {int(np['enabled'])} NetworkPolicy, got {len(pols)}")
+    for pol in pols:
+        egress = pol["spec"].get("egress", [])
+        p.check(len(egress) == 1, f"{tag} the operator NetworkPolicy must have one egress rule, got {egress}")
+        for rule in egress:
+            ports = [(x.get("protocol"), x.get("port")) for x in rule.get("ports", [])]
+            p.check(ports == [("TCP", port) for port in np["apiServerPorts"]],
+                    f"{tag} egress ports {ports}, want TCP {np['apiServerPorts']}")
+            want_to = [{"ipBlock": {"cidr": c}} for c in np["apiServerCIDRs"]]
+            p.check(rule.get("to", []) == want_to,
+                    f"{tag} egress peers {rule.get('to')}, want {want_to or 'none (any address)'}")
 
 
 def component(d: Doc) -> str:
