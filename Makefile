@@ -1,14 +1,14 @@
 # dot-proxy: common tasks. `make run` and `make test` are the two commands README.md opens with.
 CARGO ?= cargo
 
-.PHONY: run test unit interop k8s lint fmt build release images push-images bench bench-memory fuzz clean
+.PHONY: run test unit interop docs-check k8s lint fmt build release images push-images bench bench-memory fuzz clean
 
 ## Run the proxy with the built-in defaults: 127.0.0.1:5353 (UDP+TCP) -> Cloudflare over TLS.
 run:
 	$(CARGO) run --release -p dot-proxy
 
-## Every test: unit and integration (cargo), then the Unbound interop test.
-test: unit interop
+## Every test: unit and integration (cargo), the Unbound interop test, then the docs check.
+test: unit interop docs-check
 
 unit:
 	$(CARGO) test --workspace
@@ -16,6 +16,11 @@ unit:
 ## Real Unbound as a DoT upstream, dig and kdig as clients (needs unbound, dig, kdig).
 interop: release
 	bash tests/interop/run.sh
+
+## The docs against the code: YAML examples, metrics, flags, alerts, RBAC (tests/docs/check.py).
+## Uses the release binaries that interop builds (DOT_PROXY_BIN / DOT_PROXY_OPERATOR_BIN override).
+docs-check:
+	bash tests/docs/check.sh
 
 ## Chart, manifests, alert rules and dashboard validation (Helm SDK, kubernetes-validate, checkov, promtool).
 k8s:

@@ -41,6 +41,8 @@ from typing import Any, Callable
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "docs"))
+import check as docs_check  # noqa: E402  tests/docs/check.py: the RBAC table of docs/operator.md
 from chartlib import (  # noqa: E402
     CHART,
     CRD_FILE,
@@ -488,6 +490,7 @@ def check_invariants(variant: str, values: dict[str, Any], docs: list[Doc], note
     else:
         p.check(not deps and not find(docs, "Role") and not find(operator_objects(docs), "ClusterRole"), f"{tag} operator objects present while operator.enabled is false")
     check_proxy_rbac(tag, v, docs, p)
+    check_rbac_doc(tag, v, docs, p)
 
     # Services, monitoring, dashboard.
     svc_names = {d.name for d in docs if d.kind == "Service"}
@@ -562,6 +565,21 @@ def check_proxy_rbac(tag: str, v: dict[str, Any], docs: list[Doc], p: Problems) 
         p.check(b.obj["subjects"] == [{"kind": "ServiceAccount", "name": "dot-proxy", "namespace": NAMESPACE}],
                 f"{tag} proxy ClusterRoleBinding must bind only the proxy ServiceAccount, got {b.obj['subjects']}")
         p.check(bool(roles) and b.obj["roleRef"]["name"] == roles[0].name, f"{tag} proxy binding names its role")
+
+
+def check_rbac_doc(tag: str, v: dict[str, Any], docs: list[Doc], p: Problems) -> None:
+    """docs/operator.md's RBAC table is what this variant grants: the operator's rows where
+    the operator runs with its default ConfigMap names, the proxy's where search completion
+    is on (tests/docs/check.py compares the same table with manifests/)."""
+    subjects = set()
+    if v["operator"]["enabled"] and v["operator"]["rbac"]["restrictConfigMapNames"] \
+            and (v["config"]["configMapName"] or "dot-proxy-config") == "dot-proxy-config":
+        subjects.add("operator")
+    if v["searchCompletion"]["enabled"]:
+        subjects.add("proxy")
+    rendered = docs_check.rendered_rbac([d.obj for d in docs])
+    for line, msg in docs_check.compare_rbac(docs_check.doc_rbac(), rendered, subjects, f"variant {tag[:-1]}"):
+        p.add(f"docs/operator.md:{line or '?'}: {msg}")
 
 
 def check_rbac(tag: str, v: dict[str, Any], docs: list[Doc], p: Problems) -> None:
