@@ -14,8 +14,11 @@ Checks:
               /metrics, both ways: names and types. The proxy runs with a config that turns
               on every optional part (dnstap to a socket nobody listens on, policy, rate
               limiting, the pod watch and search completion against a closed local port).
-  flags       README.md's flag table against `dot-proxy --help`: the same flags, the same
-              environment variables.
+              The same for docs/operator.md's table and `dot-proxy-operator run` (no leader
+              election, the API server a closed local port).
+  flags       README.md's flag table against `dot-proxy --help`, and docs/operator.md's
+              against `dot-proxy-operator run --help`: the same flags, environment
+              variables and (where the table has them) defaults.
   alerts      the alert table of docs/observability.md against the rules file
               (charts/dot-proxy/files/dot-proxy-rules.yaml): names, `for` and severity.
   rbac        the RBAC table of docs/operator.md (after `<!-- rbac-table -->`) against the
@@ -66,6 +69,11 @@ RBAC_MARKER = "<!-- rbac-table"
 METRICS_ABSENT_UNTIL_SEEN = {
     "dot_proxy_search_completions_total":
         "a series per `result` appears with the first completion, which needs pods from an API server",
+}
+
+OPERATOR_METRICS_ABSENT_UNTIL_SEEN = {
+    "dot_proxy_operator_reconciles_total": "a series per `result` appears with the first reconcile, which needs an API server",
+    "dot_proxy_operator_writes_total": "a series per `kind` appears with the first write, which needs an API server",
 }
 
 # Flags of `dot-proxy --help` that the README's table leaves out on purpose.
@@ -257,16 +265,10 @@ def metrics_config(tmp: Path, dns_port: int, admin_port: int) -> Path:
     return f
 
 
-def scrape(proxy: str, tmp: Path) -> tuple[dict[str, str], str]:
-    """Starts the proxy, returns {family: type} from /metrics and the proxy's log."""
-    dns_port, admin_port = free_port(), free_port()
-    cfg = metrics_config(tmp, dns_port, admin_port)
-    check = run([proxy, "check-config", str(cfg)])
-    if check.returncode != 0:
-        raise RuntimeError(f"the metrics config is refused: {check.stderr.strip()}")
-    log = open(tmp / "proxy.log", "w+")
-    proc = subprocess.Popen([proxy, "--config", str(cfg), "--log-level", "warn"], stdout=log, stderr=log,
-                            start_new_session=True)
+def scrape(cmd: list[str], admin_port: int, tmp: Path, env: dict[str, str] | None = None) -> dict[str, str]:
+    """Starts `cmd`, returns {family: type} from its /metrics once it answers, stops it."""
+    log = open(tmp / f"{Path(cmd[0]).name}.log", "w+")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True, env={**os.environ, **(env or {})})
     try:
         deadline = time.monotonic() + 20
         body = None
@@ -280,14 +282,13 @@ def scrape(proxy: str, tmp: Path) -> tuple[dict[str, str], str]:
                 time.sleep(0.2)
         if body is None:
             log.seek(0)
-            raise RuntimeError(f"no /metrics from the proxy (exit {proc.poll()}): {log.read()[-800:]}")
+            raise RuntimeError(f"no /metrics from {Path(cmd[0]).name} (exit {proc.poll()}): {log.read()[-800:]}")
         types = {}
         for line in body.splitlines():
             m = re.match(r"^# TYPE (\S+) (\S+)$", line)
             if m:
                 types[m.group(1)] = m.group(2)
-        (tmp / "metrics.txt").write_text(body)
-        return types, ""
+        return types
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -298,96 +299,139 @@ def scrape(proxy: str, tmp: Path) -> tuple[dict[str, str], str]:
                 proc.wait()
 
 
+def scrape_proxy(proxy: str, tmp: Path) -> dict[str, str]:
+    dns_port, admin_port = free_port(), free_port()
+    cfg = metrics_config(tmp, dns_port, admin_port)
+    check = run([proxy, "check-config", str(cfg)])
+    if check.returncode != 0:
+        raise RuntimeError(f"the metrics config is refused: {check.stderr.strip()}")
+    return scrape([proxy, "--config", str(cfg), "--log-level", "warn"], admin_port, tmp)
+
+
+def scrape_operator(operator: str, tmp: Path) -> dict[str, str]:
+    """The operator without leader election, against a kubeconfig whose API server is a
+    closed local port: it serves /metrics while its watches retry."""
+    admin_port = free_port()
+    metrics_config(tmp, free_port(), free_port())   # writes tmp/kubeconfig
+    return scrape([operator, "run", "--leader-election", "false", "--namespace", "docs-check",
+                   "--metrics-addr", f"127.0.0.1:{admin_port}"], admin_port, tmp,
+                  env={"KUBECONFIG": str(tmp / "kubeconfig")})
+
+
 def exported_name(family: str, kind: str) -> str:
     """The name the docs use: a counter's samples end in _total (OpenMetrics names the
     family without it, the Prometheus text format with it)."""
     return family + "_total" if kind == "counter" and not family.endswith("_total") else family
 
 
-def documented_metrics(p: Problems) -> dict[str, tuple[str, int]]:
+def documented_metrics(p: Problems, doc: Path, after: str) -> dict[str, tuple[str, int]]:
     out: dict[str, tuple[str, int]] = {}
-    for _, header, rows in tables(OBSERVABILITY, after="## Proxy metrics"):
+    for _, header, rows in tables(doc, after=after):
         if header[:2] != ["metric", "type"]:
             continue
         for line, row in rows:
             kind = row[1].strip()
             for name in ticks(row[0]):
                 if name in out:
-                    p.add(OBSERVABILITY, line, f"metric {name} is listed twice")
+                    p.add(doc, line, f"metric {name} is listed twice")
                 out[name] = (kind, line)
         break
     else:
-        p.add(OBSERVABILITY, None, "no `| metric | type |` table after `## Proxy metrics`")
+        p.add(doc, None, f"no `| metric | type |` table after `{after}`")
     return out
 
 
-def check_metrics(p: Problems, proxy: str, tmp: Path) -> str:
-    doc = documented_metrics(p)
+def compare_metrics(p: Problems, doc_path: Path, after: str, scraper: Any, absent_ok: dict[str, str]) -> str:
+    doc = documented_metrics(p, doc_path, after)
     try:
-        families, _ = scrape(proxy, tmp)
+        families = scraper()
     except RuntimeError as e:
-        p.add(OBSERVABILITY, None, f"cannot compare the metrics table: {e}")
+        p.add(doc_path, None, f"cannot compare the metrics table: {e}")
         return "not compared"
     exported = {exported_name(f, k): k for f, k in families.items()}
     for name, (kind, line) in sorted(doc.items()):
         if name not in exported:
-            if name not in METRICS_ABSENT_UNTIL_SEEN:
-                p.add(OBSERVABILITY, line, f"metric {name} is documented but /metrics does not export it")
+            if name not in absent_ok:
+                p.add(doc_path, line, f"metric {name} is documented but /metrics does not export it")
         elif kind != exported[name]:
-            p.add(OBSERVABILITY, line, f"metric {name} is documented as {kind or '(no type)'!s}, exported as {exported[name]}")
-    for name in METRICS_ABSENT_UNTIL_SEEN:
+            p.add(doc_path, line, f"metric {name} is documented as {kind or '(no type)'!s}, exported as {exported[name]}")
+    for name in absent_ok:
         if name not in doc:
-            p.add(OBSERVABILITY, None, f"metric {name} is a listed exception in tests/docs/check.py but not in the table")
+            p.add(doc_path, None, f"metric {name} is a listed exception in tests/docs/check.py but not in the table")
     for name, kind in sorted(exported.items()):
         if name not in doc:
-            p.add(OBSERVABILITY, None, f"metric {name} ({kind}) is exported by /metrics but not in the table")
+            p.add(doc_path, None, f"metric {name} ({kind}) is exported by /metrics but not in the table")
     return f"{len(doc)} documented, {len(exported)} exported"
+
+
+def check_metrics(p: Problems, proxy: str, operator: str, tmp: Path) -> str:
+    a = compare_metrics(p, OBSERVABILITY, "## Proxy metrics", lambda: scrape_proxy(proxy, tmp), METRICS_ABSENT_UNTIL_SEEN)
+    b = compare_metrics(p, OPERATOR_DOC, "### Health and metrics", lambda: scrape_operator(operator, tmp),
+                        OPERATOR_METRICS_ABSENT_UNTIL_SEEN)
+    return f"proxy: {a}; operator: {b}"
 
 
 # ------------------------------------------------------------------ c: flags
 
-def help_flags(proxy: str) -> dict[str, str | None]:
-    """--flag -> environment variable (or None) from `dot-proxy --help` (clap)."""
-    out = run([proxy, "--help"]).stdout
-    flags: dict[str, str | None] = {}
+def help_flags(cmd: list[str]) -> dict[str, tuple[str | None, str | None]]:
+    """--flag -> (environment variable, default) from a clap `--help`."""
+    out = run(cmd).stdout
+    flags: dict[str, tuple[str | None, str | None]] = {}
     current = None
     for line in out.splitlines():
         m = re.match(r"^\s+(?:-\w, )?(--[\w-]+)", line)
         if m:
             current = m.group(1)
-            flags[current] = None
+            flags[current] = (None, None)
         if current:
+            env, default = flags[current]
             e = re.search(r"\[env: (\w+)=", line)
-            if e:
-                flags[current] = e.group(1)
+            d = re.search(r"\[default: ([^\]]*)\]", line)
+            flags[current] = (e.group(1) if e else env, d.group(1) if d else default)
     return flags
 
 
-def check_flags(p: Problems, proxy: str) -> str:
-    helped = help_flags(proxy)
-    documented: dict[str, tuple[str | None, int]] = {}
-    for _, header, rows in tables(README):
+def check_flag_table(p: Problems, doc: Path, cmd: list[str], after: str | None) -> int:
+    """The first `| flag | environment | ...` table (after `after`) against `cmd --help`:
+    the same flags, environment variables, and defaults where the table has a default
+    column and --help states one."""
+    shown = "`" + " ".join([Path(cmd[0]).name, *cmd[1:-1]])
+    helped = help_flags(cmd)
+    documented: dict[str, tuple[str | None, str | None, int]] = {}
+    for _, header, rows in tables(doc, after=after):
         if header[:2] != ["flag", "environment"]:
             continue
+        dcol = header.index("default") if "default" in header else None
         for line, row in rows:
             m = re.search(r"(--[\w-]+)", row[0])
             if not m:
-                p.add(README, line, f"flag table row without a --flag: {row[0]}")
+                p.add(doc, line, f"flag table row without a --flag: {row[0]}")
                 continue
             env = ticks(row[1])
-            documented[m.group(1)] = (env[0] if env else None, line)
+            default = ticks(row[dcol]) if dcol is not None else []
+            documented[m.group(1)] = (env[0] if env else None, default[0] if default else None, line)
         break
     else:
-        p.add(README, None, "no `| flag | environment |` table")
-    for flag, (env, line) in documented.items():
+        p.add(doc, None, "no `| flag | environment |` table")
+    for flag, (env, default, line) in documented.items():
         if flag not in helped:
-            p.add(README, line, f"flag {flag} is in the table but not in `dot-proxy --help`")
-        elif env != helped[flag]:
-            p.add(README, line, f"flag {flag}: the table says environment {env}, `dot-proxy --help` says {helped[flag]}")
-    for flag, env in helped.items():
+            p.add(doc, line, f"flag {flag} is in the table but not in {shown} --help`")
+            continue
+        henv, hdefault = helped[flag]
+        if env != henv:
+            p.add(doc, line, f"flag {flag}: the table says environment {env}, {shown} --help` says {henv}")
+        if hdefault is not None and default is not None and default != hdefault:
+            p.add(doc, line, f"flag {flag}: the table says default {default}, {shown} --help` says {hdefault}")
+    for flag, (env, _) in helped.items():
         if flag not in documented and flag not in HELP_ONLY_FLAGS:
-            p.add(README, None, f"flag {flag} (env {env}) is in `dot-proxy --help` but not in the flag table")
-    return f"{len(documented)} flags"
+            p.add(doc, None, f"flag {flag} (env {env}) is in {shown} --help` but not in the flag table")
+    return len(documented)
+
+
+def check_flags(p: Problems, proxy: str, operator: str) -> str:
+    n = check_flag_table(p, README, [proxy, "--help"], None)
+    m = check_flag_table(p, OPERATOR_DOC, [operator, "run", "--help"], "## Running it")
+    return f"{n} proxy flags (README.md), {m} operator flags (docs/operator.md)"
 
 
 # ------------------------------------------------------------------ d: alerts
@@ -544,8 +588,8 @@ def main() -> int:
         tmp = Path(t)
         steps = [
             ("yaml", lambda: check_yaml_blocks(p, proxy, operator, tmp)),
-            ("metrics", lambda: check_metrics(p, proxy, tmp)),
-            ("flags", lambda: check_flags(p, proxy)),
+            ("metrics", lambda: check_metrics(p, proxy, operator, tmp)),
+            ("flags", lambda: check_flags(p, proxy, operator)),
             ("alerts", lambda: check_alerts(p)),
             ("rbac", lambda: check_rbac(p)),
             ("sizes", lambda: check_sizes(p, operator)),
