@@ -15,7 +15,8 @@ Checks:
               on every optional part (dnstap to a socket nobody listens on, policy, rate
               limiting, the pod watch and search completion against a closed local port).
               The same for docs/operator.md's table and `dot-proxy-operator run` (no leader
-              election, the API server a closed local port).
+              election, the API server a closed local port). Both must then exit 0 on
+              SIGTERM, as README.md and docs/operator.md say.
   flags       README.md's flag table against `dot-proxy --help`, and docs/operator.md's
               against `dot-proxy-operator run --help`: the same flags, environment
               variables and (where the table has them) defaults.
@@ -265,8 +266,20 @@ def metrics_config(tmp: Path, dns_port: int, admin_port: int) -> Path:
     return f
 
 
-def scrape(cmd: list[str], admin_port: int, tmp: Path, env: dict[str, str] | None = None) -> dict[str, str]:
-    """Starts `cmd`, returns {family: type} from its /metrics once it answers, stops it."""
+# How long a process may take to exit after SIGTERM, here with nothing in flight (the proxy's
+# shutdown_grace is 5 s at most with queries in flight).
+STOP_WITHIN = 8.0
+
+
+@dataclass
+class Scraped:
+    types: dict[str, str]
+    exit_after_sigterm: int | None     # None: still running STOP_WITHIN s after SIGTERM
+
+
+def scrape(cmd: list[str], admin_port: int, tmp: Path, env: dict[str, str] | None = None) -> Scraped:
+    """Starts `cmd`, returns {family: type} from its /metrics once it answers, then sends
+    SIGTERM and records how it exited."""
     log = open(tmp / f"{Path(cmd[0]).name}.log", "w+")
     proc = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True, env={**os.environ, **(env or {})})
     try:
@@ -288,18 +301,19 @@ def scrape(cmd: list[str], admin_port: int, tmp: Path, env: dict[str, str] | Non
             m = re.match(r"^# TYPE (\S+) (\S+)$", line)
             if m:
                 types[m.group(1)] = m.group(2)
-        return types
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            code: int | None = proc.wait(STOP_WITHIN)
+        except subprocess.TimeoutExpired:
+            code = None
+        return Scraped(types, code)
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
-def scrape_proxy(proxy: str, tmp: Path) -> dict[str, str]:
+def scrape_proxy(proxy: str, tmp: Path) -> Scraped:
     dns_port, admin_port = free_port(), free_port()
     cfg = metrics_config(tmp, dns_port, admin_port)
     check = run([proxy, "check-config", str(cfg)])
@@ -308,7 +322,7 @@ def scrape_proxy(proxy: str, tmp: Path) -> dict[str, str]:
     return scrape([proxy, "--config", str(cfg), "--log-level", "warn"], admin_port, tmp)
 
 
-def scrape_operator(operator: str, tmp: Path) -> dict[str, str]:
+def scrape_operator(operator: str, tmp: Path) -> Scraped:
     """The operator without leader election, against a kubeconfig whose API server is a
     closed local port: it serves /metrics while its watches retry."""
     admin_port = free_port()
@@ -341,13 +355,23 @@ def documented_metrics(p: Problems, doc: Path, after: str) -> dict[str, tuple[st
     return out
 
 
-def compare_metrics(p: Problems, doc_path: Path, after: str, scraper: Any, absent_ok: dict[str, str]) -> str:
+def compare_metrics(p: Problems, doc_path: Path, after: str, scraper: Any, absent_ok: dict[str, str],
+                    sigterm_claim: tuple[Path, str]) -> str:
     doc = documented_metrics(p, doc_path, after)
     try:
-        families = scraper()
+        scraped = scraper()
     except RuntimeError as e:
         p.add(doc_path, None, f"cannot compare the metrics table: {e}")
         return "not compared"
+    # The docs say SIGTERM stops the process, exit status 0.
+    claim_doc, claim = sigterm_claim
+    text = claim_doc.read_text()
+    claim_line = text[:text.index(claim)].count("\n") + 1 if claim in text else None
+    if scraped.exit_after_sigterm is None:
+        p.add(claim_doc, claim_line, f"\"{claim}\": it was still running {STOP_WITHIN:.0f} s after SIGTERM (idle; started by the metrics check)")
+    elif scraped.exit_after_sigterm != 0:
+        p.add(claim_doc, claim_line, f"\"{claim}\": it exited {scraped.exit_after_sigterm} after SIGTERM, not 0")
+    families = scraped.types
     exported = {exported_name(f, k): k for f, k in families.items()}
     for name, (kind, line) in sorted(doc.items()):
         if name not in exported:
@@ -365,9 +389,10 @@ def compare_metrics(p: Problems, doc_path: Path, after: str, scraper: Any, absen
 
 
 def check_metrics(p: Problems, proxy: str, operator: str, tmp: Path) -> str:
-    a = compare_metrics(p, OBSERVABILITY, "## Proxy metrics", lambda: scrape_proxy(proxy, tmp), METRICS_ABSENT_UNTIL_SEEN)
+    a = compare_metrics(p, OBSERVABILITY, "## Proxy metrics", lambda: scrape_proxy(proxy, tmp), METRICS_ABSENT_UNTIL_SEEN,
+                        (README, "On SIGTERM the proxy stops accepting"))
     b = compare_metrics(p, OPERATOR_DOC, "### Health and metrics", lambda: scrape_operator(operator, tmp),
-                        OPERATOR_METRICS_ABSENT_UNTIL_SEEN)
+                        OPERATOR_METRICS_ABSENT_UNTIL_SEEN, (OPERATOR_DOC, "On SIGTERM the leader stops"))
     return f"proxy: {a}; operator: {b}"
 
 
