@@ -28,6 +28,8 @@ Checks:
               against every chart variant, the proxy's search-completion role included).
   sizes       docs/operator.md's `config.yaml` size for the example resource against
               `dot-proxy-operator render`.
+  exits       README.md's exit codes: a bad config or flag, a listener already bound,
+              check-config of a bad config.
 
 Markers (an HTML comment on the line just before a ```yaml fence):
   <!-- fragment -->           not a whole proxy config or Kubernetes object (a section of
@@ -599,6 +601,39 @@ def check_sizes(p: Problems, operator: str) -> str:
     return f"config.yaml {documented} bytes"
 
 
+# ------------------------------------------------------------------ g: exit codes
+
+def check_exit_codes(p: Problems, proxy: str, tmp: Path) -> str:
+    """README.md: "Exit codes: 0 after a clean shutdown (the metrics check), 64 for a bad
+    config or flag at start, 71 when a listener cannot be bound"; check-config: 0 or 1."""
+    text = README.read_text()
+    m = re.search(r"Exit codes: 0 after a clean shutdown, (\d+) for a bad config or flag at start, (\d+) when a\s+listener cannot be bound", text)
+    if not m:
+        p.add(README, None, "the sentence \"Exit codes: 0 after a clean shutdown, N for a bad config or flag at start, N when a listener cannot be bound\" is gone; update tests/docs/check.py")
+        return "not compared"
+    line = text[:m.start()].count("\n") + 1
+    bad_config, bind_failure = int(m.group(1)), int(m.group(2))
+    bad = tmp / "bad-config.yaml"
+    bad.write_text("listen: 5\n")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, socket.socket() as t:
+        u.bind(("127.0.0.1", 0))
+        port = u.getsockname()[1]
+        t.bind(("127.0.0.1", port))
+        t.listen()
+        cases = [
+            ("a bad config", [proxy, "--config", str(bad)], bad_config),
+            ("a bad flag", [proxy, "--listen", "not-an-address", "--admin-listen", "off"], bad_config),
+            ("a listener that cannot be bound", [proxy, "--listen", f"127.0.0.1:{port}", "--upstream",
+                                                 "tls://127.0.0.1:1#x.test", "--admin-listen", "off"], bind_failure),
+            ("check-config of a bad config", [proxy, "check-config", str(bad)], 1),
+        ]
+        for what, cmd, want in cases:
+            r = run(cmd)
+            if r.returncode != want:
+                p.add(README, line, f"exit code for {what}: documented {want}, `{' '.join([Path(cmd[0]).name, *cmd[1:]])}` exits {r.returncode}")
+    return f"{len(cases)} cases"
+
+
 # ------------------------------------------------------------------ main
 
 def main() -> int:
@@ -618,6 +653,7 @@ def main() -> int:
             ("alerts", lambda: check_alerts(p)),
             ("rbac", lambda: check_rbac(p)),
             ("sizes", lambda: check_sizes(p, operator)),
+            ("exits", lambda: check_exit_codes(p, proxy, tmp)),
         ]
         for name, fn in steps:
             before = len(p.items)
