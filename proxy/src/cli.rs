@@ -24,7 +24,9 @@ pub struct Cli {
     #[arg(short, long, env = "DOT_PROXY_LISTEN", value_delimiter = ',')]
     pub listen: Vec<SocketAddr>,
 
-    /// Upstream for the default zone: tls://IP[:PORT]#TLS-NAME (repeatable, tried in order).
+    /// Upstream for the default zone (repeatable, tried in order): tls://IP[:PORT]#TLS-NAME
+    /// (DNS over TLS, port 853), https://IP[:PORT][/PATH]#TLS-NAME (DNS over HTTPS, port 443,
+    /// path /dns-query) or quic://IP[:PORT]#TLS-NAME (DNS over QUIC, port 853).
     #[arg(short, long, env = "DOT_PROXY_UPSTREAM", value_delimiter = ',')]
     pub upstream: Vec<String>,
 

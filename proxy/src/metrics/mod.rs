@@ -629,7 +629,7 @@ impl Metrics {
         );
         r.register(
             "config_restart_pending_settings",
-            "Settings of the applied config that take effect only at restart (workers, shutdown_grace, overrides.dir, overrides.node_name) and differ from what this process runs with",
+            "Settings of the applied config that take effect only at restart (workers, shutdown_grace, overrides.dir, overrides.node_name, kubernetes, tcp.max_connections) and differ from what this process runs with",
             self.config_restart_pending.clone(),
         );
         r.register(

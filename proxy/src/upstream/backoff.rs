@@ -4,7 +4,6 @@
 //! capped on purpose: this is what limits connects to a dead server, and recovery must not
 //! wait for it (the group keeps a down server out of use and probes it).
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -18,8 +17,6 @@ use crate::metrics::UpstreamErrorKind;
 pub struct ConnectBackoff {
     /// Until when connects are refused, and the last interval.
     state: Mutex<(Option<Instant>, Duration)>,
-    /// The first connect attempt has ended (connected or failed).
-    attempted: AtomicBool,
 }
 
 impl ConnectBackoff {
@@ -35,7 +32,6 @@ impl ConnectBackoff {
     }
 
     pub fn succeeded(&self) {
-        self.attempted.store(true, Ordering::Relaxed);
         *self.state.lock().unwrap_or_else(|p| p.into_inner()) = (None, Duration::ZERO);
     }
 
@@ -51,14 +47,9 @@ impl ConnectBackoff {
     }
 
     fn extend(&self) {
-        self.attempted.store(true, Ordering::Relaxed);
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let next = (s.1 * 2).clamp(Duration::from_millis(100), Duration::from_millis(500));
         *s = (Some(Instant::now() + next), next);
-    }
-
-    pub fn attempted(&self) -> bool {
-        self.attempted.load(Ordering::Relaxed)
     }
 }
 
@@ -69,9 +60,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn doubles_to_half_a_second_and_clears_on_success() {
         let b = ConnectBackoff::default();
-        assert!(b.check().is_ok() && !b.attempted());
+        assert!(b.check().is_ok());
         b.extend();
-        assert!(b.check().is_err() && b.attempted());
+        assert!(b.check().is_err());
         tokio::time::advance(Duration::from_millis(101)).await;
         assert!(b.check().is_ok());
         b.extend();

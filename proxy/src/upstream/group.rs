@@ -101,6 +101,8 @@ pub struct Group {
     /// Query logging of what goes upstream (dnstap); set by each pipeline built with
     /// this group, since a reload may keep the group and change the tap.
     tap: arc_swap::ArcSwapOption<crate::dnstap::Tap>,
+    /// Members whose warm-up (`warm`) has not ended.
+    warming: AtomicUsize,
 }
 
 /// What one attempt ended with.
@@ -149,6 +151,7 @@ impl Group {
             healthy_gauge,
             failovers,
             tap: Default::default(),
+            warming: AtomicUsize::new(0),
         })
     }
 
@@ -494,25 +497,35 @@ impl Group {
         }
     }
 
-    /// Waits, at most `limit`, until a member has a live connection, or every member's first
-    /// connect attempt has ended (a plain member needs none): what "upstreams warmed" means
-    /// before the admin port (and so the readiness probe) is bound.
+    /// Waits, at most `limit`, until a member has a live connection or every member's
+    /// warm-up has ended (a plain member needs none): what "upstreams warmed" means before
+    /// the admin port (and so the readiness probe) is bound. A member whose warm-up failed
+    /// is down by then, so readiness says so from the first probe.
     pub async fn warmed(&self, limit: Duration) {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
-            let live = self.members.iter().any(|m| m.upstream.warmed().0);
-            let settled = self.members.iter().all(|m| m.upstream.warmed().1);
-            if live || settled {
+            let live = self.members.iter().any(|m| m.upstream.live());
+            if live || self.warming.load(Ordering::Acquire) == 0 {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
-    /// Starts connections ahead of need.
-    pub fn warm(&self) {
-        for m in &self.members {
-            m.upstream.warm();
+    /// Starts connections ahead of need. A member whose first connection cannot be opened
+    /// is marked down at once, as a query's connect failure marks it (and the prober takes
+    /// it back when it answers): readiness and `dot_proxy_upstream_healthy` reflect the
+    /// warm-up, not only client queries.
+    pub fn warm(self: &Arc<Self>) {
+        self.warming.store(self.members.len(), Ordering::Release);
+        for i in 0..self.members.len() {
+            let g = Arc::clone(self);
+            tokio::spawn(async move {
+                if !g.members[i].upstream.warm_up().await {
+                    g.mark_down(i);
+                }
+                g.warming.fetch_sub(1, Ordering::AcqRel);
+            });
         }
     }
 }

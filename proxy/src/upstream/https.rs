@@ -112,11 +112,6 @@ impl HttpsUpstream {
         self.addr
     }
 
-    /// Whether the first connect attempt has ended (readiness waits for it, bounded).
-    pub fn attempted(&self) -> bool {
-        self.backoff.attempted()
-    }
-
     /// Connections open now.
     pub fn live_connections(&self) -> usize {
         self.slots
@@ -130,12 +125,9 @@ impl HttpsUpstream {
             .count()
     }
 
-    /// Opens the first connection ahead of need.
-    pub fn warm(self: &Arc<Self>) {
-        let me = Arc::clone(self);
-        tokio::spawn(async move {
-            let _ = me.conn(0, false).await;
-        });
+    /// Opens the first connection ahead of need; whether it opened.
+    pub async fn warm_up(self: &Arc<Self>) -> bool {
+        self.conn(0, false).await.is_ok()
     }
 
     /// Sends one query (ID 0 on the wire) and returns the answer with `msg`'s ID.

@@ -178,22 +178,23 @@ impl Upstream {
             Upstream::Tls(_) | Upstream::Https(_) | Upstream::Quic(_)
         )
     }
-    pub fn warm(&self) {
+    /// Opens the first connection ahead of need: whether it opened (a transport that
+    /// connects per query, plain DNS or a test fake, has nothing to open).
+    pub async fn warm_up(&self) -> bool {
         match self {
-            Upstream::Tls(u) => u.warm(),
-            Upstream::Https(u) => u.warm(),
-            Upstream::Quic(u) => u.warm(),
-            Upstream::Plain(_) | Upstream::Other(_) => {}
+            Upstream::Tls(u) => u.warm_up().await,
+            Upstream::Https(u) => u.warm_up().await,
+            Upstream::Quic(u) => u.warm_up().await,
+            Upstream::Plain(_) | Upstream::Other(_) => true,
         }
     }
-    /// Warmed for readiness: `(has a live connection, its first connect attempt ended)`.
-    /// A transport that connects per query (plain DNS, test fakes) is both at once.
-    pub fn warmed(&self) -> (bool, bool) {
+    /// Has a live connection (a transport that connects per query always has).
+    pub fn live(&self) -> bool {
         match self {
-            Upstream::Tls(u) => (u.live_connections() > 0, u.attempted()),
-            Upstream::Https(u) => (u.live_connections() > 0, u.attempted()),
-            Upstream::Quic(u) => (u.live_connections() > 0, u.attempted()),
-            Upstream::Plain(_) | Upstream::Other(_) => (true, true),
+            Upstream::Tls(u) => u.live_connections() > 0,
+            Upstream::Https(u) => u.live_connections() > 0,
+            Upstream::Quic(u) => u.live_connections() > 0,
+            Upstream::Plain(_) | Upstream::Other(_) => true,
         }
     }
 }

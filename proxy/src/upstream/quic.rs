@@ -61,8 +61,10 @@ impl QuicUpstream {
         let mut transport = quinn::TransportConfig::default();
         transport
             .max_idle_timeout(quinn::IdleTimeout::try_from(opts.idle_timeout).ok())
-            // The server opens no streams (RFC 9250 §4.2).
-            .max_concurrent_uni_streams(0u8.into());
+            // The server opens no streams (RFC 9250 §4.2): neither kind is allowed, so a
+            // server cannot make us hold stream state or receive windows.
+            .max_concurrent_uni_streams(0u8.into())
+            .max_concurrent_bidi_streams(0u8.into());
         client.transport_config(Arc::new(transport));
         let server_name = match &setup.server_name {
             rustls_pki_types::ServerName::DnsName(n) => n.as_ref().to_string(),
@@ -91,21 +93,14 @@ impl QuicUpstream {
         self.addr
     }
 
-    /// Whether the first connect attempt has ended (readiness waits for it, bounded).
-    pub fn attempted(&self) -> bool {
-        self.backoff.attempted()
-    }
-
     /// Connections open now (0 or 1).
     pub fn live_connections(&self) -> usize {
         usize::from(self.conn.load().as_ref().is_some_and(|c| self.usable(c)))
     }
 
-    pub fn warm(self: &Arc<Self>) {
-        let me = Arc::clone(self);
-        tokio::spawn(async move {
-            let _ = me.conn(false).await;
-        });
+    /// Opens the connection ahead of need; whether it opened.
+    pub async fn warm_up(self: &Arc<Self>) -> bool {
+        self.conn(false).await.is_ok()
     }
 
     /// Sends one query on a stream of its own and returns the answer with `msg`'s ID.

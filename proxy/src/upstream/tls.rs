@@ -177,9 +177,10 @@ impl TlsUpstream {
         &self.label
     }
 
-    /// Opens the first connection ahead of need so the first query pays no handshake.
-    pub fn warm(self: &Arc<Self>) {
-        self.warm_slot(0);
+    /// Opens the first connection ahead of need so the first query pays no handshake;
+    /// whether it opened.
+    pub async fn warm_up(self: &Arc<Self>) -> bool {
+        self.slot_connection(0).await.is_ok()
     }
 
     fn warm_slot(self: &Arc<Self>, i: usize) {
@@ -297,11 +298,6 @@ impl TlsUpstream {
             }
         });
         Ok(Arc::new(ConnHandle { tx }))
-    }
-
-    /// Whether the first connect attempt has ended (connected or failed).
-    pub fn attempted(&self) -> bool {
-        self.backoff.attempted()
     }
 
     /// Number of slots with a live connection.

@@ -627,3 +627,53 @@ async fn retries_after_a_dead_doh_connection_share_one_new_connection() {
         "one new connection for all the retries"
     );
 }
+
+/// Issue 33: readiness reflects the warm-up of every encrypted transport. With the only
+/// upstream unreachable, `/readyz` is 503 from the first probe and the server counts as
+/// down, before any client query; with it reachable, 200 without any client query.
+#[tokio::test]
+async fn readiness_follows_the_warm_up_without_a_client_query() {
+    for protocol in [Protocol::Tls, Protocol::Https, Protocol::Quic] {
+        // A TCP and UDP port where nothing listens.
+        let addr = {
+            let t = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            let a = t.local_addr().expect("addr");
+            let _u = std::net::UdpSocket::bind(a).expect("bind udp");
+            a
+        };
+        let pki = Box::leak(Box::new(Pki::new()));
+        let mut s = UpstreamServer::encrypted(protocol, addr, "upstream.test");
+        s.ca_file = Some(pki.ca_file.clone());
+        s.connect_timeout = dot_proxy::config::Dur::millis(500);
+        let p = Proxy::start(group_of(vec![s])).await;
+        let admin = p.server.admin_addr().expect("admin");
+        let (code, body) = http_get(admin, "/readyz").await;
+        assert_eq!(code, 503, "{protocol:?}: {body}");
+        let metrics = p.metrics().await;
+        assert_eq!(
+            metric(&metrics, "dot_proxy_upstream_healthy{"),
+            0.0,
+            "{protocol:?}: {metrics}"
+        );
+    }
+    for protocol in [Protocol::Tls, Protocol::Https, Protocol::Quic] {
+        let (server, _dot);
+        let s = match protocol {
+            Protocol::Tls => {
+                _dot = Upstream::start().await;
+                _dot.server()
+            }
+            Protocol::Https => {
+                server = doh_server(Mode::Good).await;
+                server.server(protocol)
+            }
+            _ => {
+                server = doq_server(Mode::Good).await;
+                server.server(protocol)
+            }
+        };
+        let p = Proxy::start(group_of(vec![s])).await;
+        let (code, body) = http_get(p.server.admin_addr().expect("admin"), "/readyz").await;
+        assert_eq!(code, 200, "{protocol:?}: {body}");
+    }
+}

@@ -7,6 +7,7 @@ mod skip;
 mod support;
 
 mod cache;
+mod cli;
 mod completion;
 mod core;
 mod dnstap;
