@@ -13,8 +13,11 @@ use std::sync::Arc;
 use clap::Parser;
 use dot_proxy::cli::{Cli, Command};
 use dot_proxy::config::Config;
-use dot_proxy::reload::{load_effective, load_effective_with_hash};
+use dot_proxy::reload::{load, load_effective, Loaded};
 use dot_proxy::server::{effective_workers, Server};
+
+/// A bad flag or config (sysexits.h EX_USAGE).
+const EX_USAGE: u8 = 64;
 
 fn main() -> ExitCode {
     // Transparent huge pages off for this process, before the first allocation: the
@@ -23,10 +26,27 @@ fn main() -> ExitCode {
     // benchmark these were the slowest answers) and growing the resident size in 2 MiB
     // steps. A kernel without the prctl leaves things as they were.
     let _ = nix::sys::prctl::set_thp_disable(true);
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version print and exit 0; every usage error exits 64 (EX_USAGE), as
+        // a bad config does, instead of clap's 2.
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EX_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     match &cli.command {
         Some(Command::CheckConfig { file }) => {
-            return match Config::load(file) {
+            // Checked as the proxy would load it: with the same flags and DOT_PROXY_*
+            // variables (a node name, say) and this node's override entries.
+            let file = file.clone();
+            let mut cli = cli;
+            cli.config = Some(file.clone());
+            return match load(&cli) {
                 Ok(_) => {
                     println!("{}: ok", file.display());
                     ExitCode::SUCCESS
@@ -52,7 +72,7 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("dot-proxy node-local: invalid configuration: {e}");
-                    return ExitCode::from(64);
+                    return ExitCode::from(EX_USAGE);
                 }
             };
             dot_proxy::logging::init(&cfg.log);
@@ -72,15 +92,15 @@ fn main() -> ExitCode {
         }
         None => {}
     }
-    let (cfg, hash) = match load_effective_with_hash(&cli) {
-        Ok(c) => c,
+    let loaded = match load(&cli) {
+        Ok(l) => l,
         Err(e) => {
             eprintln!("dot-proxy: invalid configuration: {e}");
-            return ExitCode::from(64);
+            return ExitCode::from(EX_USAGE);
         }
     };
-    dot_proxy::logging::init(&cfg.log);
-    let workers = effective_workers(cfg.workers);
+    dot_proxy::logging::init(&loaded.config.log);
+    let workers = effective_workers(loaded.config.workers);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .enable_all()
@@ -92,12 +112,17 @@ fn main() -> ExitCode {
             return ExitCode::from(71);
         }
     };
-    rt.block_on(run(Arc::new(cli), cfg, hash))
+    rt.block_on(run(Arc::new(cli), loaded))
 }
 
-async fn run(cli: Arc<Cli>, cfg: Config, hash: String) -> ExitCode {
-    let grace = cfg.shutdown_grace.get();
-    let server = match Server::start(cfg).await {
+async fn run(cli: Arc<Cli>, loaded: Loaded) -> ExitCode {
+    let Loaded {
+        config,
+        hash,
+        inputs,
+    } = loaded;
+    let grace = config.shutdown_grace.get();
+    let server = match Server::start(config).await {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
@@ -106,7 +131,7 @@ async fn run(cli: Arc<Cli>, cfg: Config, hash: String) -> ExitCode {
     };
     server.set_config_hash(&hash);
     tracing::info!(version = env!("CARGO_PKG_VERSION"), config_hash = %hash, "dot-proxy started");
-    tokio::spawn(dot_proxy::reload::run(server.clone(), cli));
+    tokio::spawn(dot_proxy::reload::run(server.clone(), cli, inputs));
     wait_for_stop().await;
     tracing::info!(
         grace_ms = grace.as_millis() as u64,

@@ -180,7 +180,16 @@ impl Server {
         {
             let p = server.pipeline.load_full();
             if let Some(g) = p.groups.get(p.routes.default_group()) {
-                g.warmed(WARM_LIMIT).await;
+                // Long enough for a first connect to end either way.
+                let connect = cfg
+                    .upstream_groups
+                    .iter()
+                    .flat_map(|g| &g.servers)
+                    .map(|s| s.connect_timeout.get())
+                    .max()
+                    .unwrap_or_default();
+                g.warmed(WARM_LIMIT.max(connect + Duration::from_millis(500)))
+                    .await;
             }
         }
         if let Some(addr) = cfg.admin.listen {
@@ -638,12 +647,12 @@ fn build_pipeline(
             None => Arc::new(Cache::new(&cfg.cache, metrics.cache_evictions.clone())),
         }
     });
-    let limiter = cfg.rate_limit.enabled.then(|| match old {
-        Some((p, oc)) if oc.rate_limit == cfg.rate_limit && p.limiter.is_some() => p
-            .limiter
-            .clone()
-            .unwrap_or_else(|| Arc::new(RateLimiter::new(&cfg.rate_limit))),
-        _ => Arc::new(RateLimiter::new(&cfg.rate_limit)),
+    // Kept while its section is unchanged; otherwise rebuilt with the running buckets.
+    let running = old.and_then(|(p, oc)| Some((p.limiter.clone()?, oc)));
+    let limiter = cfg.rate_limit.enabled.then(|| match running {
+        Some((l, oc)) if oc.rate_limit == cfg.rate_limit => l,
+        Some((l, _)) => Arc::new(RateLimiter::carry_over(&cfg.rate_limit, &l)),
+        None => Arc::new(RateLimiter::new(&cfg.rate_limit)),
     });
     let names: Vec<&str> = groups.iter().map(|g| g.cfg.name.as_str()).collect();
     // The tap (and its collector connection) is kept while its section is unchanged.
@@ -671,4 +680,37 @@ fn build_pipeline(
         .map(Arc::new),
         filter_aaaa: crate::route::ZoneSet::new(&cfg.filter_aaaa.zones),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The HELP of `dot_proxy_config_restart_pending_settings` names every setting that
+    /// waits for a restart (issue 33: it named four of six).
+    #[test]
+    fn the_restart_pending_help_names_every_restart_only_setting() {
+        let a = Config::default();
+        let mut b = Config {
+            workers: 7,
+            shutdown_grace: crate::config::Dur::secs(99),
+            ..Default::default()
+        };
+        b.overrides.dir = Some("/elsewhere".into());
+        b.overrides.node_name = Some("node-x".into());
+        b.kubernetes.enabled = !a.kubernetes.enabled;
+        b.tcp.max_connections += 1;
+        let changed = restart_only(&a, &b);
+        assert_eq!(changed.len(), 6, "{changed:?}");
+        let (_, registry) = Metrics::new();
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        let help = text
+            .lines()
+            .find(|l| l.starts_with("# HELP dot_proxy_config_restart_pending_settings "))
+            .expect("help line");
+        for name in changed {
+            assert!(help.contains(name), "{name} missing from: {help}");
+        }
+    }
 }

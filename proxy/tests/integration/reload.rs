@@ -752,3 +752,122 @@ async fn a_reload_that_cannot_bind_the_new_admin_address_is_refused() {
         "nothing applied"
     );
 }
+
+/// Issue 27: a config version the kubelet swaps in while the proxy starts (after the file
+/// was read, before the watch runs) is applied, not taken for the one already running.
+#[tokio::test]
+async fn a_change_during_start_up_is_applied() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let port = free_port();
+    write_kubelet_version(
+        dir.path(),
+        "..v1",
+        &yaml_for(&up, &format!("127.0.0.1:{port}"), ""),
+    );
+    symlink("..data/config.yaml", dir.path().join("config.yaml")).expect("config symlink");
+    let path = dir.path().join("config.yaml").display().to_string();
+    let cli = dot_proxy::cli::Cli::parse_from(["dot-proxy", "--config", &path]);
+    let loaded = dot_proxy::reload::load(&cli).expect("valid");
+    // The kubelet swaps in a new version while the proxy starts.
+    let port2 = free_port();
+    write_kubelet_version(
+        dir.path(),
+        "..v2",
+        &yaml_for(&up, &format!("127.0.0.1:{port}, 127.0.0.1:{port2}"), ""),
+    );
+    let server = dot_proxy::server::Server::start(loaded.config)
+        .await
+        .expect("start");
+    server.set_config_hash(&loaded.hash);
+    tokio::spawn(dot_proxy::reload::run(
+        server.clone(),
+        Arc::new(cli),
+        loaded.inputs,
+    ));
+    let addr2: std::net::SocketAddr = format!("127.0.0.1:{port2}").parse().expect("addr");
+    assert!(
+        wait_serving(addr2).await,
+        "the version written during start-up was applied"
+    );
+}
+
+/// Issue 27: a version swapped in while a reload is being applied is applied next. The
+/// apply is held still by a block list that is a FIFO: it reads until the test writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_during_an_apply_is_applied_next() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let lists = tempfile::tempdir().expect("tmp");
+    let fifo = lists.path().join("slow.hosts");
+    let made = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(made.success(), "mkfifo");
+    let port = free_port();
+    write_kubelet_version(
+        dir.path(),
+        "..v1",
+        &yaml_for(&up, &format!("127.0.0.1:{port}"), ""),
+    );
+    let server = start_watched(dir.path()).await;
+    let admin = server.admin_addr().expect("admin");
+    let successes = || async move {
+        metric(
+            &http_get(admin, "/metrics").await.1,
+            "dot_proxy_config_reloads_total{result=\"success\"}",
+        )
+    };
+    let before = successes().await;
+    // v2 names the FIFO: its apply blocks reading it.
+    let extra = format!(
+        "policy:\n  blocklists:\n  - {{name: slow, file: {}}}\n",
+        fifo.display()
+    );
+    write_kubelet_version(
+        dir.path(),
+        "..v2",
+        &yaml_for(&up, &format!("127.0.0.1:{port}"), &extra),
+    );
+    // Wait (at most 10 s) until the apply has the FIFO open for reading.
+    let writer = {
+        let fifo = fifo.clone();
+        tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::OpenOptionsExt;
+            for _ in 0..1000 {
+                if let Ok(f) = std::fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(nix::libc::O_NONBLOCK)
+                    .open(&fifo)
+                {
+                    return Some(f);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            None
+        })
+        .await
+        .expect("join")
+        .expect("the reload opened the block list")
+    };
+    // While it is held, v3 lands (another listener, no block list).
+    let port2 = free_port();
+    write_kubelet_version(
+        dir.path(),
+        "..v3",
+        &yaml_for(&up, &format!("127.0.0.1:{port}, 127.0.0.1:{port2}"), ""),
+    );
+    // Let the watcher see v3 while the apply still waits, then let it finish. (A thread
+    // sleep: the runtime's workers may all be waiting on the held apply.)
+    std::thread::sleep(Duration::from_millis(300));
+    {
+        use std::io::Write;
+        let mut w = writer;
+        w.write_all(b"0.0.0.0 blocked.example.test\n")
+            .expect("write list");
+    }
+    let addr2: std::net::SocketAddr = format!("127.0.0.1:{port2}").parse().expect("addr");
+    assert!(
+        wait_serving(addr2).await,
+        "v3, written during v2's apply, was applied"
+    );
+    assert!(successes().await >= before + 2.0);
+}

@@ -421,10 +421,15 @@ impl Proxy {
 pub async fn start_reloading(args: &[&str]) -> Arc<Server> {
     let cli =
         dot_proxy::cli::Cli::parse_from(std::iter::once("dot-proxy").chain(args.iter().copied()));
-    let (cfg, hash) = dot_proxy::reload::load_effective_with_hash(&cli).expect("valid");
+    let loaded = dot_proxy::reload::load(&cli).expect("valid");
+    let (cfg, hash) = (loaded.config, loaded.hash);
     let server = Server::start(cfg).await.expect("start");
     server.set_config_hash(&hash);
-    tokio::spawn(dot_proxy::reload::run(server.clone(), Arc::new(cli)));
+    tokio::spawn(dot_proxy::reload::run(
+        server.clone(),
+        Arc::new(cli),
+        loaded.inputs,
+    ));
     server
 }
 
