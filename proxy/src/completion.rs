@@ -174,6 +174,8 @@ pub fn synthesize(client_query: &[u8], found: &[u8], cap: u32, max_len: usize) -
         .unwrap_or(0)
         .min(cap);
     m.queries = asked.queries;
+    // The CNAME is made here, unsigned: the answer as a whole is not authenticated.
+    m.metadata.authentic_data = false;
     m.answers.insert(
         0,
         Record::from_rdata(asked_name, ttl, RData::CNAME(CNAME(found_name))),
@@ -267,6 +269,26 @@ mod tests {
         assert_eq!(m.queries.len(), 1);
         let out = synthesize(&asked, &big, 30, 65_535).expect("answer over TCP");
         assert_eq!(Message::from_vec(&out).expect("parses").answers.len(), 61);
+
+        // Issue 27: the synthesized CNAME is unsigned: never AD, even when the found
+        // answer had it (the client asked with AD set, RFC 6840 5.7).
+        let mut signed = Message::from_vec(&found).expect("parses");
+        signed.metadata.authentic_data = true;
+        let signed = signed.to_vec().expect("wire");
+        let out = synthesize(&asked, &signed, 30, 512).expect("answer");
+        assert!(
+            !Message::from_vec(&out)
+                .expect("parses")
+                .metadata
+                .authentic_data
+        );
+        let out = synthesize(&asked, &big, 30, 512).expect("answer");
+        assert!(
+            !Message::from_vec(&out)
+                .expect("parses")
+                .metadata
+                .authentic_data
+        );
 
         assert!(synthesize(b"junk", &found, 30, 512).is_none());
         assert!(synthesize(&asked, b"junk", 30, 512).is_none());

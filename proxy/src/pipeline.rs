@@ -368,6 +368,15 @@ impl Pipeline {
             else {
                 continue;
             };
+            // Each step is a query the client did not send: it takes a token from the
+            // client's bucket like one, and without one the walk ends here.
+            if let Some(rl) = &self.limiter {
+                if rl.check(req.client, false, self.clock.now()) != Decision::Allow {
+                    self.limited(LimitedAction::refused);
+                    c.metrics.outcome(CompletionOutcome::abandoned);
+                    return;
+                }
+            }
             c.metrics.steps.inc();
             self.answer_step(&q, qi, req.client, Transport::tcp, &mut step)
                 .await;

@@ -360,7 +360,7 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         "query-compressed-question",
         raw_query(15, 0x0100, [1, 0, 0, 0], b"\xc0\x0c", 1, &[]),
     ));
-    // Records in the answer section of a query are skipped, as long as they fit.
+    // Records in the answer section of a query: FORMERR (issue 27).
     s.push(("query-answer-section", {
         let rr = b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04\xc0\x00\x02\x01";
         raw_query(16, 0x0100, [1, 1, 0, 0], EXAMPLE, 1, rr)
@@ -553,6 +553,8 @@ fn seeds_parse_as_named() {
                 "query-edns-version-1",
                 "query-name-256",
                 "query-two-opt",
+                // A query carries no answer records (issue 27: FORMERR, as Unbound).
+                "query-answer-section",
                 "query-opt-option-overrun",
                 "query-two-questions",
                 "query-no-question",

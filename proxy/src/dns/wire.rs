@@ -281,13 +281,14 @@ pub fn parse_query(b: &[u8]) -> Result<QueryInfo, Rejection> {
         return Err(formerr(None));
     }
     let (qname_end, (qtype, qclass), question_end) = question.ok_or(formerr(None))?;
-    let mut at = question_end;
-    let records = header::ancount(b) as usize + header::nscount(b) as usize;
-    for _ in 0..records {
-        at = skip_record(b, at)
-            .map_err(|_| formerr(Some(question_end)))?
-            .end;
+    // A query is a question and at most one additional record (its OPT): answer or
+    // authority records, or more additional ones, are refused as Unbound's
+    // worker_check_request refuses them, so no client can make a miss keep kilobytes of
+    // records for its life.
+    if header::ancount(b) != 0 || header::nscount(b) != 0 || header::arcount(b) > 1 {
+        return Err(formerr(Some(question_end)));
     }
+    let mut at = question_end;
     let mut edns = None;
     for _ in 0..header::arcount(b) {
         let rec = skip_record(b, at).map_err(|_| formerr(Some(question_end)))?;

@@ -105,6 +105,44 @@ impl RateLimiter {
         }
     }
 
+    /// The limiter for a changed `cfg`, keeping `old`'s buckets: a reload must not refill
+    /// anyone's burst (under the operator, every annotated pod that comes or goes on a node
+    /// changes its overrides). A bucket stays while its key still means the same client
+    /// (IPv4 addresses always; an IPv6 prefix while the prefix length that applies to it is
+    /// unchanged), its tokens capped at the client's new burst and never raised. A client
+    /// that becomes exempt needs no bucket; one that stops being exempt starts with a full
+    /// burst, as any client new to the limiter does.
+    pub fn carry_over(cfg: &RateLimitConfig, old: &RateLimiter) -> RateLimiter {
+        let mut new = RateLimiter::new(cfg);
+        // Bucket times count from the old limiter's start.
+        new.epoch = old.epoch;
+        for shard in old.shards.iter() {
+            let s = shard.lock().unwrap_or_else(|p| p.into_inner());
+            for (key, b) in &s.buckets {
+                let ip = key_ip(key);
+                let (limit, override_len) = match new.overrides.lookup(ip) {
+                    Some(&(l, len)) => (l, Some(len)),
+                    None => (new.default, None),
+                };
+                let Limit::Rate { burst, .. } = limit else {
+                    continue;
+                };
+                if new.key(ip, override_len) != *key {
+                    continue;
+                }
+                let mut target = new.shards[shard_of(key)]
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                if target.buckets.len() < new.per_shard {
+                    let mut b = *b;
+                    b.tokens = b.tokens.min(burst);
+                    target.buckets.insert(*key, b);
+                }
+            }
+        }
+        new
+    }
+
     /// The bucket of `ip`: per address for IPv4; per `ipv6_prefix` for IPv6, or per the
     /// matching override's prefix when that is longer.
     fn key(&self, ip: IpAddr, override_len: Option<u8>) -> Key {
@@ -239,6 +277,14 @@ impl RateLimiter {
                 ClientRate { client, qps }
             })
             .collect()
+    }
+}
+
+/// The address a bucket's key stands for (an IPv6 prefix's first address).
+fn key_ip(key: &Key) -> IpAddr {
+    match key.0 {
+        0 => IpAddr::from(std::net::Ipv4Addr::from(key.1 as u32)),
+        _ => IpAddr::from(std::net::Ipv6Addr::from(key.1)),
     }
 }
 

@@ -276,11 +276,15 @@ pub fn field_selector(node: &str) -> String {
 /// The watch: this node's pods. Lists are served from the API server's watch cache
 /// (resourceVersion=0, which indexes pods by spec.nodeName) rather than read from etcd: a
 /// DaemonSet rollout on thousands of nodes must not be thousands of quorum reads of every
-/// pod.
+/// pod. Unpaged: kube leaves resourceVersion=0 out of a list with a page size (a paged
+/// list is a quorum read), and the watch cache ignores a limit anyway; one node's pods
+/// are a small list.
 pub fn watch_config(node: &str) -> watcher::Config {
-    watcher::Config::default()
+    let mut c = watcher::Config::default()
         .fields(&field_selector(node))
-        .any_semantic()
+        .any_semantic();
+    c.page_size = None;
+    c
 }
 
 /// A client for the API server: `kubeconfig` if set, else in-cluster, else `$KUBECONFIG`.

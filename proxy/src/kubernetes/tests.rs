@@ -217,6 +217,16 @@ async fn watch_lists_and_follows_the_nodes_pods() {
             .all(|u| u.contains("fieldSelector=spec.nodeName%3Dnode-a")),
         "every request is scoped to the node: {sel:?}"
     );
+    // Issue 27: the LIST is read from the API server's watch cache, as the docs say
+    // (kube drops resourceVersion=0 from a paged list).
+    let list = sel
+        .iter()
+        .find(|u| !u.contains("watch=true"))
+        .expect("a list request");
+    assert!(
+        list.contains("resourceVersion=0") && !list.contains("limit="),
+        "the list is served from the watch cache: {list}"
+    );
     task.abort();
 }
 

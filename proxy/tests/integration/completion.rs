@@ -400,3 +400,47 @@ async fn a_hot_name_that_completion_walks_is_prefetched() {
     }
     assert!(refreshed, "the asked name was refreshed before it expired");
 }
+
+/// Issue 27: each step of a completion walk takes a token from the client's bucket, so one
+/// query cannot become five upstream queries for the price of one. A walk that runs out
+/// of tokens ends with the asked name's own NXDOMAIN (the client walks the rest itself,
+/// and is limited there as anywhere).
+#[tokio::test]
+async fn each_completion_step_takes_a_token() {
+    let dns = ClusterDns::start().await;
+    let up = Upstream::start().await;
+    let mut cfg = completion_config(&up, dns.addr, true);
+    cfg.rate_limit.enabled = true;
+    cfg.rate_limit.qps = 0.1;
+    // The query itself and two steps: the walk stops before its third step.
+    cfg.rate_limit.burst = 3;
+    let p = Proxy::start(cfg).await;
+    p.server.pods().replace(pods(&[("127.0.0.1", "team-a")]));
+    let m = udp(p.addr, ASKED, RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+    assert_eq!(cname_target(&m), None);
+    let asked = dns.asked.lock().expect("lock").clone();
+    assert_eq!(
+        asked,
+        [
+            "www.example.test.team-a.svc.cluster.local. A",
+            "www.example.test.svc.cluster.local. A",
+            "www.example.test.cluster.local. A",
+        ],
+        "two steps paid for, the third not taken"
+    );
+    let text = p.metrics().await;
+    assert_eq!(
+        metric_with(
+            &text,
+            "dot_proxy_search_completions_total",
+            "result=\"abandoned\""
+        ),
+        1.0,
+        "{text}"
+    );
+    assert!(
+        metric(&text, "dot_proxy_rate_limited_total") >= 1.0,
+        "{text}"
+    );
+}

@@ -264,3 +264,50 @@ async fn tcp_connection_limits() {
         1
     );
 }
+
+/// Issue 27: a reload that changes one client's override (as the operator's per-pod
+/// overrides do whenever an annotated pod comes or goes) leaves every other client's bucket
+/// as it was: creating and deleting annotated pods buys nobody a fresh burst.
+#[tokio::test]
+async fn buckets_survive_a_reload_that_changes_another_clients_override() {
+    let up = Upstream::start().await;
+    let mut cfg = config_for(vec![up.server()]);
+    cfg.rate_limit.enabled = true;
+    cfg.rate_limit.qps = 0.1;
+    cfg.rate_limit.burst = 3;
+    let p = Proxy::start(cfg.clone()).await;
+    udp(p.addr, "rl.example.test.", RecordType::A).await;
+    let answered = |src: &'static str, n: u16| {
+        let addr = p.addr;
+        async move {
+            let mut ok = 0;
+            for i in 0..n {
+                let m = from(src, addr, i, "rl.example.test.")
+                    .await
+                    .expect("answered");
+                if m.metadata.response_code == ResponseCode::NoError {
+                    ok += 1;
+                }
+            }
+            ok
+        }
+    };
+    assert_eq!(answered("127.0.0.2", 5).await, 3, "the burst, then refused");
+    // Another client's override comes and goes; the default limit stays.
+    let mut with = cfg.clone();
+    with.rate_limit.overrides = vec![RateLimitOverride {
+        cidr: "127.0.0.9/32".parse().expect("cidr"),
+        qps: Some(1.0),
+        burst: None,
+        exempt: false,
+    }];
+    for mut c in [with, cfg] {
+        p.keep_addresses(&mut c);
+        p.server.apply(c).expect("reload applies");
+        assert_eq!(
+            answered("127.0.0.2", 2).await,
+            0,
+            "still limited after a reload that changed someone else's override"
+        );
+    }
+}

@@ -245,3 +245,38 @@ fn a_pointed_name_must_end_before_its_pointer() {
     ];
     assert!(parse_response(b).is_err());
 }
+
+/// Issue 27: a query is a header, one question and at most an OPT record. Answer or
+/// authority records, or more than one additional record, are FORMERR (as Unbound's
+/// `worker_check_request`), so no client can make the proxy keep kilobytes of records for
+/// the life of a miss.
+#[test]
+fn queries_with_records_beyond_the_question_and_opt_are_formerr() {
+    // One A record (owner: a pointer to the question name).
+    let record: &[u8] = &[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 1];
+    for (section, count_at) in [("answer", 7), ("authority", 9)] {
+        let mut r = q("a.", false);
+        r.extend_from_slice(record);
+        r[count_at] = 1;
+        assert!(
+            matches!(
+                parse_query(&r),
+                Err(Rejection::Answer {
+                    rcode: 1,
+                    question_end: Some(_)
+                })
+            ),
+            "a record in the {section} section"
+        );
+    }
+    // Two additional records: an OPT and an A.
+    let mut r = q("a.", true);
+    r.extend_from_slice(record);
+    r[11] = 2;
+    assert!(matches!(
+        parse_query(&r),
+        Err(Rejection::Answer { rcode: 1, .. })
+    ));
+    // One OPT alone is a query.
+    assert!(parse_query(&q("a.", true)).is_ok());
+}
