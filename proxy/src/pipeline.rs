@@ -58,6 +58,47 @@ pub struct Request {
     pub complete: Option<usize>,
 }
 
+/// EDNS option bytes a kept query may carry (cookies, ECS, padding to a 128-byte block
+/// fit many times over); a query with more is kept, and forwarded, without its options.
+pub const MAX_KEPT_OPTIONS: usize = 512;
+
+/// What a waiting miss holds besides its query's bytes: its task and future (at most
+/// 3 KiB, `a_cache_miss_future_stays_small`), the answer's buffer and the coalescer's entry.
+pub const MISS_OVERHEAD: usize = 4096;
+
+impl Request {
+    /// The bytes this request holds while it waits (charged to the memory budget).
+    pub fn held_bytes(&self) -> usize {
+        self.query.len()
+            + self.rewrite.as_ref().map_or(0, |(q, _)| q.len())
+            + self.key.as_bytes().len()
+            + MISS_OVERHEAD
+    }
+}
+
+/// The query as a miss keeps it: a copy out of the receive buffer, its EDNS options left
+/// out when there are more than [`MAX_KEPT_OPTIONS`] bytes of them (the query is a header,
+/// a question and at most its OPT record, which comes last: `wire::parse_query`).
+fn keep_query(query: &[u8], mut qi: QueryInfo) -> (Vec<u8>, QueryInfo) {
+    // The OPT record's fixed part: root owner (1), type, class, TTL, RDLENGTH.
+    const OPT_FIXED: usize = 11;
+    match qi.edns {
+        Some(mut e)
+            if e.end == query.len() && e.end - e.start > OPT_FIXED + MAX_KEPT_OPTIONS =>
+        {
+            let mut kept = query[..e.start + OPT_FIXED].to_vec();
+            let n = kept.len();
+            kept[n - 2..].copy_from_slice(&[0, 0]);
+            e.end = n;
+            e.has_ecs = false;
+            e.keepalive = None;
+            qi.edns = Some(e);
+            (kept, qi)
+        }
+        _ => (query.to_vec(), qi),
+    }
+}
+
 type Outcome = Result<Arc<Answer>, GroupError>;
 
 pub struct Pipeline {
@@ -80,6 +121,8 @@ pub struct Pipeline {
     pub(crate) completion: Option<Arc<Completion>>,
     /// Zones whose AAAA queries are answered NODATA (`filter_aaaa`), when any.
     pub(crate) filter_aaaa: Option<ZoneSet>,
+    /// The memory budget: a miss is charged to its `inflight` share while it waits.
+    pub(crate) budget: Arc<crate::budget::Budget>,
 }
 
 impl Pipeline {
@@ -284,11 +327,12 @@ impl Pipeline {
         transport: Transport,
         complete: Option<usize>,
     ) -> Request {
+        let (query, qi) = keep_query(query, qi);
         let rewrite = rewrite_to.and_then(|(strip, to)| {
-            crate::policy::rewrite_query(query, &qi, key.name(), strip, to)
+            crate::policy::rewrite_query(&query, &qi, key.name(), strip, to)
         });
         Request {
-            query: query.to_vec(),
+            query,
             qi,
             key,
             rewrite,
@@ -296,6 +340,23 @@ impl Pipeline {
             transport,
             complete,
         }
+    }
+
+    /// Admits a miss to wait for its upstream: its bytes charged to the memory budget's
+    /// `inflight` share. When the share is full the newest miss is shed: `None`, with
+    /// REFUSED for the client in `out` (a stub resolver asks its next server).
+    pub fn admit(&self, req: &Request, out: &mut Vec<u8>) -> Option<crate::budget::Charge> {
+        let charge = self.budget.inflight.try_charge(req.held_bytes());
+        if charge.is_none() {
+            error_answer(
+                &req.query,
+                Some(req.qi.question_end),
+                rcode::REFUSED,
+                req.qi.edns.as_ref(),
+                out,
+            );
+        }
+        charge
     }
 
     fn limited(&self, action: LimitedAction) {

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::AdminState;
+use crate::budget::Budget;
 use crate::cache::Cache;
 use crate::clock::Clock;
 use crate::config::{Config, UpstreamGroup};
@@ -86,6 +87,8 @@ pub struct Server {
     /// This node's pods (filled by the pod watch when `kubernetes.enabled` at start).
     pods: Arc<crate::kubernetes::PodTable>,
     completion_metrics: crate::completion::CompletionMetrics,
+    /// The memory budget every part that grows with client input charges.
+    budget: Arc<Budget>,
 }
 
 /// Longest wait for the default group's first connection before the admin port is bound
@@ -130,11 +133,14 @@ impl Server {
         watch_metrics.register(&mut registry);
         let completion_metrics = crate::completion::CompletionMetrics::default();
         completion_metrics.register(&mut registry);
+        let budget = Arc::new(Budget::from_config(&cfg.memory));
+        budget.register(&mut registry);
         let shared = Shared {
             metrics: &metrics,
             clock: &clock,
             pods: &pods,
             completion: &completion_metrics,
+            budget: &budget,
         };
         let pipeline = build_pipeline(&cfg, &groups, None, &shared)?;
         for g in &pipeline.groups {
@@ -158,6 +164,7 @@ impl Server {
             clock,
             pods: pods.clone(),
             completion_metrics,
+            budget,
         });
         if cfg.kubernetes.enabled {
             if let Some(node) = cfg.kubernetes.node(cfg.overrides.node_name.as_deref()) {
@@ -343,11 +350,13 @@ impl Server {
         let old_cfg = self.config.load_full();
         let mut groups_guard = self.groups.lock().unwrap_or_else(|p| p.into_inner());
         let groups = build_groups(&cfg, &groups_guard, &self.metrics)?;
+        self.budget.update(&cfg.memory);
         let shared = Shared {
             metrics: &self.metrics,
             clock: &self.clock,
             pods: &self.pods,
             completion: &self.completion_metrics,
+            budget: &self.budget,
         };
         let pipeline = build_pipeline(&cfg, &groups, Some((&old, &old_cfg)), &shared)?;
         // Addresses first, so a bind failure leaves everything as it was: the admin server's
@@ -603,6 +612,7 @@ struct Shared<'a> {
     clock: &'a Arc<Clock>,
     pods: &'a Arc<crate::kubernetes::PodTable>,
     completion: &'a crate::completion::CompletionMetrics,
+    budget: &'a Arc<Budget>,
 }
 
 fn build_pipeline(
@@ -636,15 +646,20 @@ fn build_pipeline(
     // The cache is kept across reloads. A change of its size bounds starts it afresh, and
     // so does a change of what decides where and how its answers were fetched: they came
     // by the old routes.
+    // Its size is capped by its share of the memory budget.
+    let cache_cfg = crate::config::CacheConfig {
+        max_bytes: shared.budget.cache_bytes(cfg.cache.max_bytes),
+        ..cfg.cache.clone()
+    };
     let cache = cfg.cache.enabled.then(|| {
         match old
             .filter(|(_, oc)| same_answer_sources(oc, cfg))
             .and_then(|(p, _)| p.cache.clone())
-            .filter(|c| c.compatible(&cfg.cache))
+            .filter(|c| c.compatible(&cache_cfg))
         {
-            Some(c) if *c.config() == cfg.cache => c,
-            Some(c) => Arc::new(c.with_config(&cfg.cache)),
-            None => Arc::new(Cache::new(&cfg.cache, metrics.cache_evictions.clone())),
+            Some(c) if *c.config() == cache_cfg => c,
+            Some(c) => Arc::new(c.with_config(&cache_cfg)),
+            None => Arc::new(Cache::new(&cache_cfg, metrics.cache_evictions.clone())),
         }
     });
     // Kept while its section is unchanged; otherwise rebuilt with the running buckets.
@@ -658,7 +673,7 @@ fn build_pipeline(
     // The tap (and its collector connection) is kept while its section is unchanged.
     let tap = match old.and_then(|(p, _)| p.tap.clone()) {
         Some(t) if *t.config() == cfg.dnstap => Some(t),
-        _ => crate::dnstap::Tap::from_config(&cfg.dnstap, metrics),
+        _ => crate::dnstap::Tap::from_config(&cfg.dnstap, metrics, &shared.budget.dnstap),
     };
     Ok(Pipeline {
         limiter,
@@ -679,6 +694,7 @@ fn build_pipeline(
         )
         .map(Arc::new),
         filter_aaaa: crate::route::ZoneSet::new(&cfg.filter_aaaa.zones),
+        budget: shared.budget.clone(),
     })
 }
 

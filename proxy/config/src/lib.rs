@@ -39,6 +39,7 @@ mod dnstap;
 mod duration;
 mod kubernetes;
 pub mod limits;
+mod memory;
 mod overrides;
 mod upstream_url;
 
@@ -50,6 +51,7 @@ use serde::{Deserialize, Serialize};
 
 pub use cidr::Cidr;
 pub use dnstap::DnstapConfig;
+pub use memory::{MemoryConfig, Shares as MemoryShares, FALLBACK_LIMIT as MEMORY_FALLBACK_LIMIT};
 pub use duration::{Dur, DurationError};
 pub use kubernetes::{
     completion_type, FilterAaaaConfig, KubernetesConfig, SearchCompletionConfig, COMPLETION_TYPES,
@@ -103,6 +105,8 @@ pub struct Config {
     pub search_completion: SearchCompletionConfig,
     /// AAAA answered with NODATA in these zones (IPv4-only clusters). Empty by default.
     pub filter_aaaa: FilterAaaaConfig,
+    /// The memory budget (docs/security.md): the cgroup's limit unless set.
+    pub memory: MemoryConfig,
     /// How long in-flight queries may take to finish after SIGTERM.
     pub shutdown_grace: Dur,
 }
@@ -144,6 +148,7 @@ impl Default for Config {
             node_local: NodeLocalConfig::default(),
             policy: PolicyConfig::default(),
             dnstap: DnstapConfig::default(),
+            memory: MemoryConfig::default(),
             kubernetes: KubernetesConfig::default(),
             search_completion: SearchCompletionConfig::default(),
             filter_aaaa: FilterAaaaConfig::default(),
@@ -1001,6 +1006,7 @@ impl Config {
             .check(self.overrides.node_name.as_deref(), &mut err);
         self.search_completion.check(&self.kubernetes, &mut err);
         self.filter_aaaa.check(&mut err);
+        self.memory.check(self.cache.max_bytes, &mut err);
 
         if errs.is_empty() {
             Ok(())

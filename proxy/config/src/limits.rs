@@ -27,6 +27,9 @@ impl<T: PartialOrd + Copy + std::fmt::Display> Range<T> {
 pub const WORKERS: Range<u64> = Range::new(0, 1024);
 pub const POOL_SIZE: Range<u64> = Range::new(1, 64);
 
+/// `memory.limit`: from 32 MiB (the reserve and room for the shares) to 1 TiB.
+pub const MEMORY_LIMIT: Range<u64> = Range::new(32 * 1024 * 1024, 1 << 40);
+
 pub const CACHE_MAX_ENTRIES: Range<u64> = Range::new(1, 10_000_000);
 pub const CACHE_MAX_BYTES: Range<u64> = Range::new(4096, 16 * 1024 * 1024 * 1024);
 pub const CACHE_MIN_TTL: Range<u64> = Range::new(0, 86_400);

@@ -73,7 +73,12 @@ pub struct Event {
     response: Part,
     query_time: SystemTime,
     response_time: SystemTime,
+    /// Its bytes, charged to the memory budget's dnstap share until written (or dropped).
+    charge: Option<crate::budget::Charge>,
 }
+
+/// What a queued event holds besides its messages (the event itself, the queue's slot).
+const EVENT_OVERHEAD: usize = 256;
 
 /// Where an event's DNS message is.
 #[derive(Debug)]
@@ -91,6 +96,15 @@ impl Event {
             Part::Own(r) => self.own.get(r.clone()),
             Part::Shared(b) => Some(b),
         }
+    }
+
+    /// The bytes it holds while queued.
+    fn held_bytes(&self) -> usize {
+        let shared = |p: &Part| match p {
+            Part::Shared(b) => b.len(),
+            _ => 0,
+        };
+        EVENT_OVERHEAD + self.own.capacity() + shared(&self.query) + shared(&self.response)
     }
 
     fn messages(&self) -> u64 {
@@ -114,6 +128,8 @@ struct Filter {
 /// The query path's handle: cheap to call, never blocks.
 pub struct Tap {
     tx: mpsc::Sender<Event>,
+    /// The memory budget's dnstap share: the queue is bounded in bytes as well as events.
+    share: Arc<crate::budget::Share>,
     filter: Filter,
     dropped: Counter,
     /// The config it was built from (a reload with the same section keeps the tap).
@@ -138,7 +154,11 @@ struct Stats {
 impl Tap {
     /// Starts the writer task (on the current runtime) for an enabled section; None when
     /// dnstap is off.
-    pub fn from_config(cfg: &DnstapConfig, metrics: &Metrics) -> Option<Arc<Tap>> {
+    pub fn from_config(
+        cfg: &DnstapConfig,
+        metrics: &Metrics,
+        share: &Arc<crate::budget::Share>,
+    ) -> Option<Arc<Tap>> {
         if !cfg.enabled {
             return None;
         }
@@ -168,6 +188,7 @@ impl Tap {
         tokio::spawn(run(rx, target, header, stats.clone()));
         Some(Arc::new(Tap {
             tx,
+            share: share.clone(),
             filter: Filter {
                 client_query: cfg.client_query,
                 client_response: cfg.client_response,
@@ -253,6 +274,7 @@ impl Tap {
             response,
             query_time: arrived,
             response_time: SystemTime::now(),
+            charge: None,
         });
     }
 
@@ -282,10 +304,16 @@ impl Tap {
             response: shared(self.filter.forwarder_response, answer),
             query_time: sent,
             response_time: SystemTime::now(),
+            charge: None,
         });
     }
 
-    fn send(&self, ev: Event) {
+    fn send(&self, mut ev: Event) {
+        ev.charge = self.share.try_charge(ev.held_bytes());
+        if ev.charge.is_none() {
+            self.dropped.inc_by(ev.messages());
+            return;
+        }
         if let Err(e) = self.tx.try_send(ev) {
             let ev = match e {
                 mpsc::error::TrySendError::Full(ev) | mpsc::error::TrySendError::Closed(ev) => ev,
@@ -657,6 +685,7 @@ mod tests {
             response: Part::Own(5..11),
             query_time: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
             response_time: SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_500),
+            charge: None,
         };
         let mut out = Vec::new();
         assert_eq!(encode(&ev, &header, &mut out), 2);

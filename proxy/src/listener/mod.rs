@@ -45,6 +45,8 @@ pub(crate) struct Miss {
     pub local: SocketAddr,
     pub start: Instant,
     pub permit: OwnedSemaphorePermit,
+    /// Its bytes, charged to the memory budget (`Pipeline::admit`) until it is answered.
+    pub charge: crate::budget::Charge,
 }
 
 impl Miss {
@@ -74,6 +76,7 @@ impl Miss {
             }
             deliver(out).await;
             drop(m.permit);
+            drop(m.charge);
         });
     }
 }

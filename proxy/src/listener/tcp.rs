@@ -144,6 +144,11 @@ fn accept(
         table: table.clone(),
         ip: peer.ip(),
     };
+    // The connection's own buffers, charged to the memory budget's tcp share; when it is
+    // full the new connection is closed at once.
+    let Some(conn_charge) = pipeline.load().budget.tcp.try_charge(CONNECTION_BYTES) else {
+        return;
+    };
     let _ = stream.set_nodelay(true);
     let p = pipeline.clone();
     let counters = counters.clone();
@@ -156,7 +161,29 @@ fn accept(
         metrics.tcp_connections.dec();
         drop(slot);
         drop(permit);
+        drop(conn_charge);
     });
+}
+
+/// What a connection holds however it is used: its read and write buffers (8 and 16 KiB),
+/// the answer buffer, its tasks.
+pub const CONNECTION_BYTES: usize = 32 * 1024;
+
+/// A frame buffer larger than this is given back once its query is handled.
+const FRAME_KEEP: usize = 4096;
+
+/// An answer queued for the connection's writer, its bytes charged to the memory budget's
+/// tcp share until written.
+struct Queued(Vec<u8>, crate::budget::Charge);
+
+/// Queues `answer` for the writer. False when the connection must close: the writer is
+/// gone, or the tcp share is full (the client that does not read its answers is the one
+/// whose queue grows).
+async fn queue(tx: &mpsc::Sender<Queued>, p: &Pipeline, answer: &[u8]) -> bool {
+    let Some(charge) = p.budget.tcp.try_charge(answer.len()) else {
+        return false;
+    };
+    tx.send(Queued(answer.to_vec(), charge)).await.is_ok()
 }
 
 async fn connection(
@@ -173,14 +200,14 @@ async fn connection(
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let (rd, wr) = stream.into_split();
     let mut rd = BufReader::with_capacity(8 * 1024, rd);
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(l.inflight.max(1));
+    let (tx, mut rx) = mpsc::channel::<Queued>(l.inflight.max(1));
     let writer = tokio::spawn(async move {
         let mut w = BufWriter::with_capacity(16 * 1024, wr);
-        while let Some(msg) = rx.recv().await {
+        while let Some(Queued(msg, _charge)) = rx.recv().await {
             let mut ok = write_frame(&mut w, &msg).await;
             while ok {
                 match rx.try_recv() {
-                    Ok(m) => ok = write_frame(&mut w, &m).await,
+                    Ok(Queued(m, _charge)) => ok = write_frame(&mut w, &m).await,
                     Err(_) => break,
                 }
             }
@@ -222,10 +249,19 @@ async fn connection(
                 _ => break,
             },
         };
-        // Once a frame has started, all of it must arrive within the frame timeout.
+        // Once a frame has started, all of it must arrive within the frame timeout. A frame
+        // larger than the buffer is charged to the memory budget's tcp share while it is
+        // held (a full share closes the connection).
+        let mut frame_charge = None;
         let frame = timeout(l.frame, async {
             let second = rd.read_u8().await?;
             let len = u16::from_be_bytes([first, second]) as usize;
+            if len > buf.capacity() {
+                let p = pipeline.load();
+                frame_charge = Some(p.budget.tcp.try_charge(len).ok_or_else(|| {
+                    std::io::Error::new(std::io::ErrorKind::OutOfMemory, "tcp share full")
+                })?);
+            }
             buf.resize(len, 0);
             rd.read_exact(&mut buf[..len]).await?;
             Ok::<usize, std::io::Error>(len)
@@ -252,7 +288,7 @@ async fn connection(
                     let arrived = super::arrived(start);
                     tap.client(query, &out, peer, local, Transport::tcp, arrived);
                 }
-                if tx.send(out.clone()).await.is_err() {
+                if !queue(&tx, &p, &out).await {
                     break;
                 }
             }
@@ -260,6 +296,14 @@ async fn connection(
             Fast::Miss(req) => {
                 let Ok(permit) = inflight.clone().acquire_owned().await else {
                     break;
+                };
+                let Some(charge) = p.admit(&req, &mut out) else {
+                    // Shed (the memory budget's inflight share is full): REFUSED.
+                    super::count(&counters, req.qi.qtype, &out, start);
+                    if !queue(&tx, &p, &out).await {
+                        break;
+                    }
+                    continue;
                 };
                 let tx = tx.clone();
                 let miss = Miss {
@@ -269,12 +313,23 @@ async fn connection(
                     local,
                     start,
                     permit,
+                    charge,
                 };
+                let tcp = miss.pipeline.budget.tcp.clone();
                 miss.spawn(&tracker, counters.clone(), |out| async move {
-                    let _ = tx.send(out).await;
+                    // With the tcp share full the answer is dropped (the client, which is
+                    // not reading its answers, times out on it).
+                    if let Some(charge) = tcp.try_charge(out.len()) {
+                        let _ = tx.send(Queued(out, charge)).await;
+                    }
                 });
             }
         }
+        // A large frame's buffer (and its charge) is given back.
+        if buf.capacity() > FRAME_KEEP {
+            buf = Vec::with_capacity(512);
+        }
+        drop(frame_charge);
     }
     // Answers still being resolved are written before the connection closes.
     drop(tx);

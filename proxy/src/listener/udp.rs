@@ -127,6 +127,18 @@ impl Io {
                             p.metrics.drops.inc(DropReason::overloaded);
                             continue;
                         };
+                        let Some(charge) = p.admit(&req, self.sb.next_buf()) else {
+                            // Shed (the memory budget's inflight share is full): REFUSED.
+                            counters.count(
+                                QType::from_u16(req.qi.qtype),
+                                Rcode::from_u8(header::rcode(self.sb.next_buf())),
+                            );
+                            self.sb.push(peer);
+                            if self.sb.is_full() {
+                                self.sb.flush(sock, counters, start).await;
+                            }
+                            continue;
+                        };
                         let sock = sock.clone();
                         let miss = Miss {
                             pipeline: p.clone(),
@@ -135,6 +147,7 @@ impl Io {
                             local: self.local,
                             start,
                             permit,
+                            charge,
                         };
                         miss.spawn(tracker, counters.clone(), move |out| async move {
                             send(&sock, &out, peer).await;
