@@ -602,3 +602,31 @@ async fn a_failed_write_is_an_error_for_retry() {
         "{metrics}"
     );
 }
+
+/// Issue 27, part 3: enough annotated pods to overflow every shard must not freeze the
+/// operator: the main ConfigMap is still written.
+#[tokio::test]
+async fn a_shard_overflow_still_writes_the_main_config_map() {
+    let pods: Vec<PodInfo> = (0..12_000u32)
+        .map(|i| {
+            let ip = format!("10.200.{}.{}", i / 250, i % 250);
+            pod(
+                &format!("p{i:05}"),
+                &format!("node-{}", i % 100),
+                &ip,
+                &[(QPS, "10"), ("dns.dot-proxy.io/burst", "20"), ("dns.dot-proxy.io/upstream-group", "cloudflare")],
+            )
+        })
+        .collect();
+    let Setup { mut api, ctx, .. } = setup(snapshot(pods));
+    let one = |d: &mut DotProxyConfig| d.spec.target.override_shards = 1;
+    let (action, sent) = api
+        .serve_while(reconcile(api.resource(1, one), ctx.clone()))
+        .await;
+    action.expect("reconciled");
+    assert!(
+        lines(&sent).contains(&cm_patch("dot-proxy-config").as_str()),
+        "{:?}",
+        lines(&sent)
+    );
+}

@@ -862,3 +862,28 @@ fn rate_limit_annotations_while_limiting_is_off_are_reported() {
     assert_eq!(r.stats.rate_limit_annotations_ignored, 0);
     assert!(r.problems.is_empty(), "{:?}", r.problems);
 }
+
+/// Issue 27, part 3: pods that overflow a shard must not stop the main ConfigMap. Every
+/// node hashes to the one shard; the main config still renders, the overflow is left out
+/// and counted.
+#[test]
+fn a_shard_overflow_still_renders_the_main_config() {
+    let mut spec = spec_from(MINIMAL);
+    spec.allow_plain_default = true;
+    spec.target.override_shards = 1;
+    let pods: Vec<PodInfo> = (0..12_000u32)
+        .map(|i| {
+            let ip = IpAddr::from([10, 200, (i / 250) as u8, (i % 250) as u8]).to_string();
+            pod(
+                &format!("p{i:05}"),
+                &format!("node-{}", i % 100),
+                &[&ip],
+                &[(QPS, "10"), (BURST, "20"), (GROUP, "cluster")],
+            )
+        })
+        .collect();
+    let r = render("default", &spec, &pods, &no_nodes())
+        .expect("the main config renders even when the overrides overflow");
+    Config::from_yaml(&r.config.data).expect("the proxy parses the main config");
+    assert!(r.stats.largest_shard_bytes <= MAX_SHARD_BYTES);
+}
