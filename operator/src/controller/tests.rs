@@ -614,7 +614,11 @@ async fn a_shard_overflow_still_writes_the_main_config_map() {
                 &format!("p{i:05}"),
                 &format!("node-{}", i % 100),
                 &ip,
-                &[(QPS, "10"), ("dns.dot-proxy.io/burst", "20"), ("dns.dot-proxy.io/upstream-group", "cloudflare")],
+                &[
+                    (QPS, "10"),
+                    ("dns.dot-proxy.io/burst", "20"),
+                    ("dns.dot-proxy.io/upstream-group", "cloudflare"),
+                ],
             )
         })
         .collect();
@@ -624,9 +628,64 @@ async fn a_shard_overflow_still_writes_the_main_config_map() {
         .serve_while(reconcile(api.resource(1, one), ctx.clone()))
         .await;
     action.expect("reconciled");
-    assert!(
-        lines(&sent).contains(&cm_patch("dot-proxy-config").as_str()),
-        "{:?}",
-        lines(&sent)
+    assert_eq!(
+        lines(&sent),
+        [
+            LIST.to_string(),
+            cm_patch("dot-proxy-config"),
+            cm_patch("dot-proxy-config-overrides-0"),
+            STATUS.to_string()
+        ]
     );
+    let status = api.status.clone().expect("status");
+    let cut = status["overridesTruncated"].as_u64().expect("count");
+    assert!(cut > 0, "{status}");
+    assert_eq!(status["podOverrides"].as_u64(), Some(12_000 - cut));
+    let ready = condition(&status, "Ready");
+    assert_eq!(
+        (&ready["status"], &ready["reason"]),
+        (&json!("True"), &json!("Rendered"))
+    );
+    let t = condition(&status, "OverridesTruncated");
+    assert_eq!(
+        (&t["status"], &t["reason"]),
+        (&json!("True"), &json!("ShardFull"))
+    );
+    let msg = t["message"].as_str().expect("message");
+    assert!(
+        msg.starts_with(&format!("the overrides of {cut} pod(s)")),
+        "{msg}"
+    );
+    assert!(msg.contains("maxOverrideShards"), "{msg}");
+    assert_eq!(condition(&status, "Invalid")["status"], "False");
+
+    // Room to grow: the shard count doubles, config.yaml names it, nothing is left out.
+    let grow = |d: &mut DotProxyConfig| {
+        d.spec.target.override_shards = 1;
+        d.spec.target.max_override_shards = Some(4);
+    };
+    let (_, sent) = api
+        .serve_while(reconcile(api.resource(2, grow), ctx.clone()))
+        .await;
+    assert_eq!(
+        lines(&sent),
+        [
+            LIST.to_string(),
+            cm_patch("dot-proxy-config"),
+            cm_patch("dot-proxy-config-overrides-0"),
+            cm_patch("dot-proxy-config-overrides-1"),
+            STATUS.to_string()
+        ]
+    );
+    let cfg = Config::from_yaml(
+        sent[1].body["data"]["config.yaml"]
+            .as_str()
+            .expect("config"),
+    )
+    .expect("parses");
+    assert_eq!(cfg.overrides.shards, Some(2));
+    let status = api.status.clone().expect("status");
+    assert_eq!(status["overridesTruncated"], 0);
+    assert_eq!(status["podOverrides"], 12_000);
+    assert_eq!(condition(&status, "OverridesTruncated")["status"], "False");
 }

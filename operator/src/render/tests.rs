@@ -795,41 +795,6 @@ fn node_selector_pending_pods_host_network_and_duplicate_ips() {
     assert!(node_overrides(&r, "out").expect("parses").is_none());
 }
 
-#[test]
-fn overrides_over_the_shard_limit_are_invalid() {
-    let mut spec = spec_from(MINIMAL);
-    spec.allow_plain_default = true; // pods sent to the plain cluster group
-    spec.target.override_shards = 1;
-    let pods: Vec<PodInfo> = (0..12_000u32)
-        .map(|i| {
-            let ip = IpAddr::from([10, 200, (i / 250) as u8, (i % 250) as u8]).to_string();
-            pod(
-                &format!("p{i}"),
-                &format!("node-{}", i % 100),
-                &[&ip],
-                &[(QPS, "10"), (BURST, "20"), (GROUP, "cluster")],
-            )
-        })
-        .collect();
-    match render("default", &spec, &pods, &no_nodes()) {
-        Err(e @ Invalid::OverridesTooLarge(_)) => {
-            assert_eq!(e.reason(), "OverridesTooLarge");
-            let m = e.to_string();
-            assert!(
-                m.contains("dot-proxy-config-overrides-0") && m.contains("overrideShards"),
-                "{m}"
-            );
-        }
-        other => panic!(
-            "expected OverridesTooLarge, got {:?}",
-            other.map(|r| r.stats)
-        ),
-    }
-    spec.target.override_shards = 8;
-    let r = render("default", &spec, &pods, &no_nodes()).expect("fits in 8 shards");
-    assert!(r.stats.largest_shard_bytes <= MAX_SHARD_BYTES);
-}
-
 /// Issue 16: rate-limit annotations while `rateLimit.enabled` is false do nothing; the pod
 /// is reported (a Warning Event, once) and counted for the AnnotationsIgnored condition.
 #[test]
@@ -884,6 +849,39 @@ fn a_shard_overflow_still_renders_the_main_config() {
         .collect();
     let r = render("default", &spec, &pods, &no_nodes())
         .expect("the main config renders even when the overrides overflow");
-    Config::from_yaml(&r.config.data).expect("the proxy parses the main config");
+    let cfg = Config::from_yaml(&r.config.data).expect("the proxy parses the main config");
+    assert_eq!(
+        cfg.overrides.shards,
+        Some(1),
+        "no growth without maxOverrideShards"
+    );
+    assert_eq!(r.shards.len(), 1);
     assert!(r.stats.largest_shard_bytes <= MAX_SHARD_BYTES);
+    // Some pods are left out, counted and named; the rest are in.
+    let cut = r.stats.overrides_truncated;
+    assert!(cut > 0 && cut < 12_000, "{cut}");
+    assert_eq!(r.truncated.len(), cut);
+    assert_eq!(r.stats.pods_applied + cut, 12_000);
+    // One namespace: fair share leaves out its last pods in name order.
+    let mut want: Vec<String> = (12_000 - cut as u32..12_000)
+        .map(|i| format!("apps/p{i:05}"))
+        .collect();
+    want.sort();
+    assert_eq!(r.truncated, want);
+    // Deterministic.
+    assert_eq!(
+        render("default", &spec, &pods, &no_nodes()).expect("renders"),
+        r
+    );
+
+    // Allowed to grow: two shards hold everything, and config.yaml says so.
+    spec.target.max_override_shards = Some(8);
+    let r = render("default", &spec, &pods, &no_nodes()).expect("renders");
+    assert_eq!(r.stats.overrides_truncated, 0);
+    assert_eq!(r.stats.pods_applied, 12_000);
+    assert_eq!(r.shards.len(), 2);
+    assert_eq!(r.shards[1].name, "dot-proxy-config-overrides-1");
+    let cfg = Config::from_yaml(&r.config.data).expect("parses");
+    assert_eq!(cfg.overrides.shards, Some(2));
+    assert!(node_overrides(&r, "node-7").expect("parses").is_some());
 }

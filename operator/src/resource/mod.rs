@@ -11,7 +11,7 @@ pub use spec::{
     RewriteSpec, SearchCompletionSpec, StaticAnswerSpec, TargetSpec, UpstreamGroupSpec,
     UpstreamServerSpec, ZoneSpec,
 };
-pub use status::{DotProxyConfigStatus, ANNOTATIONS_IGNORED, INVALID, READY};
+pub use status::{DotProxyConfigStatus, ANNOTATIONS_IGNORED, INVALID, OVERRIDES_TRUNCATED, READY};
 
 use kube::CustomResourceExt;
 

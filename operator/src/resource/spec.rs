@@ -819,6 +819,14 @@ pub struct TargetSpec {
     /// together. Each node's pod overrides go to shard `fnv1a64(nodeName) % overrideShards`.
     #[schemars(range(min = 1, max = 64))]
     pub override_shards: u32,
+    /// Largest shard count the operator may grow to when a shard would pass 900 KiB: it
+    /// doubles `overrideShards` up to this (the proxies must mount this many; the chart
+    /// does). Unset, or below `overrideShards`: no growth. When a shard still does not fit,
+    /// pods are left out of it (fair share by namespace) and counted in the status
+    /// (`overridesTruncated`); the main ConfigMap is always written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 64))]
+    pub max_override_shards: Option<u32>,
     /// Only pods on nodes with all these labels get their annotation overrides. Empty: all nodes.
     pub node_selector: BTreeMap<String, String>,
 }
@@ -828,6 +836,7 @@ impl Default for TargetSpec {
         TargetSpec {
             config_map_name: "dot-proxy-config".into(),
             override_shards: 8,
+            max_override_shards: None,
             node_selector: BTreeMap::new(),
         }
     }
