@@ -689,3 +689,36 @@ async fn a_shard_overflow_still_writes_the_main_config_map() {
     assert_eq!(status["podOverrides"], 12_000);
     assert_eq!(condition(&status, "OverridesTruncated")["status"], "False");
 }
+
+/// Issue 27, part 2: a namespace not granted exemption stays limited: the shard has no
+/// exemption for the pod, and the pod gets a Warning Event.
+#[tokio::test]
+async fn an_ungranted_exemption_stays_limited_and_is_reported() {
+    let sneaky = pod(
+        "sneaky",
+        "node-a",
+        "10.244.1.10",
+        &[("dns.dot-proxy.io/rate-limit-exempt", "true")],
+    );
+    let Setup { mut api, ctx, .. } = setup(snapshot(vec![sneaky]));
+    let (action, sent) = api
+        .serve_while(reconcile(api.resource(1, |_| {}), ctx.clone()))
+        .await;
+    action.expect("reconciled");
+    for (name, cm) in &api.config_maps {
+        if let Some(text) = cm["data"][format!("shard-{}.yaml", shard_of("node-a", 2))].as_str() {
+            let file = crate::render::parse_shard(text).expect("parses");
+            assert!(
+                file.get("node-a").is_none_or(|o| o.rate_limits.iter().all(|r| !r.exempt)),
+                "{name}: {text}"
+            );
+        }
+    }
+    let events: Vec<&Sent> = sent.iter().filter(|s| s.line == EVENT).collect();
+    assert_eq!(events.len(), 1, "{:?}", lines(&sent));
+    let ev = &events[0].body;
+    assert_eq!(ev["type"], "Warning");
+    assert_eq!(ev["regarding"]["name"], "sneaky");
+    let note = ev["note"].as_str().expect("note");
+    assert!(note.contains("dns.dot-proxy.io/rate-limit-exempt") && note.contains("not granted"), "{note}");
+}

@@ -885,3 +885,29 @@ fn a_shard_overflow_still_renders_the_main_config() {
     assert_eq!(cfg.overrides.shards, Some(2));
     assert!(node_overrides(&r, "node-7").expect("parses").is_some());
 }
+
+/// Issue 27, part 2: annotations are privileges. With no grant in the spec, exemption and a
+/// rate above the default are refused (the pod stays at the default), a rate below the
+/// default is kept, and each refusal is reported.
+#[test]
+fn ungranted_exemption_and_raised_rate_are_refused() {
+    let pods = [
+        pod("exempt", "node-1", &["10.1.0.5"], &[(EXEMPT, "true")]),
+        pod("greedy", "node-1", &["10.1.0.6"], &[(QPS, "1000000"), (BURST, "20")]),
+    ];
+    let spec = spec_from(MINIMAL);
+    let r = render("default", &spec, &pods, &no_nodes()).expect("renders");
+    let e = node_overrides(&r, "node-1").expect("parses").unwrap_or_default();
+    let got: Vec<_> = e
+        .rate_limits
+        .iter()
+        .map(|o| (o.cidr.to_string(), o.exempt, o.qps, o.burst))
+        .collect();
+    // The exempt pod asked for nothing else: no entry at all. The greedy pod keeps its
+    // burst of 20 (below the default 400) and loses its qps (above the default 200).
+    assert_eq!(got, [("10.1.0.6/32".to_string(), false, None, Some(20))]);
+    let refused: Vec<_> = r.problems.iter().map(|p| (p.name.as_str(), p.message.as_str())).collect();
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert!(refused[0].0 == "exempt" && refused[0].1.contains("not granted"), "{refused:?}");
+    assert!(refused[1].0 == "greedy" && refused[1].1.contains("not granted"), "{refused:?}");
+}
