@@ -13,10 +13,12 @@ const MAX_MESSAGE: usize = 2048;
 /// What one reconcile found.
 #[derive(Clone, Copy, Debug)]
 pub enum Outcome<'a> {
-    /// Rendered and written; `invalid_pods` pods had annotation values ignored.
+    /// Rendered and written; `invalid_pods` pods had annotation values ignored, and
+    /// `refused_pods` pods had annotations their namespace is not granted.
     Applied {
         rendered: &'a Rendered,
         invalid_pods: u32,
+        refused_pods: u32,
     },
     /// Not rendered; the ConfigMaps were left as they were.
     Invalid(&'a Invalid),
@@ -39,6 +41,7 @@ pub fn desired(
         Outcome::Applied {
             rendered,
             invalid_pods,
+            refused_pods,
         } => {
             st.config_map = Some(rendered.config.name.clone());
             st.config_hash = Some(rendered.config.hash.clone());
@@ -46,6 +49,7 @@ pub fn desired(
             st.overrides_hash = Some(rendered.overrides_hash.clone());
             st.pod_overrides = u32::try_from(rendered.stats.pods_applied).unwrap_or(u32::MAX);
             st.pods_with_invalid_annotations = invalid_pods;
+            st.pods_with_refused_annotations = refused_pods;
             st.largest_shard_bytes = rendered.stats.largest_shard_bytes as u64;
             st.overrides_truncated =
                 u32::try_from(rendered.stats.overrides_truncated).unwrap_or(u32::MAX);
@@ -218,7 +222,14 @@ mod tests {
         let d: crate::resource::DotProxyConfig =
             serde_saphyr::from_str(include_str!("../../examples/dotproxyconfig.yaml"))
                 .expect("example");
-        render("default", &d.spec, &[], &Default::default()).expect("renders")
+        render(
+            "default",
+            &d.spec,
+            &[],
+            &Default::default(),
+            &Default::default(),
+        )
+        .expect("renders")
     }
 
     #[test]
@@ -230,6 +241,7 @@ mod tests {
             Outcome::Applied {
                 rendered: &r,
                 invalid_pods: 0,
+                refused_pods: 0,
             },
             &at(100),
         );
@@ -254,6 +266,7 @@ mod tests {
             Outcome::Applied {
                 rendered: &r,
                 invalid_pods: 0,
+                refused_pods: 0,
             },
             &at(200),
         );
@@ -281,6 +294,7 @@ mod tests {
             Outcome::Applied {
                 rendered: &r,
                 invalid_pods: 2,
+                refused_pods: 0,
             },
             &at(400),
         );
@@ -299,6 +313,7 @@ mod tests {
                 Outcome::Applied {
                     rendered: r,
                     invalid_pods: 0,
+                    refused_pods: 0,
                 },
                 &at(t),
             )

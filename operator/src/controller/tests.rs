@@ -180,6 +180,7 @@ fn snapshot(pods: Vec<PodInfo>) -> Arc<Snapshot> {
         synced: true,
         pods,
         nodes: NodeLabels::new(),
+        namespaces: Default::default(),
     })
 }
 
@@ -623,7 +624,10 @@ async fn a_shard_overflow_still_writes_the_main_config_map() {
         })
         .collect();
     let Setup { mut api, ctx, .. } = setup(snapshot(pods));
-    let one = |d: &mut DotProxyConfig| d.spec.target.override_shards = 1;
+    let one = |d: &mut DotProxyConfig| {
+        d.spec.target.override_shards = 1;
+        d.spec.target.max_override_shards = None;
+    };
     let (action, sent) = api
         .serve_while(reconcile(api.resource(1, one), ctx.clone()))
         .await;
@@ -700,7 +704,7 @@ async fn an_ungranted_exemption_stays_limited_and_is_reported() {
         "10.244.1.10",
         &[("dns.dot-proxy.io/rate-limit-exempt", "true")],
     );
-    let Setup { mut api, ctx, .. } = setup(snapshot(vec![sneaky]));
+    let Setup { mut api, ctx, view } = setup(snapshot(vec![sneaky.clone()]));
     let (action, sent) = api
         .serve_while(reconcile(api.resource(1, |_| {}), ctx.clone()))
         .await;
@@ -709,7 +713,8 @@ async fn an_ungranted_exemption_stays_limited_and_is_reported() {
         if let Some(text) = cm["data"][format!("shard-{}.yaml", shard_of("node-a", 2))].as_str() {
             let file = crate::render::parse_shard(text).expect("parses");
             assert!(
-                file.get("node-a").is_none_or(|o| o.rate_limits.iter().all(|r| !r.exempt)),
+                file.get("node-a")
+                    .is_none_or(|o| o.rate_limits.iter().all(|r| !r.exempt)),
                 "{name}: {text}"
             );
         }
@@ -719,6 +724,48 @@ async fn an_ungranted_exemption_stays_limited_and_is_reported() {
     let ev = &events[0].body;
     assert_eq!(ev["type"], "Warning");
     assert_eq!(ev["regarding"]["name"], "sneaky");
+    assert_eq!(ev["reason"], "AnnotationNotGranted");
     let note = ev["note"].as_str().expect("note");
-    assert!(note.contains("dns.dot-proxy.io/rate-limit-exempt") && note.contains("not granted"), "{note}");
+    assert!(
+        note.contains("dns.dot-proxy.io/rate-limit-exempt") && note.contains("not granted"),
+        "{note}"
+    );
+    // The status counts the pod; its refused annotation is not an invalid one.
+    let status = api.status.clone().expect("status");
+    assert_eq!(status["podsWithRefusedAnnotations"], 1, "{status}");
+    assert_eq!(status["podsWithInvalidAnnotations"], 0, "{status}");
+    assert_eq!(status["podOverrides"], 0, "nothing it asked for is applied");
+
+    // Granted by a namespace label (the namespace watch's view): exempt, no new Event.
+    let granted = |d: &mut DotProxyConfig| {
+        d.spec
+            .annotation_grants
+            .rate_limit_exempt
+            .namespace_selector = Some(
+            serde_json::from_value(json!({"matchLabels": {"dns.dot-proxy.io/exempt": "yes"}}))
+                .expect("selector"),
+        );
+    };
+    view.send_replace(Arc::new(Snapshot {
+        namespaces: [(
+            "apps".to_string(),
+            [("dns.dot-proxy.io/exempt".to_string(), "yes".to_string())].into(),
+        )]
+        .into(),
+        ..(*snapshot(vec![sneaky])).clone()
+    }));
+    let (_, sent) = api
+        .serve_while(reconcile(api.resource(2, granted), ctx.clone()))
+        .await;
+    assert!(sent.iter().all(|s| s.line != EVENT), "{:?}", lines(&sent));
+    let shard = format!("dot-proxy-config-overrides-{}", shard_of("node-a", 2));
+    let text = api.config_maps[&shard]["data"][format!("shard-{}.yaml", shard_of("node-a", 2))]
+        .as_str()
+        .expect("shard")
+        .to_string();
+    let file = crate::render::parse_shard(&text).expect("parses");
+    assert!(file["node-a"].rate_limits[0].exempt, "{text}");
+    let status = api.status.clone().expect("status");
+    assert_eq!(status["podsWithRefusedAnnotations"], 0, "{status}");
+    assert_eq!(status["podOverrides"], 1, "{status}");
 }

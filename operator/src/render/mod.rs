@@ -5,6 +5,7 @@
 
 pub mod annotations;
 mod config;
+pub mod grants;
 pub mod shards;
 
 use std::collections::{BTreeMap, HashSet};
@@ -17,11 +18,12 @@ use sha2::{Digest, Sha256};
 
 pub use annotations::{AnnotationProblem, PodRequest};
 pub use config::{proxy_config, spec_path};
+pub use grants::{Grant, Grants};
 pub use shards::{
     fnv1a64, shard_key, shard_name, shard_of, PodEntries, MAX_OVERRIDE_SHARDS, MAX_SHARD_BYTES,
 };
 
-use crate::cluster::{NodeLabels, PodInfo};
+use crate::cluster::{NamespaceLabels, NodeLabels, PodInfo};
 use crate::resource::{Checked, DotProxyConfigSpec};
 use crate::CONFIG_KEY;
 
@@ -50,6 +52,11 @@ impl ConfigMapContent {
 /// The Warning Event on a pod with rate-limit annotations while rate limiting is off.
 pub const RATE_LIMIT_DISABLED_MESSAGE: &str = "rate-limit annotations have no effect: spec.rateLimit.enabled is false in the DotProxyConfig (the chart's default; set config.rateLimit.enabled: true)";
 
+/// Event reason on pods whose annotation values were ignored (invalid, or of no effect).
+pub const INVALID_ANNOTATION: &str = "InvalidAnnotation";
+/// Event reason on pods whose annotations their namespace is not granted.
+pub const ANNOTATION_NOT_GRANTED: &str = "AnnotationNotGranted";
+
 /// A pod whose annotations were (partly) ignored, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodProblem {
@@ -57,6 +64,8 @@ pub struct PodProblem {
     pub name: String,
     pub uid: String,
     pub message: String,
+    /// The Event reason: [`INVALID_ANNOTATION`] or [`ANNOTATION_NOT_GRANTED`].
+    pub reason: &'static str,
 }
 
 /// Figures about one render, for status, metrics and the scale test.
@@ -124,11 +133,13 @@ impl Invalid {
 pub const MAX_NAME_LEN: usize = 63;
 
 /// Renders one resource. `pods` need not be sorted; the output does not depend on their order.
+/// `nodes` are for `target.nodeSelector`, `namespaces` for the grants' namespace selectors.
 pub fn render<'a>(
     name: &str,
     spec: &DotProxyConfigSpec,
     pods: impl IntoIterator<Item = &'a PodInfo>,
     nodes: &NodeLabels,
+    namespaces: &NamespaceLabels,
 ) -> Result<Rendered, Invalid> {
     let mut errs = Vec::new();
     if name.len() > MAX_NAME_LEN {
@@ -141,7 +152,14 @@ pub fn render<'a>(
             None
         }
     };
-    let (Some(mut proxy), true) = (proxy, errs.is_empty()) else {
+    let grants = match Grants::from_spec(spec) {
+        Ok(g) => Some(g),
+        Err(e) => {
+            errs.extend(e);
+            None
+        }
+    };
+    let (Some(mut proxy), Some(grants), true) = (proxy, grants, errs.is_empty()) else {
         return Err(Invalid::Spec(errs));
     };
     let cm_name = spec.target.config_map_name.clone();
@@ -180,9 +198,18 @@ pub fn render<'a>(
             stats.pods_not_selected += 1;
             continue;
         }
-        let (req, found) = annotations::parse(&pod.annotations, group_usable);
+        let (mut req, mut found) = annotations::parse(&pod.annotations, group_usable);
+        found.extend(grants.enforce(&mut req, &pod.namespace, namespaces.get(&pod.namespace)));
         for p in found {
-            problems.push(problem(pod, p.to_string()));
+            let reason = if p.not_granted {
+                ANNOTATION_NOT_GRANTED
+            } else {
+                INVALID_ANNOTATION
+            };
+            problems.push(PodProblem {
+                reason,
+                ..problem(pod, p.to_string())
+            });
         }
         if pod.host_network {
             problems.push(problem(
@@ -306,6 +333,7 @@ fn problem(pod: &PodInfo, message: String) -> PodProblem {
         name: pod.name.clone(),
         uid: pod.uid.clone(),
         message,
+        reason: INVALID_ANNOTATION,
     }
 }
 

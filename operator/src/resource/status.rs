@@ -56,6 +56,12 @@ pub struct DotProxyConfigStatus {
     #[serde(default)]
     pub pods_with_invalid_annotations: u32,
 
+    /// Pods with at least one annotation their namespace is not granted
+    /// (`spec.annotationGrants`, an upstream group's `grantedTo`): refused, each pod got a
+    /// Warning Event `AnnotationNotGranted`.
+    #[serde(default)]
+    pub pods_with_refused_annotations: u32,
+
     /// Size in bytes of the largest shard (limit: 900 KiB).
     #[serde(default)]
     pub largest_shard_bytes: u64,
