@@ -7,6 +7,9 @@
 //! | `dns.dot-proxy.io/rate-limit-exempt` | `true` or `false` |
 //! | `dns.dot-proxy.io/upstream-group` | the name of one of the resource's `upstreamGroups` |
 //!
+//! Exemption, a rate above the default and a group are privileges the resource grants per
+//! namespace (`grants`).
+//!
 //! An invalid value is ignored on its own (the pod's other annotations still apply) and
 //! reported, so the controller can put a Warning Event on the pod. Which namespaces may use
 //! a valid value is the next step (`grants`).
