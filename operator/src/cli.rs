@@ -165,6 +165,9 @@ pub fn render_files(args: &RenderArgs) -> Result<RenderOutput, RenderCommandErro
         .problems
         .iter()
         .map(|p| format!("{}/{}: {}", p.namespace, p.name, p.message))
+        .chain(rendered.truncated.iter().map(|pod| {
+            format!("{pod}: overrides left out: its shard is full even at the largest shard count (spec.target.maxOverrideShards)")
+        }))
         .collect();
     Ok(RenderOutput { yaml, warnings })
 }

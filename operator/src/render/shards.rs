@@ -102,7 +102,7 @@ pub fn layout(entries: &[PodEntries], base: u32, max: u32, limit: usize) -> Resu
             // fixed order, that make the shard fit (a binary search over that order: the
             // shard only shrinks as more are left out, and with all left out it is `{}`).
             let order = removal_order(entries, m);
-            let (mut lo, mut hi) = (1, order.len());
+            let (mut lo, mut hi) = (order.len().min(1), order.len());
             while lo < hi {
                 let mid = lo + (hi - lo) / 2;
                 let out: std::collections::HashSet<usize> = order[..mid].iter().copied().collect();
