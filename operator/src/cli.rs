@@ -1,5 +1,6 @@
 //! Command line: `crd`, `run`, `render`.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -7,7 +8,7 @@ use clap::{ArgAction, Parser, Subcommand};
 use dot_proxy_config::Dur;
 use kube::ResourceExt;
 
-use crate::cluster::{pods_from_text, NodeLabels, PodInfo};
+use crate::cluster::{pods_from_text, NamespaceLabels, NodeLabels, PodInfo};
 use crate::controller::{config_map, Role};
 use crate::render::{render, Invalid};
 use crate::resource::DotProxyConfig;
@@ -80,6 +81,10 @@ pub struct RenderArgs {
     /// Nodes, as `kubectl get nodes -o json` prints them (for `target.nodeSelector`).
     #[arg(long)]
     pub nodes: Option<PathBuf>,
+    /// Namespaces, as `kubectl get namespaces -o json` prints them (for the grants'
+    /// `namespaceSelector`s; without it, only grants by name apply).
+    #[arg(long)]
+    pub namespaces: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -134,7 +139,14 @@ pub fn render_files(args: &RenderArgs) -> Result<RenderOutput, RenderCommandErro
             n
         }
     };
-    let rendered = render(&dpc.name_any(), &dpc.spec, &pods, &nodes)
+    let namespaces = match &args.namespaces {
+        Some(p) => labels_from_text(&read(p)?).map_err(|message| RenderCommandError::Parse {
+            path: p.clone(),
+            message,
+        })?,
+        None => NamespaceLabels::new(),
+    };
+    let rendered = render(&dpc.name_any(), &dpc.spec, &pods, &nodes, &namespaces)
         .map_err(|e| RenderCommandError::Invalid(args.resource.display().to_string(), e))?;
     let mut yaml = String::new();
     let objects = std::iter::once(config_map(&dpc, &rendered.config, Role::Config)).chain(
@@ -153,6 +165,9 @@ pub fn render_files(args: &RenderArgs) -> Result<RenderOutput, RenderCommandErro
         .problems
         .iter()
         .map(|p| format!("{}/{}: {}", p.namespace, p.name, p.message))
+        .chain(rendered.truncated.iter().map(|pod| {
+            format!("{pod}: overrides left out: its shard is full even at the largest shard count (spec.target.maxOverrideShards)")
+        }))
         .collect();
     Ok(RenderOutput { yaml, warnings })
 }
@@ -181,6 +196,11 @@ fn parse<T: serde::de::DeserializeOwned>(
 
 /// Node labels from a `kubectl get nodes -o json` list.
 pub fn nodes_from_text(text: &str) -> Result<NodeLabels, String> {
+    labels_from_text(text)
+}
+
+/// Name -> labels of each object in a `kubectl get ... -o json` (or YAML) list.
+pub fn labels_from_text(text: &str) -> Result<BTreeMap<String, BTreeMap<String, String>>, String> {
     #[derive(serde::Deserialize)]
     struct List {
         #[serde(default)]

@@ -45,6 +45,7 @@ pub struct WriteLabels {
 pub enum WatchKind {
     Pods,
     Nodes,
+    Namespaces,
     ConfigMaps,
     Other,
 }
@@ -69,7 +70,7 @@ macro_rules! label_values {
 label_values! {
     ReconcileResult { Applied => "applied", Invalid => "invalid", Waiting => "waiting", Error => "error" }
     WriteKind { Config => "config", Overrides => "overrides", Status => "status", Delete => "delete", Event => "event" }
-    WatchKind { Pods => "pods", Nodes => "nodes", ConfigMaps => "configmaps", Other => "other" }
+    WatchKind { Pods => "pods", Nodes => "nodes", Namespaces => "namespaces", ConfigMaps => "configmaps", Other => "other" }
 }
 
 pub struct Metrics {
@@ -168,6 +169,7 @@ impl Metrics {
         let watch = match watch {
             "pods" => WatchKind::Pods,
             "nodes" => WatchKind::Nodes,
+            "namespaces" => WatchKind::Namespaces,
             "configmaps" => WatchKind::ConfigMaps,
             _ => WatchKind::Other,
         };

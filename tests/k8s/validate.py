@@ -108,6 +108,24 @@ VARIANTS: dict[str, dict[str, Any]] = {
             {"address": "94.140.14.14:853", "tlsName": "dns.adguard-dns.com", "protocol": "quic"},
         ]}]},
     },
+    # Tenants (issue 27): privileged annotations granted by namespace names and labels, a
+    # group granted to one namespace, and room for the shards to grow to 32.
+    "tenant-grants": {
+        "operator": {"overrideShards": 4, "maxOverrideShards": 32},
+        "config": {
+            "annotationGrants": {
+                "rateLimitExempt": {"namespaces": ["monitoring"]},
+                "rateAboveDefault": {"namespaceSelector": {"matchExpressions": [
+                    {"key": "dns.dot-proxy.io/rate", "operator": "In", "values": ["high"]}]}},
+            },
+            "upstreamGroups": [
+                {"name": "public", "policy": "failover", "timeout": "2s", "servers": [
+                    {"address": "1.1.1.1:853", "tlsName": "cloudflare-dns.com"}]},
+                {"name": "tenant-a", "servers": [{"address": "9.9.9.9:853", "tlsName": "dns.quad9.net"}],
+                 "grantedTo": {"namespaces": ["team-a"], "namespaceSelector": {"matchLabels": {"tenant": "a"}}}},
+            ],
+        },
+    },
     # Search-path completion: the proxies watch their node's pods (token, RBAC), and AAAA
     # is filtered for an IPv4-only cluster.
     "search-completion": {
@@ -357,7 +375,8 @@ def check_invariants(variant: str, values: dict[str, Any], docs: list[Doc], note
     v = deep_merge(chart_defaults(), values)
     tag = f"{variant}:"
     admin_port = v["proxy"]["admin"]["port"]
-    shards = v["operator"]["overrideShards"]
+    # The proxies mount every shard the operator may grow to.
+    shards = min(64, max(v["operator"]["overrideShards"], v["operator"].get("maxOverrideShards") or 0))
 
     # Nothing anywhere mounts with subPath (it would freeze ConfigMap updates).
     for d in docs:
@@ -603,6 +622,7 @@ def check_rbac(tag: str, v: dict[str, Any], docs: list[Doc], p: Problems) -> Non
     want_cluster = {
         ("", "pods"): {"get", "list", "watch"},
         ("", "nodes"): {"get", "list", "watch"},
+        ("", "namespaces"): {"get", "list", "watch"},
         ("", "events"): {"create", "patch"},
         ("events.k8s.io", "events"): {"create", "patch"},
     }
@@ -648,6 +668,9 @@ def check_dotproxyconfig(tag: str, v: dict[str, Any], cfg: dict[str, Any], p: Pr
     p.check(bool(spec.get("listen")), f"{tag} empty listen")
     t = spec.get("target", {})
     p.check(t.get("overrideShards") == v["operator"]["overrideShards"], f"{tag} target.overrideShards must equal operator.overrideShards")
+    shards = min(64, max(v["operator"]["overrideShards"], v["operator"].get("maxOverrideShards") or 0))
+    p.check(t.get("maxOverrideShards") == shards, f"{tag} target.maxOverrideShards must equal the shards the proxies mount ({shards})")
+    p.check(spec.get("annotationGrants") == v["config"]["annotationGrants"], f"{tag} spec.annotationGrants must be config.annotationGrants")
     p.check(t.get("configMapName") == (v["config"]["configMapName"] or "dot-proxy-config"), f"{tag} target.configMapName")
     if v["clusterDNS"]["enabled"]:
         p.check(zones.get(v["clusterDNS"]["domain"]) == v["clusterDNS"]["groupName"], f"{tag} cluster domain not routed to the cluster DNS")

@@ -169,3 +169,13 @@ and takes the part after it as the reason, so a reason must not contain "=".
 {{- end -}}
 {{- join "\n" $lines -}}
 {{- end -}}
+
+{{/*
+Override shards the proxies mount: the most the operator may grow to,
+max(operator.overrideShards, operator.maxOverrideShards), at most 64.
+*/}}
+{{- define "dot-proxy.mountedShards" -}}
+{{- $base := int .Values.operator.overrideShards -}}
+{{- $max := int (.Values.operator.maxOverrideShards | default $base) -}}
+{{- min 64 (max $base $max) -}}
+{{- end }}

@@ -6,7 +6,8 @@
 //! while parsing), then reduced at once to [`PodInfo`], and only pods carrying a
 //! `dns.dot-proxy.io/` annotation are kept. A metadata-only watch cannot be used for pods,
 //! because the node name and the IPs are not metadata. Nodes are watched metadata-only (the
-//! labels are all `target.nodeSelector` needs).
+//! labels are all `target.nodeSelector` needs), and so are namespaces (their labels are what
+//! the grants' `namespaceSelector`s match, issue 27).
 
 mod debounce;
 mod pod;
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Namespace, Node};
 use kube::core::PartialObjectMeta;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
@@ -30,6 +31,8 @@ use crate::metrics::Metrics;
 
 /// Node name -> that node's labels.
 pub type NodeLabels = BTreeMap<String, BTreeMap<String, String>>;
+/// Namespace name -> that namespace's labels (for the grants' namespace selectors).
+pub type NamespaceLabels = BTreeMap<String, BTreeMap<String, String>>;
 
 /// What rendering sees of the cluster at one moment.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -40,6 +43,7 @@ pub struct Snapshot {
     /// Annotated pods, sorted by namespace and name.
     pub pods: Vec<PodInfo>,
     pub nodes: NodeLabels,
+    pub namespaces: NamespaceLabels,
 }
 
 /// Watch events folded into the current set of annotated pods and node labels.
@@ -48,9 +52,52 @@ pub struct ClusterState {
     pods: BTreeMap<PodKey, PodInfo>,
     pods_relist: Option<BTreeMap<PodKey, PodInfo>>,
     pods_synced: bool,
-    nodes: NodeLabels,
-    nodes_relist: Option<NodeLabels>,
-    nodes_synced: bool,
+    nodes: LabelView,
+    namespaces: LabelView,
+}
+
+/// The labels of one kind of object (nodes, namespaces) by name, from a metadata-only watch.
+#[derive(Debug, Default)]
+struct LabelView {
+    current: BTreeMap<String, BTreeMap<String, String>>,
+    relist: Option<BTreeMap<String, BTreeMap<String, String>>>,
+    synced: bool,
+}
+
+impl LabelView {
+    /// Applies one watch event; true when an object appeared, went, or changed labels.
+    fn apply<K>(&mut self, event: watcher::Event<PartialObjectMeta<K>>) -> bool {
+        fn upsert<K>(
+            map: &mut BTreeMap<String, BTreeMap<String, String>>,
+            o: PartialObjectMeta<K>,
+        ) -> bool {
+            let name = o.metadata.name.unwrap_or_default();
+            let labels = o.metadata.labels.unwrap_or_default();
+            map.insert(name, labels.clone()).as_ref() != Some(&labels)
+        }
+        match event {
+            watcher::Event::Apply(o) => upsert(&mut self.current, o),
+            watcher::Event::Delete(o) => self
+                .current
+                .remove(&o.metadata.name.unwrap_or_default())
+                .is_some(),
+            watcher::Event::Init => {
+                self.relist = Some(BTreeMap::new());
+                false
+            }
+            watcher::Event::InitApply(o) => {
+                upsert(self.relist.get_or_insert_with(BTreeMap::new), o);
+                false
+            }
+            watcher::Event::InitDone => {
+                let relisted = self.relist.take().unwrap_or_default();
+                let changed = relisted != self.current || !self.synced;
+                self.current = relisted;
+                self.synced = true;
+                changed
+            }
+        }
+    }
 }
 
 impl ClusterState {
@@ -82,36 +129,25 @@ impl ClusterState {
 
     /// Applies one node (metadata) watch event; true when a node appeared, went, or changed labels.
     pub fn apply_node(&mut self, event: watcher::Event<PartialObjectMeta<Node>>) -> bool {
-        match event {
-            watcher::Event::Apply(node) => upsert_node(&mut self.nodes, &node),
-            watcher::Event::Delete(node) => self.nodes.remove(&node.name_any()).is_some(),
-            watcher::Event::Init => {
-                self.nodes_relist = Some(BTreeMap::new());
-                false
-            }
-            watcher::Event::InitApply(node) => {
-                upsert_node(self.nodes_relist.get_or_insert_with(BTreeMap::new), &node);
-                false
-            }
-            watcher::Event::InitDone => {
-                let relisted = self.nodes_relist.take().unwrap_or_default();
-                let changed = relisted != self.nodes || !self.nodes_synced;
-                self.nodes = relisted;
-                self.nodes_synced = true;
-                changed
-            }
-        }
+        self.nodes.apply(event)
+    }
+
+    /// Applies one namespace (metadata) watch event; true when a namespace appeared, went,
+    /// or changed labels.
+    pub fn apply_namespace(&mut self, event: watcher::Event<PartialObjectMeta<Namespace>>) -> bool {
+        self.namespaces.apply(event)
     }
 
     pub fn synced(&self) -> bool {
-        self.pods_synced && self.nodes_synced
+        self.pods_synced && self.nodes.synced && self.namespaces.synced
     }
 
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             synced: self.synced(),
             pods: self.pods.values().cloned().collect(),
-            nodes: self.nodes.clone(),
+            nodes: self.nodes.current.clone(),
+            namespaces: self.namespaces.current.clone(),
         }
     }
 }
@@ -124,16 +160,11 @@ fn upsert_pod(pods: &mut BTreeMap<PodKey, PodInfo>, pod: &PodLite) -> bool {
     }
 }
 
-fn upsert_node(nodes: &mut NodeLabels, node: &PartialObjectMeta<Node>) -> bool {
-    let labels = node.metadata.labels.clone().unwrap_or_default();
-    nodes.insert(node.name_any(), labels.clone()).as_ref() != Some(&labels)
-}
-
 /// Field selector of the pod watch: finished pods have given their IPs back.
 pub const POD_FIELD_SELECTOR: &str = "status.phase!=Succeeded,status.phase!=Failed";
 
-/// Runs the pod and node watches until `tx` has no receivers, publishing a snapshot when both
-/// have synced and then at most once per debounce window.
+/// Runs the pod, node and namespace watches until `tx` has no receivers, publishing a
+/// snapshot when all have synced and then at most once per debounce window.
 pub async fn run(
     client: Client,
     quiet: Duration,
@@ -146,23 +177,30 @@ pub async fn run(
     let pods = watcher(Api::<PodLite>::all(client.clone()), pod_config).default_backoff();
     // `Api<PartialObjectMeta<_>>` makes metadata-only requests.
     let nodes = watcher(
-        Api::<PartialObjectMeta<Node>>::all(client),
+        Api::<PartialObjectMeta<Node>>::all(client.clone()),
         watcher::Config::default(),
     )
     .default_backoff();
-    follow(pods, nodes, quiet, tx, metrics).await;
+    let namespaces = watcher(
+        Api::<PartialObjectMeta<Namespace>>::all(client),
+        watcher::Config::default(),
+    )
+    .default_backoff();
+    follow(pods, nodes, namespaces, quiet, tx, metrics).await;
 }
 
-/// The event loop of [`run`], over any two event streams (tests feed their own).
+/// The event loop of [`run`], over any three event streams (tests feed their own).
 pub async fn follow(
     pods: impl Stream<Item = Result<watcher::Event<PodLite>, watcher::Error>>,
     nodes: impl Stream<Item = Result<watcher::Event<PartialObjectMeta<Node>>, watcher::Error>>,
+    namespaces: impl Stream<Item = Result<watcher::Event<PartialObjectMeta<Namespace>>, watcher::Error>>,
     quiet: Duration,
     tx: watch::Sender<Arc<Snapshot>>,
     metrics: Arc<Metrics>,
 ) {
     let mut pods = std::pin::pin!(pods);
     let mut nodes = std::pin::pin!(nodes);
+    let mut namespaces = std::pin::pin!(namespaces);
     let mut state = ClusterState::default();
     let mut debouncer = Debouncer::new(quiet, quiet * 5);
     let mut announced = false;
@@ -195,6 +233,18 @@ pub async fn follow(
                 Some(Err(error)) => {
                     metrics.watch_error("nodes");
                     warn!(%error, "node watch failed; retrying");
+                }
+                None => return,
+            },
+            ev = namespaces.next() => match ev {
+                Some(Ok(ev)) => {
+                    if state.apply_namespace(ev) {
+                        debouncer.changed(tokio::time::Instant::now());
+                    }
+                }
+                Some(Err(error)) => {
+                    metrics.watch_error("namespaces");
+                    warn!(%error, "namespace watch failed; retrying");
                 }
                 None => return,
             },

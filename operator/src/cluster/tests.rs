@@ -3,7 +3,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::channel::mpsc;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Namespace, Node};
 use kube::api::ObjectMeta;
 use kube::core::PartialObjectMeta;
 use kube::runtime::watcher::{self, Event};
@@ -13,6 +13,8 @@ use super::*;
 
 type PodEvents = mpsc::UnboundedSender<Result<Event<PodLite>, watcher::Error>>;
 type NodeEvents = mpsc::UnboundedSender<Result<Event<PartialObjectMeta<Node>>, watcher::Error>>;
+type NamespaceEvents =
+    mpsc::UnboundedSender<Result<Event<PartialObjectMeta<Namespace>>, watcher::Error>>;
 
 fn pod(name: &str, node: &str, ip: &str, annotations: &[(&str, &str)]) -> PodLite {
     PodLite {
@@ -63,6 +65,8 @@ fn state_keeps_only_annotated_pods_and_reports_real_changes() {
     assert!(s.apply_pod(Event::InitDone), "first listing is a change");
     assert!(!s.synced(), "nodes not listed yet");
     assert!(s.apply_node(Event::InitDone));
+    assert!(!s.synced(), "namespaces not listed yet");
+    assert!(s.apply_namespace(Event::InitDone));
     assert!(s.synced());
     assert_eq!(s.snapshot().pods.len(), 1);
 
@@ -98,6 +102,7 @@ fn state_keeps_only_annotated_pods_and_reports_real_changes() {
 struct Harness {
     pods: PodEvents,
     nodes: NodeEvents,
+    namespaces: NamespaceEvents,
     rx: watch::Receiver<Arc<Snapshot>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -105,12 +110,14 @@ struct Harness {
 fn start(quiet: Duration) -> Harness {
     let (pods, pod_rx) = mpsc::unbounded();
     let (nodes, node_rx) = mpsc::unbounded();
+    let (namespaces, ns_rx) = mpsc::unbounded();
     let (tx, rx) = watch::channel(Arc::new(Snapshot::default()));
     let metrics = Arc::new(Metrics::default());
-    let task = tokio::spawn(follow(pod_rx, node_rx, quiet, tx, metrics));
+    let task = tokio::spawn(follow(pod_rx, node_rx, ns_rx, quiet, tx, metrics));
     Harness {
         pods,
         nodes,
+        namespaces,
         rx,
         task,
     }
@@ -123,7 +130,7 @@ async fn settle() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn nothing_is_published_before_both_watches_sync() {
+async fn nothing_is_published_before_every_watch_syncs() {
     let mut h = start(Duration::from_secs(2));
     h.pods.unbounded_send(Ok(Event::Init)).expect("send");
     h.pods
@@ -140,11 +147,33 @@ async fn nothing_is_published_before_both_watches_sync() {
     h.nodes.unbounded_send(Ok(Event::Init)).expect("send");
     h.nodes.unbounded_send(Ok(Event::InitDone)).expect("send");
     settle().await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(
+        !h.rx.has_changed().expect("open"),
+        "published before the namespace watch synced"
+    );
+    let ns = PartialObjectMeta::<Namespace> {
+        metadata: ObjectMeta {
+            name: Some("apps".into()),
+            labels: Some([("team".to_string(), "a".to_string())].into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    h.namespaces.unbounded_send(Ok(Event::Init)).expect("send");
+    h.namespaces
+        .unbounded_send(Ok(Event::InitApply(ns)))
+        .expect("send");
+    h.namespaces
+        .unbounded_send(Ok(Event::InitDone))
+        .expect("send");
+    settle().await;
     tokio::time::sleep(Duration::from_millis(2100)).await;
     assert!(h.rx.has_changed().expect("open"));
     let snap = h.rx.borrow_and_update().clone();
     assert!(snap.synced);
     assert_eq!(snap.pods.len(), 1);
+    assert_eq!(snap.namespaces["apps"]["team"], "a");
     h.task.abort();
 }
 
@@ -155,6 +184,9 @@ async fn a_burst_of_churn_is_published_once() {
     h.pods.unbounded_send(Ok(Event::InitDone)).expect("send");
     h.nodes.unbounded_send(Ok(Event::Init)).expect("send");
     h.nodes.unbounded_send(Ok(Event::InitDone)).expect("send");
+    h.namespaces
+        .unbounded_send(Ok(Event::InitDone))
+        .expect("send");
     settle().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(h.rx.has_changed().expect("open"));
@@ -192,6 +224,9 @@ async fn steady_churn_still_publishes_within_the_ceiling() {
     let mut h = start(Duration::from_secs(2));
     h.pods.unbounded_send(Ok(Event::InitDone)).expect("send");
     h.nodes.unbounded_send(Ok(Event::InitDone)).expect("send");
+    h.namespaces
+        .unbounded_send(Ok(Event::InitDone))
+        .expect("send");
     settle().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     h.rx.borrow_and_update();

@@ -44,8 +44,7 @@ use crate::render::{render, PodProblem};
 use crate::resource::DotProxyConfig;
 use crate::{FIELD_MANAGER, MANAGED_BY_LABEL};
 
-/// Event reason on pods whose annotation values were ignored.
-pub const INVALID_ANNOTATION: &str = "InvalidAnnotation";
+pub use crate::render::{ANNOTATION_NOT_GRANTED, INVALID_ANNOTATION};
 /// Periodic re-check even without any trigger (undoes drift a missed watch event hid).
 const RESYNC: Duration = Duration::from_secs(300);
 /// Retry delay after a failed API call, and while waiting for the pod view to sync.
@@ -136,7 +135,13 @@ async fn reconcile_inner(
         return Ok((ReconcileResult::Applied, Action::await_change()));
     }
     let snapshot = ctx.cluster.borrow().clone();
-    let rendered = match render(&name, &dpc.spec, &snapshot.pods, &snapshot.nodes) {
+    let rendered = match render(
+        &name,
+        &dpc.spec,
+        &snapshot.pods,
+        &snapshot.nodes,
+        &snapshot.namespaces,
+    ) {
         Ok(r) => r,
         Err(invalid) => {
             info!(namespace = %ns, name = %name, reason = invalid.reason(), error = %invalid, "resource is invalid; ConfigMaps left as they were");
@@ -204,20 +209,24 @@ async fn reconcile_inner(
     }
 
     report_problems(dpc, ctx, &ns, &rendered.problems, &snapshot).await;
-    let invalid_pods = rendered
-        .problems
-        .iter()
-        .map(|p| p.uid.as_str())
-        .collect::<HashSet<_>>()
-        .len();
-    let invalid_pods = u32::try_from(invalid_pods).unwrap_or(u32::MAX);
+    let pods_with = |reason: &str| {
+        let n = rendered
+            .problems
+            .iter()
+            .filter(|p| p.reason == reason)
+            .map(|p| p.uid.as_str())
+            .collect::<HashSet<_>>()
+            .len();
+        u32::try_from(n).unwrap_or(u32::MAX)
+    };
     write_status(
         dpc,
         ctx,
         &ns,
         Outcome::Applied {
             rendered: &rendered,
-            invalid_pods,
+            invalid_pods: pods_with(INVALID_ANNOTATION),
+            refused_pods: pods_with(ANNOTATION_NOT_GRANTED),
         },
     )
     .await?;
@@ -278,7 +287,7 @@ async fn report_problems(
         }
         let event = Event {
             type_: EventType::Warning,
-            reason: INVALID_ANNOTATION.into(),
+            reason: p.reason.into(),
             note: Some(note),
             action: "RenderOverrides".into(),
             secondary: None,

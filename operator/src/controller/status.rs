@@ -3,7 +3,9 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::render::{Invalid, Rendered};
-use crate::resource::{DotProxyConfigStatus, ANNOTATIONS_IGNORED, INVALID, READY};
+use crate::resource::{
+    DotProxyConfigStatus, ANNOTATIONS_IGNORED, INVALID, OVERRIDES_TRUNCATED, READY,
+};
 
 /// Longest condition message written (the API allows 32 KiB; a status should stay readable).
 const MAX_MESSAGE: usize = 2048;
@@ -11,10 +13,12 @@ const MAX_MESSAGE: usize = 2048;
 /// What one reconcile found.
 #[derive(Clone, Copy, Debug)]
 pub enum Outcome<'a> {
-    /// Rendered and written; `invalid_pods` pods had annotation values ignored.
+    /// Rendered and written; `invalid_pods` pods had annotation values ignored, and
+    /// `refused_pods` pods had annotations their namespace is not granted.
     Applied {
         rendered: &'a Rendered,
         invalid_pods: u32,
+        refused_pods: u32,
     },
     /// Not rendered; the ConfigMaps were left as they were.
     Invalid(&'a Invalid),
@@ -37,6 +41,7 @@ pub fn desired(
         Outcome::Applied {
             rendered,
             invalid_pods,
+            refused_pods,
         } => {
             st.config_map = Some(rendered.config.name.clone());
             st.config_hash = Some(rendered.config.hash.clone());
@@ -44,7 +49,10 @@ pub fn desired(
             st.overrides_hash = Some(rendered.overrides_hash.clone());
             st.pod_overrides = u32::try_from(rendered.stats.pods_applied).unwrap_or(u32::MAX);
             st.pods_with_invalid_annotations = invalid_pods;
+            st.pods_with_refused_annotations = refused_pods;
             st.largest_shard_bytes = rendered.stats.largest_shard_bytes as u64;
+            st.overrides_truncated =
+                u32::try_from(rendered.stats.overrides_truncated).unwrap_or(u32::MAX);
             (
                 (
                     "True",
@@ -89,6 +97,14 @@ pub fn desired(
             .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone())),
     }
     .unwrap_or_else(|| ("False".into(), "None".into(), String::new()));
+    let truncated = match outcome {
+        Outcome::Applied { rendered, .. } => Some(truncated_condition(rendered)),
+        Outcome::Invalid(_) | Outcome::WriteFailed(_) => old_conditions
+            .iter()
+            .find(|c| c.type_ == OVERRIDES_TRUNCATED)
+            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone())),
+    }
+    .unwrap_or_else(|| ("False".into(), "AllFit".into(), String::new()));
     st.conditions = vec![
         condition(&old_conditions, READY, ready, generation, now),
         condition(&old_conditions, INVALID, invalid, generation, now),
@@ -96,6 +112,13 @@ pub fn desired(
             &old_conditions,
             ANNOTATIONS_IGNORED,
             (&ignored.0, &ignored.1, ignored.2.clone()),
+            generation,
+            now,
+        ),
+        condition(
+            &old_conditions,
+            OVERRIDES_TRUNCATED,
+            (&truncated.0, &truncated.1, truncated.2.clone()),
             generation,
             now,
         ),
@@ -114,6 +137,35 @@ fn ignored_condition(r: &Rendered) -> (String, String, String) {
                 "{n} pod(s) have dns.dot-proxy.io rate-limit annotations, but spec.rateLimit.enabled is false, so they have no effect; set it to true to apply them (each such pod has a Warning Event)"
             ),
         ),
+    }
+}
+
+/// `OverridesTruncated`: True while some pods' overrides do not fit their shard.
+fn truncated_condition(r: &Rendered) -> (String, String, String) {
+    const NAMED: usize = 5;
+    match r.truncated.len() {
+        0 => ("False".into(), "AllFit".into(), String::new()),
+        n => {
+            let mut named = r
+                .truncated
+                .iter()
+                .take(NAMED)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ");
+            if n > NAMED {
+                named.push_str(", ...");
+            }
+            (
+                "True".into(),
+                "ShardFull".into(),
+                format!(
+                    "the overrides of {n} pod(s) were left out because their shard would pass {} bytes even with {} shards ({named}); the main ConfigMap and every other entry are written. Raise spec.target.maxOverrideShards (and the chart's operator.maxOverrideShards, which mounts them), or remove annotated pods",
+                    crate::render::MAX_SHARD_BYTES,
+                    r.shards.len()
+                ),
+            )
+        }
     }
 }
 
@@ -170,7 +222,14 @@ mod tests {
         let d: crate::resource::DotProxyConfig =
             serde_saphyr::from_str(include_str!("../../examples/dotproxyconfig.yaml"))
                 .expect("example");
-        render("default", &d.spec, &[], &Default::default()).expect("renders")
+        render(
+            "default",
+            &d.spec,
+            &[],
+            &Default::default(),
+            &Default::default(),
+        )
+        .expect("renders")
     }
 
     #[test]
@@ -182,6 +241,7 @@ mod tests {
             Outcome::Applied {
                 rendered: &r,
                 invalid_pods: 0,
+                refused_pods: 0,
             },
             &at(100),
         );
@@ -206,6 +266,7 @@ mod tests {
             Outcome::Applied {
                 rendered: &r,
                 invalid_pods: 0,
+                refused_pods: 0,
             },
             &at(200),
         );
@@ -233,6 +294,7 @@ mod tests {
             Outcome::Applied {
                 rendered: &r,
                 invalid_pods: 2,
+                refused_pods: 0,
             },
             &at(400),
         );
@@ -251,6 +313,7 @@ mod tests {
                 Outcome::Applied {
                     rendered: r,
                     invalid_pods: 0,
+                    refused_pods: 0,
                 },
                 &at(t),
             )

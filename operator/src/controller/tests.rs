@@ -180,6 +180,7 @@ fn snapshot(pods: Vec<PodInfo>) -> Arc<Snapshot> {
         synced: true,
         pods,
         nodes: NodeLabels::new(),
+        namespaces: Default::default(),
     })
 }
 
@@ -601,4 +602,170 @@ async fn a_failed_write_is_an_error_for_retry() {
         metrics.contains("dot_proxy_operator_reconcile_errors_total 1"),
         "{metrics}"
     );
+}
+
+/// Issue 27, part 3: enough annotated pods to overflow every shard must not freeze the
+/// operator: the main ConfigMap is still written.
+#[tokio::test]
+async fn a_shard_overflow_still_writes_the_main_config_map() {
+    let pods: Vec<PodInfo> = (0..12_000u32)
+        .map(|i| {
+            let ip = format!("10.200.{}.{}", i / 250, i % 250);
+            pod(
+                &format!("p{i:05}"),
+                &format!("node-{}", i % 100),
+                &ip,
+                &[
+                    (QPS, "10"),
+                    ("dns.dot-proxy.io/burst", "20"),
+                    ("dns.dot-proxy.io/upstream-group", "cloudflare"),
+                ],
+            )
+        })
+        .collect();
+    let Setup { mut api, ctx, .. } = setup(snapshot(pods));
+    let one = |d: &mut DotProxyConfig| {
+        d.spec.target.override_shards = 1;
+        d.spec.target.max_override_shards = None;
+    };
+    let (action, sent) = api
+        .serve_while(reconcile(api.resource(1, one), ctx.clone()))
+        .await;
+    action.expect("reconciled");
+    assert_eq!(
+        lines(&sent),
+        [
+            LIST.to_string(),
+            cm_patch("dot-proxy-config"),
+            cm_patch("dot-proxy-config-overrides-0"),
+            STATUS.to_string()
+        ]
+    );
+    let status = api.status.clone().expect("status");
+    let cut = status["overridesTruncated"].as_u64().expect("count");
+    assert!(cut > 0, "{status}");
+    assert_eq!(status["podOverrides"].as_u64(), Some(12_000 - cut));
+    let ready = condition(&status, "Ready");
+    assert_eq!(
+        (&ready["status"], &ready["reason"]),
+        (&json!("True"), &json!("Rendered"))
+    );
+    let t = condition(&status, "OverridesTruncated");
+    assert_eq!(
+        (&t["status"], &t["reason"]),
+        (&json!("True"), &json!("ShardFull"))
+    );
+    let msg = t["message"].as_str().expect("message");
+    assert!(
+        msg.starts_with(&format!("the overrides of {cut} pod(s)")),
+        "{msg}"
+    );
+    assert!(msg.contains("maxOverrideShards"), "{msg}");
+    assert_eq!(condition(&status, "Invalid")["status"], "False");
+
+    // Room to grow: the shard count doubles, config.yaml names it, nothing is left out.
+    let grow = |d: &mut DotProxyConfig| {
+        d.spec.target.override_shards = 1;
+        d.spec.target.max_override_shards = Some(4);
+    };
+    let (_, sent) = api
+        .serve_while(reconcile(api.resource(2, grow), ctx.clone()))
+        .await;
+    assert_eq!(
+        lines(&sent),
+        [
+            LIST.to_string(),
+            cm_patch("dot-proxy-config"),
+            cm_patch("dot-proxy-config-overrides-0"),
+            cm_patch("dot-proxy-config-overrides-1"),
+            STATUS.to_string()
+        ]
+    );
+    let cfg = Config::from_yaml(
+        sent[1].body["data"]["config.yaml"]
+            .as_str()
+            .expect("config"),
+    )
+    .expect("parses");
+    assert_eq!(cfg.overrides.shards, Some(2));
+    let status = api.status.clone().expect("status");
+    assert_eq!(status["overridesTruncated"], 0);
+    assert_eq!(status["podOverrides"], 12_000);
+    assert_eq!(condition(&status, "OverridesTruncated")["status"], "False");
+}
+
+/// Issue 27, part 2: a namespace not granted exemption stays limited: the shard has no
+/// exemption for the pod, and the pod gets a Warning Event.
+#[tokio::test]
+async fn an_ungranted_exemption_stays_limited_and_is_reported() {
+    let sneaky = pod(
+        "sneaky",
+        "node-a",
+        "10.244.1.10",
+        &[("dns.dot-proxy.io/rate-limit-exempt", "true")],
+    );
+    let Setup { mut api, ctx, view } = setup(snapshot(vec![sneaky.clone()]));
+    let (action, sent) = api
+        .serve_while(reconcile(api.resource(1, |_| {}), ctx.clone()))
+        .await;
+    action.expect("reconciled");
+    for (name, cm) in &api.config_maps {
+        if let Some(text) = cm["data"][format!("shard-{}.yaml", shard_of("node-a", 2))].as_str() {
+            let file = crate::render::parse_shard(text).expect("parses");
+            assert!(
+                file.get("node-a")
+                    .is_none_or(|o| o.rate_limits.iter().all(|r| !r.exempt)),
+                "{name}: {text}"
+            );
+        }
+    }
+    let events: Vec<&Sent> = sent.iter().filter(|s| s.line == EVENT).collect();
+    assert_eq!(events.len(), 1, "{:?}", lines(&sent));
+    let ev = &events[0].body;
+    assert_eq!(ev["type"], "Warning");
+    assert_eq!(ev["regarding"]["name"], "sneaky");
+    assert_eq!(ev["reason"], "AnnotationNotGranted");
+    let note = ev["note"].as_str().expect("note");
+    assert!(
+        note.contains("dns.dot-proxy.io/rate-limit-exempt") && note.contains("not granted"),
+        "{note}"
+    );
+    // The status counts the pod; its refused annotation is not an invalid one.
+    let status = api.status.clone().expect("status");
+    assert_eq!(status["podsWithRefusedAnnotations"], 1, "{status}");
+    assert_eq!(status["podsWithInvalidAnnotations"], 0, "{status}");
+    assert_eq!(status["podOverrides"], 0, "nothing it asked for is applied");
+
+    // Granted by a namespace label (the namespace watch's view): exempt, no new Event.
+    let granted = |d: &mut DotProxyConfig| {
+        d.spec
+            .annotation_grants
+            .rate_limit_exempt
+            .namespace_selector = Some(
+            serde_json::from_value(json!({"matchLabels": {"dns.dot-proxy.io/exempt": "yes"}}))
+                .expect("selector"),
+        );
+    };
+    view.send_replace(Arc::new(Snapshot {
+        namespaces: [(
+            "apps".to_string(),
+            [("dns.dot-proxy.io/exempt".to_string(), "yes".to_string())].into(),
+        )]
+        .into(),
+        ..(*snapshot(vec![sneaky])).clone()
+    }));
+    let (_, sent) = api
+        .serve_while(reconcile(api.resource(2, granted), ctx.clone()))
+        .await;
+    assert!(sent.iter().all(|s| s.line != EVENT), "{:?}", lines(&sent));
+    let shard = format!("dot-proxy-config-overrides-{}", shard_of("node-a", 2));
+    let text = api.config_maps[&shard]["data"][format!("shard-{}.yaml", shard_of("node-a", 2))]
+        .as_str()
+        .expect("shard")
+        .to_string();
+    let file = crate::render::parse_shard(&text).expect("parses");
+    assert!(file["node-a"].rate_limits[0].exempt, "{text}");
+    let status = api.status.clone().expect("status");
+    assert_eq!(status["podsWithRefusedAnnotations"], 0, "{status}");
+    assert_eq!(status["podOverrides"], 1, "{status}");
 }

@@ -7,8 +7,12 @@
 //! | `dns.dot-proxy.io/rate-limit-exempt` | `true` or `false` |
 //! | `dns.dot-proxy.io/upstream-group` | the name of one of the resource's `upstreamGroups` |
 //!
+//! Exemption, a rate above the default and a group are privileges the resource grants per
+//! namespace (`grants`).
+//!
 //! An invalid value is ignored on its own (the pod's other annotations still apply) and
-//! reported, so the controller can put a Warning Event on the pod.
+//! reported, so the controller can put a Warning Event on the pod. Which namespaces may use
+//! a valid value is the next step (`grants`).
 
 use std::collections::BTreeMap;
 
@@ -44,6 +48,8 @@ pub struct AnnotationProblem {
     pub key: String,
     pub value: String,
     pub reason: String,
+    /// Valid, but the pod's namespace is not granted it (see `grants`); else invalid.
+    pub not_granted: bool,
 }
 
 impl std::fmt::Display for AnnotationProblem {
@@ -92,14 +98,12 @@ pub fn parse(
                 key: key.clone(),
                 value: raw.clone(),
                 reason,
+                not_granted: false,
             });
         }
     }
-    if req.exempt {
-        // Exempt clients have no limit at all; their qps and burst would be dead values.
-        req.qps = None;
-        req.burst = None;
-    }
+    // A qps or burst beside an exemption is kept here: it applies if the exemption is not
+    // granted (`Grants::enforce` drops it when the exemption stands).
     (req, problems)
 }
 
@@ -167,6 +171,7 @@ mod tests {
             r,
             PodRequest {
                 exempt: true,
+                qps: Some(5.0),
                 ..Default::default()
             }
         );

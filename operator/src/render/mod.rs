@@ -5,6 +5,7 @@
 
 pub mod annotations;
 mod config;
+pub mod grants;
 pub mod shards;
 
 use std::collections::{BTreeMap, HashSet};
@@ -17,9 +18,12 @@ use sha2::{Digest, Sha256};
 
 pub use annotations::{AnnotationProblem, PodRequest};
 pub use config::{proxy_config, spec_path};
-pub use shards::{fnv1a64, shard_key, shard_name, shard_of, MAX_SHARD_BYTES};
+pub use grants::{Grant, Grants};
+pub use shards::{
+    fnv1a64, shard_key, shard_name, shard_of, PodEntries, MAX_OVERRIDE_SHARDS, MAX_SHARD_BYTES,
+};
 
-use crate::cluster::{NodeLabels, PodInfo};
+use crate::cluster::{NamespaceLabels, NodeLabels, PodInfo};
 use crate::resource::{Checked, DotProxyConfigSpec};
 use crate::CONFIG_KEY;
 
@@ -48,6 +52,11 @@ impl ConfigMapContent {
 /// The Warning Event on a pod with rate-limit annotations while rate limiting is off.
 pub const RATE_LIMIT_DISABLED_MESSAGE: &str = "rate-limit annotations have no effect: spec.rateLimit.enabled is false in the DotProxyConfig (the chart's default; set config.rateLimit.enabled: true)";
 
+/// Event reason on pods whose annotation values were ignored (invalid, or of no effect).
+pub const INVALID_ANNOTATION: &str = "InvalidAnnotation";
+/// Event reason on pods whose annotations their namespace is not granted.
+pub const ANNOTATION_NOT_GRANTED: &str = "AnnotationNotGranted";
+
 /// A pod whose annotations were (partly) ignored, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodProblem {
@@ -55,6 +64,8 @@ pub struct PodProblem {
     pub name: String,
     pub uid: String,
     pub message: String,
+    /// The Event reason: [`INVALID_ANNOTATION`] or [`ANNOTATION_NOT_GRANTED`].
+    pub reason: &'static str,
 }
 
 /// Figures about one render, for status, metrics and the scale test.
@@ -76,6 +87,8 @@ pub struct RenderStats {
     pub nodes: usize,
     pub largest_shard_bytes: usize,
     pub total_shard_bytes: usize,
+    /// Pods left out because their shard was full at the largest shard count.
+    pub overrides_truncated: usize,
 }
 
 /// Everything one resource renders to.
@@ -88,6 +101,8 @@ pub struct Rendered {
     /// SHA-256 (hex) over the shard hashes in order.
     pub overrides_hash: String,
     pub problems: Vec<PodProblem>,
+    /// `namespace/name` of the pods left out of a full shard, in name order.
+    pub truncated: Vec<String>,
     pub stats: RenderStats,
 }
 
@@ -98,7 +113,8 @@ pub enum Invalid {
     /// The spec itself is wrong; each message names its field.
     #[error("{}", .0.join("; "))]
     Spec(Vec<String>),
-    /// The overrides do not fit in the shards.
+    /// A shard could not be serialized (never for its size: overrides that do not fit are
+    /// left out instead, see [`shards::layout`]).
     #[error("{0}")]
     OverridesTooLarge(String),
 }
@@ -117,11 +133,13 @@ impl Invalid {
 pub const MAX_NAME_LEN: usize = 63;
 
 /// Renders one resource. `pods` need not be sorted; the output does not depend on their order.
+/// `nodes` are for `target.nodeSelector`, `namespaces` for the grants' namespace selectors.
 pub fn render<'a>(
     name: &str,
     spec: &DotProxyConfigSpec,
     pods: impl IntoIterator<Item = &'a PodInfo>,
     nodes: &NodeLabels,
+    namespaces: &NamespaceLabels,
 ) -> Result<Rendered, Invalid> {
     let mut errs = Vec::new();
     if name.len() > MAX_NAME_LEN {
@@ -134,21 +152,17 @@ pub fn render<'a>(
             None
         }
     };
-    let (Some(proxy), true) = (proxy, errs.is_empty()) else {
+    let grants = match Grants::from_spec(spec) {
+        Ok(g) => Some(g),
+        Err(e) => {
+            errs.extend(e);
+            None
+        }
+    };
+    let (Some(mut proxy), Some(grants), true) = (proxy, grants, errs.is_empty()) else {
         return Err(Invalid::Spec(errs));
     };
     let cm_name = spec.target.config_map_name.clone();
-    let yaml = proxy
-        .to_yaml()
-        .map_err(|e| Invalid::Spec(vec![format!("spec: {e}")]))?;
-    let config = ConfigMapContent::new(cm_name.clone(), CONFIG_KEY.into(), yaml);
-    if config.data.len() > MAX_SHARD_BYTES {
-        return Err(Invalid::Spec(vec![format!(
-            "spec: config.yaml would be {} bytes, over the {MAX_SHARD_BYTES}-byte limit",
-            config.data.len()
-        )]));
-    }
-
     let group_usable = |g: &str| {
         match spec.upstream_groups.iter().find(|x| x.name == g) {
         None => Err("no upstream group of that name in this DotProxyConfig".to_string()),
@@ -167,8 +181,7 @@ pub fn render<'a>(
         Some(_) => Ok(()),
     }
     };
-    let shard_count = spec.target.override_shards.max(1);
-    let mut per_shard: Vec<OverridesFile> = vec![BTreeMap::new(); shard_count as usize];
+    let mut entries: Vec<PodEntries> = Vec::new();
     let mut stats = RenderStats::default();
     let mut problems = Vec::new();
     let mut seen_ips: HashSet<IpAddr> = HashSet::new();
@@ -185,9 +198,18 @@ pub fn render<'a>(
             stats.pods_not_selected += 1;
             continue;
         }
-        let (req, found) = annotations::parse(&pod.annotations, group_usable);
+        let (mut req, mut found) = annotations::parse(&pod.annotations, group_usable);
+        found.extend(grants.enforce(&mut req, &pod.namespace, namespaces.get(&pod.namespace)));
         for p in found {
-            problems.push(problem(pod, p.to_string()));
+            let reason = if p.not_granted {
+                ANNOTATION_NOT_GRANTED
+            } else {
+                INVALID_ANNOTATION
+            };
+            problems.push(PodProblem {
+                reason,
+                ..problem(pod, p.to_string())
+            });
         }
         if pod.host_network {
             problems.push(problem(
@@ -208,76 +230,87 @@ pub fn render<'a>(
         if !req.has_rate_limit() && req.group.is_none() {
             continue;
         }
-        let shard = shard_of(node, shard_count) as usize;
-        let Some(file) = per_shard.get_mut(shard) else {
-            continue;
+        let mut e = PodEntries {
+            namespace: pod.namespace.clone(),
+            name: pod.name.clone(),
+            node: node.to_string(),
+            rate_limits: Vec::new(),
+            client_groups: Vec::new(),
         };
-        let entry = file.entry(node.to_string()).or_default();
-        let mut applied = false;
         for ip in &pod.ips {
             // An address already claimed by a pod earlier in name order (a stale pod not yet
             // gone): first one wins, so the output is deterministic.
             if !seen_ips.insert(*ip) {
                 continue;
             }
-            applied = true;
             let cidr = host_cidr(*ip);
             if req.has_rate_limit() {
-                entry.rate_limits.push(RateLimitOverride {
+                e.rate_limits.push(RateLimitOverride {
                     cidr,
                     qps: req.qps,
                     burst: req.burst,
                     exempt: req.exempt,
                 });
-                stats.entries += 1;
             }
             if let Some(group) = &req.group {
-                entry.client_groups.push(ClientGroup {
+                e.client_groups.push(ClientGroup {
                     cidr,
                     group: group.clone(),
                 });
-                stats.entries += 1;
             }
         }
-        if applied {
-            stats.pods_applied += 1;
+        if !e.is_empty() {
+            entries.push(e);
         }
     }
 
-    let mut shards = Vec::with_capacity(per_shard.len());
-    let mut too_large = Vec::new();
-    for (i, mut file) in per_shard.into_iter().enumerate() {
-        file.retain(|_, o| !o.rate_limits.is_empty() || !o.client_groups.is_empty());
-        for o in file.values_mut() {
-            sort_by_ip(&mut o.rate_limits, |r| r.cidr);
-            sort_by_ip(&mut o.client_groups, |c| c.cidr);
+    // Overrides never make the render fail: the shard count grows up to what the proxies
+    // mount, and what still does not fit is left out and counted.
+    let base = spec.target.override_shards.max(1);
+    let max = spec
+        .target
+        .max_override_shards
+        .unwrap_or(base)
+        .clamp(base, MAX_OVERRIDE_SHARDS);
+    let layout =
+        shards::layout(&entries, base, max, MAX_SHARD_BYTES).map_err(Invalid::OverridesTooLarge)?;
+    let mut left_out = layout.left_out.iter().peekable();
+    let mut truncated = Vec::new();
+    for (k, e) in entries.iter().enumerate() {
+        if left_out.next_if_eq(&&k).is_some() {
+            truncated.push(format!("{}/{}", e.namespace, e.name));
+            continue;
         }
-        stats.nodes += file.len();
-        let data = serde_saphyr::to_string(&file)
-            .map_err(|e| Invalid::OverridesTooLarge(format!("cannot serialize shard {i}: {e}")))?;
-        // `i` is below `shard_count`, a u32.
+        stats.pods_applied += 1;
+        stats.entries += e.len();
+    }
+    stats.overrides_truncated = truncated.len();
+    stats.nodes = layout.nodes.iter().sum();
+
+    // The proxies find their node's shard with the count actually used.
+    proxy.overrides.shards = Some(layout.count);
+    let yaml = proxy
+        .to_yaml()
+        .map_err(|e| Invalid::Spec(vec![format!("spec: {e}")]))?;
+    let config = ConfigMapContent::new(cm_name.clone(), CONFIG_KEY.into(), yaml);
+    if config.data.len() > MAX_SHARD_BYTES {
+        return Err(Invalid::Spec(vec![format!(
+            "spec: config.yaml would be {} bytes, over the {MAX_SHARD_BYTES}-byte limit",
+            config.data.len()
+        )]));
+    }
+
+    let mut shards = Vec::with_capacity(layout.files.len());
+    for (i, data) in layout.files.into_iter().enumerate() {
+        // `i` is below the shard count, a u32.
         let idx = i as u32;
         stats.largest_shard_bytes = stats.largest_shard_bytes.max(data.len());
         stats.total_shard_bytes += data.len();
-        if data.len() > MAX_SHARD_BYTES {
-            too_large.push(format!(
-                "shard {i} ({}, {} nodes) would be {} bytes",
-                shard_name(&cm_name, idx),
-                file.len(),
-                data.len()
-            ));
-        }
         shards.push(ConfigMapContent::new(
             shard_name(&cm_name, idx),
             shard_key(idx),
             data,
         ));
-    }
-    if !too_large.is_empty() {
-        return Err(Invalid::OverridesTooLarge(format!(
-            "pod overrides do not fit: {}; the limit is {MAX_SHARD_BYTES} bytes per shard, so raise spec.target.overrideShards (and the chart's shard count with it)",
-            too_large.join(", ")
-        )));
     }
     let mut h = Sha256::new();
     for s in &shards {
@@ -289,6 +322,7 @@ pub fn render<'a>(
         shards,
         overrides_hash,
         problems,
+        truncated,
         stats,
     })
 }
@@ -299,6 +333,7 @@ fn problem(pod: &PodInfo, message: String) -> PodProblem {
         name: pod.name.clone(),
         uid: pod.uid.clone(),
         message,
+        reason: INVALID_ANNOTATION,
     }
 }
 
@@ -316,10 +351,6 @@ fn node_selected(
 
 fn host_cidr(ip: IpAddr) -> Cidr {
     Cidr::new(ip, if ip.is_ipv4() { 32 } else { 128 })
-}
-
-fn sort_by_ip<T>(v: &mut [T], cidr: impl Fn(&T) -> Cidr) {
-    v.sort_by_key(cidr);
 }
 
 /// SHA-256 of `data` as lowercase hex.

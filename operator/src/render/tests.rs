@@ -25,10 +25,14 @@ upstreamGroups:
     servers:
       - address: 1.1.1.1
         tlsName: cloudflare-dns.com
+    grantedTo:
+      namespaces: [apps]
   - name: cluster
     servers:
       - address: 10.96.0.10
         protocol: plain
+    grantedTo:
+      namespaces: [apps]
 zones:
   - zone: .
     group: public
@@ -38,6 +42,11 @@ target:
   overrideShards: 4
 rateLimit:
   enabled: true
+annotationGrants:
+  rateLimitExempt:
+    namespaces: [apps]
+  rateAboveDefault:
+    namespaces: [apps]
 ";
 
 fn pod(name: &str, node: &str, ips: &[&str], ann: &[(&str, &str)]) -> PodInfo {
@@ -45,6 +54,10 @@ fn pod(name: &str, node: &str, ips: &[&str], ann: &[(&str, &str)]) -> PodInfo {
 }
 
 fn no_nodes() -> NodeLabels {
+    BTreeMap::new()
+}
+
+fn no_ns() -> NamespaceLabels {
     BTreeMap::new()
 }
 
@@ -63,7 +76,7 @@ fn temp_path(name: &str) -> std::path::PathBuf {
 
 #[test]
 fn minimal_spec_renders_a_config_the_proxy_loads() {
-    let r = render("default", &spec_from(MINIMAL), &[], &no_nodes()).expect("renders");
+    let r = render("default", &spec_from(MINIMAL), &[], &no_nodes(), &no_ns()).expect("renders");
     assert_eq!(r.config.name, "dot-proxy-config");
     assert_eq!(r.config.key, "config.yaml");
     let cfg = Config::from_yaml(&r.config.data).expect("proxy parses it");
@@ -96,7 +109,7 @@ fn minimal_spec_renders_a_config_the_proxy_loads() {
 #[test]
 fn force_tcp_renders_for_plain_servers_and_is_refused_for_tls() {
     let yaml = MINIMAL.replace("protocol: plain", "protocol: plain\n        forceTcp: true");
-    let r = render("default", &spec_from(&yaml), &[], &no_nodes()).expect("renders");
+    let r = render("default", &spec_from(&yaml), &[], &no_nodes(), &no_ns()).expect("renders");
     let cfg = Config::from_yaml(&r.config.data).expect("proxy parses it");
     cfg.validate().expect("proxy validates it");
     assert!(cfg.upstream_groups[1].servers[0].force_tcp);
@@ -105,7 +118,13 @@ fn force_tcp_renders_for_plain_servers_and_is_refused_for_tls() {
         "tlsName: cloudflare-dns.com",
         "tlsName: cloudflare-dns.com\n        forceTcp: true",
     );
-    let msgs = invalid_messages(render("default", &spec_from(&yaml), &[], &no_nodes()));
+    let msgs = invalid_messages(render(
+        "default",
+        &spec_from(&yaml),
+        &[],
+        &no_nodes(),
+        &no_ns(),
+    ));
     assert!(
         msgs.iter()
             .any(|m| m.contains("spec.upstreamGroups[0].servers[0].forceTcp")),
@@ -121,7 +140,7 @@ fn the_example_renders_and_loads() {
         spec.upstream_groups[0].policy,
         Checked::Known(Policy::Fastest)
     );
-    let r = render("default", &spec, &[], &no_nodes()).expect("example renders");
+    let r = render("default", &spec, &[], &no_nodes(), &no_ns()).expect("example renders");
     let path = temp_path("example.yaml");
     std::fs::write(&path, &r.config.data).expect("write");
     let cfg = Config::load(&path).expect("check-config accepts the example");
@@ -195,7 +214,7 @@ fn policy_renders_every_rule_kind() {
         list.display(),
         list.display()
     );
-    let r = render("default", &spec_from(&yaml), &[], &no_nodes()).expect("renders");
+    let r = render("default", &spec_from(&yaml), &[], &no_nodes(), &no_ns()).expect("renders");
     let path = temp_path("policy.yaml");
     std::fs::write(&path, &r.config.data).expect("write");
     let cfg = Config::load(&path).expect("check-config accepts the policy");
@@ -266,7 +285,7 @@ fn policy_renders_every_rule_kind() {
     // missing here still renders (the proxy reports it when it loads the config).
     let mut spec = spec_from(&yaml);
     spec.policy.blocklists[1].file = Some("/etc/dot-proxy/lists/not-here.hosts".into());
-    let r = render("default", &spec, &[], &no_nodes()).expect("renders");
+    let r = render("default", &spec, &[], &no_nodes(), &no_ns()).expect("renders");
     let cfg = Config::from_yaml(&r.config.data).expect("parses");
     assert_eq!(
         cfg.policy.blocklists[1].file.as_deref(),
@@ -274,7 +293,7 @@ fn policy_renders_every_rule_kind() {
     );
 
     // No policy: none in the config either.
-    let r = render("default", &spec_from(MINIMAL), &[], &no_nodes()).expect("renders");
+    let r = render("default", &spec_from(MINIMAL), &[], &no_nodes(), &no_ns()).expect("renders");
     let cfg = Config::from_yaml(&r.config.data).expect("parses");
     assert_eq!(cfg.policy, PolicyConfig::default());
 }
@@ -312,7 +331,7 @@ fn invalid_policy_rules_are_invalid_with_the_rule_named() {
         spec.policy.blocklists[0].action,
         Checked::Unknown("drop".into())
     );
-    let m = invalid_messages(render("default", &spec, &[], &no_nodes()));
+    let m = invalid_messages(render("default", &spec, &[], &no_nodes(), &no_ns()));
     let want = [
         "spec.policy.staticAnswers[2].a[0]: \"10.0.0.256\" is not an IPv4 address (rule \"bad-address.corp.internal\")",
         "spec.policy.staticAnswers[2].aaaa[1]: \"not-v6\" is not an IPv6 address (rule \"bad-address.corp.internal\")",
@@ -332,21 +351,21 @@ fn invalid_policy_rules_are_invalid_with_the_rule_named() {
     fixed.policy.static_answers[2].aaaa = vec!["fd00::1".into()];
     fixed.policy.blocklists[0].action = BlockAction::Nxdomain.into();
     fixed.policy.blocklists[1].file = Some("/etc/dot-proxy/lists/ads.hosts".into());
-    let m = invalid_messages(render("default", &fixed, &[], &no_nodes()));
+    let m = invalid_messages(render("default", &fixed, &[], &no_nodes(), &no_ns()));
     assert_eq!(m, want[4..], "{m:#?}");
 }
 
 #[test]
 fn hash_is_sha256_of_the_data_and_follows_content() {
     let spec = spec_from(MINIMAL);
-    let a = render("default", &spec, &[], &no_nodes()).expect("renders");
+    let a = render("default", &spec, &[], &no_nodes(), &no_ns()).expect("renders");
     assert_eq!(a.config.hash, sha256_hex(a.config.data.as_bytes()));
     assert_eq!(a.config.hash.len(), 64);
-    let b = render("default", &spec, &[], &no_nodes()).expect("renders");
+    let b = render("default", &spec, &[], &no_nodes(), &no_ns()).expect("renders");
     assert_eq!(a, b, "rendering is deterministic");
     let mut changed = spec.clone();
     changed.cache.max_ttl = 600;
-    let c = render("default", &changed, &[], &no_nodes()).expect("renders");
+    let c = render("default", &changed, &[], &no_nodes(), &no_ns()).expect("renders");
     assert_ne!(a.config.hash, c.config.hash);
     assert_eq!(a.overrides_hash, c.overrides_hash, "no pod changed");
     assert_eq!(
@@ -361,7 +380,7 @@ fn bad_addresses_are_invalid_with_the_field_named() {
     spec.upstream_groups[0].servers[0].address = "1.1.1.999:853".into();
     spec.listen = vec!["169.254.20.10".into()];
     spec.node_local.addresses = vec!["not-an-ip".into()];
-    let m = invalid_messages(render("default", &spec, &[], &no_nodes()));
+    let m = invalid_messages(render("default", &spec, &[], &no_nodes(), &no_ns()));
     let joined = m.join("\n");
     assert!(
         joined.contains(
@@ -389,7 +408,7 @@ fn unknown_enum_values_are_invalid() {
         spec.upstream_groups[0].policy,
         Checked::Unknown("random".into())
     );
-    let m = invalid_messages(render("default", &spec, &[], &no_nodes()));
+    let m = invalid_messages(render("default", &spec, &[], &no_nodes(), &no_ns()));
     assert_eq!(
         m,
         ["spec.upstreamGroups[0].policy: \"random\" is not a valid value (expected failover, round_robin, fastest, race)"]
@@ -397,7 +416,7 @@ fn unknown_enum_values_are_invalid() {
     let mut spec = spec_from(MINIMAL);
     spec.rate_limit.action = Checked::Unknown("tarpit".into());
     spec.upstream_groups[0].timeout = Checked::Unknown("2 sec".into());
-    let m = invalid_messages(render("default", &spec, &[], &no_nodes()));
+    let m = invalid_messages(render("default", &spec, &[], &no_nodes(), &no_ns()));
     assert_eq!(m.len(), 2, "{m:?}");
 }
 
@@ -410,7 +429,7 @@ fn pins_must_be_base64_sha256() {
         "not base64!".into(),
         "AAAAAAAAAAAAAAAAAAAAAA==".into(),
     ];
-    let m = invalid_messages(render("default", &spec, &[], &no_nodes()));
+    let m = invalid_messages(render("default", &spec, &[], &no_nodes(), &no_ns()));
     assert_eq!(m.len(), 2, "{m:?}");
     assert!(
         m[0].starts_with("spec.upstreamGroups[0].servers[0].spkiPins[1]: not valid base64"),
@@ -421,14 +440,14 @@ fn pins_must_be_base64_sha256() {
         "{m:?}"
     );
     spec.upstream_groups[0].servers[0].spki_pins = vec![good.into()];
-    render("default", &spec, &[], &no_nodes()).expect("a valid pin renders");
+    render("default", &spec, &[], &no_nodes(), &no_ns()).expect("a valid pin renders");
 }
 
 #[test]
 fn plain_dns_for_the_root_zone_needs_the_opt_in() {
     let mut spec = spec_from(MINIMAL);
     spec.zones[0].group = "cluster".into();
-    let m = invalid_messages(render("default", &spec, &[], &no_nodes()));
+    let m = invalid_messages(render("default", &spec, &[], &no_nodes(), &no_ns()));
     assert_eq!(m.len(), 1, "{m:?}");
     assert!(
         m[0].starts_with("spec.zones[0].group: group \"cluster\" has plain-DNS servers"),
@@ -436,7 +455,7 @@ fn plain_dns_for_the_root_zone_needs_the_opt_in() {
     );
     assert!(m[0].contains("spec.allowPlainDefault: true"), "{m:?}");
     spec.allow_plain_default = true;
-    let r = render("default", &spec, &[], &no_nodes()).expect("allowed with the opt-in");
+    let r = render("default", &spec, &[], &no_nodes(), &no_ns()).expect("allowed with the opt-in");
     assert!(
         Config::from_yaml(&r.config.data)
             .expect("parses")
@@ -448,20 +467,26 @@ fn plain_dns_for_the_root_zone_needs_the_opt_in() {
 fn zone_references_and_the_default_route_are_checked() {
     let mut spec = spec_from(MINIMAL);
     spec.zones[1].group = "nowhere".into();
-    let m = invalid_messages(render("default", &spec, &[], &no_nodes()));
+    let m = invalid_messages(render("default", &spec, &[], &no_nodes(), &no_ns()));
     assert_eq!(
         m,
         ["spec.zones[1].group: no upstream group named \"nowhere\""]
     );
     let mut spec = spec_from(MINIMAL);
     spec.zones.remove(0);
-    let m = invalid_messages(render("default", &spec, &[], &no_nodes()));
+    let m = invalid_messages(render("default", &spec, &[], &no_nodes(), &no_ns()));
     assert_eq!(
         m,
         ["spec.zones: a route for \".\" (the default) is required"]
     );
     let long = "x".repeat(64);
-    let m = invalid_messages(render(&long, &spec_from(MINIMAL), &[], &no_nodes()));
+    let m = invalid_messages(render(
+        &long,
+        &spec_from(MINIMAL),
+        &[],
+        &no_nodes(),
+        &no_ns(),
+    ));
     assert!(m[0].starts_with("metadata.name"), "{m:?}");
 }
 
@@ -472,7 +497,7 @@ fn ranges_the_schema_should_catch_are_still_checked() {
     spec.cache.max_ttl = 10;
     spec.rate_limit.ipv6_prefix = 0;
     spec.upstream_groups[0].servers[0].pool_size = 0;
-    let m = invalid_messages(render("default", &spec, &[], &no_nodes()));
+    let m = invalid_messages(render("default", &spec, &[], &no_nodes(), &no_ns()));
     let joined = m.join("\n");
     assert!(
         joined.contains("spec.cache.minTtl: 100 is above spec.cache.maxTtl (10)"),
@@ -512,7 +537,7 @@ fn annotated_pods_become_host_entries_in_their_nodes_shard() {
         ),
         pod("no-op", "node-b", &["10.244.2.9"], &[(EXEMPT, "false")]),
     ];
-    let r = render("default", &spec, &pods, &no_nodes()).expect("renders");
+    let r = render("default", &spec, &pods, &no_nodes(), &no_ns()).expect("renders");
     assert!(r.problems.is_empty(), "{:?}", r.problems);
     assert_eq!(r.stats.annotated_pods, 5);
     assert_eq!(r.stats.pods_applied, 4);
@@ -577,6 +602,15 @@ fn shard_entries_pass_the_proxys_own_checks() {
     // client_groups in its config; fold every shard entry into one and validate it.
     let mut spec = example();
     spec.allow_plain_default = true; // pods sent to the plain cluster group
+                                     // Grant everything to the pods' namespace (apps): this test is about entry shapes.
+    let apps = crate::resource::NamespaceGrant {
+        namespaces: vec!["apps".into()],
+        namespace_selector: None,
+    };
+    spec.annotation_grants.rate_limit_exempt = apps.clone();
+    for g in &mut spec.upstream_groups {
+        g.granted_to = apps.clone();
+    }
     let pods: Vec<PodInfo> = (0..200)
         .map(|i| {
             let ip = format!("10.244.{}.{}", i / 200, i % 200 + 2);
@@ -589,7 +623,7 @@ fn shard_entries_pass_the_proxys_own_checks() {
             pod(&format!("p{i}"), &format!("node-{}", i % 17), &[&ip], ann)
         })
         .collect();
-    let r = render("default", &spec, &pods, &no_nodes()).expect("renders");
+    let r = render("default", &spec, &pods, &no_nodes(), &no_ns()).expect("renders");
     let mut cfg = Config::from_yaml(&r.config.data).expect("parses");
     for s in &r.shards {
         for (_, o) in parse_shard(&s.data).expect("parses") {
@@ -636,7 +670,7 @@ fn invalid_annotations_are_reported_and_never_break_other_pods() {
             &[(GROUP, "cluster"), (QPS, "7")],
         ),
     ];
-    let r = render("default", &spec, &pods, &no_nodes()).expect("still renders");
+    let r = render("default", &spec, &pods, &no_nodes(), &no_ns()).expect("still renders");
     let msgs: Vec<_> = r
         .problems
         .iter()
@@ -692,11 +726,11 @@ fn pod_removal_and_ip_change_update_only_that_shard() {
             )
         })
         .collect();
-    let before = render("default", &spec, &pods, &no_nodes()).expect("renders");
+    let before = render("default", &spec, &pods, &no_nodes(), &no_ns()).expect("renders");
 
     // Pod p3 goes away.
     let gone = pods.remove(3);
-    let after = render("default", &spec, &pods, &no_nodes()).expect("renders");
+    let after = render("default", &spec, &pods, &no_nodes(), &no_ns()).expect("renders");
     let node = gone.node_name.clone().expect("node");
     let shard = shard_of(&node, 4) as usize;
     for i in 0..4 {
@@ -715,7 +749,7 @@ fn pod_removal_and_ip_change_update_only_that_shard() {
     // p5 gets a new IP: the old entry goes, the new one comes.
     pods[4].ips = vec!["10.244.9.9".parse().expect("ip")];
     assert_eq!(pods[4].name, "p5");
-    let moved = render("default", &spec, &pods, &no_nodes()).expect("renders");
+    let moved = render("default", &spec, &pods, &no_nodes(), &no_ns()).expect("renders");
     let e = node_overrides(&moved, "node-5")
         .expect("parses")
         .expect("present");
@@ -728,9 +762,9 @@ fn pod_removal_and_ip_change_update_only_that_shard() {
 
     // The last pod of a node goes: the node's key goes with it.
     let lone = vec![pod("solo", "node-x", &["10.1.1.1"], &[(QPS, "1")])];
-    let with = render("default", &spec, &lone, &no_nodes()).expect("renders");
+    let with = render("default", &spec, &lone, &no_nodes(), &no_ns()).expect("renders");
     assert!(node_overrides(&with, "node-x").expect("parses").is_some());
-    let without = render("default", &spec, &[], &no_nodes()).expect("renders");
+    let without = render("default", &spec, &[], &no_nodes(), &no_ns()).expect("renders");
     assert!(node_overrides(&without, "node-x")
         .expect("parses")
         .is_none());
@@ -749,9 +783,9 @@ fn output_does_not_depend_on_pod_order() {
             )
         })
         .collect();
-    let a = render("default", &spec, &pods, &no_nodes()).expect("renders");
+    let a = render("default", &spec, &pods, &no_nodes(), &no_ns()).expect("renders");
     pods.reverse();
-    let b = render("default", &spec, &pods, &no_nodes()).expect("renders");
+    let b = render("default", &spec, &pods, &no_nodes(), &no_ns()).expect("renders");
     assert_eq!(a, b);
 }
 
@@ -779,7 +813,7 @@ fn node_selector_pending_pods_host_network_and_duplicate_ips() {
         unscheduled,
         host,
     ];
-    let r = render("default", &spec, &pods, &nodes).expect("renders");
+    let r = render("default", &spec, &pods, &nodes, &no_ns()).expect("renders");
     assert_eq!(r.stats.pods_not_selected, 2);
     assert_eq!(r.stats.pods_pending, 2);
     assert_eq!(r.stats.pods_applied, 1);
@@ -793,41 +827,6 @@ fn node_selector_pending_pods_host_network_and_duplicate_ips() {
         .collect();
     assert_eq!(got, [("10.9.0.1/32".to_string(), Some(5.0))]);
     assert!(node_overrides(&r, "out").expect("parses").is_none());
-}
-
-#[test]
-fn overrides_over_the_shard_limit_are_invalid() {
-    let mut spec = spec_from(MINIMAL);
-    spec.allow_plain_default = true; // pods sent to the plain cluster group
-    spec.target.override_shards = 1;
-    let pods: Vec<PodInfo> = (0..12_000u32)
-        .map(|i| {
-            let ip = IpAddr::from([10, 200, (i / 250) as u8, (i % 250) as u8]).to_string();
-            pod(
-                &format!("p{i}"),
-                &format!("node-{}", i % 100),
-                &[&ip],
-                &[(QPS, "10"), (BURST, "20"), (GROUP, "cluster")],
-            )
-        })
-        .collect();
-    match render("default", &spec, &pods, &no_nodes()) {
-        Err(e @ Invalid::OverridesTooLarge(_)) => {
-            assert_eq!(e.reason(), "OverridesTooLarge");
-            let m = e.to_string();
-            assert!(
-                m.contains("dot-proxy-config-overrides-0") && m.contains("overrideShards"),
-                "{m}"
-            );
-        }
-        other => panic!(
-            "expected OverridesTooLarge, got {:?}",
-            other.map(|r| r.stats)
-        ),
-    }
-    spec.target.override_shards = 8;
-    let r = render("default", &spec, &pods, &no_nodes()).expect("fits in 8 shards");
-    assert!(r.stats.largest_shard_bytes <= MAX_SHARD_BYTES);
 }
 
 /// Issue 16: rate-limit annotations while `rateLimit.enabled` is false do nothing; the pod
@@ -850,7 +849,7 @@ fn rate_limit_annotations_while_limiting_is_off_are_reported() {
     ];
     let mut spec = spec_from(MINIMAL);
     spec.rate_limit.enabled = false;
-    let r = render("default", &spec, &pods, &no_nodes()).expect("renders");
+    let r = render("default", &spec, &pods, &no_nodes(), &no_ns()).expect("renders");
     assert_eq!(r.stats.rate_limit_annotations_ignored, 1);
     assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
     assert_eq!(r.problems[0].name, "limited");
@@ -858,7 +857,155 @@ fn rate_limit_annotations_while_limiting_is_off_are_reported() {
     // With limiting on: nothing to report.
     let spec = spec_from(MINIMAL);
     assert!(spec.rate_limit.enabled);
-    let r = render("default", &spec, &pods, &no_nodes()).expect("renders");
+    let r = render("default", &spec, &pods, &no_nodes(), &no_ns()).expect("renders");
     assert_eq!(r.stats.rate_limit_annotations_ignored, 0);
     assert!(r.problems.is_empty(), "{:?}", r.problems);
+}
+
+/// Issue 27, part 3: pods that overflow a shard must not stop the main ConfigMap. Every
+/// node hashes to the one shard; the main config still renders, the overflow is left out
+/// and counted.
+#[test]
+fn a_shard_overflow_still_renders_the_main_config() {
+    let mut spec = spec_from(MINIMAL);
+    spec.allow_plain_default = true;
+    spec.target.override_shards = 1;
+    let pods: Vec<PodInfo> = (0..12_000u32)
+        .map(|i| {
+            let ip = IpAddr::from([10, 200, (i / 250) as u8, (i % 250) as u8]).to_string();
+            pod(
+                &format!("p{i:05}"),
+                &format!("node-{}", i % 100),
+                &[&ip],
+                &[(QPS, "10"), (BURST, "20"), (GROUP, "cluster")],
+            )
+        })
+        .collect();
+    let r = render("default", &spec, &pods, &no_nodes(), &no_ns())
+        .expect("the main config renders even when the overrides overflow");
+    let cfg = Config::from_yaml(&r.config.data).expect("the proxy parses the main config");
+    assert_eq!(
+        cfg.overrides.shards,
+        Some(1),
+        "no growth without maxOverrideShards"
+    );
+    assert_eq!(r.shards.len(), 1);
+    assert!(r.stats.largest_shard_bytes <= MAX_SHARD_BYTES);
+    // Some pods are left out, counted and named; the rest are in.
+    let cut = r.stats.overrides_truncated;
+    assert!(cut > 0 && cut < 12_000, "{cut}");
+    assert_eq!(r.truncated.len(), cut);
+    assert_eq!(r.stats.pods_applied + cut, 12_000);
+    // One namespace: fair share leaves out its last pods in name order.
+    let mut want: Vec<String> = (12_000 - cut as u32..12_000)
+        .map(|i| format!("apps/p{i:05}"))
+        .collect();
+    want.sort();
+    assert_eq!(r.truncated, want);
+    // Deterministic.
+    assert_eq!(
+        render("default", &spec, &pods, &no_nodes(), &no_ns()).expect("renders"),
+        r
+    );
+
+    // Allowed to grow: two shards hold everything, and config.yaml says so.
+    spec.target.max_override_shards = Some(8);
+    let r = render("default", &spec, &pods, &no_nodes(), &no_ns()).expect("renders");
+    assert_eq!(r.stats.overrides_truncated, 0);
+    assert_eq!(r.stats.pods_applied, 12_000);
+    assert_eq!(r.shards.len(), 2);
+    assert_eq!(r.shards[1].name, "dot-proxy-config-overrides-1");
+    let cfg = Config::from_yaml(&r.config.data).expect("parses");
+    assert_eq!(cfg.overrides.shards, Some(2));
+    assert!(node_overrides(&r, "node-7").expect("parses").is_some());
+}
+
+/// Issue 27, part 2: annotations are privileges. With no grant in the spec, exemption and a
+/// rate above the default are refused (the pod stays at the default), a rate below the
+/// default is kept, and each refusal is reported.
+#[test]
+fn ungranted_exemption_and_raised_rate_are_refused() {
+    let tenant = |name: &str, ip: &str, ann: &[(&str, &str)]| {
+        PodInfo::scheduled("tenant", name, "node-1", &[ip], ann)
+    };
+    let pods = [
+        tenant("exempt", "10.1.0.5", &[(EXEMPT, "true")]),
+        tenant("greedy", "10.1.0.6", &[(QPS, "1000000"), (BURST, "20")]),
+        tenant("router", "10.1.0.7", &[(GROUP, "public")]),
+    ];
+    let mut spec = spec_from(MINIMAL);
+    let r = render("default", &spec, &pods, &no_nodes(), &no_ns()).expect("renders");
+    let e = node_overrides(&r, "node-1")
+        .expect("parses")
+        .unwrap_or_default();
+    let got: Vec<_> = e
+        .rate_limits
+        .iter()
+        .map(|o| (o.cidr.to_string(), o.exempt, o.qps, o.burst))
+        .collect();
+    // The exempt pod asked for nothing else: no entry at all. The greedy pod keeps its
+    // burst of 20 (below the default 400) and loses its qps (above the default 200).
+    assert_eq!(got, [("10.1.0.6/32".to_string(), false, None, Some(20))]);
+    assert!(e.client_groups.is_empty(), "public is granted to apps only");
+    let refused: Vec<_> = r
+        .problems
+        .iter()
+        .map(|p| (p.name.as_str(), p.reason, p.message.as_str()))
+        .collect();
+    assert_eq!(refused.len(), 3, "{refused:?}");
+    for (p, name) in refused.iter().zip(["exempt", "greedy", "router"]) {
+        assert_eq!((p.0, p.1), (name, ANNOTATION_NOT_GRANTED), "{refused:?}");
+        assert!(
+            p.2.contains("not granted to namespace \"tenant\""),
+            "{refused:?}"
+        );
+    }
+
+    // Granted by namespace labels: everything applies, nothing is reported.
+    let sel: crate::resource::NamespaceSelector =
+        serde_json::from_value(serde_json::json!({"matchLabels": {"tier": "trusted"}}))
+            .expect("selector");
+    spec.annotation_grants.rate_limit_exempt.namespace_selector = Some(sel.clone());
+    spec.annotation_grants.rate_above_default.namespace_selector = Some(sel.clone());
+    spec.upstream_groups[0].granted_to.namespace_selector = Some(sel);
+    let ns: NamespaceLabels = [(
+        "tenant".to_string(),
+        [("tier".to_string(), "trusted".to_string())].into(),
+    )]
+    .into();
+    let r = render("default", &spec, &pods, &no_nodes(), &ns).expect("renders");
+    assert!(r.problems.is_empty(), "{:?}", r.problems);
+    let e = node_overrides(&r, "node-1")
+        .expect("parses")
+        .expect("entries");
+    let got: Vec<_> = e
+        .rate_limits
+        .iter()
+        .map(|o| (o.cidr.to_string(), o.exempt, o.qps, o.burst))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("10.1.0.5/32".to_string(), true, None, None),
+            (
+                "10.1.0.6/32".to_string(),
+                false,
+                Some(1_000_000.0),
+                Some(20)
+            )
+        ]
+    );
+    assert_eq!(e.client_groups.len(), 1);
+
+    // A selector that does not parse makes the resource invalid, naming the field.
+    spec.annotation_grants.rate_limit_exempt.namespace_selector = Some(
+        serde_json::from_value(serde_json::json!({"matchExpressions": [{"key": "a", "operator": "Exists", "values": ["x"]}]}))
+            .expect("selector"),
+    );
+    let m = invalid_messages(render("default", &spec, &pods, &no_nodes(), &ns));
+    assert!(
+        m.iter()
+            .any(|m| m.starts_with("spec.annotationGrants.rateLimitExempt.namespaceSelector")),
+        "{m:?}"
+    );
 }

@@ -6,12 +6,13 @@ mod status;
 
 pub use checked::Checked;
 pub use spec::{
-    BlockListSpec, CacheSpec, CacheZoneSpec, DnstapSpec, DotProxyConfig, DotProxyConfigSpec,
-    FilterAaaaSpec, LogSpec, NodeLocalSpec, PolicySpec, PrefetchSpec, PrivacySpec, RateLimitSpec,
-    RewriteSpec, SearchCompletionSpec, StaticAnswerSpec, TargetSpec, UpstreamGroupSpec,
+    AnnotationGrantsSpec, BlockListSpec, CacheSpec, CacheZoneSpec, DnstapSpec, DotProxyConfig,
+    DotProxyConfigSpec, FilterAaaaSpec, LogSpec, NamespaceGrant, NamespaceSelector, NodeLocalSpec,
+    PolicySpec, PrefetchSpec, PrivacySpec, RateLimitSpec, RewriteSpec, SearchCompletionSpec,
+    SelectorOperator, SelectorRequirement, StaticAnswerSpec, TargetSpec, UpstreamGroupSpec,
     UpstreamServerSpec, ZoneSpec,
 };
-pub use status::{DotProxyConfigStatus, ANNOTATIONS_IGNORED, INVALID, READY};
+pub use status::{DotProxyConfigStatus, ANNOTATIONS_IGNORED, INVALID, OVERRIDES_TRUNCATED, READY};
 
 use kube::CustomResourceExt;
 

@@ -14,6 +14,11 @@ pub const INVALID: &str = "Invalid";
 /// and what to change. Each such pod also gets one Warning Event.
 pub const ANNOTATIONS_IGNORED: &str = "AnnotationsIgnored";
 
+/// Condition type: some pods' overrides were left out because their shard was full even at
+/// `target.maxOverrideShards`; the message says how many and names the first ones. The main
+/// ConfigMap and every other entry are written regardless.
+pub const OVERRIDES_TRUNCATED: &str = "OverridesTruncated";
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DotProxyConfigStatus {
@@ -51,7 +56,18 @@ pub struct DotProxyConfigStatus {
     #[serde(default)]
     pub pods_with_invalid_annotations: u32,
 
+    /// Pods with at least one annotation their namespace is not granted
+    /// (`spec.annotationGrants`, an upstream group's `grantedTo`): refused, each pod got a
+    /// Warning Event `AnnotationNotGranted`.
+    #[serde(default)]
+    pub pods_with_refused_annotations: u32,
+
     /// Size in bytes of the largest shard (limit: 900 KiB).
     #[serde(default)]
     pub largest_shard_bytes: u64,
+
+    /// Pods whose overrides were left out because their shard was full (see the
+    /// `OverridesTruncated` condition).
+    #[serde(default)]
+    pub overrides_truncated: u32,
 }

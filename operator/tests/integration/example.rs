@@ -26,7 +26,9 @@ fn pods() -> Vec<PodInfo> {
                 ("dns.dot-proxy.io/burst", "2000"),
             ],
         ),
-        pod(
+        // The example grants exemption to the namespace monitoring only.
+        PodInfo::scheduled(
+            "monitoring",
             "resolver-test",
             "node-1",
             &["10.244.1.5"],
@@ -111,9 +113,40 @@ fn the_example_parses_into_the_rust_type() {
 #[test]
 fn the_example_renders_into_files_the_proxy_loads() {
     let d = example();
-    let r = render("default", &d.spec, &pods(), &NodeLabels::new()).expect("renders");
+    // shop is labelled for a high rate and for the cloudflare group (the example grants
+    // both by namespace selector).
+    let labels: BTreeMap<String, String> = [
+        ("dns.dot-proxy.io/rate", "high"),
+        ("dns.dot-proxy.io/upstream-cloudflare", "granted"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let namespaces = BTreeMap::from([("shop".to_string(), labels)]);
+    let r = render("default", &d.spec, &pods(), &NodeLabels::new(), &namespaces).expect("renders");
     assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
     assert!(r.problems[0].message.contains("cloudfare"));
+    // Without the labels, shop may neither raise its rate nor pick cloudflare.
+    let r2 = render(
+        "default",
+        &d.spec,
+        &pods(),
+        &NodeLabels::new(),
+        &BTreeMap::new(),
+    )
+    .expect("renders");
+    let refused: Vec<_> = r2
+        .problems
+        .iter()
+        .filter(|p| p.reason == "AnnotationNotGranted")
+        .map(|p| p.name.as_str())
+        .collect();
+    assert_eq!(
+        refused,
+        ["crawler", "crawler", "payments"],
+        "{:?}",
+        r2.problems
+    );
 
     let (path, relocated) = lay_out(&r);
     // `dot-proxy check-config config.yaml`.

@@ -98,10 +98,27 @@ fn five_thousand_nodes_150k_pods_20k_annotated() {
     let dual = snapshot.pods.iter().filter(|p| p.ips.len() == 2).count();
 
     // The render.
-    let spec = example().spec;
+    // Every namespace granted everything: the annotations below all apply.
+    let mut spec = example().spec;
+    let all = dot_proxy_operator::resource::NamespaceGrant {
+        namespaces: Vec::new(),
+        namespace_selector: Some(Default::default()),
+    };
+    spec.annotation_grants.rate_limit_exempt = all.clone();
+    spec.annotation_grants.rate_above_default = all.clone();
+    for g in &mut spec.upstream_groups {
+        g.granted_to = all.clone();
+    }
     let nodes = NodeLabels::new();
     let started = Instant::now();
-    let r = render("default", &spec, &snapshot.pods, &nodes).expect("renders");
+    let r = render(
+        "default",
+        &spec,
+        &snapshot.pods,
+        &nodes,
+        &snapshot.namespaces,
+    )
+    .expect("renders");
     let took = started.elapsed();
 
     let s = &r.stats;
@@ -172,6 +189,13 @@ fn five_thousand_nodes_150k_pods_20k_annotated() {
     let _ = std::fs::remove_dir_all(&dir);
 
     // Determinism: an identical cluster renders identically.
-    let again = render("default", &spec, &snapshot.pods, &nodes).expect("renders");
+    let again = render(
+        "default",
+        &spec,
+        &snapshot.pods,
+        &nodes,
+        &snapshot.namespaces,
+    )
+    .expect("renders");
     assert_eq!(again.overrides_hash, r.overrides_hash);
 }
