@@ -165,6 +165,7 @@ async fn run(args: RunArgs) -> anyhow::Result<Stop> {
     let opts = RunOptions {
         namespace: args.namespace.clone(),
         debounce: args.debounce.get(),
+        stop_grace: controller::STOP_GRACE,
     };
     controller::run(client, opts, metrics.clone(), health, shutdown).await;
 

@@ -321,7 +321,13 @@ pub struct RunOptions {
     pub namespace: Option<String>,
     /// Quiet time before a burst of pod changes is rendered.
     pub debounce: Duration,
+    /// How long the controller may take to stop once `shutdown` completes; past it, it is
+    /// dropped (its watches may never have synced: an API server out of reach).
+    pub stop_grace: Duration,
 }
+
+/// [`RunOptions::stop_grace`] of `dot-proxy-operator run`.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// Runs the pod/node view and the controller until `shutdown` completes.
 pub async fn run(
@@ -361,19 +367,28 @@ pub async fn run(
     };
     let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={FIELD_MANAGER}"));
     let ctx = Arc::new(Context::new(client, rx.clone(), metrics));
-    Controller::new(dpcs, watcher::Config::default().any_semantic())
+    // A graceful stop lets reconciles in progress finish; it cannot end a watch that never
+    // synced (an API server out of reach), so past `stop_grace` the controller is dropped.
+    let shutdown = futures::FutureExt::shared(shutdown);
+    let controller = Controller::new(dpcs, watcher::Config::default().any_semantic())
         .with_config(kube::runtime::controller::Config::default().debounce(opts.debounce))
         .reconcile_all_on(cluster::changes(rx))
         .owns(cms, owned)
-        .graceful_shutdown_on(shutdown)
+        .graceful_shutdown_on(shutdown.clone())
         .run(reconcile, error_policy, ctx)
         .for_each(|result| {
             if let Err(error) = result {
                 debug!(%error, "controller event");
             }
             std::future::ready(())
-        })
-        .await;
+        });
+    let grace = opts.stop_grace;
+    tokio::select! {
+        _ = controller => {}
+        _ = async { shutdown.await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(grace = ?grace, "the controller did not stop in time; stopping anyway");
+        }
+    }
     view.abort();
     ready.abort();
 }

@@ -769,3 +769,35 @@ async fn an_ungranted_exemption_stays_limited_and_is_reported() {
     assert_eq!(status["podsWithRefusedAnnotations"], 0, "{status}");
     assert_eq!(status["podOverrides"], 1, "{status}");
 }
+
+/// Issue 33: with the API server out of reach (no watch ever syncs), the controller still
+/// stops once shutdown completes, within its grace (it never stopped before, so SIGTERM
+/// left the operator running).
+#[tokio::test]
+async fn stops_on_shutdown_with_the_api_server_out_of_reach() {
+    let unreachable = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let config = kube::Config::new(
+        format!("http://{unreachable}")
+            .parse()
+            .expect("cluster url"),
+    );
+    let client = Client::try_from(config).expect("client");
+    let opts = RunOptions {
+        namespace: Some(NS.into()),
+        debounce: Duration::from_millis(10),
+        stop_grace: Duration::from_millis(500),
+    };
+    let run = super::run(
+        client,
+        opts,
+        Arc::new(crate::metrics::Metrics::default()),
+        Arc::new(crate::admin::Health::default()),
+        tokio::time::sleep(Duration::from_millis(200)),
+    );
+    tokio::time::timeout(Duration::from_secs(20), run)
+        .await
+        .expect("the controller stopped after shutdown");
+}
