@@ -296,7 +296,6 @@ fn parse_limit(text: &str) -> Option<u64> {
     (v < (1 << 60)).then_some(v)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -333,7 +332,10 @@ mod tests {
             "1048576",
         )
         .expect("write");
-        assert_eq!(limit_in("junk\n9:memory:/kubepods/pod2", root), Some(32 << 20));
+        assert_eq!(
+            limit_in("junk\n9:memory:/kubepods/pod2", root),
+            Some(32 << 20)
+        );
         // The config wins.
         let cfg = MemoryConfig {
             limit: Some(100 << 20),

@@ -83,9 +83,7 @@ fn keep_query(query: &[u8], mut qi: QueryInfo) -> (Vec<u8>, QueryInfo) {
     // The OPT record's fixed part: root owner (1), type, class, TTL, RDLENGTH.
     const OPT_FIXED: usize = 11;
     match qi.edns {
-        Some(mut e)
-            if e.end == query.len() && e.end - e.start > OPT_FIXED + MAX_KEPT_OPTIONS =>
-        {
+        Some(mut e) if e.end == query.len() && e.end - e.start > OPT_FIXED + MAX_KEPT_OPTIONS => {
             let mut kept = query[..e.start + OPT_FIXED].to_vec();
             let n = kept.len();
             kept[n - 2..].copy_from_slice(&[0, 0]);

@@ -51,11 +51,11 @@ use serde::{Deserialize, Serialize};
 
 pub use cidr::Cidr;
 pub use dnstap::DnstapConfig;
-pub use memory::{MemoryConfig, Shares as MemoryShares, FALLBACK_LIMIT as MEMORY_FALLBACK_LIMIT};
 pub use duration::{Dur, DurationError};
 pub use kubernetes::{
     completion_type, FilterAaaaConfig, KubernetesConfig, SearchCompletionConfig, COMPLETION_TYPES,
 };
+pub use memory::{MemoryConfig, Shares as MemoryShares, FALLBACK_LIMIT as MEMORY_FALLBACK_LIMIT};
 pub use overrides::{merge_overrides, own_overrides};
 pub use upstream_url::{parse_server_address, parse_upstream_url, UpstreamUrlError};
 

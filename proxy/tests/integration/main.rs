@@ -14,6 +14,7 @@ mod dnstap;
 mod doh_doq;
 mod failover;
 mod groups;
+mod hostile;
 mod limits;
 mod observability;
 mod policy;
