@@ -21,11 +21,7 @@ use crate::support::*;
 const BUDGET: u64 = 64 * 1024 * 1024;
 
 /// One hostile run at a time: each loads the machine on purpose.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const CACHED: &str = "cached.example.test.";
 
 struct Proc {
@@ -276,7 +272,7 @@ async fn big_pipelined_tcp(p: &mut Proc, up: &Upstream, name: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_big_pipelined_tcp_queries_against_a_silent_upstream() {
-    let _one = serial();
+    let _one = SERIAL.lock().await;
     let up = Upstream::start().await;
     let mut p = start(&up, &format!("memory: {{limit: {BUDGET}}}\n"), None).await;
     big_pipelined_tcp(&mut p, &up, "big-tcp").await;
@@ -286,7 +282,7 @@ async fn hostile_big_pipelined_tcp_queries_against_a_silent_upstream() {
 /// answer is a query log event holding both messages. Before the budget: 645 MB.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_dnstap_without_a_collector_and_big_queries() {
-    let _one = serial();
+    let _one = SERIAL.lock().await;
     let up = Upstream::start().await;
     let sock_dir = tempfile::tempdir().expect("tmp");
     let extra = format!(
@@ -347,7 +343,7 @@ async fn hostile_dnstap_without_a_collector_and_big_queries() {
 /// answers: misses past the inflight share are answered REFUSED instead of queued.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_unique_names_at_10000_qps_against_a_silent_upstream() {
-    let _one = serial();
+    let _one = SERIAL.lock().await;
     let up = Upstream::start().await;
     let mut p = start(&up, &format!("memory: {{limit: {BUDGET}}}\n"), None).await;
     cache_then_silence(&up, &p).await;
@@ -400,7 +396,7 @@ async fn hostile_unique_names_at_10000_qps_against_a_silent_upstream() {
 /// send one byte of a frame, or nothing, and hold.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_slowloris_and_half_open_connections() {
-    let _one = serial();
+    let _one = SERIAL.lock().await;
     let up = Upstream::start().await;
     let mut p = start(&up, &format!("memory: {{limit: {BUDGET}}}\n"), None).await;
     let m = udp(p.dns, CACHED, RecordType::A).await;
@@ -468,7 +464,7 @@ async fn tcp_from(src: &str, dns: SocketAddr, name: &str) -> Option<ResponseCode
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_run_inside_a_64_mib_memory_cgroup_is_not_oom_killed() {
     const TEST: &str = "hostile_run_inside_a_64_mib_memory_cgroup_is_not_oom_killed";
-    let _one = serial();
+    let _one = SERIAL.lock().await;
     let name = format!("dot-proxy-test-{}", std::process::id());
     let (dir, limit_file, events) =
         if std::path::Path::new("/sys/fs/cgroup/memory/cgroup.procs").exists() {
