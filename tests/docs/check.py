@@ -63,7 +63,7 @@ RULES_FILE = ROOT / "charts" / "dot-proxy" / "files" / "dot-proxy-rules.yaml"
 MANIFESTS = ROOT / "manifests"
 EXAMPLE_RESOURCE = ROOT / "operator" / "examples" / "dotproxyconfig.yaml"
 
-FRAGMENT = re.compile(r"^\s*<!--\s*fragment(:.*)?-->\s*$")
+FRAGMENT = re.compile(r"^\s*<!--\s*fragment(:.*)?\s*-->\s*$")
 RBAC_MARKER = "<!-- rbac-table"
 
 # Documented metrics that /metrics may lack at start: a labelled family with no series has

@@ -327,7 +327,7 @@ pub struct RunOptions {
 }
 
 /// [`RunOptions::stop_grace`] of `dot-proxy-operator run`.
-pub const STOP_GRACE: Duration = Duration::from_secs(10);
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs the pod/node view and the controller until `shutdown` completes.
 pub async fn run(
