@@ -20,7 +20,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
 use crate::config::SearchCompletionConfig;
-use crate::kubernetes::PodTable;
+use crate::kubernetes::{PodSearch, PodTable};
 use crate::route::zone_to_wire;
 
 /// How a completion ended, for `dot_proxy_search_completions_total{result}`.
@@ -120,38 +120,107 @@ impl Completion {
 
     /// The walk for a query of `qtype` for `name` (lower-cased wire format) from `client`,
     /// when it is eligible: a completed type, no DNSSEC answer asked for (a synthesized
-    /// CNAME is unsigned), the name under the client's own `<ns>.svc.<domain>` with at
-    /// least one label before it, and the client a pod of this node.
-    /// Returns the length of the name's prefix (the bytes before the namespace label).
+    /// CNAME is unsigned), the client a pod of this node, and the name under that pod's
+    /// own first search domain (`<ns>.svc.<domain>` with `dnsPolicy: ClusterFirst`, the
+    /// first of `dnsConfig.searches` with `None`) with at least one label before it.
+    /// Returns the length of the name's prefix (the bytes before that domain).
     pub fn walk(&self, name: &[u8], qtype: u16, do_bit: bool, client: IpAddr) -> Option<usize> {
-        if do_bit || !self.types.contains(&qtype) || !name.ends_with(&self.svc) {
+        if do_bit || !self.types.contains(&qtype) {
             return None;
         }
-        // Label offsets: find the namespace label, the one just before `svc.<domain>`.
-        let svc_at = name.len() - self.svc.len();
-        let (mut at, mut prev) = (0usize, None);
-        while at < svc_at {
-            let len = usize::from(*name.get(at)?);
-            if len == 0 {
-                return None;
+        let pod = self.pods.pod(client)?;
+        match &pod.dns.search {
+            PodSearch::Cluster { .. } => {
+                if !name.ends_with(&self.svc) {
+                    return None;
+                }
+                // The namespace label, the one just before `svc.<domain>`.
+                let svc_at = name.len() - self.svc.len();
+                let ns_at = label_before(name, svc_at)?;
+                let ns_label = name.get(ns_at + 1..svc_at)?;
+                (pod.namespace.as_bytes() == ns_label).then_some(ns_at)
             }
-            prev = Some(at);
-            at += 1 + len;
+            PodSearch::Own(searches) => {
+                let first = searches.first()?;
+                if name.len() <= first.len() || !name.ends_with(first) {
+                    return None;
+                }
+                let at = name.len() - first.len();
+                // `at` must start a label, with one before it.
+                (at > 0 && starts_label(name, at)).then_some(at)
+            }
+            PodSearch::Node => None,
         }
-        let ns_at = prev.filter(|&p| at == svc_at && p > 0)?;
-        let ns_label = name.get(ns_at + 1..svc_at)?;
-        let ns = self.pods.namespace_of(client)?;
-        (ns.as_bytes() == ns_label).then_some(ns_at)
     }
 
-    /// The suffixes of the rest of the search list, in order, ending with the root (the
-    /// bare name): `svc.<domain>`, `<domain>`, each host search domain, `.`.
-    pub fn suffixes(&self) -> impl Iterator<Item = &[u8]> {
-        [self.svc.as_slice(), self.domain.as_slice()]
-            .into_iter()
-            .chain(self.host.iter().map(Vec::as_slice))
-            .chain(std::iter::once(&[0u8][..]))
+    /// The rest of `client`'s search list after its first domain, in order, as the pod's
+    /// stub resolver would try them for `name` whose first `prefix` bytes it typed:
+    /// `svc.<domain>`, `<domain>`, each host search domain, then the pod's own
+    /// `dnsConfig.searches` (ClusterFirst; or just the pod's searches with `dnsPolicy:
+    /// None`), at most 32 domains in all; then the bare name, unless it has `ndots` dots or
+    /// more (the stub tried it first, and does not again).
+    pub fn suffixes_for(&self, client: IpAddr, name: &[u8], prefix: usize) -> Vec<Vec<u8>> {
+        let dns = self.pods.pod(client).map(|p| p.dns).unwrap_or_default();
+        let mut v: Vec<Vec<u8>> = match &dns.search {
+            PodSearch::Cluster { extra } => {
+                let mut v = vec![self.svc.clone(), self.domain.clone()];
+                for d in self.host.iter().chain(extra) {
+                    if !v.contains(d) {
+                        v.push(d.clone());
+                    }
+                }
+                v.truncate(31);
+                v
+            }
+            PodSearch::Own(searches) => searches.iter().skip(1).take(31).cloned().collect(),
+            PodSearch::Node => Vec::new(),
+        };
+        let dots = labels(name.get(..prefix).unwrap_or_default()).saturating_sub(1);
+        if dots < usize::from(dns.ndots) {
+            v.push(vec![0]);
+        }
+        v
     }
+}
+
+/// The offset of the label that ends at `end` in the wire name `name`, when `end` is a
+/// label boundary and that label is not the first.
+fn label_before(name: &[u8], end: usize) -> Option<usize> {
+    let (mut at, mut prev) = (0usize, None);
+    while at < end {
+        let len = usize::from(*name.get(at)?);
+        if len == 0 {
+            return None;
+        }
+        prev = Some(at);
+        at += 1 + len;
+    }
+    prev.filter(|&p| at == end && p > 0)
+}
+
+/// Whether a label of the wire name `name` starts at `at`.
+fn starts_label(name: &[u8], at: usize) -> bool {
+    let mut i = 0usize;
+    while i < at {
+        match name.get(i) {
+            Some(&len) if len > 0 => i += 1 + usize::from(len),
+            _ => return false,
+        }
+    }
+    i == at
+}
+
+/// How many labels a run of wire-format labels holds.
+fn labels(wire: &[u8]) -> usize {
+    let (mut at, mut n) = (0usize, 0usize);
+    while let Some(&len) = wire.get(at) {
+        if len == 0 {
+            break;
+        }
+        n += 1;
+        at += 1 + usize::from(len);
+    }
+    n
 }
 
 /// The answer to the client's query: a CNAME from the asked name (as the client spelled it)
@@ -214,7 +283,12 @@ mod tests {
     }
 
     fn names(c: &Completion, prefix: usize, name: &[u8]) -> Vec<String> {
-        c.suffixes()
+        names_for(c, "10.1.0.5", prefix, name)
+    }
+
+    fn names_for(c: &Completion, client: &str, prefix: usize, name: &[u8]) -> Vec<String> {
+        c.suffixes_for(client.parse().expect("ip"), name, prefix)
+            .iter()
             .map(|s| {
                 let mut n = name[..prefix].to_vec();
                 n.extend_from_slice(s);
@@ -334,5 +408,106 @@ mod tests {
             .walk(&w("a.xteam-a.svc.cluster.local"), 1, false, pod)
             .is_none());
         assert!(c.walk(&[3, b'a'], 1, false, pod).is_none(), "broken name");
+    }
+
+    /// Issue 27: the walk follows the pod's own resolver settings from its spec: its
+    /// `dnsConfig.searches` after the cluster's (ClusterFirst), only its own (None, where the
+    /// first of them is the domain completed), and its `ndots` (a name with as many dots
+    /// was tried as it is first, so the bare name is not asked again).
+    #[test]
+    fn the_walk_follows_the_pods_own_search_list_and_ndots() {
+        use crate::kubernetes::{PodDns, PodInfo};
+        let (c, pods) = completion(&["corp.example"]);
+        let w = |n: &str| zone_to_wire(n);
+        let info = |ns: &str, search, ndots| PodInfo {
+            namespace: Arc::from(ns),
+            dns: Arc::new(PodDns { search, ndots }),
+        };
+        let mut t = HashMap::new();
+        // ClusterFirst with an extra search domain and ndots 2.
+        t.insert(
+            "10.1.0.5".parse().expect("ip"),
+            info(
+                "team-a",
+                PodSearch::Cluster {
+                    extra: vec![w("extra.example"), w("corp.example")],
+                },
+                2,
+            ),
+        );
+        // dnsPolicy None with its own list.
+        t.insert(
+            "10.1.0.7".parse().expect("ip"),
+            info(
+                "team-b",
+                PodSearch::Own(vec![w("a.internal"), w("b.internal")]),
+                1,
+            ),
+        );
+        // dnsPolicy Default: the node's resolver, never completed.
+        t.insert(
+            "10.1.0.8".parse().expect("ip"),
+            info("team-c", PodSearch::Node, 5),
+        );
+        pods.replace_pods(t);
+        let (a, b, d): (IpAddr, IpAddr, IpAddr) = (
+            "10.1.0.5".parse().expect("ip"),
+            "10.1.0.7".parse().expect("ip"),
+            "10.1.0.8".parse().expect("ip"),
+        );
+        // Two dots, ndots 2: the bare name was tried first, and is not asked again.
+        let n = w("api.github.com.team-a.svc.cluster.local");
+        let walk = c.walk(&n, 1, false, a).expect("eligible");
+        assert_eq!(
+            names_for(&c, "10.1.0.5", walk, &n),
+            [
+                "api.github.com.svc.cluster.local.",
+                "api.github.com.cluster.local.",
+                "api.github.com.corp.example.",
+                "api.github.com.extra.example.",
+            ],
+            "the pod's extra domain after the node's, the duplicate once, no bare name"
+        );
+        // One dot: under ndots, so the bare name comes last.
+        let n = w("db.prod.team-a.svc.cluster.local");
+        let walk = c.walk(&n, 1, false, a).expect("eligible");
+        assert_eq!(
+            names_for(&c, "10.1.0.5", walk, &n)
+                .last()
+                .map(String::as_str),
+            Some("db.prod.")
+        );
+        // dnsPolicy None: its first search domain is the one completed, its second next.
+        let n = w("db.a.internal");
+        let walk = c.walk(&n, 1, false, b).expect("eligible");
+        assert_eq!(
+            names_for(&c, "10.1.0.7", walk, &n),
+            ["db.b.internal.", "db."]
+        );
+        let n = w("api.github.com.a.internal");
+        let walk = c.walk(&n, 1, false, b).expect("eligible");
+        assert_eq!(
+            names_for(&c, "10.1.0.7", walk, &n),
+            ["api.github.com.b.internal."],
+            "two dots, ndots 1: the bare name was tried first"
+        );
+        assert!(
+            c.walk(&w("x.team-b.svc.cluster.local"), 1, false, b)
+                .is_none(),
+            "not its first domain"
+        );
+        assert!(
+            c.walk(&w("a.internal"), 1, false, b).is_none(),
+            "nothing before it"
+        );
+        assert!(
+            c.walk(&w("xa.internal"), 1, false, b).is_none(),
+            "not a label boundary"
+        );
+        assert!(
+            c.walk(&w("x.team-c.svc.cluster.local"), 1, false, d)
+                .is_none(),
+            "dnsPolicy Default"
+        );
     }
 }

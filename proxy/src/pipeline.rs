@@ -419,7 +419,7 @@ impl Pipeline {
         let mut cap = negative_ttl(out);
         let name = req.key.name();
         let mut step = Vec::with_capacity(512);
-        for (k, suffix) in c.suffixes().enumerate() {
+        for (k, suffix) in c.suffixes_for(req.client, name, prefix).iter().enumerate() {
             let strip = name.len().saturating_sub(prefix);
             // A name over 255 bytes is one the client cannot ask either: skipped.
             let Some((q, qi)) =

@@ -48,6 +48,103 @@ pub struct PodAddresses {
 pub struct PodAddressesSpec {
     #[serde(default)]
     pub host_network: Option<bool>,
+    #[serde(default)]
+    pub dns_policy: Option<String>,
+    #[serde(default)]
+    pub dns_config: Option<PodDnsConfig>,
+}
+
+/// `spec.dnsConfig`: what completion needs of it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PodDnsConfig {
+    #[serde(default)]
+    pub searches: Option<Vec<String>>,
+    #[serde(default)]
+    pub options: Option<Vec<PodDnsOption>>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PodDnsOption {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub value: Option<String>,
+}
+
+/// How a pod's stub resolver searches, from its spec (`dnsPolicy`, `dnsConfig`), as the
+/// kubelet writes its resolv.conf.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PodSearch {
+    /// `ClusterFirst` (the default): `<ns>.svc.<domain>`, `svc.<domain>`, `<domain>`, the
+    /// node's search domains, then `dnsConfig.searches` (here, in wire form).
+    Cluster { extra: Vec<Vec<u8>> },
+    /// `None`: `dnsConfig.searches` only (wire form), in order.
+    Own(Vec<Vec<u8>>),
+    /// `Default`: the node's resolv.conf, no cluster domains: never completed.
+    Node,
+}
+
+/// A pod's resolver settings completion follows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodDns {
+    pub search: PodSearch,
+    /// A name with at least this many dots is tried as it is first (and not again after
+    /// the search list): `dnsConfig`'s `ndots`, else 5 (the kubelet's) with ClusterFirst,
+    /// 1 (the stub resolver's) with None.
+    pub ndots: u8,
+}
+
+impl Default for PodDns {
+    fn default() -> Self {
+        PodDns {
+            search: PodSearch::Cluster { extra: Vec::new() },
+            ndots: 5,
+        }
+    }
+}
+
+impl PodDns {
+    /// From a pod's spec; at most 32 search domains, as Kubernetes allows.
+    pub fn of(spec: &PodAddressesSpec) -> PodDns {
+        let cfg = spec.dns_config.as_ref();
+        let searches: Vec<Vec<u8>> = cfg
+            .and_then(|c| c.searches.as_ref())
+            .map(|s| {
+                s.iter()
+                    .filter_map(|d| crate::config::normalize_zone(d).ok())
+                    .filter(|d| d != ".")
+                    .take(32)
+                    .map(|d| crate::route::zone_to_wire(&d))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let ndots = cfg
+            .and_then(|c| c.options.as_ref())
+            .and_then(|o| o.iter().rev().find(|o| o.name == "ndots"))
+            .and_then(|o| o.value.as_deref()?.trim().parse::<u8>().ok())
+            .map(|n| n.min(15));
+        match spec.dns_policy.as_deref() {
+            Some("None") => PodDns {
+                search: PodSearch::Own(searches),
+                ndots: ndots.unwrap_or(1),
+            },
+            Some("Default") => PodDns {
+                search: PodSearch::Node,
+                ndots: ndots.unwrap_or(1),
+            },
+            _ => PodDns {
+                search: PodSearch::Cluster { extra: searches },
+                ndots: ndots.unwrap_or(5),
+            },
+        }
+    }
+}
+
+/// What the table knows of one pod address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodInfo {
+    pub namespace: Arc<str>,
+    pub dns: Arc<PodDns>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -66,16 +163,21 @@ pub struct PodIp {
     pub ip: String,
 }
 
-/// Pod IP -> namespace, as last known. Read on the query path (one atomic load), replaced
-/// whole by the watch.
+/// Pod IP -> namespace and resolver settings, as last known. Read on the query path (one
+/// atomic load), replaced whole by the watch.
 #[derive(Default)]
 pub struct PodTable {
-    by_ip: ArcSwap<HashMap<IpAddr, Arc<str>>>,
+    by_ip: ArcSwap<HashMap<IpAddr, PodInfo>>,
 }
 
 impl PodTable {
     /// The namespace of the pod with this address, if it is one of this node's.
     pub fn namespace_of(&self, ip: IpAddr) -> Option<Arc<str>> {
+        self.pod(ip).map(|p| p.namespace)
+    }
+
+    /// The pod with this address, if it is one of this node's.
+    pub fn pod(&self, ip: IpAddr) -> Option<PodInfo> {
         self.by_ip.load().get(&ip.to_canonical()).cloned()
     }
 
@@ -87,8 +189,28 @@ impl PodTable {
         self.len() == 0
     }
 
-    /// Replaces the table (the watch, and tests).
+    /// Replaces the table with pods of these namespaces, each with the default resolver
+    /// settings (ClusterFirst, ndots 5): tests.
     pub fn replace(&self, table: HashMap<IpAddr, Arc<str>>) {
+        let dns = Arc::new(PodDns::default());
+        self.replace_pods(
+            table
+                .into_iter()
+                .map(|(ip, namespace)| {
+                    (
+                        ip,
+                        PodInfo {
+                            namespace,
+                            dns: dns.clone(),
+                        },
+                    )
+                })
+                .collect(),
+        );
+    }
+
+    /// Replaces the table (the watch).
+    pub fn replace_pods(&self, table: HashMap<IpAddr, PodInfo>) {
         self.by_ip.store(Arc::new(table));
     }
 }
@@ -131,6 +253,7 @@ impl WatchMetrics {
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct PodEntry {
     namespace: Arc<str>,
+    dns: Arc<PodDns>,
     ips: Vec<IpAddr>,
 }
 
@@ -210,12 +333,18 @@ impl PodState {
         self.synced
     }
 
-    /// Pod IP -> namespace.
-    pub fn table(&self) -> HashMap<IpAddr, Arc<str>> {
+    /// Pod IP -> the pod.
+    pub fn table(&self) -> HashMap<IpAddr, PodInfo> {
         let mut t = HashMap::with_capacity(self.pods.len() * 2);
         for e in self.pods.values() {
             for ip in &e.ips {
-                t.insert(*ip, e.namespace.clone());
+                t.insert(
+                    *ip,
+                    PodInfo {
+                        namespace: e.namespace.clone(),
+                        dns: e.dns.clone(),
+                    },
+                );
             }
         }
         t
@@ -256,7 +385,11 @@ impl PodState {
             .entry(ns.to_string())
             .or_insert_with(|| Arc::from(ns))
             .clone();
-        Some(PodEntry { namespace, ips })
+        Some(PodEntry {
+            namespace,
+            dns: Arc::new(PodDns::of(&pod.spec)),
+            ips,
+        })
     }
 }
 
@@ -349,7 +482,7 @@ pub async fn follow(
                 if state.apply(ev) && state.synced() {
                     let t = state.table();
                     metrics.pod_ips.set(t.len() as i64);
-                    table.replace(t);
+                    table.replace_pods(t);
                 }
                 if !was_synced && state.synced() {
                     metrics.synced.set(1);

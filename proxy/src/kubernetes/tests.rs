@@ -50,11 +50,15 @@ fn folds_events_into_ip_to_namespace() {
     let t = s.table();
     assert_eq!(t.len(), 2, "host-network pod left out: {t:?}");
     assert_eq!(
-        t[&"10.1.0.5".parse::<IpAddr>().expect("ip")].as_ref(),
+        t[&"10.1.0.5".parse::<IpAddr>().expect("ip")]
+            .namespace
+            .as_ref(),
         "team-a"
     );
     assert_eq!(
-        t[&"fd00::5".parse::<IpAddr>().expect("ip")].as_ref(),
+        t[&"fd00::5".parse::<IpAddr>().expect("ip")]
+            .namespace
+            .as_ref(),
         "team-a"
     );
 
@@ -296,4 +300,42 @@ fn namespace_names_go_with_their_last_pod() {
     s.apply(watcher::Event::InitDone);
     assert_eq!(s.interned_namespaces(), 1);
     assert_eq!(s.table().len(), 1);
+}
+
+/// Issue 27: the pod's own resolver settings come from its spec: ClusterFirst (the default)
+/// with its extra searches and ndots, None with its own searches (ndots 1 unless set),
+/// Default never completed.
+#[test]
+fn resolver_settings_come_from_the_pod_spec() {
+    let w = |d: &str| crate::route::zone_to_wire(d);
+    let spec = |v: Value| -> PodAddressesSpec { serde_json::from_value(v).expect("spec") };
+    let d = PodDns::of(&spec(json!({})));
+    assert_eq!(d, PodDns::default());
+    let d = PodDns::of(&spec(json!({"dnsConfig": {
+        "searches": ["Corp.Example.", "."],
+        "options": [{"name": "ndots", "value": "2"}, {"name": "timeout", "value": "1"}]}})));
+    assert_eq!(
+        d,
+        PodDns {
+            search: PodSearch::Cluster {
+                extra: vec![w("corp.example")]
+            },
+            ndots: 2
+        }
+    );
+    let d = PodDns::of(&spec(json!({"dnsPolicy": "None", "dnsConfig": {
+        "searches": ["a.example", "b.example"]}})));
+    assert_eq!(
+        d,
+        PodDns {
+            search: PodSearch::Own(vec![w("a.example"), w("b.example")]),
+            ndots: 1
+        }
+    );
+    let d = PodDns::of(&spec(json!({"dnsPolicy": "Default"})));
+    assert_eq!(d.search, PodSearch::Node);
+    // Junk values are ignored, never fatal.
+    let d = PodDns::of(&spec(json!({"dnsConfig": {
+        "searches": ["", "bad..name"], "options": [{"name": "ndots", "value": "many"}]}})));
+    assert_eq!(d, PodDns::default());
 }

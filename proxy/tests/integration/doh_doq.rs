@@ -48,6 +48,9 @@ pub struct EncServer {
     pub pki: Pki,
     pub queries: AtomicUsize,
     pub connections: AtomicUsize,
+    /// DoQ: streams the server could open towards the proxy (RFC 9250 servers open none,
+    /// and the proxy allows none).
+    pub server_opened: AtomicUsize,
     /// Message IDs as they arrived on the wire.
     pub ids: Mutex<Vec<u16>>,
     mode: AtomicU8,
@@ -66,6 +69,7 @@ impl EncServer {
             pki,
             queries: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
+            server_opened: AtomicUsize::new(0),
             ids: Mutex::new(Vec::new()),
             mode: AtomicU8::new(mode as u8),
             behaviour: Behaviour {
@@ -273,6 +277,19 @@ pub async fn doq_server(mode: Mode) -> Arc<EncServer> {
                     return;
                 };
                 server.connections.fetch_add(1, Ordering::SeqCst);
+                // A hostile server would open streams of its own: try both kinds.
+                {
+                    let (server, conn) = (server.clone(), conn.clone());
+                    tokio::spawn(async move {
+                        let wait = std::time::Duration::from_millis(300);
+                        if let Ok(Ok(_)) = tokio::time::timeout(wait, conn.open_bi()).await {
+                            server.server_opened.fetch_add(1, Ordering::SeqCst);
+                        }
+                        if let Ok(Ok(_)) = tokio::time::timeout(wait, conn.open_uni()).await {
+                            server.server_opened.fetch_add(1, Ordering::SeqCst);
+                        }
+                    });
+                }
                 while let Ok((mut send, mut recv)) = conn.accept_bi().await {
                     let server = server.clone();
                     tokio::spawn(async move {
@@ -676,4 +693,16 @@ async fn readiness_follows_the_warm_up_without_a_client_query() {
         let (code, body) = http_get(p.server.admin_addr().expect("admin"), "/readyz").await;
         assert_eq!(code, 200, "{protocol:?}: {body}");
     }
+}
+
+/// Issue 27: a DoQ server can open no stream towards the proxy, of either kind (RFC 9250
+/// servers open none; quinn's default let a server open 100 bidirectional streams, each
+/// with a receive window the proxy would hold).
+#[tokio::test]
+async fn a_doq_server_cannot_open_streams() {
+    let server = doq_server(Mode::Good).await;
+    let _p = answers_through(Protocol::Quic, &server).await;
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    assert!(server.connections.load(Ordering::SeqCst) >= 1);
+    assert_eq!(server.server_opened.load(Ordering::SeqCst), 0);
 }
