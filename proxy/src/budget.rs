@@ -145,7 +145,6 @@ struct Families {
 pub struct Budget {
     families: Families,
     total: AtomicU64,
-    source: std::sync::Mutex<Source>,
     /// The most the cache may hold (`cache.max_bytes` is capped by it).
     cache: AtomicU64,
     pub inflight: Arc<Share>,
@@ -161,7 +160,6 @@ impl Budget {
         let families = Families::default();
         let b = Budget {
             total: AtomicU64::new(total),
-            source: std::sync::Mutex::new(source),
             cache: AtomicU64::new(s.cache),
             inflight: Share::new(Resource::inflight, s.inflight, &families),
             tcp: Share::new(Resource::tcp, s.tcp, &families),
@@ -181,7 +179,7 @@ impl Budget {
         }
         let s = MemoryShares::of(total);
         self.total.store(total, Ordering::Relaxed);
-        *self.source.lock().unwrap_or_else(|p| p.into_inner()) = source;
+        tracing::info!(budget_bytes = total, source = ?source, "memory budget changed");
         self.cache.store(s.cache, Ordering::Relaxed);
         self.inflight.limit.store(s.inflight, Ordering::Relaxed);
         self.tcp.limit.store(s.tcp, Ordering::Relaxed);
@@ -191,10 +189,6 @@ impl Budget {
 
     pub fn total(&self) -> u64 {
         self.total.load(Ordering::Relaxed)
-    }
-
-    pub fn source(&self) -> Source {
-        *self.source.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The cache's size: `max_bytes`, or its share of the budget when that is smaller

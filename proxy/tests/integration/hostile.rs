@@ -122,6 +122,18 @@ async fn start(up: &Upstream, extra: &str, wrapper: Option<&str>) -> Proc {
     }
 }
 
+/// Config lines `extra` with the test's memory budget.
+fn budgeted(extra: &str) -> String {
+    format!("memory: {{limit: {BUDGET}}}\n{extra}")
+}
+
+/// A DNS message with its TCP length prefix (RFC 7766).
+fn framed(q: &[u8]) -> Vec<u8> {
+    let mut frame = (q.len() as u16).to_be_bytes().to_vec();
+    frame.extend_from_slice(q);
+    frame
+}
+
 /// A query for `name` with an EDNS padding option of `pad` bytes (a frame of up to
 /// 64 KiB that is a well-formed query).
 fn padded_query(id: u16, name: &str, pad: usize) -> Vec<u8> {
@@ -247,8 +259,7 @@ async fn big_pipelined_tcp(p: &mut Proc, up: &Upstream, name: &str) -> u64 {
             let deadline = Instant::now() + Duration::from_secs(8);
             for i in 0..256u16 {
                 let q = padded_query(i, &format!("big{c}-{i}.example.test."), 65_000);
-                let mut frame = (q.len() as u16).to_be_bytes().to_vec();
-                frame.extend_from_slice(&q);
+                let frame = framed(&q);
                 match tokio::time::timeout_at(deadline, s.write_all(&frame)).await {
                     Ok(Ok(())) => {
                         written.fetch_add(1, Ordering::Relaxed);
@@ -274,7 +285,7 @@ async fn big_pipelined_tcp(p: &mut Proc, up: &Upstream, name: &str) -> u64 {
 async fn hostile_big_pipelined_tcp_queries_against_a_silent_upstream() {
     let _one = SERIAL.lock().await;
     let up = Upstream::start().await;
-    let mut p = start(&up, &format!("memory: {{limit: {BUDGET}}}\n"), None).await;
+    let mut p = start(&up, &budgeted(""), None).await;
     big_pipelined_tcp(&mut p, &up, "big-tcp").await;
 }
 
@@ -285,10 +296,10 @@ async fn hostile_dnstap_without_a_collector_and_big_queries() {
     let _one = SERIAL.lock().await;
     let up = Upstream::start().await;
     let sock_dir = tempfile::tempdir().expect("tmp");
-    let extra = format!(
-        "memory: {{limit: {BUDGET}}}\ndnstap: {{enabled: true, socket: {}}}\npolicy:\n  static_answers:\n  - {{name: static.example.test, a: [192.0.2.7]}}\n",
+    let extra = budgeted(&format!(
+        "dnstap: {{enabled: true, socket: {}}}\npolicy:\n  static_answers:\n  - {{name: static.example.test, a: [192.0.2.7]}}\n",
         sock_dir.path().join("nobody.sock").display()
-    );
+    ));
     let mut p = start(&up, &extra, None).await;
     cache_then_silence(&up, &p).await;
     let stop = Arc::new(AtomicBool::new(false));
@@ -313,8 +324,7 @@ async fn hostile_dnstap_without_a_collector_and_big_queries() {
             let writer = async {
                 for i in 0..256u16 {
                     let q = padded_query(i, "static.example.test.", 65_000);
-                    let mut frame = (q.len() as u16).to_be_bytes().to_vec();
-                    frame.extend_from_slice(&q);
+                    let frame = framed(&q);
                     if wr.write_all(&frame).await.is_err() {
                         break;
                     }
@@ -345,7 +355,7 @@ async fn hostile_dnstap_without_a_collector_and_big_queries() {
 async fn hostile_unique_names_at_10000_qps_against_a_silent_upstream() {
     let _one = SERIAL.lock().await;
     let up = Upstream::start().await;
-    let mut p = start(&up, &format!("memory: {{limit: {BUDGET}}}\n"), None).await;
+    let mut p = start(&up, &budgeted(""), None).await;
     cache_then_silence(&up, &p).await;
     let stop = Arc::new(AtomicBool::new(false));
     let good = well_behaved(p.dns, stop.clone());
@@ -398,7 +408,7 @@ async fn hostile_unique_names_at_10000_qps_against_a_silent_upstream() {
 async fn hostile_slowloris_and_half_open_connections() {
     let _one = SERIAL.lock().await;
     let up = Upstream::start().await;
-    let mut p = start(&up, &format!("memory: {{limit: {BUDGET}}}\n"), None).await;
+    let mut p = start(&up, &budgeted(""), None).await;
     let m = udp(p.dns, CACHED, RecordType::A).await;
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
     let stop = Arc::new(AtomicBool::new(false));
@@ -438,9 +448,7 @@ async fn tcp_from(src: &str, dns: SocketAddr, name: &str) -> Option<ResponseCode
         .ok()?
         .ok()?;
     let q = query(7, name, RecordType::A, None);
-    let mut frame = (q.len() as u16).to_be_bytes().to_vec();
-    frame.extend_from_slice(&q);
-    c.write_all(&frame).await.ok()?;
+    c.write_all(&framed(&q)).await.ok()?;
     let mut len = [0u8; 2];
     let buf = tokio::time::timeout(Duration::from_secs(2), async {
         tokio::io::AsyncReadExt::read_exact(&mut c, &mut len).await?;
