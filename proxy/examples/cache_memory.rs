@@ -46,7 +46,7 @@ fn main() {
             ..Default::default()
         };
         let before = rss_kib();
-        let cache = Cache::new(&cfg, Default::default());
+        let cache = Cache::new(&cfg, &Default::default());
         let after_new = rss_kib();
         let now = tokio::time::Instant::now();
         for i in 0..n {

@@ -38,20 +38,41 @@ pub enum Outcome {
     abandoned,
 }
 
+impl Outcome {
+    pub const ALL: [Outcome; 3] = [Outcome::completed, Outcome::nxdomain, Outcome::abandoned];
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
 pub struct OutcomeLabels {
     pub result: Outcome,
 }
 
 /// Completion's own metrics: no names, no namespaces.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct CompletionMetrics {
-    pub completions: Family<OutcomeLabels, Counter>,
+    completions: Family<OutcomeLabels, Counter>,
+    /// `completions`' handles, resolved once: counting is an atomic add.
+    outcomes: crate::metrics::ByLabel<Outcome>,
     /// Search-list names asked by the walk (the asked name itself not counted).
     pub steps: Counter,
     /// Queries the clients did not have to send: for a completion at step k, the k names
     /// before the found one, which the client would otherwise have asked one by one.
     pub saved: Counter,
+}
+
+impl Default for CompletionMetrics {
+    fn default() -> Self {
+        let completions = Family::default();
+        let outcomes = crate::metrics::ByLabel::new(&completions, &Outcome::ALL, |result| {
+            OutcomeLabels { result }
+        });
+        CompletionMetrics {
+            completions,
+            outcomes,
+            steps: Counter::default(),
+            saved: Counter::default(),
+        }
+    }
 }
 
 impl CompletionMetrics {
@@ -74,9 +95,7 @@ impl CompletionMetrics {
     }
 
     pub fn outcome(&self, o: Outcome) {
-        self.completions
-            .get_or_create(&OutcomeLabels { result: o })
-            .inc();
+        self.outcomes.inc(o);
     }
 }
 

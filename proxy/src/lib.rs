@@ -23,6 +23,7 @@ pub mod fuzzing;
 pub mod guard;
 pub mod kubernetes;
 pub mod listener;
+pub mod load;
 pub mod logging;
 pub mod metrics;
 pub mod netsetup;

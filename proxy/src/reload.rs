@@ -1,8 +1,8 @@
 //! Live reconfiguration: the config file is watched (its directory, so kubelet's atomic
 //! `..data` symlink swap of a mounted ConfigMap is seen), and so are the override shards and
 //! the block-list files the config names; everything is re-read on SIGHUP. A new config is
-//! parsed and validated before anything changes; an invalid one is logged (naming the
-//! field), counted, and the last good config keeps running.
+//! loaded ([`crate::load`]: parsed and validated) before anything changes; an invalid one is
+//! logged (naming the field), counted, and the last good config keeps running.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,153 +13,19 @@ use tokio::sync::mpsc;
 
 use crate::cli::Cli;
 use crate::config::Config;
-use crate::server::Server;
+pub use crate::load::{
+    config_hash, load, load_effective, load_effective_with_hash, Inputs, LoadError, Loaded,
+};
+use crate::server::{Server, StartError};
 
-/// Why a config could not be loaded or applied; each says which file or field.
+/// Why a reload changed nothing: the new config could not be loaded, or not applied.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ReloadError {
-    #[error("cannot read {}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{}: not UTF-8 text", path.display())]
-    NotText { path: PathBuf },
-    #[error("{}: {source}", path.display())]
-    Parse {
-        path: PathBuf,
-        #[source]
-        source: crate::config::YamlError,
-    },
     #[error(transparent)]
-    Flags(#[from] crate::cli::FlagError),
-    #[error("override shards: {0}")]
-    Overrides(String),
-    #[error("{}{source}", path.as_ref().map(|p| format!("{}: ", p.display())).unwrap_or_default())]
-    Invalid {
-        path: Option<PathBuf>,
-        #[source]
-        source: crate::config::ConfigErrors,
-    },
+    Load(#[from] LoadError),
     #[error(transparent)]
-    Apply(#[from] crate::server::StartError),
-}
-
-/// Loads the file (or defaults) and applies flag overrides, then validates.
-pub fn load_effective(cli: &Cli) -> Result<Config, ReloadError> {
-    load(cli).map(|l| l.config)
-}
-
-/// [`load_effective`], with the config's hash (see [`Loaded::hash`]).
-pub fn load_effective_with_hash(cli: &Cli) -> Result<(Config, String), ReloadError> {
-    load(cli).map(|l| (l.config, l.hash))
-}
-
-/// A config as loaded, and what it was loaded from.
-#[derive(Debug)]
-pub struct Loaded {
-    pub config: Config,
-    /// The SHA-256 (lower-case hex) of the config file's bytes as read, which is what the
-    /// operator writes as the ConfigMap's `dns.dot-proxy.io/config-hash` and the
-    /// DotProxyConfig status's `configHash`. Without a file, the hash of the effective
-    /// config as YAML.
-    pub hash: String,
-    /// What the load read; the reloader compares what is there now with it.
-    pub inputs: Inputs,
-}
-
-/// What a config depends on besides flags: the config file's bytes, this node's own
-/// override entries (not the shard files: another node's change must not reload this one)
-/// and the block-list files' identities. A load takes them as it reads (the file's very
-/// bytes; the entries and identities before it reads the shards and lists), so whatever
-/// changes while a proxy starts or applies a reload differs from them afterwards and is
-/// applied next: a change is never taken for one already applied.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Inputs(Vec<u8>);
-
-impl Inputs {
-    fn of(file: &[u8], cfg: &Config) -> Inputs {
-        let mut v = sha256_hex(file).into_bytes();
-        match own_overrides(&cfg.overrides) {
-            Ok(mine) => v.extend(format!("{mine:?}").into_bytes()),
-            // Unreadable now: the reload reports it.
-            Err(e) => v.extend(e.into_bytes()),
-        }
-        v.extend(crate::policy::files_identity(&list_files(cfg)));
-        Inputs(v)
-    }
-
-    /// What a reload would read now, with `cfg` (the running config) saying where the
-    /// override shards and block lists are.
-    pub fn now(cli: &Cli, cfg: &Config) -> Inputs {
-        let file = cli
-            .config
-            .as_deref()
-            .and_then(|p| std::fs::read(p).ok())
-            .unwrap_or_default();
-        Inputs::of(&file, cfg)
-    }
-}
-
-/// Reads the config file (or takes the defaults), applies flag overrides and this node's
-/// override entries, and validates.
-pub fn load(cli: &Cli) -> Result<Loaded, ReloadError> {
-    let (mut cfg, file) = match &cli.config {
-        Some(path) => {
-            let bytes = std::fs::read(path).map_err(|source| ReloadError::Read {
-                path: path.clone(),
-                source,
-            })?;
-            let text = std::str::from_utf8(&bytes)
-                .map_err(|_| ReloadError::NotText { path: path.clone() })?;
-            let cfg = Config::from_yaml(text).map_err(|source| ReloadError::Parse {
-                path: path.clone(),
-                source,
-            })?;
-            (cfg, Some(bytes))
-        }
-        None => (Config::default(), None),
-    };
-    cli.apply(&mut cfg)?;
-    let inputs = Inputs::of(file.as_deref().unwrap_or_default(), &cfg);
-    let skipped = merge_overrides(&mut cfg).map_err(ReloadError::Overrides)?;
-    if skipped > 0 {
-        tracing::warn!(
-            skipped,
-            "per-pod override entries this config cannot use (a group it does not have, or a plain-DNS group without allow_plain_default, or an invalid rate) were left out"
-        );
-    }
-    cfg.validate().map_err(|source| ReloadError::Invalid {
-        path: cli.config.clone(),
-        source,
-    })?;
-    let hash = match &file {
-        Some(bytes) => sha256_hex(bytes),
-        None => config_hash(&cfg),
-    };
-    Ok(Loaded {
-        config: cfg,
-        hash,
-        inputs,
-    })
-}
-
-/// SHA-256 (lower-case hex) of a config written as YAML.
-pub fn config_hash(cfg: &Config) -> String {
-    // A config that came from YAML writes as YAML; were that ever to fail, its Debug form
-    // still tells configs apart.
-    let text = cfg.to_yaml().unwrap_or_else(|_| format!("{cfg:?}"));
-    sha256_hex(text.as_bytes())
-}
-
-fn sha256_hex(b: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    Sha256::digest(b)
-        .iter()
-        .map(|x| format!("{x:02x}"))
-        .collect()
+    Apply(#[from] StartError),
 }
 
 pub use crate::config::{merge_overrides, own_overrides};
@@ -201,20 +67,25 @@ pub async fn run(server: Arc<Server>, cli: Arc<Cli>, inputs: Inputs) {
         if !forced && before == last {
             continue;
         }
-        let result = load(&cli).and_then(|loaded| {
+        let result = load(&cli).map_err(ReloadError::from).and_then(|loaded| {
             server.apply(loaded.config)?;
-            Ok::<(String, Inputs), ReloadError>((loaded.hash, loaded.inputs))
+            Ok((loaded.hash, loaded.inputs))
         });
         // Compared next time with what this load read (a refused one: with what was there
         // before it, so the same bad config is not tried at every unrelated event).
-        last = match &result {
+        let status = server.config_status();
+        status.record(result.is_ok());
+        last = match result {
             Ok((hash, inputs)) => {
-                server.set_config_hash(hash);
-                inputs.clone()
+                status.set_hash(&hash);
+                tracing::info!("config reloaded");
+                inputs
             }
-            Err(_) => before,
+            Err(e) => {
+                tracing::error!(error = %e, "config reload refused; keeping the last good config");
+                before
+            }
         };
-        server.record_reload(&result.map(|_| ()));
         let now_lists = list_files(&server.current_config());
         if now_lists != lists {
             list_watchers = watch_all(&now_lists, &tx);

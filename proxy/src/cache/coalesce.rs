@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::oneshot;
 
 /// The followers of one miss.
@@ -12,12 +13,22 @@ type Waiters<T> = Vec<oneshot::Sender<T>>;
 /// Misses in flight by cache key, each with the receivers waiting for its outcome.
 pub struct Coalescer<T> {
     waiting: Mutex<HashMap<Box<[u8]>, Waiters<T>>>,
+    /// Followers, counted.
+    followers: Counter,
 }
 
 impl<T> Default for Coalescer<T> {
     fn default() -> Self {
+        Coalescer::counted(Counter::default())
+    }
+}
+
+impl<T> Coalescer<T> {
+    /// A coalescer that counts its followers on `followers`.
+    pub fn counted(followers: Counter) -> Self {
         Coalescer {
             waiting: Mutex::new(HashMap::new()),
+            followers,
         }
     }
 }
@@ -45,6 +56,7 @@ impl<T: Clone> Coalescer<T> {
         if let Some(v) = m.get_mut(key) {
             let (tx, rx) = oneshot::channel();
             v.push(tx);
+            self.followers.inc();
             Role::Follower(rx)
         } else {
             m.insert(key.into(), Vec::new());

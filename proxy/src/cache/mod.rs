@@ -10,6 +10,7 @@
 mod coalesce;
 mod hot;
 mod key;
+mod metrics;
 
 use std::borrow::Borrow;
 use std::hash::{Hash, Hasher};
@@ -29,6 +30,7 @@ use crate::dns::message::{Answer, AnswerKind, AnswerMeta, StoredAnswer, TtlPolic
 pub use coalesce::{Coalescer, Role, Turn};
 pub use hot::HotName;
 pub use key::{CacheKey, KeyBuf};
+pub use metrics::CacheMetrics;
 
 /// Everything about a cached answer but its bytes.
 #[derive(Debug)]
@@ -210,10 +212,11 @@ pub struct Cache {
     /// `cache.zones`: which TTL clamps a name gets (index 0: the cache-wide ones).
     zone_ttls: (crate::route::Router, Vec<TtlPolicy>),
     hot: Arc<hot::HotSet>,
+    metrics: CacheMetrics,
 }
 
 impl Cache {
-    pub fn new(cfg: &CacheConfig, evictions: Counter) -> Cache {
+    pub fn new(cfg: &CacheConfig, metrics: &CacheMetrics) -> Cache {
         let entries = cfg.max_entries.max(1);
         let min_weight = (cfg.max_bytes / entries as u64).max(1);
         let map = QuickCache::with(
@@ -221,7 +224,7 @@ impl Cache {
             cfg.max_bytes.max(min_weight),
             EntryWeigher { min_weight },
             DefaultHashBuilder::default(),
-            EvictionCounter(evictions),
+            EvictionCounter(metrics.evictions.clone()),
         );
         // Room for as many answers as the byte budget typically holds, now: grown on
         // demand, the map doubles and rehashes every entry while the worker waits
@@ -233,7 +236,35 @@ impl Cache {
             ttl_policy: ttl_policy(cfg),
             zone_ttls: zone_ttls(cfg),
             hot: Arc::new(hot::HotSet::new(cfg.prefetch.top_n)),
+            metrics: metrics.clone(),
         }
+    }
+
+    /// The cache a new config gets: this one (`previous`, the running pipeline's) when
+    /// still valid, with its contents, under the new TTL, stale and prefetch settings; a
+    /// new empty one when its size bounds changed, or when `same_sources` is false (what
+    /// decides where and how its answers were fetched changed: they came by the old routes).
+    pub fn from_config(
+        cfg: &CacheConfig,
+        previous: Option<&Arc<Cache>>,
+        same_sources: bool,
+        metrics: &CacheMetrics,
+    ) -> Option<Arc<Cache>> {
+        if !cfg.enabled {
+            return None;
+        }
+        Some(
+            match previous.filter(|c| same_sources && c.compatible(cfg)) {
+                Some(c) if c.cfg == *cfg => c.clone(),
+                Some(c) => Arc::new(c.with_config(cfg)),
+                None => Arc::new(Cache::new(cfg, metrics)),
+            },
+        )
+    }
+
+    /// A coalescer whose followers this cache counts.
+    pub fn coalescer<T>(&self) -> Coalescer<T> {
+        Coalescer::counted(self.metrics.coalesced.clone())
     }
 
     pub fn config(&self) -> &CacheConfig {
@@ -272,10 +303,34 @@ impl Cache {
             } else {
                 Arc::new(hot::HotSet::new(cfg.prefetch.top_n))
             },
+            metrics: self.metrics.clone(),
         }
     }
 
+    /// A client's lookup, counted: a hit when fresh, else a miss.
     pub fn lookup(&self, key: &[u8], now: Instant) -> Lookup {
+        let found = self.find(key, now);
+        match found {
+            Lookup::Fresh { .. } => self.metrics.hits.inc(),
+            Lookup::Stale(_) | Lookup::Miss => self.metrics.misses.inc(),
+        };
+        found
+    }
+
+    /// The lookup of a query search-path completion applies to, where an NXDOMAIN or a
+    /// miss is not the end: counted as a hit only when a fresh answer other than NXDOMAIN
+    /// ends it here (the walk's first step looks the name up again, and counts that).
+    pub fn lookup_before_completion(&self, key: &[u8], now: Instant) -> Lookup {
+        let found = self.find(key, now);
+        if let Lookup::Fresh { entry, .. } = &found {
+            if entry.stored().rcode() != crate::dns::rcode::NXDOMAIN {
+                self.metrics.hits.inc();
+            }
+        }
+        found
+    }
+
+    fn find(&self, key: &[u8], now: Instant) -> Lookup {
         let Some(entry) = self.map.get(key) else {
             return Lookup::Miss;
         };
@@ -293,6 +348,9 @@ impl Cache {
                 {
                     prefetch = self.hot.admit(key, hits, now) && entry.start_refresh();
                 }
+            }
+            if prefetch {
+                self.metrics.prefetches.inc();
             }
             return Lookup::Fresh { entry, prefetch };
         }
@@ -312,9 +370,17 @@ impl Cache {
         })
     }
 
-    /// An expired entry still inside the serve-stale window.
-    pub fn stale(&self, key: &[u8], now: Instant) -> Option<Entry> {
-        self.map.peek(key).filter(|e| self.stale_ok(e, now))
+    /// An expired entry still inside the serve-stale window, to answer with (counted as a
+    /// stale answer); `refresh` is true when the caller is to refresh it (no refresh of it
+    /// runs yet; counted as a prefetch).
+    pub fn stale(&self, key: &[u8], now: Instant) -> Option<(Entry, bool)> {
+        let entry = self.map.peek(key).filter(|e| self.stale_ok(e, now))?;
+        self.metrics.stale.inc();
+        let refresh = entry.start_refresh();
+        if refresh {
+            self.metrics.prefetches.inc();
+        }
+        Some((entry, refresh))
     }
 
     fn stale_ok(&self, e: &Entry, now: Instant) -> bool {
@@ -332,6 +398,7 @@ impl Cache {
             return false;
         };
         self.map.insert(EntryKey(entry.clone()), entry);
+        self.metrics.inserts.inc();
         true
     }
 
@@ -350,9 +417,9 @@ impl Cache {
     /// The names currently kept hot by prefetch, most asked first.
     /// Sets the size gauges (`dot_proxy_cache_entries`, `dot_proxy_cache_bytes`); called when
     /// metrics are scraped.
-    pub fn export_gauges(&self, metrics: &crate::metrics::Metrics) {
-        metrics.cache_entries.set(self.len() as i64);
-        metrics.cache_bytes.set(self.weight() as i64);
+    pub fn export_gauges(&self) {
+        self.metrics.entries.set(self.len() as i64);
+        self.metrics.bytes.set(self.weight() as i64);
     }
 
     /// `/debug/hot`: the names kept hot, as a JSON array.
@@ -403,7 +470,7 @@ mod tests {
     #[test]
     fn reload_keeps_the_hot_set_unless_its_size_changes() {
         let cfg = CacheConfig::default();
-        let c = Cache::new(&cfg, Counter::default());
+        let c = Cache::new(&cfg, &CacheMetrics::default());
         let same = c.with_config(&CacheConfig {
             min_ttl: 5,
             ..cfg.clone()

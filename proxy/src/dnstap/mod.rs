@@ -26,7 +26,7 @@ use tokio::time::timeout;
 
 use crate::config::{Cidr, DnstapConfig};
 use crate::dns::{rcode, wire::header};
-use crate::metrics::{Metrics, Transport};
+use crate::metrics::Transport;
 use proto::{DnstapType, MessageType, SocketFamily, SocketProtocol};
 
 /// A write to the collector that takes longer than this gives the connection up.
@@ -142,23 +142,54 @@ impl std::fmt::Debug for Tap {
     }
 }
 
-/// The writer's counters.
-#[derive(Clone)]
-struct Stats {
+/// What query logging counts of itself: messages written and dropped, and the collector
+/// connection.
+#[derive(Clone, Debug, Default)]
+pub struct TapMetrics {
     written: Counter,
     dropped: Counter,
     connected: Gauge,
     connects: Counter,
 }
 
+impl TapMetrics {
+    pub fn register(&self, r: &mut prometheus_client::registry::Registry) {
+        r.register(
+            "dnstap_messages",
+            "dnstap messages written to the collector",
+            self.written.clone(),
+        );
+        r.register(
+            "dnstap_dropped",
+            "dnstap messages dropped (queue full, collector slow, stalled or gone); queries are never held back",
+            self.dropped.clone(),
+        );
+        r.register(
+            "dnstap_connected",
+            "1 while a dnstap collector connection is up (handshake done)",
+            self.connected.clone(),
+        );
+        r.register(
+            "dnstap_connects",
+            "dnstap collector connections established (handshake done)",
+            self.connects.clone(),
+        );
+    }
+}
+
 impl Tap {
-    /// Starts the writer task (on the current runtime) for an enabled section; None when
-    /// dnstap is off.
+    /// The tap a new config gets: `previous` (the running pipeline's, with its collector
+    /// connection) while the section is unchanged; else a new writer task (on the current
+    /// runtime) for an enabled section; None when dnstap is off.
     pub fn from_config(
         cfg: &DnstapConfig,
-        metrics: &Metrics,
+        previous: Option<&Arc<Tap>>,
+        metrics: &TapMetrics,
         share: &Arc<crate::budget::Share>,
     ) -> Option<Arc<Tap>> {
+        if let Some(t) = previous.filter(|t| t.cfg == *cfg) {
+            return Some(t.clone());
+        }
         if !cfg.enabled {
             return None;
         }
@@ -168,12 +199,7 @@ impl Tap {
             (None, None) => return None,
         };
         let (tx, rx) = mpsc::channel(cfg.queue_size.max(1));
-        let stats = Stats {
-            written: metrics.dnstap_messages.clone(),
-            dropped: metrics.dnstap_dropped.clone(),
-            connected: metrics.dnstap_connected.clone(),
-            connects: metrics.dnstap_connects.clone(),
-        };
+        let stats = metrics.clone();
         let identity = if cfg.identity.is_empty() {
             host_name()
         } else {
@@ -374,7 +400,7 @@ impl Header {
 /// The writer task: connect, handshake, write until the connection fails, back off,
 /// again; ends when every `Tap` handle is gone and the queue is drained (or the
 /// collector unreachable).
-async fn run(mut rx: mpsc::Receiver<Event>, target: Target, header: Header, stats: Stats) {
+async fn run(mut rx: mpsc::Receiver<Event>, target: Target, header: Header, stats: TapMetrics) {
     let mut backoff = BACKOFF_MIN;
     loop {
         let ended = match &target {
@@ -428,7 +454,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     mut s: S,
     rx: &mut mpsc::Receiver<Event>,
     header: &Header,
-    stats: &Stats,
+    stats: &TapMetrics,
     backoff: &mut Duration,
 ) -> End {
     if let Err(e) = fstrm::handshake(&mut s, proto::CONTENT_TYPE).await {

@@ -4,6 +4,8 @@
 
 /// CIDR parsing and the longest-prefix table live with the config schema (one parser).
 pub use crate::config::cidr;
+mod metrics;
 pub mod ratelimit;
 
+pub use metrics::{GuardMetrics, LimitedAction};
 pub use ratelimit::{Decision, RateLimiter};

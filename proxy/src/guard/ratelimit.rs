@@ -7,9 +7,11 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tokio::time::Instant;
+
+use super::metrics::{GuardMetrics, LimitedAction};
 
 use super::cidr::{ip_bits, mask, PrefixTable};
 use crate::config::{LimitAction, RateLimitConfig};
@@ -63,6 +65,8 @@ pub struct RateLimiter {
     per_shard: usize,
     shards: Box<[Mutex<Shard>]>,
     epoch: Instant,
+    cfg: RateLimitConfig,
+    metrics: GuardMetrics,
 }
 
 /// A client's recent query rate, for the top-K list.
@@ -73,8 +77,27 @@ pub struct ClientRate {
 }
 
 impl RateLimiter {
+    /// The limiter a new config gets (None when rate limiting is off): `previous` (the
+    /// running pipeline's) while its section is unchanged, else a new one that carries its
+    /// buckets over ([`carry_over`](Self::carry_over)).
+    pub fn from_config(
+        cfg: &RateLimitConfig,
+        previous: Option<&Arc<RateLimiter>>,
+        metrics: &GuardMetrics,
+    ) -> Option<Arc<RateLimiter>> {
+        if !cfg.enabled {
+            metrics.off();
+            return None;
+        }
+        Some(match previous {
+            Some(l) if l.cfg == *cfg => l.clone(),
+            Some(l) => Arc::new(RateLimiter::carry_over(cfg, l)),
+            None => Arc::new(RateLimiter::new(cfg, metrics)),
+        })
+    }
+
     /// Builds the limiter from validated config.
-    pub fn new(cfg: &RateLimitConfig) -> RateLimiter {
+    pub fn new(cfg: &RateLimitConfig, metrics: &GuardMetrics) -> RateLimiter {
         let default = Limit::Rate {
             qps: cfg.qps,
             burst: f64::from(cfg.burst),
@@ -102,6 +125,8 @@ impl RateLimiter {
             per_shard: cfg.max_clients.div_ceil(SHARDS).max(1),
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             epoch: Instant::now(),
+            cfg: cfg.clone(),
+            metrics: metrics.clone(),
         }
     }
 
@@ -113,7 +138,7 @@ impl RateLimiter {
     /// that becomes exempt needs no bucket; one that stops being exempt starts with a full
     /// burst, as any client new to the limiter does.
     pub fn carry_over(cfg: &RateLimitConfig, old: &RateLimiter) -> RateLimiter {
-        let mut new = RateLimiter::new(cfg);
+        let mut new = RateLimiter::new(cfg, &old.metrics);
         // Bucket times count from the old limiter's start.
         new.epoch = old.epoch;
         for shard in old.shards.iter() {
@@ -155,8 +180,20 @@ impl RateLimiter {
         }
     }
 
-    /// Takes one token for `ip`.
+    /// Takes one token for `ip`; a query over its limit is counted by the action decided.
     pub fn check(&self, ip: IpAddr, udp: bool, now: Instant) -> Decision {
+        let d = self.decide(ip, udp, now);
+        let action = match d {
+            Decision::Allow => return d,
+            Decision::Refuse => LimitedAction::refused,
+            Decision::Drop => LimitedAction::dropped,
+            Decision::Truncate => LimitedAction::truncated,
+        };
+        self.metrics.limited.inc(action);
+        d
+    }
+
+    fn decide(&self, ip: IpAddr, udp: bool, now: Instant) -> Decision {
         let (limit, override_len) = match self.overrides.lookup(ip) {
             Some(&(l, len)) => (l, Some(len)),
             None => (self.default, None),
@@ -228,21 +265,14 @@ impl RateLimiter {
     /// The `k` busiest clients by query rate over the last second or so.
     /// Sets the limiter's gauges (clients tracked, configured rate, the top `top_k` clients'
     /// rates by rank; never their addresses); called when metrics are scraped.
-    pub fn export_gauges(
-        &self,
-        metrics: &crate::metrics::Metrics,
-        cfg: &crate::config::RateLimitConfig,
-        now: Instant,
-    ) {
-        metrics.rate_limit_clients.set(self.clients() as i64);
-        metrics.rate_limit_configured_qps.set(cfg.qps);
-        let top = self.top(cfg.top_k, now);
-        for rank in 1..=cfg.top_k.min(100) {
+    pub fn export_gauges(&self, now: Instant) {
+        let m = &self.metrics;
+        m.clients.set(self.clients() as i64);
+        m.configured_qps.set(self.cfg.qps);
+        let top = self.top(self.cfg.top_k, now);
+        for rank in 1..=self.cfg.top_k.min(100) {
             let qps = top.get(rank - 1).map_or(0.0, |c| c.qps);
-            metrics
-                .rate_limit_top_qps
-                .get_or_create(&crate::metrics::RankLabels { rank: rank as u16 })
-                .set(qps);
+            m.set_rank(rank as u16, qps);
         }
     }
 
@@ -334,7 +364,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn bucket_refills_at_qps() {
-        let rl = RateLimiter::new(&cfg());
+        let rl = RateLimiter::new(&cfg(), &GuardMetrics::default());
         let ip: IpAddr = "10.0.0.1".parse().expect("ip");
         let now = Instant::now();
         for _ in 0..5 {
@@ -370,7 +400,7 @@ mod tests {
                 exempt: false,
             },
         ];
-        let rl = RateLimiter::new(&c);
+        let rl = RateLimiter::new(&c, &GuardMetrics::default());
         let now = Instant::now();
         for i in 0..5 {
             assert_eq!(
@@ -414,7 +444,7 @@ mod tests {
             burst: Some(3),
             exempt: false,
         }];
-        let rl = RateLimiter::new(&c);
+        let rl = RateLimiter::new(&c, &GuardMetrics::default());
         let now = Instant::now();
         let pod: IpAddr = "2001:db8::7".parse().expect("ip");
         let neighbour: IpAddr = "2001:db8::8".parse().expect("ip");
@@ -436,7 +466,7 @@ mod tests {
             burst: Some(2),
             exempt: false,
         }];
-        let rl = RateLimiter::new(&c);
+        let rl = RateLimiter::new(&c, &GuardMetrics::default());
         for _ in 0..5 {
             rl.check("2001:db8:1::9".parse().expect("ip"), false, now);
         }
@@ -457,7 +487,7 @@ mod tests {
         let mut c = cfg();
         c.action = LimitAction::Drop;
         c.slip = 2;
-        let rl = RateLimiter::new(&c);
+        let rl = RateLimiter::new(&c, &GuardMetrics::default());
         let ip: IpAddr = "10.0.0.1".parse().expect("ip");
         let now = Instant::now();
         for _ in 0..5 {
@@ -480,7 +510,7 @@ mod tests {
     async fn table_is_bounded_and_top_k() {
         let mut c = cfg();
         c.max_clients = 128;
-        let rl = RateLimiter::new(&c);
+        let rl = RateLimiter::new(&c, &GuardMetrics::default());
         let now = Instant::now();
         for i in 0..10_000u32 {
             rl.check(IpAddr::V4((0x0a00_0000 + i).into()), true, now);

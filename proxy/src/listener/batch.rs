@@ -11,7 +11,7 @@ use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
 
-use crate::metrics::QueryCounters;
+use super::metrics::QueryCounters;
 
 /// Datagrams per system call.
 pub const BATCH: usize = 32;

@@ -2,6 +2,7 @@
 //! so a second proxy process can bind the same addresses during an upgrade.
 
 pub mod batch;
+mod metrics;
 pub mod tcp;
 pub mod udp;
 
@@ -15,8 +16,9 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use crate::dns::wire::header;
-use crate::metrics::{QType, QueryCounters, Rcode};
+use crate::metrics::{QType, Rcode};
 use crate::pipeline::{Pipeline, Request};
+pub use metrics::{ListenerMetrics, QueryCounters};
 
 /// The wall-clock time of `start` (for query logs).
 pub(crate) fn arrived(start: Instant) -> std::time::SystemTime {
@@ -59,9 +61,9 @@ impl Miss {
             let m = self;
             let p = &m.pipeline;
             let mut out = Vec::with_capacity(512);
-            p.metrics.inflight.inc();
+            counters.inflight().inc();
             p.resolve(&m.req, &mut out).await;
-            p.metrics.inflight.dec();
+            counters.inflight().dec();
             count(&counters, m.req.qi.qtype, &out, m.start);
             if let Some(tap) = &p.tap {
                 let arrived = arrived(m.start);
@@ -99,6 +101,44 @@ fn base_socket(addr: SocketAddr, ty: Type, proto: Protocol) -> std::io::Result<S
     }
     s.set_nonblocking(true)?;
     Ok(s)
+}
+
+/// The sockets of one listen address: a UDP socket per worker and a TCP listener, on the
+/// same port.
+pub struct Bound {
+    pub udp: Vec<Arc<tokio::net::UdpSocket>>,
+    pub tcp: tokio::net::TcpListener,
+    /// The address bound (its port picked when `addr`'s was 0).
+    pub addr: SocketAddr,
+}
+
+/// Binds UDP (one socket per worker) and TCP on `addr`. Port 0 means "any". The kernel
+/// may hand a SO_REUSEPORT socket a port that another process of the same user already
+/// holds with SO_REUSEPORT (the two would then share its traffic), so a port is first
+/// picked with plain sockets, which never share, and then bound with the reuse options;
+/// tried again if taken in between. An error names the address tried.
+pub fn bind(addr: SocketAddr, workers: usize) -> Result<Bound, (SocketAddr, std::io::Error)> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let want = if addr.port() == 0 {
+            SocketAddr::new(addr.ip(), unshared_port(addr).map_err(|e| (addr, e))?)
+        } else {
+            addr
+        };
+        let both = udp::bind_all(want, workers).and_then(|udp| {
+            let addr = udp[0].local_addr()?;
+            let tcp = bind_tcp(addr)?;
+            Ok(Bound { udp, tcp, addr })
+        });
+        match both {
+            Ok(b) => return Ok(b),
+            Err(e) if addr.port() == 0 && attempt < 20 => {
+                tracing::debug!(error = %e, %want, "port taken, trying another");
+            }
+            Err(e) => return Err((want, e)),
+        }
+    }
 }
 
 /// A port free for both UDP and TCP on `addr`'s IP, found with plain sockets (no reuse

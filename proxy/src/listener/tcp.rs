@@ -17,8 +17,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::Miss;
+use super::QueryCounters;
 use crate::config::TcpConfig;
-use crate::metrics::{QueryCounters, Transport};
+use crate::metrics::Transport;
 use crate::pipeline::{Fast, Pipeline};
 
 #[derive(Clone)]
@@ -155,10 +156,10 @@ fn accept(
     let stop = stop.clone();
     let t2 = tracker.clone();
     tracker.spawn(async move {
-        let metrics = p.load().metrics.clone();
-        metrics.tcp_connections.inc();
+        let open = counters.tcp_connections().clone();
+        open.inc();
         connection(stream, peer, p, &l, counters, stop, t2).await;
-        metrics.tcp_connections.dec();
+        open.dec();
         drop(slot);
         drop(permit);
         drop(conn_charge);
@@ -292,7 +293,11 @@ async fn connection(
                     break;
                 }
             }
-            Fast::Drop => {}
+            Fast::Drop(reason) => {
+                if let Some(r) = reason {
+                    counters.dropped(r);
+                }
+            }
             Fast::Miss(req) => {
                 let Ok(permit) = inflight.clone().acquire_owned().await else {
                     break;

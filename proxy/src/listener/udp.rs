@@ -13,8 +13,9 @@ use tokio_util::task::TaskTracker;
 
 use super::batch::{RecvBatch, SendBatch};
 use super::Miss;
+use super::QueryCounters;
 use crate::dns::wire::header;
-use crate::metrics::{DropReason, QType, QueryCounters, Rcode, Transport};
+use crate::metrics::{DropReason, QType, Rcode, Transport};
 use crate::pipeline::{Fast, Pipeline};
 
 /// Most UDP queries waiting for an upstream at once, per socket.
@@ -121,10 +122,14 @@ impl Io {
                             self.sb.flush(sock, counters, start).await;
                         }
                     }
-                    Fast::Drop => {}
+                    Fast::Drop(reason) => {
+                        if let Some(r) = reason {
+                            counters.dropped(r);
+                        }
+                    }
                     Fast::Miss(req) => {
                         let Ok(permit) = self.pending.clone().try_acquire_owned() else {
-                            p.metrics.drops.inc(DropReason::overloaded);
+                            counters.dropped(DropReason::overloaded);
                             continue;
                         };
                         let Some(charge) = p.admit(&req, self.sb.next_buf()) else {

@@ -1,8 +1,12 @@
-//! Prometheus metrics, all under the `dot_proxy_` prefix. Label values are enums or come
-//! from the config (upstream and group names): no query name or client address is ever a
-//! label. Hot-path counters are resolved to handles once, so counting is an atomic add.
+//! Prometheus metrics, all under the `dot_proxy_` prefix. Each part of the proxy declares
+//! and registers its own (`CacheMetrics`, `GuardMetrics`, `PolicyMetrics`, `TapMetrics`,
+//! `ListenerMetrics`, `CompletionMetrics`, `ConfigStatus`, ...); this module holds the
+//! registry, the label values the query path shares (transport, query type, response code,
+//! drop reason), [`ByLabel`], and for now the upstreams' families. Label values are enums
+//! or come from the config (upstream and group names): no query name or client address is
+//! ever a label. Hot-path counters are resolved to handles once, so counting is an atomic
+//! add.
 
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
@@ -122,18 +126,6 @@ impl Rcode {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct QueryLabels {
-    pub transport: Transport,
-    pub qtype: QType,
-    pub rcode: Rcode,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TransportLabels {
-    pub transport: Transport,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamLabels {
     pub group: String,
     pub upstream: String,
@@ -179,12 +171,6 @@ pub struct GroupLabels {
     pub group: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ConfigInfoLabels {
-    /// SHA-256 (hex) of the config applied.
-    pub hash: String,
-}
-
 /// Why a query was also sent to the next server of its group.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
@@ -213,68 +199,6 @@ pub struct FailoverLabels {
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
-pub enum ReloadResult {
-    success,
-    failure,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReloadLabels {
-    pub result: ReloadResult,
-}
-
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
-pub enum LimitedAction {
-    refused,
-    dropped,
-    truncated,
-}
-
-impl LimitedAction {
-    pub const ALL: [LimitedAction; 3] = [
-        LimitedAction::refused,
-        LimitedAction::dropped,
-        LimitedAction::truncated,
-    ];
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct LimitedLabels {
-    pub action: LimitedAction,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RankLabels {
-    pub rank: u16,
-}
-
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
-pub enum PolicyKind {
-    rewrite,
-    static_answer,
-    block,
-    /// AAAA answered NODATA in a `filter_aaaa` zone.
-    filter_aaaa,
-}
-
-impl PolicyKind {
-    pub const ALL: [PolicyKind; 4] = [
-        PolicyKind::rewrite,
-        PolicyKind::static_answer,
-        PolicyKind::block,
-        PolicyKind::filter_aaaa,
-    ];
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PolicyLabels {
-    pub rule: PolicyKind,
-}
-
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
 pub enum DropReason {
     too_short,
     response,
@@ -289,11 +213,6 @@ impl DropReason {
         DropReason::rate_limited,
         DropReason::overloaded,
     ];
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DropLabels {
-    pub reason: DropReason,
 }
 
 /// Counter handles of a family with one enum label, resolved once for every value, so that
@@ -324,7 +243,7 @@ impl<V: Copy + PartialEq> ByLabel<V> {
     }
 }
 
-fn latency_buckets() -> impl Iterator<Item = f64> {
+pub fn latency_buckets() -> impl Iterator<Item = f64> {
     [
         0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
         5.0,
@@ -332,12 +251,28 @@ fn latency_buckets() -> impl Iterator<Item = f64> {
     .into_iter()
 }
 
-/// Every metric of the proxy. Cheap to share (`Arc<Metrics>`).
+/// A registry with the `dot_proxy_` prefix, the build information and the process's own
+/// metrics (CPU, memory, file descriptors); every part of the proxy registers its metrics
+/// in it (`register` beside each part's code).
+pub fn registry() -> Registry {
+    let mut r = Registry::with_prefix(PREFIX);
+    // A gauge fixed at 1 rather than an OpenMetrics `info`, which the Prometheus text
+    // parser (and so `promtool check metrics`) does not know.
+    let build: Family<Vec<(String, String)>, Gauge> = Family::default();
+    build
+        .get_or_create(&vec![(
+            "version".to_string(),
+            env!("CARGO_PKG_VERSION").to_string(),
+        )])
+        .set(1);
+    r.register("build_info", "Build information", build);
+    r.register_collector(Box::new(ProcessCollector));
+    r
+}
+
+/// The upstreams' and groups' metrics. Cheap to share (`Arc<Metrics>`).
 #[derive(Debug)]
 pub struct Metrics {
-    pub queries: Family<QueryLabels, Counter>,
-    pub query_duration: Family<TransportLabels, Histogram>,
-    pub dropped: Family<DropLabels, Counter>,
     pub upstream_queries: Family<UpstreamLabels, Counter>,
     pub upstream_duration: Family<UpstreamLabels, Histogram>,
     pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
@@ -349,58 +284,11 @@ pub struct Metrics {
     pub group_healthy_upstreams: Family<GroupLabels, Gauge>,
     pub group_failovers: Family<FailoverLabels, Counter>,
     pub upstream_retransmits: Family<UpstreamLabels, Counter>,
-    pub cache_hits: Counter,
-    pub cache_misses: Counter,
-    pub cache_stale: Counter,
-    pub cache_prefetches: Counter,
-    pub cache_evictions: Counter,
-    pub cache_inserts: Counter,
-    pub cache_coalesced: Counter,
-    pub cache_entries: Gauge,
-    pub cache_bytes: Gauge,
-    pub rate_limited: Family<LimitedLabels, Counter>,
-    pub rate_limit_clients: Gauge,
-    pub rate_limit_top_qps: Family<RankLabels, Gauge<f64, AtomicU64>>,
-    pub rate_limit_configured_qps: Gauge<f64, AtomicU64>,
-    pub policy_actions: Family<PolicyLabels, Counter>,
-    /// Resolved handles of `dropped`, `rate_limited` and `policy_actions`.
-    pub drops: ByLabel<DropReason>,
-    pub limited: ByLabel<LimitedAction>,
-    pub policy_hits: ByLabel<PolicyKind>,
-    pub blocklist_loads: Counter,
-    pub dnstap_messages: Counter,
-    pub dnstap_dropped: Counter,
-    pub dnstap_connected: Gauge,
-    pub dnstap_connects: Counter,
-    pub blocked_names: Gauge,
-    pub config_reloads: Family<ReloadLabels, Counter>,
-    pub config_info: Family<ConfigInfoLabels, Gauge>,
-    pub config_restart_pending: Gauge,
-    pub config_last_success: Gauge,
-    pub config_last_reload_ok: Gauge,
-    pub tcp_connections: Gauge,
-    pub inflight: Gauge,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
-        let dropped: Family<DropLabels, Counter> = Family::default();
-        let rate_limited: Family<LimitedLabels, Counter> = Family::default();
-        let policy_actions: Family<PolicyLabels, Counter> = Family::default();
-        let drops = ByLabel::new(&dropped, &DropReason::ALL, |reason| DropLabels { reason });
-        let limited = ByLabel::new(&rate_limited, &LimitedAction::ALL, |action| LimitedLabels {
-            action,
-        });
-        let policy_hits = ByLabel::new(&policy_actions, &PolicyKind::ALL, |rule| PolicyLabels {
-            rule,
-        });
         Metrics {
-            drops,
-            limited,
-            policy_hits,
-            queries: Family::default(),
-            query_duration: Family::new_with_constructor(|| Histogram::new(latency_buckets())),
-            dropped,
             upstream_queries: Family::default(),
             upstream_duration: Family::new_with_constructor(|| Histogram::new(latency_buckets())),
             upstream_errors: Family::default(),
@@ -412,63 +300,20 @@ impl Default for Metrics {
             group_healthy_upstreams: Family::default(),
             group_failovers: Family::default(),
             upstream_retransmits: Family::default(),
-            cache_hits: Counter::default(),
-            cache_misses: Counter::default(),
-            cache_stale: Counter::default(),
-            cache_prefetches: Counter::default(),
-            cache_evictions: Counter::default(),
-            cache_inserts: Counter::default(),
-            cache_coalesced: Counter::default(),
-            cache_entries: Gauge::default(),
-            cache_bytes: Gauge::default(),
-            rate_limited,
-            rate_limit_clients: Gauge::default(),
-            rate_limit_top_qps: Family::default(),
-            rate_limit_configured_qps: Gauge::default(),
-            blocklist_loads: Counter::default(),
-            dnstap_messages: Counter::default(),
-            dnstap_dropped: Counter::default(),
-            dnstap_connected: Gauge::default(),
-            dnstap_connects: Counter::default(),
-            blocked_names: Gauge::default(),
-            policy_actions,
-            config_restart_pending: Gauge::default(),
-            config_info: Family::default(),
-            config_reloads: Family::default(),
-            config_last_success: Gauge::default(),
-            config_last_reload_ok: Gauge::default(),
-            tcp_connections: Gauge::default(),
-            inflight: Gauge::default(),
         }
     }
 }
 
 impl Metrics {
-    /// Creates the metrics and a registry that exposes them.
+    /// The upstream metrics and a registry ([`registry`]) that exposes them.
     pub fn new() -> (Arc<Metrics>, Registry) {
         let m = Arc::new(Metrics::default());
-        let mut reg = Registry::with_prefix(PREFIX);
+        let mut reg = registry();
         m.register(&mut reg);
         (m, reg)
     }
 
-    fn register(&self, r: &mut Registry) {
-        r.register(
-            "queries",
-            "Client queries answered, by transport, query type and response code",
-            self.queries.clone(),
-        );
-        r.register_with_unit(
-            "query_duration",
-            "Time from receiving a client query to sending its answer",
-            Unit::Seconds,
-            self.query_duration.clone(),
-        );
-        r.register(
-            "dropped_packets",
-            "Client packets not answered, by reason",
-            self.dropped.clone(),
-        );
+    pub fn register(&self, r: &mut Registry) {
         r.register(
             "upstream_queries",
             "Queries sent to each upstream",
@@ -526,203 +371,5 @@ impl Metrics {
             "Plain-DNS UDP queries sent again to the same server after no answer",
             self.upstream_retransmits.clone(),
         );
-        r.register(
-            "cache_hits",
-            "Queries answered from the cache",
-            self.cache_hits.clone(),
-        );
-        r.register(
-            "cache_misses",
-            "Cacheable queries not found fresh in the cache",
-            self.cache_misses.clone(),
-        );
-        r.register(
-            "cache_stale_answers",
-            "Expired answers served because upstreams failed (RFC 8767)",
-            self.cache_stale.clone(),
-        );
-        r.register(
-            "cache_prefetches",
-            "Background refreshes: of hot names before they expire, and of answers just served stale",
-            self.cache_prefetches.clone(),
-        );
-        r.register(
-            "cache_evictions",
-            "Answers evicted to stay within the cache bounds",
-            self.cache_evictions.clone(),
-        );
-        r.register(
-            "cache_inserts",
-            "Answers stored in the cache",
-            self.cache_inserts.clone(),
-        );
-        r.register(
-            "cache_coalesced",
-            "Queries that waited for an identical query already in flight",
-            self.cache_coalesced.clone(),
-        );
-        r.register(
-            "cache_entries",
-            "Answers in the cache",
-            self.cache_entries.clone(),
-        );
-        r.register_with_unit(
-            "cache",
-            "Memory held by cached answers",
-            Unit::Bytes,
-            self.cache_bytes.clone(),
-        );
-        r.register(
-            "rate_limited",
-            "Queries over their client's rate limit, by action taken",
-            self.rate_limited.clone(),
-        );
-        r.register(
-            "rate_limit_clients",
-            "Clients with a rate-limit bucket",
-            self.rate_limit_clients.clone(),
-        );
-        r.register(
-            "rate_limit_top_client_qps",
-            "Query rate of the busiest clients, by rank (1 = busiest)",
-            self.rate_limit_top_qps.clone(),
-        );
-        r.register(
-            "rate_limit_configured_qps",
-            "Default per-client rate limit (0 when off)",
-            self.rate_limit_configured_qps.clone(),
-        );
-        r.register(
-            "dnstap_messages",
-            "dnstap messages written to the collector",
-            self.dnstap_messages.clone(),
-        );
-        r.register(
-            "dnstap_dropped",
-            "dnstap messages dropped (queue full, collector slow, stalled or gone); queries are never held back",
-            self.dnstap_dropped.clone(),
-        );
-        r.register(
-            "dnstap_connected",
-            "1 while a dnstap collector connection is up (handshake done)",
-            self.dnstap_connected.clone(),
-        );
-        r.register(
-            "dnstap_connects",
-            "dnstap collector connections established (handshake done)",
-            self.dnstap_connects.clone(),
-        );
-        r.register(
-            "policy_blocklist_loads",
-            "Times the block lists were (re)built from their files; a reload that changes neither the lists nor the policy reuses them",
-            self.blocklist_loads.clone(),
-        );
-        r.register(
-            "policy_blocked_names",
-            "Names in the block lists now in use",
-            self.blocked_names.clone(),
-        );
-        r.register(
-            "policy_actions",
-            "Queries matched by a local policy rule, by rule kind",
-            self.policy_actions.clone(),
-        );
-        r.register(
-            "config_restart_pending_settings",
-            "Settings of the applied config that take effect only at restart (workers, shutdown_grace, overrides.dir, overrides.node_name, kubernetes, tcp.max_connections) and differ from what this process runs with",
-            self.config_restart_pending.clone(),
-        );
-        r.register(
-            "config_info",
-            "The config this proxy applied: one series, 1, labelled with its SHA-256 (of the config file, as the operator's configHash)",
-            self.config_info.clone(),
-        );
-        r.register(
-            "config_reloads",
-            "Config reloads by result",
-            self.config_reloads.clone(),
-        );
-        r.register_with_unit(
-            "config_last_reload_success_timestamp",
-            "Unix time of the last config successfully loaded",
-            Unit::Seconds,
-            self.config_last_success.clone(),
-        );
-        r.register(
-            "config_last_reload_successful",
-            "1 when the last config load or reload succeeded, 0 while a bad config is refused",
-            self.config_last_reload_ok.clone(),
-        );
-        r.register(
-            "tcp_connections",
-            "Client TCP connections open",
-            self.tcp_connections.clone(),
-        );
-        r.register(
-            "inflight_queries",
-            "Client queries waiting for an upstream",
-            self.inflight.clone(),
-        );
-        // A gauge fixed at 1 rather than an OpenMetrics `info`, which the Prometheus text
-        // parser (and so `promtool check metrics`) does not know.
-        let build: Family<Vec<(String, String)>, Gauge> = Family::default();
-        build
-            .get_or_create(&vec![(
-                "version".to_string(),
-                env!("CARGO_PKG_VERSION").to_string(),
-            )])
-            .set(1);
-        r.register("build_info", "Build information", build);
-        r.register_collector(Box::new(ProcessCollector));
-    }
-
-    /// Pre-resolved counters for every (transport, qtype, rcode), so the hot path does no
-    /// map lookup.
-    pub fn query_counters(&self, t: Transport) -> QueryCounters {
-        let counters = QType::ALL
-            .iter()
-            .map(|&qtype| {
-                Rcode::ALL
-                    .iter()
-                    .map(|&rcode| {
-                        self.queries.get_or_create_owned(&QueryLabels {
-                            transport: t,
-                            qtype,
-                            rcode,
-                        })
-                    })
-                    .collect()
-            })
-            .collect::<Vec<Box<[Counter]>>>()
-            .into();
-        QueryCounters {
-            counters,
-            duration: self
-                .query_duration
-                .get_or_create_owned(&TransportLabels { transport: t }),
-        }
-    }
-}
-
-/// Counter handles for one transport. Cloned for every query that waits for an upstream,
-/// so the table of handles is shared: a clone is one reference count, not one per
-/// (qtype, rcode) pair (cloning and dropping the table was 9% of a cache miss's CPU).
-#[derive(Clone, Debug)]
-pub struct QueryCounters {
-    counters: Arc<[Box<[Counter]>]>,
-    pub duration: Histogram,
-}
-
-impl QueryCounters {
-    #[inline]
-    pub fn count(&self, qtype: QType, rcode: Rcode) {
-        // ALL lists the variants in declaration order, so the discriminant is the index.
-        if let Some(c) = self
-            .counters
-            .get(qtype as usize)
-            .and_then(|v| v.get(rcode as usize))
-        {
-            c.inc();
-        }
     }
 }

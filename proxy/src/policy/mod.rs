@@ -11,11 +11,13 @@
 //! search per label of the query name.
 
 mod blocklist;
+mod metrics;
 
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, TXT};
 use hickory_proto::rr::{Name, RData, Record};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::config::{BlockAction, PolicyConfig, StaticRule};
 use crate::dns::rtype;
@@ -23,6 +25,7 @@ use crate::dns::wire::{QueryInfo, HEADER_LEN};
 use crate::route::zone_to_wire;
 
 pub use blocklist::BlockSet;
+pub use metrics::{PolicyKind, PolicyMetrics};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
@@ -50,6 +53,15 @@ pub struct Policy {
     blocks: BlockSet,
     rewrites_exact: HashMap<Box<[u8]>, Box<[u8]>>,
     rewrites_suffix: HashMap<Box<[u8]>, Box<[u8]>>,
+    /// No rule at all: the query path skips the policy step.
+    empty: bool,
+    /// `filter_aaaa`: zones whose AAAA queries are answered NODATA (None when there are none).
+    filter_aaaa: Option<crate::route::ZoneSet>,
+    /// What it was built from: a reload with the same section and list files keeps it.
+    cfg: PolicyConfig,
+    filter_zones: Vec<String>,
+    lists_identity: Vec<u8>,
+    metrics: PolicyMetrics,
 }
 
 fn wire(name: &str) -> Box<[u8]> {
@@ -110,9 +122,45 @@ pub fn files_identity(files: &[std::path::PathBuf]) -> Vec<u8> {
 }
 
 impl Policy {
-    /// Builds the policy, reading block-list files. Errors name the rule.
+    /// The policy a new config gets: `previous` (the running pipeline's) while its section,
+    /// its `filter_aaaa` zones and its list files are unchanged (block lists can be large:
+    /// their files are re-read only then); else built anew, and counted as a load.
+    pub fn from_config(
+        cfg: &PolicyConfig,
+        filter_aaaa: &[String],
+        previous: Option<&Arc<Policy>>,
+        metrics: &PolicyMetrics,
+    ) -> Result<Arc<Policy>, PolicyError> {
+        let lists_identity = files_identity(&list_files(cfg));
+        if let Some(p) = previous.filter(|p| {
+            p.cfg == *cfg && p.filter_zones == filter_aaaa && p.lists_identity == lists_identity
+        }) {
+            return Ok(p.clone());
+        }
+        let mut policy = Policy::new(cfg)?;
+        policy.filter_aaaa = crate::route::ZoneSet::new(filter_aaaa);
+        policy.filter_zones = filter_aaaa.to_vec();
+        policy.lists_identity = lists_identity;
+        policy.metrics = metrics.clone();
+        policy.empty = policy.is_empty() && policy.filter_aaaa.is_none();
+        metrics.loads.inc();
+        metrics.blocked_names.set(policy.blocked_names() as i64);
+        if policy.blocked_names() > 0 {
+            tracing::info!(
+                names = policy.blocked_names(),
+                bytes = policy.blocklist_bytes(),
+                "block lists loaded"
+            );
+        }
+        Ok(Arc::new(policy))
+    }
+
+    /// Builds the rules of a policy section, reading block-list files. Errors name the rule.
     pub fn new(cfg: &PolicyConfig) -> Result<Policy, PolicyError> {
-        let mut p = Policy::default();
+        let mut p = Policy {
+            cfg: cfg.clone(),
+            ..Policy::default()
+        };
         for r in &cfg.static_answers {
             match r.name.strip_prefix("*.") {
                 Some(suffix) => p.wildcard.insert(wire(suffix), r.clone()),
@@ -163,8 +211,40 @@ impl Policy {
         self.blocks.memory()
     }
 
-    /// Looks a lower-cased wire-format name up.
+    /// Whether no rule applies to any name (the query path skips this step).
+    pub fn passes_all(&self) -> bool {
+        self.empty
+    }
+
+    /// Looks a lower-cased wire-format name up, counting a match by its kind.
     pub fn check(&self, name: &[u8]) -> Verdict<'_> {
+        let v = self.rule_for(name);
+        let kind = match v {
+            Verdict::Pass => return v,
+            Verdict::Static(_) => PolicyKind::static_answer,
+            Verdict::Block(_) => PolicyKind::block,
+            Verdict::Rewrite { .. } => PolicyKind::rewrite,
+        };
+        self.metrics.hits.inc(kind);
+        v
+    }
+
+    /// A query of `qtype` for a lower-cased wire-format name is answered NODATA because its
+    /// zone is IPv4-only (`filter_aaaa`); counted.
+    pub fn filters_aaaa(&self, qtype: u16, name: &[u8]) -> bool {
+        let hit = qtype == rtype::AAAA && self.ipv4_only(name);
+        if hit {
+            self.metrics.hits.inc(PolicyKind::filter_aaaa);
+        }
+        hit
+    }
+
+    /// The name is in a `filter_aaaa` zone (its HTTPS and SVCB answers lose `ipv6hint`).
+    pub fn ipv4_only(&self, name: &[u8]) -> bool {
+        self.filter_aaaa.as_ref().is_some_and(|z| z.contains(name))
+    }
+
+    fn rule_for(&self, name: &[u8]) -> Verdict<'_> {
         if let Some(r) = self.exact.get(name) {
             return Verdict::Static(r);
         }

@@ -13,6 +13,7 @@ pub mod https;
 pub mod plain;
 pub mod quic;
 pub mod rtt;
+pub mod set;
 pub mod tls;
 pub mod tls_config;
 

@@ -538,7 +538,7 @@ async fn udp_bursts_around_the_batch_size_are_all_answered() {
 /// wait for a new arrival that may never come.
 #[tokio::test]
 async fn datagrams_queued_before_the_receive_loop_runs_are_all_answered() {
-    use dot_proxy::metrics::{Metrics, Transport};
+    use dot_proxy::metrics::Transport;
     let (_up, p) = start_with(|c| c.workers = 1).await;
     let name = "queued.example.test.";
     udp(p.addr, name, RecordType::A).await;
@@ -560,13 +560,13 @@ async fn datagrams_queued_before_the_receive_loop_runs_are_all_answered() {
         let q = query(id, name, RecordType::A, None);
         client.send_to(&q, addr).await.expect("send");
     }
-    let (metrics, _registry) = Metrics::new();
+    let metrics = dot_proxy::listener::ListenerMetrics::default();
     let stop = tokio_util::sync::CancellationToken::new();
     let tracker = tokio_util::task::TaskTracker::new();
     let serving = tokio::spawn(dot_proxy::listener::udp::serve(
         sock,
         std::sync::Arc::new(arc_swap::ArcSwap::new(p.server.pipeline())),
-        metrics.query_counters(Transport::udp),
+        metrics.counters(Transport::udp),
         stop.clone(),
         tracker,
         Duration::from_millis(100),

@@ -127,6 +127,21 @@ async fn drop_action_and_slip() {
     }
     // First allowed; then dropped, TC=1, dropped, TC=1.
     assert_eq!(got, vec![Some(false), None, Some(true), None, Some(true)]);
+    // The two dropped packets are counted as the docs say: by the limiter's action and as
+    // packets not answered (the second count was never made before the metrics moved into
+    // the listener).
+    let metrics = p.metrics().await;
+    assert_eq!(
+        metric(&metrics, "dot_proxy_rate_limited_total{action=\"dropped\"}"),
+        2.0
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "dot_proxy_dropped_packets_total{reason=\"rate_limited\"}"
+        ),
+        2.0
+    );
 }
 
 fn percentile(mut v: Vec<Duration>, p: f64) -> Duration {

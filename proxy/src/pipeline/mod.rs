@@ -13,17 +13,20 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::time::Instant;
 
+use crate::budget::Budget;
 use crate::cache::{Cache, CacheKey, Coalescer, Lookup, Role};
 use crate::clock::Clock;
 use crate::completion::{Completion, Outcome as CompletionOutcome};
 use crate::dns::message::{self, error_answer, upstream_query, Answer, AnswerKind, BADVERS};
 use crate::dns::wire::{self, QueryInfo, Rejection};
 use crate::dns::{rcode, rtype};
+use crate::dnstap::Tap;
 use crate::guard::{Decision, RateLimiter};
-use crate::metrics::{DropReason, LimitedAction, Metrics, PolicyKind, Transport};
+use crate::metrics::{DropReason, Transport};
 use crate::policy::{Policy, Verdict};
-use crate::route::{Routes, ZoneSet};
-use crate::upstream::{Group, GroupError};
+use crate::route::Routes;
+use crate::upstream::set::GroupSet;
+use crate::upstream::GroupError;
 
 /// What the inline path decided.
 // A miss moves its request once, into the task that resolves it; boxing it would add an
@@ -32,8 +35,9 @@ use crate::upstream::{Group, GroupError};
 pub enum Fast {
     /// `out` holds the answer to a query of this type (0 when it did not parse).
     Answered(u16),
-    /// Send nothing.
-    Drop,
+    /// Send nothing; the listener counts the packet as dropped for this reason (a query
+    /// the rate limiter drops is counted by the limiter: None).
+    Drop(Option<DropReason>),
     /// Needs an upstream: hand the request to [`Pipeline::resolve`].
     Miss(Request),
 }
@@ -99,28 +103,30 @@ fn keep_query(query: &[u8], mut qi: QueryInfo) -> (Vec<u8>, QueryInfo) {
 
 type Outcome = Result<Arc<Answer>, GroupError>;
 
+mod build;
+
+use build::AnswerSources;
+pub use build::{BuildError, Shared};
+
 pub struct Pipeline {
     pub(crate) limiter: Option<Arc<RateLimiter>>,
     pub(crate) cache: Option<Arc<Cache>>,
     /// Which group answers: per-client groups, then zones (`route`).
     pub(crate) routes: Routes,
-    /// Static answers, block lists, rewrites (None when there are none).
-    pub(crate) policy: Option<Arc<Policy>>,
-    /// Identity of the block-list files `policy` was built from (`policy::files_identity`).
-    pub(crate) lists_identity: Vec<u8>,
-    pub(crate) groups: Vec<Arc<Group>>,
+    /// Static answers, block lists, rewrites, `filter_aaaa`.
+    pub(crate) policy: Arc<Policy>,
+    pub(crate) groups: GroupSet,
     pub(crate) strip_ecs: bool,
-    pub(crate) metrics: Arc<Metrics>,
     pub(crate) clock: Arc<Clock>,
     pub(crate) coalescer: Coalescer<Outcome>,
     /// Query logging (dnstap), when on.
-    pub(crate) tap: Option<Arc<crate::dnstap::Tap>>,
+    pub(crate) tap: Option<Arc<Tap>>,
     /// Search-path completion, when on.
     pub(crate) completion: Option<Arc<Completion>>,
-    /// Zones whose AAAA queries are answered NODATA (`filter_aaaa`), when any.
-    pub(crate) filter_aaaa: Option<ZoneSet>,
     /// The memory budget: a miss is charged to its `inflight` share while it waits.
-    pub(crate) budget: Arc<crate::budget::Budget>,
+    pub(crate) budget: Arc<Budget>,
+    /// What decided where and how the cache's answers were fetched.
+    sources: AnswerSources,
 }
 
 impl Pipeline {
@@ -166,8 +172,7 @@ impl Pipeline {
                 } else {
                     DropReason::response
                 };
-                self.metrics.drops.inc(reason);
-                return Fast::Drop;
+                return Fast::Drop(Some(reason));
             }
             Err(Rejection::Answer {
                 rcode,
@@ -189,16 +194,11 @@ impl Pipeline {
             match rl.check(client, udp, now) {
                 Decision::Allow => {}
                 Decision::Refuse => {
-                    self.limited(LimitedAction::refused);
                     answer(rcode::REFUSED);
                     return Fast::Answered(qi.qtype);
                 }
-                Decision::Drop => {
-                    self.limited(LimitedAction::dropped);
-                    return Fast::Drop;
-                }
+                Decision::Drop => return Fast::Drop(Some(DropReason::rate_limited)),
                 Decision::Truncate => {
-                    self.limited(LimitedAction::truncated);
                     answer(rcode::NOERROR);
                     if out.len() >= 4 {
                         out[2] |= 0x02;
@@ -227,53 +227,53 @@ impl Pipeline {
         // One key serves both steps: its lower-cased name is what the policy matches.
         let key = CacheKey::new(query, &qi, self.routes.tag(client));
         let mut rewrite_to = None;
-        if let Some(policy) = &self.policy {
+        let policy = &self.policy;
+        if !policy.passes_all() {
             let answered = match policy.check(key.name()) {
                 Verdict::Pass => None,
                 Verdict::Rewrite { strip, to } => {
-                    self.metrics.policy_hits.inc(PolicyKind::rewrite);
                     rewrite_to = Some((strip, to));
                     None
                 }
-                Verdict::Static(rule) => Some((
-                    PolicyKind::static_answer,
-                    crate::policy::static_answer(query, &qi, rule, max_len(transport, &qi), out),
+                Verdict::Static(rule) => Some(crate::policy::static_answer(
+                    query,
+                    &qi,
+                    rule,
+                    max_len(transport, &qi),
+                    out,
                 )),
-                Verdict::Block(action) => Some((
-                    PolicyKind::block,
-                    crate::policy::block_answer(query, &qi, action, out),
-                )),
+                Verdict::Block(action) => {
+                    Some(crate::policy::block_answer(query, &qi, action, out))
+                }
             };
-            if let Some((kind, ok)) = answered {
-                self.metrics.policy_hits.inc(kind);
+            if let Some(ok) = answered {
                 if !ok {
                     message::servfail(query, &qi, out);
                 }
                 return Fast::Answered(qi.qtype);
             }
-        }
-        if qi.qtype == rtype::AAAA
-            && self
-                .filter_aaaa
-                .as_ref()
-                .is_some_and(|z| z.contains(key.name()))
-        {
-            self.metrics.policy_hits.inc(PolicyKind::filter_aaaa);
-            error_answer(
-                query,
-                Some(qi.question_end),
-                rcode::NOERROR,
-                qi.edns.as_ref(),
-                out,
-            );
-            return Fast::Answered(qi.qtype);
+            if policy.filters_aaaa(qi.qtype, key.name()) {
+                error_answer(
+                    query,
+                    Some(qi.question_end),
+                    rcode::NOERROR,
+                    qi.edns.as_ref(),
+                    out,
+                );
+                return Fast::Answered(qi.qtype);
+            }
         }
         let complete = match (&self.completion, &rewrite_to) {
             (Some(c), None) if may_complete => c.walk(key.name(), qi.qtype, qi.do_bit(), client),
             _ => None,
         };
         if let Some(cache) = self.cache_for(&qi) {
-            match cache.lookup(key.as_bytes(), now) {
+            let found = if complete.is_some() {
+                cache.lookup_before_completion(key.as_bytes(), now)
+            } else {
+                cache.lookup(key.as_bytes(), now)
+            };
+            match found {
                 // A cached NXDOMAIN for a name completion applies to is where the walk
                 // starts: the async path answers it (and counts the hit). A prefetch this
                 // lookup granted (and marked on the entry) still runs.
@@ -287,7 +287,6 @@ impl Pipeline {
                     }
                 }
                 Lookup::Fresh { entry, prefetch } => {
-                    self.metrics.cache_hits.inc();
                     entry.stored().render(
                         query,
                         &qi,
@@ -304,10 +303,7 @@ impl Pipeline {
                 }
                 // A query completion applies to is looked up again, and counted, by its
                 // first step on the async path.
-                Lookup::Stale(_) | Lookup::Miss if complete.is_some() => {}
-                Lookup::Stale(_) | Lookup::Miss => {
-                    self.metrics.cache_misses.inc();
-                }
+                Lookup::Stale(_) | Lookup::Miss => {}
             }
         }
         Fast::Miss(self.request(query, qi, key, rewrite_to, client, transport, complete))
@@ -357,10 +353,6 @@ impl Pipeline {
         charge
     }
 
-    fn limited(&self, action: LimitedAction) {
-        self.metrics.limited.inc(action);
-    }
-
     fn cache_for(&self, qi: &QueryInfo) -> Option<&Arc<Cache>> {
         // A query keeping its ECS option may get an answer only for its subnet.
         let ecs_kept = !self.strip_ecs && qi.edns.is_some_and(|e| e.has_ecs);
@@ -391,7 +383,7 @@ impl Pipeline {
         match self.answer_parsed(query, qi, client, transport, now, out, false) {
             Fast::Answered(_) => {}
             Fast::Miss(step) => self.resolve_one(&step, out).await,
-            Fast::Drop => message::servfail(query, &qi, out),
+            Fast::Drop(_) => message::servfail(query, &qi, out),
         }
     }
 
@@ -431,7 +423,6 @@ impl Pipeline {
             // client's bucket like one, and without one the walk ends here.
             if let Some(rl) = &self.limiter {
                 if rl.check(req.client, false, self.clock.now()) != Decision::Allow {
-                    self.limited(LimitedAction::refused);
                     c.metrics.outcome(CompletionOutcome::abandoned);
                     return;
                 }
@@ -479,10 +470,7 @@ impl Pipeline {
                 .coalescer
                 .join(key.as_bytes(), Err(GroupError::Timeout))
             {
-                Role::Follower(rx) => {
-                    self.metrics.cache_coalesced.inc();
-                    rx.await.unwrap_or(Err(GroupError::Timeout))
-                }
+                Role::Follower(rx) => rx.await.unwrap_or(Err(GroupError::Timeout)),
                 Role::Leader(turn) => {
                     let outcome = self.fetch(req).await;
                     turn.finish(&outcome);
@@ -500,12 +488,11 @@ impl Pipeline {
                 let stale = self
                     .cache_for(qi)
                     .and_then(|c| c.stale(key.as_bytes(), now).map(|s| (c, s)));
-                if let Some((cache, entry)) = stale {
-                    self.metrics.cache_stale.inc();
+                if let Some((cache, (entry, refresh))) = stale {
                     entry
                         .stored()
                         .render(query, qi, 0, Some(cache.config().stale_ttl), max, out);
-                    if entry.start_refresh() {
+                    if refresh {
                         self.refresh(req.clone(), entry);
                     }
                 } else {
@@ -532,7 +519,7 @@ impl Pipeline {
             None => key.name(),
         };
         let index = self.routes.group(key.route_tag(), sent_name);
-        let group = &self.groups[index.min(self.groups.len().saturating_sub(1))];
+        let group = self.groups.at(index);
         if tracing::enabled!(tracing::Level::DEBUG) {
             tracing::debug!(name = %wire::name_to_string(key.name()), qtype = qi.qtype, group = %group.name, "forwarding");
         }
@@ -552,11 +539,12 @@ impl Pipeline {
             }
         };
         // IPv4-only zones: no address hints a client cannot use.
-        let resp = match &self.filter_aaaa {
-            Some(z) if matches!(qi.qtype, rtype::SVCB | rtype::HTTPS) && z.contains(key.name()) => {
-                crate::dns::svcb::without_ipv6_hints(&resp).map_or(resp, Bytes::from)
-            }
-            _ => resp,
+        let resp = if matches!(qi.qtype, rtype::SVCB | rtype::HTTPS)
+            && self.policy.ipv4_only(key.name())
+        {
+            crate::dns::svcb::without_ipv6_hints(&resp).map_or(resp, Bytes::from)
+        } else {
+            resp
         };
         let policy = self
             .cache
@@ -576,16 +564,13 @@ impl Pipeline {
             {
                 return Err(GroupError::StaleIsBetter);
             }
-            if cache.insert(key.as_bytes(), &answer, self.clock.now()) {
-                self.metrics.cache_inserts.inc();
-            }
+            cache.insert(key.as_bytes(), &answer, self.clock.now());
         }
         Ok(answer)
     }
 
     /// Refreshes a cached name in the background (prefetch, or after serving stale).
     fn refresh(self: &Arc<Self>, req: Request, entry: crate::cache::Entry) {
-        self.metrics.cache_prefetches.inc();
         let me = Arc::clone(self);
         tokio::spawn(async move {
             if let Role::Leader(turn) = me

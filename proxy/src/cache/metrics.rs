@@ -1,0 +1,73 @@
+//! What the cache counts of itself: hits and misses of client lookups, stale answers,
+//! refreshes, inserts, evictions, coalesced misses, and its size at scrape time.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::{Registry, Unit};
+
+/// The cache's metrics; one set per process, kept by every cache a reload builds.
+#[derive(Clone, Debug, Default)]
+pub struct CacheMetrics {
+    pub(super) hits: Counter,
+    pub(super) misses: Counter,
+    pub(super) stale: Counter,
+    pub(super) prefetches: Counter,
+    pub(super) evictions: Counter,
+    pub(super) inserts: Counter,
+    pub(super) coalesced: Counter,
+    pub(super) entries: Gauge,
+    pub(super) bytes: Gauge,
+}
+
+impl CacheMetrics {
+    pub fn register(&self, r: &mut Registry) {
+        let counters = [
+            ("cache_hits", "Queries answered from the cache", &self.hits),
+            (
+                "cache_misses",
+                "Cacheable queries not found fresh in the cache",
+                &self.misses,
+            ),
+            (
+                "cache_stale_answers",
+                "Expired answers served because upstreams failed (RFC 8767)",
+                &self.stale,
+            ),
+            (
+                "cache_prefetches",
+                "Background refreshes: of hot names before they expire, and of answers just served stale",
+                &self.prefetches,
+            ),
+            (
+                "cache_evictions",
+                "Answers evicted to stay within the cache bounds",
+                &self.evictions,
+            ),
+            ("cache_inserts", "Answers stored in the cache", &self.inserts),
+            (
+                "cache_coalesced",
+                "Queries that waited for an identical query already in flight",
+                &self.coalesced,
+            ),
+        ];
+        for (name, help, c) in counters {
+            r.register(name, help, c.clone());
+        }
+        r.register(
+            "cache_entries",
+            "Answers in the cache",
+            self.entries.clone(),
+        );
+        r.register_with_unit(
+            "cache",
+            "Memory held by cached answers",
+            Unit::Bytes,
+            self.bytes.clone(),
+        );
+    }
+
+    /// The evictions counter, for tests that build a cache on their own.
+    pub fn evictions(&self) -> u64 {
+        self.evictions.get()
+    }
+}
