@@ -739,13 +739,13 @@ fn pipeline_case(
             let fast =
                 pipeline.handle_fast(query, CLIENT, transport, pipeline.clock().now(), &mut out);
             let counter = match &fast {
-                Fast::Drop(_) => &seen.dropped,
+                Fast::Drop { .. } => &seen.dropped,
                 Fast::Answered(_) => &seen.answered,
                 Fast::Miss(_) => &seen.resolved,
             };
             counter.fetch_add(1, Ordering::Relaxed);
             match fast {
-                Fast::Drop(_) => {
+                Fast::Drop { .. } => {
                     prop_assert!(
                         query.len() < 12 || query[2] & 0x80 != 0,
                         "dropped a query that is no response: {:02x?}",

@@ -18,7 +18,8 @@ RULES_FILE = CHART / "files" / "dot-proxy-rules.yaml"
 RULES_COPY = ROOT / "deploy" / "prometheus" / "dot-proxy-rules.yaml"
 DASHBOARD_FILE = CHART / "files" / "dashboard.json"
 MANIFESTS = ROOT / "manifests"
-METRICS_RS = ROOT / "proxy" / "src" / "metrics" / "mod.rs"
+# The proxy's metrics as documented; tests/docs/check.py holds the table to a live /metrics.
+OBSERVABILITY_MD = ROOT / "docs" / "observability.md"
 
 # What manifests/ is rendered with: the NodeLocal DNSCache convention of kube-system
 # (where system-node-critical pods are allowed everywhere) and the chart's own name.

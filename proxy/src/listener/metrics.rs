@@ -146,9 +146,13 @@ impl QueryCounters {
         }
     }
 
-    /// A client packet not answered.
-    pub fn dropped(&self, reason: DropReason) {
+    /// A client packet not answered; one that parsed as a query of `qtype` is also
+    /// counted as a query answered `DROPPED`.
+    pub fn dropped(&self, reason: DropReason, qtype: Option<u16>) {
         self.shared.drops.inc(reason);
+        if let Some(t) = qtype {
+            self.count(QType::from_u16(t), Rcode::DROPPED);
+        }
     }
 
     /// Queries waiting for an upstream.

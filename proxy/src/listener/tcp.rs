@@ -293,11 +293,7 @@ async fn connection(
                     break;
                 }
             }
-            Fast::Drop(reason) => {
-                if let Some(r) = reason {
-                    counters.dropped(r);
-                }
-            }
+            Fast::Drop { reason, qtype } => counters.dropped(reason, qtype),
             Fast::Miss(req) => {
                 let Ok(permit) = inflight.clone().acquire_owned().await else {
                     break;

@@ -122,14 +122,10 @@ impl Io {
                             self.sb.flush(sock, counters, start).await;
                         }
                     }
-                    Fast::Drop(reason) => {
-                        if let Some(r) = reason {
-                            counters.dropped(r);
-                        }
-                    }
+                    Fast::Drop { reason, qtype } => counters.dropped(reason, qtype),
                     Fast::Miss(req) => {
                         let Ok(permit) = self.pending.clone().try_acquire_owned() else {
-                            counters.dropped(DropReason::overloaded);
+                            counters.dropped(DropReason::overloaded, None);
                             continue;
                         };
                         let Some(charge) = p.admit(&req, self.sb.next_buf()) else {

@@ -35,9 +35,12 @@ use crate::upstream::GroupError;
 pub enum Fast {
     /// `out` holds the answer to a query of this type (0 when it did not parse).
     Answered(u16),
-    /// Send nothing; the listener counts the packet as dropped for this reason (a query
-    /// the rate limiter drops is counted by the limiter: None).
-    Drop(Option<DropReason>),
+    /// Send nothing. The listener counts the packet as dropped for `reason`, and a query
+    /// that parsed (`qtype`, dropped by the rate limiter) also as answered `DROPPED`.
+    Drop {
+        reason: DropReason,
+        qtype: Option<u16>,
+    },
     /// Needs an upstream: hand the request to [`Pipeline::resolve`].
     Miss(Request),
 }
@@ -172,7 +175,10 @@ impl Pipeline {
                 } else {
                     DropReason::response
                 };
-                return Fast::Drop(Some(reason));
+                return Fast::Drop {
+                    reason,
+                    qtype: None,
+                };
             }
             Err(Rejection::Answer {
                 rcode,
@@ -197,7 +203,12 @@ impl Pipeline {
                     answer(rcode::REFUSED);
                     return Fast::Answered(qi.qtype);
                 }
-                Decision::Drop => return Fast::Drop(Some(DropReason::rate_limited)),
+                Decision::Drop => {
+                    return Fast::Drop {
+                        reason: DropReason::rate_limited,
+                        qtype: Some(qi.qtype),
+                    }
+                }
                 Decision::Truncate => {
                     answer(rcode::NOERROR);
                     if out.len() >= 4 {
@@ -383,7 +394,7 @@ impl Pipeline {
         match self.answer_parsed(query, qi, client, transport, now, out, false) {
             Fast::Answered(_) => {}
             Fast::Miss(step) => self.resolve_one(&step, out).await,
-            Fast::Drop(_) => message::servfail(query, &qi, out),
+            Fast::Drop { .. } => message::servfail(query, &qi, out),
         }
     }
 

@@ -127,9 +127,9 @@ async fn drop_action_and_slip() {
     }
     // First allowed; then dropped, TC=1, dropped, TC=1.
     assert_eq!(got, vec![Some(false), None, Some(true), None, Some(true)]);
-    // The two dropped packets are counted as the docs say: by the limiter's action and as
-    // packets not answered (the second count was never made before the metrics moved into
-    // the listener).
+    // The two dropped packets are counted as the docs say: by the limiter's action, as
+    // packets not answered and as queries "answered" DROPPED (the last two were documented
+    // but never counted before the drop's reason came back to the listener).
     let metrics = p.metrics().await;
     assert_eq!(
         metric(&metrics, "dot_proxy_rate_limited_total{action=\"dropped\"}"),
@@ -139,6 +139,13 @@ async fn drop_action_and_slip() {
         metric(
             &metrics,
             "dot_proxy_dropped_packets_total{reason=\"rate_limited\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "dot_proxy_queries_total{transport=\"udp\",qtype=\"A\",rcode=\"DROPPED\"}"
         ),
         2.0
     );
