@@ -225,14 +225,17 @@ pub fn proxy_config(spec: &DotProxyConfigSpec) -> Result<Config, Vec<String>> {
 
     if let Err(e) = config.validate() {
         for fe in e.0 {
-            if on_the_proxys_filesystem(&fe.field, &fe.message) || supplied_on_the_node(&fe.field) {
+            let proxy_field = fe.field();
+            if on_the_proxys_filesystem(&proxy_field, &fe.message)
+                || supplied_on_the_node(&proxy_field)
+            {
                 continue;
             }
             // A field the conversion already reported (an address it could not parse, so
             // left out) would only be reported again in the proxy's words.
-            let field = spec_path(&fe.field);
+            let field = spec_path(&proxy_field);
             if !errs.iter().any(|m| reports(m, &field)) {
-                let rule = policy_rule(&spec.policy, &fe.field).unwrap_or_default();
+                let rule = policy_rule(&spec.policy, &proxy_field).unwrap_or_default();
                 errs.push(format!("{field}: {}{rule}", spec_words(&fe.message)));
             }
         }

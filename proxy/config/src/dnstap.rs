@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 #[cfg(feature = "schema")]
 use schemars::JsonSchema;
 
-use crate::limits;
+use crate::{limits, Errors};
 
 /// Query logging with dnstap (protobuf messages over Frame Streams), off by default.
 /// Query names are in every message by nature; client addresses are cut to a prefix.
@@ -74,51 +74,40 @@ impl Default for DnstapConfig {
 
 impl DnstapConfig {
     /// `Config::validate`, for this section.
-    pub(crate) fn check(&self, err: &mut impl FnMut(String, String)) {
-        let mut range = |field: &str, v: u64, r: limits::Range<u64>| {
-            if let Some(m) = r.check(v) {
-                err(format!("dnstap.{field}"), m);
-            }
-        };
-        range(
+    pub(crate) fn check(&self, e: &mut Errors) {
+        e.range(
             "client_ipv4_prefix",
-            self.client_ipv4_prefix.into(),
+            u64::from(self.client_ipv4_prefix),
             limits::DNSTAP_IPV4_PREFIX,
         );
-        range(
+        e.range(
             "client_ipv6_prefix",
-            self.client_ipv6_prefix.into(),
+            u64::from(self.client_ipv6_prefix),
             limits::DNSTAP_IPV6_PREFIX,
         );
-        range("queue_size", self.queue_size as u64, limits::DNSTAP_QUEUE);
+        e.range("queue_size", self.queue_size as u64, limits::DNSTAP_QUEUE);
         if let Some(m) = limits::DNSTAP_SAMPLE_RATE.check(self.sample_rate) {
-            err("dnstap.sample_rate".into(), m);
+            e.field("sample_rate", m);
         } else if self.sample_rate == 0.0 {
-            err(
-                "dnstap.sample_rate".into(),
-                "must be above 0 (set enabled: false to log nothing)".into(),
+            e.field(
+                "sample_rate",
+                "must be above 0 (set enabled: false to log nothing)",
             );
         }
         if self.enabled && self.socket.is_some() == self.address.is_some() {
-            err(
-                "dnstap".into(),
-                "set exactly one of socket (a Unix socket path) and address (IP:PORT)".into(),
-            );
+            e.here("set exactly one of socket (a Unix socket path) and address (IP:PORT)");
         }
         if let Some(p) = &self.socket {
             if !p.is_absolute() {
-                err(
-                    "dnstap.socket".into(),
+                e.field(
+                    "socket",
                     format!("{} must be an absolute path", p.display()),
                 );
             }
         }
         for (field, v) in [("identity", &self.identity), ("version", &self.version)] {
             if v.len() > 255 {
-                err(
-                    format!("dnstap.{field}"),
-                    "must be at most 255 bytes".into(),
-                );
+                e.field(field, "must be at most 255 bytes");
             }
         }
     }
