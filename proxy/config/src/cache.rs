@@ -7,33 +7,42 @@ use schemars::JsonSchema;
 
 use crate::{limits, normalize_zone, Dur, Errors};
 
+/// The answer cache of each proxy.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheConfig {
     pub enabled: bool,
     /// Most answers kept.
+    #[cfg_attr(feature = "schema", schemars(range(min = limits::CACHE_MAX_ENTRIES.min, max = limits::CACHE_MAX_ENTRIES.max)))]
     pub max_entries: usize,
     /// Most bytes of answers kept (wire size plus bookkeeping).
+    #[cfg_attr(feature = "schema", schemars(range(min = limits::CACHE_MAX_BYTES.min, max = limits::CACHE_MAX_BYTES.max)))]
     pub max_bytes: u64,
     /// Lower clamp on positive TTLs, seconds.
+    #[cfg_attr(feature = "schema", schemars(range(min = limits::CACHE_MIN_TTL.min, max = limits::CACHE_MIN_TTL.max)))]
     pub min_ttl: u32,
     /// Upper clamp on positive TTLs, seconds.
+    #[cfg_attr(feature = "schema", schemars(range(min = limits::CACHE_MAX_TTL.min, max = limits::CACHE_MAX_TTL.max)))]
     pub max_ttl: u32,
     /// Upper clamp on negative (NXDOMAIN/NODATA) TTLs, seconds.
+    #[cfg_attr(feature = "schema", schemars(range(min = limits::CACHE_NEGATIVE_MAX_TTL.min, max = limits::CACHE_NEGATIVE_MAX_TTL.max)))]
     pub negative_max_ttl: u32,
     /// How long a SERVFAIL is kept, seconds (RFC 9520 caps it at 5 minutes; keep it short).
+    #[cfg_attr(feature = "schema", schemars(range(min = limits::CACHE_SERVFAIL_TTL.min, max = limits::CACHE_SERVFAIL_TTL.max)))]
     pub servfail_ttl: u32,
     /// Serve expired answers up to this long after expiry when upstreams fail (RFC 8767);
     /// `0s` turns serve-stale off.
     pub stale_max_age: Dur,
     /// TTL put on stale answers.
+    #[cfg_attr(feature = "schema", schemars(range(min = limits::CACHE_STALE_TTL.min, max = limits::CACHE_STALE_TTL.max)))]
     pub stale_ttl: u32,
     pub prefetch: PrefetchConfig,
     /// TTL clamps for names under a zone, overriding the ones above (the longest matching
     /// zone wins), e.g. `cluster.local` capped at 30 s positive and 5 s negative, as
     /// NodeLocal DNSCache does, so a new pod or service is found quickly.
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "schema", schemars(length(max = 64)))]
     pub zones: Vec<CacheZone>,
 }
 
@@ -43,12 +52,22 @@ pub struct CacheConfig {
 #[serde(deny_unknown_fields)]
 pub struct CacheZone {
     /// A domain (`cluster.local`); `.` is not allowed (that is the cache-wide setting).
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            length(min = 1, max = 254),
+            regex(pattern = r"^[A-Za-z0-9_-]{1,63}(\.[A-Za-z0-9_-]{1,63})*\.?$")
+        )
+    )]
     pub zone: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(range(min = limits::CACHE_MIN_TTL.min, max = limits::CACHE_MIN_TTL.max)))]
     pub min_ttl: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(range(min = limits::CACHE_MAX_TTL.min, max = limits::CACHE_MAX_TTL.max)))]
     pub max_ttl: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(range(min = limits::CACHE_NEGATIVE_MAX_TTL.min, max = limits::CACHE_NEGATIVE_MAX_TTL.max)))]
     pub negative_max_ttl: Option<u32>,
 }
 
@@ -72,16 +91,20 @@ impl Default for CacheConfig {
     }
 }
 
+/// Refreshing popular names before they expire.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct PrefetchConfig {
     pub enabled: bool,
     /// A name is hot once it has been asked this many times during its TTL.
+    #[cfg_attr(feature = "schema", schemars(range(min = limits::PREFETCH_MIN_HITS.min, max = limits::PREFETCH_MIN_HITS.max)))]
     pub min_hits: u32,
     /// At most this many names are kept hot at once (the most asked).
+    #[cfg_attr(feature = "schema", schemars(range(min = limits::PREFETCH_TOP_N.min, max = limits::PREFETCH_TOP_N.max)))]
     pub top_n: usize,
     /// Refresh when this fraction of the original TTL is left (0.0–0.5).
+    #[cfg_attr(feature = "schema", schemars(range(min = limits::PREFETCH_REMAINING_FRACTION.min, max = limits::PREFETCH_REMAINING_FRACTION.max)))]
     pub remaining_fraction: f64,
 }
 

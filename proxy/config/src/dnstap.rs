@@ -20,13 +20,17 @@ pub struct DnstapConfig {
     /// The collector's Unix socket (e.g. `/var/run/dnstap/dnstap.sock`). Exactly one of
     /// `socket` and `address` when enabled.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = 256)))]
     pub socket: Option<PathBuf>,
     /// The collector's TCP address (`IP:PORT`).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = 64)))]
     pub address: Option<SocketAddr>,
     /// The `identity` of every message; empty: the host name.
+    #[cfg_attr(feature = "schema", schemars(length(max = 255)))]
     pub identity: String,
     /// The `version` of every message; empty: `dot-proxy <version>`.
+    #[cfg_attr(feature = "schema", schemars(length(max = 255)))]
     pub version: String,
     /// What pods asked (CLIENT_QUERY).
     pub client_query: bool,
@@ -38,16 +42,20 @@ pub struct DnstapConfig {
     /// What came back from upstream (FORWARDER_RESPONSE).
     pub forwarder_response: bool,
     /// Client IPv4 addresses are cut to this prefix (32: the full address; 0: no address).
+    #[cfg_attr(feature = "schema", schemars(range(min = limits::DNSTAP_IPV4_PREFIX.min, max = limits::DNSTAP_IPV4_PREFIX.max)))]
     pub client_ipv4_prefix: u8,
     /// Client IPv6 addresses are cut to this prefix (128: the full address; 0: none).
+    #[cfg_attr(feature = "schema", schemars(range(min = limits::DNSTAP_IPV6_PREFIX.min, max = limits::DNSTAP_IPV6_PREFIX.max)))]
     pub client_ipv6_prefix: u8,
     /// Log only exchanges whose response is SERVFAIL, REFUSED or NXDOMAIN.
     pub only_errors: bool,
     /// Share of client queries logged (with their forwarder messages), 0 < rate <= 1.
+    #[cfg_attr(feature = "schema", schemars(range(min = limits::DNSTAP_SAMPLE_RATE.min, max = limits::DNSTAP_SAMPLE_RATE.max)))]
     pub sample_rate: f64,
     /// Exchanges (a query and its response: two messages) waiting for the collector at
     /// most; past that, messages are dropped and counted (`dot_proxy_dnstap_dropped_total`),
     /// never queries.
+    #[cfg_attr(feature = "schema", schemars(range(min = limits::DNSTAP_QUEUE.min, max = limits::DNSTAP_QUEUE.max)))]
     pub queue_size: usize,
 }
 

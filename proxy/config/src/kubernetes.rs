@@ -38,10 +38,19 @@ pub struct SearchCompletionConfig {
     pub enabled: bool,
     /// The cluster domain: pods search `<namespace>.svc.<domain>`, `svc.<domain>`,
     /// `<domain>`.
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = 253)))]
     pub cluster_domain: String,
     /// The node's own search domains, which kubelet appends to every pod's list, in order.
+    #[cfg_attr(
+        feature = "schema",
+        schemars(length(max = 29), inner(length(min = 1, max = 253)))
+    )]
     pub host_search_domains: Vec<String>,
     /// Query types completed (names: A, AAAA, HTTPS, SVCB, SRV, TXT, MX, CNAME).
+    #[cfg_attr(
+        feature = "schema",
+        schemars(length(max = 8), inner(length(min = 1, max = 8)))
+    )]
     pub types: Vec<String>,
 }
 
@@ -63,6 +72,11 @@ impl Default for SearchCompletionConfig {
 #[cfg_attr(feature = "schema", derive(JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct FilterAaaaConfig {
+    /// Zones (`.`: every name).
+    #[cfg_attr(
+        feature = "schema",
+        schemars(length(max = 64), inner(length(min = 1, max = 253)))
+    )]
     pub zones: Vec<String>,
 }
 

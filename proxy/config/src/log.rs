@@ -14,6 +14,7 @@ pub struct LogConfig {
     /// `text` or `json`.
     pub format: LogFormat,
     /// A tracing filter: `info`, `debug`, `dot_proxy=debug,info`. Query names appear only at debug.
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = 256)))]
     pub level: String,
 }
 

@@ -14,6 +14,7 @@ pub struct PrivacyConfig {
     /// Remove EDNS Client Subnet from queries before they leave the node.
     pub strip_ecs: bool,
     /// Pad queries sent over TLS to a multiple of this many bytes (RFC 7830/8467); 0 = off.
+    #[cfg_attr(feature = "schema", schemars(range(min = limits::PADDING_BLOCK.min, max = limits::PADDING_BLOCK.max)))]
     pub padding_block: u16,
 }
 

@@ -7,22 +7,30 @@ use schemars::JsonSchema;
 
 use crate::{limits, Cidr, Errors};
 
+/// Per-client (per source address) query rate limit.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimitConfig {
     pub enabled: bool,
     /// Sustained queries per second per client.
+    #[cfg_attr(feature = "schema", schemars(range(min = limits::RATE_QPS.min, max = limits::RATE_QPS.max)))]
     pub qps: f64,
     /// Bucket size: queries a client may send at once.
+    #[cfg_attr(feature = "schema", schemars(range(min = limits::RATE_BURST.min, max = limits::RATE_BURST.max)))]
     pub burst: u32,
-    /// IPv6 clients are grouped by this prefix length.
+    /// IPv6 clients are grouped by this prefix length. The operator's default is 128:
+    /// Kubernetes gives each node one /64 of pod addresses, so a /64 bucket would be shared
+    /// by every pod of the node.
+    #[cfg_attr(feature = "schema", schemars(range(min = limits::RATE_IPV6_PREFIX.min, max = limits::RATE_IPV6_PREFIX.max)))]
     pub ipv6_prefix: u8,
     /// What an over-limit query gets: `refused` or `drop`.
     pub action: LimitAction,
     /// Answer every Nth limited UDP query with TC=1 instead (0 = never).
+    #[cfg_attr(feature = "schema", schemars(range(min = limits::RATE_SLIP.min, max = limits::RATE_SLIP.max)))]
     pub slip: u32,
     /// Client buckets kept at most; idle ones are evicted first.
+    #[cfg_attr(feature = "schema", schemars(range(min = limits::RATE_MAX_CLIENTS.min, max = limits::RATE_MAX_CLIENTS.max)))]
     pub max_clients: usize,
     /// Size of the top-clients list exported for metrics.
     pub top_k: usize,
