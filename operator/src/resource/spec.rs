@@ -1,9 +1,11 @@
 //! `DotProxyConfig` (`dns.dot-proxy.io/v1alpha1`): what the proxies on the nodes should run.
 //!
 //! Field names are camelCase (the Kubernetes convention); the render module converts a spec
-//! into the proxy's own `dot_proxy_config::Config` (snake_case YAML). Where a proxy type fits
-//! (policies, protocols, durations, actions) it is reused, wrapped in [`Checked`] so its schema
-//! stays the proxy's own.
+//! into the proxy's own `dot_proxy_config::Config` (snake_case YAML). Whole sections that read
+//! the same in both (cache, rate limit, privacy, log, dnstap, search completion, AAAA
+//! filtering) are the proxy's own types wrapped in [`Camel`]; where a single proxy type fits
+//! (policies, protocols, durations, actions) it is reused, wrapped in [`Checked`]. What stays
+//! here is what differs in Kubernetes: grants, shards, target, list-map shapes, CEL rules.
 //!
 //! The schema refuses at `kubectl apply` time what it can: required fields, enums, ranges,
 //! lengths, and CEL rules (`x-kubernetes-validations`) for references between fields. Whatever

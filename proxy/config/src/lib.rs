@@ -3,6 +3,11 @@
 //!
 //! Loading is two steps: parse (serde, unknown fields refused) and [`Config::validate`],
 //! which collects every semantic error with the path of the field at fault.
+//!
+//! Each section has one home, `<section>.rs`: its type, defaults, bounds (the `limits`
+//! constants, also written on the fields for the schema feature) and a check that names
+//! fields relative to the section ([`Errors`]); `validate` calls the sections and then the
+//! checks that need more than one. This file holds the whole [`Config`] and its loading.
 
 /// Serde for a type written as a string: `Display` out, `FromStr` in (the parse error,
 /// after `$what`, is the message), and with the `schema` feature a string JSON schema.
