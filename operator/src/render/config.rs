@@ -5,13 +5,12 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use dot_proxy_config::{
-    AdminConfig, BlockList, CacheConfig, Config, DnstapConfig, FilterAaaaConfig, KubernetesConfig,
-    LogConfig, NodeLocalConfig, OverridesConfig, PolicyConfig, PrefetchConfig, PrivacyConfig,
-    Protocol, RateLimitConfig, RewriteRule, SearchCompletionConfig, StaticRule, UpstreamGroup,
-    UpstreamServer, ZoneRoute,
+    AdminConfig, BlockList, Config, FieldPath, KubernetesConfig, NodeLocalConfig, OverridesConfig,
+    PathSegment, PolicyConfig, Protocol, RewriteRule, StaticRule, UpstreamGroup, UpstreamServer,
+    ZoneRoute,
 };
 
-use crate::resource::{Checked, DotProxyConfigSpec, PolicySpec, UpstreamServerSpec};
+use crate::resource::{camel_case, Checked, DotProxyConfigSpec, PolicySpec, UpstreamServerSpec};
 use crate::OVERRIDES_DIR;
 
 /// Builds the proxy config a spec describes. Per-pod overrides are not in it (they go to the
@@ -22,6 +21,19 @@ use crate::OVERRIDES_DIR;
 pub fn proxy_config(spec: &DotProxyConfigSpec) -> Result<Config, Vec<String>> {
     let mut errs = Vec::new();
     let defaults = Config::default();
+    for (section, problem) in [
+        ("cache", spec.cache.problem()),
+        ("rateLimit", spec.rate_limit.problem()),
+        ("privacy", spec.privacy.problem()),
+        ("log", spec.log.problem()),
+        ("dnstap", spec.dnstap.problem()),
+        ("searchCompletion", spec.search_completion.problem()),
+        ("filterAaaa", spec.filter_aaaa.problem()),
+    ] {
+        if let Some((field, message)) = problem {
+            errs.push(format!("spec.{section}.{field}: {message}"));
+        }
+    }
 
     let listen = spec
         .listen
@@ -77,60 +89,6 @@ pub fn proxy_config(spec: &DotProxyConfigSpec) -> Result<Config, Vec<String>> {
         })
         .collect();
 
-    let c = &spec.cache;
-    let stale_max_age = checked(
-        &mut errs,
-        "spec.cache.staleMaxAge",
-        &c.stale_max_age,
-        "a duration like 1d",
-    );
-    let cache = CacheConfig {
-        enabled: c.enabled,
-        max_entries: c.max_entries as usize,
-        max_bytes: c.max_bytes,
-        min_ttl: c.min_ttl,
-        max_ttl: c.max_ttl,
-        negative_max_ttl: c.negative_max_ttl,
-        servfail_ttl: c.servfail_ttl,
-        stale_max_age: stale_max_age.unwrap_or(defaults.cache.stale_max_age),
-        stale_ttl: c.stale_ttl,
-        prefetch: PrefetchConfig {
-            enabled: c.prefetch.enabled,
-            min_hits: c.prefetch.min_hits,
-            top_n: c.prefetch.top_n as usize,
-            remaining_fraction: c.prefetch.remaining_fraction,
-        },
-        zones: c
-            .zones
-            .iter()
-            .map(|z| dot_proxy_config::CacheZone {
-                zone: z.zone.clone(),
-                min_ttl: z.min_ttl,
-                max_ttl: z.max_ttl,
-                negative_max_ttl: z.negative_max_ttl,
-            })
-            .collect(),
-    };
-
-    let r = &spec.rate_limit;
-    let action = checked(
-        &mut errs,
-        "spec.rateLimit.action",
-        &r.action,
-        "refused, drop",
-    );
-    let rate_limit = RateLimitConfig {
-        enabled: r.enabled,
-        qps: r.qps,
-        burst: r.burst,
-        ipv6_prefix: r.ipv6_prefix,
-        action: action.unwrap_or_default(),
-        slip: r.slip,
-        max_clients: r.max_clients as usize,
-        overrides: Vec::new(),
-        ..defaults.rate_limit.clone()
-    };
-
     let nl = &spec.node_local;
     let firewall = checked(
         &mut errs,
@@ -161,7 +119,6 @@ pub fn proxy_config(spec: &DotProxyConfigSpec) -> Result<Config, Vec<String>> {
         firewall: firewall.unwrap_or_default(),
     };
 
-    let log_format = checked(&mut errs, "spec.log.format", &spec.log.format, "text, json");
     let admin_listen = match spec.admin_listen.trim() {
         "" => None,
         a => a
@@ -175,26 +132,19 @@ pub fn proxy_config(spec: &DotProxyConfigSpec) -> Result<Config, Vec<String>> {
     };
 
     let policy = policy(&mut errs, &spec.policy);
-    let dnstap = dnstap(&mut errs, &spec.dnstap);
 
     let config = Config {
         listen,
-        log: LogConfig {
-            format: log_format.unwrap_or(defaults.log.format),
-            level: spec.log.level.clone(),
-        },
+        log: (*spec.log).clone(),
         admin: AdminConfig {
             listen: admin_listen,
         },
         upstream_groups,
         zones,
         allow_plain_default: spec.allow_plain_default,
-        cache,
-        rate_limit,
-        privacy: PrivacyConfig {
-            strip_ecs: spec.privacy.strip_ecs,
-            padding_block: spec.privacy.padding_block,
-        },
+        cache: (*spec.cache).clone(),
+        rate_limit: (*spec.rate_limit).clone(),
+        privacy: (*spec.privacy).clone(),
         client_groups: Vec::new(),
         overrides: OverridesConfig {
             dir: Some(PathBuf::from(OVERRIDES_DIR)),
@@ -203,7 +153,7 @@ pub fn proxy_config(spec: &DotProxyConfigSpec) -> Result<Config, Vec<String>> {
         },
         node_local,
         policy,
-        dnstap,
+        dnstap: (*spec.dnstap).clone(),
         // Completion needs the pod watch; the node's name comes from each proxy's
         // environment (DOT_PROXY_NODE_NAME), its credentials from its service account.
         kubernetes: KubernetesConfig {
@@ -211,28 +161,24 @@ pub fn proxy_config(spec: &DotProxyConfigSpec) -> Result<Config, Vec<String>> {
             node_name: None,
             kubeconfig: None,
         },
-        search_completion: SearchCompletionConfig {
-            enabled: spec.search_completion.enabled,
-            cluster_domain: spec.search_completion.cluster_domain.clone(),
-            host_search_domains: spec.search_completion.host_search_domains.clone(),
-            types: spec.search_completion.types.clone(),
-        },
-        filter_aaaa: FilterAaaaConfig {
-            zones: spec.filter_aaaa.zones.clone(),
-        },
+        search_completion: (*spec.search_completion).clone(),
+        filter_aaaa: (*spec.filter_aaaa).clone(),
         ..defaults
     };
 
     if let Err(e) = config.validate() {
         for fe in e.0 {
-            if on_the_proxys_filesystem(&fe.field, &fe.message) || supplied_on_the_node(&fe.field) {
+            let proxy_field = fe.field();
+            if on_the_proxys_filesystem(&proxy_field, &fe.message)
+                || supplied_on_the_node(&proxy_field)
+            {
                 continue;
             }
             // A field the conversion already reported (an address it could not parse, so
             // left out) would only be reported again in the proxy's words.
-            let field = spec_path(&fe.field);
+            let field = spec_path(&fe.path);
             if !errs.iter().any(|m| reports(m, &field)) {
-                let rule = policy_rule(&spec.policy, &fe.field).unwrap_or_default();
+                let rule = policy_rule(&spec.policy, &proxy_field).unwrap_or_default();
                 errs.push(format!("{field}: {}{rule}", spec_words(&fe.message)));
             }
         }
@@ -372,35 +318,6 @@ fn policy(errs: &mut Vec<String>, p: &PolicySpec) -> PolicyConfig {
     }
 }
 
-fn dnstap(errs: &mut Vec<String>, d: &crate::resource::DnstapSpec) -> DnstapConfig {
-    let address = d.address.as_deref().and_then(|a| {
-        a.trim()
-            .parse::<SocketAddr>()
-            .map_err(|_| {
-                errs.push(format!(
-                    "spec.dnstap.address: {a:?} is not IP:PORT (IPv6 as [addr]:port)"
-                ))
-            })
-            .ok()
-    });
-    DnstapConfig {
-        enabled: d.enabled,
-        socket: d.socket.as_ref().map(PathBuf::from),
-        address,
-        identity: d.identity.clone(),
-        version: d.version.clone(),
-        client_query: d.client_query,
-        client_response: d.client_response,
-        forwarder_query: d.forwarder_query,
-        forwarder_response: d.forwarder_response,
-        client_ipv4_prefix: d.client_ipv4_prefix,
-        client_ipv6_prefix: d.client_ipv6_prefix,
-        only_errors: d.only_errors,
-        sample_rate: d.sample_rate,
-        queue_size: d.queue_size as usize,
-    }
-}
-
 fn checked<T: Clone>(
     errs: &mut Vec<String>,
     field: &str,
@@ -468,22 +385,30 @@ fn server(errs: &mut Vec<String>, sp: &str, s: &UpstreamServerSpec) -> Option<Up
     })
 }
 
+/// Settings the resource places elsewhere than the proxy's config does.
+const MOVED: &[(&[&str], &str)] = &[(&["admin", "listen"], "adminListen")];
+
 /// Turns a proxy config path (`upstream_groups[0].servers[1].tls_name`) into the resource's
-/// (`spec.upstreamGroups[0].servers[1].tlsName`).
-pub fn spec_path(proxy_field: &str) -> String {
-    if proxy_field == "admin.listen" {
-        return "spec.adminListen".into();
+/// (`spec.upstreamGroups[0].servers[1].tlsName`): field names camelCased, map keys and
+/// indices kept, and [`MOVED`] settings at their own place.
+pub fn spec_path(proxy_field: &FieldPath) -> String {
+    let mut segments = proxy_field.segments();
+    let mut out = String::from("spec");
+    if let Some((from, to)) = MOVED
+        .iter()
+        .find(|(from, _)| proxy_field.starts_with_fields(from) && segments.len() >= from.len())
+    {
+        out = format!("spec.{to}");
+        segments = &segments[from.len()..];
     }
-    let mut out = String::from("spec.");
-    let mut upper = false;
-    for c in proxy_field.chars() {
-        match c {
-            '_' => upper = true,
-            c if upper => {
-                out.push(c.to_ascii_uppercase());
-                upper = false;
+    for s in segments {
+        match s {
+            PathSegment::Field(f) => {
+                out.push('.');
+                out.push_str(&camel_case(f));
             }
-            c => out.push(c),
+            PathSegment::Index(i) => out.push_str(&format!("[{i}]")),
+            PathSegment::Key(k) => out.push_str(&format!("[{k:?}]")),
         }
     }
     out
@@ -502,22 +427,29 @@ mod tests {
 
     #[test]
     fn paths_follow_the_resource() {
+        let p = |f: &'static str| FieldPath::from(f);
         assert_eq!(
-            spec_path("upstream_groups[0].servers[1].tls_name"),
+            spec_path(
+                &p("upstream_groups")
+                    .index(0)
+                    .field("servers")
+                    .index(1)
+                    .field("tls_name")
+            ),
             "spec.upstreamGroups[0].servers[1].tlsName"
         );
         assert_eq!(
-            spec_path("rate_limit.ipv6_prefix"),
+            spec_path(&p("rate_limit").field("ipv6_prefix")),
             "spec.rateLimit.ipv6Prefix"
         );
         assert_eq!(
-            spec_path("cache.prefetch.remaining_fraction"),
+            spec_path(&p("cache").field("prefetch").field("remaining_fraction")),
             "spec.cache.prefetch.remainingFraction"
         );
-        assert_eq!(spec_path("admin.listen"), "spec.adminListen");
-        assert_eq!(spec_path("zones"), "spec.zones");
+        assert_eq!(spec_path(&p("admin").field("listen")), "spec.adminListen");
+        assert_eq!(spec_path(&p("zones")), "spec.zones");
         assert_eq!(
-            spec_path("policy.static_answers[3].cname"),
+            spec_path(&p("policy").field("static_answers").index(3).field("cname")),
             "spec.policy.staticAnswers[3].cname"
         );
     }

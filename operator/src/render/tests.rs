@@ -414,10 +414,19 @@ fn unknown_enum_values_are_invalid() {
         ["spec.upstreamGroups[0].policy: \"random\" is not a valid value (expected failover, round_robin, fastest, race)"]
     );
     let mut spec = spec_from(MINIMAL);
-    spec.rate_limit.action = Checked::Unknown("tarpit".into());
+    // Past the schema, as a file given to `render` can be: kept, and named.
+    spec.rate_limit = serde_json::from_value(serde_json::json!({"action": "tarpit"}))
+        .expect("a bad value still parses");
     spec.upstream_groups[0].timeout = Checked::Unknown("2 sec".into());
     let m = invalid_messages(render("default", &spec, &[], &no_nodes(), &no_ns()));
     assert_eq!(m.len(), 2, "{m:?}");
+    assert!(
+        m.contains(
+            &"spec.rateLimit.action: \"tarpit\" is not a valid value (expected refused, drop)"
+                .to_string()
+        ),
+        "{m:?}"
+    );
 }
 
 #[test]

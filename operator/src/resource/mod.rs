@@ -1,9 +1,12 @@
 //! The custom resource: `DotProxyConfig` in `dns.dot-proxy.io/v1alpha1`.
 
+mod camel;
 mod checked;
+mod sections;
 mod spec;
 mod status;
 
+pub use camel::{camel_case, Camel, Section};
 pub use checked::Checked;
 pub use spec::{
     AnnotationGrantsSpec, BlockListSpec, CacheSpec, CacheZoneSpec, DnstapSpec, DotProxyConfig,

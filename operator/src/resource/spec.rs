@@ -1,9 +1,11 @@
 //! `DotProxyConfig` (`dns.dot-proxy.io/v1alpha1`): what the proxies on the nodes should run.
 //!
 //! Field names are camelCase (the Kubernetes convention); the render module converts a spec
-//! into the proxy's own `dot_proxy_config::Config` (snake_case YAML). Where a proxy type fits
-//! (policies, protocols, durations, actions) it is reused, wrapped in [`Checked`] so its schema
-//! stays the proxy's own.
+//! into the proxy's own `dot_proxy_config::Config` (snake_case YAML). Whole sections that read
+//! the same in both (cache, rate limit, privacy, log, dnstap, search completion, AAAA
+//! filtering) are the proxy's own types wrapped in [`Camel`]; where a single proxy type fits
+//! (policies, protocols, durations, actions) it is reused, wrapped in [`Checked`]. What stays
+//! here is what differs in Kubernetes: grants, shards, target, list-map shapes, CEL rules.
 //!
 //! The schema refuses at `kubectl apply` time what it can: required fields, enums, ranges,
 //! lengths, and CEL rules (`x-kubernetes-validations`) for references between fields. Whatever
@@ -12,13 +14,14 @@
 use std::collections::BTreeMap;
 
 use dot_proxy_config::{
-    limits, BlockAction, CacheConfig, DnstapConfig, Dur, Firewall, LimitAction, LogFormat, Policy,
-    PrivacyConfig, Protocol, RateLimitConfig, SearchCompletionConfig,
+    limits, BlockAction, CacheConfig, DnstapConfig, Dur, FilterAaaaConfig, Firewall, LogConfig,
+    Policy, PrivacyConfig, Protocol, RateLimitConfig, SearchCompletionConfig,
 };
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::camel::Camel;
 use super::checked::Checked;
 use super::status::DotProxyConfigStatus;
 
@@ -106,14 +109,14 @@ pub struct DotProxyConfigSpec {
     pub allow_plain_default: bool,
 
     #[serde(default)]
-    pub cache: CacheSpec,
+    pub cache: Camel<CacheConfig>,
 
     /// Default per-client rate limit; pods can be given their own with annotations.
     #[serde(default)]
-    pub rate_limit: RateLimitSpec,
+    pub rate_limit: Camel<RateLimitConfig>,
 
     #[serde(default)]
-    pub privacy: PrivacySpec,
+    pub privacy: Camel<PrivacyConfig>,
 
     /// Local policy: static answers, block lists and rewrites, applied by every proxy before
     /// its cache and zone routing (docs/policy.md).
@@ -126,24 +129,24 @@ pub struct DotProxyConfigSpec {
     pub node_local: NodeLocalSpec,
 
     #[serde(default)]
-    pub log: LogSpec,
+    pub log: Camel<LogConfig>,
 
     /// Query logging with dnstap to a collector (Vector, fluent-bit, dnstap tools). Off by
     /// default. Query names are in every message; client addresses are cut to a prefix.
     #[serde(default)]
-    pub dnstap: DnstapSpec,
+    pub dnstap: Camel<DnstapConfig>,
 
     /// Search-path completion at the node: a pod's query under its own first search domain
     /// that is NXDOMAIN is completed by the proxy, which walks the rest of the pod's search
     /// list and answers with a CNAME to the first name that exists. Off by default; the
     /// proxies then watch their own node's pods (docs/search-completion.md).
     #[serde(default)]
-    pub search_completion: SearchCompletionSpec,
+    pub search_completion: Camel<SearchCompletionConfig>,
 
     /// AAAA answered with NODATA (and `ipv6hint` removed from HTTPS/SVCB answers) for names
     /// in these zones, for IPv4-only clusters. Empty by default.
     #[serde(default)]
-    pub filter_aaaa: FilterAaaaSpec,
+    pub filter_aaaa: Camel<FilterAaaaConfig>,
 
     /// Address of the proxies' HTTP server for /metrics, /healthz and /readyz; empty turns it
     /// off. The proxies run on the host network, so this is reachable on the node's address.
@@ -397,298 +400,6 @@ pub struct ZoneSpec {
     pub group: String,
 }
 
-/// The answer cache of each proxy.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
-#[schemars(extend("x-kubernetes-validations" = [
-    { "rule": "self.minTtl <= self.maxTtl", "message": "minTtl must not be above maxTtl" }
-]))]
-pub struct CacheSpec {
-    pub enabled: bool,
-    /// Most answers kept.
-    #[schemars(range(min = limits::CACHE_MAX_ENTRIES.min, max = limits::CACHE_MAX_ENTRIES.max))]
-    pub max_entries: u32,
-    /// Most bytes of answers kept.
-    #[schemars(range(min = limits::CACHE_MAX_BYTES.min, max = limits::CACHE_MAX_BYTES.max))]
-    pub max_bytes: u64,
-    /// Lower clamp on positive TTLs, seconds.
-    #[schemars(range(min = limits::CACHE_MIN_TTL.min, max = limits::CACHE_MIN_TTL.max))]
-    pub min_ttl: u32,
-    /// Upper clamp on positive TTLs, seconds.
-    #[schemars(range(min = limits::CACHE_MAX_TTL.min, max = limits::CACHE_MAX_TTL.max))]
-    pub max_ttl: u32,
-    /// Upper clamp on negative (NXDOMAIN/NODATA) TTLs, seconds.
-    #[schemars(range(min = limits::CACHE_NEGATIVE_MAX_TTL.min, max = limits::CACHE_NEGATIVE_MAX_TTL.max))]
-    pub negative_max_ttl: u32,
-    /// How long a SERVFAIL is kept, seconds (RFC 9520 caps it at 300).
-    #[schemars(range(min = limits::CACHE_SERVFAIL_TTL.min, max = limits::CACHE_SERVFAIL_TTL.max))]
-    pub servfail_ttl: u32,
-    /// Serve expired answers up to this long after expiry when upstreams fail (RFC 8767);
-    /// `0s` turns serve-stale off.
-    pub stale_max_age: Checked<Dur>,
-    /// TTL put on stale answers, seconds.
-    #[schemars(range(min = limits::CACHE_STALE_TTL.min, max = limits::CACHE_STALE_TTL.max))]
-    pub stale_ttl: u32,
-    pub prefetch: PrefetchSpec,
-    /// TTL clamps for names under a zone (longest match wins), overriding the ones above:
-    /// e.g. `{zone: cluster.local, maxTtl: 30, negativeMaxTtl: 5}`, as NodeLocal DNSCache
-    /// caches the cluster domain. The chart adds the cluster domain's from `clusterDNS`.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64))]
-    pub zones: Vec<CacheZoneSpec>,
-}
-
-/// One `spec.cache.zones` entry; unset clamps keep the cache-wide value.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct CacheZoneSpec {
-    /// A domain such as `cluster.local` (not `.`).
-    #[schemars(
-        length(min = 1, max = 254),
-        regex(pattern = r"^[A-Za-z0-9_-]{1,63}(\.[A-Za-z0-9_-]{1,63})*\.?$")
-    )]
-    pub zone: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = limits::CACHE_MIN_TTL.min, max = limits::CACHE_MIN_TTL.max))]
-    pub min_ttl: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = limits::CACHE_MAX_TTL.min, max = limits::CACHE_MAX_TTL.max))]
-    pub max_ttl: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = limits::CACHE_NEGATIVE_MAX_TTL.min, max = limits::CACHE_NEGATIVE_MAX_TTL.max))]
-    pub negative_max_ttl: Option<u32>,
-}
-
-/// The proxy's own defaults (one source: `dot_proxy_config`), except `maxBytes`
-/// (`limits::kubernetes`).
-impl Default for CacheSpec {
-    fn default() -> Self {
-        let d = CacheConfig::default();
-        CacheSpec {
-            enabled: d.enabled,
-            max_entries: u32::try_from(d.max_entries).unwrap_or(u32::MAX),
-            max_bytes: limits::kubernetes::CACHE_MAX_BYTES,
-            min_ttl: d.min_ttl,
-            max_ttl: d.max_ttl,
-            negative_max_ttl: d.negative_max_ttl,
-            servfail_ttl: d.servfail_ttl,
-            stale_max_age: Checked::Known(d.stale_max_age),
-            stale_ttl: d.stale_ttl,
-            prefetch: PrefetchSpec::default(),
-            zones: Vec::new(),
-        }
-    }
-}
-
-/// Refreshing popular names before they expire.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
-pub struct PrefetchSpec {
-    pub enabled: bool,
-    /// A name is hot once it has been asked this many times during its TTL.
-    #[schemars(range(min = limits::PREFETCH_MIN_HITS.min, max = limits::PREFETCH_MIN_HITS.max))]
-    pub min_hits: u32,
-    /// At most this many names are kept hot at once.
-    #[schemars(range(min = limits::PREFETCH_TOP_N.min, max = limits::PREFETCH_TOP_N.max))]
-    pub top_n: u32,
-    /// Refresh when this fraction of the original TTL is left.
-    #[schemars(range(min = limits::PREFETCH_REMAINING_FRACTION.min, max = limits::PREFETCH_REMAINING_FRACTION.max))]
-    pub remaining_fraction: f64,
-}
-
-impl Default for PrefetchSpec {
-    fn default() -> Self {
-        let d = CacheConfig::default().prefetch;
-        PrefetchSpec {
-            enabled: d.enabled,
-            min_hits: d.min_hits,
-            top_n: u32::try_from(d.top_n).unwrap_or(u32::MAX),
-            remaining_fraction: d.remaining_fraction,
-        }
-    }
-}
-
-/// Per-client (per source address) query rate limit.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
-pub struct RateLimitSpec {
-    pub enabled: bool,
-    /// Sustained queries per second per client.
-    #[schemars(range(min = limits::RATE_QPS.min, max = limits::RATE_QPS.max))]
-    pub qps: f64,
-    /// Queries a client may send at once.
-    #[schemars(range(min = limits::RATE_BURST.min, max = limits::RATE_BURST.max))]
-    pub burst: u32,
-    /// IPv6 clients are grouped by this prefix length. 128 by default here (the standalone
-    /// proxy's default is 64): Kubernetes gives each node one /64 of pod addresses, so a
-    /// /64 bucket would be shared by every pod of the node.
-    #[schemars(range(min = limits::RATE_IPV6_PREFIX.min, max = limits::RATE_IPV6_PREFIX.max))]
-    pub ipv6_prefix: u8,
-    /// What an over-limit query gets: `refused` or `drop`.
-    pub action: Checked<LimitAction>,
-    /// Answer every Nth limited UDP query with TC=1 instead (0 = never).
-    #[schemars(range(min = limits::RATE_SLIP.min, max = limits::RATE_SLIP.max))]
-    pub slip: u32,
-    /// Client buckets kept at most; idle ones are evicted first.
-    #[schemars(range(min = limits::RATE_MAX_CLIENTS.min, max = limits::RATE_MAX_CLIENTS.max))]
-    pub max_clients: u32,
-}
-
-/// The proxy's defaults, except `ipv6Prefix` (`limits::kubernetes`).
-impl Default for RateLimitSpec {
-    fn default() -> Self {
-        let d = RateLimitConfig::default();
-        RateLimitSpec {
-            enabled: d.enabled,
-            qps: d.qps,
-            burst: d.burst,
-            ipv6_prefix: limits::kubernetes::RATE_IPV6_PREFIX,
-            action: Checked::Known(d.action),
-            slip: d.slip,
-            max_clients: u32::try_from(d.max_clients).unwrap_or(u32::MAX),
-        }
-    }
-}
-
-/// `spec.dnstap`: the proxy's `dnstap` section (docs/dnstap.md).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
-#[schemars(extend("x-kubernetes-validations" = [
-    {
-        "rule": "!self.enabled || (has(self.socket) != has(self.address))",
-        "message": "dnstap needs exactly one of socket and address when enabled"
-    }
-]))]
-pub struct DnstapSpec {
-    pub enabled: bool,
-    /// The collector's Unix socket, an absolute path in the proxy container (mount its
-    /// directory with `proxy.extraVolumes`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 256))]
-    pub socket: Option<String>,
-    /// The collector's TCP address, `IP:PORT`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 64))]
-    pub address: Option<String>,
-    /// `identity` of every message; empty: the node's host name.
-    #[schemars(length(max = 255))]
-    pub identity: String,
-    /// `version` of every message; empty: `dot-proxy <version>`.
-    #[schemars(length(max = 255))]
-    pub version: String,
-    pub client_query: bool,
-    pub client_response: bool,
-    pub forwarder_query: bool,
-    pub forwarder_response: bool,
-    /// Client IPv4 addresses cut to this prefix (32: full, 0: none).
-    #[schemars(range(min = limits::DNSTAP_IPV4_PREFIX.min, max = limits::DNSTAP_IPV4_PREFIX.max))]
-    pub client_ipv4_prefix: u8,
-    /// Client IPv6 addresses cut to this prefix (128: full, 0: none).
-    #[schemars(range(min = limits::DNSTAP_IPV6_PREFIX.min, max = limits::DNSTAP_IPV6_PREFIX.max))]
-    pub client_ipv6_prefix: u8,
-    /// Only exchanges answered SERVFAIL, REFUSED or NXDOMAIN.
-    pub only_errors: bool,
-    /// Share of exchanges logged (above 0, at most 1).
-    #[schemars(range(min = limits::DNSTAP_SAMPLE_RATE.min, max = limits::DNSTAP_SAMPLE_RATE.max))]
-    pub sample_rate: f64,
-    /// Exchanges (a query and its response) waiting for the collector at most; past that
-    /// their messages are dropped and counted.
-    #[schemars(range(min = limits::DNSTAP_QUEUE.min, max = limits::DNSTAP_QUEUE.max))]
-    pub queue_size: u32,
-}
-
-/// The proxy's defaults.
-impl Default for DnstapSpec {
-    fn default() -> Self {
-        let d = DnstapConfig::default();
-        DnstapSpec {
-            enabled: d.enabled,
-            socket: None,
-            address: None,
-            identity: d.identity,
-            version: d.version,
-            client_query: d.client_query,
-            client_response: d.client_response,
-            forwarder_query: d.forwarder_query,
-            forwarder_response: d.forwarder_response,
-            client_ipv4_prefix: d.client_ipv4_prefix,
-            client_ipv6_prefix: d.client_ipv6_prefix,
-            only_errors: d.only_errors,
-            sample_rate: d.sample_rate,
-            queue_size: u32::try_from(d.queue_size).unwrap_or(u32::MAX),
-        }
-    }
-}
-
-/// `spec.searchCompletion`: the proxy's `search_completion` section.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
-#[schemars(extend("x-kubernetes-validations" = [
-    {
-        "rule": "self.types.all(t, t in ['A', 'AAAA', 'HTTPS', 'SVCB', 'SRV', 'TXT', 'MX', 'CNAME'])",
-        "message": "searchCompletion types must be among A, AAAA, HTTPS, SVCB, SRV, TXT, MX, CNAME"
-    },
-    {
-        "rule": "!self.enabled || size(self.types) > 0",
-        "message": "searchCompletion needs at least one type when enabled"
-    }
-]))]
-pub struct SearchCompletionSpec {
-    pub enabled: bool,
-    /// The kubelet's `--cluster-domain`.
-    #[schemars(length(min = 1, max = 253))]
-    pub cluster_domain: String,
-    /// The nodes' own search domains (the host's resolv.conf `search` line), which kubelet
-    /// appends to every pod's list, in order.
-    #[schemars(length(max = 29), inner(length(min = 1, max = 253)))]
-    pub host_search_domains: Vec<String>,
-    /// Query types completed: A, AAAA, HTTPS, SVCB, SRV, TXT, MX, CNAME.
-    #[schemars(length(max = 8), inner(length(min = 1, max = 8)))]
-    pub types: Vec<String>,
-}
-
-/// The proxy's defaults.
-impl Default for SearchCompletionSpec {
-    fn default() -> Self {
-        let d = SearchCompletionConfig::default();
-        SearchCompletionSpec {
-            enabled: d.enabled,
-            cluster_domain: d.cluster_domain,
-            host_search_domains: d.host_search_domains,
-            types: d.types,
-        }
-    }
-}
-
-/// `spec.filterAaaa`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
-pub struct FilterAaaaSpec {
-    /// Zones (`.`: every name).
-    #[schemars(length(max = 64), inner(length(min = 1, max = 253)))]
-    pub zones: Vec<String>,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
-pub struct PrivacySpec {
-    /// Remove EDNS Client Subnet from queries before they leave the node.
-    pub strip_ecs: bool,
-    /// Pad queries sent over TLS to a multiple of this many bytes (RFC 7830/8467); 0 = off.
-    #[schemars(range(min = limits::PADDING_BLOCK.min, max = limits::PADDING_BLOCK.max))]
-    pub padding_block: u16,
-}
-
-impl Default for PrivacySpec {
-    fn default() -> Self {
-        let d = PrivacyConfig::default();
-        PrivacySpec {
-            strip_ecs: d.strip_ecs,
-            padding_block: d.padding_block,
-        }
-    }
-}
-
 /// Names the proxies answer, block or rewrite themselves, in that order of precedence.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
@@ -868,25 +579,6 @@ impl Default for NodeLocalSpec {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
-pub struct LogSpec {
-    /// A tracing filter: `info`, `debug`, `dot_proxy=debug,info`. Query names appear only at debug.
-    #[schemars(length(min = 1, max = 256))]
-    pub level: String,
-    /// `text` or `json`.
-    pub format: Checked<LogFormat>,
-}
-
-impl Default for LogSpec {
-    fn default() -> Self {
-        LogSpec {
-            level: "info".into(),
-            format: Checked::Known(LogFormat::Json),
-        }
-    }
-}
-
 /// Which proxies this resource configures.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
@@ -924,3 +616,13 @@ impl Default for TargetSpec {
         }
     }
 }
+
+/// The proxy's own sections as the resource names them (kept for callers of the old names).
+pub type CacheSpec = Camel<CacheConfig>;
+pub type RateLimitSpec = Camel<RateLimitConfig>;
+pub type PrivacySpec = Camel<PrivacyConfig>;
+pub type LogSpec = Camel<LogConfig>;
+pub type DnstapSpec = Camel<DnstapConfig>;
+pub type SearchCompletionSpec = Camel<SearchCompletionConfig>;
+pub type FilterAaaaSpec = Camel<FilterAaaaConfig>;
+pub use dot_proxy_config::{CacheZone as CacheZoneSpec, PrefetchConfig as PrefetchSpec};

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 #[cfg(feature = "schema")]
 use schemars::JsonSchema;
 
-use crate::limits;
+use crate::{limits, Errors};
 
 /// Query logging with dnstap (protobuf messages over Frame Streams), off by default.
 /// Query names are in every message by nature; client addresses are cut to a prefix.
@@ -20,13 +20,17 @@ pub struct DnstapConfig {
     /// The collector's Unix socket (e.g. `/var/run/dnstap/dnstap.sock`). Exactly one of
     /// `socket` and `address` when enabled.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = 256)))]
     pub socket: Option<PathBuf>,
     /// The collector's TCP address (`IP:PORT`).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = 64)))]
     pub address: Option<SocketAddr>,
     /// The `identity` of every message; empty: the host name.
+    #[cfg_attr(feature = "schema", schemars(length(max = 255)))]
     pub identity: String,
     /// The `version` of every message; empty: `dot-proxy <version>`.
+    #[cfg_attr(feature = "schema", schemars(length(max = 255)))]
     pub version: String,
     /// What pods asked (CLIENT_QUERY).
     pub client_query: bool,
@@ -38,16 +42,20 @@ pub struct DnstapConfig {
     /// What came back from upstream (FORWARDER_RESPONSE).
     pub forwarder_response: bool,
     /// Client IPv4 addresses are cut to this prefix (32: the full address; 0: no address).
+    #[cfg_attr(feature = "schema", schemars(range(min = limits::DNSTAP_IPV4_PREFIX.min, max = limits::DNSTAP_IPV4_PREFIX.max)))]
     pub client_ipv4_prefix: u8,
     /// Client IPv6 addresses are cut to this prefix (128: the full address; 0: none).
+    #[cfg_attr(feature = "schema", schemars(range(min = limits::DNSTAP_IPV6_PREFIX.min, max = limits::DNSTAP_IPV6_PREFIX.max)))]
     pub client_ipv6_prefix: u8,
     /// Log only exchanges whose response is SERVFAIL, REFUSED or NXDOMAIN.
     pub only_errors: bool,
     /// Share of client queries logged (with their forwarder messages), 0 < rate <= 1.
+    #[cfg_attr(feature = "schema", schemars(range(min = limits::DNSTAP_SAMPLE_RATE.min, max = limits::DNSTAP_SAMPLE_RATE.max)))]
     pub sample_rate: f64,
     /// Exchanges (a query and its response: two messages) waiting for the collector at
     /// most; past that, messages are dropped and counted (`dot_proxy_dnstap_dropped_total`),
     /// never queries.
+    #[cfg_attr(feature = "schema", schemars(range(min = limits::DNSTAP_QUEUE.min, max = limits::DNSTAP_QUEUE.max)))]
     pub queue_size: usize,
 }
 
@@ -74,51 +82,40 @@ impl Default for DnstapConfig {
 
 impl DnstapConfig {
     /// `Config::validate`, for this section.
-    pub(crate) fn check(&self, err: &mut impl FnMut(String, String)) {
-        let mut range = |field: &str, v: u64, r: limits::Range<u64>| {
-            if let Some(m) = r.check(v) {
-                err(format!("dnstap.{field}"), m);
-            }
-        };
-        range(
+    pub(crate) fn check(&self, e: &mut Errors) {
+        e.range(
             "client_ipv4_prefix",
-            self.client_ipv4_prefix.into(),
+            u64::from(self.client_ipv4_prefix),
             limits::DNSTAP_IPV4_PREFIX,
         );
-        range(
+        e.range(
             "client_ipv6_prefix",
-            self.client_ipv6_prefix.into(),
+            u64::from(self.client_ipv6_prefix),
             limits::DNSTAP_IPV6_PREFIX,
         );
-        range("queue_size", self.queue_size as u64, limits::DNSTAP_QUEUE);
+        e.range("queue_size", self.queue_size as u64, limits::DNSTAP_QUEUE);
         if let Some(m) = limits::DNSTAP_SAMPLE_RATE.check(self.sample_rate) {
-            err("dnstap.sample_rate".into(), m);
+            e.field("sample_rate", m);
         } else if self.sample_rate == 0.0 {
-            err(
-                "dnstap.sample_rate".into(),
-                "must be above 0 (set enabled: false to log nothing)".into(),
+            e.field(
+                "sample_rate",
+                "must be above 0 (set enabled: false to log nothing)",
             );
         }
         if self.enabled && self.socket.is_some() == self.address.is_some() {
-            err(
-                "dnstap".into(),
-                "set exactly one of socket (a Unix socket path) and address (IP:PORT)".into(),
-            );
+            e.here("set exactly one of socket (a Unix socket path) and address (IP:PORT)");
         }
         if let Some(p) = &self.socket {
             if !p.is_absolute() {
-                err(
-                    "dnstap.socket".into(),
+                e.field(
+                    "socket",
                     format!("{} must be an absolute path", p.display()),
                 );
             }
         }
         for (field, v) in [("identity", &self.identity), ("version", &self.version)] {
             if v.len() > 255 {
-                err(
-                    format!("dnstap.{field}"),
-                    "must be at most 255 bytes".into(),
-                );
+                e.field(field, "must be at most 255 bytes");
             }
         }
     }

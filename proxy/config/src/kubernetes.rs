@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 #[cfg(feature = "schema")]
 use schemars::JsonSchema;
 
-use crate::normalize_zone;
+use crate::{normalize_zone, Errors};
 
 /// The API server connection. Off by default; `search_completion` needs it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,10 +38,19 @@ pub struct SearchCompletionConfig {
     pub enabled: bool,
     /// The cluster domain: pods search `<namespace>.svc.<domain>`, `svc.<domain>`,
     /// `<domain>`.
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = 253)))]
     pub cluster_domain: String,
     /// The node's own search domains, which kubelet appends to every pod's list, in order.
+    #[cfg_attr(
+        feature = "schema",
+        schemars(length(max = 29), inner(length(min = 1, max = 253)))
+    )]
     pub host_search_domains: Vec<String>,
     /// Query types completed (names: A, AAAA, HTTPS, SVCB, SRV, TXT, MX, CNAME).
+    #[cfg_attr(
+        feature = "schema",
+        schemars(length(max = 8), inner(length(min = 1, max = 8)))
+    )]
     pub types: Vec<String>,
 }
 
@@ -63,6 +72,11 @@ impl Default for SearchCompletionConfig {
 #[cfg_attr(feature = "schema", derive(JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct FilterAaaaConfig {
+    /// Zones (`.`: every name).
+    #[cfg_attr(
+        feature = "schema",
+        schemars(length(max = 64), inner(length(min = 1, max = 253)))
+    )]
     pub zones: Vec<String>,
 }
 
@@ -95,74 +109,55 @@ impl SearchCompletionConfig {
             .collect()
     }
 
-    pub(crate) fn check(
-        &self,
-        kubernetes: &KubernetesConfig,
-        err: &mut impl FnMut(String, String),
-    ) {
+    pub(crate) fn check(&self, kubernetes: &KubernetesConfig, e: &mut Errors) {
         if self.enabled && !kubernetes.enabled {
-            err(
-                "search_completion.enabled".into(),
-                "needs kubernetes.enabled: true (completion knows a client's namespace from the pod watch)".into(),
+            e.field("enabled", "needs kubernetes.enabled: true (completion knows a client's namespace from the pod watch)",
             );
         }
         match normalize_zone(&self.cluster_domain) {
-            Ok(z) if z == "." => err(
-                "search_completion.cluster_domain".into(),
-                "must be a domain, not \".\"".into(),
-            ),
+            Ok(z) if z == "." => e.field("cluster_domain", "must be a domain, not \".\""),
             Ok(_) => {}
-            Err(m) => err("search_completion.cluster_domain".into(), m),
+            Err(m) => e.field("cluster_domain", m),
         }
         if self.host_search_domains.len() > 29 {
-            err(
-                "search_completion.host_search_domains".into(),
-                "at most 29 (Kubernetes allows a pod 32 search domains, 3 of them the cluster's)"
-                    .into(),
+            e.field(
+                "host_search_domains",
+                "at most 29 (Kubernetes allows a pod 32 search domains, 3 of them the cluster's)",
             );
         }
         for (i, d) in self.host_search_domains.iter().enumerate() {
             match normalize_zone(d) {
-                Ok(z) if z == "." => err(
-                    format!("search_completion.host_search_domains[{i}]"),
-                    "must be a domain, not \".\"".into(),
-                ),
+                Ok(z) if z == "." => e
+                    .at("host_search_domains")
+                    .index(i)
+                    .here("must be a domain, not \".\""),
                 Ok(_) => {}
-                Err(m) => err(format!("search_completion.host_search_domains[{i}]"), m),
+                Err(m) => e.at("host_search_domains").index(i).here(m),
             }
         }
         if self.enabled && self.types.is_empty() {
-            err(
-                "search_completion.types".into(),
-                "at least one type (or enabled: false)".into(),
-            );
+            e.field("types", "at least one type (or enabled: false)");
         }
         for (i, t) in self.types.iter().enumerate() {
             if completion_type(t).is_none() {
                 let known: Vec<&str> = COMPLETION_TYPES.iter().map(|(n, _)| *n).collect();
-                err(
-                    format!("search_completion.types[{i}]"),
-                    format!("{t:?} is not one of {}", known.join(", ")),
-                );
+                e.at("types")
+                    .index(i)
+                    .here(format!("{t:?} is not one of {}", known.join(", ")));
             }
         }
     }
 }
 
 impl KubernetesConfig {
-    pub(crate) fn check(&self, overrides_node: Option<&str>, err: &mut impl FnMut(String, String)) {
+    pub(crate) fn check(&self, overrides_node: Option<&str>, e: &mut Errors) {
         if let Some(n) = &self.node_name {
             if n.trim().is_empty() || n.len() > 253 {
-                err(
-                    "kubernetes.node_name".into(),
-                    "must be a node name (1 to 253 characters)".into(),
-                );
+                e.field("node_name", "must be a node name (1 to 253 characters)");
             }
         }
         if self.enabled && self.node_name.is_none() && overrides_node.is_none() {
-            err(
-                "kubernetes.node_name".into(),
-                "needed when kubernetes.enabled (or overrides.node_name, --node-name, DOT_PROXY_NODE_NAME)".into(),
+            e.field("node_name", "needed when kubernetes.enabled (or overrides.node_name, --node-name, DOT_PROXY_NODE_NAME)",
             );
         }
     }
@@ -174,10 +169,10 @@ impl KubernetesConfig {
 }
 
 impl FilterAaaaConfig {
-    pub(crate) fn check(&self, err: &mut impl FnMut(String, String)) {
+    pub(crate) fn check(&self, e: &mut Errors) {
         for (i, z) in self.zones.iter().enumerate() {
             if let Err(m) = normalize_zone(z) {
-                err(format!("filter_aaaa.zones[{i}]"), m);
+                e.at("zones").index(i).here(m);
             }
         }
     }

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 #[cfg(feature = "schema")]
 use schemars::JsonSchema;
 
-use crate::limits;
+use crate::{limits, Errors};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -57,21 +57,22 @@ impl Shares {
 
 impl MemoryConfig {
     /// `Config::validate`, for this section and the cache's size within it.
-    pub(crate) fn check(&self, cache_max_bytes: u64, err: &mut impl FnMut(String, String)) {
-        let Some(limit) = self.limit else { return };
-        if let Some(m) = limits::MEMORY_LIMIT.check(limit) {
-            err("memory.limit".into(), m);
-            return;
+    pub(crate) fn check(&self, e: &mut Errors) {
+        if let Some(limit) = self.limit {
+            e.range("limit", limit, limits::MEMORY_LIMIT);
         }
+    }
+
+    /// Why `cache.max_bytes` does not fit this budget, if it does not (checked by
+    /// `Config::validate`, where both sections are known).
+    pub(crate) fn cache_share_problem(&self, cache_max_bytes: u64) -> Option<String> {
+        let limit = self.limit.filter(|l| limits::MEMORY_LIMIT.contains(*l))?;
         let share = Shares::of(limit).cache;
-        if cache_max_bytes > share {
-            err(
-                "cache.max_bytes".into(),
-                format!(
-                    "{cache_max_bytes} is more than the cache's share of memory.limit ({share} of {limit} bytes: docs/security.md)"
-                ),
-            );
-        }
+        (cache_max_bytes > share).then(|| {
+            format!(
+                "{cache_max_bytes} is more than the cache's share of memory.limit ({share} of {limit} bytes: docs/security.md)"
+            )
+        })
     }
 }
 
@@ -93,17 +94,19 @@ mod tests {
 
     #[test]
     fn the_cache_must_fit_its_share_of_an_explicit_limit() {
-        let mut errs = Vec::new();
         let m = MemoryConfig {
             limit: Some(64 * MIB),
         };
-        m.check(8 * MIB, &mut |f, e| errs.push((f, e)));
-        assert!(errs.is_empty(), "{errs:?}");
-        m.check(32 * MIB, &mut |f, e| errs.push((f, e)));
-        assert_eq!(errs.len(), 1);
-        assert_eq!(errs[0].0, "cache.max_bytes");
-        errs.clear();
-        MemoryConfig { limit: Some(MIB) }.check(4096, &mut |f, e| errs.push((f, e)));
-        assert_eq!(errs[0].0, "memory.limit");
+        assert_eq!(m.cache_share_problem(8 * MIB), None);
+        assert!(m.cache_share_problem(32 * MIB).is_some());
+        let mut errs = Vec::new();
+        let small = MemoryConfig { limit: Some(MIB) };
+        small.check(&mut Errors::new(&mut errs).at("memory"));
+        assert_eq!(errs[0].field(), "memory.limit");
+        assert_eq!(
+            small.cache_share_problem(4096),
+            None,
+            "reported as the limit"
+        );
     }
 }

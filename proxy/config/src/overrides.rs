@@ -1,12 +1,69 @@
-//! Per-node overrides, read from the shard files the operator writes: only this node's
+//! The `overrides` section and the per-node overrides, read from the shard files the operator writes: only this node's
 //! entries, from only its own shard when the shard count is known.
 
 use std::path::PathBuf;
 
-use crate::{
-    shard_key, shard_of, ClientGroup, Config, NodeOverrides, OverridesConfig, OverridesFile,
-    RateLimitOverride,
-};
+use serde::{Deserialize, Serialize};
+
+#[cfg(feature = "schema")]
+use schemars::JsonSchema;
+
+use crate::{ClientGroup, Config, RateLimitOverride};
+
+/// Where per-node overrides come from.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+#[serde(deny_unknown_fields, default)]
+pub struct OverridesConfig {
+    /// Directory of `*.yaml` files, each an [`OverridesFile`] (node name -> overrides).
+    /// Watched and reloaded like the config file.
+    pub dir: Option<PathBuf>,
+    /// This node's name (the chart sets it from the downward API through
+    /// `DOT_PROXY_NODE_NAME`). Entries for other nodes are ignored.
+    pub node_name: Option<String>,
+    /// How many shard files the operator spreads nodes over (it writes this). With it, the
+    /// proxy reads only its own node's shard, `shard-<fnv1a64(node) % shards>.yaml`;
+    /// without it, every `*.yaml` in `dir`. Either way only this node's entries count:
+    /// another node's change neither reloads nor re-reads anything here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shards: Option<u32>,
+}
+
+const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// 64-bit FNV-1a (Fowler–Noll–Vo): for each byte, XOR it into the hash, then multiply by the
+/// FNV prime (wrapping), starting from the offset basis. Stable across runs, versions and
+/// platforms, unlike `std`'s seeded hasher: the operator and every proxy agree on it.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(FNV_OFFSET_BASIS, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(FNV_PRIME)
+    })
+}
+
+/// The shard a node's overrides go to; `shards` is at least 1 (0 is treated as 1).
+pub fn shard_of(node_name: &str, shards: u32) -> u32 {
+    let n = u64::from(shards.max(1));
+    // The remainder is below `shards`, so it fits back into a u32.
+    (fnv1a64(node_name.as_bytes()) % n) as u32
+}
+
+/// The file name of shard `i` (the one key of its ConfigMap).
+pub fn shard_key(i: u32) -> String {
+    format!("shard-{i}.yaml")
+}
+
+/// Overrides for the pods of one node.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeOverrides {
+    pub rate_limits: Vec<RateLimitOverride>,
+    pub client_groups: Vec<ClientGroup>,
+}
+
+/// One override file: node name -> that node's overrides.
+pub type OverridesFile = std::collections::BTreeMap<String, NodeOverrides>;
 
 /// Adds this node's entries from the override shards (`overrides.dir`, written by the
 /// operator) to the rate-limit overrides and client groups. A missing directory is empty:

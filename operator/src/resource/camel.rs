@@ -1,0 +1,477 @@
+//! [`Camel`]: a section of the proxy's own config, offered in the resource with camelCase
+//! field names, so the operator keeps no second copy of the schema.
+//!
+//! The proxy's types (`dot_proxy_config`) are snake_case and stay so: a serde rename behind
+//! a cargo feature would reach the proxy too when the workspace builds both (features are
+//! unified). Instead this wrapper works on the JSON: its schema is the section's schemars
+//! schema with the names of struct properties (never map keys) turned camelCase, and
+//! (de)serializing renames the keys of struct objects, guided by that schema, then uses the
+//! section's own serde. Bounds (`minimum`, `maxLength`, patterns) are written once on the
+//! proxy's fields and so reach both the CRD and the proxy's `validate()`.
+//!
+//! What a section needs only in Kubernetes is its [`Section`] impl: defaults that differ
+//! from the standalone proxy's, proxy fields the resource does not offer, and CEL rules.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::{Map, Value};
+
+/// A proxy config section as the resource offers it.
+pub trait Section:
+    Serialize + DeserializeOwned + JsonSchema + Clone + PartialEq + fmt::Debug
+{
+    /// The value when the resource leaves the section (or a field of it) out.
+    fn k8s_default() -> Self;
+    /// Proxy fields (snake_case) that the resource does not offer.
+    const HIDDEN: &'static [&'static str] = &[];
+    /// Kubernetes-only additions to the (camelCase) schema: CEL rules, a description.
+    fn patch(_schema: &mut Map<String, Value>) {}
+}
+
+/// A section `T` with camelCase keys. A value the schema refuses but that gets past it (an
+/// object stored under an older CRD, a file given to `dot-proxy-operator render`) still
+/// parses: the section keeps its defaults and [`Camel::problem`] names the field, so
+/// rendering reports an Invalid condition instead of one bad object breaking the watch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Camel<T> {
+    value: T,
+    /// What was written, and the (camelCase, relative) field at fault with the reason.
+    invalid: Option<(Value, String, String)>,
+}
+
+impl<T: Section> Camel<T> {
+    pub fn new(value: T) -> Self {
+        Camel {
+            value,
+            invalid: None,
+        }
+    }
+
+    /// The field that could not be read (relative to the section, camelCase) and why.
+    pub fn problem(&self) -> Option<(&str, &str)> {
+        self.invalid
+            .as_ref()
+            .map(|(_, f, m)| (f.as_str(), m.as_str()))
+    }
+}
+
+impl<T: Section> Default for Camel<T> {
+    fn default() -> Self {
+        Camel::new(T::k8s_default())
+    }
+}
+
+impl<T> std::ops::Deref for Camel<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+impl<T> std::ops::DerefMut for Camel<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.value
+    }
+}
+
+impl<T: Section> From<T> for Camel<T> {
+    fn from(value: T) -> Self {
+        Camel::new(value)
+    }
+}
+
+/// The section's schema as the proxy writes it (snake_case), every subschema inline.
+fn proxy_schema<T: JsonSchema>() -> Value {
+    let mut generator = schemars::generate::SchemaSettings::openapi3()
+        .with(|s| {
+            s.inline_subschemas = true;
+            s.meta_schema = None;
+        })
+        .into_generator();
+    Value::from(T::json_schema(&mut generator))
+}
+
+pub fn camel_case(snake: &str) -> String {
+    let mut out = String::with_capacity(snake.len());
+    let mut upper = false;
+    for c in snake.chars() {
+        match c {
+            '_' => upper = true,
+            c if upper => {
+                out.push(c.to_ascii_uppercase());
+                upper = false;
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The struct properties of a schema, looking through `anyOf`/`oneOf`/`allOf` (optional
+/// structs).
+fn properties(schema: &Value) -> Option<&Map<String, Value>> {
+    if let Some(p) = schema.get("properties").and_then(Value::as_object) {
+        return Some(p);
+    }
+    ["anyOf", "oneOf", "allOf"]
+        .iter()
+        .filter_map(|k| schema.get(*k).and_then(Value::as_array))
+        .flatten()
+        .find_map(properties)
+}
+
+/// The schema of a list's items or a map's values.
+fn elements(schema: &Value) -> Option<&Value> {
+    let direct = schema
+        .get("items")
+        .or_else(|| schema.get("additionalProperties").filter(|v| v.is_object()));
+    direct.or_else(|| {
+        ["anyOf", "oneOf", "allOf"]
+            .iter()
+            .filter_map(|k| schema.get(*k).and_then(Value::as_array))
+            .flatten()
+            .find_map(elements)
+    })
+}
+
+/// Renames the keys of struct objects in `value` (guided by `schema`): to camelCase when
+/// `to_camel`, back to the proxy's names otherwise, where a key that names no field (a
+/// snake_case one included) is an error. Map keys are kept.
+fn rename(value: &mut Value, schema: &Value, to_camel: bool) -> Result<(), String> {
+    match value {
+        Value::Object(obj) => {
+            if let Some(props) = properties(schema) {
+                let old = std::mem::take(obj);
+                for (k, mut v) in old {
+                    let found = props.iter().find(|(name, _)| {
+                        if to_camel {
+                            *name == &k
+                        } else {
+                            camel_case(name) == k
+                        }
+                    });
+                    let Some((name, sub)) = found else {
+                        if to_camel {
+                            obj.insert(k, v);
+                            continue;
+                        }
+                        return Err(format!("unknown field `{k}`"));
+                    };
+                    rename(&mut v, sub, to_camel)?;
+                    let key = if to_camel {
+                        camel_case(name)
+                    } else {
+                        name.clone()
+                    };
+                    obj.insert(key, v);
+                }
+            } else if let Some(sub) = elements(schema) {
+                for v in obj.values_mut() {
+                    rename(v, sub, to_camel)?;
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(sub) = elements(schema) {
+                for v in items {
+                    rename(v, sub, to_camel)?;
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The schema with camelCase property names (and `required`, and object `default`s).
+fn camel_schema(schema: &mut Value) {
+    let Some(obj) = schema.as_object_mut() else {
+        return;
+    };
+    if let Some(Value::Object(props)) = obj.get_mut("properties") {
+        let old = std::mem::take(props);
+        for (k, mut v) in old {
+            camel_schema(&mut v);
+            props.insert(camel_case(&k), v);
+        }
+    }
+    if let Some(Value::Array(req)) = obj.get_mut("required") {
+        for r in req {
+            if let Some(s) = r.as_str() {
+                *r = Value::String(camel_case(s));
+            }
+        }
+    }
+    for k in ["items", "additionalProperties"] {
+        if let Some(v) = obj.get_mut(k) {
+            camel_schema(v);
+        }
+    }
+    for k in ["anyOf", "oneOf", "allOf"] {
+        if let Some(Value::Array(vs)) = obj.get_mut(k) {
+            vs.iter_mut().for_each(camel_schema);
+        }
+    }
+}
+
+/// Sets the `default` of every property that has one to the value in `defaults` (camelCase
+/// keys), so the CRD shows the Kubernetes defaults.
+fn set_defaults(schema: &mut Value, defaults: &Value) {
+    if let Some(Value::Object(props)) = schema.get_mut("properties") {
+        for (k, sub) in props.iter_mut() {
+            let Some(d) = defaults.get(k) else { continue };
+            if let Some(slot) = sub.get_mut("default") {
+                *slot = d.clone();
+            }
+            set_defaults(sub, d);
+        }
+    }
+}
+
+/// `over` laid on `base`, struct objects merged key by key (guided by `schema`); maps and
+/// lists replaced whole.
+fn merge(base: &mut Value, over: Value, schema: &Value) {
+    match (base, over) {
+        (Value::Object(b), Value::Object(o)) if properties(schema).is_some() => {
+            let props = properties(schema).cloned().unwrap_or_default();
+            for (k, v) in o {
+                match (b.get_mut(&k), props.get(&k)) {
+                    (Some(slot), Some(sub)) => merge(slot, v, sub),
+                    _ => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, over) => *slot = over,
+    }
+}
+
+/// The path (proxy keys and list indices) to the value whose removal makes `ok` pass, as
+/// deep as one goes; empty when no one value does.
+fn locate(root: &Value, at: &[PathStep], ok: &dyn Fn(&Value) -> bool) -> Vec<PathStep> {
+    let Some(node) = walk(root, at) else {
+        return at.to_vec();
+    };
+    let steps: Vec<PathStep> = match node {
+        Value::Object(o) => o.keys().cloned().map(PathStep::Key).collect(),
+        Value::Array(a) => (0..a.len()).map(PathStep::Index).collect(),
+        _ => return at.to_vec(),
+    };
+    for step in steps {
+        let mut trial = root.clone();
+        if let Some(Value::Object(o)) = walk_mut(&mut trial, at) {
+            if let PathStep::Key(k) = &step {
+                o.remove(k);
+            }
+        } else if let Some(Value::Array(a)) = walk_mut(&mut trial, at) {
+            if let PathStep::Index(i) = step {
+                a.remove(i);
+            }
+        }
+        if ok(&trial) {
+            let mut deeper = at.to_vec();
+            deeper.push(step);
+            return locate(root, &deeper, ok);
+        }
+    }
+    at.to_vec()
+}
+
+#[derive(Clone, Debug)]
+enum PathStep {
+    Key(String),
+    Index(usize),
+}
+
+fn walk<'a>(v: &'a Value, path: &[PathStep]) -> Option<&'a Value> {
+    path.iter().try_fold(v, |v, s| match s {
+        PathStep::Key(k) => v.get(k),
+        PathStep::Index(i) => v.get(i),
+    })
+}
+
+fn walk_mut<'a>(v: &'a mut Value, path: &[PathStep]) -> Option<&'a mut Value> {
+    path.iter().try_fold(v, |v, s| match s {
+        PathStep::Key(k) => v.get_mut(k),
+        PathStep::Index(i) => v.get_mut(i),
+    })
+}
+
+/// `path` as the resource writes it (`zones[0].minTtl`), and what the schema expects there.
+fn describe(path: &[PathStep], schema: &Value) -> (String, Option<String>) {
+    let mut out = String::new();
+    let mut cur = Some(schema);
+    for s in path {
+        match s {
+            PathStep::Key(k) => {
+                let sub = cur.and_then(properties).and_then(|p| p.get(k));
+                let name = if sub.is_some() {
+                    camel_case(k)
+                } else {
+                    k.clone()
+                };
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(&name);
+                cur = sub.or_else(|| cur.and_then(elements));
+            }
+            PathStep::Index(i) => {
+                out.push_str(&format!("[{i}]"));
+                cur = cur.and_then(elements);
+            }
+        }
+    }
+    let expected = cur
+        .and_then(|s| s.get("enum"))
+        .and_then(Value::as_array)
+        .map(|vs| {
+            vs.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        });
+    (out, expected)
+}
+
+impl<T: Section> Serialize for Camel<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if let Some((raw, _, _)) = &self.invalid {
+            return raw.serialize(s);
+        }
+        let mut v = serde_json::to_value(&self.value).map_err(serde::ser::Error::custom)?;
+        if let Value::Object(o) = &mut v {
+            for h in T::HIDDEN {
+                o.remove(*h);
+            }
+        }
+        rename(&mut v, &proxy_schema::<T>(), true).map_err(serde::ser::Error::custom)?;
+        v.serialize(s)
+    }
+}
+
+impl<'de, T: Section> Deserialize<'de> for Camel<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = Value::deserialize(d)?;
+        let schema = proxy_schema::<T>();
+        let mut input = raw.clone();
+        if let Value::Object(o) = &input {
+            // A hidden field is not the resource's: refused as unknown.
+            if let Some(h) = T::HIDDEN.iter().find(|h| o.contains_key(&camel_case(h))) {
+                return Err(serde::de::Error::custom(format!(
+                    "unknown field `{}`",
+                    camel_case(h)
+                )));
+            }
+        }
+        rename(&mut input, &schema, false).map_err(serde::de::Error::custom)?;
+        let mut merged =
+            serde_json::to_value(T::k8s_default()).map_err(serde::de::Error::custom)?;
+        merge(&mut merged, input.clone(), &schema);
+        match T::deserialize(&merged) {
+            Ok(value) => Ok(Camel::new(value)),
+            // Unknown fields and wrong shapes are the schema's to refuse, as for any type.
+            Err(e) if !matches!(input, Value::Object(_)) => Err(serde::de::Error::custom(e)),
+            Err(e) => {
+                let ok = |v: &Value| T::deserialize(v).is_ok();
+                let at = locate(&merged, &[], &ok);
+                if at.is_empty() {
+                    return Err(serde::de::Error::custom(e));
+                }
+                let (field, expected) = describe(&at, &schema);
+                let written = walk(&merged, &at).map_or_else(String::new, |v| match v {
+                    Value::String(s) => format!("{s:?}"),
+                    other => other.to_string(),
+                });
+                let message = match expected {
+                    Some(x) => format!("{written} is not a valid value (expected {x})"),
+                    None => format!("{written} is not a valid value: {e}"),
+                };
+                Ok(Camel {
+                    value: T::k8s_default(),
+                    invalid: Some((raw, field, message)),
+                })
+            }
+        }
+    }
+}
+
+impl<T: Section> JsonSchema for Camel<T> {
+    fn schema_name() -> Cow<'static, str> {
+        format!("Camel{}", T::schema_name()).into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        let mut v = Value::from(T::json_schema(generator));
+        if let Some(Value::Object(props)) = v.get_mut("properties") {
+            for h in T::HIDDEN {
+                props.remove(*h);
+            }
+        }
+        camel_schema(&mut v);
+        if let Ok(defaults) = serde_json::to_value(Camel::new(T::k8s_default())) {
+            set_defaults(&mut v, &defaults);
+        }
+        if let Value::Object(obj) = &mut v {
+            T::patch(obj);
+        }
+        Schema::try_from(v).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dot_proxy_config::{limits, CacheConfig, LimitAction, RateLimitConfig};
+
+    #[test]
+    fn keys_turn_camel_case_and_back() {
+        let c: Camel<CacheConfig> =
+            serde_json::from_str(r#"{"maxTtl": 600, "prefetch": {"minHits": 3}}"#).expect("parses");
+        assert_eq!((c.max_ttl, c.prefetch.min_hits), (600, 3));
+        // Left out: the Kubernetes default, not the standalone proxy's.
+        assert_eq!(c.max_bytes, limits::kubernetes::CACHE_MAX_BYTES);
+        let back = serde_json::to_value(&c).expect("json");
+        assert_eq!(back["maxTtl"], 600);
+        assert_eq!(back["prefetch"]["minHits"], 3);
+        assert!(back.get("max_ttl").is_none());
+    }
+
+    #[test]
+    fn snake_case_and_hidden_fields_are_unknown() {
+        assert!(serde_json::from_str::<Camel<CacheConfig>>(r#"{"max_ttl": 1}"#).is_err());
+        assert!(serde_json::from_str::<Camel<RateLimitConfig>>(r#"{"topK": 1}"#).is_err());
+    }
+
+    #[test]
+    fn a_bad_value_is_kept_and_named() {
+        let r: Camel<RateLimitConfig> =
+            serde_json::from_str(r#"{"qps": 5, "action": "tarpit"}"#).expect("still parses");
+        assert_eq!(
+            r.problem(),
+            Some((
+                "action",
+                "\"tarpit\" is not a valid value (expected refused, drop)"
+            ))
+        );
+        assert_eq!(r.action, LimitAction::Refused);
+        assert_eq!(
+            serde_json::to_value(&r).expect("json")["action"],
+            "tarpit",
+            "written back as it was"
+        );
+        let c: Camel<CacheConfig> =
+            serde_json::from_str(r#"{"zones": [{"zone": "a.example", "maxTtl": "x"}]}"#)
+                .expect("still parses");
+        assert_eq!(c.problem().map(|p| p.0), Some("zones[0].maxTtl"));
+    }
+}
