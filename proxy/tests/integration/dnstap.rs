@@ -327,7 +327,7 @@ async fn unix_socket_collector_gets_client_and_forwarder_messages() {
 /// the server's address and port, and the query and answer.
 #[tokio::test]
 async fn doh_and_doq_exchanges_are_tapped_with_their_transport() {
-    use crate::doh_doq::{doh_server, doq_server, Mode};
+    use crate::support::enc::{doh_server, doq_server, Mode};
     use dot_proxy::config::Protocol;
     use dot_proxy::dnstap::proto::SocketProtocol;
     let Some(dir) = scratch("doh_and_doq_exchanges_are_tapped_with_their_transport") else {
