@@ -15,5 +15,6 @@ mod groups;
 mod hostile;
 mod limits;
 mod observability;
+mod pipeline;
 mod policy;
 mod reload;
