@@ -201,7 +201,11 @@ pub async fn load(
                 let q = query(i as u16, &name(sock_i * 1_000_000 + i), RecordType::A, None);
                 let _ = sock.send_to(&q, addr).await;
             }
-            tokio::time::sleep(Duration::from_secs(2)).await;
+            // Every answer in, or 2 s for the last ones.
+            crate::wait::within(Duration::from_secs(2), || async {
+                answered.lock().expect("lock").0.len() >= per_sock as usize
+            })
+            .await;
             recv.abort();
             let a = answered.lock().expect("lock");
             (per_sock as usize, a.0.len(), a.1)

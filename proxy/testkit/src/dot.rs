@@ -215,14 +215,13 @@ impl Upstream {
 
     /// The server is back on the same address.
     pub async fn come_back(self: &Arc<Self>) {
-        for _ in 0..50 {
-            if let Ok(l) = TcpListener::bind(self.addr).await {
-                self.spawn_accept(l);
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("cannot bind {} again", self.addr);
+        let l = crate::wait::eventually(
+            &format!("{} bound again", self.addr),
+            Duration::from_secs(1),
+            || async { TcpListener::bind(self.addr).await.ok() },
+        )
+        .await;
+        self.spawn_accept(l);
     }
 
     /// Serves a given certificate and key from now on (key rotation).

@@ -236,10 +236,7 @@ async fn doh_handle(
             answer[..answer.len() / 2].to_vec(),
         ),
         Mode::Reset => Err(std::io::Error::other("reset")),
-        Mode::Stall => {
-            tokio::time::sleep(std::time::Duration::from_secs(30)).await;
-            reply(200, "application/dns-message", answer)
-        }
+        Mode::Stall => std::future::pending().await,
         Mode::GoawayEvery2 => {
             if n.is_multiple_of(2) {
                 goaway.notify_one();
@@ -312,10 +309,7 @@ pub async fn doq_server(mode: Mode) -> Arc<EncServer> {
                                 return;
                             }
                             Mode::Truncated => out.extend_from_slice(&answer[..answer.len() / 2]),
-                            Mode::Stall => {
-                                tokio::time::sleep(std::time::Duration::from_secs(30)).await;
-                                return;
-                            }
+                            Mode::Stall => std::future::pending().await,
                             Mode::BadLength => {
                                 out = ((answer.len() + 7) as u16).to_be_bytes().to_vec();
                                 out.extend_from_slice(&answer);

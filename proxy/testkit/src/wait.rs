@@ -40,14 +40,43 @@ where
     .await
 }
 
-/// The blocking form, for tests on threads of their own (network namespaces).
-pub fn until_blocking(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + within;
-    while !check() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{what}: not within {within:?}"
-        );
+/// Whether `check` turns true within `limit` (polled; no panic): for a test that goes on
+/// either way.
+pub async fn within<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// [`within`] for tests on threads of their own (network namespaces, child processes).
+pub fn within_blocking(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if check() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
         std::thread::sleep(POLL);
     }
+}
+
+/// [`until`] for tests on threads of their own.
+pub fn until_blocking(what: &str, limit: Duration, check: impl FnMut() -> bool) {
+    assert!(
+        within_blocking(limit, check),
+        "{what}: not within {limit:?}"
+    );
 }
