@@ -29,6 +29,12 @@ pub struct Pki {
     pub ca: rcgen::Issuer<'static, rcgen::KeyPair>,
 }
 
+impl Default for Pki {
+    fn default() -> Pki {
+        Pki::new()
+    }
+}
+
 impl Pki {
     pub fn new() -> Pki {
         let ca_key = rcgen::KeyPair::generate().expect("ca key");
