@@ -9,8 +9,7 @@
 
 #[path = "common/netns.rs"]
 mod netns;
-#[path = "common/skip.rs"]
-mod skip;
+use dot_proxy_testkit::skip;
 
 use netns::{enter, wait_until, Netns, BIN};
 

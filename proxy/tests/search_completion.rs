@@ -14,14 +14,9 @@
 //! figures are printed (docs/search-completion.md quotes them). Needs root, `ip netns`,
 //! `unshare`, `getent`, `musl-gcc`: skipped without them, failed in CI.
 
-#[path = "common/cluster_dns.rs"]
-mod cluster_dns;
 #[path = "common/netns.rs"]
 mod netns;
-#[path = "common/skip.rs"]
-mod skip;
-#[path = "integration/support.rs"]
-mod support;
+use dot_proxy_testkit::{self as support, cluster_dns, skip};
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -31,8 +26,6 @@ use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use cluster_dns::{completion_config, ClusterDns};
 use netns::{wait_until, Netns, Proc};
@@ -85,62 +78,6 @@ struct Servers {
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
-fn pod_list() -> String {
-    let pod = |name: &str, ip: &str, host: bool| {
-        serde_json::json!({
-            "metadata": {"name": name, "namespace": if host { "kube-system" } else { "team-a" },
-                "resourceVersion": "3"},
-            "spec": {"nodeName": "node-a", "hostNetwork": host},
-            "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}
-        })
-    };
-    serde_json::json!({"apiVersion": "v1", "kind": "PodList",
-        "metadata": {"resourceVersion": "7"},
-        "items": [pod("client", POD, false), pod("cni", HOST_NETWORK_POD, true)]})
-    .to_string()
-}
-
-/// A fake API server: the pod list; watches are answered and then held open.
-async fn api_server(listener: tokio::net::TcpListener) {
-    while let Ok((mut s, _)) = listener.accept().await {
-        tokio::spawn(async move {
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 2048];
-            loop {
-                let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                    match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                    continue;
-                };
-                let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-                buf.drain(..end + 4);
-                let target = head.split_whitespace().nth(1).unwrap_or("").to_string();
-                assert!(
-                    target.contains("fieldSelector=spec.nodeName%3Dnode-a"),
-                    "{target}"
-                );
-                if target.contains("watch=true") {
-                    let _ = s
-                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
-                        .await;
-                    tokio::time::sleep(Duration::from_secs(3600)).await;
-                    return;
-                }
-                let body = pod_list();
-                let resp = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                    body.len()
-                );
-                if s.write_all(resp.as_bytes()).await.is_err() {
-                    return;
-                }
-            }
-        });
-    }
-}
-
 fn start_servers(ns: &Netns) -> Servers {
     let path = ns.path();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -160,7 +97,12 @@ fn start_servers(ns: &Netns) -> Servers {
                 .await
                 .expect("bind api");
             let api = listener.local_addr().expect("addr");
-            tokio::spawn(api_server(listener));
+            use dot_proxy_testkit::kube::{api_server, pod, pod_list};
+            let pods = pod_list(vec![
+                pod("client", "team-a", "node-a", POD, false),
+                pod("cni", "kube-system", "node-a", HOST_NETWORK_POD, true),
+            ]);
+            tokio::spawn(api_server(listener, "node-a".into(), pods));
             tx.send((dns, up, api)).expect("send");
             let _ = stop_rx.await;
         });

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fuzz smoke run (part of .ci/run): builds the cargo-fuzz target `query_path` on the stable
 # toolchain and fuzzes it for FUZZ_SECONDS (60) from the committed seed corpus. Exits
-# non-zero on a crash (a panic in dot_proxy::fuzzing::query_path, or a sanitizer report),
+# non-zero on a crash (a panic in dot_proxy_testkit::fuzz::query_path, or a sanitizer report),
 # leaving the reproducer in fuzz/artifacts/query_path/. See docs/fuzzing.md.
 #
 # Stable rustc: cargo-fuzz passes nightly-only flags (-Zsanitizer=address and the

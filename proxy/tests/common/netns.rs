@@ -7,7 +7,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_dot-proxy");
 
@@ -163,18 +163,19 @@ impl Proc {
         let pid = self.pid().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
         let mut c = self.child.take()?;
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Ok(Some(st)) = c.try_wait() {
-                return st.code();
+        let mut code = None;
+        let exited = dot_proxy_testkit::within_blocking(limit, || match c.try_wait() {
+            Ok(Some(st)) => {
+                code = st.code();
+                true
             }
-            if Instant::now() > deadline {
-                let _ = c.kill();
-                let _ = c.wait();
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+            _ => false,
+        });
+        if !exited {
+            let _ = c.kill();
+            let _ = c.wait();
         }
+        code
     }
 }
 
@@ -184,15 +185,5 @@ impl Drop for Proc {
     }
 }
 
-pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+/// Whether `cond` turns true within `limit` (the test kit's poll).
+pub use dot_proxy_testkit::within_blocking as wait_until;

@@ -267,31 +267,6 @@ async fn stale_answer_served_when_the_upstream_fails_then_refreshed() {
     let metrics = p.metrics().await;
     assert!(metric(&metrics, "dot_proxy_cache_stale_answers_total") >= 1.0);
 }
-
-#[tokio::test]
-async fn stale_served_at_once_when_every_upstream_is_down_and_refreshed_after() {
-    let (up, p) = start_with(|_| {}).await;
-    udp(p.addr, "ttl10.example.test.", RecordType::A).await;
-    up.behaviour.servfail.store(true, Ordering::SeqCst);
-    adv(&p, 20);
-    // SERVFAIL from the upstream is a failure too: the stale answer beats it.
-    let m = udp(p.addr, "ttl10.example.test.", RecordType::A).await;
-    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
-    assert_eq!(m.answers[0].ttl, 30);
-    up.behaviour.servfail.store(false, Ordering::SeqCst);
-    // The background refresh (or the next miss) brings a fresh answer.
-    let mut fresh = false;
-    for _ in 0..20 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let m = udp(p.addr, "ttl10.example.test.", RecordType::A).await;
-        if m.answers.first().map(|r| r.ttl) == Some(10) {
-            fresh = true;
-            break;
-        }
-    }
-    assert!(fresh, "refreshed after the upstream came back");
-}
-
 #[tokio::test]
 async fn prefetch_keeps_a_hot_name_from_ever_missing() {
     let (up, p) = start_with(|_| {}).await;
@@ -308,15 +283,12 @@ async fn prefetch_keeps_a_hot_name_from_ever_missing() {
             let m = udp(p.addr, "ttl20.example.test.", RecordType::A).await;
             assert_eq!(m.metadata.response_code, ResponseCode::NoError);
         }
-        let mut refreshed = false;
-        for _ in 0..50 {
-            if up.query_count() > upstream_before {
-                refreshed = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert!(refreshed, "round {round}: prefetched before expiry");
+        until(
+            &format!("round {round}: prefetched before expiry"),
+            Duration::from_secs(1),
+            || async { up.query_count() > upstream_before },
+        )
+        .await;
         // The refreshed answer was stored now: the next round starts here.
         upstream_before = up.query_count();
     }
@@ -436,34 +408,4 @@ async fn rd_and_ad_bits_are_part_of_the_cache_key() {
     let rec = query(4, "norec.example.test.", RecordType::A, None);
     udp_raw_answer(p.addr, rec).await;
     assert_eq!(up.query_count(), 3);
-}
-
-/// A refresh that gets SERVFAIL leaves a still-valid answer in place, with serve-stale off
-/// too: the hot name keeps being answered until its TTL ends, and is not replaced by a
-/// SERVFAIL cached for `servfail_ttl`.
-#[tokio::test]
-async fn a_refresh_answered_servfail_keeps_the_valid_answer_without_serve_stale() {
-    let (up, p) = start_with(|c| c.cache.stale_max_age = dot_proxy::config::Dur::secs(0)).await;
-    udp(p.addr, "ttl20.example.test.", RecordType::A).await;
-    for _ in 0..6 {
-        udp(p.addr, "ttl20.example.test.", RecordType::A).await;
-    }
-    up.behaviour.servfail.store(true, Ordering::SeqCst);
-    let before = up.query_count();
-    adv(&p, 18);
-    // A hit in the last 10 % of the TTL: a prefetch, which the upstream answers SERVFAIL.
-    let m = udp(p.addr, "ttl20.example.test.", RecordType::A).await;
-    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
-    for _ in 0..50 {
-        if up.query_count() > before {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(up.query_count() > before, "prefetched");
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    // Still the cached answer, for the second of TTL it has left.
-    let m = udp(p.addr, "ttl20.example.test.", RecordType::A).await;
-    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
-    assert_eq!(a_records(&m).len(), 1);
 }

@@ -48,33 +48,34 @@ async fn start(args: &[&str], env: &[(&str, String)], admin: std::net::SocketAdd
         cmd.env(k, v);
     }
     let mut child = Running(cmd.spawn().expect("spawn dot-proxy"));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(Some(status)) = child.0.try_wait() {
-            panic!("dot-proxy exited early: {status}");
-        }
-        if let Ok(Ok(mut s)) = tokio::time::timeout(
-            Duration::from_millis(500),
-            tokio::net::TcpStream::connect(admin),
-        )
-        .await
-        {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let _ = s
-                .write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                .await;
-            let mut out = String::new();
-            let _ = s.read_to_string(&mut out).await;
-            if out.starts_with("HTTP/1.1 200") {
-                return child;
+    until(
+        &format!("dot-proxy ready on {admin}"),
+        Duration::from_secs(10),
+        || {
+            if let Ok(Some(status)) = child.0.try_wait() {
+                panic!("dot-proxy exited early: {status}");
             }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "dot-proxy not ready on {admin} within 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+            async move {
+                let Ok(Ok(mut s)) = tokio::time::timeout(
+                    Duration::from_millis(500),
+                    tokio::net::TcpStream::connect(admin),
+                )
+                .await
+                else {
+                    return false;
+                };
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let _ = s
+                    .write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    .await;
+                let mut out = String::new();
+                let _ = s.read_to_string(&mut out).await;
+                out.starts_with("HTTP/1.1 200")
+            }
+        },
+    )
+    .await;
+    child
 }
 
 fn loopback(port: u16) -> std::net::SocketAddr {

@@ -462,17 +462,14 @@ fn the_proxy_process_runs_without_transparent_huge_pages() {
         .expect("spawn dot-proxy");
     let status = format!("/proc/{}/status", child.id());
     let mut seen = None;
-    for _ in 0..100 {
+    within_blocking(Duration::from_secs(5), || {
         let text = std::fs::read_to_string(&status).unwrap_or_default();
         seen = text
             .lines()
             .find_map(|l| l.strip_prefix("THP_enabled:"))
             .map(|v| v.trim().to_string());
-        if seen.as_deref() == Some("0") {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        seen.as_deref() == Some("0")
+    });
     let _ = child.kill();
     let _ = child.wait();
     match seen.as_deref() {

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
@@ -76,13 +76,9 @@ impl Capture {
         let _ = Command::new("kill")
             .args(["-INT", &self.child.id().to_string()])
             .status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        within_blocking(Duration::from_secs(5), || {
+            matches!(self.child.try_wait(), Ok(Some(_)))
+        });
         let _ = self.child.kill();
         let _ = self.child.wait();
         let out = Command::new("dnstap-read")
@@ -169,23 +165,19 @@ mod serde_yaml_like {
 use serde_yaml_like::{get, kind};
 
 async fn wait_for<F: Fn(&str) -> bool>(p: &Proxy, what: &str, ok: F) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    eventually(what, Duration::from_secs(10), || async {
         let m = p.metrics().await;
-        if ok(&m) {
-            return m;
-        }
-        assert!(Instant::now() < deadline, "{what} never happened:\n{m}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        ok(&m).then_some(m)
+    })
+    .await
 }
 
 fn wait_path(p: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !p.exists() {
-        assert!(Instant::now() < deadline, "{} never appeared", p.display());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    until_blocking(
+        &format!("{} appears", p.display()),
+        Duration::from_secs(5),
+        || p.exists(),
+    );
 }
 
 /// A proxy started with `cfg` and a tap on a capture in `dir` asks `name` once (a miss):
@@ -327,7 +319,7 @@ async fn unix_socket_collector_gets_client_and_forwarder_messages() {
 /// the server's address and port, and the query and answer.
 #[tokio::test]
 async fn doh_and_doq_exchanges_are_tapped_with_their_transport() {
-    use crate::doh_doq::{doh_server, doq_server, Mode};
+    use crate::support::enc::{doh_server, doq_server, Mode};
     use dot_proxy::config::Protocol;
     use dot_proxy::dnstap::proto::SocketProtocol;
     let Some(dir) = scratch("doh_and_doq_exchanges_are_tapped_with_their_transport") else {

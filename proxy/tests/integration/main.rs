@@ -1,10 +1,8 @@
 //! Integration tests: a real proxy on loopback against real in-process DoT upstreams.
 
-#[path = "../common/cluster_dns.rs"]
-mod cluster_dns;
-#[path = "../common/skip.rs"]
-mod skip;
-mod support;
+// The test kit, under the names the tests were written with.
+use dot_proxy_testkit as support;
+use dot_proxy_testkit::{cluster_dns, skip};
 
 mod cache;
 mod cli;
@@ -17,5 +15,6 @@ mod groups;
 mod hostile;
 mod limits;
 mod observability;
+mod pipeline;
 mod policy;
 mod reload;

@@ -96,17 +96,12 @@ async fn config_info_carries_the_hash_of_the_applied_file() {
         "dot_proxy_config_info{{hash=\"{}\"}} 1",
         sha256_hex(&v2)
     )];
-    let mut seen = Vec::new();
-    for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        seen = series().await;
-        if seen == want {
-            break;
-        }
-    }
-    assert_eq!(seen, want);
+    until("the new hash", Duration::from_secs(5), || async {
+        series().await == want
+    })
+    .await;
     write_kubelet_version(dir.path(), "..h3", "listen: [nope]\n");
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    wait_reloads(&server, "failure", 1).await;
     assert_eq!(
         series().await,
         want,
@@ -133,7 +128,6 @@ async fn kubelet_configmap_swap_triggers_a_reload() {
         &yaml_for(&up, &format!("127.0.0.1:{port}"), ""),
     );
     let server = start_watched(dir.path()).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
 
     // The new version adds a listen address.
     let port2 = free_port();
@@ -143,22 +137,17 @@ async fn kubelet_configmap_swap_triggers_a_reload() {
         &yaml_for(&up, &format!("127.0.0.1:{port}, 127.0.0.1:{port2}"), ""),
     );
     let addr2: std::net::SocketAddr = format!("127.0.0.1:{port2}").parse().expect("addr");
-    let mut ok = false;
-    for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if udp_raw(
-            addr2,
-            &query(1, "k.example.test.", RecordType::A, None),
-            Duration::from_millis(300),
-        )
-        .await
-        .is_some()
-        {
-            ok = true;
-            break;
-        }
-    }
-    assert!(ok, "the swap of ..data was seen and the new listener bound");
+    until(
+        "the swap of ..data seen and the new listener bound",
+        Duration::from_secs(5),
+        || async {
+            let q = query(1, "k.example.test.", RecordType::A, None);
+            udp_raw(addr2, &q, Duration::from_millis(300))
+                .await
+                .is_some()
+        },
+    )
+    .await;
 
     // An invalid version is refused; the proxy keeps serving on the last good config.
     write_kubelet_version(
@@ -166,7 +155,7 @@ async fn kubelet_configmap_swap_triggers_a_reload() {
         "..2026_11_22_04_10_00.3",
         "listen: [not-an-address]\n",
     );
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    wait_reloads(&server, "failure", 1).await;
     let m = udp(addr2, "still.example.test.", RecordType::A).await;
     assert_eq!(a_records(&m).len(), 1);
     let admin = server.admin_addr().expect("admin");
@@ -194,22 +183,17 @@ async fn kubelet_configmap_swap_triggers_a_reload() {
         "..2026_11_22_04_15_00.4",
         &yaml_for(&up, &format!("127.0.0.1:{port}"), ""),
     );
-    let mut closed = false;
-    for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if udp_raw(
-            addr2,
-            &query(2, "gone.example.test.", RecordType::A, None),
-            Duration::from_millis(200),
-        )
-        .await
-        .is_none()
-        {
-            closed = true;
-            break;
-        }
-    }
-    assert!(closed, "removed listen address closed");
+    until(
+        "removed listen address closed",
+        Duration::from_secs(5),
+        || async {
+            let q = query(2, "gone.example.test.", RecordType::A, None);
+            udp_raw(addr2, &q, Duration::from_millis(200))
+                .await
+                .is_none()
+        },
+    )
+    .await;
 }
 
 fn hot(i: u64) -> String {
@@ -241,10 +225,14 @@ async fn reloads_under_load_lose_nothing_and_keep_the_cache() {
 
     // 2,000 queries per second (1,500 UDP, 500 TCP) for 10 s, 20 reloads meanwhile:
     // valid ones (a changed setting that keeps the cache) alternate with invalid ones.
+    let (s0, f0) = (
+        reloads(&server, "success").await,
+        reloads(&server, "failure").await,
+    );
     let file2 = file.clone();
+    let server2 = server.clone();
     let reloader = tokio::spawn(async move {
-        for i in 0..20 {
-            tokio::time::sleep(Duration::from_millis(450)).await;
+        for i in 0..20u32 {
             let text = if i % 2 == 0 {
                 // A policy rule (observable) and a setting read only at start.
                 format!(
@@ -255,6 +243,12 @@ async fn reloads_under_load_lose_nothing_and_keep_the_cache() {
                 format!("{good}cache: {{min_ttl: 10, max_ttl: 1}}\n")
             };
             std::fs::write(&file2, text).expect("write");
+            // The next change once this one was applied or refused: 20 reloads, none
+            // folded into another by the watcher.
+            match i % 2 {
+                0 => wait_reloads(&server2, "success", s0 + i / 2 + 1).await,
+                _ => wait_reloads(&server2, "failure", f0 + i / 2 + 1).await,
+            };
         }
     });
     let rep = load(addr, 10, 1500, 500, hot).await;
@@ -268,11 +262,8 @@ async fn reloads_under_load_lose_nothing_and_keep_the_cache() {
         misses_before,
         "cache kept across reloads: every query a hit"
     );
-    assert!(
-        metric(&after, "dot_proxy_config_reloads_total{result=\"success\"}") >= 8.0,
-        "{after}"
-    );
-    assert!(metric(&after, "dot_proxy_config_reloads_total{result=\"failure\"}") >= 8.0);
+    assert_eq!(reloads(&server, "success").await, s0 + 10, "{after}");
+    assert_eq!(reloads(&server, "failure").await, f0 + 10, "{after}");
     // The last valid config took effect...
     let m = udp(addr, "reloaded.example.test.", RecordType::A).await;
     assert_eq!(a_records(&m), vec![std::net::Ipv4Addr::new(10, 9, 9, 18)]);
@@ -381,14 +372,17 @@ async fn second_process_takes_over_on_sigterm_without_losing_queries() {
         // (answers, refused connections after the first answer, non-200 answers)
         let (mut answers, mut refused, mut bad) = (0usize, 0usize, Vec::new());
         let end = std::time::Instant::now() + Duration::from_secs(10);
+        let mut every = tokio::time::interval(Duration::from_millis(20));
+        // Like a sleep after each round: a slow round does not bring a burst.
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while std::time::Instant::now() < end {
+            every.tick().await;
             match probe(admin_addr).await {
                 Some((200, _)) => answers += 1,
                 Some((code, body)) => bad.push(format!("{code} {body}")),
                 None if answers > 0 => refused += 1,
                 None => {}
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         (answers, refused, bad)
     });
@@ -460,13 +454,7 @@ async fn a_changed_block_list_file_is_reloaded_without_a_config_change() {
             &format!("{extra}cache: {{min_ttl: 5}}\n"),
         ),
     );
-    for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if count("dot_proxy_config_reloads_total{result=\"success\"}").await > reloads {
-            break;
-        }
-    }
-    assert!(count("dot_proxy_config_reloads_total{result=\"success\"}").await > reloads);
+    wait_reloads(&server, "success", reloads as u32 + 1).await;
     assert_eq!(
         count("dot_proxy_policy_blocklist_loads_total").await,
         loads,
@@ -475,15 +463,10 @@ async fn a_changed_block_list_file_is_reloaded_without_a_config_change() {
     assert_eq!(rcode("first.example.test.").await, ResponseCode::NXDomain);
 
     write_list("..v2", "0.0.0.0 second.example.test\n");
-    let mut swapped = false;
-    for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if rcode("second.example.test.").await == ResponseCode::NXDomain {
-            swapped = true;
-            break;
-        }
-    }
-    assert!(swapped, "the new list was read");
+    until("the new list read", Duration::from_secs(5), || async {
+        rcode("second.example.test.").await == ResponseCode::NXDomain
+    })
+    .await;
     assert_eq!(
         rcode("first.example.test.").await,
         ResponseCode::NoError,
@@ -534,15 +517,7 @@ async fn only_a_change_of_this_nodes_own_overrides_reloads_it() {
     ])
     .await;
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    let admin = server.admin_addr().expect("admin");
-    let reloads = || async {
-        metric(
-            &http_get(admin, "/metrics").await.1,
-            "dot_proxy_config_reloads_total{result=\"success\"}",
-        )
-    };
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let before = reloads().await;
+    let before = reloads(&server, "success").await;
     // Limited at first: 0.5 qps, burst 2.
     let mut refused = 0;
     for i in 0..6 {
@@ -555,10 +530,12 @@ async fn only_a_change_of_this_nodes_own_overrides_reloads_it() {
     // Node B's entries change (the same shard file): node A does not reload.
     for (v, b) in [("..v2", "{cidr: 10.0.0.2/32, qps: 7}"), ("..v3", "")] {
         write_kubelet_file(odir.path(), v, "shard-0.yaml", &shard("", b));
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    // An absence has no event to wait on: this one wait gives the watcher (100 ms to let
+    // a burst settle) time to act on both changes, had they been this node's.
+    tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(
-        reloads().await,
+        reloads(&server, "success").await,
         before,
         "another node's change reloaded this proxy"
     );
@@ -570,15 +547,7 @@ async fn only_a_change_of_this_nodes_own_overrides_reloads_it() {
         "shard-0.yaml",
         &shard("{cidr: 127.0.0.1/32, exempt: true}", ""),
     );
-    let mut applied = false;
-    for _ in 0..30 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if reloads().await > before {
-            applied = true;
-            break;
-        }
-    }
-    assert!(applied, "own change reloaded");
+    wait_reloads(&server, "success", before + 1).await;
     for i in 0..20 {
         let m = udp(addr, &format!("ex{i}.example.test."), RecordType::A).await;
         assert_eq!(
@@ -627,19 +596,23 @@ async fn log_level_and_format_apply_on_reload() {
         ),
     )
     .expect("write");
-    let mut seen = false;
-    for i in 0..50 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        udp(addr, &format!("loud{i}.example.test."), RecordType::A).await;
-        if read()
-            .lines()
-            .any(|l| l.starts_with('{') && l.contains("\"forwarding\"") && l.contains("loud"))
-        {
-            seen = true;
-            break;
-        }
-    }
-    assert!(seen, "debug JSON lines after the reload:\n{}", read());
+    let mut i = 0;
+    until(
+        "debug JSON lines after the reload",
+        Duration::from_secs(5),
+        || {
+            i += 1;
+            let name = format!("loud{i}.example.test.");
+            let read = &read;
+            async move {
+                udp(addr, &name, RecordType::A).await;
+                read().lines().any(|l| {
+                    l.starts_with('{') && l.contains("\"forwarding\"") && l.contains("loud")
+                })
+            }
+        },
+    )
+    .await;
 }
 
 /// What decides where an answer comes from (the groups' order, which a client's own group
@@ -809,14 +782,7 @@ async fn a_change_during_an_apply_is_applied_next() {
         &yaml_for(&up, &format!("127.0.0.1:{port}"), ""),
     );
     let server = start_watched(dir.path()).await;
-    let admin = server.admin_addr().expect("admin");
-    let successes = || async move {
-        metric(
-            &http_get(admin, "/metrics").await.1,
-            "dot_proxy_config_reloads_total{result=\"success\"}",
-        )
-    };
-    let before = successes().await;
+    let before = reloads(&server, "success").await;
     // v2 names the FIFO: its apply blocks reading it.
     let extra = format!(
         "policy:\n  blocklists:\n  - {{name: slow, file: {}}}\n",
@@ -832,21 +798,23 @@ async fn a_change_during_an_apply_is_applied_next() {
         let fifo = fifo.clone();
         tokio::task::spawn_blocking(move || {
             use std::os::unix::fs::OpenOptionsExt;
-            for _ in 0..1000 {
-                if let Ok(f) = std::fs::OpenOptions::new()
-                    .write(true)
-                    .custom_flags(nix::libc::O_NONBLOCK)
-                    .open(&fifo)
-                {
-                    return Some(f);
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            None
+            let mut open = None;
+            until_blocking(
+                "the reload opens the block list",
+                Duration::from_secs(10),
+                || {
+                    open = std::fs::OpenOptions::new()
+                        .write(true)
+                        .custom_flags(nix::libc::O_NONBLOCK)
+                        .open(&fifo)
+                        .ok();
+                    open.is_some()
+                },
+            );
+            open.expect("opened")
         })
         .await
         .expect("join")
-        .expect("the reload opened the block list")
     };
     // While it is held, v3 lands (another listener, no block list).
     let port2 = free_port();
@@ -869,5 +837,5 @@ async fn a_change_during_an_apply_is_applied_next() {
         wait_serving(addr2).await,
         "v3, written during v2's apply, was applied"
     );
-    assert!(successes().await >= before + 2.0);
+    wait_reloads(&server, "success", before + 2).await;
 }

@@ -1,9 +1,6 @@
-//! Test fixtures: certificates made in the test (rcgen), a real in-process DNS-over-TLS
-//! upstream (tokio-rustls + hickory-proto) whose answers, TTLs, delays and connection
-//! behaviour the test controls, a proxy started in-process on loopback port 0, and plain
-//! UDP/TCP DNS clients.
-
-#![allow(dead_code)]
+//! A real in-process DNS-over-TLS upstream (tokio-rustls + hickory-proto) whose answers,
+//! TTLs, delays and connection behaviour the test controls, certificates made in the test
+//! (rcgen), a plain-DNS (UDP) server answering from the same zone, and the zone itself.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -12,16 +9,14 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, SOA, TXT};
-use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio_rustls::TlsAcceptor;
 
-pub use clap::Parser;
-use dot_proxy::config::{Config, Dur, UpstreamServer};
-use dot_proxy::server::Server;
+use dot_proxy::config::UpstreamServer;
 
 /// A CA and a server certificate for `upstream.test` / 127.0.0.1, made fresh per test.
 pub struct Pki {
@@ -32,6 +27,12 @@ pub struct Pki {
     /// The CA's own certificate.
     pub ca_der: Vec<u8>,
     pub ca: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl Default for Pki {
+    fn default() -> Pki {
+        Pki::new()
+    }
 }
 
 impl Pki {
@@ -220,14 +221,13 @@ impl Upstream {
 
     /// The server is back on the same address.
     pub async fn come_back(self: &Arc<Self>) {
-        for _ in 0..50 {
-            if let Ok(l) = TcpListener::bind(self.addr).await {
-                self.spawn_accept(l);
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("cannot bind {} again", self.addr);
+        let l = crate::wait::eventually(
+            &format!("{} bound again", self.addr),
+            Duration::from_secs(1),
+            || async { TcpListener::bind(self.addr).await.ok() },
+        )
+        .await;
+        self.spawn_accept(l);
     }
 
     /// Serves a given certificate and key from now on (key rotation).
@@ -364,351 +364,6 @@ impl Upstream {
     pub fn query_count(&self) -> usize {
         self.queries.load(Ordering::SeqCst)
     }
-}
-
-/// A config for tests: listens on 127.0.0.1:0, admin on 127.0.0.1:0, one group.
-/// An upstream and a proxy forwarding to it, with `change` applied to the config first.
-pub async fn start_with(change: impl FnOnce(&mut Config)) -> (Arc<Upstream>, Proxy) {
-    let up = Upstream::start().await;
-    let mut cfg = config_for(vec![up.server()]);
-    change(&mut cfg);
-    let p = Proxy::start(cfg).await;
-    (up, p)
-}
-
-pub fn config_for(servers: Vec<UpstreamServer>) -> Config {
-    let mut c = Config {
-        listen: vec!["127.0.0.1:0".parse().expect("addr")],
-        workers: 2,
-        ..Config::default()
-    };
-    c.admin.listen = Some("127.0.0.1:0".parse().expect("addr"));
-    c.upstream_groups[0].servers = servers;
-    c.upstream_groups[0].timeout = Dur::millis(1500);
-    c.log.level = "warn".into();
-    c
-}
-
-pub struct Proxy {
-    pub server: Arc<Server>,
-    pub addr: SocketAddr,
-}
-
-impl Proxy {
-    pub async fn start(cfg: Config) -> Proxy {
-        cfg.validate().expect("valid test config");
-        let server = Server::start(cfg).await.expect("proxy starts");
-        let addr = server.listen_addrs()[0];
-        Proxy { server, addr }
-    }
-
-    /// `cfg` made fit for a reload of this proxy: the addresses it bound at start (port 0
-    /// in a config would ask for new ones, and close the ones the test talks to).
-    pub fn keep_addresses(&self, cfg: &mut Config) {
-        cfg.listen = vec![self.addr];
-        cfg.admin.listen = self.server.admin_addr();
-    }
-
-    pub async fn metrics(&self) -> String {
-        http_get(self.server.admin_addr().expect("admin"), "/metrics")
-            .await
-            .1
-    }
-}
-
-/// A proxy started as `main` starts it, from command-line arguments (after `dot-proxy`):
-/// the effective config and its hash, with the reload task watching its files.
-pub async fn start_reloading(args: &[&str]) -> Arc<Server> {
-    let cli =
-        dot_proxy::cli::Cli::parse_from(std::iter::once("dot-proxy").chain(args.iter().copied()));
-    let loaded = dot_proxy::reload::load(&cli).expect("valid");
-    let (cfg, hash) = (loaded.config, loaded.hash);
-    let server = Server::start(cfg).await.expect("start");
-    server.set_config_hash(&hash);
-    tokio::spawn(dot_proxy::reload::run(
-        server.clone(),
-        Arc::new(cli),
-        loaded.inputs,
-    ));
-    server
-}
-
-/// Minimal HTTP/1.0 GET: (status, body).
-pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.expect("connect admin");
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .expect("write");
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.expect("read");
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
-/// Builds a query message.
-pub fn query(id: u16, name: &str, qtype: RecordType, edns: Option<(u16, bool)>) -> Vec<u8> {
-    let mut m = Message::new(id, MessageType::Query, OpCode::Query);
-    m.metadata.recursion_desired = true;
-    let mut q = Query::new();
-    q.set_name(Name::from_ascii(name).expect("name"))
-        .set_query_type(qtype)
-        .set_query_class(DNSClass::IN);
-    m.add_query(q);
-    if let Some((size, dnssec_ok)) = edns {
-        let mut e = Edns::new();
-        e.set_max_payload(size);
-        e.set_dnssec_ok(dnssec_ok);
-        m.set_edns(e);
-    }
-    m.to_vec().expect("encode")
-}
-
-/// Runs `n` clients at once, client `i` being `client(i)`; fails if any client fails.
-pub async fn concurrently<F, Fut>(n: usize, client: F)
-where
-    F: Fn(usize) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let tasks: Vec<_> = (0..n).map(|i| tokio::spawn(client(i))).collect();
-    for t in tasks {
-        t.await.expect("client");
-    }
-}
-
-/// `clients` clients at once, each asking `per_client` distinct A names under `prefix`
-/// over UDP, one after another; every answer must be NOERROR.
-pub async fn load_noerror(addr: SocketAddr, prefix: &str, clients: usize, per_client: usize) {
-    let prefix = prefix.to_string();
-    concurrently(clients, |c| {
-        let prefix = prefix.clone();
-        async move {
-            for i in 0..per_client {
-                let m = udp(
-                    addr,
-                    &format!("{prefix}{c}-{i}.example.test."),
-                    RecordType::A,
-                )
-                .await;
-                assert_eq!(m.metadata.response_code, ResponseCode::NoError);
-            }
-        }
-    })
-    .await;
-}
-
-/// Sends `msg` over UDP and returns the answer; fails when none comes within 5 s.
-pub async fn udp_raw_answer(addr: SocketAddr, msg: Vec<u8>) -> Vec<u8> {
-    udp_raw(addr, &msg, Duration::from_secs(5))
-        .await
-        .expect("answer")
-}
-
-/// The EDNS option codes of a message.
-pub fn option_codes(m: &Message) -> Vec<u16> {
-    m.edns
-        .as_ref()
-        .expect("edns")
-        .options()
-        .as_ref()
-        .iter()
-        .map(|(c, _)| u16::from(*c))
-        .collect()
-}
-
-pub async fn udp_raw(addr: SocketAddr, msg: &[u8], wait: Duration) -> Option<Vec<u8>> {
-    let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
-    sock.send_to(msg, addr).await.expect("send");
-    let mut buf = vec![0u8; 65535];
-    match tokio::time::timeout(wait, sock.recv_from(&mut buf)).await {
-        Ok(Ok((n, _))) => Some(buf[..n].to_vec()),
-        _ => None,
-    }
-}
-
-pub async fn udp(addr: SocketAddr, name: &str, qtype: RecordType) -> Message {
-    let id = rand::random();
-    let r = udp_raw(
-        addr,
-        &query(id, name, qtype, Some((1232, false))),
-        Duration::from_secs(5),
-    )
-    .await
-    .expect("udp answer");
-    let m = Message::from_vec(&r).expect("parse answer");
-    assert_eq!(m.metadata.id, id);
-    m
-}
-
-pub async fn tcp_send(s: &mut TcpStream, msg: &[u8]) {
-    let mut f = (msg.len() as u16).to_be_bytes().to_vec();
-    f.extend_from_slice(msg);
-    s.write_all(&f).await.expect("tcp write");
-}
-
-pub async fn tcp_recv(s: &mut TcpStream) -> Option<Vec<u8>> {
-    let len = tokio::time::timeout(Duration::from_secs(5), s.read_u16())
-        .await
-        .ok()?
-        .ok()? as usize;
-    let mut b = vec![0u8; len];
-    s.read_exact(&mut b).await.ok()?;
-    Some(b)
-}
-
-pub async fn tcp(addr: SocketAddr, name: &str, qtype: RecordType) -> Message {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    let id = rand::random();
-    tcp_send(&mut s, &query(id, name, qtype, None)).await;
-    let m = Message::from_vec(&tcp_recv(&mut s).await.expect("tcp answer")).expect("parse");
-    assert_eq!(m.metadata.id, id);
-    m
-}
-
-pub fn a_records(m: &Message) -> Vec<std::net::Ipv4Addr> {
-    m.answers
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::A(a) => Some(a.0),
-            _ => None,
-        })
-        .collect()
-}
-
-/// Sums the samples of lines starting with `prefix` that also contain `label` (e.g.
-/// `kind="tls"`).
-pub fn metric_with(text: &str, prefix: &str, label: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(prefix) && l.contains(label))
-        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
-        .sum()
-}
-
-/// Reads one sample from OpenMetrics text: the first line starting with `prefix`.
-pub fn metric(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
-        .sum()
-}
-
-/// A port below the ephemeral range (so no client connection of a load test holds it) that
-/// is free for both UDP and TCP on 127.0.0.1.
-pub fn free_port() -> u16 {
-    loop {
-        let port = 20_000 + rand::random::<u16>() % 10_000;
-        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
-        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
-        if udp.is_ok() && tcp.is_ok() {
-            return port;
-        }
-    }
-}
-
-/// What a load run saw.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct LoadReport {
-    pub udp_sent: usize,
-    pub udp_answered: usize,
-    pub udp_servfail: usize,
-    pub tcp_sent: usize,
-    pub tcp_answered: usize,
-    pub tcp_servfail: usize,
-}
-
-/// A bounded load: `udp_qps` UDP queries per second from 4 sockets and `tcp_qps` TCP
-/// queries per second (a new connection each), for `secs` seconds, names from `name(i)`.
-/// Every query gets 2 s to be answered.
-pub async fn load(
-    addr: SocketAddr,
-    secs: u64,
-    udp_qps: u64,
-    tcp_qps: u64,
-    name: fn(u64) -> String,
-) -> LoadReport {
-    use std::collections::HashSet;
-    let total_udp = udp_qps * secs;
-    let total_tcp = tcp_qps * secs;
-    let mut udp_tasks = Vec::new();
-    for sock_i in 0..4u64 {
-        let sock = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
-        let answered = Arc::new(Mutex::new((HashSet::<u16>::new(), 0usize)));
-        let (rs, ra) = (sock.clone(), answered.clone());
-        let recv = tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            while let Ok((n, _)) = rs.recv_from(&mut buf).await {
-                if n >= 12 {
-                    let mut a = ra.lock().expect("lock");
-                    if a.0.insert(u16::from_be_bytes([buf[0], buf[1]])) && buf[3] & 0xF == 2 {
-                        a.1 += 1;
-                    }
-                }
-            }
-        });
-        let per_sock = total_udp / 4;
-        let interval_us = 4_000_000 / udp_qps.max(1);
-        udp_tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_micros(interval_us.max(1)));
-            for i in 0..per_sock {
-                tick.tick().await;
-                let q = query(i as u16, &name(sock_i * 1_000_000 + i), RecordType::A, None);
-                let _ = sock.send_to(&q, addr).await;
-            }
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            recv.abort();
-            let a = answered.lock().expect("lock");
-            (per_sock as usize, a.0.len(), a.1)
-        }));
-    }
-    let tcp_task = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / tcp_qps.max(1)));
-        let mut handles = Vec::new();
-        for i in 0..total_tcp {
-            tick.tick().await;
-            handles.push(tokio::spawn(async move {
-                let q = query(i as u16, &name(9_000_000 + i), RecordType::A, None);
-                let fut = async {
-                    let mut s = TcpStream::connect(addr).await.ok()?;
-                    tcp_send(&mut s, &q).await;
-                    tcp_recv(&mut s).await
-                };
-                tokio::time::timeout(Duration::from_secs(2), fut)
-                    .await
-                    .ok()
-                    .flatten()
-            }));
-        }
-        let mut answered = 0;
-        let mut servfail = 0;
-        for h in handles {
-            if let Ok(Some(r)) = h.await {
-                answered += 1;
-                if r.len() >= 4 && r[3] & 0xF == 2 {
-                    servfail += 1;
-                }
-            }
-        }
-        (total_tcp as usize, answered, servfail)
-    });
-    let mut rep = LoadReport::default();
-    for t in udp_tasks {
-        let (s, a, f) = t.await.expect("udp load");
-        rep.udp_sent += s;
-        rep.udp_answered += a;
-        rep.udp_servfail += f;
-    }
-    let (s, a, f) = tcp_task.await.expect("tcp load");
-    rep.tcp_sent = s;
-    rep.tcp_answered = a;
-    rep.tcp_servfail = f;
-    rep
 }
 
 /// The synthetic zone:

@@ -1,6 +1,5 @@
 //! A stand-in cluster DNS for the search-completion tests (in process, plain UDP), and the
 //! proxy config those tests share.
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
@@ -11,7 +10,8 @@ use hickory_proto::rr::rdata::{A, SOA};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use tokio::net::UdpSocket;
 
-use crate::support::{config_for, Upstream};
+use crate::dot::Upstream;
+use crate::proxy::config_for;
 use dot_proxy::config::{Config, Dur, Policy, UpstreamGroup, UpstreamServer, ZoneRoute};
 
 /// A cluster DNS: A records for `names`, NODATA for their other types and for the names
