@@ -66,8 +66,28 @@ impl CacheMetrics {
         );
     }
 
-    /// The evictions counter, for tests that build a cache on their own.
+    /// Answers evicted.
     pub fn evictions(&self) -> u64 {
         self.evictions.get()
+    }
+    /// Client lookups answered from the cache.
+    pub fn hits(&self) -> u64 {
+        self.hits.get()
+    }
+    /// Client lookups that found nothing fresh.
+    pub fn misses(&self) -> u64 {
+        self.misses.get()
+    }
+    /// Stale answers served.
+    pub fn stale(&self) -> u64 {
+        self.stale.get()
+    }
+    /// Background refreshes started.
+    pub fn prefetches(&self) -> u64 {
+        self.prefetches.get()
+    }
+    /// Misses that waited for an identical one in flight.
+    pub fn coalesced(&self) -> u64 {
+        self.coalesced.get()
     }
 }

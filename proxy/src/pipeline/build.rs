@@ -104,6 +104,17 @@ impl Pipeline {
         shared: &Shared,
     ) -> Result<Pipeline, BuildError> {
         let groups = GroupSet::from_config(cfg, previous.map(|p| &p.groups), &shared.upstream)?;
+        Pipeline::with_groups(cfg, groups, previous, shared)
+    }
+
+    /// [`from_config`](Self::from_config) with the groups already built (the test kit's
+    /// fake servers stand for a config's groups this way).
+    pub fn with_groups(
+        cfg: &Config,
+        groups: GroupSet,
+        previous: Option<&Pipeline>,
+        shared: &Shared,
+    ) -> Result<Pipeline, BuildError> {
         let policy = Policy::from_config(
             &cfg.policy,
             &cfg.filter_aaaa.zones,

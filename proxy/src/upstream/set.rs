@@ -66,6 +66,22 @@ impl GroupSet {
         Ok(set)
     }
 
+    /// Groups built elsewhere standing for `cfg`'s, in its order (test fakes); never
+    /// taken over by a later config.
+    pub fn given(cfg: &Config, groups: Vec<Arc<Group>>) -> GroupSet {
+        let sources = cfg
+            .upstream_groups
+            .iter()
+            .map(|g| Source {
+                cfg: g.clone(),
+                ca: None,
+                ca_files: b"given".to_vec(),
+                privacy: cfg.privacy.clone(),
+            })
+            .collect();
+        GroupSet { groups, sources }
+    }
+
     pub fn groups(&self) -> &[Arc<Group>] {
         &self.groups
     }

@@ -19,7 +19,7 @@ use dot_proxy::config::{Config, UpstreamGroup};
 use dot_proxy::dns::message::UpstreamQueryOptions;
 use dot_proxy::kubernetes::PodTable;
 use dot_proxy::metrics::{Metrics, Transport};
-use dot_proxy::pipeline::{Fast, Pipeline};
+use dot_proxy::pipeline::{Fast, Pipeline, Shared};
 use dot_proxy::upstream::tls::UpstreamStats;
 use dot_proxy::upstream::{Exchange, ExchangeFuture, Group, Upstream, UpstreamError};
 
@@ -106,7 +106,10 @@ pub fn group(g: &UpstreamGroup, servers: &[Arc<FakeServer>], metrics: &Metrics) 
 /// A pipeline built from a config whose groups are fake servers.
 pub struct Rig {
     pub pipeline: Arc<Pipeline>,
+    /// The upstream servers' and groups' metrics.
     pub metrics: Arc<Metrics>,
+    /// What the pipeline shares: each part's metrics (`shared.cache`, ...), its clock.
+    pub shared: Shared,
     pub pods: Arc<PodTable>,
     /// The fake servers of each group of the config, in its order.
     pub servers: Vec<Vec<Arc<FakeServer>>>,
@@ -138,11 +141,12 @@ impl Rig {
             .zip(&servers)
             .map(|(g, s)| group(g, s, &metrics))
             .collect();
-        let (pipeline, pods) = dot_proxy::fuzzing::pipeline(&cfg, groups, metrics.clone());
+        let (pipeline, shared) = dot_proxy::fuzzing::pipeline(&cfg, groups, metrics.clone());
         Rig {
             pipeline,
             metrics,
-            pods,
+            pods: shared.pods.clone(),
+            shared,
             servers,
         }
     }
@@ -173,7 +177,7 @@ impl Rig {
         let p = &self.pipeline;
         let mut out = Vec::new();
         match p.handle_fast(q, client, Transport::udp, p.clock().now(), &mut out) {
-            Fast::Drop => return None,
+            Fast::Drop { .. } => return None,
             Fast::Answered(_) => {}
             Fast::Miss(req) => p.resolve(&req, &mut out).await,
         }

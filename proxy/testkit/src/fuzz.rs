@@ -64,7 +64,7 @@ pub fn as_client_query(data: &[u8]) {
     let fast =
         PIPELINE.with(|p| p.handle_fast(data, client, Transport::udp, p.clock().now(), &mut out));
     match (fast, wire::parse_query(data)) {
-        (Fast::Drop, Err(Rejection::Drop)) => {
+        (Fast::Drop { .. }, Err(Rejection::Drop)) => {
             assert!(
                 data.len() < HEADER_LEN || header::is_response(data),
                 "dropped a query that carries an ID and is no response"
@@ -122,7 +122,7 @@ pub fn as_client_query(data: &[u8]) {
         (fast, parsed) => panic!(
             "the pipeline's {} does not follow the guard's {parsed:?}",
             match fast {
-                Fast::Drop => "drop",
+                Fast::Drop { .. } => "drop",
                 Fast::Answered(_) => "inline answer",
                 Fast::Miss(_) => "miss",
             }

@@ -27,7 +27,7 @@ async fn stale_is_served_while_the_upstream_fails_and_fresh_once_it_answers() {
     let m = rig.ask("ttl10.example.test.", A).await;
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
     assert_eq!(m.answers[0].ttl, 30, "stale answers carry stale_ttl");
-    assert_eq!(rig.metrics.cache_stale.get(), 1);
+    assert_eq!(rig.shared.cache.stale(), 1);
     rig.up().behaviour.servfail.store(false, Ordering::SeqCst);
     settle().await;
     let m = rig.ask("ttl10.example.test.", A).await;
@@ -43,7 +43,7 @@ async fn nothing_stale_is_served_past_the_stale_window() {
     rig.advance(Duration::from_secs(71)).await;
     let m = rig.ask("ttl10.example.test.", A).await;
     assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
-    assert_eq!(rig.metrics.cache_stale.get(), 0);
+    assert_eq!(rig.shared.cache.stale(), 0);
 }
 
 /// `cache::prefetch_keeps_a_hot_name_from_ever_missing` without sockets, with exact counts:
@@ -71,12 +71,8 @@ async fn prefetch_keeps_a_hot_name_from_ever_missing() {
             "round {round}: one refresh"
         );
     }
-    assert_eq!(
-        rig.metrics.cache_misses.get(),
-        1,
-        "only the first query missed"
-    );
-    assert_eq!(rig.metrics.cache_prefetches.get(), 4);
+    assert_eq!(rig.shared.cache.misses(), 1, "only the first query missed");
+    assert_eq!(rig.shared.cache.prefetches(), 4);
 }
 
 /// Replaces `a_refresh_answered_servfail_keeps_the_valid_answer_without_serve_stale`
@@ -126,7 +122,7 @@ async fn identical_misses_share_one_upstream_query() {
         assert_eq!(a_records(&m).len(), 1);
     }
     assert_eq!(rig.up().query_count(), 1);
-    assert_eq!(rig.metrics.cache_coalesced.get(), 9);
+    assert_eq!(rig.shared.cache.coalesced(), 9);
 }
 
 /// Failover within one query: a refusing first server costs no time, a silent one its
