@@ -13,10 +13,11 @@
 //! - **Lifetime**: a connection closes when the server has had no query for `idle_timeout`,
 //!   and at `max_connection_age` it takes no new query, its queries in flight finish (within
 //!   the stall timeout) and it closes (certificates are verified again on the next one).
-//! - **Dark connections**: a connection with queries waiting that receives nothing at all
-//!   (not a byte, frame, PING acknowledgement or datagram: [`Connection::received`]) for the
-//!   stall timeout is gone dark (a path that drops everything, a server that froze): it is
-//!   closed, its queries are retried on a fresh connection, and `timeout` is counted.
+//! - **Dark connections**: a connection that has queries waiting each time it is looked at
+//!   (every quarter of the stall timeout) and receives nothing at all meanwhile (not a
+//!   byte, frame, PING acknowledgement or datagram: [`Connection::received`]) for the stall
+//!   timeout is gone dark (a path that drops everything, a server that froze): it is closed,
+//!   its queries are retried on a fresh connection, and `timeout` is counted.
 //! - **Retries** ([`Pool::attempts`]): a query that got nothing back on a connection that
 //!   failed under it ([`Failure::Retry`]) is sent again on a fresh one, a few times at most.
 
@@ -339,24 +340,36 @@ impl<K: Connector> Pool<K> {
     async fn watch(&self, e: &Pooled<K::Conn>, run: &mut BoxFuture<'static, End>) -> End {
         let born = Instant::now();
         let age_at = born + self.opts.max_age;
-        // While queries are waiting: when to look for a sign of life, and the count then.
-        let mut check: Option<(Instant, u64)> = None;
+        let stall = self.opts.stall_timeout;
+        // How often a busy connection is looked at for a sign of life.
+        let tick = (stall / 4).max(Duration::from_millis(100));
+        // Looks in a row that found queries waiting and nothing received, and the count
+        // when they began.
+        let mut silent: Option<(u32, u64)> = None;
         loop {
             let busy = e.inflight.load(Ordering::Acquire) > 0;
-            if busy && check.is_none() {
-                check = Some((Instant::now() + self.opts.stall_timeout, e.conn.received()));
+            if !busy {
+                silent = None;
+            } else if silent.is_none() {
+                silent = Some((0, e.conn.received()));
             }
             let idle_at = self.idle_at(born);
             tokio::select! {
                 biased;
                 end = &mut *run => return end,
                 _ = e.changed.notified(), if !busy => {}
-                _ = sleep_until(check.map_or(age_at, |c| c.0)), if check.is_some() => {
-                    if check.is_some_and(|(_, heard)| e.conn.received() == heard) {
-                        self.stats.error(UpstreamErrorKind::timeout);
-                        return self.close(e, run, End::Dark).await;
+                _ = tokio::time::sleep(tick), if busy => {
+                    if let Some((looks, heard)) = silent {
+                        if e.conn.received() != heard {
+                            // Alive: a new window from now, if queries still wait.
+                            silent = None;
+                        } else if tick * (looks + 1) >= stall {
+                            self.stats.error(UpstreamErrorKind::timeout);
+                            return self.close(e, run, End::Dark).await;
+                        } else {
+                            silent = Some((looks + 1, heard));
+                        }
                     }
-                    check = None;
                 }
                 _ = sleep_until(idle_at), if !busy => {
                     if Instant::now() >= self.idle_at(born) {
@@ -365,9 +378,9 @@ impl<K: Connector> Pool<K> {
                 }
                 _ = sleep_until(age_at) => {
                     // No new query on it; those in flight finish first (a dark one is
-                    // bounded by the stall timeout, as above).
+                    // bounded by the stall timeout).
                     e.retired.store(true, Ordering::Relaxed);
-                    let deadline = Instant::now() + self.opts.stall_timeout;
+                    let deadline = Instant::now() + stall;
                     while e.inflight.load(Ordering::Acquire) > 0 {
                         tokio::select! {
                             end = &mut *run => return end,
