@@ -15,7 +15,6 @@
 //! h2 read it, not copied.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,14 +24,14 @@ use hyper::client::conn::http2::SendRequest;
 use hyper::header::{ACCEPT, CONTENT_TYPE};
 use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::sync::Notify;
-use tokio_rustls::TlsConnector;
 
-use super::pool::{ConnOptions, Connection, Connector, Counted, End, Opened, Pool};
+use super::pool::{
+    ConnOptions, Connection, Connector, End, Opened, Pool, StreamSignals, Transport,
+};
 use super::stats::UpstreamStats;
-use super::tls::handshake;
+use super::tls::TlsDialer;
 use super::tls_config::TlsSetup;
-use super::{exchange_id_zero, Exchange, ExchangeFuture, Failure, UpstreamError};
+use super::{exchange_id_zero, Failure, UpstreamError};
 use crate::dnstap::proto::SocketProtocol;
 use crate::metrics::UpstreamErrorKind;
 
@@ -45,8 +44,7 @@ const TRIES: usize = 2;
 /// One HTTP/2 connection, as the pool holds it.
 pub(crate) struct DohConn {
     sender: SendRequest<Full<Bytes>>,
-    received: Arc<AtomicU64>,
-    close: Arc<Notify>,
+    signals: StreamSignals,
 }
 
 impl Connection for DohConn {
@@ -54,40 +52,29 @@ impl Connection for DohConn {
         !self.sender.is_closed()
     }
     fn received(&self) -> u64 {
-        self.received.load(Ordering::Relaxed)
+        self.signals.received()
     }
     fn close(&self) {
-        self.close.notify_one();
+        self.signals.close();
     }
 }
 
 /// Opens verified HTTP/2 connections to one server.
 pub(crate) struct DohConnector {
-    addr: SocketAddr,
-    setup: TlsSetup,
-    connector: TlsConnector,
+    dialer: TlsDialer,
     uri: Uri,
-    opts: ConnOptions,
-    stats: UpstreamStats,
 }
 
 impl Connector for DohConnector {
+    const PROTOCOL: SocketProtocol = SocketProtocol::Doh;
     type Conn = DohConn;
     async fn connect(&self) -> Result<Opened<DohConn>, UpstreamError> {
-        let tls = handshake(
-            self.addr,
-            &self.setup,
-            &self.connector,
-            self.opts.connect_timeout,
-            &self.stats,
-        )
-        .await?;
-        if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+        let (io, signals) = self.dialer.dial().await?;
+        if io.get_ref().get_ref().1.alpn_protocol() != Some(b"h2") {
             return Err(UpstreamError::Tls(
                 "the server did not agree to HTTP/2 (ALPN h2)".into(),
             ));
         }
-        let (io, received) = Counted::new(tls);
         let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             // Answers are small: no need for the large default windows, and a server that
             // floods frames is bounded by them.
@@ -102,7 +89,8 @@ impl Connector for DohConnector {
             .timer(TokioTimer::new())
             .keep_alive_interval(Some(Duration::from_secs(1)))
             .keep_alive_timeout(
-                self.opts
+                self.dialer
+                    .opts
                     .stall_timeout
                     .saturating_sub(Duration::from_secs(1))
                     .max(Duration::from_secs(1)),
@@ -111,14 +99,9 @@ impl Connector for DohConnector {
             .handshake(TokioIo::new(io))
             .await
             .map_err(|e| UpstreamError::Connect(format!("HTTP/2 handshake: {e}")))?;
-        let close = Arc::new(Notify::new());
-        let closing = close.clone();
+        let task = signals.clone();
         Ok(Opened {
-            conn: DohConn {
-                sender,
-                received,
-                close,
-            },
+            conn: DohConn { sender, signals },
             run: Box::pin(async move {
                 // Dropping the connection (the pool closed it) ends it.
                 tokio::select! {
@@ -129,7 +112,7 @@ impl Connector for DohConnector {
                             End::Error
                         }
                     },
-                    _ = closing.notified() => End::Idle,
+                    _ = task.closing() => End::Idle,
                 }
             }),
         })
@@ -166,36 +149,12 @@ impl HttpsUpstream {
             .parse()
             .map_err(|e| format!("URL https://{authority}{path}: {e}"))?;
         let connector = DohConnector {
-            addr,
-            connector: TlsConnector::from(setup.config.clone()),
-            setup,
+            dialer: TlsDialer::new(addr, setup, &opts, &stats),
             uri,
-            opts: opts.clone(),
-            stats: stats.clone(),
         };
         Ok(Arc::new(HttpsUpstream {
-            pool: Pool::new(label, connector, opts, stats),
+            pool: Pool::new(label, addr, connector, opts, stats),
         }))
-    }
-
-    pub fn address(&self) -> SocketAddr {
-        self.pool.connector().addr
-    }
-
-    /// Connections open now.
-    pub fn live_connections(&self) -> usize {
-        self.pool.live()
-    }
-
-    /// Sends one query (ID 0 on the wire) and returns the answer with `msg`'s ID.
-    pub async fn query(&self, msg: &Bytes) -> Result<Bytes, UpstreamError> {
-        exchange_id_zero(msg, self.pool.stats(), |body| {
-            self.pool.attempts(TRIES, move |conn| {
-                let body = body.clone();
-                async move { self.send(&conn, body).await }
-            })
-        })
-        .await
     }
 
     async fn send(&self, conn: &DohConn, body: Bytes) -> Result<Bytes, Failure> {
@@ -256,26 +215,20 @@ impl HttpsUpstream {
     }
 }
 
-impl Exchange for HttpsUpstream {
-    fn query<'a>(&'a self, msg: &'a Bytes) -> ExchangeFuture<'a> {
-        Box::pin(HttpsUpstream::query(self, msg))
+impl Transport for HttpsUpstream {
+    type Connector = DohConnector;
+    fn pool(&self) -> &Arc<Pool<DohConnector>> {
+        &self.pool
     }
-    fn label(&self) -> &str {
-        self.pool.label()
-    }
-    fn stats(&self) -> &UpstreamStats {
-        self.pool.stats()
-    }
-    fn tap_identity(&self) -> Option<(SocketAddr, SocketProtocol)> {
-        Some((self.address(), SocketProtocol::Doh))
-    }
-    fn is_tls(&self) -> bool {
-        true
-    }
-    fn warm_up(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>> {
-        Box::pin(self.pool.warm_up())
-    }
-    fn live(&self) -> bool {
-        self.pool.live() > 0
+
+    /// Sends one query (ID 0 on the wire) and returns the answer with `msg`'s ID.
+    async fn send_query(&self, msg: &Bytes) -> Result<Bytes, UpstreamError> {
+        exchange_id_zero(msg, self.pool.stats(), |body| {
+            self.pool.attempts(TRIES, move |conn| {
+                let body = body.clone();
+                async move { self.send(&conn, body).await }
+            })
+        })
+        .await
     }
 }

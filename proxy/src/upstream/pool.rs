@@ -22,6 +22,7 @@
 //!   failed under it ([`Failure::Retry`]) is sent again on a fresh one, a few times at most.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -34,9 +35,12 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 use tokio::time::{sleep_until, timeout, Instant};
 
+use bytes::Bytes;
+
 use super::backoff::ConnectBackoff;
 use super::stats::UpstreamStats;
-use super::{Failure, UpstreamError};
+use super::{Exchange, ExchangeFuture, Failure, UpstreamError};
+use crate::dnstap::proto::SocketProtocol;
 use crate::metrics::UpstreamErrorKind;
 
 /// How long a connection asked to close may take to end before it is dropped.
@@ -92,6 +96,8 @@ pub(crate) struct Opened<C> {
 /// How a transport opens a connection to its server.
 pub(crate) trait Connector: Send + Sync + 'static {
     type Conn: Connection;
+    /// The transport as query logs name it.
+    const PROTOCOL: SocketProtocol;
     /// Opens one connection, verified, within the connect timeout; counts it opened.
     fn connect(&self) -> impl Future<Output = Result<Opened<Self::Conn>, UpstreamError>> + Send;
 }
@@ -157,6 +163,7 @@ impl<C> Default for Slot<C> {
 
 pub(crate) struct Pool<K: Connector> {
     label: String,
+    addr: SocketAddr,
     connector: K,
     slots: Box<[Slot<K::Conn>]>,
     next: AtomicUsize,
@@ -169,9 +176,16 @@ pub(crate) struct Pool<K: Connector> {
 }
 
 impl<K: Connector> Pool<K> {
-    pub fn new(label: String, connector: K, opts: ConnOptions, stats: UpstreamStats) -> Arc<Self> {
+    pub fn new(
+        label: String,
+        addr: SocketAddr,
+        connector: K,
+        opts: ConnOptions,
+        stats: UpstreamStats,
+    ) -> Arc<Self> {
         Arc::new(Pool {
             label,
+            addr,
             connector,
             slots: (0..opts.pool_size.max(1))
                 .map(|_| Slot::default())
@@ -187,6 +201,10 @@ impl<K: Connector> Pool<K> {
 
     pub fn label(&self) -> &str {
         &self.label
+    }
+    /// The server's address.
+    pub fn address(&self) -> SocketAddr {
+        self.addr
     }
     pub fn stats(&self) -> &UpstreamStats {
         &self.stats
@@ -409,23 +427,78 @@ impl<K: Connector> Pool<K> {
     }
 }
 
-/// A byte stream that counts what it reads: [`Connection::received`] of the transports over
-/// TCP (DoT, and DoH under its HTTP/2, whose PING acknowledgements count too).
+/// A transport over a pool (DoT, DoH, DoQ): its framing of one query. Everything else a
+/// group asks of a server ([`Exchange`]) comes from the pool, once for all three.
+pub(crate) trait Transport: Send + Sync {
+    type Connector: Connector;
+    fn pool(&self) -> &Arc<Pool<Self::Connector>>;
+    /// Sends one query through the pool and returns the answer.
+    fn send_query<'a>(
+        &'a self,
+        msg: &'a Bytes,
+    ) -> impl Future<Output = Result<Bytes, UpstreamError>> + Send + 'a;
+}
+
+impl<T: Transport> Exchange for T {
+    fn query<'a>(&'a self, msg: &'a Bytes) -> ExchangeFuture<'a> {
+        Box::pin(self.send_query(msg))
+    }
+    fn label(&self) -> &str {
+        self.pool().label()
+    }
+    fn stats(&self) -> &UpstreamStats {
+        self.pool().stats()
+    }
+    fn tap_identity(&self) -> Option<(SocketAddr, SocketProtocol)> {
+        Some((self.pool().address(), <T::Connector as Connector>::PROTOCOL))
+    }
+    fn is_tls(&self) -> bool {
+        true
+    }
+    fn warm_up(&self) -> Pin<Box<dyn Future<Output = bool> + Send + '_>> {
+        Box::pin(self.pool().warm_up())
+    }
+    fn live(&self) -> bool {
+        self.pool().live() > 0
+    }
+}
+
+/// What the pool needs of a connection over a byte stream (DoT, and DoH under its HTTP/2):
+/// the bytes read so far (a sign of life, PING acknowledgements included) and a way to ask
+/// the connection's task to end.
+#[derive(Clone, Default)]
+pub(crate) struct StreamSignals {
+    read: Arc<AtomicU64>,
+    close: Arc<Notify>,
+}
+
+impl StreamSignals {
+    pub fn received(&self) -> u64 {
+        self.read.load(Ordering::Relaxed)
+    }
+    pub fn close(&self) {
+        self.close.notify_one();
+    }
+    /// Resolves once the pool asked the connection to end.
+    pub async fn closing(&self) {
+        self.close.notified().await
+    }
+}
+
+/// A byte stream that counts what it reads into its [`StreamSignals`].
 pub(crate) struct Counted<S> {
     inner: S,
     read: Arc<AtomicU64>,
 }
 
 impl<S> Counted<S> {
-    pub fn new(inner: S) -> (Self, Arc<AtomicU64>) {
-        let read = Arc::new(AtomicU64::new(0));
-        (
-            Counted {
-                inner,
-                read: Arc::clone(&read),
-            },
-            read,
-        )
+    pub fn new(inner: S) -> (Self, StreamSignals) {
+        let signals = StreamSignals::default();
+        let read = Arc::clone(&signals.read);
+        (Counted { inner, read }, signals)
+    }
+    pub fn get_ref(&self) -> &S {
+        &self.inner
     }
 }
 

@@ -24,10 +24,10 @@ use arc_swap::ArcSwapOption;
 use bytes::{Bytes, BytesMut};
 use quinn::crypto::rustls::QuicClientConfig;
 
-use super::pool::{ConnOptions, Connection, Connector, End, Opened, Pool};
+use super::pool::{ConnOptions, Connection, Connector, End, Opened, Pool, Transport};
 use super::stats::UpstreamStats;
 use super::tls_config::TlsSetup;
-use super::{exchange_id_zero, Exchange, ExchangeFuture, Failure, UpstreamError};
+use super::{exchange_id_zero, Failure, UpstreamError};
 use crate::dnstap::proto::SocketProtocol;
 use crate::metrics::UpstreamErrorKind;
 
@@ -111,33 +111,8 @@ impl QuicUpstream {
             stats: stats.clone(),
         };
         Ok(Arc::new(QuicUpstream {
-            pool: Pool::new(label, connector, opts, stats),
+            pool: Pool::new(label, addr, connector, opts, stats),
         }))
-    }
-
-    pub fn address(&self) -> SocketAddr {
-        self.pool.connector().addr
-    }
-
-    /// Connections open now (0 or 1).
-    pub fn live_connections(&self) -> usize {
-        self.pool.live()
-    }
-
-    /// Sends one query on a stream of its own and returns the answer with `msg`'s ID.
-    pub async fn query(&self, msg: &Bytes) -> Result<Bytes, UpstreamError> {
-        let Ok(len) = u16::try_from(msg.len()) else {
-            return Err(UpstreamError::Malformed);
-        };
-        // RFC 9250 §4.2: the message with its 2-byte length prefix, sent as two chunks.
-        let prefix = Bytes::copy_from_slice(&len.to_be_bytes());
-        exchange_id_zero(msg, self.pool.stats(), |wire| {
-            self.pool.attempts(TRIES, move |conn| {
-                let chunks = [prefix.clone(), wire.clone()];
-                async move { self.exchange(&conn.conn, chunks).await }
-            })
-        })
-        .await
     }
 
     async fn exchange(
@@ -177,6 +152,29 @@ impl QuicUpstream {
                 Err(Failure::Final(UpstreamError::Malformed))
             }
         }
+    }
+}
+
+impl Transport for QuicUpstream {
+    type Connector = DoqConnector;
+    fn pool(&self) -> &Arc<Pool<DoqConnector>> {
+        &self.pool
+    }
+
+    /// Sends one query on a stream of its own and returns the answer with `msg`'s ID.
+    async fn send_query(&self, msg: &Bytes) -> Result<Bytes, UpstreamError> {
+        let Ok(len) = u16::try_from(msg.len()) else {
+            return Err(UpstreamError::Malformed);
+        };
+        // RFC 9250 §4.2: the message with its 2-byte length prefix, sent as two chunks.
+        let prefix = Bytes::copy_from_slice(&len.to_be_bytes());
+        exchange_id_zero(msg, self.pool.stats(), |wire| {
+            self.pool.attempts(TRIES, move |conn| {
+                let chunks = [prefix.clone(), wire.clone()];
+                async move { self.exchange(&conn.conn, chunks).await }
+            })
+        })
+        .await
     }
 }
 
@@ -240,6 +238,7 @@ impl DoqConnector {
 }
 
 impl Connector for DoqConnector {
+    const PROTOCOL: SocketProtocol = SocketProtocol::Doq;
     type Conn = DoqConn;
     async fn connect(&self) -> Result<Opened<DoqConn>, UpstreamError> {
         let endpoint = self.endpoint()?;
@@ -282,29 +281,5 @@ impl Connector for DoqConnector {
                 }
             }),
         })
-    }
-}
-
-impl Exchange for QuicUpstream {
-    fn query<'a>(&'a self, msg: &'a Bytes) -> ExchangeFuture<'a> {
-        Box::pin(QuicUpstream::query(self, msg))
-    }
-    fn label(&self) -> &str {
-        self.pool.label()
-    }
-    fn stats(&self) -> &UpstreamStats {
-        self.pool.stats()
-    }
-    fn tap_identity(&self) -> Option<(SocketAddr, SocketProtocol)> {
-        Some((self.address(), SocketProtocol::Doq))
-    }
-    fn is_tls(&self) -> bool {
-        true
-    }
-    fn warm_up(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>> {
-        Box::pin(self.pool.warm_up())
-    }
-    fn live(&self) -> bool {
-        self.pool.live() > 0
     }
 }

@@ -11,22 +11,24 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use super::pool::{ConnOptions, Connection, Connector, Counted, End, Opened, Pool};
+use super::pool::{
+    ConnOptions, Connection, Connector, Counted, End, Opened, Pool, StreamSignals, Transport,
+};
 use super::stats::UpstreamStats;
 use super::tls_config::TlsSetup;
-use super::{Exchange, ExchangeFuture, Failure, UpstreamError};
+use super::{Failure, UpstreamError};
 use crate::dns::wire::{self, header};
 use crate::dnstap::proto::SocketProtocol;
 use crate::metrics::UpstreamErrorKind;
@@ -51,8 +53,7 @@ struct Request {
 /// The pool's handle on one connection task.
 pub(crate) struct DotConn {
     tx: mpsc::Sender<Request>,
-    received: Arc<AtomicU64>,
-    close: Arc<Notify>,
+    signals: StreamSignals,
 }
 
 impl Connection for DotConn {
@@ -60,25 +61,43 @@ impl Connection for DotConn {
         !self.tx.is_closed()
     }
     fn received(&self) -> u64 {
-        self.received.load(Ordering::Relaxed)
+        self.signals.received()
     }
     fn close(&self) {
-        self.close.notify_one();
+        self.signals.close();
     }
 }
 
-/// Opens verified TLS connections to one server and starts their tasks.
-pub(crate) struct DotConnector {
-    addr: SocketAddr,
+/// TCP connect and TLS handshake to one server, verified by its `TlsSetup`: what DoT
+/// connects with, and DoH under its HTTP/2.
+pub(crate) struct TlsDialer {
+    pub addr: SocketAddr,
     setup: TlsSetup,
     connector: TlsConnector,
-    opts: ConnOptions,
-    stats: UpstreamStats,
+    pub opts: ConnOptions,
+    pub stats: UpstreamStats,
 }
 
-impl Connector for DotConnector {
-    type Conn = DotConn;
-    async fn connect(&self) -> Result<Opened<DotConn>, UpstreamError> {
+impl TlsDialer {
+    pub fn new(
+        addr: SocketAddr,
+        setup: TlsSetup,
+        opts: &ConnOptions,
+        stats: &UpstreamStats,
+    ) -> Self {
+        TlsDialer {
+            addr,
+            connector: TlsConnector::from(setup.config.clone()),
+            setup,
+            opts: opts.clone(),
+            stats: stats.clone(),
+        }
+    }
+
+    /// A verified TLS stream within the connect timeout, counting what it reads.
+    pub async fn dial(
+        &self,
+    ) -> Result<(Counted<TlsStream<TcpStream>>, StreamSignals), UpstreamError> {
         let tls = handshake(
             self.addr,
             &self.setup,
@@ -87,23 +106,26 @@ impl Connector for DotConnector {
             &self.stats,
         )
         .await?;
-        let (stream, received) = Counted::new(tls);
+        Ok(Counted::new(tls))
+    }
+}
+
+impl Connector for TlsDialer {
+    const PROTOCOL: SocketProtocol = SocketProtocol::Dot;
+    type Conn = DotConn;
+    async fn connect(&self) -> Result<Opened<DotConn>, UpstreamError> {
+        let (stream, signals) = self.dial().await?;
         let (tx, rx) = mpsc::channel(QUEUE);
-        let close = Arc::new(Notify::new());
-        let (opts, stats, closing) = (self.opts.clone(), self.stats.clone(), close.clone());
+        let (opts, stats, task) = (self.opts.clone(), self.stats.clone(), signals.clone());
         Ok(Opened {
-            conn: DotConn {
-                tx,
-                received,
-                close,
-            },
-            run: Box::pin(async move { run_connection(stream, rx, &opts, &stats, &closing).await }),
+            conn: DotConn { tx, signals },
+            run: Box::pin(async move { run_connection(stream, rx, &opts, &stats, &task).await }),
         })
     }
 }
 
 pub struct TlsUpstream {
-    pool: Arc<Pool<DotConnector>>,
+    pool: Arc<Pool<TlsDialer>>,
 }
 
 impl TlsUpstream {
@@ -114,25 +136,22 @@ impl TlsUpstream {
         opts: ConnOptions,
         stats: UpstreamStats,
     ) -> Arc<Self> {
-        let connector = DotConnector {
-            addr,
-            connector: TlsConnector::from(setup.config.clone()),
-            setup,
-            opts: opts.clone(),
-            stats: stats.clone(),
-        };
+        let dialer = TlsDialer::new(addr, setup, &opts, &stats);
         Arc::new(TlsUpstream {
-            pool: Pool::new(label, connector, opts, stats),
+            pool: Pool::new(label, addr, dialer, opts, stats),
         })
     }
+}
 
-    pub fn address(&self) -> SocketAddr {
-        self.pool.connector().addr
+impl Transport for TlsUpstream {
+    type Connector = TlsDialer;
+    fn pool(&self) -> &Arc<Pool<TlsDialer>> {
+        &self.pool
     }
 
     /// Sends one query (any ID; the connection sets its own) and returns the answer with
     /// the ID as sent by the server.
-    pub async fn query(&self, msg: &Bytes) -> Result<Bytes, UpstreamError> {
+    async fn send_query(&self, msg: &Bytes) -> Result<Bytes, UpstreamError> {
         // The frame's length prefix is 16 bits: a longer message would desynchronise the
         // connection for every other query on it.
         if msg.len() > usize::from(u16::MAX) {
@@ -159,35 +178,6 @@ impl TlsUpstream {
             })
             .await;
         r.map_err(|(Failure::Retry(e) | Failure::Final(e))| e)
-    }
-
-    /// Number of slots with a live connection.
-    pub fn live_connections(&self) -> usize {
-        self.pool.live()
-    }
-}
-
-impl Exchange for TlsUpstream {
-    fn query<'a>(&'a self, msg: &'a Bytes) -> ExchangeFuture<'a> {
-        Box::pin(TlsUpstream::query(self, msg))
-    }
-    fn label(&self) -> &str {
-        self.pool.label()
-    }
-    fn stats(&self) -> &UpstreamStats {
-        self.pool.stats()
-    }
-    fn tap_identity(&self) -> Option<(SocketAddr, SocketProtocol)> {
-        Some((self.address(), SocketProtocol::Dot))
-    }
-    fn is_tls(&self) -> bool {
-        true
-    }
-    fn warm_up(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>> {
-        Box::pin(self.pool.warm_up())
-    }
-    fn live(&self) -> bool {
-        self.pool.live() > 0
     }
 }
 
@@ -231,7 +221,7 @@ async fn run_connection(
     mut rx: mpsc::Receiver<Request>,
     opts: &ConnOptions,
     stats: &UpstreamStats,
-    close: &Notify,
+    signals: &StreamSignals,
 ) -> End {
     let mut inflight: HashMap<u16, Pending> = HashMap::new();
     let mut next_id: u16 = rand::random();
@@ -314,7 +304,7 @@ async fn run_connection(
                 break if used { End::Idle } else { End::Unused };
             }
             // The pool closes it (idle, aged, dark).
-            _ = close.notified() => break End::Idle,
+            _ = signals.closing() => break End::Idle,
         }
     };
     // Queries not answered here are retried by their senders on another connection.
