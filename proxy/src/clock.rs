@@ -27,3 +27,11 @@ impl Clock {
             .fetch_add(d.as_millis() as u64, Ordering::Relaxed);
     }
 }
+
+/// The wall-clock time of `start`, a monotonic instant already read (query logs say when
+/// a query arrived or was sent upstream).
+pub fn arrived(start: Instant) -> std::time::SystemTime {
+    std::time::SystemTime::now()
+        .checked_sub(start.elapsed())
+        .unwrap_or_else(std::time::SystemTime::now)
+}

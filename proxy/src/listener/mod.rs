@@ -20,13 +20,6 @@ use crate::metrics::{QType, Rcode};
 use crate::pipeline::{Pipeline, Request};
 pub use metrics::{ListenerMetrics, QueryCounters};
 
-/// The wall-clock time of `start` (for query logs).
-pub(crate) fn arrived(start: Instant) -> std::time::SystemTime {
-    std::time::SystemTime::now()
-        .checked_sub(start.elapsed())
-        .unwrap_or_else(std::time::SystemTime::now)
-}
-
 /// Counts an answered query and the time it took since `start`.
 pub(crate) fn count(counters: &QueryCounters, qtype: u16, answer: &[u8], start: Instant) {
     counters.count(
@@ -66,7 +59,7 @@ impl Miss {
             counters.inflight().dec();
             count(&counters, m.req.qi.qtype, &out, m.start);
             if let Some(tap) = &p.tap {
-                let arrived = arrived(m.start);
+                let arrived = crate::clock::arrived(m.start);
                 tap.client(
                     &m.req.query,
                     &out,

@@ -286,7 +286,7 @@ async fn connection(
             Fast::Answered(qtype) => {
                 super::count(&counters, qtype, &out, start);
                 if let Some(tap) = &p.tap {
-                    let arrived = super::arrived(start);
+                    let arrived = crate::clock::arrived(start);
                     tap.client(query, &out, peer, local, Transport::tcp, arrived);
                 }
                 if !queue(&tx, &p, &out).await {

@@ -113,7 +113,7 @@ impl Io {
                             Rcode::from_u8(header::rcode(self.sb.next_buf())),
                         );
                         if let Some(tap) = &p.tap {
-                            let arrived = super::arrived(start);
+                            let arrived = crate::clock::arrived(start);
                             let answer = self.sb.next_buf();
                             tap.client(query, answer, peer, self.local, Transport::udp, arrived);
                         }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::tls::UpstreamStats;
+use super::stats::UpstreamStats;
 use super::UpstreamError;
 use crate::metrics::UpstreamErrorKind;
 

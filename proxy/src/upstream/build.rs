@@ -1,4 +1,4 @@
-//! A group built from its config section: one [`Upstream`] per server (TLS setup verified
+//! A group built from its config section: one [`Exchange`] per server (TLS setup verified
 //! here, so a bad CA file or pin refuses the config), the query options the group's servers
 //! get, and the group's metric handles.
 
@@ -13,8 +13,8 @@ use crate::metrics::Metrics;
 use super::https::HttpsUpstream;
 use super::plain::PlainUpstream;
 use super::quic::QuicUpstream;
-use super::tls::{ConnOptions, TlsUpstream, UpstreamStats};
-use super::{tls_config, Group, Upstream};
+use super::tls::TlsUpstream;
+use super::{tls_config, ConnOptions, Exchange, Group, UpstreamStats};
 
 /// How long a write of queries to a TLS connection may block before the connection is
 /// given up (a server that stopped reading).
@@ -70,7 +70,7 @@ fn upstream(
     s: &UpstreamServer,
     ca_file: Option<&Path>,
     metrics: &Metrics,
-) -> Result<Upstream, BuildError> {
+) -> Result<Arc<dyn Exchange>, BuildError> {
     let label = s.label();
     let stats = UpstreamStats::new(metrics, &g.name, &label);
     let setup = || {
@@ -93,33 +93,21 @@ fn upstream(
         label: label.clone(),
         source: tls_config::TlsConfigError::Setup(e),
     };
-    Ok(match s.protocol {
-        Protocol::Https => Upstream::Https(
-            HttpsUpstream::new(
-                label.clone(),
-                s.address,
-                setup()?,
-                s.doh_path(),
-                opts,
-                stats,
-            )
-            .map_err(other)?,
-        ),
-        Protocol::Quic => Upstream::Quic(
-            QuicUpstream::new(label.clone(), s.address, setup()?, opts, stats).map_err(other)?,
-        ),
-        Protocol::Tls => Upstream::Tls(TlsUpstream::new(
+    let up: Arc<dyn Exchange> = match s.protocol {
+        Protocol::Https => HttpsUpstream::new(
             label.clone(),
             s.address,
             setup()?,
+            s.doh_path(),
             opts,
             stats,
-        )),
-        Protocol::Plain => Upstream::Plain(PlainUpstream::new(
-            label.clone(),
-            s.address,
-            s.force_tcp,
-            stats,
-        )),
-    })
+        )
+        .map_err(other)?,
+        Protocol::Quic => {
+            QuicUpstream::new(label.clone(), s.address, setup()?, opts, stats).map_err(other)?
+        }
+        Protocol::Tls => TlsUpstream::new(label.clone(), s.address, setup()?, opts, stats),
+        Protocol::Plain => PlainUpstream::new(label.clone(), s.address, s.force_tcp, stats),
+    };
+    Ok(up)
 }

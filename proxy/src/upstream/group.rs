@@ -28,7 +28,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::time::{sleep_until, Instant};
 
 use super::rtt::Rtt;
-use super::{Upstream, UpstreamError};
+use super::{Exchange, UpstreamError};
 use crate::config::Policy;
 use crate::dns::message::{upstream_query, UpstreamQueryOptions};
 use crate::dns::wire::{self, header};
@@ -83,7 +83,7 @@ impl Health {
 }
 
 pub struct Member {
-    pub upstream: Upstream,
+    pub upstream: Arc<dyn Exchange>,
     pub health: Health,
 }
 
@@ -113,7 +113,7 @@ impl Group {
         name: String,
         policy: Policy,
         timeout: Duration,
-        upstreams: Vec<Upstream>,
+        upstreams: Vec<Arc<dyn Exchange>>,
         query_opts: UpstreamQueryOptions,
         metrics: &crate::metrics::Metrics,
     ) -> Arc<Group> {
@@ -337,7 +337,7 @@ impl Group {
         if let Some(tap) = self.tap.load().as_ref() {
             if let Some((addr, protocol)) = m.upstream.tap_identity() {
                 let answer = result.as_ref().ok().and_then(|r| r.as_ref().ok());
-                tap.forwarder(msg, answer, addr, protocol, crate::listener::arrived(start));
+                tap.forwarder(msg, answer, addr, protocol, crate::clock::arrived(start));
             }
         }
         match result {
@@ -571,8 +571,7 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::upstream::tls::UpstreamStats;
-    use crate::upstream::{Exchange, ExchangeFuture};
+    use crate::upstream::{ExchangeFuture, UpstreamStats};
 
     #[derive(Clone, Copy, Debug)]
     enum Mode {
@@ -645,7 +644,7 @@ mod tests {
         let metrics = crate::metrics::Metrics::default();
         let upstreams = fakes
             .iter()
-            .map(|f| Upstream::Other(Arc::clone(f) as Arc<dyn Exchange>))
+            .map(|f| Arc::clone(f) as Arc<dyn Exchange>)
             .collect();
         let g = Group::new(
             "g".into(),

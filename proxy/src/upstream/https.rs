@@ -1,7 +1,7 @@
 //! DNS over HTTPS (RFC 8484): each query a POST of `application/dns-message` over HTTP/2
-//! (ALPN `h2`), multiplexed as streams on a few long-lived connections (`pool_size`), with
-//! message ID 0 on the wire (§4.1) and the caller's ID put back on the answer. The
-//! certificate is verified exactly as for DNS over TLS (`tls_config`).
+//! (ALPN `h2`), multiplexed as streams on a few long-lived connections (`pool_size`, kept by
+//! `pool`), with message ID 0 on the wire (§4.1) and the caller's ID put back on the answer.
+//! The certificate is verified exactly as for DNS over TLS (`tls_config`).
 //!
 //! hyper's HTTP/2 client (h2 underneath) does the framing, flow control, GOAWAY and stream
 //! resets; this module adds what DNS needs: a request that fails before any response (a
@@ -9,55 +9,118 @@
 //! wrong content type or a body over 65,535 bytes is an error of that server (counted as
 //! `http` or `malformed`), which the group answers by failing over. Cache-Control and other
 //! HTTP caching headers are ignored: the DNS TTLs in the answer are what the cache uses.
+//!
+//! Copies: the query's `Bytes` is the request body as it is (h2 copies a small DATA frame
+//! into its write buffer, as DoT's write batch does); the answer is the body's `Bytes` as
+//! h2 read it, not copied.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http2::SendRequest;
 use hyper::header::{ACCEPT, CONTENT_TYPE};
 use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::time::Instant;
-use tokio_rustls::TlsConnector;
 
-use super::tls::{handshake, ConnOptions, UpstreamStats};
+use super::pool::{
+    ConnOptions, Connection, Connector, End, Opened, Pool, StreamSignals, Transport,
+};
+use super::stats::UpstreamStats;
+use super::tls::TlsDialer;
 use super::tls_config::TlsSetup;
 use super::{exchange_id_zero, Failure, UpstreamError};
+use crate::dnstap::proto::SocketProtocol;
 use crate::metrics::UpstreamErrorKind;
 
 const DNS_MESSAGE: &str = "application/dns-message";
 /// Largest DNS message (RFC 8484 §6: the body is one message).
 const MAX_BODY: usize = 65_535;
+/// Tries of one query: once more on a fresh connection when nothing came back.
+const TRIES: usize = 2;
 
-struct Conn {
+/// One HTTP/2 connection, as the pool holds it.
+pub(crate) struct DohConn {
     sender: SendRequest<Full<Bytes>>,
+    signals: StreamSignals,
 }
 
-#[derive(Default)]
-struct Slot {
-    conn: ArcSwapOption<Conn>,
-    connecting: tokio::sync::Mutex<()>,
+impl Connection for DohConn {
+    fn usable(&self) -> bool {
+        !self.sender.is_closed()
+    }
+    fn received(&self) -> u64 {
+        self.signals.received()
+    }
+    fn close(&self) {
+        self.signals.close();
+    }
+}
+
+/// Opens verified HTTP/2 connections to one server.
+pub(crate) struct DohConnector {
+    dialer: TlsDialer,
+    uri: Uri,
+}
+
+impl Connector for DohConnector {
+    const PROTOCOL: SocketProtocol = SocketProtocol::Doh;
+    type Conn = DohConn;
+    async fn connect(&self) -> Result<Opened<DohConn>, UpstreamError> {
+        let (io, signals) = self.dialer.dial().await?;
+        if io.get_ref().get_ref().1.alpn_protocol() != Some(b"h2") {
+            return Err(UpstreamError::Tls(
+                "the server did not agree to HTTP/2 (ALPN h2)".into(),
+            ));
+        }
+        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            // Answers are small: no need for the large default windows, and a server that
+            // floods frames is bounded by them.
+            .initial_stream_window_size(MAX_BODY as u32 + 1)
+            .initial_connection_window_size(1 << 20)
+            .max_header_list_size(16 * 1024)
+            // A sign of life while requests are open: after a second with nothing received,
+            // a PING, whose acknowledgement counts as received (so a server slow to answer
+            // is not taken for a dark connection by the pool); no acknowledgement within
+            // the rest of the stall timeout, and the connection ends, its requests are
+            // retried on a fresh one. No PINGs while idle: servers limit those.
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Some(Duration::from_secs(1)))
+            .keep_alive_timeout(
+                self.dialer
+                    .opts
+                    .stall_timeout
+                    .saturating_sub(Duration::from_secs(1))
+                    .max(Duration::from_secs(1)),
+            )
+            .keep_alive_while_idle(false)
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| UpstreamError::Connect(format!("HTTP/2 handshake: {e}")))?;
+        let task = signals.clone();
+        Ok(Opened {
+            conn: DohConn { sender, signals },
+            run: Box::pin(async move {
+                // Dropping the connection (the pool closed it) ends it.
+                tokio::select! {
+                    r = connection => match r {
+                        Ok(()) => End::PeerClosed,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "HTTP/2 connection ended");
+                            End::Error
+                        }
+                    },
+                    _ = task.closing() => End::Idle,
+                }
+            }),
+        })
+    }
 }
 
 pub struct HttpsUpstream {
-    label: String,
-    addr: SocketAddr,
-    setup: TlsSetup,
-    connector: TlsConnector,
-    uri: Uri,
-    slots: Box<[Slot]>,
-    next: AtomicUsize,
-    opts: ConnOptions,
-    pub stats: UpstreamStats,
-    epoch: Instant,
-    /// Milliseconds since `epoch` of the last query (idle connections close).
-    last_used: Arc<AtomicU64>,
-    backoff: super::backoff::ConnectBackoff,
+    pool: Arc<Pool<DohConnector>>,
 }
 
 impl HttpsUpstream {
@@ -85,71 +148,19 @@ impl HttpsUpstream {
         let uri: Uri = format!("https://{authority}{path}")
             .parse()
             .map_err(|e| format!("URL https://{authority}{path}: {e}"))?;
-        let connector = TlsConnector::from(setup.config.clone());
-        Ok(Arc::new(HttpsUpstream {
-            label,
-            addr,
-            setup,
-            connector,
+        let connector = DohConnector {
+            dialer: TlsDialer::new(addr, setup, &opts, &stats),
             uri,
-            slots: (0..opts.pool_size.max(1))
-                .map(|_| Slot::default())
-                .collect(),
-            next: AtomicUsize::new(0),
-            opts,
-            stats,
-            epoch: Instant::now(),
-            last_used: Arc::new(AtomicU64::new(0)),
-            backoff: Default::default(),
+        };
+        Ok(Arc::new(HttpsUpstream {
+            pool: Pool::new(label, addr, connector, opts, stats),
         }))
     }
 
-    pub fn label(&self) -> &str {
-        &self.label
-    }
-
-    pub fn address(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// Connections open now.
-    pub fn live_connections(&self) -> usize {
-        self.slots
-            .iter()
-            .filter(|s| {
-                s.conn
-                    .load()
-                    .as_ref()
-                    .is_some_and(|c| !c.sender.is_closed())
-            })
-            .count()
-    }
-
-    /// Opens the first connection ahead of need; whether it opened.
-    pub async fn warm_up(self: &Arc<Self>) -> bool {
-        self.conn(0, false).await.is_ok()
-    }
-
-    /// Sends one query (ID 0 on the wire) and returns the answer with `msg`'s ID.
-    pub async fn query(self: &Arc<Self>, msg: &Bytes) -> Result<Bytes, UpstreamError> {
-        self.last_used
-            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-        let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
-        exchange_id_zero(msg, &self.stats, |body, fresh| async move {
-            let conn = self.conn(slot, fresh).await.map_err(Failure::Final)?;
-            let r = self.send(&conn, body).await;
-            if matches!(r, Err(Failure::Retry(_))) {
-                self.forget(slot, &conn);
-            }
-            r.map(|b| b.to_vec())
-        })
-        .await
-    }
-
-    async fn send(&self, conn: &Conn, body: Bytes) -> Result<Bytes, Failure> {
+    async fn send(&self, conn: &DohConn, body: Bytes) -> Result<Bytes, Failure> {
         let req = Request::builder()
             .method(Method::POST)
-            .uri(self.uri.clone())
+            .uri(self.pool.connector().uri.clone())
             .header(CONTENT_TYPE, DNS_MESSAGE)
             .header(ACCEPT, DNS_MESSAGE)
             .body(Full::new(body))
@@ -164,7 +175,7 @@ impl HttpsUpstream {
             .await
             .map_err(|_| Failure::Retry(UpstreamError::Closed))?;
         if resp.status() != StatusCode::OK {
-            self.stats.error(UpstreamErrorKind::http);
+            self.pool.stats().error(UpstreamErrorKind::http);
             return Err(Failure::Final(UpstreamError::Http(format!(
                 "status {}",
                 resp.status().as_u16()
@@ -177,7 +188,7 @@ impl HttpsUpstream {
             .and_then(|v| v.split(';').next())
             .is_some_and(|t| t.trim().eq_ignore_ascii_case(DNS_MESSAGE));
         if !type_ok {
-            self.stats.error(UpstreamErrorKind::http);
+            self.pool.stats().error(UpstreamErrorKind::http);
             return Err(Failure::Final(UpstreamError::Http(
                 "content type is not application/dns-message".into(),
             )));
@@ -189,7 +200,7 @@ impl HttpsUpstream {
                 let too_big = e
                     .downcast_ref::<http_body_util::LengthLimitError>()
                     .is_some();
-                self.stats.error(if too_big {
+                self.pool.stats().error(if too_big {
                     UpstreamErrorKind::malformed
                 } else {
                     UpstreamErrorKind::closed
@@ -202,110 +213,22 @@ impl HttpsUpstream {
             }
         }
     }
+}
 
-    /// The slot's connection, opened if there is none (or `fresh` asks for a new one).
-    async fn conn(self: &Arc<Self>, slot: usize, fresh: bool) -> Result<Arc<Conn>, UpstreamError> {
-        let s = &self.slots[slot];
-        if !fresh {
-            if let Some(c) = s.conn.load_full().filter(|c| !c.sender.is_closed()) {
-                return Ok(c);
-            }
-        }
-        let _guard = s.connecting.lock().await;
-        // A retry (`fresh`) has already forgotten the connection that failed it: one found
-        // here is newer, opened by another retry while this one waited for the lock.
-        if let Some(c) = s.conn.load_full().filter(|c| !c.sender.is_closed()) {
-            return Ok(c);
-        }
-        self.backoff.check()?;
-        // Boxed: see TlsUpstream::connection (the handshake state stays out of each query).
-        match Box::pin(self.connect()).await {
-            Ok(c) => {
-                self.backoff.succeeded();
-                s.conn.store(Some(c.clone()));
-                Ok(c)
-            }
-            Err(e) => Err(self.backoff.failed(&self.stats, e)),
-        }
+impl Transport for HttpsUpstream {
+    type Connector = DohConnector;
+    fn pool(&self) -> &Arc<Pool<DohConnector>> {
+        &self.pool
     }
 
-    fn forget(&self, slot: usize, conn: &Arc<Conn>) {
-        let s = &self.slots[slot];
-        let current = s.conn.load();
-        if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
-            s.conn.store(None);
-        }
-    }
-
-    async fn connect(self: &Arc<Self>) -> Result<Arc<Conn>, UpstreamError> {
-        let tls = handshake(
-            self.addr,
-            &self.setup,
-            &self.connector,
-            self.opts.connect_timeout,
-            &self.stats,
-        )
-        .await?;
-        if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
-            return Err(UpstreamError::Tls(
-                "the server did not agree to HTTP/2 (ALPN h2)".into(),
-            ));
-        }
-        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            // Answers are small: no need for the large default windows, and a server that
-            // floods frames is bounded by them.
-            .initial_stream_window_size(MAX_BODY as u32 + 1)
-            .initial_connection_window_size(1 << 20)
-            .max_header_list_size(16 * 1024)
-            // A connection gone dark (open, silent) is found by PING, as DoT finds one by
-            // its stall timer: after a second with nothing received while requests are
-            // open, a PING; no acknowledgement within the rest of the stall timeout, and
-            // the connection ends, its requests fail over and the next ones get a fresh
-            // connection. No PINGs while idle: servers limit those.
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Some(Duration::from_secs(1)))
-            .keep_alive_timeout(
-                self.opts
-                    .stall_timeout
-                    .saturating_sub(Duration::from_secs(1))
-                    .max(Duration::from_secs(1)),
-            )
-            .keep_alive_while_idle(false)
-            .handshake(TokioIo::new(tls))
-            .await
-            .map_err(|e| UpstreamError::Connect(format!("HTTP/2 handshake: {e}")))?;
-        let stats = self.stats.clone();
-        let (idle, max_age) = (self.opts.idle_timeout, self.opts.max_age);
-        let (epoch, last_used) = (self.epoch, self.last_used.clone());
-        let label = self.label.clone();
-        tokio::spawn(async move {
-            stats.open.inc();
-            let born = Instant::now();
-            let mut connection = std::pin::pin!(connection);
-            // The connection ends when the server closes it, when it has been idle for
-            // `idle_timeout`, or at `max_connection_age` (certificates verified again).
-            loop {
-                let used = Duration::from_millis(last_used.load(Ordering::Relaxed));
-                let idle_at = (epoch + used + idle).max(born + idle);
-                let until = idle_at.min(born + max_age);
-                tokio::select! {
-                    r = &mut connection => {
-                        if let Err(e) = r {
-                            tracing::debug!(upstream = %label, error = %e, "HTTP/2 connection ended");
-                        }
-                        break;
-                    }
-                    _ = tokio::time::sleep_until(until) => {
-                        let used = Duration::from_millis(last_used.load(Ordering::Relaxed));
-                        let now = Instant::now();
-                        if now >= born + max_age || now >= epoch + used + idle {
-                            break;
-                        }
-                    }
-                }
-            }
-            stats.open.dec();
-        });
-        Ok(Arc::new(Conn { sender }))
+    /// Sends one query (ID 0 on the wire) and returns the answer with `msg`'s ID.
+    async fn send_query(&self, msg: &Bytes) -> Result<Bytes, UpstreamError> {
+        exchange_id_zero(msg, self.pool.stats(), |body| {
+            self.pool.attempts(TRIES, move |conn| {
+                let body = body.clone();
+                async move { self.send(&conn, body).await }
+            })
+        })
+        .await
     }
 }

@@ -24,7 +24,7 @@ use tokio::net::{TcpStream, UdpSocket};
 use tokio::time::Instant;
 
 use super::rtt::Rtt;
-use super::tls::UpstreamStats;
+use super::stats::UpstreamStats;
 use super::UpstreamError;
 use crate::dns::wire::{self, header};
 
@@ -194,6 +194,27 @@ fn same_question(q: &[u8], r: &[u8]) -> bool {
             matches!((q.get(12..a), r.get(12..b)), (Some(x), Some(y)) if wire::names_equal_ci(x, y))
         }
         _ => false,
+    }
+}
+
+impl super::Exchange for PlainUpstream {
+    fn query<'a>(&'a self, msg: &'a Bytes) -> super::ExchangeFuture<'a> {
+        Box::pin(PlainUpstream::query(self, msg))
+    }
+    fn label(&self) -> &str {
+        &self.label
+    }
+    fn stats(&self) -> &UpstreamStats {
+        &self.stats
+    }
+    fn tap_identity(&self) -> Option<(SocketAddr, crate::dnstap::proto::SocketProtocol)> {
+        use crate::dnstap::proto::SocketProtocol;
+        let protocol = if self.force_tcp {
+            SocketProtocol::Tcp
+        } else {
+            SocketProtocol::Udp
+        };
+        Some((self.addr, protocol))
     }
 }
 

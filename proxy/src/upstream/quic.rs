@@ -1,49 +1,75 @@
 //! DNS over QUIC (RFC 9250): ALPN `doq`, one bidirectional stream per query carrying the
 //! message with its 2-byte length prefix and ID 0 (§4.2.1), the caller's ID put back on the
-//! answer; one connection reused for every query until it is idle for `idle_timeout`
-//! (negotiated as QUIC's idle timeout), older than `max_connection_age`, or lost. 0-RTT is
-//! never used: early data could be replayed, and a node-local proxy keeps its connection
-//! open anyway. The certificate is verified exactly as for DNS over TLS (`tls_config`).
+//! answer; one connection (a pool of one slot: streams multiplex) reused for every query
+//! until it is idle for `idle_timeout` (also negotiated as QUIC's idle timeout), older than
+//! `max_connection_age`, gone dark (the pool's detection: queries waiting and not a datagram
+//! received for the stall timeout), or lost. 0-RTT is never used: early data could be
+//! replayed, and a node-local proxy keeps its connection open anyway. The certificate is
+//! verified exactly as for DNS over TLS (`tls_config`).
 //!
-//! A stream that cannot be opened or written (the connection is gone) is tried once more on
-//! a fresh connection; a reset stream, a truncated answer or one longer than its prefix says
-//! fails this attempt, and the group fails over.
+//! A stream that cannot be opened, written or read because the connection is gone is tried
+//! once more on a fresh connection; a reset stream, a truncated answer or one longer than
+//! its prefix says fails this attempt, and the group fails over.
+//!
+//! Copies: none of ours on the way out (the prefix and the query's `Bytes` are handed to
+//! quinn as two chunks; quinn copies them into packets as it encrypts them); the answer is
+//! the stream's chunk as quinn received it, sliced past its prefix, copied only when it came
+//! in several chunks.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use quinn::crypto::rustls::QuicClientConfig;
-use tokio::time::Instant;
 
-use super::tls::{ConnOptions, UpstreamStats};
+use super::pool::{ConnOptions, Connection, Connector, End, Opened, Pool, Transport};
+use super::stats::UpstreamStats;
 use super::tls_config::TlsSetup;
 use super::{exchange_id_zero, Failure, UpstreamError};
+use crate::dnstap::proto::SocketProtocol;
 use crate::metrics::UpstreamErrorKind;
 
 /// RFC 9250 §8.4: DOQ_NO_ERROR, used when closing an idle or aged connection.
 const DOQ_NO_ERROR: u32 = 0;
+/// Tries of one query: once more on a fresh connection when the connection was gone.
+const TRIES: usize = 2;
+/// Most bytes of an answer with its prefix.
+const MAX_ANSWER: usize = 65_537;
 
-struct Conn {
+/// One QUIC connection, as the pool holds it.
+pub(crate) struct DoqConn {
     conn: quinn::Connection,
-    born: Instant,
 }
 
-pub struct QuicUpstream {
-    label: String,
+impl Connection for DoqConn {
+    fn usable(&self) -> bool {
+        self.conn.close_reason().is_none()
+    }
+    fn received(&self) -> u64 {
+        // Any datagram: answers, and the ACKs of a server alive but slow to answer.
+        self.conn.stats().udp_rx.datagrams
+    }
+    fn close(&self) {
+        self.conn.close(DOQ_NO_ERROR.into(), b"");
+    }
+}
+
+/// Opens verified QUIC connections to one server, all from one UDP socket.
+pub(crate) struct DoqConnector {
     addr: SocketAddr,
     server_name: String,
     setup: TlsSetup,
     client: quinn::ClientConfig,
     /// Made on first use (it needs the runtime), one UDP socket for every connection.
     endpoint: ArcSwapOption<quinn::Endpoint>,
-    conn: ArcSwapOption<Conn>,
-    connecting: tokio::sync::Mutex<()>,
     opts: ConnOptions,
-    pub stats: UpstreamStats,
-    backoff: super::backoff::ConnectBackoff,
+    stats: UpstreamStats,
+}
+
+pub struct QuicUpstream {
+    pool: Arc<Pool<DoqConnector>>,
 }
 
 impl QuicUpstream {
@@ -70,134 +96,129 @@ impl QuicUpstream {
             rustls_pki_types::ServerName::DnsName(n) => n.as_ref().to_string(),
             other => other.to_str().into_owned(),
         };
-        Ok(Arc::new(QuicUpstream {
-            label,
+        // One connection: its streams carry every query at once.
+        let opts = ConnOptions {
+            pool_size: 1,
+            ..opts
+        };
+        let connector = DoqConnector {
             addr,
             server_name,
             setup,
             client,
             endpoint: ArcSwapOption::empty(),
-            conn: ArcSwapOption::empty(),
-            connecting: tokio::sync::Mutex::new(()),
-            opts,
-            stats,
-            backoff: Default::default(),
+            opts: opts.clone(),
+            stats: stats.clone(),
+        };
+        Ok(Arc::new(QuicUpstream {
+            pool: Pool::new(label, addr, connector, opts, stats),
         }))
     }
 
-    pub fn label(&self) -> &str {
-        &self.label
-    }
-
-    pub fn address(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// Connections open now (0 or 1).
-    pub fn live_connections(&self) -> usize {
-        usize::from(self.conn.load().as_ref().is_some_and(|c| self.usable(c)))
-    }
-
-    /// Opens the connection ahead of need; whether it opened.
-    pub async fn warm_up(self: &Arc<Self>) -> bool {
-        self.conn(false).await.is_ok()
-    }
-
-    /// Sends one query on a stream of its own and returns the answer with `msg`'s ID.
-    pub async fn query(self: &Arc<Self>, msg: &Bytes) -> Result<Bytes, UpstreamError> {
-        if msg.len() > 65_535 {
-            return Err(UpstreamError::Malformed);
-        }
-        exchange_id_zero(msg, &self.stats, |zeroed, fresh| async move {
-            let conn = self.conn(fresh).await.map_err(Failure::Final)?;
-            // RFC 9250 §4.2: the message with its 2-byte length prefix.
-            let mut wire = Vec::with_capacity(zeroed.len() + 2);
-            wire.extend_from_slice(&(zeroed.len() as u16).to_be_bytes());
-            wire.extend_from_slice(&zeroed);
-            let r = self.exchange(&conn.conn, &wire).await;
-            if matches!(r, Err(Failure::Retry(_))) {
-                self.forget(&conn);
-            }
-            r
-        })
-        .await
-    }
-
-    async fn exchange(&self, conn: &quinn::Connection, wire: &[u8]) -> Result<Vec<u8>, Failure> {
+    async fn exchange(
+        &self,
+        conn: &quinn::Connection,
+        mut wire: [Bytes; 2],
+    ) -> Result<Bytes, Failure> {
         let (mut send, mut recv) = conn
             .open_bi()
             .await
             .map_err(|_| Failure::Retry(UpstreamError::Closed))?;
-        send.write_all(wire)
+        send.write_all_chunks(&mut wire)
             .await
             .map_err(|_| Failure::Retry(UpstreamError::Closed))?;
         // The query is complete: STREAM FIN (RFC 9250 §4.2).
         let _ = send.finish();
-        let data = recv.read_to_end(65_537).await.map_err(|e| {
-            let kind = match e {
-                quinn::ReadToEndError::TooLong => UpstreamErrorKind::malformed,
-                _ => UpstreamErrorKind::closed,
-            };
-            self.stats.error(kind);
-            Failure::Final(match kind {
-                UpstreamErrorKind::malformed => UpstreamError::Malformed,
-                _ => UpstreamError::Closed,
-            })
+        let data = read_answer(&mut recv).await.map_err(|e| match e {
+            // The connection went away under the stream (lost, closed as dark): nothing
+            // came back on it.
+            Read::Lost => Failure::Retry(UpstreamError::Closed),
+            Read::Reset => {
+                self.pool.stats().error(UpstreamErrorKind::closed);
+                Failure::Final(UpstreamError::Closed)
+            }
+            Read::TooLong => {
+                self.pool.stats().error(UpstreamErrorKind::malformed);
+                Failure::Final(UpstreamError::Malformed)
+            }
         })?;
         let len = data
             .get(..2)
             .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])));
         match len {
-            Some(n) if n >= 2 && data.len() == n + 2 => Ok(data[2..].to_vec()),
+            Some(n) if n >= 2 && data.len() == n + 2 => Ok(data.slice(2..)),
             _ => {
-                self.stats.error(UpstreamErrorKind::malformed);
+                self.pool.stats().error(UpstreamErrorKind::malformed);
                 Err(Failure::Final(UpstreamError::Malformed))
             }
         }
     }
+}
 
-    fn usable(&self, c: &Conn) -> bool {
-        c.conn.close_reason().is_none() && c.born.elapsed() < self.opts.max_age
+impl Transport for QuicUpstream {
+    type Connector = DoqConnector;
+    fn pool(&self) -> &Arc<Pool<DoqConnector>> {
+        &self.pool
     }
 
-    async fn conn(self: &Arc<Self>, fresh: bool) -> Result<Arc<Conn>, UpstreamError> {
-        if !fresh {
-            if let Some(c) = self.conn.load_full().filter(|c| self.usable(c)) {
-                return Ok(c);
+    /// Sends one query on a stream of its own and returns the answer with `msg`'s ID.
+    async fn send_query(&self, msg: &Bytes) -> Result<Bytes, UpstreamError> {
+        let Ok(len) = u16::try_from(msg.len()) else {
+            return Err(UpstreamError::Malformed);
+        };
+        // RFC 9250 §4.2: the message with its 2-byte length prefix, sent as two chunks.
+        let prefix = Bytes::copy_from_slice(&len.to_be_bytes());
+        exchange_id_zero(msg, self.pool.stats(), |wire| {
+            self.pool.attempts(TRIES, move |conn| {
+                let chunks = [prefix.clone(), wire.clone()];
+                async move { self.exchange(&conn.conn, chunks).await }
+            })
+        })
+        .await
+    }
+}
+
+enum Read {
+    Lost,
+    Reset,
+    TooLong,
+}
+
+/// The stream's data up to its FIN: the first chunk as quinn received it when it is the
+/// whole answer (the usual case), else the chunks joined.
+async fn read_answer(recv: &mut quinn::RecvStream) -> Result<Bytes, Read> {
+    let read_error = |e: quinn::ReadError| match e {
+        quinn::ReadError::ConnectionLost(_) | quinn::ReadError::ClosedStream => Read::Lost,
+        _ => Read::Reset,
+    };
+    let mut first: Option<Bytes> = None;
+    let mut joined: Option<BytesMut> = None;
+    while let Some(chunk) = recv
+        .read_chunk(MAX_ANSWER, true)
+        .await
+        .map_err(read_error)?
+    {
+        match (&mut joined, first.take()) {
+            (Some(j), _) => j.extend_from_slice(&chunk.bytes),
+            (None, None) => first = Some(chunk.bytes),
+            (None, Some(f)) => {
+                let mut j = BytesMut::with_capacity(f.len() + chunk.bytes.len());
+                j.extend_from_slice(&f);
+                j.extend_from_slice(&chunk.bytes);
+                joined = Some(j);
             }
         }
-        let _guard = self.connecting.lock().await;
-        // A retry (`fresh`) has already forgotten the connection that failed it: one found
-        // here is newer, opened by another retry while this one waited for the lock.
-        if let Some(c) = self.conn.load_full().filter(|c| self.usable(c)) {
-            return Ok(c);
-        }
-        self.backoff.check()?;
-        // Boxed: see TlsUpstream::connection (the handshake state stays out of each query).
-        match Box::pin(self.connect()).await {
-            Ok(c) => {
-                self.backoff.succeeded();
-                if let Some(old) = self.conn.swap(Some(c.clone())) {
-                    // Queries still on it finish; then it closes.
-                    let conn = old.conn.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
-                        conn.close(DOQ_NO_ERROR.into(), b"");
-                    });
-                }
-                Ok(c)
-            }
-            Err(e) => Err(self.backoff.failed(&self.stats, e)),
+        let so_far = joined
+            .as_ref()
+            .map_or_else(|| first.as_ref().map_or(0, Bytes::len), BytesMut::len);
+        if so_far > MAX_ANSWER {
+            return Err(Read::TooLong);
         }
     }
+    Ok(joined.map_or_else(|| first.unwrap_or_default(), BytesMut::freeze))
+}
 
-    fn forget(&self, conn: &Arc<Conn>) {
-        let current = self.conn.load();
-        if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
-            self.conn.store(None);
-        }
-    }
-
+impl DoqConnector {
     fn endpoint(&self) -> Result<Arc<quinn::Endpoint>, UpstreamError> {
         if let Some(e) = self.endpoint.load_full() {
             return Ok(e);
@@ -214,8 +235,12 @@ impl QuicUpstream {
         self.endpoint.store(Some(e.clone()));
         Ok(e)
     }
+}
 
-    async fn connect(self: &Arc<Self>) -> Result<Arc<Conn>, UpstreamError> {
+impl Connector for DoqConnector {
+    const PROTOCOL: SocketProtocol = SocketProtocol::Doq;
+    type Conn = DoqConn;
+    async fn connect(&self) -> Result<Opened<DoqConn>, UpstreamError> {
         let endpoint = self.endpoint()?;
         let connecting = endpoint
             .connect_with(self.client.clone(), self.addr, &self.server_name)
@@ -242,16 +267,19 @@ impl QuicUpstream {
         if t > 0 {
             self.stats.cert_expiry.set(t);
         }
-        let stats = self.stats.clone();
         let watch = conn.clone();
-        tokio::spawn(async move {
-            stats.open.inc();
-            let _ = watch.closed().await;
-            stats.open.dec();
-        });
-        Ok(Arc::new(Conn {
-            conn,
-            born: Instant::now(),
-        }))
+        Ok(Opened {
+            conn: DoqConn { conn },
+            run: Box::pin(async move {
+                match watch.closed().await {
+                    quinn::ConnectionError::TimedOut | quinn::ConnectionError::LocallyClosed => {
+                        End::Idle
+                    }
+                    quinn::ConnectionError::ApplicationClosed(_)
+                    | quinn::ConnectionError::ConnectionClosed(_) => End::PeerClosed,
+                    _ => End::Error,
+                }
+            }),
+        })
     }
 }

@@ -1,24 +1,21 @@
-//! DNS over TLS (RFC 7858) to one server: a small pool of long-lived connections, each
-//! carrying many pipelined queries whose IDs it rewrites so concurrent clients never
-//! collide, answers matched back out of order (RFC 7766).
+//! DNS over TLS (RFC 7858) to one server: the framing of a pooled connection (`pool` keeps
+//! the connections). Each connection carries many pipelined queries whose IDs it rewrites so
+//! concurrent clients never collide, answers matched back out of order (RFC 7766).
 //!
 //! A connection is one task that owns the TLS stream: it batches queued queries into one
-//! write, reads answers as they come, and ends on idle (the server's edns-tcp-keepalive
-//! timeout when shorter than ours), on maximum age (after its in-flight queries finish),
-//! on a stall, or when the server closes. Queries in flight on a connection that dies are
-//! retried once on another.
+//! write (the one copy of a query's bytes on its way out: length prefix, the connection's
+//! ID), reads answers as they come (each frozen out of the read buffer, not copied), and
+//! ends on idle (the server's edns-tcp-keepalive timeout when shorter than ours), when the
+//! server closes, or when the pool closes it (idle, aged, dark). Queries in flight on a
+//! connection that dies are retried on another (the pool's retries, three tries in all).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
 use bytes::{Buf, Bytes, BytesMut};
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -26,10 +23,15 @@ use tokio::time::{sleep_until, timeout, Instant};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
+use super::pool::{
+    ConnOptions, Connection, Connector, Counted, End, Opened, Pool, StreamSignals, Transport,
+};
+use super::stats::UpstreamStats;
 use super::tls_config::TlsSetup;
-use super::UpstreamError;
+use super::{Failure, UpstreamError};
 use crate::dns::wire::{self, header};
-use crate::metrics::{ByLabel, UpstreamErrorKind, UpstreamErrorLabels, UpstreamLabels};
+use crate::dnstap::proto::SocketProtocol;
+use crate::metrics::UpstreamErrorKind;
 
 /// Most queries in flight on one connection.
 const MAX_INFLIGHT: usize = 4096;
@@ -37,62 +39,9 @@ const MAX_INFLIGHT: usize = 4096;
 const WRITE_BATCH: usize = 32 * 1024;
 /// Queued queries per connection before senders wait.
 const QUEUE: usize = 1024;
-
-#[derive(Clone, Debug)]
-pub struct ConnOptions {
-    pub pool_size: usize,
-    pub idle_timeout: Duration,
-    pub max_age: Duration,
-    pub connect_timeout: Duration,
-    /// A connection with queries outstanding and nothing received for this long is dead.
-    pub stall_timeout: Duration,
-    pub write_timeout: Duration,
-}
-
-/// Metric handles for one upstream, resolved once.
-#[derive(Clone, Debug)]
-pub struct UpstreamStats {
-    pub queries: Counter,
-    pub duration: Histogram,
-    pub open: Gauge,
-    pub opened: Counter,
-    pub resumed: Counter,
-    pub healthy: Gauge,
-    pub cert_expiry: Gauge,
-    /// Plain UDP queries sent again after no answer.
-    pub retransmits: Counter,
-    errors: ByLabel<UpstreamErrorKind>,
-}
-
-impl UpstreamStats {
-    pub fn new(m: &crate::metrics::Metrics, group: &str, upstream: &str) -> Self {
-        let l = UpstreamLabels {
-            group: group.to_string(),
-            upstream: upstream.to_string(),
-        };
-        let errors = ByLabel::new(&m.upstream_errors, &UpstreamErrorKind::ALL, |kind| {
-            UpstreamErrorLabels {
-                group: l.group.clone(),
-                upstream: l.upstream.clone(),
-                kind,
-            }
-        });
-        UpstreamStats {
-            queries: m.upstream_queries.get_or_create_owned(&l),
-            duration: m.upstream_duration.get_or_create_owned(&l),
-            open: m.upstream_connections_open.get_or_create_owned(&l),
-            opened: m.upstream_connections_opened.get_or_create_owned(&l),
-            resumed: m.upstream_connections_resumed.get_or_create_owned(&l),
-            healthy: m.upstream_healthy.get_or_create_owned(&l),
-            cert_expiry: m.upstream_cert_expiry.get_or_create_owned(&l),
-            retransmits: m.upstream_retransmits.get_or_create_owned(&l),
-            errors,
-        }
-    }
-    pub fn error(&self, kind: UpstreamErrorKind) {
-        self.errors.inc(kind);
-    }
-}
+/// Tries of one query when the connection dies under it (RFC 7766 servers may close at
+/// any time); the group's deadline bounds the whole.
+const TRIES: usize = 3;
 
 type Reply = oneshot::Sender<Result<Bytes, UpstreamError>>;
 
@@ -101,46 +50,82 @@ struct Request {
     reply: Reply,
 }
 
-struct ConnHandle {
+/// The pool's handle on one connection task.
+pub(crate) struct DotConn {
     tx: mpsc::Sender<Request>,
+    signals: StreamSignals,
 }
 
-impl ConnHandle {
+impl Connection for DotConn {
     fn usable(&self) -> bool {
         !self.tx.is_closed()
     }
+    fn received(&self) -> u64 {
+        self.signals.received()
+    }
+    fn close(&self) {
+        self.signals.close();
+    }
 }
 
-#[derive(Default)]
-struct Slot {
-    conn: ArcSwapOption<ConnHandle>,
-    connecting: tokio::sync::Mutex<()>,
+/// TCP connect and TLS handshake to one server, verified by its `TlsSetup`: what DoT
+/// connects with, and DoH under its HTTP/2.
+pub(crate) struct TlsDialer {
+    pub addr: SocketAddr,
+    setup: TlsSetup,
+    connector: TlsConnector,
+    pub opts: ConnOptions,
+    pub stats: UpstreamStats,
 }
 
-/// Why a connection ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum EndReason {
-    Idle,
-    Aged,
-    PeerClosed,
-    Error,
-    Stalled,
-    Unused,
+impl TlsDialer {
+    pub fn new(
+        addr: SocketAddr,
+        setup: TlsSetup,
+        opts: &ConnOptions,
+        stats: &UpstreamStats,
+    ) -> Self {
+        TlsDialer {
+            addr,
+            connector: TlsConnector::from(setup.config.clone()),
+            setup,
+            opts: opts.clone(),
+            stats: stats.clone(),
+        }
+    }
+
+    /// A verified TLS stream within the connect timeout, counting what it reads.
+    pub async fn dial(
+        &self,
+    ) -> Result<(Counted<TlsStream<TcpStream>>, StreamSignals), UpstreamError> {
+        let tls = handshake(
+            self.addr,
+            &self.setup,
+            &self.connector,
+            self.opts.connect_timeout,
+            &self.stats,
+        )
+        .await?;
+        Ok(Counted::new(tls))
+    }
+}
+
+impl Connector for TlsDialer {
+    const PROTOCOL: SocketProtocol = SocketProtocol::Dot;
+    type Conn = DotConn;
+    async fn connect(&self) -> Result<Opened<DotConn>, UpstreamError> {
+        let (stream, signals) = self.dial().await?;
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let (opts, stats, task) = (self.opts.clone(), self.stats.clone(), signals.clone());
+        Ok(Opened {
+            conn: DotConn { tx, signals },
+            run: Box::pin(async move { run_connection(stream, rx, &opts, &stats, &task).await }),
+        })
+    }
 }
 
 pub struct TlsUpstream {
-    label: String,
-    addr: SocketAddr,
-    setup: TlsSetup,
-    connector: TlsConnector,
-    slots: Box<[Slot]>,
-    next: AtomicUsize,
-    opts: ConnOptions,
-    pub stats: UpstreamStats,
-    /// New connects refused for a while after a failed one.
-    backoff: super::backoff::ConnectBackoff,
-    last_used: AtomicU64,
-    epoch: Instant,
+    pool: Arc<Pool<TlsDialer>>,
 }
 
 impl TlsUpstream {
@@ -151,161 +136,48 @@ impl TlsUpstream {
         opts: ConnOptions,
         stats: UpstreamStats,
     ) -> Arc<Self> {
-        let connector = TlsConnector::from(setup.config.clone());
-        let slots = (0..opts.pool_size.max(1))
-            .map(|_| Slot::default())
-            .collect();
+        let dialer = TlsDialer::new(addr, setup, &opts, &stats);
         Arc::new(TlsUpstream {
-            label,
-            addr,
-            setup,
-            connector,
-            slots,
-            next: AtomicUsize::new(0),
-            opts,
-            stats,
-            backoff: Default::default(),
-            last_used: AtomicU64::new(0),
-            epoch: Instant::now(),
+            pool: Pool::new(label, addr, dialer, opts, stats),
         })
     }
+}
 
-    pub fn address(&self) -> SocketAddr {
-        self.addr
-    }
-    pub fn label(&self) -> &str {
-        &self.label
-    }
-
-    /// Opens the first connection ahead of need so the first query pays no handshake;
-    /// whether it opened.
-    pub async fn warm_up(self: &Arc<Self>) -> bool {
-        self.slot_connection(0).await.is_ok()
-    }
-
-    fn warm_slot(self: &Arc<Self>, i: usize) {
-        let me = Arc::clone(self);
-        tokio::spawn(async move {
-            let _ = me.slot_connection(i).await;
-        });
+impl Transport for TlsUpstream {
+    type Connector = TlsDialer;
+    fn pool(&self) -> &Arc<Pool<TlsDialer>> {
+        &self.pool
     }
 
     /// Sends one query (any ID; the connection sets its own) and returns the answer with
     /// the ID as sent by the server.
-    pub async fn query(self: &Arc<Self>, msg: &Bytes) -> Result<Bytes, UpstreamError> {
+    async fn send_query(&self, msg: &Bytes) -> Result<Bytes, UpstreamError> {
         // The frame's length prefix is 16 bits: a longer message would desynchronise the
         // connection for every other query on it.
         if msg.len() > usize::from(u16::MAX) {
             return Err(UpstreamError::Malformed);
         }
-        self.last_used
-            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-        let mut last_err = UpstreamError::Closed;
-        // A query in flight on a connection that dies is retried on a fresh one (RFC 7766
-        // servers may close at any time); the group's deadline bounds the whole.
-        for _attempt in 0..3 {
-            let conn = self.connection().await?;
-            let (tx, rx) = oneshot::channel();
-            if conn
-                .tx
-                .send(Request {
+        let r = self
+            .pool
+            .attempts(TRIES, |conn| async move {
+                let (tx, rx) = oneshot::channel();
+                let req = Request {
                     msg: msg.clone(),
                     reply: tx,
-                })
-                .await
-                .is_err()
-            {
-                last_err = UpstreamError::Closed;
-                continue;
-            }
-            match rx.await {
-                Ok(Ok(resp)) => return Ok(resp),
-                Ok(Err(UpstreamError::Closed)) | Err(_) => last_err = UpstreamError::Closed,
-                Ok(Err(e)) => return Err(e),
-            }
-        }
-        Err(last_err)
-    }
-
-    /// A live connection: the next slot's if it is up; else any live one (and the empty
-    /// slot is filled in the background); else a new one.
-    async fn connection(self: &Arc<Self>) -> Result<Arc<ConnHandle>, UpstreamError> {
-        let n = self.slots.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        if let Some(c) = self.slots[start].conn.load_full().filter(|c| c.usable()) {
-            return Ok(c);
-        }
-        for i in 1..n {
-            if let Some(c) = self.slots[(start + i) % n]
-                .conn
-                .load_full()
-                .filter(|c| c.usable())
-            {
-                if self.slots[start].connecting.try_lock().is_ok() {
-                    self.warm_slot(start);
+                };
+                if conn.tx.send(req).await.is_err() {
+                    return Err(Failure::Retry(UpstreamError::Closed));
                 }
-                return Ok(c);
-            }
-        }
-        // Boxed: the handshake's state is kilobytes, and inline it would be part of every
-        // query's future (copied at each spawn) though almost no query opens a connection.
-        Box::pin(self.slot_connection(start)).await
-    }
-
-    async fn slot_connection(self: &Arc<Self>, i: usize) -> Result<Arc<ConnHandle>, UpstreamError> {
-        let slot = &self.slots[i];
-        let _guard = slot.connecting.lock().await;
-        if let Some(c) = slot.conn.load_full().filter(|c| c.usable()) {
-            return Ok(c);
-        }
-        self.backoff.check()?;
-        match self.connect(i).await {
-            Ok(c) => {
-                self.backoff.succeeded();
-                slot.conn.store(Some(c.clone()));
-                Ok(c)
-            }
-            Err(e) => Err(self.backoff.failed(&self.stats, e)),
-        }
-    }
-
-    async fn connect(self: &Arc<Self>, slot: usize) -> Result<Arc<ConnHandle>, UpstreamError> {
-        let tls = handshake(
-            self.addr,
-            &self.setup,
-            &self.connector,
-            self.opts.connect_timeout,
-            &self.stats,
-        )
-        .await?;
-        tracing::debug!(upstream = %self.label, slot, "upstream connection open");
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let me = Arc::clone(self);
-        tokio::spawn(async move {
-            me.stats.open.inc();
-            let reason = run_connection(tls, rx, &me.opts, &me.stats).await;
-            me.stats.open.dec();
-            tracing::debug!(upstream = %me.label, slot, ?reason, "upstream connection closed");
-            // Re-open ahead of need when the connection was in use lately.
-            let used_ms = me.last_used.load(Ordering::Relaxed);
-            let recently = me.epoch.elapsed().as_millis() as u64 <= used_ms + 60_000;
-            if matches!(
-                reason,
-                EndReason::Aged | EndReason::PeerClosed | EndReason::Error | EndReason::Stalled
-            ) && recently
-            {
-                me.warm_slot(slot);
-            }
-        });
-        Ok(Arc::new(ConnHandle { tx }))
-    }
-
-    /// Number of slots with a live connection.
-    pub fn live_connections(&self) -> usize {
-        self.slots
-            .iter()
-            .filter(|s| s.conn.load().as_ref().is_some_and(|c| c.usable()))
-            .count()
+                match rx.await {
+                    Ok(Ok(resp)) => Ok(resp),
+                    Ok(Err(UpstreamError::Closed)) | Err(_) => {
+                        Err(Failure::Retry(UpstreamError::Closed))
+                    }
+                    Ok(Err(e)) => Err(Failure::Final(e)),
+                }
+            })
+            .await;
+        r.map_err(|(Failure::Retry(e) | Failure::Final(e))| e)
     }
 }
 
@@ -345,39 +217,31 @@ pub(crate) async fn handshake(
 }
 
 async fn run_connection(
-    mut stream: TlsStream<TcpStream>,
+    mut stream: Counted<TlsStream<TcpStream>>,
     mut rx: mpsc::Receiver<Request>,
     opts: &ConnOptions,
     stats: &UpstreamStats,
-) -> EndReason {
+    signals: &StreamSignals,
+) -> End {
     let mut inflight: HashMap<u16, Pending> = HashMap::new();
     let mut next_id: u16 = rand::random();
     let mut rbuf = BytesMut::with_capacity(16 * 1024);
     let mut wbuf: Vec<u8> = Vec::with_capacity(WRITE_BATCH + 1024);
-    let born = Instant::now();
-    let mut last_activity = born;
-    let mut last_recv = born;
+    let mut last_activity = Instant::now();
     let mut idle_timeout = opts.idle_timeout;
-    let mut closing = false;
     let mut used = false;
 
     let reason = loop {
-        if closing && inflight.is_empty() {
-            break EndReason::Aged;
-        }
         let idle_at = last_activity + idle_timeout;
-        let age_at = born + opts.max_age;
-        let stall_at = last_recv + opts.stall_timeout;
         tokio::select! {
             biased;
             r = stream.read_buf(&mut rbuf) => {
                 match r {
-                    Ok(0) => break EndReason::PeerClosed,
-                    Err(_) => break EndReason::Error,
+                    Ok(0) => break End::PeerClosed,
+                    Err(_) => break End::Error,
                     Ok(_) => {}
                 }
                 let now = Instant::now();
-                last_recv = now;
                 last_activity = now;
                 while rbuf.len() >= 2 {
                     let len = u16::from_be_bytes([rbuf[0], rbuf[1]]) as usize;
@@ -400,10 +264,9 @@ async fn run_connection(
                     }
                 }
             }
-            req = rx.recv(), if !closing && inflight.len() < MAX_INFLIGHT => {
-                let Some(req) = req else { closing = true; continue };
+            req = rx.recv(), if inflight.len() < MAX_INFLIGHT => {
+                let Some(req) = req else { break End::Idle };
                 used = true;
-                let was_empty = inflight.is_empty();
                 wbuf.clear();
                 let now = Instant::now();
                 let mut next = Some(req);
@@ -432,25 +295,16 @@ async fn run_connection(
                     };
                     match timeout(opts.write_timeout, write).await {
                         Ok(Ok(())) => {}
-                        _ => break EndReason::Error,
+                        _ => break End::Error,
                     }
                 }
                 last_activity = Instant::now();
-                if was_empty {
-                    last_recv = last_activity;
-                }
             }
             _ = sleep_until(idle_at), if inflight.is_empty() => {
-                break if used { EndReason::Idle } else { EndReason::Unused };
+                break if used { End::Idle } else { End::Unused };
             }
-            _ = sleep_until(age_at), if !closing => {
-                closing = true;
-                rx.close();
-            }
-            _ = sleep_until(stall_at), if !inflight.is_empty() => {
-                stats.error(UpstreamErrorKind::timeout);
-                break EndReason::Stalled;
-            }
+            // The pool closes it (idle, aged, dark).
+            _ = signals.closing() => break End::Idle,
         }
     };
     // Queries not answered here are retried by their senders on another connection.
@@ -461,13 +315,10 @@ async fn run_connection(
     while let Ok(r) = rx.try_recv() {
         let _ = r.reply.send(Err(UpstreamError::Closed));
     }
-    if reason == EndReason::PeerClosed || reason == EndReason::Error {
+    if reason == End::PeerClosed || reason == End::Error {
         stats.error(UpstreamErrorKind::closed);
     }
-    if matches!(
-        reason,
-        EndReason::Idle | EndReason::Aged | EndReason::Unused
-    ) {
+    if matches!(reason, End::Idle | End::Unused) {
         let _ = timeout(Duration::from_secs(1), stream.shutdown()).await;
     }
     reason

@@ -20,8 +20,7 @@ use dot_proxy::dns::message::UpstreamQueryOptions;
 use dot_proxy::kubernetes::PodTable;
 use dot_proxy::metrics::{Metrics, Transport};
 use dot_proxy::pipeline::{Fast, Pipeline, Shared};
-use dot_proxy::upstream::tls::UpstreamStats;
-use dot_proxy::upstream::{Exchange, ExchangeFuture, Group, Upstream, UpstreamError};
+use dot_proxy::upstream::{Exchange, ExchangeFuture, Group, UpstreamError, UpstreamStats};
 
 use crate::client::query;
 use crate::dot::{zone_answer, Behaviour};
@@ -91,7 +90,7 @@ impl Exchange for FakeServer {
 pub fn group(g: &UpstreamGroup, servers: &[Arc<FakeServer>], metrics: &Metrics) -> Arc<Group> {
     let upstreams = servers
         .iter()
-        .map(|s| Upstream::Other(Arc::clone(s) as Arc<dyn Exchange>))
+        .map(|s| Arc::clone(s) as Arc<dyn Exchange>)
         .collect();
     Group::new(
         g.name.clone(),

@@ -3,6 +3,7 @@
 //! misbehave in each way RFC 8484 and RFC 9250 leave open.
 
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::RecordType;
@@ -381,4 +382,117 @@ async fn a_doq_server_cannot_open_streams() {
     tokio::time::sleep(std::time::Duration::from_millis(700)).await;
     assert!(server.connections.load(Ordering::SeqCst) >= 1);
     assert_eq!(server.server_opened.load(Ordering::SeqCst), 0);
+}
+
+/// A UDP relay in front of a server whose path can go dark: while frozen, every datagram,
+/// either way, is dropped.
+struct DarkPath {
+    addr: SocketAddr,
+    frozen_until: Mutex<Option<std::time::Instant>>,
+}
+
+impl DarkPath {
+    async fn start(server: SocketAddr) -> Arc<DarkPath> {
+        let front = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let back = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        back.connect(server).await.expect("connect");
+        let me = Arc::new(DarkPath {
+            addr: front.local_addr().expect("addr"),
+            frozen_until: Mutex::new(None),
+        });
+        let path = me.clone();
+        tokio::spawn(async move {
+            let (mut up, mut down) = (vec![0u8; 65_536], vec![0u8; 65_536]);
+            let mut client = None;
+            loop {
+                tokio::select! {
+                    Ok((n, peer)) = front.recv_from(&mut up) => {
+                        client = Some(peer);
+                        if !path.frozen() {
+                            let _ = back.send(&up[..n]).await;
+                        }
+                    }
+                    Ok(n) = back.recv(&mut down) => {
+                        if let (Some(c), false) = (client, path.frozen()) {
+                            let _ = front.send_to(&down[..n], c).await;
+                        }
+                    }
+                }
+            }
+        });
+        me
+    }
+
+    fn frozen(&self) -> bool {
+        self.frozen_until
+            .lock()
+            .expect("lock")
+            .is_some_and(|t| std::time::Instant::now() < t)
+    }
+
+    fn freeze_for(&self, d: std::time::Duration) {
+        *self.frozen_until.lock().expect("lock") = Some(std::time::Instant::now() + d);
+    }
+}
+
+/// A DoQ connection that goes dark (the path drops every datagram, ACKs included) is found
+/// dead by the pool while queries wait on it (stall timeout: 4 s here) and replaced, as a
+/// DoH one is. Without that, QUIC would keep it until its idle timeout (30 s), and the path
+/// coming back after 6 s would find the old connection still in use.
+#[tokio::test]
+async fn a_doq_connection_that_goes_dark_is_replaced() {
+    let server = doq_server(Mode::Good).await;
+    let path = DarkPath::start(server.addr).await;
+    let mut s = server.server(Protocol::Quic);
+    s.address = path.addr;
+    let p = Proxy::start(group_of(vec![s])).await;
+    let m = udp(p.addr, "lit.example.test.", RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(server.connections.load(Ordering::SeqCst), 1);
+    path.freeze_for(std::time::Duration::from_secs(6));
+    // Steady traffic, as a node sends: queries keep waiting on the connection.
+    let traffic = {
+        let addr = p.addr;
+        tokio::spawn(async move {
+            for i in 0.. {
+                tokio::spawn(async move {
+                    udp(addr, &format!("bg{i}.example.test."), RecordType::A).await
+                });
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let started = std::time::Instant::now();
+    let mut answered = false;
+    for i in 0..80 {
+        let m = udp(p.addr, &format!("dark{i}.example.test."), RecordType::A).await;
+        if m.metadata.response_code == ResponseCode::NoError && !path.frozen() {
+            answered = true;
+            break;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(15) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    traffic.abort();
+    assert!(
+        answered,
+        "no answer {:?} after the path went dark",
+        started.elapsed()
+    );
+    assert_eq!(
+        server.connections.load(Ordering::SeqCst),
+        2,
+        "the dark connection was replaced by a new one"
+    );
+    let text = p.metrics().await;
+    assert!(
+        metric_with(&text, "dot_proxy_upstream_errors_total", "kind=\"timeout\"") >= 1.0,
+        "the dark connection is counted as a timeout\n{text}"
+    );
 }
