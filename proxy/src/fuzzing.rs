@@ -5,10 +5,9 @@
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, Shared};
 use crate::upstream::set::GroupSet;
-use crate::upstream::Group;
+use crate::upstream::{Group, UpstreamMetrics};
 
 /// A pipeline built from `cfg` as the proxy builds one ([`Pipeline::with_groups`]), with
 /// `groups` standing for `cfg.upstream_groups` (same order) and counting on `upstream`,
@@ -18,7 +17,7 @@ use crate::upstream::Group;
 pub fn pipeline(
     cfg: &Config,
     groups: Vec<Arc<Group>>,
-    upstream: Arc<Metrics>,
+    upstream: Arc<UpstreamMetrics>,
 ) -> (Arc<Pipeline>, Shared) {
     let mut registry = crate::metrics::registry();
     let mut shared = Shared::new(cfg, &mut registry);

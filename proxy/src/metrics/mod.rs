@@ -1,20 +1,17 @@
 //! Prometheus metrics, all under the `dot_proxy_` prefix. Each part of the proxy declares
 //! and registers its own (`CacheMetrics`, `GuardMetrics`, `PolicyMetrics`, `TapMetrics`,
-//! `ListenerMetrics`, `CompletionMetrics`, `ConfigStatus`, ...); this module holds the
+//! `ListenerMetrics`, `CompletionMetrics`, `UpstreamMetrics`, `ConfigStatus`, ...); this module holds the
 //! registry, the label values the query path shares (transport, query type, response code,
-//! drop reason), [`ByLabel`], and for now the upstreams' families. Label values are enums
+//! drop reason) and [`ByLabel`]. Label values are enums
 //! or come from the config (upstream and group names): no query name or client address is
 //! ever a label. Hot-path counters are resolved to handles once, so counting is an atomic
 //! add.
 
-use std::sync::Arc;
-
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::EncodeLabelValue;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::registry::Registry;
 
 mod exposition;
 mod process;
@@ -125,78 +122,6 @@ impl Rcode {
     }
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct UpstreamLabels {
-    pub group: String,
-    pub upstream: String,
-}
-
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
-pub enum UpstreamErrorKind {
-    timeout,
-    connect,
-    tls,
-    closed,
-    malformed,
-    servfail,
-    overloaded,
-    /// DNS over HTTPS: a status other than 200, or a content type other than
-    /// application/dns-message.
-    http,
-}
-
-impl UpstreamErrorKind {
-    pub const ALL: [UpstreamErrorKind; 8] = [
-        UpstreamErrorKind::timeout,
-        UpstreamErrorKind::connect,
-        UpstreamErrorKind::tls,
-        UpstreamErrorKind::closed,
-        UpstreamErrorKind::malformed,
-        UpstreamErrorKind::servfail,
-        UpstreamErrorKind::overloaded,
-        UpstreamErrorKind::http,
-    ];
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct UpstreamErrorLabels {
-    pub group: String,
-    pub upstream: String,
-    pub kind: UpstreamErrorKind,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct GroupLabels {
-    pub group: String,
-}
-
-/// Why a query was also sent to the next server of its group.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
-pub enum FailoverReason {
-    /// No answer within the server's attempt timeout (from its smoothed RTT).
-    slow,
-    /// The attempt failed (connect, TLS, closed, malformed, overloaded).
-    error,
-    /// The server answered SERVFAIL.
-    servfail,
-}
-
-impl FailoverReason {
-    pub const ALL: [FailoverReason; 3] = [
-        FailoverReason::slow,
-        FailoverReason::error,
-        FailoverReason::servfail,
-    ];
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct FailoverLabels {
-    pub group: String,
-    pub reason: FailoverReason,
-}
-
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
 pub enum DropReason {
@@ -268,108 +193,4 @@ pub fn registry() -> Registry {
     r.register("build_info", "Build information", build);
     r.register_collector(Box::new(ProcessCollector));
     r
-}
-
-/// The upstreams' and groups' metrics. Cheap to share (`Arc<Metrics>`).
-#[derive(Debug)]
-pub struct Metrics {
-    pub upstream_queries: Family<UpstreamLabels, Counter>,
-    pub upstream_duration: Family<UpstreamLabels, Histogram>,
-    pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
-    pub upstream_connections_open: Family<UpstreamLabels, Gauge>,
-    pub upstream_connections_opened: Family<UpstreamLabels, Counter>,
-    pub upstream_connections_resumed: Family<UpstreamLabels, Counter>,
-    pub upstream_healthy: Family<UpstreamLabels, Gauge>,
-    pub upstream_cert_expiry: Family<UpstreamLabels, Gauge>,
-    pub group_healthy_upstreams: Family<GroupLabels, Gauge>,
-    pub group_failovers: Family<FailoverLabels, Counter>,
-    pub upstream_retransmits: Family<UpstreamLabels, Counter>,
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Metrics {
-            upstream_queries: Family::default(),
-            upstream_duration: Family::new_with_constructor(|| Histogram::new(latency_buckets())),
-            upstream_errors: Family::default(),
-            upstream_connections_open: Family::default(),
-            upstream_connections_opened: Family::default(),
-            upstream_connections_resumed: Family::default(),
-            upstream_healthy: Family::default(),
-            upstream_cert_expiry: Family::default(),
-            group_healthy_upstreams: Family::default(),
-            group_failovers: Family::default(),
-            upstream_retransmits: Family::default(),
-        }
-    }
-}
-
-impl Metrics {
-    /// The upstream metrics and a registry ([`registry`]) that exposes them.
-    pub fn new() -> (Arc<Metrics>, Registry) {
-        let m = Arc::new(Metrics::default());
-        let mut reg = registry();
-        m.register(&mut reg);
-        (m, reg)
-    }
-
-    pub fn register(&self, r: &mut Registry) {
-        r.register(
-            "upstream_queries",
-            "Queries sent to each upstream",
-            self.upstream_queries.clone(),
-        );
-        r.register_with_unit(
-            "upstream_duration",
-            "Upstream round-trip time of answered queries",
-            Unit::Seconds,
-            self.upstream_duration.clone(),
-        );
-        r.register(
-            "upstream_errors",
-            "Upstream failures by kind",
-            self.upstream_errors.clone(),
-        );
-        r.register(
-            "upstream_connections_open",
-            "TLS connections open to each upstream",
-            self.upstream_connections_open.clone(),
-        );
-        r.register(
-            "upstream_connections_opened",
-            "TLS connections opened to each upstream",
-            self.upstream_connections_opened.clone(),
-        );
-        r.register(
-            "upstream_connections_resumed",
-            "TLS connections opened with session resumption",
-            self.upstream_connections_resumed.clone(),
-        );
-        r.register(
-            "upstream_healthy",
-            "1 when the upstream is considered usable, 0 when marked down",
-            self.upstream_healthy.clone(),
-        );
-        r.register_with_unit(
-            "upstream_certificate_expiry",
-            "Unix time at which the upstream's certificate expires",
-            Unit::Seconds,
-            self.upstream_cert_expiry.clone(),
-        );
-        r.register(
-            "group_healthy_upstreams",
-            "Usable upstreams in each group",
-            self.group_healthy_upstreams.clone(),
-        );
-        r.register(
-            "group_failovers",
-            "Queries also sent to the next server of the group, by reason (slow: no answer within the attempt timeout)",
-            self.group_failovers.clone(),
-        );
-        r.register(
-            "upstream_retransmits",
-            "Plain-DNS UDP queries sent again to the same server after no answer",
-            self.upstream_retransmits.clone(),
-        );
-    }
 }

@@ -12,11 +12,10 @@ use crate::config::Config;
 use crate::dnstap::{Tap, TapMetrics};
 use crate::guard::{GuardMetrics, RateLimiter};
 use crate::kubernetes::PodTable;
-use crate::metrics::Metrics;
 use crate::policy::{Policy, PolicyMetrics};
 use crate::route::Routes;
 use crate::upstream::set::GroupSet;
-use crate::upstream::Group;
+use crate::upstream::{Group, UpstreamMetrics};
 
 use super::Pipeline;
 
@@ -27,7 +26,7 @@ pub struct Shared {
     pub clock: Arc<Clock>,
     pub pods: Arc<PodTable>,
     pub budget: Arc<Budget>,
-    pub upstream: Arc<Metrics>,
+    pub upstream: Arc<UpstreamMetrics>,
     pub cache: CacheMetrics,
     pub guard: GuardMetrics,
     pub policy: PolicyMetrics,
@@ -42,7 +41,7 @@ impl Shared {
             clock: Arc::new(Clock::default()),
             pods: Arc::new(PodTable::default()),
             budget: Arc::new(Budget::from_config(&cfg.memory)),
-            upstream: Arc::new(Metrics::default()),
+            upstream: Arc::new(UpstreamMetrics::default()),
             cache: CacheMetrics::default(),
             guard: GuardMetrics::default(),
             policy: PolicyMetrics::default(),

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::stats::UpstreamErrorKind;
 use super::stats::UpstreamStats;
 use super::UpstreamError;
-use crate::metrics::UpstreamErrorKind;
 
 #[derive(Default)]
 pub struct ConnectBackoff {

@@ -6,9 +6,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::stats::UpstreamMetrics as Metrics;
 use crate::config::{PrivacyConfig, Protocol, UpstreamGroup, UpstreamServer};
 use crate::dns::message::UpstreamQueryOptions;
-use crate::metrics::Metrics;
 
 use super::https::HttpsUpstream;
 use super::plain::PlainUpstream;

@@ -28,12 +28,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use super::pool::{
     ConnOptions, Connection, Connector, End, Opened, Pool, StreamSignals, Transport,
 };
+use super::stats::UpstreamErrorKind;
 use super::stats::UpstreamStats;
 use super::tls::TlsDialer;
 use super::tls_config::TlsSetup;
 use super::{exchange_id_zero, Failure, UpstreamError};
 use crate::dnstap::proto::SocketProtocol;
-use crate::metrics::UpstreamErrorKind;
 
 const DNS_MESSAGE: &str = "application/dns-message";
 /// Largest DNS message (RFC 8484 §6: the body is one message).

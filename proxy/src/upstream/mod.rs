@@ -37,7 +37,7 @@ use bytes::{Bytes, BytesMut};
 
 pub use group::{Group, GroupError};
 pub use pool::ConnOptions;
-pub use stats::UpstreamStats;
+pub use stats::{UpstreamMetrics, UpstreamStats};
 
 use crate::dnstap::proto::SocketProtocol;
 
@@ -112,11 +112,11 @@ where
             Ok(a.freeze())
         }
         Ok(_) => {
-            stats.error(crate::metrics::UpstreamErrorKind::malformed);
+            stats.error(stats::UpstreamErrorKind::malformed);
             Err(UpstreamError::Malformed)
         }
         Err(Failure::Retry(e)) => {
-            stats.error(crate::metrics::UpstreamErrorKind::closed);
+            stats.error(stats::UpstreamErrorKind::closed);
             Err(e)
         }
         Err(Failure::Final(e)) => Err(e),

@@ -232,7 +232,7 @@ mod tests {
             "dns://silent".into(),
             addr,
             false,
-            UpstreamStats::new(&crate::metrics::Metrics::new().0, "g", "dns://silent"),
+            UpstreamStats::new(&Default::default(), "g", "dns://silent"),
         );
         let mut q = vec![0u8, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, b'a', 0, 0, 1, 0, 1];
         q[1] = 7;

@@ -38,10 +38,10 @@ use tokio::time::{sleep_until, timeout, Instant};
 use bytes::Bytes;
 
 use super::backoff::ConnectBackoff;
+use super::stats::UpstreamErrorKind;
 use super::stats::UpstreamStats;
 use super::{Exchange, ExchangeFuture, Failure, UpstreamError};
 use crate::dnstap::proto::SocketProtocol;
-use crate::metrics::UpstreamErrorKind;
 
 /// How long a connection asked to close may take to end before it is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);

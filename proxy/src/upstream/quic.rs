@@ -25,11 +25,11 @@ use bytes::{Bytes, BytesMut};
 use quinn::crypto::rustls::QuicClientConfig;
 
 use super::pool::{ConnOptions, Connection, Connector, End, Opened, Pool, Transport};
+use super::stats::UpstreamErrorKind;
 use super::stats::UpstreamStats;
 use super::tls_config::TlsSetup;
 use super::{exchange_id_zero, Failure, UpstreamError};
 use crate::dnstap::proto::SocketProtocol;
-use crate::metrics::UpstreamErrorKind;
 
 /// RFC 9250 §8.4: DOQ_NO_ERROR, used when closing an idle or aged connection.
 const DOQ_NO_ERROR: u32 = 0;

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::stats::UpstreamMetrics;
 use crate::config::{Config, PrivacyConfig, UpstreamGroup};
-use crate::metrics::Metrics;
 
 use super::build::BuildError;
 use super::Group;
@@ -35,7 +35,7 @@ impl GroupSet {
     pub fn from_config(
         cfg: &Config,
         previous: Option<&GroupSet>,
-        metrics: &Metrics,
+        metrics: &UpstreamMetrics,
     ) -> Result<GroupSet, BuildError> {
         let mut set = GroupSet::default();
         for g in &cfg.upstream_groups {

@@ -26,12 +26,12 @@ use tokio_rustls::TlsConnector;
 use super::pool::{
     ConnOptions, Connection, Connector, Counted, End, Opened, Pool, StreamSignals, Transport,
 };
+use super::stats::UpstreamErrorKind;
 use super::stats::UpstreamStats;
 use super::tls_config::TlsSetup;
 use super::{Failure, UpstreamError};
 use crate::dns::wire::{self, header};
 use crate::dnstap::proto::SocketProtocol;
-use crate::metrics::UpstreamErrorKind;
 
 /// Most queries in flight on one connection.
 const MAX_INFLIGHT: usize = 4096;

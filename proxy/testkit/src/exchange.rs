@@ -18,8 +18,9 @@ use hickory_proto::rr::RecordType;
 use dot_proxy::config::{Config, UpstreamGroup};
 use dot_proxy::dns::message::UpstreamQueryOptions;
 use dot_proxy::kubernetes::PodTable;
-use dot_proxy::metrics::{Metrics, Transport};
+use dot_proxy::metrics::Transport;
 use dot_proxy::pipeline::{Fast, Pipeline, Shared};
+use dot_proxy::upstream::UpstreamMetrics as Metrics;
 use dot_proxy::upstream::{Exchange, ExchangeFuture, Group, UpstreamError, UpstreamStats};
 
 use crate::client::query;
