@@ -161,7 +161,7 @@ fn upsert_pod(pods: &mut BTreeMap<PodKey, PodInfo>, pod: &PodLite) -> bool {
 }
 
 /// Field selector of the pod watch: finished pods have given their IPs back.
-pub const POD_FIELD_SELECTOR: &str = "status.phase!=Succeeded,status.phase!=Failed";
+pub const POD_FIELD_SELECTOR: &str = dot_proxy_config::pod::LIVE_PODS_SELECTOR;
 
 /// Runs the pod, node and namespace watches until `tx` has no receivers, publishing a
 /// snapshot when all have synced and then at most once per debounce window.

@@ -32,21 +32,7 @@ pub struct PodLiteSpec {
     pub host_network: Option<bool>,
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct PodLiteStatus {
-    #[serde(default)]
-    pub phase: Option<String>,
-    #[serde(default, rename = "podIP")]
-    pub pod_ip: Option<String>,
-    #[serde(default, rename = "podIPs")]
-    pub pod_ips: Option<Vec<PodIpLite>>,
-}
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct PodIpLite {
-    #[serde(default)]
-    pub ip: String,
-}
+pub use dot_proxy_config::pod::{PodIp as PodIpLite, PodStatus as PodLiteStatus};
 
 /// An annotated pod, reduced to what rendering uses. Pods without any `dns.dot-proxy.io/`
 /// annotation are never kept.
@@ -108,23 +94,10 @@ impl PodInfo {
         if annotations.is_empty() {
             return None;
         }
-        if matches!(pod.status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+        if pod.status.finished() {
             return None;
         }
-        let mut ips: Vec<IpAddr> = match &pod.status.pod_ips {
-            Some(list) if !list.is_empty() => list
-                .iter()
-                .filter_map(|p| p.ip.trim().parse().ok())
-                .collect(),
-            _ => pod
-                .status
-                .pod_ip
-                .iter()
-                .filter_map(|ip| ip.trim().parse().ok())
-                .collect(),
-        };
-        ips.sort();
-        ips.dedup();
+        let ips = pod.status.ips();
         Some(PodInfo {
             namespace: pod.metadata.namespace.clone().unwrap_or_default(),
             name: pod.metadata.name.clone().unwrap_or_default(),

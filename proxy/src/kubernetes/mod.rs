@@ -147,21 +147,7 @@ pub struct PodInfo {
     pub dns: Arc<PodDns>,
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct PodAddressesStatus {
-    #[serde(default)]
-    pub phase: Option<String>,
-    #[serde(default, rename = "podIP")]
-    pub pod_ip: Option<String>,
-    #[serde(default, rename = "podIPs")]
-    pub pod_ips: Option<Vec<PodIp>>,
-}
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct PodIp {
-    #[serde(default)]
-    pub ip: String,
-}
+pub use crate::config::pod::{PodIp, PodStatus as PodAddressesStatus};
 
 /// Pod IP -> namespace and resolver settings, as last known. Read on the query path (one
 /// atomic load), replaced whole by the watch.
@@ -352,9 +338,7 @@ impl PodState {
 
     /// `None` for pods completion cannot use: host network, finished, or without an IP yet.
     fn reduce(&mut self, pod: &PodAddresses) -> Option<PodEntry> {
-        if pod.spec.host_network.unwrap_or(false)
-            || matches!(pod.status.phase.as_deref(), Some("Succeeded" | "Failed"))
-        {
+        if pod.spec.host_network.unwrap_or(false) || pod.status.finished() {
             return None;
         }
         let ns = pod
@@ -362,21 +346,7 @@ impl PodState {
             .namespace
             .as_deref()
             .filter(|n| !n.is_empty())?;
-        let mut ips: Vec<IpAddr> = match &pod.status.pod_ips {
-            Some(list) if !list.is_empty() => list
-                .iter()
-                .filter_map(|p| p.ip.trim().parse::<IpAddr>().ok())
-                .collect(),
-            _ => pod
-                .status
-                .pod_ip
-                .iter()
-                .filter_map(|ip| ip.trim().parse().ok())
-                .collect(),
-        };
-        ips.iter_mut().for_each(|ip| *ip = ip.to_canonical());
-        ips.sort();
-        ips.dedup();
+        let ips = pod.status.ips();
         if ips.is_empty() {
             return None;
         }
@@ -403,7 +373,10 @@ fn key(pod: &PodAddresses) -> Option<(String, String)> {
 /// The watch's field selector: this node's pods, finished ones left out (they have given
 /// their IPs back, and another pod may have one now).
 pub fn field_selector(node: &str) -> String {
-    format!("spec.nodeName={node},status.phase!=Succeeded,status.phase!=Failed")
+    format!(
+        "spec.nodeName={node},{}",
+        crate::config::pod::LIVE_PODS_SELECTOR
+    )
 }
 
 /// The watch: this node's pods. Lists are served from the API server's watch cache
