@@ -169,7 +169,8 @@ pub fn proxy_config(spec: &DotProxyConfigSpec) -> Result<Config, Vec<String>> {
     if let Err(e) = config.validate() {
         for fe in e.0 {
             let proxy_field = fe.field();
-            if on_the_proxys_filesystem(&proxy_field, &fe.message)
+            let message = fe.message.naming(spec_path);
+            if on_the_proxys_filesystem(&proxy_field, &message)
                 || supplied_on_the_node(&proxy_field)
             {
                 continue;
@@ -179,7 +180,7 @@ pub fn proxy_config(spec: &DotProxyConfigSpec) -> Result<Config, Vec<String>> {
             let field = spec_path(&fe.path);
             if !errs.iter().any(|m| reports(m, &field)) {
                 let rule = policy_rule(&spec.policy, &proxy_field).unwrap_or_default();
-                errs.push(format!("{field}: {}{rule}", spec_words(&fe.message)));
+                errs.push(format!("{field}: {message}{rule}"));
             }
         }
     }
@@ -412,13 +413,6 @@ pub fn spec_path(proxy_field: &FieldPath) -> String {
         }
     }
     out
-}
-
-/// The proxy's messages mention its own field names; a few read better in the resource's.
-fn spec_words(message: &str) -> String {
-    message
-        .replace("allow_plain_default: true", "spec.allowPlainDefault: true")
-        .replace("cache.max_ttl", "spec.cache.maxTtl")
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 #[cfg(feature = "schema")]
 use schemars::JsonSchema;
 
-use crate::{Cidr, Errors, UpstreamGroup};
+use crate::{Cidr, Errors, FieldPath, Message, UpstreamGroup};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(JsonSchema))]
@@ -59,10 +59,12 @@ pub(crate) fn check_routes(
                 if g.is_plain() && !allow_plain_default {
                     e.field(
                         "group",
-                        format!(
-                            "group {:?} has plain-DNS servers and serves \".\"; set allow_plain_default: true to allow unencrypted default forwarding",
+                        Message::from(format!(
+                            "group {:?} has plain-DNS servers and serves \".\"; set ",
                             g.name
-                        ),
+                        ))
+                        .field(FieldPath::from("allow_plain_default"))
+                        .text(": true to allow unencrypted default forwarding"),
                     );
                 }
             }
