@@ -64,6 +64,11 @@ pub const DNSTAP_TEXT_LEN: Range<u64> = Range::new(0, 255);
 pub const COMPLETION_HOST_DOMAINS: Range<u64> = Range::new(0, 29);
 pub const COMPLETION_TYPES: Range<u64> = Range::new(0, 8);
 pub const FILTER_AAAA_ZONES: Range<u64> = Range::new(0, 64);
+/// `zones`: at least the route for `.`.
+pub const ZONES: Range<u64> = Range::new(1, 128);
+pub const NODE_LOCAL_ADDRESSES: Range<u64> = Range::new(0, 4);
+/// `node_local.interface`: a Linux interface name.
+pub const INTERFACE_LEN: Range<u64> = Range::new(1, 15);
 
 /// Where the operator's defaults differ from the standalone proxy's, on purpose: a node
 /// proxy in Kubernetes serves every pod of its node.
