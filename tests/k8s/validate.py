@@ -806,8 +806,13 @@ CONFIG_RS = ROOT / "proxy" / "config" / "src" / "lib.rs"
 
 
 def proxy_config_fields() -> set[str]:
-    """Every field name of the proxy's config structs (serde keeps Rust's snake_case)."""
-    return set(re.findall(r"(?m)^\s*pub (\w+): ", CONFIG_RS.read_text()))
+    """Every field name of the proxy's config structs (serde keeps Rust's snake_case), in
+    lib.rs and the section files beside it."""
+    return {
+        name
+        for f in CONFIG_RS.parent.glob("*.rs")
+        for name in re.findall(r"(?m)^\s*pub (\w+): ", f.read_text())
+    }
 
 
 def config_keys(node: Any, path: str = "") -> list[str]:

@@ -1,13 +1,12 @@
 //! `DotProxyConfigSpec` -> the proxy's own `Config`, checked by the proxy's own `validate()`.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::str::FromStr;
 
 use dot_proxy_config::{
-    AdminConfig, BlockList, Config, FieldPath, KubernetesConfig, NodeLocalConfig, OverridesConfig,
-    PathSegment, PolicyConfig, Protocol, RewriteRule, StaticRule, UpstreamGroup, UpstreamServer,
-    ZoneRoute,
+    AdminConfig, BlockList, Config, FieldPath, KubernetesConfig, OverridesConfig, PathSegment,
+    PolicyConfig, Protocol, RewriteRule, StaticRule, UpstreamGroup, UpstreamServer,
 };
 
 use crate::resource::{camel_case, Checked, DotProxyConfigSpec, PolicySpec, UpstreamServerSpec};
@@ -29,9 +28,12 @@ pub fn proxy_config(spec: &DotProxyConfigSpec) -> Result<Config, Vec<String>> {
         ("dnstap", spec.dnstap.problem()),
         ("searchCompletion", spec.search_completion.problem()),
         ("filterAaaa", spec.filter_aaaa.problem()),
+        ("zones", spec.zones.problem()),
+        ("nodeLocal", spec.node_local.problem()),
     ] {
         if let Some((field, message)) = problem {
-            errs.push(format!("spec.{section}.{field}: {message}"));
+            let dot = if field.starts_with('[') { "" } else { "." };
+            errs.push(format!("spec.{section}{dot}{field}: {message}"));
         }
     }
 
@@ -80,45 +82,6 @@ pub fn proxy_config(spec: &DotProxyConfigSpec) -> Result<Config, Vec<String>> {
         });
     }
 
-    let zones = spec
-        .zones
-        .iter()
-        .map(|z| ZoneRoute {
-            zone: z.zone.clone(),
-            group: z.group.clone(),
-        })
-        .collect();
-
-    let nl = &spec.node_local;
-    let firewall = checked(
-        &mut errs,
-        "spec.nodeLocal.firewall",
-        &nl.firewall,
-        "auto, nftables, iptables, none",
-    );
-    let addresses = nl
-        .addresses
-        .iter()
-        .enumerate()
-        .filter_map(|(i, a)| {
-            a.trim()
-                .parse::<IpAddr>()
-                .map_err(|_| {
-                    errs.push(format!(
-                        "spec.nodeLocal.addresses[{i}]: {a:?} is not an IP address"
-                    ))
-                })
-                .ok()
-        })
-        .collect();
-    let node_local = NodeLocalConfig {
-        enabled: nl.enabled,
-        interface: nl.interface.clone(),
-        addresses,
-        port: nl.port,
-        firewall: firewall.unwrap_or_default(),
-    };
-
     let admin_listen = match spec.admin_listen.trim() {
         "" => None,
         a => a
@@ -140,7 +103,7 @@ pub fn proxy_config(spec: &DotProxyConfigSpec) -> Result<Config, Vec<String>> {
             listen: admin_listen,
         },
         upstream_groups,
-        zones,
+        zones: (*spec.zones).clone(),
         allow_plain_default: spec.allow_plain_default,
         cache: (*spec.cache).clone(),
         rate_limit: (*spec.rate_limit).clone(),
@@ -151,7 +114,7 @@ pub fn proxy_config(spec: &DotProxyConfigSpec) -> Result<Config, Vec<String>> {
             node_name: None,
             shards: Some(spec.target.override_shards.max(1)),
         },
-        node_local,
+        node_local: (*spec.node_local).clone(),
         policy,
         dnstap: (*spec.dnstap).clone(),
         // Completion needs the pod watch; the node's name comes from each proxy's
@@ -169,7 +132,8 @@ pub fn proxy_config(spec: &DotProxyConfigSpec) -> Result<Config, Vec<String>> {
     if let Err(e) = config.validate() {
         for fe in e.0 {
             let proxy_field = fe.field();
-            if on_the_proxys_filesystem(&proxy_field, &fe.message)
+            let message = fe.message.naming(spec_path);
+            if on_the_proxys_filesystem(&proxy_field, &message)
                 || supplied_on_the_node(&proxy_field)
             {
                 continue;
@@ -179,7 +143,7 @@ pub fn proxy_config(spec: &DotProxyConfigSpec) -> Result<Config, Vec<String>> {
             let field = spec_path(&fe.path);
             if !errs.iter().any(|m| reports(m, &field)) {
                 let rule = policy_rule(&spec.policy, &proxy_field).unwrap_or_default();
-                errs.push(format!("{field}: {}{rule}", spec_words(&fe.message)));
+                errs.push(format!("{field}: {message}{rule}"));
             }
         }
     }
@@ -412,13 +376,6 @@ pub fn spec_path(proxy_field: &FieldPath) -> String {
         }
     }
     out
-}
-
-/// The proxy's messages mention its own field names; a few read better in the resource's.
-fn spec_words(message: &str) -> String {
-    message
-        .replace("allow_plain_default: true", "spec.allowPlainDefault: true")
-        .replace("cache.max_ttl", "spec.cache.maxTtl")
 }
 
 #[cfg(test)]

@@ -379,7 +379,7 @@ fn bad_addresses_are_invalid_with_the_field_named() {
     let mut spec = spec_from(MINIMAL);
     spec.upstream_groups[0].servers[0].address = "1.1.1.999:853".into();
     spec.listen = vec!["169.254.20.10".into()];
-    spec.node_local.addresses = vec!["not-an-ip".into()];
+    spec.node_local = serde_json::from_str(r#"{"addresses": ["not-an-ip"]}"#).expect("parses");
     let m = invalid_messages(render("default", &spec, &[], &no_nodes(), &no_ns()));
     let joined = m.join("\n");
     assert!(

@@ -12,8 +12,11 @@
 //! What a section needs only in Kubernetes is its [`Section`] impl: defaults that differ
 //! from the standalone proxy's, proxy fields the resource does not offer, and CEL rules.
 
+use std::any::TypeId;
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::de::DeserializeOwned;
@@ -22,7 +25,7 @@ use serde_json::{Map, Value};
 
 /// A proxy config section as the resource offers it.
 pub trait Section:
-    Serialize + DeserializeOwned + JsonSchema + Clone + PartialEq + fmt::Debug
+    Serialize + DeserializeOwned + JsonSchema + Clone + PartialEq + fmt::Debug + 'static
 {
     /// The value when the resource leaves the section (or a field of it) out.
     fn k8s_default() -> Self;
@@ -84,8 +87,20 @@ impl<T: Section> From<T> for Camel<T> {
     }
 }
 
-/// The section's schema as the proxy writes it (snake_case), every subschema inline.
-fn proxy_schema<T: JsonSchema>() -> Value {
+/// The section's schema as the proxy writes it (snake_case), every subschema inline;
+/// generated once per type.
+fn proxy_schema<T: JsonSchema + 'static>() -> &'static Value {
+    static SCHEMAS: OnceLock<Mutex<HashMap<TypeId, &'static Value>>> = OnceLock::new();
+    let mut schemas = SCHEMAS
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    schemas
+        .entry(TypeId::of::<T>())
+        .or_insert_with(|| Box::leak(Box::new(generate_proxy_schema::<T>())))
+}
+
+fn generate_proxy_schema<T: JsonSchema>() -> Value {
     let mut generator = schemars::generate::SchemaSettings::openapi3()
         .with(|s| {
             s.inline_subschemas = true;
@@ -350,7 +365,7 @@ impl<T: Section> Serialize for Camel<T> {
                 o.remove(*h);
             }
         }
-        rename(&mut v, &proxy_schema::<T>(), true).map_err(serde::ser::Error::custom)?;
+        rename(&mut v, proxy_schema::<T>(), true).map_err(serde::ser::Error::custom)?;
         v.serialize(s)
     }
 }
@@ -369,10 +384,10 @@ impl<'de, T: Section> Deserialize<'de> for Camel<T> {
                 )));
             }
         }
-        rename(&mut input, &schema, false).map_err(serde::de::Error::custom)?;
+        rename(&mut input, schema, false).map_err(serde::de::Error::custom)?;
         let mut merged =
             serde_json::to_value(T::k8s_default()).map_err(serde::de::Error::custom)?;
-        merge(&mut merged, input.clone(), &schema);
+        merge(&mut merged, input.clone(), schema);
         match T::deserialize(&merged) {
             Ok(value) => Ok(Camel::new(value)),
             // Unknown fields and wrong shapes are the schema's to refuse, as for any type.
@@ -383,7 +398,7 @@ impl<'de, T: Section> Deserialize<'de> for Camel<T> {
                 if at.is_empty() {
                     return Err(serde::de::Error::custom(e));
                 }
-                let (field, expected) = describe(&at, &schema);
+                let (field, expected) = describe(&at, schema);
                 let written = walk(&merged, &at).map_or_else(String::new, |v| match v {
                     Value::String(s) => format!("{s:?}"),
                     other => other.to_string(),

@@ -4,8 +4,8 @@
 //! apply` time. Everything else (fields, bounds, descriptions) is the proxy's own.
 
 use dot_proxy_config::{
-    limits, CacheConfig, DnstapConfig, FilterAaaaConfig, LogConfig, LogFormat, PrivacyConfig,
-    RateLimitConfig, SearchCompletionConfig,
+    limits, CacheConfig, DnstapConfig, FilterAaaaConfig, LogConfig, LogFormat, NodeLocalConfig,
+    PrivacyConfig, RateLimitConfig, SearchCompletionConfig, ZoneRoute,
 };
 use serde_json::{json, Map, Value};
 
@@ -100,4 +100,42 @@ impl Section for FilterAaaaConfig {
     fn k8s_default() -> Self {
         FilterAaaaConfig::default()
     }
+}
+
+/// `zones`: a list in the resource, merged by `zone` (`x-kubernetes-list-type: map`).
+impl Section for Vec<ZoneRoute> {
+    fn k8s_default() -> Self {
+        Vec::new()
+    }
+    fn patch(schema: &mut Map<String, Value>) {
+        schema.insert("minItems".into(), limits::ZONES.min.into());
+        schema.insert("maxItems".into(), limits::ZONES.max.into());
+        list_map(schema, "zone");
+    }
+}
+
+/// On by default: the node-local address is what pods are pointed at.
+impl Section for NodeLocalConfig {
+    fn k8s_default() -> Self {
+        NodeLocalConfig {
+            enabled: true,
+            ..NodeLocalConfig::default()
+        }
+    }
+    fn patch(schema: &mut Map<String, Value>) {
+        // Addresses are plain strings to the API server (the proxy parses them).
+        let items = schema
+            .get_mut("properties")
+            .and_then(|p| p.pointer_mut("/addresses/items"))
+            .and_then(Value::as_object_mut);
+        if let Some(items) = items {
+            items.remove("format");
+        }
+    }
+}
+
+/// A list whose items are merged by `key` by server-side apply.
+fn list_map(schema: &mut Map<String, Value>, key: &str) {
+    schema.insert("x-kubernetes-list-type".into(), "map".into());
+    schema.insert("x-kubernetes-list-map-keys".into(), json!([key]));
 }

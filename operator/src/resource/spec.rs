@@ -3,7 +3,7 @@
 //! Field names are camelCase (the Kubernetes convention); the render module converts a spec
 //! into the proxy's own `dot_proxy_config::Config` (snake_case YAML). Whole sections that read
 //! the same in both (cache, rate limit, privacy, log, dnstap, search completion, AAAA
-//! filtering) are the proxy's own types wrapped in [`Camel`]; where a single proxy type fits
+//! filtering, zones, node-local) are the proxy's own types wrapped in [`Camel`]; where a single proxy type fits
 //! (policies, protocols, durations, actions) it is reused, wrapped in [`Checked`]. What stays
 //! here is what differs in Kubernetes: grants, shards, target, list-map shapes, CEL rules.
 //!
@@ -14,8 +14,9 @@
 use std::collections::BTreeMap;
 
 use dot_proxy_config::{
-    limits, BlockAction, CacheConfig, DnstapConfig, Dur, FilterAaaaConfig, Firewall, LogConfig,
-    Policy, PrivacyConfig, Protocol, RateLimitConfig, SearchCompletionConfig,
+    limits, BlockAction, CacheConfig, DnstapConfig, Dur, FilterAaaaConfig, LogConfig,
+    NodeLocalConfig, Policy, PrivacyConfig, Protocol, RateLimitConfig, SearchCompletionConfig,
+    ZoneRoute,
 };
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -99,9 +100,7 @@ pub struct DotProxyConfigSpec {
     pub upstream_groups: Vec<UpstreamGroupSpec>,
 
     /// Zone routing: the longest matching suffix wins; `.` is the default route and is required.
-    #[schemars(length(min = 1, max = 128))]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["zone"]))]
-    pub zones: Vec<ZoneSpec>,
+    pub zones: Camel<Vec<ZoneRoute>>,
 
     /// Allow the group that serves `.` to contain plain-DNS servers. Off by default, so that
     /// everything not explicitly routed to an in-cluster resolver leaves the node encrypted.
@@ -126,7 +125,7 @@ pub struct DotProxyConfigSpec {
     /// The node-local address: a dummy interface holding a link-local IP and conntrack
     /// bypass rules, set up on every node.
     #[serde(default)]
-    pub node_local: NodeLocalSpec,
+    pub node_local: Camel<NodeLocalConfig>,
 
     #[serde(default)]
     pub log: Camel<LogConfig>,
@@ -384,22 +383,6 @@ fn default_pool_size() -> u32 {
     u32::try_from(dot_proxy_config::default_pool_size()).unwrap_or(u32::MAX)
 }
 
-/// Which group answers a zone.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ZoneSpec {
-    /// A domain (`cluster.local`, `10.in-addr.arpa`) or `.` for everything else.
-    #[schemars(
-        length(min = 1, max = 254),
-        regex(pattern = r"^(\.|[A-Za-z0-9_-]{1,63}(\.[A-Za-z0-9_-]{1,63})*\.?)$")
-    )]
-    pub zone: String,
-
-    /// Name of one of `upstreamGroups`.
-    #[schemars(length(min = 1, max = 63))]
-    pub group: String,
-}
-
 /// Names the proxies answer, block or rewrite themselves, in that order of precedence.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
@@ -548,37 +531,6 @@ pub struct RewriteSpec {
     pub suffix: bool,
 }
 
-/// The link-local address pods send DNS to, held by a dummy interface on every node.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
-pub struct NodeLocalSpec {
-    pub enabled: bool,
-    /// Name of the dummy interface.
-    #[schemars(length(min = 1, max = 15), regex(pattern = r"^[A-Za-z0-9_.-]+$"))]
-    pub interface: String,
-    /// IP addresses (IPv4 and/or IPv6) put on the interface.
-    #[schemars(length(max = 4), inner(length(max = 45)))]
-    pub addresses: Vec<String>,
-    /// DNS port on those addresses.
-    #[schemars(range(min = 1, max = 65535))]
-    pub port: u16,
-    /// Conntrack bypass rules: `auto` (nftables if present, else iptables), `nftables`,
-    /// `iptables` or `none`.
-    pub firewall: Checked<Firewall>,
-}
-
-impl Default for NodeLocalSpec {
-    fn default() -> Self {
-        NodeLocalSpec {
-            enabled: true,
-            interface: "dot-proxy0".into(),
-            addresses: vec!["169.254.20.10".into()],
-            port: 53,
-            firewall: Checked::Known(Firewall::Auto),
-        }
-    }
-}
-
 /// Which proxies this resource configures.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
@@ -625,4 +577,6 @@ pub type LogSpec = Camel<LogConfig>;
 pub type DnstapSpec = Camel<DnstapConfig>;
 pub type SearchCompletionSpec = Camel<SearchCompletionConfig>;
 pub type FilterAaaaSpec = Camel<FilterAaaaConfig>;
+pub type NodeLocalSpec = Camel<NodeLocalConfig>;
+pub type ZoneSpec = ZoneRoute;
 pub use dot_proxy_config::{CacheZone as CacheZoneSpec, PrefetchConfig as PrefetchSpec};

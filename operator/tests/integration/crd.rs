@@ -563,3 +563,187 @@ fn numeric_bounds_are_the_proxys_own() {
         }
     }
 }
+
+/// Every length bound (`maxLength`/`minLength`, `maxItems`/`minItems`) in the sections that
+/// are the proxy's own types is in this table, and the proxy's validation refuses one past
+/// it: a bound written only as a schema attribute fails here.
+#[test]
+fn length_bounds_of_the_proxys_sections_are_the_proxys_own() {
+    use dot_proxy_operator::render::proxy_config;
+    use serde_json::{json, Value};
+
+    /// A domain name of `n` characters (labels of 62).
+    fn domain(n: usize) -> String {
+        let mut s: String = "a"
+            .repeat(62)
+            .chars()
+            .chain(['.'])
+            .cycle()
+            .take(n)
+            .collect();
+        if s.ends_with('.') {
+            s.pop();
+            s.push('a');
+        }
+        s
+    }
+    fn domains(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("d{i}.example")).collect()
+    }
+    type Make = fn(usize) -> Value;
+    // Each row: the bound's path, the section and the section's value with that length,
+    // and whether a valid value of the maximum length exists (not for an address).
+    let rows: &[(&str, &str, Make, bool)] = &[
+        (
+            "log.level",
+            "log",
+            |n| json!({"level": "a".repeat(n)}),
+            true,
+        ),
+        (
+            "cache.zones",
+            "cache",
+            |n| json!({"zones": domains(n).iter().map(|z| json!({"zone": z})).collect::<Vec<_>>()}),
+            true,
+        ),
+        (
+            "cache.zones.[].zone",
+            "cache",
+            |n| json!({"zones": [{"zone": format!("{}.", domain(n.saturating_sub(1)))}]}),
+            true,
+        ),
+        (
+            "dnstap.socket",
+            "dnstap",
+            |n| json!({"socket": format!("/{}", "a".repeat(n.saturating_sub(1)))[..n]}),
+            true,
+        ),
+        (
+            "dnstap.address",
+            "dnstap",
+            |n| json!({"address": "1".repeat(n)}),
+            false,
+        ),
+        (
+            "dnstap.identity",
+            "dnstap",
+            |n| json!({"identity": "a".repeat(n)}),
+            true,
+        ),
+        (
+            "dnstap.version",
+            "dnstap",
+            |n| json!({"version": "a".repeat(n)}),
+            true,
+        ),
+        (
+            "searchCompletion.clusterDomain",
+            "searchCompletion",
+            |n| json!({"clusterDomain": domain(n)}),
+            true,
+        ),
+        (
+            "searchCompletion.hostSearchDomains",
+            "searchCompletion",
+            |n| json!({"hostSearchDomains": domains(n)}),
+            true,
+        ),
+        (
+            "searchCompletion.hostSearchDomains.[]",
+            "searchCompletion",
+            |n| json!({"hostSearchDomains": [domain(n)]}),
+            true,
+        ),
+        (
+            "searchCompletion.types",
+            "searchCompletion",
+            |n| json!({"types": vec!["A"; n]}),
+            true,
+        ),
+        (
+            "searchCompletion.types.[]",
+            "searchCompletion",
+            |n| json!({"types": ["A".repeat(n)]}),
+            false,
+        ),
+        (
+            "filterAaaa.zones",
+            "filterAaaa",
+            |n| json!({"zones": domains(n)}),
+            true,
+        ),
+        (
+            "filterAaaa.zones.[]",
+            "filterAaaa",
+            |n| json!({"zones": [domain(n)]}),
+            true,
+        ),
+    ];
+
+    // The bounds the CRD has under those sections: path -> (min, max).
+    fn walk(at: &str, v: &Value, out: &mut Vec<(String, u64, u64)>) {
+        for (min, max) in [("minLength", "maxLength"), ("minItems", "maxItems")] {
+            if let Some(hi) = v.get(max).and_then(Value::as_u64) {
+                let lo = v.get(min).and_then(Value::as_u64).unwrap_or(0);
+                out.push((at.to_string(), lo, hi));
+            }
+        }
+        if let Some(props) = v.get("properties").and_then(Value::as_object) {
+            for (k, sub) in props {
+                walk(&format!("{at}.{k}"), sub, out);
+            }
+        }
+        if let Some(items) = v.get("items") {
+            walk(&format!("{at}.[]"), items, out);
+        }
+    }
+    let spec = serde_json::to_value(schema()).expect("json")["properties"]["spec"].clone();
+    let mut bounds = Vec::new();
+    for section in [
+        "cache",
+        "rateLimit",
+        "privacy",
+        "log",
+        "dnstap",
+        "searchCompletion",
+        "filterAaaa",
+    ] {
+        walk(section, &spec["properties"][section], &mut bounds);
+    }
+    let listed: BTreeSet<&str> = rows.iter().map(|r| r.0).collect();
+    let found: BTreeSet<&str> = bounds.iter().map(|b| b.0.as_str()).collect();
+    assert_eq!(
+        found, listed,
+        "every length bound of the proxy's sections has a row"
+    );
+
+    let accepted = |section: &str, value: Value| -> bool {
+        let mut doc = serde_json::to_value(crate::support::example()).expect("json");
+        doc["spec"][section] = value;
+        serde_json::from_value::<DotProxyConfig>(doc).is_ok_and(|d| proxy_config(&d.spec).is_ok())
+    };
+    for (path, lo, hi) in &bounds {
+        let Some((_, section, make, valid_at_max)) = rows.iter().find(|r| r.0 == path) else {
+            continue;
+        };
+        let (lo, hi) = (*lo as usize, *hi as usize);
+        if *valid_at_max {
+            assert!(
+                accepted(section, make(hi)),
+                "{path}: length {hi} (the CRD's maximum) refused by the proxy"
+            );
+        }
+        assert!(
+            !accepted(section, make(hi + 1)),
+            "{path}: length {} accepted by the proxy, refused by the CRD",
+            hi + 1
+        );
+        if lo > 0 {
+            assert!(
+                !accepted(section, make(lo - 1)),
+                "{path}: length {} accepted by the proxy, refused by the CRD",
+                lo - 1
+            );
+        }
+    }
+}

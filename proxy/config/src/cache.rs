@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 #[cfg(feature = "schema")]
 use schemars::JsonSchema;
 
-use crate::{limits, normalize_zone, Dur, Errors};
+use crate::{limits, normalize_zone, Dur, Errors, FieldPath, Message};
 
 /// The answer cache of each proxy.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -42,7 +42,7 @@ pub struct CacheConfig {
     /// zone wins), e.g. `cluster.local` capped at 30 s positive and 5 s negative, as
     /// NodeLocal DNSCache does, so a new pod or service is found quickly.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    #[cfg_attr(feature = "schema", schemars(length(max = 64)))]
+    #[cfg_attr(feature = "schema", schemars(length(max = limits::CACHE_ZONES.max)))]
     pub zones: Vec<CacheZone>,
 }
 
@@ -139,9 +139,12 @@ impl CacheConfig {
         if self.min_ttl > self.max_ttl {
             e.field(
                 "min_ttl",
-                format!("{} is above cache.max_ttl ({})", self.min_ttl, self.max_ttl),
+                Message::from(format!("{} is above ", self.min_ttl))
+                    .field(FieldPath::from("cache").field("max_ttl"))
+                    .text(format!(" ({})", self.max_ttl)),
             );
         }
+        e.length("zones", self.zones.len(), limits::CACHE_ZONES);
         for (i, z) in self.zones.iter().enumerate() {
             let mut e = e.at("zones");
             let mut e = e.index(i);

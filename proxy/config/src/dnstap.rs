@@ -20,17 +20,17 @@ pub struct DnstapConfig {
     /// The collector's Unix socket (e.g. `/var/run/dnstap/dnstap.sock`). Exactly one of
     /// `socket` and `address` when enabled.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = 256)))]
+    #[cfg_attr(feature = "schema", schemars(length(min = limits::DNSTAP_SOCKET_LEN.min, max = limits::DNSTAP_SOCKET_LEN.max)))]
     pub socket: Option<PathBuf>,
     /// The collector's TCP address (`IP:PORT`).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "schema", schemars(length(min = 1, max = 64)))]
     pub address: Option<SocketAddr>,
     /// The `identity` of every message; empty: the host name.
-    #[cfg_attr(feature = "schema", schemars(length(max = 255)))]
+    #[cfg_attr(feature = "schema", schemars(length(max = limits::DNSTAP_TEXT_LEN.max)))]
     pub identity: String,
     /// The `version` of every message; empty: `dot-proxy <version>`.
-    #[cfg_attr(feature = "schema", schemars(length(max = 255)))]
+    #[cfg_attr(feature = "schema", schemars(length(max = limits::DNSTAP_TEXT_LEN.max)))]
     pub version: String,
     /// What pods asked (CLIENT_QUERY).
     pub client_query: bool,
@@ -113,10 +113,10 @@ impl DnstapConfig {
                 );
             }
         }
-        for (field, v) in [("identity", &self.identity), ("version", &self.version)] {
-            if v.len() > 255 {
-                e.field(field, "must be at most 255 bytes");
-            }
+        if let Some(p) = &self.socket {
+            e.length("socket", p.as_os_str().len(), limits::DNSTAP_SOCKET_LEN);
         }
+        e.length("identity", self.identity.len(), limits::DNSTAP_TEXT_LEN);
+        e.length("version", self.version.len(), limits::DNSTAP_TEXT_LEN);
     }
 }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 #[cfg(feature = "schema")]
 use schemars::JsonSchema;
 
-use crate::{normalize_zone, Errors};
+use crate::{limits, normalize_zone, Errors};
 
 /// The API server connection. Off by default; `search_completion` needs it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,13 +43,13 @@ pub struct SearchCompletionConfig {
     /// The node's own search domains, which kubelet appends to every pod's list, in order.
     #[cfg_attr(
         feature = "schema",
-        schemars(length(max = 29), inner(length(min = 1, max = 253)))
+        schemars(length(max = limits::COMPLETION_HOST_DOMAINS.max), inner(length(min = 1, max = 253)))
     )]
     pub host_search_domains: Vec<String>,
     /// Query types completed (names: A, AAAA, HTTPS, SVCB, SRV, TXT, MX, CNAME).
     #[cfg_attr(
         feature = "schema",
-        schemars(length(max = 8), inner(length(min = 1, max = 8)))
+        schemars(length(max = limits::COMPLETION_TYPES.max), inner(length(min = 1, max = 8)))
     )]
     pub types: Vec<String>,
 }
@@ -75,7 +75,7 @@ pub struct FilterAaaaConfig {
     /// Zones (`.`: every name).
     #[cfg_attr(
         feature = "schema",
-        schemars(length(max = 64), inner(length(min = 1, max = 253)))
+        schemars(length(max = limits::FILTER_AAAA_ZONES.max), inner(length(min = 1, max = 253)))
     )]
     pub zones: Vec<String>,
 }
@@ -119,7 +119,7 @@ impl SearchCompletionConfig {
             Ok(_) => {}
             Err(m) => e.field("cluster_domain", m),
         }
-        if self.host_search_domains.len() > 29 {
+        if self.host_search_domains.len() as u64 > limits::COMPLETION_HOST_DOMAINS.max {
             e.field(
                 "host_search_domains",
                 "at most 29 (Kubernetes allows a pod 32 search domains, 3 of them the cluster's)",
@@ -135,6 +135,7 @@ impl SearchCompletionConfig {
                 Err(m) => e.at("host_search_domains").index(i).here(m),
             }
         }
+        e.length("types", self.types.len(), limits::COMPLETION_TYPES);
         if self.enabled && self.types.is_empty() {
             e.field("types", "at least one type (or enabled: false)");
         }
@@ -170,6 +171,7 @@ impl KubernetesConfig {
 
 impl FilterAaaaConfig {
     pub(crate) fn check(&self, e: &mut Errors) {
+        e.length("zones", self.zones.len(), limits::FILTER_AAAA_ZONES);
         for (i, z) in self.zones.iter().enumerate() {
             if let Err(m) = normalize_zone(z) {
                 e.at("zones").index(i).here(m);

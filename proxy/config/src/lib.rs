@@ -81,7 +81,7 @@ pub use overrides::{
     fnv1a64, merge_overrides, own_overrides, shard_key, shard_of, NodeOverrides, OverridesConfig,
     OverridesFile,
 };
-pub use path::{ConfigErrors, Errors, FieldError, FieldPath, PathSegment};
+pub use path::{ConfigErrors, Errors, FieldError, FieldPath, Message, Part, PathSegment};
 pub use policy::{
     default_static_ttl, BlockAction, BlockList, PolicyConfig, RewriteRule, StaticRule,
 };

@@ -56,6 +56,20 @@ pub const DNSTAP_SAMPLE_RATE: Range<f64> = Range::new(0.0, 1.0);
 pub const DNSTAP_QUEUE: Range<u64> = Range::new(1, 1_000_000);
 pub const STATIC_TTL: Range<u64> = Range::new(0, 604_800);
 
+/// Lengths (characters of a string, items of a list) the schema bounds and the proxy checks.
+pub const LOG_LEVEL_LEN: Range<u64> = Range::new(1, 256);
+pub const CACHE_ZONES: Range<u64> = Range::new(0, 64);
+pub const DNSTAP_SOCKET_LEN: Range<u64> = Range::new(1, 256);
+pub const DNSTAP_TEXT_LEN: Range<u64> = Range::new(0, 255);
+pub const COMPLETION_HOST_DOMAINS: Range<u64> = Range::new(0, 29);
+pub const COMPLETION_TYPES: Range<u64> = Range::new(0, 8);
+pub const FILTER_AAAA_ZONES: Range<u64> = Range::new(0, 64);
+/// `zones`: at least the route for `.`.
+pub const ZONES: Range<u64> = Range::new(1, 128);
+pub const NODE_LOCAL_ADDRESSES: Range<u64> = Range::new(0, 4);
+/// `node_local.interface`: a Linux interface name.
+pub const INTERFACE_LEN: Range<u64> = Range::new(1, 15);
+
 /// Where the operator's defaults differ from the standalone proxy's, on purpose: a node
 /// proxy in Kubernetes serves every pod of its node.
 pub mod kubernetes {

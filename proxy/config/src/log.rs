@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 #[cfg(feature = "schema")]
 use schemars::JsonSchema;
 
-use crate::Errors;
+use crate::{limits, Errors};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(JsonSchema))]
@@ -14,7 +14,7 @@ pub struct LogConfig {
     /// `text` or `json`.
     pub format: LogFormat,
     /// A tracing filter: `info`, `debug`, `dot_proxy=debug,info`. Query names appear only at debug.
-    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = 256)))]
+    #[cfg_attr(feature = "schema", schemars(length(min = limits::LOG_LEVEL_LEN.min, max = limits::LOG_LEVEL_LEN.max)))]
     pub level: String,
 }
 
@@ -48,6 +48,7 @@ impl std::str::FromStr for LogFormat {
 
 impl LogConfig {
     pub(crate) fn check(&self, e: &mut Errors) {
+        e.length("level", self.level.len(), limits::LOG_LEVEL_LEN);
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.level) {
             e.field("level", format!("invalid filter: {err}"));
         }

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 #[cfg(feature = "schema")]
 use schemars::JsonSchema;
 
-use crate::Errors;
+use crate::{limits, Errors};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(JsonSchema))]
@@ -14,10 +14,22 @@ use crate::Errors;
 pub struct NodeLocalConfig {
     pub enabled: bool,
     /// Name of the dummy interface holding the addresses.
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            length(min = limits::INTERFACE_LEN.min, max = limits::INTERFACE_LEN.max),
+            regex(pattern = r"^[A-Za-z0-9_.-]+$")
+        )
+    )]
     pub interface: String,
     /// Link-local addresses pods send DNS to (IPv4 and/or IPv6).
+    #[cfg_attr(
+        feature = "schema",
+        schemars(length(max = limits::NODE_LOCAL_ADDRESSES.max), inner(length(max = 45)))
+    )]
     pub addresses: Vec<std::net::IpAddr>,
     /// DNS port on those addresses.
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 65535)))]
     pub port: u16,
     /// Conntrack bypass rules: `auto` (nftables if available, else iptables), `nftables`,
     /// `iptables`, or `none`.
@@ -49,14 +61,15 @@ pub enum Firewall {
 
 impl NodeLocalConfig {
     pub(crate) fn check(&self, e: &mut Errors) {
-        if !self.enabled {
-            return;
-        }
-        if self.addresses.is_empty() {
+        e.length(
+            "addresses",
+            self.addresses.len(),
+            limits::NODE_LOCAL_ADDRESSES,
+        );
+        if self.enabled && self.addresses.is_empty() {
             e.field("addresses", "at least one address is required when enabled");
         }
-        if self.interface.is_empty()
-            || self.interface.len() > 15
+        if !limits::INTERFACE_LEN.contains(self.interface.len() as u64)
             || !self
                 .interface
                 .bytes()

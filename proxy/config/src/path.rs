@@ -76,12 +76,69 @@ impl fmt::Display for FieldPath {
     }
 }
 
+/// One piece of a [`Message`]: text, or the name of another field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Part {
+    Text(String),
+    /// A field named in the text, from the top of the config (`cache.max_ttl`); whoever
+    /// shows the message names it in its own terms (the operator: `spec.cache.maxTtl`).
+    Field(FieldPath),
+}
+
+/// What is wrong with a field: text that may name other fields by their structured path,
+/// so no reader has to rewrite the proxy's words.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Message(pub Vec<Part>);
+
+impl Message {
+    /// `text` appended.
+    pub fn text(mut self, text: impl Into<String>) -> Message {
+        self.0.push(Part::Text(text.into()));
+        self
+    }
+
+    /// The field at `path` (from the top of the config) named here.
+    pub fn field(mut self, path: FieldPath) -> Message {
+        self.0.push(Part::Field(path));
+        self
+    }
+
+    /// The message with every named field written by `name`.
+    pub fn naming(&self, name: impl Fn(&FieldPath) -> String) -> String {
+        self.0
+            .iter()
+            .map(|p| match p {
+                Part::Text(t) => t.clone(),
+                Part::Field(f) => name(f),
+            })
+            .collect()
+    }
+}
+
+impl From<String> for Message {
+    fn from(s: String) -> Self {
+        Message(vec![Part::Text(s)])
+    }
+}
+
+impl From<&str> for Message {
+    fn from(s: &str) -> Self {
+        Message::from(s.to_owned())
+    }
+}
+
+impl fmt::Display for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.naming(ToString::to_string))
+    }
+}
+
 /// One problem, with the path of its field; displays as `path: message`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{path}: {message}")]
 pub struct FieldError {
     pub path: FieldPath,
-    pub message: String,
+    pub message: Message,
 }
 
 impl FieldError {
@@ -140,7 +197,7 @@ impl<'a> Errors<'a> {
     }
 
     /// An error about the value this collector is at.
-    pub fn here(&mut self, message: impl Into<String>) {
+    pub fn here(&mut self, message: impl Into<Message>) {
         self.out.push(FieldError {
             path: self.at.clone(),
             message: message.into(),
@@ -148,7 +205,7 @@ impl<'a> Errors<'a> {
     }
 
     /// An error about the field `name` under this one.
-    pub fn field(&mut self, name: impl Into<Cow<'static, str>>, message: impl Into<String>) {
+    pub fn field(&mut self, name: impl Into<Cow<'static, str>>, message: impl Into<Message>) {
         self.at(name).here(message);
     }
 
@@ -161,6 +218,16 @@ impl<'a> Errors<'a> {
     ) {
         if let Some(m) = range.check(v) {
             self.field(name, m);
+        }
+    }
+
+    /// An error about `name` when its length `n` (characters or items) is outside `range`.
+    pub fn length(&mut self, name: &'static str, n: usize, range: Range<u64>) {
+        if !range.contains(n as u64) {
+            self.field(
+                name,
+                format!("length {n} must be between {} and {}", range.min, range.max),
+            );
         }
     }
 

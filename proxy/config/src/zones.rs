@@ -6,15 +6,24 @@ use serde::{Deserialize, Serialize};
 #[cfg(feature = "schema")]
 use schemars::JsonSchema;
 
-use crate::{Cidr, Errors, UpstreamGroup};
+use crate::{limits, Cidr, Errors, FieldPath, Message, UpstreamGroup};
 
+/// Which group answers a zone.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ZoneRoute {
-    /// A domain (`cluster.local`) or `.` for everything else.
+    /// A domain (`cluster.local`, `10.in-addr.arpa`) or `.` for everything else.
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            length(min = 1, max = 254),
+            regex(pattern = r"^(\.|[A-Za-z0-9_-]{1,63}(\.[A-Za-z0-9_-]{1,63})*\.?)$")
+        )
+    )]
     pub zone: String,
     /// Name of the upstream group that answers this zone.
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = 63)))]
     pub group: String,
 }
 
@@ -36,6 +45,9 @@ pub(crate) fn check_routes(
     allow_plain_default: bool,
     e: &mut Errors,
 ) {
+    if zones.len() as u64 > limits::ZONES.max {
+        e.here(format!("at most {} zone routes", limits::ZONES.max));
+    }
     let mut has_root = false;
     for (zi, z) in zones.iter().enumerate() {
         let mut e = e.index(zi);
@@ -59,10 +71,12 @@ pub(crate) fn check_routes(
                 if g.is_plain() && !allow_plain_default {
                     e.field(
                         "group",
-                        format!(
-                            "group {:?} has plain-DNS servers and serves \".\"; set allow_plain_default: true to allow unencrypted default forwarding",
+                        Message::from(format!(
+                            "group {:?} has plain-DNS servers and serves \".\"; set ",
                             g.name
-                        ),
+                        ))
+                        .field(FieldPath::from("allow_plain_default"))
+                        .text(": true to allow unencrypted default forwarding"),
                     );
                 }
             }
