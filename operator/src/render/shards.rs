@@ -14,9 +14,7 @@
 /// the object's metadata.
 pub const MAX_SHARD_BYTES: usize = 900 * 1024;
 
-/// Most shards a resource may use (`target.overrideShards` and `target.maxOverrideShards`
-/// stop here; the chart's Role names this many).
-pub const MAX_OVERRIDE_SHARDS: u32 = 64;
+pub use crate::resource::MAX_OVERRIDE_SHARDS;
 
 // One definition, shared with the proxy, which finds its own shard with it.
 pub use dot_proxy_config::{fnv1a64, shard_key, shard_of};

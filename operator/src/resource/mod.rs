@@ -13,7 +13,7 @@ pub use spec::{
     DotProxyConfigSpec, FilterAaaaSpec, LogSpec, NamespaceGrant, NamespaceSelector, NodeLocalSpec,
     PolicySpec, PrefetchSpec, PrivacySpec, RateLimitSpec, RewriteSpec, SearchCompletionSpec,
     SelectorOperator, SelectorRequirement, StaticAnswerSpec, TargetSpec, UpstreamGroupSpec,
-    UpstreamServerSpec, ZoneSpec,
+    UpstreamServerSpec, ZoneSpec, MAX_OVERRIDE_SHARDS,
 };
 pub use status::{DotProxyConfigStatus, ANNOTATIONS_IGNORED, INVALID, OVERRIDES_TRUNCATED, READY};
 

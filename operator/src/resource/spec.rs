@@ -26,6 +26,10 @@ use super::camel::Camel;
 use super::checked::Checked;
 use super::status::DotProxyConfigStatus;
 
+/// Most shards a resource may use (`target.overrideShards` and `target.maxOverrideShards`
+/// stop here; the chart's Role names this many).
+pub const MAX_OVERRIDE_SHARDS: u32 = 64;
+
 /// Configuration of the node-local DNS proxies: upstream groups reached over TLS, zone routes,
 /// cache, rate limits, and which ConfigMaps the proxies read.
 // The repeated `type_`/`priority` keys belong to separate `printcolumn(...)` entries.
@@ -544,7 +548,7 @@ pub struct TargetSpec {
     pub config_map_name: String,
     /// Number of override shard ConfigMaps. The chart mounts exactly this many, so change both
     /// together. Each node's pod overrides go to shard `fnv1a64(nodeName) % overrideShards`.
-    #[schemars(range(min = 1, max = crate::render::MAX_OVERRIDE_SHARDS))]
+    #[schemars(range(min = 1, max = MAX_OVERRIDE_SHARDS))]
     pub override_shards: u32,
     /// Largest shard count the operator may grow to when a shard would pass 900 KiB: it
     /// doubles `overrideShards` up to this (the proxies must mount this many; the chart
@@ -552,7 +556,7 @@ pub struct TargetSpec {
     /// pods are left out of it (fair share by namespace) and counted in the status
     /// (`overridesTruncated`); the main ConfigMap is always written.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = crate::render::MAX_OVERRIDE_SHARDS))]
+    #[schemars(range(min = 1, max = MAX_OVERRIDE_SHARDS))]
     pub max_override_shards: Option<u32>,
     /// Only pods on nodes with all these labels get their annotation overrides. Empty: all nodes.
     pub node_selector: BTreeMap<String, String>,
