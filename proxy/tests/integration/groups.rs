@@ -214,7 +214,14 @@ async fn spki_pins_refuse_a_mismatch_and_accept_a_rotated_key_with_its_pin() {
         ResponseCode::NoError
     );
     up.set_cert(&next_cert, &next_key);
-    tokio::time::sleep(Duration::from_millis(400)).await; // our idle timeout closes the old connection
+    // Our idle timeout (200 ms) closes the old connection.
+    let used = up.connections.load(Ordering::SeqCst);
+    until(
+        "the idle connection is closed",
+        Duration::from_secs(5),
+        || async { up.closed.load(Ordering::SeqCst) >= used },
+    )
+    .await;
     assert_eq!(
         udp(p.addr, "pin3.example.test.", RecordType::A)
             .await
