@@ -379,7 +379,12 @@ async fn readiness_follows_the_warm_up_without_a_client_query() {
 async fn a_doq_server_cannot_open_streams() {
     let server = doq_server(Mode::Good).await;
     let _p = answers_through(Protocol::Quic, &server).await;
-    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    until(
+        "the server has tried to open its streams",
+        std::time::Duration::from_secs(5),
+        || async { server.server_tried.load(Ordering::SeqCst) >= 1 },
+    )
+    .await;
     assert!(server.connections.load(Ordering::SeqCst) >= 1);
     assert_eq!(server.server_opened.load(Ordering::SeqCst), 0);
 }
