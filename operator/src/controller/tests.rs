@@ -772,8 +772,9 @@ async fn an_ungranted_exemption_stays_limited_and_is_reported() {
 
 /// Issue 33: with the API server out of reach (no watch ever syncs), the controller still
 /// stops once shutdown completes, within its grace (it never stopped before, so SIGTERM
-/// left the operator running).
-#[tokio::test]
+/// left the operator running). Under paused time: the shutdown, grace and the watches'
+/// backoff are timers; the unreachable API server answers at once (connection refused).
+#[tokio::test(start_paused = true)]
 async fn stops_on_shutdown_with_the_api_server_out_of_reach() {
     let unreachable = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
