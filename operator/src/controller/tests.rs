@@ -235,6 +235,14 @@ fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
 
 const QPS: &str = "dns.dot-proxy.io/qps";
 
+/// The overrides file a shard patch (of two shards) carries for `node`.
+fn patched_shard(patch: &Sent, node: &str) -> dot_proxy_config::OverridesFile {
+    let text = patch.body["data"][format!("shard-{}.yaml", shard_of(node, 2))]
+        .as_str()
+        .expect("shard");
+    crate::render::parse_shard(text).expect("parses")
+}
+
 #[tokio::test]
 async fn create_noop_update_pod_churn_invalid_and_back() {
     let web1 = pod("web-1", "node-a", "10.244.1.10", &[(QPS, "50")]);
@@ -417,10 +425,7 @@ async fn create_noop_update_pod_churn_invalid_and_back() {
         lines(&sent),
         [LIST.to_string(), shard_patch("node-b"), STATUS.to_string()]
     );
-    let text = sent[1].body["data"][format!("shard-{}.yaml", shard_of("node-b", 2))]
-        .as_str()
-        .expect("shard");
-    let file = crate::render::parse_shard(text).expect("parses");
+    let file = patched_shard(&sent[1], "node-b");
     let groups: Vec<_> = file["node-b"]
         .client_groups
         .iter()
@@ -438,12 +443,7 @@ async fn create_noop_update_pod_churn_invalid_and_back() {
         lines(&sent),
         [LIST.to_string(), shard_patch("node-a"), STATUS.to_string()]
     );
-    let text = sent[1].body["data"][format!("shard-{}.yaml", shard_of("node-a", 2))]
-        .as_str()
-        .expect("shard");
-    assert!(!crate::render::parse_shard(text)
-        .expect("parses")
-        .contains_key("node-a"));
+    assert!(!patched_shard(&sent[1], "node-a").contains_key("node-a"));
     assert_eq!(sent[2].body["status"]["podOverrides"], 1);
 
     // 6. An invalid spec (plain DNS for "." without the opt-in): only the status; the

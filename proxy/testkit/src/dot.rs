@@ -366,6 +366,16 @@ impl Upstream {
         (addr, count)
     }
 
+    /// Waits (at most 5 s) until every connection accepted so far has ended (new ones may
+    /// open meanwhile).
+    pub async fn wait_closed(&self, what: &str) {
+        let used = self.connections.load(Ordering::SeqCst);
+        crate::wait::until(what, Duration::from_secs(5), || async {
+            self.closed.load(Ordering::SeqCst) >= used
+        })
+        .await;
+    }
+
     pub fn query_count(&self) -> usize {
         self.queries.load(Ordering::SeqCst)
     }

@@ -94,6 +94,16 @@ pub async fn wait_metric_where(
     last
 }
 
+/// Waits at most `within` until the samples of `prefix` sum to zero (connections closed,
+/// slots released); returns that scrape.
+pub async fn wait_metric_zero(
+    server: &dot_proxy::server::Server,
+    prefix: &str,
+    within: std::time::Duration,
+) -> String {
+    wait_metric_where(server, prefix, "", within, |v| v == 0.0).await
+}
+
 /// Waits until `n` reloads in all ended with `result` (`success` or `failure`), as
 /// `dot_proxy_config_reloads_total` counts them.
 pub async fn wait_reloads(server: &dot_proxy::server::Server, result: &str, n: u32) -> String {

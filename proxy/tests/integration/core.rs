@@ -139,13 +139,8 @@ async fn upstream_closing_idle_connections_loses_no_query() {
         }
         // Past the upstream's idle timeout: it closes the connections this round used (the
         // proxy may open new ones meanwhile), and the next query must not fail.
-        let used = up.connections.load(Ordering::SeqCst);
-        until(
-            "the upstream closes its idle connections",
-            Duration::from_secs(5),
-            || async { up.closed.load(Ordering::SeqCst) >= used },
-        )
-        .await;
+        up.wait_closed("the upstream closes its idle connections")
+            .await;
     }
 }
 
@@ -209,14 +204,8 @@ async fn edns_keepalive_on_a_later_answer_is_honoured() {
 /// The proxy closes its upstream connections within 800 ms from now: a server's keepalive
 /// timeout of 300 ms was honoured.
 async fn closed_within_800ms(p: &Proxy, note: &str) {
-    let metrics = wait_metric_where(
-        &p.server,
-        "dot_proxy_upstream_connections_open{",
-        "",
-        Duration::from_millis(800),
-        |open| open == 0.0,
-    )
-    .await;
+    let open = "dot_proxy_upstream_connections_open{";
+    let metrics = wait_metric_zero(&p.server, open, Duration::from_millis(800)).await;
     assert_eq!(
         metric(&metrics, "dot_proxy_upstream_connections_open{"),
         0.0,

@@ -215,13 +215,7 @@ async fn spki_pins_refuse_a_mismatch_and_accept_a_rotated_key_with_its_pin() {
     );
     up.set_cert(&next_cert, &next_key);
     // Our idle timeout (200 ms) closes the old connection.
-    let used = up.connections.load(Ordering::SeqCst);
-    until(
-        "the idle connection is closed",
-        Duration::from_secs(5),
-        || async { up.closed.load(Ordering::SeqCst) >= used },
-    )
-    .await;
+    up.wait_closed("the idle connection is closed").await;
     assert_eq!(
         udp(p.addr, "pin3.example.test.", RecordType::A)
             .await

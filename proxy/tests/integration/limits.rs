@@ -283,12 +283,10 @@ async fn tcp_connection_limits() {
     assert!(tcp_recv(&mut s).await.is_none(), "total limit");
     drop(open);
     // Slots are released when connections close.
-    wait_metric_where(
+    wait_metric_zero(
         &p.server,
         "dot_proxy_tcp_connections",
-        "",
         Duration::from_secs(5),
-        |open| open == 0.0,
     )
     .await;
     assert_eq!(
