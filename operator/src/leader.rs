@@ -213,7 +213,7 @@ mod tests {
             .unwrap_or(false)
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn creates_the_lease_leads_and_renews_it() {
         let api = FakeLeases::default();
         let mut a = start(&api, "replica-a").await;

@@ -893,8 +893,12 @@ fn node_local_heartbeat_fails_the_liveness_check_when_the_loop_is_stuck() {
         .status()
         .expect("kill")
         .success());
-    std::thread::sleep(Duration::from_millis(2500));
-    let out = check("live");
+    // The liveness check notices the stopped loop (it allows a couple of seconds).
+    let mut out = check("live");
+    wait_until(T, || {
+        out = check("live");
+        out.status.code() == Some(1)
+    });
     assert_eq!(out.status.code(), Some(1), "stuck loop detected");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("stuck"),

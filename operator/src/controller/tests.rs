@@ -235,6 +235,14 @@ fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
 
 const QPS: &str = "dns.dot-proxy.io/qps";
 
+/// The overrides file a shard patch (of two shards) carries for `node`.
+fn patched_shard(patch: &Sent, node: &str) -> dot_proxy_config::OverridesFile {
+    let text = patch.body["data"][format!("shard-{}.yaml", shard_of(node, 2))]
+        .as_str()
+        .expect("shard");
+    crate::render::parse_shard(text).expect("parses")
+}
+
 #[tokio::test]
 async fn create_noop_update_pod_churn_invalid_and_back() {
     let web1 = pod("web-1", "node-a", "10.244.1.10", &[(QPS, "50")]);
@@ -417,10 +425,7 @@ async fn create_noop_update_pod_churn_invalid_and_back() {
         lines(&sent),
         [LIST.to_string(), shard_patch("node-b"), STATUS.to_string()]
     );
-    let text = sent[1].body["data"][format!("shard-{}.yaml", shard_of("node-b", 2))]
-        .as_str()
-        .expect("shard");
-    let file = crate::render::parse_shard(text).expect("parses");
+    let file = patched_shard(&sent[1], "node-b");
     let groups: Vec<_> = file["node-b"]
         .client_groups
         .iter()
@@ -438,12 +443,7 @@ async fn create_noop_update_pod_churn_invalid_and_back() {
         lines(&sent),
         [LIST.to_string(), shard_patch("node-a"), STATUS.to_string()]
     );
-    let text = sent[1].body["data"][format!("shard-{}.yaml", shard_of("node-a", 2))]
-        .as_str()
-        .expect("shard");
-    assert!(!crate::render::parse_shard(text)
-        .expect("parses")
-        .contains_key("node-a"));
+    assert!(!patched_shard(&sent[1], "node-a").contains_key("node-a"));
     assert_eq!(sent[2].body["status"]["podOverrides"], 1);
 
     // 6. An invalid spec (plain DNS for "." without the opt-in): only the status; the
@@ -772,8 +772,9 @@ async fn an_ungranted_exemption_stays_limited_and_is_reported() {
 
 /// Issue 33: with the API server out of reach (no watch ever syncs), the controller still
 /// stops once shutdown completes, within its grace (it never stopped before, so SIGTERM
-/// left the operator running).
-#[tokio::test]
+/// left the operator running). Under paused time: the shutdown, grace and the watches'
+/// backoff are timers; the unreachable API server answers at once (connection refused).
+#[tokio::test(start_paused = true)]
 async fn stops_on_shutdown_with_the_api_server_out_of_reach() {
     let unreachable = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");

@@ -173,15 +173,9 @@ fn fake_api(list: Vec<Value>, events: Vec<Value>, fail_after_list: bool) -> (Cli
     (Client::new(service, "default"), FakeApi { selectors })
 }
 
+/// Whether `f` turns true within `limit`, polled by the test kit's one loop.
 async fn until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = tokio::time::Instant::now() + limit;
-    while tokio::time::Instant::now() < end {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    f()
+    dot_proxy_testkit::within(limit, || std::future::ready(f())).await
 }
 
 #[tokio::test]

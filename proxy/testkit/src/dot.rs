@@ -113,6 +113,8 @@ pub struct Upstream {
     pub addr: SocketAddr,
     pub queries: AtomicUsize,
     pub connections: AtomicUsize,
+    /// Connections this server has seen end (closed by either side, or dropped).
+    pub closed: AtomicUsize,
     /// Raw query bytes as received (after the length prefix).
     pub raw: Mutex<Vec<Vec<u8>>>,
     pub behaviour: Behaviour,
@@ -162,6 +164,7 @@ impl Upstream {
             addr: listener.local_addr().expect("addr"),
             queries: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
+            closed: AtomicUsize::new(0),
             raw: Mutex::new(Vec::new()),
             behaviour: Behaviour {
                 ttl: AtomicU32::new(300),
@@ -189,6 +192,7 @@ impl Upstream {
                 let _ = tcp.set_nodelay(true);
                 let acc = me.acceptor.lock().expect("lock").clone();
                 let me2 = me.clone();
+                let ended = me.clone();
                 let mut kill = me.kill.subscribe();
                 tokio::spawn(async move {
                     tokio::select! {
@@ -204,6 +208,7 @@ impl Upstream {
                         } => {}
                         _ = kill.changed() => {}
                     }
+                    ended.closed.fetch_add(1, Ordering::SeqCst);
                 });
             }
         });
@@ -359,6 +364,16 @@ impl Upstream {
             }
         });
         (addr, count)
+    }
+
+    /// Waits (at most 5 s) until every connection accepted so far has ended (new ones may
+    /// open meanwhile).
+    pub async fn wait_closed(&self, what: &str) {
+        let used = self.connections.load(Ordering::SeqCst);
+        crate::wait::until(what, Duration::from_secs(5), || async {
+            self.closed.load(Ordering::SeqCst) >= used
+        })
+        .await;
     }
 
     pub fn query_count(&self) -> usize {

@@ -49,6 +49,8 @@ pub struct EncServer {
     /// DoQ: streams the server could open towards the proxy (RFC 9250 servers open none,
     /// and the proxy allows none).
     pub server_opened: AtomicUsize,
+    /// DoQ: connections on which the server has finished trying to open those streams.
+    pub server_tried: AtomicUsize,
     /// Message IDs as they arrived on the wire.
     pub ids: Mutex<Vec<u16>>,
     mode: AtomicU8,
@@ -68,6 +70,7 @@ impl EncServer {
             queries: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
             server_opened: AtomicUsize::new(0),
+            server_tried: AtomicUsize::new(0),
             ids: Mutex::new(Vec::new()),
             mode: AtomicU8::new(mode as u8),
             behaviour: Behaviour {
@@ -283,6 +286,7 @@ pub async fn doq_server(mode: Mode) -> Arc<EncServer> {
                         if let Ok(Ok(_)) = tokio::time::timeout(wait, conn.open_uni()).await {
                             server.server_opened.fetch_add(1, Ordering::SeqCst);
                         }
+                        server.server_tried.fetch_add(1, Ordering::SeqCst);
                     });
                 }
                 while let Ok((mut send, mut recv)) = conn.accept_bi().await {

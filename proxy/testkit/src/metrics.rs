@@ -57,15 +57,51 @@ pub async fn wait_metric(
     label: &str,
     at_least: f64,
 ) -> String {
-    crate::wait::eventually(
-        &format!("{prefix}{{{label}}} >= {at_least}"),
+    wait_metric_where(
+        server,
+        prefix,
+        label,
         std::time::Duration::from_secs(10),
-        || async {
-            let text = scrape(server).await;
-            (metric_with(&text, prefix, label) >= at_least).then_some(text)
-        },
+        |v| v >= at_least,
     )
     .await
+}
+
+/// Waits at most `within` until the samples of `prefix` with `label` sum to a value `ok`
+/// accepts; returns that scrape, or panics with the last one.
+pub async fn wait_metric_where(
+    server: &dot_proxy::server::Server,
+    prefix: &str,
+    label: &str,
+    within: std::time::Duration,
+    ok: impl Fn(f64) -> bool + Sync,
+) -> String {
+    let last = std::sync::Mutex::new(String::new());
+    let (seen, ok) = (&last, &ok);
+    let found = crate::wait::within(within, move || async move {
+        let text = scrape(server).await;
+        let good = ok(metric_with(&text, prefix, label));
+        *seen.lock().expect("lock") = text;
+        good
+    })
+    .await;
+    let last = last.into_inner().expect("lock");
+    assert!(
+        found,
+        "{prefix}{{{label}}} = {} not as wanted within {within:?}:\n{last}",
+        metric_with(&last, prefix, label)
+    );
+    last
+}
+
+/// Waits at most `within` until the samples of `prefix` sum to zero (connections closed,
+/// slots released); returns that scrape.
+pub async fn wait_metric_zero(
+    server: &dot_proxy::server::Server,
+    prefix: &str,
+    within: std::time::Duration,
+) -> String {
+    wait_metric_where(server, prefix, "", within, |v| v == 0.0).await
 }
 
 /// Waits until `n` reloads in all ended with `result` (`success` or `failure`), as

@@ -137,8 +137,10 @@ async fn upstream_closing_idle_connections_loses_no_query() {
             );
             assert_eq!(a_records(&m).len(), 1);
         }
-        // Longer than the upstream's idle timeout: it closes, the next query must not fail.
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        // Past the upstream's idle timeout: it closes the connections this round used (the
+        // proxy may open new ones meanwhile), and the next query must not fail.
+        up.wait_closed("the upstream closes its idle connections")
+            .await;
     }
 }
 
@@ -199,11 +201,11 @@ async fn edns_keepalive_on_a_later_answer_is_honoured() {
     closed_within_800ms(&p, " (default idle timeout is 30 s)").await;
 }
 
-/// The proxy has closed its upstream connections 800 ms from now: a server's keepalive
+/// The proxy closes its upstream connections within 800 ms from now: a server's keepalive
 /// timeout of 300 ms was honoured.
 async fn closed_within_800ms(p: &Proxy, note: &str) {
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    let metrics = p.metrics().await;
+    let open = "dot_proxy_upstream_connections_open{";
+    let metrics = wait_metric_zero(&p.server, open, Duration::from_millis(800)).await;
     assert_eq!(
         metric(&metrics, "dot_proxy_upstream_connections_open{"),
         0.0,
@@ -644,7 +646,7 @@ async fn a_silent_tcp_connection_does_not_hold_shutdown_to_its_grace() {
     let (_up, p) = start_with(|_| {}).await;
     let _silent = TcpStream::connect(p.addr).await.expect("connect");
     // Accepted and waiting for its first frame.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_metric(&p.server, "dot_proxy_tcp_connections", "", 1.0).await;
     let started = Instant::now();
     p.server.shutdown(Duration::from_secs(8)).await;
     let took = started.elapsed();

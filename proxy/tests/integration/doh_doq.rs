@@ -262,18 +262,14 @@ async fn a_doh_connection_that_goes_dark_is_replaced() {
     assert_eq!(server.connections.load(Ordering::SeqCst), 1);
     server.freeze.notify_waiters();
     let started = std::time::Instant::now();
-    let mut answered = false;
-    for i in 0..40 {
+    // Asked again and again (a query may die with the dark connection) until answered.
+    let tries = std::sync::atomic::AtomicUsize::new(0);
+    let answered = within(std::time::Duration::from_secs(10), || async {
+        let i = tries.fetch_add(1, Ordering::SeqCst);
         let m = udp(p.addr, &format!("dark{i}.example.test."), RecordType::A).await;
-        if m.metadata.response_code == ResponseCode::NoError {
-            answered = true;
-            break;
-        }
-        if started.elapsed() > std::time::Duration::from_secs(10) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-    }
+        m.metadata.response_code == ResponseCode::NoError
+    })
+    .await;
     assert!(
         answered,
         "no answer {:?} after the connection went dark",
@@ -308,7 +304,12 @@ async fn retries_after_a_dead_doh_connection_share_one_new_connection() {
             })
         })
         .collect();
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    until(
+        "eight queries held on the connection",
+        std::time::Duration::from_secs(5),
+        || async { server.queries.load(Ordering::SeqCst) >= 9 },
+    )
+    .await;
     server.set_mode(Mode::Good);
     server.close_all.notify_waiters();
     for t in pending {
@@ -379,7 +380,12 @@ async fn readiness_follows_the_warm_up_without_a_client_query() {
 async fn a_doq_server_cannot_open_streams() {
     let server = doq_server(Mode::Good).await;
     let _p = answers_through(Protocol::Quic, &server).await;
-    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    until(
+        "the server has tried to open its streams",
+        std::time::Duration::from_secs(5),
+        || async { server.server_tried.load(Ordering::SeqCst) >= 1 },
+    )
+    .await;
     assert!(server.connections.load(Ordering::SeqCst) >= 1);
     assert_eq!(server.server_opened.load(Ordering::SeqCst), 0);
 }

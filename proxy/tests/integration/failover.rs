@@ -220,7 +220,11 @@ async fn answers_resume_within_1500ms_after_each_outage_of_the_only_upstream() {
         windows.push((down, start.elapsed()));
     }
     let sent = sender.await.expect("sender");
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // The last answers come in (at most 2.5 s; an unanswered query is judged below).
+    within(Duration::from_millis(2500), || async {
+        answers.lock().expect("lock").len() >= sent.len()
+    })
+    .await;
     recv.abort();
     let answers = answers.lock().expect("lock").clone();
     let rcode = |i: usize| answers.get(&(i as u16)).copied();
@@ -475,7 +479,9 @@ async fn tls_sessions_are_resumed_on_reconnect() {
     for i in 0..4 {
         let m = udp(p.addr, &format!("resume{i}.example.test."), RecordType::A).await;
         assert_eq!(m.metadata.response_code, ResponseCode::NoError);
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The server closed after its one answer, and the proxy has seen it.
+        let open = "dot_proxy_upstream_connections_open{";
+        wait_metric_zero(&p.server, open, Duration::from_secs(5)).await;
     }
     assert!(up.connections.load(Ordering::SeqCst) >= 3);
     assert!(

@@ -283,7 +283,12 @@ async fn tcp_connection_limits() {
     assert!(tcp_recv(&mut s).await.is_none(), "total limit");
     drop(open);
     // Slots are released when connections close.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_metric_zero(
+        &p.server,
+        "dot_proxy_tcp_connections",
+        Duration::from_secs(5),
+    )
+    .await;
     assert_eq!(
         a_records(&tcp(p.addr, "c.example.test.", RecordType::A).await).len(),
         1

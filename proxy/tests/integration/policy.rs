@@ -299,7 +299,7 @@ async fn rules_change_under_load_without_a_lost_query() {
     let file = dir.path().join("config.yaml");
     let port = free_port();
     let base = format!(
-        "listen: [127.0.0.1:{port}]\nadmin: {{listen: null}}\nlog: {{level: warn}}\ntcp: {{max_connections_per_client: 1024}}\nupstream_groups:\n- name: default\n  servers:\n  - {{address: \"{}\", tls_name: upstream.test, ca_file: \"{}\"}}\n",
+        "listen: [127.0.0.1:{port}]\nadmin: {{listen: 127.0.0.1:0}}\nlog: {{level: warn}}\ntcp: {{max_connections_per_client: 1024}}\nupstream_groups:\n- name: default\n  servers:\n  - {{address: \"{}\", tls_name: upstream.test, ca_file: \"{}\"}}\n",
         up.addr,
         up.pki.ca_file.display()
     );
@@ -308,13 +308,15 @@ async fn rules_change_under_load_without_a_lost_query() {
         format!("{base}policy:\n  blocklists:\n  - {{name: a, names: [blocked0.example.test]}}\n"),
     )
     .expect("write");
-    let _server = start_reloading(&["--config", &file.display().to_string()]).await;
+    let server = start_reloading(&["--config", &file.display().to_string()]).await;
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let f2 = file.clone();
     let b2 = base.clone();
+    let reloading = server.clone();
+    // Ten changes, each written once the one before has been tried (applied or kept out).
     let changer = tokio::spawn(async move {
+        let (mut applied, mut refused) = (0, 0);
         for i in 0..10 {
-            tokio::time::sleep(Duration::from_millis(400)).await;
             let rules = if i % 3 == 2 {
                 "policy:\n  blocklists:\n  - {name: a, names: [\"bad..rule\"]}\n".to_string()
             // invalid: kept out
@@ -322,6 +324,13 @@ async fn rules_change_under_load_without_a_lost_query() {
                 format!("policy:\n  blocklists:\n  - {{name: a, names: [blocked{i}.example.test]}}\n  static_answers:\n  - {{name: s{i}.corp.test, a: [10.0.0.{i}]}}\n")
             };
             std::fs::write(&f2, format!("{b2}{rules}")).expect("write");
+            if i % 3 == 2 {
+                refused += 1;
+                wait_reloads(&reloading, "failure", refused).await;
+            } else {
+                applied += 1;
+                wait_reloads(&reloading, "success", applied).await;
+            }
         }
     });
     let rep = load(addr, 5, 800, 200, |i| format!("q{}.example.test.", i % 100)).await;
@@ -329,8 +338,7 @@ async fn rules_change_under_load_without_a_lost_query() {
     assert_eq!(rep.udp_answered, rep.udp_sent, "{rep:?}");
     assert_eq!(rep.tcp_answered, rep.tcp_sent, "{rep:?}");
     assert_eq!(rep.udp_servfail + rep.tcp_servfail, 0);
-    // The last valid rules are in force.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The last valid rules are in force (the changer saw them applied).
     assert_eq!(
         udp(addr, "blocked9.example.test.", RecordType::A)
             .await
