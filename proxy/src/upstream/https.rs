@@ -25,9 +25,7 @@ use hyper::header::{ACCEPT, CONTENT_TYPE};
 use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use super::pool::{
-    ConnOptions, Connection, Connector, End, Opened, Pool, StreamSignals, Transport,
-};
+use super::pool::{ConnOptions, Connector, End, Opened, Pool, Sender, StreamConn, Transport};
 use super::stats::UpstreamErrorKind;
 use super::stats::UpstreamStats;
 use super::tls::TlsDialer;
@@ -42,20 +40,11 @@ const MAX_BODY: usize = 65_535;
 const TRIES: usize = 2;
 
 /// One HTTP/2 connection, as the pool holds it.
-pub(crate) struct DohConn {
-    sender: SendRequest<Full<Bytes>>,
-    signals: StreamSignals,
-}
+pub(crate) type DohConn = StreamConn<SendRequest<Full<Bytes>>>;
 
-impl Connection for DohConn {
-    fn usable(&self) -> bool {
-        !self.sender.is_closed()
-    }
-    fn received(&self) -> u64 {
-        self.signals.received()
-    }
-    fn close(&self) {
-        self.signals.close();
+impl Sender for SendRequest<Full<Bytes>> {
+    fn gone(&self) -> bool {
+        self.is_closed()
     }
 }
 
@@ -101,7 +90,7 @@ impl Connector for DohConnector {
             .map_err(|e| UpstreamError::Connect(format!("HTTP/2 handshake: {e}")))?;
         let task = signals.clone();
         Ok(Opened {
-            conn: DohConn { sender, signals },
+            conn: StreamConn { sender, signals },
             run: Box::pin(async move {
                 // Dropping the connection (the pool closed it) ends it.
                 tokio::select! {

@@ -485,6 +485,30 @@ impl StreamSignals {
     }
 }
 
+/// The handle queries are sent to a connection's task on, which knows when the task is gone.
+pub(crate) trait Sender: Send + Sync + 'static {
+    fn gone(&self) -> bool;
+}
+
+/// A connection over a byte stream as the pool holds it (DoT, and DoH under its HTTP/2): the
+/// handle its queries go to, and the signals its stream counts.
+pub(crate) struct StreamConn<S> {
+    pub sender: S,
+    pub signals: StreamSignals,
+}
+
+impl<S: Sender> Connection for StreamConn<S> {
+    fn usable(&self) -> bool {
+        !self.sender.gone()
+    }
+    fn received(&self) -> u64 {
+        self.signals.received()
+    }
+    fn close(&self) {
+        self.signals.close();
+    }
+}
+
 /// A byte stream that counts what it reads into its [`StreamSignals`].
 pub(crate) struct Counted<S> {
     inner: S,

@@ -24,7 +24,8 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use super::pool::{
-    ConnOptions, Connection, Connector, Counted, End, Opened, Pool, StreamSignals, Transport,
+    ConnOptions, Connector, Counted, End, Opened, Pool, Sender, StreamConn, StreamSignals,
+    Transport,
 };
 use super::stats::UpstreamErrorKind;
 use super::stats::UpstreamStats;
@@ -45,26 +46,17 @@ const TRIES: usize = 3;
 
 type Reply = oneshot::Sender<Result<Bytes, UpstreamError>>;
 
-struct Request {
+pub(crate) struct Request {
     msg: Bytes,
     reply: Reply,
 }
 
 /// The pool's handle on one connection task.
-pub(crate) struct DotConn {
-    tx: mpsc::Sender<Request>,
-    signals: StreamSignals,
-}
+pub(crate) type DotConn = StreamConn<mpsc::Sender<Request>>;
 
-impl Connection for DotConn {
-    fn usable(&self) -> bool {
-        !self.tx.is_closed()
-    }
-    fn received(&self) -> u64 {
-        self.signals.received()
-    }
-    fn close(&self) {
-        self.signals.close();
+impl Sender for mpsc::Sender<Request> {
+    fn gone(&self) -> bool {
+        self.is_closed()
     }
 }
 
@@ -118,7 +110,10 @@ impl Connector for TlsDialer {
         let (tx, rx) = mpsc::channel(QUEUE);
         let (opts, stats, task) = (self.opts.clone(), self.stats.clone(), signals.clone());
         Ok(Opened {
-            conn: DotConn { tx, signals },
+            conn: StreamConn {
+                sender: tx,
+                signals,
+            },
             run: Box::pin(async move { run_connection(stream, rx, &opts, &stats, &task).await }),
         })
     }
@@ -165,7 +160,7 @@ impl Transport for TlsUpstream {
                     msg: msg.clone(),
                     reply: tx,
                 };
-                if conn.tx.send(req).await.is_err() {
+                if conn.sender.send(req).await.is_err() {
                     return Err(Failure::Retry(UpstreamError::Closed));
                 }
                 match rx.await {
