@@ -45,16 +45,6 @@ pub enum LoadError {
     },
 }
 
-/// Loads the file (or defaults) and applies flag overrides, then validates.
-pub fn load_effective(cli: &Cli) -> Result<Config, LoadError> {
-    load(cli).map(|l| l.config)
-}
-
-/// [`load_effective`], with the config's hash (see [`Loaded::hash`]).
-pub fn load_effective_with_hash(cli: &Cli) -> Result<(Config, String), LoadError> {
-    load(cli).map(|l| (l.config, l.hash))
-}
-
 /// A config as loaded, and what it was loaded from.
 #[derive(Debug)]
 pub struct Loaded {

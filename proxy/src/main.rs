@@ -13,7 +13,7 @@ use std::sync::Arc;
 use clap::Parser;
 use dot_proxy::cli::{Cli, Command};
 use dot_proxy::config::Config;
-use dot_proxy::reload::{load, load_effective, Loaded};
+use dot_proxy::load::{load, Loaded};
 use dot_proxy::server::{effective_workers, Server};
 
 /// A bad flag or config (sysexits.h EX_USAGE).
@@ -68,7 +68,7 @@ fn main() -> ExitCode {
                     }
                 };
             }
-            let cfg = match load_effective(&cli) {
+            let cfg = match load(&cli).map(|l| l.config) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("dot-proxy node-local: invalid configuration: {e}");

@@ -13,9 +13,7 @@ use tokio::sync::mpsc;
 
 use crate::cli::Cli;
 use crate::config::Config;
-pub use crate::load::{
-    config_hash, load, load_effective, load_effective_with_hash, Inputs, LoadError, Loaded,
-};
+use crate::load::{load, Inputs, LoadError};
 use crate::server::{Server, StartError};
 
 /// Why a reload changed nothing: the new config could not be loaded, or not applied.
@@ -28,10 +26,8 @@ pub enum ReloadError {
     Apply(#[from] StartError),
 }
 
-pub use crate::config::{merge_overrides, own_overrides};
-
 /// Reloads on SIGHUP and when what the config depends on changes, until shutdown.
-/// `inputs` are those of the config the server runs (its [`Loaded::inputs`]): a change
+/// `inputs` are those of the config the server runs (its [`Loaded::inputs`](crate::load::Loaded::inputs)): a change
 /// made while the proxy started is applied at once, though its file event came before
 /// this watch.
 pub async fn run(server: Arc<Server>, cli: Arc<Cli>, inputs: Inputs) {

@@ -66,7 +66,7 @@ impl Proxy {
 pub async fn start_reloading(args: &[&str]) -> Arc<Server> {
     let cli =
         dot_proxy::cli::Cli::parse_from(std::iter::once("dot-proxy").chain(args.iter().copied()));
-    let loaded = dot_proxy::reload::load(&cli).expect("valid");
+    let loaded = dot_proxy::load::load(&cli).expect("valid");
     let (cfg, hash) = (loaded.config, loaded.hash);
     let server = Server::start(cfg).await.expect("start");
     server.set_config_hash(&hash);

@@ -414,7 +414,7 @@ async fn client_groups_and_node_overrides_route_a_client_elsewhere() {
     .expect("write shard");
     cfg.overrides.dir = Some(dir.path().to_path_buf());
     cfg.overrides.node_name = Some("node-a".into());
-    dot_proxy::reload::merge_overrides(&mut cfg).expect("merge");
+    dot_proxy::config::merge_overrides(&mut cfg).expect("merge");
     assert_eq!(cfg.client_groups.len(), 1, "only this node's entries");
     let p = Proxy::start(cfg).await;
     udp(p.addr, "who.example.test.", RecordType::A).await;

@@ -741,7 +741,7 @@ async fn a_change_during_start_up_is_applied() {
     symlink("..data/config.yaml", dir.path().join("config.yaml")).expect("config symlink");
     let path = dir.path().join("config.yaml").display().to_string();
     let cli = dot_proxy::cli::Cli::parse_from(["dot-proxy", "--config", &path]);
-    let loaded = dot_proxy::reload::load(&cli).expect("valid");
+    let loaded = dot_proxy::load::load(&cli).expect("valid");
     // The kubelet swaps in a new version while the proxy starts.
     let port2 = free_port();
     write_kubelet_version(
