@@ -362,6 +362,44 @@ mod tests {
         }
     }
 
+    /// The limiter's gauges say "off" when a reload turns rate limiting off: no clients,
+    /// no rate, no ranked clients left from before; and its decisions are counted by action.
+    #[tokio::test(start_paused = true)]
+    async fn gauges_follow_the_limiter_and_say_off_when_it_is_turned_off() {
+        let m = GuardMetrics::default();
+        let mut r = prometheus_client::registry::Registry::default();
+        m.register(&mut r);
+        let text = |r: &prometheus_client::registry::Registry| {
+            let mut t = String::new();
+            prometheus_client::encoding::text::encode(&mut t, r).expect("encode");
+            t
+        };
+        let on = RateLimiter::from_config(&cfg(), None, &m).expect("on");
+        let ip: IpAddr = "10.0.0.1".parse().expect("ip");
+        let now = Instant::now();
+        for _ in 0..6 {
+            on.check(ip, false, now);
+        }
+        on.export_gauges(now);
+        let t = text(&r);
+        assert!(t.contains("rate_limit_clients 1\n"), "{t}");
+        assert!(t.contains("rate_limit_configured_qps 10.0\n"), "{t}");
+        assert!(t.contains("rate_limit_top_client_qps{rank=\"1\"}"), "{t}");
+        assert!(
+            t.contains("rate_limited_total{action=\"refused\"} 1\n"),
+            "{t}"
+        );
+        let off = RateLimitConfig {
+            enabled: false,
+            ..cfg()
+        };
+        assert!(RateLimiter::from_config(&off, Some(&on), &m).is_none());
+        let t = text(&r);
+        assert!(t.contains("rate_limit_clients 0\n"), "{t}");
+        assert!(t.contains("rate_limit_configured_qps 0.0\n"), "{t}");
+        assert!(!t.contains("rate_limit_top_client_qps{"), "{t}");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn bucket_refills_at_qps() {
         let rl = RateLimiter::new(&cfg(), &GuardMetrics::default());
