@@ -356,3 +356,52 @@ fn glibc_and_musl_resolve_the_same_with_fewer_queries() {
         eprintln!("{r}");
     }
 }
+
+/// Address rotation as a pod sees it: glibc's `getent ahostsv4` of a name with four
+/// addresses, run four times, gets a different address first each time (the first lookup
+/// fills the cache; each hit after it turns the list by one).
+#[test]
+fn glibc_sees_cached_addresses_in_turn() {
+    const TEST: &str = "glibc_sees_cached_addresses_in_turn";
+    if let Some(why) = tools_missing() {
+        skip::skip(TEST, &why);
+        return;
+    }
+    let Some(ns) = Netns::create(TEST) else {
+        return;
+    };
+    for ip in [POD, HOST_NETWORK_POD] {
+        ns.ok(&["ip", "addr", "add", &format!("{ip}/32"), "dev", "lo"]);
+    }
+    let servers = start_servers(&ns);
+    let resolv = resolv_conf(ns.dir.path(), POD);
+    let proxy = start_proxy(&ns, &servers, false);
+    let script = format!(
+        "mount --bind {} /etc/resolv.conf && exec getent ahostsv4 multi.example.test.",
+        resolv.display()
+    );
+    let firsts: Vec<String> = (0..4)
+        .map(|_| {
+            let out = ns.exec(&["unshare", "--mount", "sh", "-c", &script]);
+            assert!(
+                out.status.success(),
+                "getent: {:?} {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    let distinct: BTreeSet<&String> = firsts.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        4,
+        "each lookup starts with another address: {firsts:?}\n{}",
+        proxy.log()
+    );
+    assert_eq!(servers.up.query_count(), 1, "one upstream query, then hits");
+}

@@ -422,6 +422,7 @@ const ACCEPTED: &[(&str, Change)] = &[
             min_ttl: None,
             max_ttl: Some(30),
             negative_max_ttl: Some(5),
+            rotate: None,
         }];
     }),
     ("dnstap to a TCP collector", |d| {

@@ -38,6 +38,10 @@ pub struct CacheConfig {
     #[cfg_attr(feature = "schema", schemars(range(min = limits::CACHE_STALE_TTL.min, max = limits::CACHE_STALE_TTL.max)))]
     pub stale_ttl: u32,
     pub prefetch: PrefetchConfig,
+    /// Hand out the addresses of cached A and AAAA answers in turn: each hit gets the
+    /// list started one further (round robin, as CoreDNS's `loadbalance` and Unbound's
+    /// `rrset-roundrobin` do), so the clients of a node spread over a name's addresses.
+    pub rotate: bool,
     /// TTL clamps for names under a zone, overriding the ones above (the longest matching
     /// zone wins), e.g. `cluster.local` capped at 30 s positive and 5 s negative, as
     /// NodeLocal DNSCache does, so a new pod or service is found quickly.
@@ -69,6 +73,9 @@ pub struct CacheZone {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "schema", schemars(range(min = limits::CACHE_NEGATIVE_MAX_TTL.min, max = limits::CACHE_NEGATIVE_MAX_TTL.max)))]
     pub negative_max_ttl: Option<u32>,
+    /// Address rotation for names under this zone (unset: `cache.rotate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotate: Option<bool>,
 }
 
 impl Default for CacheConfig {
@@ -86,6 +93,7 @@ impl Default for CacheConfig {
             stale_max_age: Dur::secs(86_400),
             stale_ttl: 30,
             prefetch: PrefetchConfig::default(),
+            rotate: true,
             zones: Vec::new(),
         }
     }

@@ -111,9 +111,11 @@ impl Entry {
     pub fn end_refresh(&self) {
         self.head().refreshing.store(false, Ordering::Release);
     }
-    /// The cached answer, for rendering.
+    /// The cached answer, for rendering: its addresses (if they rotate) turned by the
+    /// number of hits so far, so each client gets the next one first.
     pub fn stored(&self) -> StoredAnswer<'_> {
         StoredAnswer::new(&self.head().meta, self.answer_bytes())
+            .turned(self.head().hits.load(Ordering::Relaxed))
     }
 }
 
@@ -449,6 +451,7 @@ fn zone_ttls(cfg: &CacheConfig) -> (crate::route::Router, Vec<TtlPolicy>) {
             max_ttl: z.max_ttl.unwrap_or(base.max_ttl),
             negative_max_ttl: z.negative_max_ttl.unwrap_or(base.negative_max_ttl),
             servfail_ttl: base.servfail_ttl,
+            rotate: z.rotate.unwrap_or(base.rotate),
         });
     }
     (crate::route::Router::new(&routes), policies)
@@ -460,6 +463,7 @@ pub fn ttl_policy(cfg: &CacheConfig) -> TtlPolicy {
         max_ttl: cfg.max_ttl,
         negative_max_ttl: cfg.negative_max_ttl,
         servfail_ttl: cfg.servfail_ttl,
+        rotate: cfg.rotate,
     }
 }
 

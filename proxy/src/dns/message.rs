@@ -1,7 +1,7 @@
 //! Building messages from raw bytes: error answers, the query sent upstream, and the answer
 //! rendered for one client from a shared (possibly cached) upstream answer.
 
-use super::wire::{self, header, Edns, QueryInfo, WireError, HEADER_LEN};
+use super::wire::{self, header, Edns, QueryInfo, Rotation, WireError, HEADER_LEN};
 use super::{opt, rcode, rtype, EDNS_UDP_SIZE};
 
 /// Appends an OPT record with no options.
@@ -128,6 +128,8 @@ pub struct TtlPolicy {
     pub max_ttl: u32,
     pub negative_max_ttl: u32,
     pub servfail_ttl: u32,
+    /// Hand out the addresses of a cached A or AAAA answer in turn (round robin).
+    pub rotate: bool,
 }
 
 impl Default for TtlPolicy {
@@ -137,6 +139,7 @@ impl Default for TtlPolicy {
             max_ttl: 86_400,
             negative_max_ttl: 3_600,
             servfail_ttl: 5,
+            rotate: true,
         }
     }
 }
@@ -152,6 +155,8 @@ pub struct AnswerMeta {
     ext_rcode: u8,
     rcode: u8,
     kind: AnswerKind,
+    /// The addresses handed out in turn, if any.
+    rotation: Option<Rotation>,
 }
 
 impl AnswerMeta {
@@ -252,6 +257,9 @@ impl Answer {
                 ext_rcode: info.rcode >> 4,
                 rcode: info.rcode,
                 kind,
+                rotation: info
+                    .rotation
+                    .filter(|_| policy.rotate && kind == AnswerKind::Positive),
             },
             bytes: w.into_boxed_slice(),
         })
@@ -290,11 +298,23 @@ impl Answer {
 pub struct StoredAnswer<'a> {
     meta: &'a AnswerMeta,
     bytes: &'a [u8],
+    /// How many places the addresses turn in this rendering (see [`Rotation`]).
+    turn: u32,
 }
 
 impl<'a> StoredAnswer<'a> {
     pub fn new(meta: &'a AnswerMeta, bytes: &'a [u8]) -> Self {
-        StoredAnswer { meta, bytes }
+        StoredAnswer {
+            meta,
+            bytes,
+            turn: 0,
+        }
+    }
+
+    /// The same answer, its addresses turned `turn` places when rendered (the cache passes
+    /// each entry's hit count, so clients get the addresses in turn).
+    pub fn turned(self, turn: u32) -> Self {
+        StoredAnswer { turn, ..self }
     }
 
     /// The full RCODE (extended bits included).
@@ -310,9 +330,9 @@ impl<'a> StoredAnswer<'a> {
     }
 
     /// Renders the answer for one client: its ID, its question bytes (letter case as
-    /// asked), RD/CD as it sent them, TTLs aged by `age` seconds (or all set to
-    /// `ttl_override`), an OPT record if it used EDNS, truncated with TC=1 if longer than
-    /// `max_len`.
+    /// asked), RD/CD as it sent them, its addresses turned (round robin), TTLs aged by
+    /// `age` seconds (or all set to `ttl_override`), an OPT record if it used EDNS,
+    /// truncated with TC=1 if longer than `max_len`.
     pub fn render(
         &self,
         query: &[u8],
@@ -327,6 +347,9 @@ impl<'a> StoredAnswer<'a> {
         let table = self.bytes.get(wire.len()..).unwrap_or(&[]);
         out.clear();
         out.extend_from_slice(wire);
+        if let Some(r) = meta.rotation {
+            r.apply(wire, self.turn, out);
+        }
         header::set_id(out, qi.id);
         let flags = (header::flags(wire) & !(header::RD | header::CD))
             | (qi.flags & (header::RD | header::CD));

@@ -480,6 +480,89 @@ pub struct ResponseInfo {
     /// For negative answers: min(SOA TTL, SOA MINIMUM) of the authority SOA (RFC 2308).
     pub negative_ttl: Option<u32>,
     pub edns: Option<Edns>,
+    /// The first run of two or more A (or AAAA) records of one owner in the answer
+    /// section, laid out alike, whose addresses a cache may hand out in turn.
+    pub rotation: Option<Rotation>,
+}
+
+/// Where the addresses of one RRset lie in a message: `n` records, `stride` bytes apart,
+/// each address `len` bytes long, the first at `at`. Names never point into them
+/// ([`parse_response`] refuses a message whose names do), so their order may change per
+/// client without changing any name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Rotation {
+    pub at: u16,
+    pub stride: u16,
+    pub n: u16,
+    pub len: u8,
+}
+
+impl Rotation {
+    /// Writes the addresses of `src` into `out` (a copy of it) turned `turn` places: the
+    /// address first in `src` is the `turn % n`-th in `out`, the others following in
+    /// their order (round robin).
+    pub fn apply(&self, src: &[u8], turn: u32, out: &mut [u8]) {
+        let n = usize::from(self.n);
+        if n < 2 {
+            return;
+        }
+        let r = turn as usize % n;
+        if r == 0 {
+            return;
+        }
+        let (at, stride, len) = (
+            usize::from(self.at),
+            usize::from(self.stride),
+            usize::from(self.len),
+        );
+        for k in 0..n {
+            let from = at + ((k + r) % n) * stride;
+            let to = at + k * stride;
+            if let (Some(s), Some(d)) = (src.get(from..from + len), out.get_mut(to..to + len)) {
+                d.copy_from_slice(s);
+            }
+        }
+    }
+}
+
+const CLASS_IN: u16 = 1;
+
+/// An address record of the answer section: where it starts, where its address is, and
+/// where it ends.
+#[derive(Debug, Clone, Copy)]
+struct AddrRecord {
+    start: usize,
+    ttl_at: usize,
+    rdata_at: usize,
+    end: usize,
+}
+
+/// The first run of at least two address records that follow each other with the same
+/// owner bytes, type and class, and the same length.
+fn first_rotation(b: &[u8], recs: &[AddrRecord]) -> Option<Rotation> {
+    let same = |x: &AddrRecord, y: &AddrRecord| {
+        x.end == y.start
+            && x.end - x.start == y.end - y.start
+            && b.get(x.start..x.ttl_at) == b.get(y.start..y.ttl_at)
+    };
+    let mut i = 0;
+    while i < recs.len() {
+        let mut j = i + 1;
+        while j < recs.len() && same(&recs[j - 1], &recs[j]) {
+            j += 1;
+        }
+        if j - i >= 2 {
+            let first = recs[i];
+            return Some(Rotation {
+                at: u16::try_from(first.rdata_at).ok()?,
+                stride: u16::try_from(first.end - first.start).ok()?,
+                n: u16::try_from(j - i).ok()?,
+                len: u8::try_from(first.end - first.rdata_at).ok()?,
+            });
+        }
+        i = j;
+    }
+    None
 }
 
 /// Walks a response, checking every record fits, and collects TTL positions.
@@ -502,6 +585,7 @@ pub fn parse_response(b: &[u8]) -> Result<ResponseInfo, WireError> {
     };
     let (an, ns, ar) = (header::ancount(b), header::nscount(b), header::arcount(b));
     let mut at = question_end;
+    let mut addrs: Vec<AddrRecord> = Vec::new();
     for i in 0..(an as usize + ns as usize + ar as usize) {
         let rec = skip_record(b, at)?;
         let opt = rec.rtype == rtype::OPT;
@@ -509,9 +593,22 @@ pub fn parse_response(b: &[u8]) -> Result<ResponseInfo, WireError> {
         if !opt {
             info.ttls.push((rec.ttl_at as u32, ttl));
         }
+        let rdlen = rec.end - rec.rdata_at;
+        if i < an as usize
+            && u16_at(b, rec.ttl_at - 2) == Some(CLASS_IN)
+            && ((rec.rtype == rtype::A && rdlen == 4) || (rec.rtype == rtype::AAAA && rdlen == 16))
+        {
+            addrs.push(AddrRecord {
+                start: at,
+                ttl_at: rec.ttl_at,
+                rdata_at: rec.rdata_at,
+                end: rec.end,
+            });
+        }
         let rw = Rewritten {
             question_end,
             ttls: &info.ttls,
+            addrs: &addrs,
         };
         check_name(b, at, &rw)?;
         if opt {
@@ -541,15 +638,19 @@ pub fn parse_response(b: &[u8]) -> Result<ResponseInfo, WireError> {
     if at != b.len() {
         return Err(WireError::Malformed("trailing bytes after the last record"));
     }
+    info.rotation = first_rotation(b, &addrs);
     Ok(info)
 }
 
 /// Bytes of a response that the proxy rewrites for each client: the header (ID, flags,
-/// counts), the question (copied from the client's), and every TTL field.
+/// counts), the question (copied from the client's), every TTL field, and the addresses of
+/// the answer section (their order turns from one client to the next).
 struct Rewritten<'a> {
     question_end: usize,
     /// TTL offsets, ascending.
     ttls: &'a [(u32, u32)],
+    /// Address records of the answer section, ascending.
+    addrs: &'a [AddrRecord],
 }
 
 impl Rewritten<'_> {
@@ -559,6 +660,10 @@ impl Rewritten<'_> {
         pos < HEADER_LEN
             || (self.question_end.saturating_sub(4)..self.question_end).contains(&pos)
             || rewritten_ttl(pos, self.ttls)
+            || {
+                let i = self.addrs.partition_point(|r| r.end <= pos);
+                self.addrs.get(i).is_some_and(|r| r.rdata_at <= pos)
+            }
     }
 }
 

@@ -445,6 +445,27 @@ pub fn zone_answer(behaviour: &Behaviour, raw: &[u8]) -> Option<Vec<u8>> {
                 RData::TXT(TXT::new(vec![s])),
             ));
         }
+    } else if first.starts_with("multi")
+        && matches!(query.query_type(), RecordType::A | RecordType::AAAA)
+    {
+        // Four addresses, in a fixed order: the cache's rotation shows in the order.
+        for i in 1..=4u8 {
+            let rdata = if query.query_type() == RecordType::A {
+                RData::A(A::new(192, 0, 2, i))
+            } else {
+                RData::AAAA(hickory_proto::rr::rdata::AAAA::new(
+                    0x2001,
+                    0xdb8,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    u16::from(i),
+                ))
+            };
+            m.add_answer(Record::from_rdata(query.name().clone(), 300, rdata));
+        }
     } else if query.query_type() == RecordType::A {
         let ttl = first
             .strip_prefix("ttl")

@@ -105,12 +105,14 @@ async fn per_zone_ttl_clamps() {
                 min_ttl: None,
                 max_ttl: Some(30),
                 negative_max_ttl: Some(5),
+                rotate: None,
             },
             dot_proxy::config::CacheZone {
                 zone: "Long.Example.Test.".into(),
                 min_ttl: Some(100),
                 max_ttl: None,
                 negative_max_ttl: None,
+                rotate: None,
             },
         ];
     })
@@ -408,4 +410,62 @@ async fn rd_and_ad_bits_are_part_of_the_cache_key() {
     let rec = query(4, "norec.example.test.", RecordType::A, None);
     udp_raw_answer(p.addr, rec).await;
     assert_eq!(up.query_count(), 3);
+}
+
+/// `cache.rotate` (on by default): each hit of a cached answer with several addresses
+/// starts the list one address further (round robin), so the clients of a node spread
+/// over a name's addresses; `cache.zones[].rotate: false` keeps the upstream's order.
+#[tokio::test]
+async fn cached_addresses_are_handed_out_in_turn() {
+    let (up, p) = start_with(|cfg| {
+        cfg.cache.zones = vec![dot_proxy::config::CacheZone {
+            zone: "fixed.example.test".into(),
+            min_ttl: None,
+            max_ttl: None,
+            negative_max_ttl: None,
+            rotate: Some(false),
+        }];
+    })
+    .await;
+    let addresses =
+        |m: &Message| -> Vec<String> { m.answers.iter().map(|r| r.data.to_string()).collect() };
+    let mut first = std::collections::HashMap::<String, u32>::new();
+    let mut all = None;
+    for _ in 0..10_000 {
+        let m = udp(p.addr, "multi.example.test.", RecordType::A).await;
+        let mut got = addresses(&m);
+        *first.entry(got[0].clone()).or_default() += 1;
+        got.sort();
+        assert_eq!(all.get_or_insert_with(|| got.clone()), &got, "same set");
+    }
+    assert_eq!(up.query_count(), 1, "all but the first from the cache");
+    assert_eq!(first.len(), 4, "each address comes first: {first:?}");
+    for (addr, n) in &first {
+        assert!(
+            (2_200..=2_800).contains(n),
+            "{addr} first in {n} of 10,000 answers (25% ± 3%)"
+        );
+    }
+    // AAAA turns the same way, one step per hit.
+    let mut firsts = Vec::new();
+    for _ in 0..4 {
+        let m = udp(p.addr, "multi.example.test.", RecordType::AAAA).await;
+        firsts.push(addresses(&m)[0].clone());
+    }
+    let mut distinct = firsts.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        4,
+        "four AAAA answers, four first addresses: {firsts:?}"
+    );
+    // A zone with rotation off: the upstream's order every time.
+    for _ in 0..10 {
+        let m = udp(p.addr, "multi.fixed.example.test.", RecordType::A).await;
+        assert_eq!(
+            addresses(&m),
+            ["192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.4"]
+        );
+    }
 }

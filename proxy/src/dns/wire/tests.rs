@@ -280,3 +280,81 @@ fn queries_with_records_beyond_the_question_and_opt_are_formerr() {
     // One OPT alone is a query.
     assert!(parse_query(&q("a.", true)).is_ok());
 }
+
+/// An A record of owner `c0 0c` (the question's name) with address 192.0.2.`last`.
+fn a_rec(last: u8) -> [u8; 16] {
+    [0xC0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, last]
+}
+
+#[test]
+fn address_records_of_one_owner_rotate() {
+    let (r1, r2, r3) = (a_rec(1), a_rec(2), a_rec(3));
+    let b = response_with(&[&r1, &r2, &r3]);
+    let rot = parse_response(&b).expect("valid").rotation.expect("a run");
+    // The question ends at 12 + 7; each record is 16 bytes, its address the last 4.
+    assert_eq!(
+        rot,
+        Rotation {
+            at: 19 + 12,
+            stride: 16,
+            n: 3,
+            len: 4
+        }
+    );
+    let last_octets = |m: &[u8]| -> Vec<u8> { (0..3).map(|k| m[19 + 16 * k + 15]).collect() };
+    for (turn, want) in [
+        (0, [1, 2, 3]),
+        (1, [2, 3, 1]),
+        (2, [3, 1, 2]),
+        (4, [2, 3, 1]),
+    ] {
+        let mut out = b.clone();
+        rot.apply(&b, turn, &mut out);
+        assert_eq!(last_octets(&out), want, "turn {turn}");
+        assert_eq!(out[..19], b[..19], "only addresses move");
+    }
+}
+
+#[test]
+fn only_alike_address_records_rotate() {
+    // One address: nothing to turn.
+    assert!(parse_response(&response_with(&[&a_rec(1)]))
+        .expect("valid")
+        .rotation
+        .is_none());
+    // Two owners (the second record's owner is a pointer to the first's): not one RRset.
+    let other: &[u8] = &[
+        1, b'b', 0xC0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 2,
+    ];
+    assert!(parse_response(&response_with(&[&a_rec(1), other]))
+        .expect("valid")
+        .rotation
+        .is_none());
+    // Another class (CH): not rotated.
+    let ch: &[u8] = &[0xC0, 12, 0, 1, 0, 3, 0, 0, 0, 60, 0, 4, 192, 0, 2, 2];
+    assert!(parse_response(&response_with(&[ch, ch]))
+        .expect("valid")
+        .rotation
+        .is_none());
+    // A CNAME first, then the run of addresses: the run is found after it.
+    let cname: &[u8] = &[0xC0, 12, 0, 5, 0, 1, 0, 0, 0, 60, 0, 4, 1, b'b', 0xC0, 12];
+    let to_b = |last: u8| [0xC0, 31, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, last];
+    let (b1, b2) = (to_b(1), to_b(2));
+    let rot = parse_response(&response_with(&[cname, &b1, &b2]))
+        .expect("valid")
+        .rotation
+        .expect("run after the CNAME");
+    assert_eq!((rot.at, rot.n), (19 + 16 + 12, 2));
+}
+
+#[test]
+fn names_pointing_into_rotated_addresses_are_refused() {
+    // The second record's owner points at the first record's address bytes (offset 31),
+    // which a rotation rewrites per client: the name would change with the order.
+    let first: &[u8] = &[0xC0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 1, b'x', 0, 0];
+    let second: &[u8] = &[0xC0, 31, 0, 16, 0, 1, 0, 0, 0, 60, 0, 1, 0];
+    assert!(parse_response(&response_with(&[first, second])).is_err());
+    // The same bytes in a TXT record's data may be pointed at (only addresses rotate).
+    let first: &[u8] = &[0xC0, 12, 0, 16, 0, 1, 0, 0, 0, 60, 0, 4, 1, b'x', 0, 0];
+    assert!(parse_response(&response_with(&[first, second])).is_ok());
+}

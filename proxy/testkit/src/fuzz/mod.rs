@@ -391,12 +391,14 @@ pub fn check_answers(resp: &[u8], query: &[u8], qi: &QueryInfo) {
             max_ttl: 300,
             negative_max_ttl: 30,
             servfail_ttl: 1,
+            rotate: true,
         },
         TtlPolicy {
             min_ttl: 600,
             max_ttl: 10,
             negative_max_ttl: 0,
             servfail_ttl: 0,
+            rotate: false,
         },
     ];
     let mut d = Draw::new(resp, 0);
@@ -584,6 +586,23 @@ impl Rendered<'_> {
 /// data (A, AAAA and TXT carry no names), touches one of those bytes.
 pub fn names_touch_rewritten_bytes(resp: &[u8], info: &ResponseInfo) -> bool {
     let qname_end = info.question_end.saturating_sub(4);
+    // The addresses of the answer section's IN A and AAAA records: their order turns per
+    // client (cache address rotation).
+    let mut addresses = Vec::new();
+    let mut at = info.question_end;
+    for _ in 0..header::ancount(resp) {
+        let Ok(rec) = wire::skip_record(resp, at) else {
+            break;
+        };
+        let len = rec.end - rec.rdata_at;
+        let class_in = wire::u16_at(resp, rec.ttl_at - 2) == Some(1);
+        if class_in
+            && ((rec.rtype == rtype::A && len == 4) || (rec.rtype == rtype::AAAA && len == 16))
+        {
+            addresses.push(rec.rdata_at..rec.end);
+        }
+        at = rec.end;
+    }
     let rewritten = |at: usize| {
         at < HEADER_LEN
             || (qname_end..info.question_end).contains(&at)
@@ -591,6 +610,7 @@ pub fn names_touch_rewritten_bytes(resp: &[u8], info: &ResponseInfo) -> bool {
                 .ttls
                 .iter()
                 .any(|&(t, _)| (t as usize..t as usize + 4).contains(&at))
+            || addresses.iter().any(|r| r.contains(&at))
     };
     let touches = |mut at: usize| {
         for _ in 0..256 {
