@@ -37,6 +37,11 @@ pub struct CacheConfig {
     /// TTL put on stale answers.
     #[cfg_attr(feature = "schema", schemars(range(min = limits::CACHE_STALE_TTL.min, max = limits::CACHE_STALE_TTL.max)))]
     pub stale_ttl: u32,
+    /// Keep the last good answer: when the refresh of a cached positive answer comes back
+    /// NXDOMAIN or NODATA (or fails), answer with the positive one (stale TTL) until this
+    /// long after it expired, then with what the upstream says. `0s` (the default) is off;
+    /// at most `1d`.
+    pub prefer_positive: Dur,
     pub prefetch: PrefetchConfig,
     /// Hand out the addresses of cached A and AAAA answers in turn: each hit gets the
     /// list started one further (round robin, as CoreDNS's `loadbalance` and Unbound's
@@ -92,6 +97,7 @@ impl Default for CacheConfig {
             servfail_ttl: 5,
             stale_max_age: Dur::secs(86_400),
             stale_ttl: 30,
+            prefer_positive: Dur::secs(0),
             prefetch: PrefetchConfig::default(),
             rotate: true,
             zones: Vec::new(),
@@ -143,6 +149,12 @@ impl CacheConfig {
         );
         e.range("servfail_ttl", self.servfail_ttl.into(), CACHE_SERVFAIL_TTL);
         e.range("stale_ttl", self.stale_ttl.into(), CACHE_STALE_TTL);
+        if self.prefer_positive.get().as_secs() > CACHE_PREFER_POSITIVE_SECS {
+            e.field(
+                "prefer_positive",
+                format!("{} is over the limit (1d)", self.prefer_positive),
+            );
+        }
         self.prefetch.check(&mut e.at("prefetch"));
         if self.min_ttl > self.max_ttl {
             e.field(

@@ -38,6 +38,8 @@ pub const CACHE_NEGATIVE_MAX_TTL: Range<u64> = Range::new(0, 86_400);
 /// RFC 9520 caps how long a resolution failure may be cached at five minutes.
 pub const CACHE_SERVFAIL_TTL: Range<u64> = Range::new(0, 300);
 pub const CACHE_STALE_TTL: Range<u64> = Range::new(1, 3600);
+/// `cache.prefer_positive`: at most a day, seconds.
+pub const CACHE_PREFER_POSITIVE_SECS: u64 = 86_400;
 pub const PREFETCH_MIN_HITS: Range<u64> = Range::new(1, 1_000_000);
 pub const PREFETCH_TOP_N: Range<u64> = Range::new(1, 1_000_000);
 pub const PREFETCH_REMAINING_FRACTION: Range<f64> = Range::new(0.0, 0.5);

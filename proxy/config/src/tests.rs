@@ -40,6 +40,9 @@ fn bad_fields_are_named() {
     let e = errors("listen: [127.0.0.1:53]\nlisten: [127.0.0.1:54]\n");
     assert!(e.to_lowercase().contains("duplicate"), "{e}");
     assert!(errors("shutdown_grace: 5 seconds").contains("shutdown_grace"));
+    let e = errors("cache:\n  prefer_positive: 2d\n");
+    assert!(e.contains("cache.prefer_positive"), "{e}");
+    assert_eq!(errors("cache:\n  prefer_positive: 1d\n"), "");
 }
 
 #[test]

@@ -11,6 +11,7 @@ pub struct CacheMetrics {
     pub(super) hits: Counter,
     pub(super) misses: Counter,
     pub(super) stale: Counter,
+    pub(super) positive_kept: Counter,
     pub(super) prefetches: Counter,
     pub(super) evictions: Counter,
     pub(super) inserts: Counter,
@@ -32,6 +33,11 @@ impl CacheMetrics {
                 "cache_stale_answers",
                 "Expired answers served because upstreams failed (RFC 8767)",
                 &self.stale,
+            ),
+            (
+                "cache_positive_kept",
+                "Upstream NXDOMAIN or NODATA answers to a name whose positive answer was kept instead (cache.prefer_positive)",
+                &self.positive_kept,
             ),
             (
                 "cache_prefetches",
@@ -81,6 +87,10 @@ impl CacheMetrics {
     /// Stale answers served.
     pub fn stale(&self) -> u64 {
         self.stale.get()
+    }
+    /// Negative answers put aside for a kept positive one.
+    pub fn positive_kept(&self) -> u64 {
+        self.positive_kept.get()
     }
     /// Background refreshes started.
     pub fn prefetches(&self) -> u64 {

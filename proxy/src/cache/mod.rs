@@ -385,9 +385,30 @@ impl Cache {
         Some((entry, refresh))
     }
 
+    /// Whether an expired entry may still answer when upstreams fail: within the
+    /// serve-stale window, or for a positive answer within `prefer_positive` of its expiry.
     fn stale_ok(&self, e: &Entry, now: Instant) -> bool {
-        let max = self.cfg.stale_max_age.get();
+        let mut max = self.cfg.stale_max_age.get();
+        if e.kind() == AnswerKind::Positive {
+            max = max.max(self.cfg.prefer_positive.get());
+        }
         !max.is_zero() && e.kind() != AnswerKind::ServFail && now <= e.expires() + max
+    }
+
+    /// `cache.prefer_positive`: true (and counted) when a negative answer for `key` is to be
+    /// put aside because a positive answer is cached, fresh or expired less than
+    /// `prefer_positive` ago; the caller then answers with that one.
+    pub fn keeps_positive(&self, key: &[u8], now: Instant) -> bool {
+        let window = self.cfg.prefer_positive.get();
+        let keep = !window.is_zero()
+            && self
+                .map
+                .peek(key)
+                .is_some_and(|e| e.kind() == AnswerKind::Positive && now <= e.expires() + window);
+        if keep {
+            self.metrics.positive_kept.inc();
+        }
+        keep
     }
 
     /// Stores an answer if it may be cached; true if it was.

@@ -567,6 +567,13 @@ impl Pipeline {
                 .map_err(|_| GroupError::Failed(crate::upstream::UpstreamError::Malformed))?,
         );
         if let Some(cache) = self.cache_for(qi) {
+            // Keep the last good answer (cache.prefer_positive): an NXDOMAIN or NODATA for
+            // a name whose positive answer is cached, within the window, is put aside.
+            if answer.kind() == AnswerKind::Negative
+                && cache.keeps_positive(key.as_bytes(), self.clock.now())
+            {
+                return Err(GroupError::StaleIsBetter);
+            }
             // A SERVFAIL is a failure to resolve: an answer still fresh (a prefetch's
             // refresh failed) or expired but in its serve-stale window (RFC 8767) is
             // better, and must not be overwritten by it.

@@ -101,6 +101,8 @@ pub struct Behaviour {
     pub ttl: AtomicU32,
     /// Answer SERVFAIL to everything.
     pub servfail: AtomicBool,
+    /// Answer NXDOMAIN to everything (a name that went away).
+    pub nxdomain: AtomicBool,
     /// edns-tcp-keepalive timeout to announce, in 100 ms units (0 = none).
     pub keepalive_units: AtomicU32,
     /// Set AA=1 on every answer, as an authoritative server would.
@@ -431,7 +433,8 @@ pub fn zone_answer(behaviour: &Behaviour, raw: &[u8]) -> Option<Vec<u8>> {
         )),
     );
     let first = text.split('.').next().unwrap_or("");
-    if !zone.zone_of(&name) || first.starts_with("nx") {
+    if !zone.zone_of(&name) || first.starts_with("nx") || behaviour.nxdomain.load(Ordering::SeqCst)
+    {
         m.metadata.response_code = ResponseCode::NXDomain;
         m.add_authority(soa);
     } else if first == "nodata" {

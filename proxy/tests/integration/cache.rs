@@ -469,3 +469,49 @@ async fn cached_addresses_are_handed_out_in_turn() {
         );
     }
 }
+
+/// `cache.prefer_positive`: when a cached name's refresh comes back NXDOMAIN, the positive
+/// answer is kept (stale TTL, counted) until the window after its expiry has passed, then
+/// the NXDOMAIN is served. It works with serve-stale off.
+#[tokio::test]
+async fn prefer_positive_keeps_the_last_good_answer_for_its_window() {
+    let (up, p) = start_with(|cfg| {
+        cfg.cache.prefer_positive = dot_proxy::config::Dur::secs(60);
+        cfg.cache.stale_max_age = dot_proxy::config::Dur::secs(0);
+    })
+    .await;
+    let name = "ttl100.example.test.";
+    assert_eq!(udp(p.addr, name, RecordType::A).await.answers.len(), 1);
+    up.behaviour.nxdomain.store(true, Ordering::SeqCst);
+    // Expired; the upstream now says the name is gone: the last good answer, stale TTL.
+    adv(&p, 101);
+    let m = udp(p.addr, name, RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(m.answers[0].ttl, 30, "served as stale");
+    // Still inside the window (expiry + 60 s).
+    adv(&p, 58);
+    let m = udp(p.addr, name, RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert!(up.query_count() >= 3, "the upstream is asked each time");
+    let kept = metric(&p.metrics().await, "dot_proxy_cache_positive_kept_total");
+    assert!(kept >= 2.0, "counted: {kept}");
+    // The window is over: the NXDOMAIN.
+    adv(&p, 2);
+    let m = udp(p.addr, name, RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+}
+
+/// Off by default: an NXDOMAIN for a cached name replaces its expired answer at once (the
+/// serve-stale window is for failures only).
+#[tokio::test]
+async fn without_prefer_positive_an_nxdomain_replaces_the_expired_answer() {
+    let (up, p) = start_with(|_| {}).await;
+    let name = "ttl100.example.test.";
+    udp(p.addr, name, RecordType::A).await;
+    up.behaviour.nxdomain.store(true, Ordering::SeqCst);
+    adv(&p, 101);
+    let m = udp(p.addr, name, RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+    let kept = metric(&p.metrics().await, "dot_proxy_cache_positive_kept_total");
+    assert_eq!(kept, 0.0);
+}
