@@ -121,8 +121,7 @@ pub fn proxy_config(spec: &DotProxyConfigSpec) -> Result<Config, Vec<String>> {
         // environment (DOT_PROXY_NODE_NAME), its credentials from its service account.
         kubernetes: KubernetesConfig {
             enabled: spec.search_completion.enabled,
-            node_name: None,
-            kubeconfig: None,
+            ..KubernetesConfig::default()
         },
         search_completion: (*spec.search_completion).clone(),
         filter_aaaa: (*spec.filter_aaaa).clone(),

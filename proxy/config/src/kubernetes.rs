@@ -12,7 +12,7 @@ use schemars::JsonSchema;
 use crate::{limits, normalize_zone, Errors};
 
 /// The API server connection. Off by default; `search_completion` needs it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct KubernetesConfig {
@@ -26,6 +26,21 @@ pub struct KubernetesConfig {
     /// A kubeconfig file; unset: the in-cluster service account, else `$KUBECONFIG`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kubeconfig: Option<PathBuf>,
+    /// Export `dot_proxy_namespace_queries_total` for this many of the busiest namespaces
+    /// of the node's pods (the rest as `other`); 0 turns it off. Needs `enabled`.
+    #[cfg_attr(feature = "schema", schemars(range(min = limits::NAMESPACE_METRICS.min, max = limits::NAMESPACE_METRICS.max)))]
+    pub namespace_metrics: usize,
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        KubernetesConfig {
+            enabled: false,
+            node_name: None,
+            kubeconfig: None,
+            namespace_metrics: 20,
+        }
+    }
 }
 
 /// Search-path completion: for a pod whose namespace is known, a query under its own
@@ -152,6 +167,11 @@ impl SearchCompletionConfig {
 
 impl KubernetesConfig {
     pub(crate) fn check(&self, overrides_node: Option<&str>, e: &mut Errors) {
+        e.range(
+            "namespace_metrics",
+            self.namespace_metrics as u64,
+            limits::NAMESPACE_METRICS,
+        );
         if let Some(n) = &self.node_name {
             if n.trim().is_empty() || n.len() > 253 {
                 e.field("node_name", "must be a node name (1 to 253 characters)");

@@ -61,6 +61,8 @@ pub const STATIC_TTL: Range<u64> = Range::new(0, 604_800);
 /// Lengths (characters of a string, items of a list) the schema bounds and the proxy checks.
 pub const LOG_LEVEL_LEN: Range<u64> = Range::new(1, 256);
 pub const CACHE_ZONES: Range<u64> = Range::new(0, 64);
+/// `kubernetes.namespace_metrics`: namespaces with series of their own.
+pub const NAMESPACE_METRICS: Range<u64> = Range::new(0, 100);
 pub const DNSTAP_SOCKET_LEN: Range<u64> = Range::new(1, 256);
 pub const DNSTAP_TEXT_LEN: Range<u64> = Range::new(0, 255);
 pub const COMPLETION_HOST_DOMAINS: Range<u64> = Range::new(0, 29);

@@ -32,6 +32,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::KubernetesConfig;
 
+pub mod namespaces;
+
 /// A pod as the watch decodes it.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, Resource)]
 #[resource(inherit = "Pod")]
@@ -160,6 +162,19 @@ impl PodTable {
     /// The namespace of the pod with this address, if it is one of this node's.
     pub fn namespace_of(&self, ip: IpAddr) -> Option<Arc<str>> {
         self.pod(ip).map(|p| p.namespace)
+    }
+
+    /// Calls `f` with the namespace of the pod with this address, if it is one of this
+    /// node's (no copy: the query path's lookup).
+    #[inline]
+    pub fn with_namespace(&self, ip: IpAddr, f: impl FnOnce(&str)) {
+        let table = self.by_ip.load();
+        if table.is_empty() {
+            return;
+        }
+        if let Some(p) = table.get(&ip.to_canonical()) {
+            f(&p.namespace);
+        }
     }
 
     /// The pod with this address, if it is one of this node's.

@@ -7,7 +7,7 @@ pub mod tcp;
 pub mod udp;
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -20,13 +20,47 @@ use crate::metrics::{QType, Rcode};
 use crate::pipeline::{Pipeline, Request};
 pub use metrics::{ListenerMetrics, QueryCounters};
 
-/// Counts an answered query and the time it took since `start`.
-pub(crate) fn count(counters: &QueryCounters, qtype: u16, answer: &[u8], start: Instant) {
-    counters.count(
-        QType::from_u16(qtype),
-        Rcode::from_u8(header::rcode(answer)),
-    );
+/// Counts an answered query (by type and code, and by the client's namespace when that
+/// is on) and the time it took since `start`.
+pub(crate) fn count(
+    counters: &QueryCounters,
+    p: &Pipeline,
+    client: IpAddr,
+    qtype: u16,
+    answer: &[u8],
+    start: Instant,
+) {
+    answered(counters, p, client, qtype, answer);
     counters.duration.observe(start.elapsed().as_secs_f64());
+}
+
+/// Counts an answered query by type and code, and by the client's namespace.
+#[inline]
+pub(crate) fn answered(
+    counters: &QueryCounters,
+    p: &Pipeline,
+    client: IpAddr,
+    qtype: u16,
+    answer: &[u8],
+) {
+    let rcode = Rcode::from_u8(header::rcode(answer));
+    counters.count(QType::from_u16(qtype), rcode);
+    p.attribute(client, rcode);
+}
+
+/// Counts a client packet not answered; one that parsed as a query is also counted as
+/// answered `DROPPED`, by type and by the client's namespace.
+pub(crate) fn dropped(
+    counters: &QueryCounters,
+    p: &Pipeline,
+    client: IpAddr,
+    reason: crate::metrics::DropReason,
+    qtype: Option<u16>,
+) {
+    counters.dropped(reason, qtype);
+    if qtype.is_some() {
+        p.attribute(client, Rcode::DROPPED);
+    }
 }
 
 /// A query the fast path could not answer: resolved in a task of its own (tracked, so a
@@ -57,7 +91,7 @@ impl Miss {
             counters.inflight().inc();
             p.resolve(&m.req, &mut out).await;
             counters.inflight().dec();
-            count(&counters, m.req.qi.qtype, &out, m.start);
+            count(&counters, p, m.peer.ip(), m.req.qi.qtype, &out, m.start);
             if let Some(tap) = &p.tap {
                 let arrived = crate::clock::arrived(m.start);
                 tap.client(

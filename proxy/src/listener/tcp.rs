@@ -284,7 +284,7 @@ async fn connection(
             &mut out,
         ) {
             Fast::Answered(qtype) => {
-                super::count(&counters, qtype, &out, start);
+                super::count(&counters, &p, peer.ip(), qtype, &out, start);
                 if let Some(tap) = &p.tap {
                     let arrived = crate::clock::arrived(start);
                     tap.client(query, &out, peer, local, Transport::tcp, arrived);
@@ -293,14 +293,14 @@ async fn connection(
                     break;
                 }
             }
-            Fast::Drop { reason, qtype } => counters.dropped(reason, qtype),
+            Fast::Drop { reason, qtype } => super::dropped(&counters, &p, peer.ip(), reason, qtype),
             Fast::Miss(req) => {
                 let Ok(permit) = inflight.clone().acquire_owned().await else {
                     break;
                 };
                 let Some(charge) = p.admit(&req, &mut out) else {
                     // Shed (the memory budget's inflight share is full): REFUSED.
-                    super::count(&counters, req.qi.qtype, &out, start);
+                    super::count(&counters, &p, peer.ip(), req.qi.qtype, &out, start);
                     if !queue(&tx, &p, &out).await {
                         break;
                     }

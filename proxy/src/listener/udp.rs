@@ -14,8 +14,7 @@ use tokio_util::task::TaskTracker;
 use super::batch::{RecvBatch, SendBatch};
 use super::Miss;
 use super::QueryCounters;
-use crate::dns::wire::header;
-use crate::metrics::{DropReason, QType, Rcode, Transport};
+use crate::metrics::{DropReason, Transport};
 use crate::pipeline::{Fast, Pipeline};
 
 /// Most UDP queries waiting for an upstream at once, per socket.
@@ -108,10 +107,7 @@ impl Io {
                 };
                 match p.handle_fast(query, peer.ip(), Transport::udp, now, self.sb.next_buf()) {
                     Fast::Answered(qtype) => {
-                        counters.count(
-                            QType::from_u16(qtype),
-                            Rcode::from_u8(header::rcode(self.sb.next_buf())),
-                        );
+                        super::answered(counters, &p, peer.ip(), qtype, self.sb.next_buf());
                         if let Some(tap) = &p.tap {
                             let arrived = crate::clock::arrived(start);
                             let answer = self.sb.next_buf();
@@ -122,7 +118,9 @@ impl Io {
                             self.sb.flush(sock, counters, start).await;
                         }
                     }
-                    Fast::Drop { reason, qtype } => counters.dropped(reason, qtype),
+                    Fast::Drop { reason, qtype } => {
+                        super::dropped(counters, &p, peer.ip(), reason, qtype)
+                    }
                     Fast::Miss(req) => {
                         let Ok(permit) = self.pending.clone().try_acquire_owned() else {
                             counters.dropped(DropReason::overloaded, None);
@@ -130,9 +128,12 @@ impl Io {
                         };
                         let Some(charge) = p.admit(&req, self.sb.next_buf()) else {
                             // Shed (the memory budget's inflight share is full): REFUSED.
-                            counters.count(
-                                QType::from_u16(req.qi.qtype),
-                                Rcode::from_u8(header::rcode(self.sb.next_buf())),
+                            super::answered(
+                                counters,
+                                &p,
+                                peer.ip(),
+                                req.qi.qtype,
+                                self.sb.next_buf(),
                             );
                             self.sb.push(peer);
                             if self.sb.is_full() {

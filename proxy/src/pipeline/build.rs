@@ -11,6 +11,7 @@ use crate::completion::{Completion, CompletionMetrics};
 use crate::config::Config;
 use crate::dnstap::{Tap, TapMetrics};
 use crate::guard::{GuardMetrics, RateLimiter};
+use crate::kubernetes::namespaces::{Attribution, NamespaceCollector, NamespaceQueries};
 use crate::kubernetes::PodTable;
 use crate::policy::{Policy, PolicyMetrics};
 use crate::route::Routes;
@@ -32,6 +33,7 @@ pub struct Shared {
     pub policy: PolicyMetrics,
     pub tap: TapMetrics,
     pub completion: CompletionMetrics,
+    pub namespaces: Arc<NamespaceQueries>,
 }
 
 impl Shared {
@@ -47,6 +49,7 @@ impl Shared {
             policy: PolicyMetrics::default(),
             tap: TapMetrics::default(),
             completion: CompletionMetrics::default(),
+            namespaces: Arc::new(NamespaceQueries::default()),
         };
         shared.upstream.register(r);
         shared.cache.register(r);
@@ -55,6 +58,7 @@ impl Shared {
         shared.tap.register(r);
         shared.completion.register(r);
         shared.budget.register(r);
+        r.register_collector(Box::new(NamespaceCollector(shared.namespaces.clone())));
         shared
     }
 }
@@ -146,6 +150,15 @@ impl Pipeline {
         );
         let completion =
             Completion::from_config(&cfg.search_completion, &shared.pods, &shared.completion);
+        let top = match &cfg.kubernetes {
+            k if k.enabled => k.namespace_metrics,
+            _ => 0,
+        };
+        shared.namespaces.set_top(top);
+        let attribution = (top > 0).then(|| Attribution {
+            pods: shared.pods.clone(),
+            queries: shared.namespaces.clone(),
+        });
         Ok(Pipeline {
             limiter,
             coalescer: cache
@@ -160,6 +173,7 @@ impl Pipeline {
             tap,
             completion: completion.map(Arc::new),
             budget: shared.budget.clone(),
+            attribution,
             sources,
         })
     }

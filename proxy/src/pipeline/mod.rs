@@ -128,11 +128,23 @@ pub struct Pipeline {
     pub(crate) completion: Option<Arc<Completion>>,
     /// The memory budget: a miss is charged to its `inflight` share while it waits.
     pub(crate) budget: Arc<Budget>,
+    /// Queries counted by the client pod's namespace, when on.
+    pub(crate) attribution: Option<crate::kubernetes::namespaces::Attribution>,
     /// What decided where and how the cache's answers were fetched.
     sources: AnswerSources,
 }
 
 impl Pipeline {
+    /// Counts an answered query by its client's namespace
+    /// (`dot_proxy_namespace_queries_total`), when that is on and the client is a pod of
+    /// this node.
+    #[inline]
+    pub fn attribute(&self, client: IpAddr, rcode: crate::metrics::Rcode) {
+        if let Some(a) = &self.attribution {
+            a.count(client, rcode);
+        }
+    }
+
     /// The clock `handle_fast`'s `now` is read from.
     pub fn clock(&self) -> &Clock {
         &self.clock

@@ -14,6 +14,7 @@ mod failover;
 mod groups;
 mod hostile;
 mod limits;
+mod namespaces;
 mod observability;
 mod pipeline;
 mod policy;
