@@ -45,7 +45,7 @@ log() { printf 'build.sh %s: %s\n' "$image" "$*" >&2; }
 . images/builder.sh
 [ -n "${BUILDER:-}" ] || { log "no docker or podman engine, and no buildah: install one (apt-get install buildah)"; exit 69; }
 
-# The labels, for both paths.
+# The labels of the offline path (the Dockerfiles set the same from their build arguments).
 labels=(
   "org.opencontainers.image.title=$name"
   "org.opencontainers.image.source=$IMAGE_SOURCE"
@@ -67,7 +67,7 @@ fi
 
 if [ "$offline" = 0 ]; then
   sub=build; [ "$BUILDER" = buildah ] && sub=bud
-  args=(); for l in "${labels[@]}"; do args+=(--label "$l"); done
+  args=(--build-arg "VERSION=$TAG" --build-arg "REVISION=$revision" --build-arg "SOURCE=$IMAGE_SOURCE")
   "$BUILDER" "$sub" -f "Dockerfile.$image" -t "$ref" "${args[@]}" .
   # The Debian package list for the SBOM, from the image itself.
   rm -rf "$work/status.d"

@@ -47,7 +47,9 @@ cleanup() {
   wait 2>/dev/null || true
   ip netns del "$ns" 2>/dev/null || true
   for n in dot-proxy dot-proxy-operator; do buildah rmi -f "$registry/$n:$tag" >/dev/null 2>&1 || true; done
-  [ -n "${KEEP_WORK:-}" ] || rm -rf "$work"
+  # --one-file-system: never into a mount (the chroots' /dev and /proc are mounted only in
+  # private mount namespaces that are gone by now; this is the second guard).
+  [ -n "${KEEP_WORK:-}" ] || rm -rf --one-file-system "$work"
 }
 trap cleanup EXIT
 
@@ -110,6 +112,45 @@ check "dot-proxy: entrypoint, no cmd" "['dot-proxy'] None" \
   "$(cfg "$work/dot-proxy/config.json" '" ".join(map(str, (c["config"]["Entrypoint"], c["config"].get("Cmd"))))')"
 check "dot-proxy-operator: entrypoint and cmd" "['/usr/local/bin/dot-proxy-operator'] ['run']" \
   "$(cfg "$work/dot-proxy-operator/config.json" '" ".join(map(str, (c["config"]["Entrypoint"], c["config"]["Cmd"])))')"
+
+# The Dockerfiles give the same image (their build cannot run here: no base images): the same
+# rootfs script, the final stage's user, entrypoint, cmd, PATH and label names as the config
+# of the offline build, and the same setcap.
+for image in proxy operator; do
+  name=dot-proxy; [ "$image" = operator ] && name=dot-proxy-operator
+  check "Dockerfile.$image agrees with the offline image" "ok" "$(python3 - "Dockerfile.$image" "$work/$name/config.json" "$image" <<'PY'
+import json, re, sys
+text = open(sys.argv[1]).read().replace("\\\n", " ")
+cfg = json.load(open(sys.argv[2]))["config"]
+image = sys.argv[3]
+final = text[text.rindex("\nFROM "):]
+def directive(name):
+    found = re.findall(rf"(?m)^{name}\s+(.*)$", final)
+    return found[-1].strip() if found else None
+problems = []
+if f"bash /rootfs.sh {image} /rootfs" not in text:
+    problems.append("does not run images/rootfs.sh for its root filesystem")
+if not re.search(r"(?m)^FROM scratch$", final):
+    problems.append("final stage is not FROM scratch")
+if directive("USER") != cfg["User"]:
+    problems.append(f"USER {directive('USER')} != {cfg['User']}")
+if json.loads(directive("ENTRYPOINT")) != cfg["Entrypoint"]:
+    problems.append(f"ENTRYPOINT {directive('ENTRYPOINT')} != {cfg['Entrypoint']}")
+cmd = directive("CMD")
+if (json.loads(cmd) if cmd else None) != (cfg.get("Cmd") or None):
+    problems.append(f"CMD {cmd} != {cfg.get('Cmd')}")
+path = [e for e in cfg["Env"] if e.startswith("PATH=")]
+if f"ENV {path[0]}" not in final:
+    problems.append(f"no ENV {path[0]}")
+for label in cfg["Labels"]:
+    if label.startswith("org.opencontainers.") and label not in final:
+        problems.append(f"no LABEL {label}")
+if image == "proxy" and "setcap cap_net_bind_service=+ep /rootfs/usr/local/bin/dot-proxy" not in text:
+    problems.append("no setcap cap_net_bind_service=+ep on the binary")
+print("; ".join(problems) or "ok")
+PY
+)"
+done
 
 # The file capability: in the layer's tar header (what a registry stores), then on disk.
 check "dot-proxy: security.capability in the layer's tar header" "yes" "$(python3 - "$(head -1 "$work/dot-proxy/layers")" <<'PY'
@@ -202,7 +243,7 @@ ip netns exec "$ns" unbound -d -c "$work/unbound.conf" &
 pids+=($!)
 # The proxy as UID 65532 on port 53: the namespace's ip_unprivileged_port_start is 1024, so
 # only the file capability lets it bind.
-check "unprivileged ports start at 1024 in the namespace" "1024" "$(ip netns exec "$ns" sysctl -n net.ipv4.ip_unprivileged_port_start)"
+check "unprivileged ports start at 1024 in the namespace" "1024" "$(ip netns exec "$ns" cat /proc/sys/net/ipv4/ip_unprivileged_port_start)"
 in_image "$P" 65532:65532 dot-proxy --listen 127.0.0.1:53 --upstream 'tls://127.0.0.77:853#upstream.test' \
   --tls-ca-file /tmp/ca.pem --admin-listen off --log-level warn 2>"$work/proxy.log" &
 pids+=($!)
