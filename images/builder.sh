@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by images/build.sh and images/push.sh: sets BUILDER, when unset, to the first of
 # docker, podman and buildah that can build here. A docker or podman client without a
 # reachable engine does not count (CI machines have a docker client and no daemon).

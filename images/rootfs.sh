@@ -74,7 +74,7 @@ sort -o "$out.packages" "$out.packages"
 rm -rf "$out/var/cache/apt" "$out/var/lib/apt" "$out/var/log"/* "$out/etc/apt" \
   "$out/var/lib/dpkg/"{arch,updates,status,triggers,alternatives,info} "$out/var/cache/debconf"
 # The runtime provides /dev, /etc/resolv.conf and /etc/hostname; mmdebstrap's are the host's.
-rm -rf "$out/dev"/* "$out/etc/resolv.conf" "$out/etc/hostname" "$out/etc/fstab"
+rm -rf "${out:?}/dev"/* "$out/etc/resolv.conf" "$out/etc/hostname" "$out/etc/fstab"
 
 # Documentation but the licences, manuals, translations, character sets.
 find "$out/usr/share/doc" -mindepth 1 ! -type d ! -name copyright -delete 2>/dev/null || true

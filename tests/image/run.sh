@@ -26,7 +26,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
 target_dir=${CARGO_TARGET_DIR:-$root/target}
 registry=localhost/dot-proxy-image-test
-tag=test
+tag="test"
 ns=dpimg-$$
 work=$(mktemp -d /tmp/dot-proxy-image.XXXXXX)
 pids=()
@@ -53,13 +53,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
-fail=0
+fail=0 passed=0 failed=0
+ok() { echo "ok   $1"; passed=$((passed + 1)); }
+bad() { echo "FAIL $1"; failed=$((failed + 1)); fail=1; }
 check() { # description expected actual
-  if [ "$2" == "$3" ]; then echo "ok   $1"; else echo "FAIL $1: expected [$2] got [$3]"; fail=1; fi
+  if [ "$2" == "$3" ]; then ok "$1"; else bad "$1: expected [$2] got [$3]"; fi
 }
 check_true() { # description command...
   local d=$1; shift
-  if "$@"; then echo "ok   $d"; else echo "FAIL $d"; fail=1; fi
+  if "$@"; then ok "$d"; else bad "$d"; fi
 }
 
 start=$(date +%s)
@@ -196,9 +198,9 @@ assert len(docs) == 1, f"{len(docs)} DotProxyConfigs in {sys.argv[1]}"
 yaml.safe_dump(docs[0], open(sys.argv[2], "w"))
 PY
 if in_image "$O" 65532:65532 /usr/local/bin/dot-proxy-operator render --resource /tmp/dotproxyconfig.yaml >"$work/rendered.yaml" 2>"$work/render.err"; then
-  echo "ok   the operator image renders manifests/' DotProxyConfig"
+  ok "the operator image renders manifests/' DotProxyConfig"
 else
-  echo "FAIL the operator image renders manifests/' DotProxyConfig: $(head -5 "$work/render.err")"; fail=1
+  bad "the operator image renders manifests/' DotProxyConfig: $(head -5 "$work/render.err")"
 fi
 mkdir -p "$P/etc/dot-proxy/config" "$P/etc/dot-proxy/overrides"
 python3 - "$work/rendered.yaml" "$P/etc/dot-proxy/config/config.yaml" <<'PY'
@@ -283,18 +285,18 @@ DOT_PROXY_ADMIN_LISTEN=off in_image "$P" 65532:65532 dot-proxy --config /etc/dot
 pids+=($!)
 nl() { in_image "$P" 0:0 dot-proxy node-local "$@"; }
 if nl --config /etc/dot-proxy/nl-nftables.yaml --once --wait 10s >"$work/nl.log" 2>&1; then
-  echo "ok   node-local --once (nftables)"
+  ok "node-local --once (nftables)"
 else
-  echo "FAIL node-local --once (nftables): $(tail -5 "$work/nl.log")"; fail=1
+  bad "node-local --once (nftables): $(tail -5 "$work/nl.log")"
 fi
 check "node-local: $nl_if has $nl_addr" "1" "$(ip -n "$ns" addr show dev "$nl_if" 2>/dev/null | grep -c "inet $nl_addr/32" || true)"
 check "node-local: nft table, 6 rules for one IPv4 address" "6" "$(in_image "$P" 0:0 nft list table inet dot_proxy_notrack 2>/dev/null | grep -c ' notrack$' || true)"
 nl --config /etc/dot-proxy/nl-nftables.yaml --cleanup >>"$work/nl.log" 2>&1 || true
 check "node-local --cleanup removes the nft table" "" "$(in_image "$P" 0:0 nft list tables 2>/dev/null | grep dot_proxy || true)"
 if nl --config /etc/dot-proxy/nl-iptables.yaml --once --wait 10s >>"$work/nl.log" 2>&1; then
-  echo "ok   node-local --once (iptables)"
+  ok "node-local --once (iptables)"
 else
-  echo "FAIL node-local --once (iptables): $(tail -5 "$work/nl.log")"; fail=1
+  bad "node-local --once (iptables): $(tail -5 "$work/nl.log")"
 fi
 check "node-local: iptables raw table, 4 rules and 2 jumps" "6" "$(in_image "$P" 0:0 iptables-save -t raw 2>/dev/null | grep -c -- '-j DOT-PROXY-NOTRACK\|--notrack' || true)"
 nl --config /etc/dot-proxy/nl-iptables.yaml --cleanup --remove-interface >>"$work/nl.log" 2>&1 || true
@@ -310,5 +312,5 @@ for image in proxy operator; do
     "$(wc -l <"$target_dir/images/$image/rootfs.packages") Debian packages"
 done
 echo "image: built in $((built - start)) s, checked in $(( $(date +%s) - built )) s"
-if [ "$fail" = 0 ]; then echo "image: all checks passed"; else echo "image: FAILED"; fi
+echo "image: $passed passed, $failed failed"
 exit "$fail"
