@@ -17,7 +17,8 @@
 #     xtables-nft-multi, Debian's default (nft mode); `iptables-legacy*` are in the package;
 #   - users: root, nobody and nonroot (65532), as in distroless images; /tmp and /run.
 # Dropped after unpacking (what the tools never use): openssl and libssl3, and debconf,
-# which ca-certificates depends on only for its maintainer scripts; docs except copyright
+# which ca-certificates depends on only for its maintainer scripts; mawk, which base-files
+# pre-depends on for its own; docs except copyright
 # files, man pages, locales, and glibc's gconv modules (iconv character sets).
 #
 # Writes DIR/ (the root filesystem) and DIR.packages (one `name version arch` line per
@@ -33,13 +34,15 @@ case "$image" in
   # The proxy container runs nft; the node-local container runs nft or iptables(-save,
   # -restore) and ip6tables (proxy/src/netsetup/firewall); glibc and CA certificates for the
   # binary itself.
-  proxy) include=nftables,iptables,ca-certificates ;;
+  proxy) include=base-files,nftables,iptables,ca-certificates ;;
   # The operator: glibc, libgcc_s (unwinding), CA certificates (the API server's CA comes
   # from the ServiceAccount; the roots are for clusters whose endpoint uses a public CA).
-  operator) include=libc6,libgcc-s1,ca-certificates ;;
+  operator) include=base-files,libc6,libgcc-s1,ca-certificates ;;
   *) echo "rootfs.sh: unknown image $image (proxy or operator)" >&2; exit 64 ;;
 esac
-drop="openssl libssl3 debconf"
+# base-files for /etc/os-release and /etc/debian_version, by which scanners tell the
+# distribution (with var/lib/dpkg/status.d, below); mawk comes only as its pre-dependency.
+drop="openssl libssl3 debconf mawk"
 
 for tool in mmdebstrap dpkg-deb; do
   command -v "$tool" >/dev/null || { echo "rootfs.sh: $tool is missing (apt-get install mmdebstrap)" >&2; exit 69; }
@@ -75,6 +78,8 @@ rm -rf "$out/var/cache/apt" "$out/var/lib/apt" "$out/var/log"/* "$out/etc/apt" \
   "$out/var/lib/dpkg/"{arch,updates,status,triggers,alternatives,info} "$out/var/cache/debconf"
 # The runtime provides /dev, /etc/resolv.conf and /etc/hostname; mmdebstrap's are the host's.
 rm -rf "${out:?}/dev"/* "$out/etc/resolv.conf" "$out/etc/hostname" "$out/etc/fstab"
+# base-files' login message script: nothing here logs in, and there is no shell to run it.
+rm -rf "$out/etc/update-motd.d"
 
 # Documentation but the licences, manuals, translations, character sets.
 find "$out/usr/share/doc" -mindepth 1 ! -type d ! -name copyright -delete 2>/dev/null || true
@@ -98,6 +103,15 @@ if [ "$image" = proxy ]; then
   done
 fi
 
+# glibc's lookups: files, then DNS (the kubelet mounts /etc/hosts and /etc/resolv.conf).
+cat >"$out/etc/nsswitch.conf" <<'EOF'
+passwd: files
+group: files
+hosts: files dns
+networks: files
+protocols: files
+services: files
+EOF
 cat >"$out/etc/passwd" <<'EOF'
 root:x:0:0:root:/root:/sbin/nologin
 nobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin

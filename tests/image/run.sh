@@ -106,7 +106,7 @@ for name in dot-proxy dot-proxy-operator; do
     check "$name: label $k" "$v" "$(cfg "$c" "c['config']['Labels'].get('$k')")"
     check "$name: annotation $k" "$v" "$(cfg "$m" "c.get('annotations', {}).get('$k')")"
   done
-  shells=$(find "$work/$name/rootfs" \( -name sh -o -name bash -o -name dash -o -name busybox -o -name perl \) -printf '%P ' )
+  shells=$(find "$work/$name/rootfs" \( -name sh -o -name bash -o -name dash -o -name busybox -o -name perl -o -name '*awk' -o -name python3 \) -printf '%P ' )
   check "$name: no shell or interpreter" "" "$shells"
   check "$name: one layer" "1" "$(wc -l <"$work/$name/layers")"
 done
