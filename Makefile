@@ -48,7 +48,7 @@ release:
 REGISTRY ?= localhost/dot-proxy
 TAG ?= $(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$$/\1/p' charts/dot-proxy/Chart.yaml)
 IMAGE ?= proxy
-IMAGE_ENV = REGISTRY="$(REGISTRY)" TAG="$(TAG)" CARGO="$(CARGO)" $(if $(BUILDER),BUILDER="$(BUILDER)") $(if $(OFFLINE),OFFLINE="$(OFFLINE)")
+IMAGE_ENV = REGISTRY="$(REGISTRY)" TAG="$(TAG)" CARGO="$(CARGO)" $(if $(BUILDER),BUILDER="$(BUILDER)") $(if $(OFFLINE),OFFLINE="$(OFFLINE)") $(if $(PUSH_FLAGS),PUSH_FLAGS="$(PUSH_FLAGS)")
 image:
 	$(IMAGE_ENV) bash images/build.sh $(IMAGE)
 
