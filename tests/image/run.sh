@@ -115,6 +115,28 @@ check "dot-proxy: entrypoint, no cmd" "['dot-proxy'] None" \
 check "dot-proxy-operator: entrypoint and cmd" "['/usr/local/bin/dot-proxy-operator'] ['run']" \
   "$(cfg "$work/dot-proxy-operator/config.json" '" ".join(map(str, (c["config"]["Entrypoint"], c["config"]["Cmd"])))')"
 
+# The SBOMs: CycloneDX, the crates of the binary, every Debian package of the image.
+for image in proxy operator; do
+  name=dot-proxy; [ "$image" = operator ] && name=dot-proxy-operator
+  check "$name: SBOM lists over 100 crates and the image's Debian packages" "ok" "$(python3 - "$target_dir/images/$name.cdx.json" "$target_dir/images/$image/rootfs.packages" "$name" <<'PY'
+import json, sys
+bom = json.load(open(sys.argv[1]))
+purls = [c.get("purl", "") for c in bom["components"]]
+crates = [p for p in purls if p.startswith("pkg:cargo/")]
+debs = sorted(p.split("/")[2].split("@")[0] for p in purls if p.startswith("pkg:deb/"))
+want = sorted(line.split()[0] for line in open(sys.argv[2]) if line.strip())
+problems = []
+if bom.get("bomFormat") != "CycloneDX" or bom["metadata"]["component"]["name"] != sys.argv[3]:
+    problems.append("not a CycloneDX BOM of " + sys.argv[3])
+if len(crates) <= 100:
+    problems.append(f"{len(crates)} crates")
+if debs != want:
+    problems.append(f"Debian packages {debs} != {want}")
+print("; ".join(problems) or "ok")
+PY
+)"
+done
+
 # The Dockerfiles give the same image (their build cannot run here: no base images): the same
 # rootfs script, the final stage's user, entrypoint, cmd, PATH and label names as the config
 # of the offline build, and the same setcap.
