@@ -15,11 +15,14 @@
 #     lists all of them);
 #   - iptables' alternatives: iptables, ip6tables and their -save and -restore pointing at
 #     xtables-nft-multi, Debian's default (nft mode); `iptables-legacy*` are in the package;
-#   - users: root, nobody and nonroot (65532), as in distroless images; /tmp and /run.
+#   - users: root, nobody and nonroot (65532), as in distroless images; an nsswitch.conf;
+#     /tmp and /run.
 # Dropped after unpacking (what the tools never use): openssl and libssl3, and debconf,
 # which ca-certificates depends on only for its maintainer scripts; mawk, which base-files
-# pre-depends on for its own; docs except copyright
-# files, man pages, locales, and glibc's gconv modules (iconv character sets).
+# pre-depends on for its own; docs except copyright files, man pages, locales, and glibc's
+# gconv modules (iconv character sets).
+# The packages are the suite's current ones: two builds on different days can differ (the
+# SBOM and var/lib/dpkg/status.d say what went in).
 #
 # Writes DIR/ (the root filesystem) and DIR.packages (one `name version arch` line per
 # Debian package in it, for the SBOM).
@@ -31,9 +34,8 @@ suite=${DEBIAN_SUITE:-bookworm}
 mirror=${DEBIAN_MIRROR:-}
 
 case "$image" in
-  # The proxy container runs nft; the node-local container runs nft or iptables(-save,
-  # -restore) and ip6tables (proxy/src/netsetup/firewall); glibc and CA certificates for the
-  # binary itself.
+  # The node-local container runs nft, or iptables-save/-restore and ip6tables-save/-restore
+  # (proxy/src/netsetup/firewall); glibc and CA certificates for the binary itself.
   proxy) include=base-files,nftables,iptables,ca-certificates ;;
   # The operator: glibc, libgcc_s (unwinding), CA certificates (the API server's CA comes
   # from the ServiceAccount; the roots are for clusters whose endpoint uses a public CA).
