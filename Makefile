@@ -1,7 +1,7 @@
 # dot-proxy: common tasks. `make run` and `make test` are the two commands README.md opens with.
 CARGO ?= cargo
 
-.PHONY: run test unit interop docs-check k8s lint fmt build release images push-images bench bench-memory fuzz clean
+.PHONY: run test unit interop docs-check k8s lint fmt build release image images image-test push-images bench bench-memory fuzz clean
 
 ## Run the proxy with the built-in defaults: 127.0.0.1:5353 (UDP+TCP) -> Cloudflare over TLS.
 run:
@@ -36,24 +36,32 @@ fmt:
 build:
 	$(CARGO) build --workspace
 
-## The same build command the Dockerfiles run.
+## The same build command the Dockerfiles and images/build.sh run.
 release:
 	$(CARGO) build --release --locked -p dot-proxy -p dot-proxy-operator
 
-## Container images, with whichever builder is installed: Docker, Podman or Buildah.
-## make images REGISTRY=registry.example.com/dns TAG=0.1.0, then make push-images.
+## Container images (images/build.sh): with whichever of Docker, Podman or Buildah has a working
+## engine, from the Dockerfiles; where their base images cannot be pulled, offline from Debian
+## packages and this cargo build (buildah, mmdebstrap, root). Each writes a CycloneDX SBOM to
+## $(CARGO_TARGET_DIR or target)/images/. make image [IMAGE=proxy|operator]; make images
+## REGISTRY=registry.example.com/dns TAG=0.1.0, then make push-images with the same values.
 REGISTRY ?= localhost/dot-proxy
 TAG ?= $(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$$/\1/p' charts/dot-proxy/Chart.yaml)
-BUILDER ?= $(shell for b in docker podman buildah; do command -v $$b >/dev/null 2>&1 && { echo $$b; break; }; done)
+IMAGE ?= proxy
+IMAGE_ENV = REGISTRY="$(REGISTRY)" TAG="$(TAG)" CARGO="$(CARGO)" $(if $(BUILDER),BUILDER="$(BUILDER)") $(if $(OFFLINE),OFFLINE="$(OFFLINE)") $(if $(PUSH_FLAGS),PUSH_FLAGS="$(PUSH_FLAGS)")
+image:
+	$(IMAGE_ENV) bash images/build.sh $(IMAGE)
+
 images:
-	@test -n "$(BUILDER)" || { echo "make images: no docker, podman or buildah installed" >&2; exit 1; }
-	$(BUILDER) $(if $(filter buildah,$(BUILDER)),bud,build) -f Dockerfile.proxy -t $(REGISTRY)/dot-proxy:$(TAG) .
-	$(BUILDER) $(if $(filter buildah,$(BUILDER)),bud,build) -f Dockerfile.operator -t $(REGISTRY)/dot-proxy-operator:$(TAG) .
+	$(IMAGE_ENV) bash images/build.sh proxy
+	$(IMAGE_ENV) bash images/build.sh operator
+
+## The image test (tests/image/run.sh): builds both offline, then looks inside and runs them.
+image-test:
+	CARGO="$(CARGO)" bash tests/image/run.sh
 
 push-images:
-	@test -n "$(BUILDER)" || { echo "make push-images: no docker, podman or buildah installed" >&2; exit 1; }
-	$(BUILDER) push $(REGISTRY)/dot-proxy:$(TAG)
-	$(BUILDER) push $(REGISTRY)/dot-proxy-operator:$(TAG)
+	$(IMAGE_ENV) bash images/push.sh
 
 ## Side-by-side benchmark against Unbound, dnsdist, Stubby, kresd and hickory (see docs/benchmarks.md).
 bench: release

@@ -134,6 +134,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
     },
     # The operator's egress closed to the API server's own addresses.
     "apiserver-cidrs": {"operator": {"networkPolicy": {"apiServerCIDRs": ["10.0.0.2/32", "fd00:10::2/128"]}}},
+    # Images from a private registry (docs/install.md): a pull secret for both. (Not pinned
+    # by digest here: that would clear the findings the image checkov skips are for.)
+    "private-registry": {
+        "imagePullSecrets": [{"name": "regcred"}],
+        "proxy": {"image": {"repository": "registry.example.com/dns/dot-proxy", "tag": "0.1.0"}},
+        "operator": {"image": {"repository": "registry.example.com/dns/dot-proxy-operator", "tag": "0.1.0"}},
+    },
 }
 
 # Values the schema must refuse, and values that must make rendering fail.
@@ -527,6 +534,8 @@ def check_invariants(variant: str, values: dict[str, Any], docs: list[Doc], note
         p.check(json.loads(cm["data"]["dot-proxy.json"]) == json.loads(DASHBOARD_FILE.read_text()), f"{tag} dashboard ConfigMap differs from files/dashboard.json")
 
     # The DotProxyConfig.
+    check_images(tag, v, docs, p)
+
     cfgs = find(docs, "DotProxyConfig")
     p.check(len(cfgs) == 1, f"{tag} expected one DotProxyConfig")
     for cfg in cfgs:
@@ -540,6 +549,25 @@ def check_invariants(variant: str, values: dict[str, Any], docs: list[Doc], note
         p.check(f"      - {s}\n" in notes, f"{tag} NOTES.txt does not list nameserver {s}")
     p.check('dnsPolicy: "None"' in notes and "name: ndots" in notes and 'value: "5"' in notes, f"{tag} NOTES.txt lacks the dnsConfig snippet")
     p.check(f"NAMESPACE.svc.{v['clusterDNS']['domain']}" in notes, f"{tag} NOTES.txt lacks the search domains")
+
+
+def check_images(tag: str, v: dict[str, Any], docs: list[Doc], p: Problems) -> None:
+    """Every pod (the DaemonSet's and the operator's) pulls with `imagePullSecrets` and runs the
+    configured image: repository@digest when a digest is set, else repository:tag (appVersion
+    when the tag is empty)."""
+    def ref(img: dict[str, Any]) -> str:
+        if img.get("digest"):
+            return f"{img['repository']}@{img['digest']}"
+        app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+        return f"{img['repository']}:{img.get('tag') or app_version}"
+    for kind, key in (("DaemonSet", "proxy"), ("Deployment", "operator")):
+        for obj in find(docs, kind):
+            pod = obj["spec"]["template"]["spec"]
+            where = f"{tag} {kind}/{obj['metadata']['name']}"
+            p.check(pod.get("imagePullSecrets", []) == v["imagePullSecrets"],
+                    f"{where}: imagePullSecrets {pod.get('imagePullSecrets')} != values {v['imagePullSecrets']}")
+            for c in pod["containers"]:
+                p.check(c["image"] == ref(v[key]["image"]), f"{where}: container {c['name']} runs {c['image']}, not {ref(v[key]['image'])}")
 
 
 def check_networkpolicy(tag: str, v: dict[str, Any], docs: list[Doc], p: Problems) -> None:
