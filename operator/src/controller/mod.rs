@@ -34,7 +34,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::{watch, Mutex};
 use tracing::{debug, info, warn};
 
-pub use objects::{config_map, selector, stale, up_to_date, Role};
+pub use objects::{config_map, ownership, selector, stale, up_to_date, Ownership, Role};
 pub use status::{desired as desired_status, Outcome};
 
 use crate::admin::Health;
@@ -170,13 +170,39 @@ async fn reconcile_inner(
             .iter()
             .map(|s| (config_map(dpc, s, Role::Overrides), Role::Overrides)),
     );
+    let desired: Vec<(ConfigMap, Role)> = desired.collect();
+    // Ownership first, for every name, before anything is written: a ConfigMap another
+    // resource or someone else made is never overwritten, and a refusal leaves all of
+    // this resource's ConfigMaps as they were.
+    let mut found: Vec<Option<ConfigMap>> = Vec::with_capacity(desired.len());
+    for (cm, _) in &desired {
+        let cm_name = cm.name_any();
+        let current = match existing.iter().find(|e| e.name_any() == cm_name) {
+            Some(e) => Some(e.clone()),
+            // Not labeled as this resource's: only a GET can tell a free name from a
+            // ConfigMap someone else made.
+            None => api.get_opt(&cm_name).await?,
+        };
+        match current.as_ref().map(|c| ownership(dpc, c)) {
+            Some(Ownership::NotOurs(why)) => {
+                let why = format!("ConfigMap {cm_name} is not overwritten: {why}. Delete it, or set another spec.target.configMapName");
+                warn!(namespace = %ns, name = %name, configmap = %cm_name, reason = %why, "refusing to write a ConfigMap this resource does not own");
+                write_status(dpc, ctx, &ns, Outcome::NotOwned(&why)).await?;
+                return Ok((ReconcileResult::Refused, Action::requeue(RETRY)));
+            }
+            Some(Ownership::Adopt) => {
+                info!(namespace = %ns, name = %name, configmap = %cm_name, "adopting a ConfigMap this operator wrote without an owner reference");
+            }
+            Some(Ownership::Ours) | None => {}
+        }
+        found.push(current);
+    }
     let mut names = Vec::new();
     let mut written = 0;
-    for (cm, role) in desired {
+    for ((cm, role), current) in desired.into_iter().zip(found) {
         let cm_name = cm.name_any();
-        let current = existing.iter().find(|e| e.name_any() == cm_name);
         names.push(cm_name.clone());
-        if current.is_some_and(|e| up_to_date(e, &cm)) {
+        if current.as_ref().is_some_and(|e| up_to_date(e, &cm)) {
             continue;
         }
         if let Err(e) = api.patch(&cm_name, &pp, &Patch::Apply(&cm)).await {
