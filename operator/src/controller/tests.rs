@@ -47,6 +47,8 @@ struct FakeApi {
     status: Option<Value>,
     /// The status last written for each resource, by name (`status` is "default"'s).
     statuses: BTreeMap<String, Value>,
+    /// Each resource's resourceVersion (1 until its status is first written).
+    versions: BTreeMap<String, u64>,
     fail_patches: bool,
 }
 
@@ -155,6 +157,27 @@ impl FakeApi {
                 if path.ends_with("/status") && path.contains("/dotproxyconfigs/") =>
             {
                 let name = path.rsplit('/').nth(1).unwrap_or_default().to_string();
+                let version = self.versions.entry(name.clone()).or_insert(1);
+                // An apply that names a resourceVersion is refused when it is not the
+                // current one (optimistic concurrency, as the API server does).
+                if let Some(rv) = body["metadata"]["resourceVersion"].as_str() {
+                    if rv != version.to_string() {
+                        let conflict = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409,
+                                              "message": "the object has been modified"});
+                        respond.send_response(
+                            Response::builder()
+                                .status(StatusCode::CONFLICT)
+                                .body(Body::from(serde_json::to_vec(&conflict).expect("json")))
+                                .expect("response"),
+                        );
+                        return Sent {
+                            line,
+                            content_type,
+                            body,
+                        };
+                    }
+                }
+                *version += 1;
                 self.statuses.insert(name.clone(), body["status"].clone());
                 if name == "default" {
                     self.status = body.get("status").cloned();
@@ -249,6 +272,7 @@ fn setup(initial: Arc<Snapshot>) -> Setup {
             config_maps: BTreeMap::new(),
             status: None,
             statuses: BTreeMap::new(),
+            versions: BTreeMap::new(),
             fail_patches: false,
         },
         ctx,
@@ -862,6 +886,7 @@ async fn stops_on_shutdown_with_the_api_server_out_of_reach() {
     let client = Client::try_from(config).expect("client");
     let opts = RunOptions {
         namespace: Some(NS.into()),
+        release: None,
         debounce: Duration::from_millis(10),
         stop_grace: Duration::from_millis(500),
     };
@@ -878,3 +903,4 @@ async fn stops_on_shutdown_with_the_api_server_out_of_reach() {
 }
 
 mod ownership;
+mod releases;
