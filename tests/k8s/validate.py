@@ -633,7 +633,7 @@ def check_rbac(tag: str, v: dict[str, Any], docs: list[Doc], p: Problems) -> Non
     p.check(cluster == want_cluster, f"{tag} ClusterRole grants {cluster}, want {want_cluster}")
     ns = grants(rules_of("Role"))
     want_ns = {
-        ("", "configmaps"): {"get", "list", "watch", "create", "patch", "update", "delete"},
+        ("", "configmaps"): {"get", "list", "watch", "create", "patch", "delete"},
         ("dns.dot-proxy.io", "dotproxyconfigs"): {"get", "list", "watch"},
         ("dns.dot-proxy.io", "dotproxyconfigs/status"): {"get", "patch", "update"},
         ("dns.dot-proxy.io", "dotproxyconfigs/finalizers"): {"update"},

@@ -207,7 +207,18 @@ async fn reconcile_inner(
             Some(e) => Some(e.clone()),
             // Not labeled as this resource's: only a GET can tell a free name from a
             // ConfigMap someone else made.
-            None => api.get_opt(&cm_name).await?,
+            None => match api.get_opt(&cm_name).await {
+                Ok(found) => found,
+                Err(e) => {
+                    // Said in the status like a failed write (RBAC that does not name
+                    // this ConfigMap, the API server), then retried.
+                    let why = format!("could not read ConfigMap {cm_name}: {e}");
+                    if let Err(se) = write_status(dpc, ctx, &ns, Outcome::WriteFailed(&why)).await {
+                        warn!(error = %se, namespace = %ns, name = %name, "could not record the failed read in the status");
+                    }
+                    return Err(e.into());
+                }
+            },
         };
         match current.as_ref().map(|c| ownership(dpc, c)) {
             Some(Ownership::NotOurs(why)) => {

@@ -50,6 +50,8 @@ struct FakeApi {
     /// Each resource's resourceVersion (1 until its status is first written).
     versions: BTreeMap<String, u64>,
     fail_patches: bool,
+    /// GETs of one ConfigMap answer 403 (a Role that does not name it).
+    forbid_gets: bool,
 }
 
 impl FakeApi {
@@ -131,6 +133,11 @@ impl FakeApi {
                     json!({"apiVersion": "v1", "kind": "ConfigMapList", "metadata": {"resourceVersion": "7"}, "items": items}),
                 )
             }
+            (&Method::GET, Some(_)) if self.forbid_gets => (
+                StatusCode::FORBIDDEN,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403,
+                       "message": "configmaps \"x\" is forbidden: User cannot get resource"}),
+            ),
             (&Method::GET, Some(name)) => match self.config_maps.get(&name) {
                 Some(cm) => (StatusCode::OK, cm.clone()),
                 None => (
@@ -274,6 +281,7 @@ fn setup(initial: Arc<Snapshot>) -> Setup {
             statuses: BTreeMap::new(),
             versions: BTreeMap::new(),
             fail_patches: false,
+            forbid_gets: false,
         },
         ctx,
         view,

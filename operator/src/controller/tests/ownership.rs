@@ -154,3 +154,32 @@ async fn a_config_map_written_by_this_operator_without_an_owner_is_adopted() {
     );
     assert_eq!(ready(api.status.as_ref().expect("status")).1, "Rendered");
 }
+
+/// The ownership check's GET refused (a Role that names other ConfigMaps): said in the
+/// status like a failed write, returned for retry, and nothing written.
+#[tokio::test]
+async fn a_refused_ownership_check_is_reported_like_a_failed_write() {
+    let Setup { mut api, ctx, .. } = setup(snapshot(vec![]));
+    api.forbid_gets = true;
+    let (result, sent) = api
+        .serve_while(reconcile(api.resource(1, |_| {}), ctx.clone()))
+        .await;
+    let err = result.expect_err("the 403 is returned");
+    assert!(err.to_string().contains("forbidden"), "{err}");
+    assert_eq!(
+        lines(&sent),
+        [
+            LIST.to_string(),
+            format!("GET {CM_PATH}/dot-proxy-config"),
+            STATUS.to_string()
+        ]
+    );
+    assert!(api.config_maps.is_empty());
+    let (status, reason, message) = ready(api.status.as_ref().expect("status"));
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "WriteFailed"));
+    assert!(
+        message.contains("could not read ConfigMap dot-proxy-config")
+            && message.contains("forbidden"),
+        "{message}"
+    );
+}
