@@ -41,6 +41,13 @@ pub struct RunArgs {
     #[arg(long, env = "DOT_PROXY_OPERATOR_NAMESPACE")]
     pub namespace: Option<String>,
 
+    /// The Helm release this operator belongs to: it acts only on the DotProxyConfigs
+    /// labeled `dns.dot-proxy.io/release=<release>` (and unlabeled ones it claims first),
+    /// and competes for the Lease `dot-proxy-operator-<release>`. Without it: every
+    /// DotProxyConfig of the namespace, and the Lease `dot-proxy-operator`.
+    #[arg(long, env = "DOT_PROXY_OPERATOR_RELEASE")]
+    pub release: Option<String>,
+
     /// Address of the HTTP server for /metrics, /healthz and /readyz.
     #[arg(
         long,
@@ -49,7 +56,7 @@ pub struct RunArgs {
     )]
     pub metrics_addr: SocketAddr,
 
-    /// Compete for the `dot-proxy-operator` Lease and act only while holding it.
+    /// Compete for the leader Lease (see --release) and act only while holding it.
     #[arg(long, env = "DOT_PROXY_OPERATOR_LEADER_ELECTION", default_value_t = true, action = ArgAction::Set)]
     pub leader_election: bool,
 

@@ -13,8 +13,18 @@ use kube_lease_manager::{LeaseManagerBuilder, LeaseManagerError};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// Name of the Lease, in the operator pod's namespace.
+/// Name of the Lease of an operator started without a release, in the operator pod's
+/// namespace.
 pub const LEASE_NAME: &str = "dot-proxy-operator";
+
+/// Name of the Lease `release`'s replicas compete for: `dot-proxy-operator-<release>`, so
+/// each release in a namespace elects its own leader (without a release: [`LEASE_NAME`]).
+pub fn lease_name(release: Option<&str>) -> String {
+    match release {
+        Some(r) => format!("{LEASE_NAME}-{r}"),
+        None => LEASE_NAME.to_string(),
+    }
+}
 /// A leader that has not renewed for this long loses the lease.
 pub const LEASE_SECONDS: u64 = 15;
 /// The leader renews this long before expiry (also the clock skew tolerated between nodes).
@@ -27,13 +37,22 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// Starts competing for the lease `LEASE_NAME` in `namespace` as `identity`.
+    /// Starts competing for the lease `name` in `namespace` as `identity`.
     pub async fn start(
         client: Client,
         namespace: &str,
+        name: &str,
         identity: &str,
     ) -> Result<Lease, LeaseManagerError> {
-        Self::start_with(client, namespace, identity, LEASE_SECONDS, GRACE_SECONDS).await
+        Self::start_with(
+            client,
+            namespace,
+            name,
+            identity,
+            LEASE_SECONDS,
+            GRACE_SECONDS,
+        )
+        .await
     }
 
     /// [`Lease::start`] with another lease duration and renewal grace, in seconds (tests
@@ -41,11 +60,12 @@ impl Lease {
     pub async fn start_with(
         client: Client,
         namespace: &str,
+        name: &str,
         identity: &str,
         duration: u64,
         grace: u64,
     ) -> Result<Lease, LeaseManagerError> {
-        let manager = LeaseManagerBuilder::new(client, LEASE_NAME)
+        let manager = LeaseManagerBuilder::new(client, name)
             .with_namespace(namespace)
             .with_identity(identity)
             .with_duration(duration)
@@ -109,7 +129,8 @@ mod tests {
     /// it, so several replicas compete for one Lease.
     #[derive(Clone, Default)]
     struct FakeLeases {
-        lease: Arc<Mutex<Option<Value>>>,
+        /// Lease name -> the Lease.
+        leases: Arc<Mutex<std::collections::BTreeMap<String, Value>>>,
         version: Arc<Mutex<u64>>,
     }
 
@@ -127,15 +148,25 @@ mod tests {
         }
 
         fn spec(&self) -> Value {
-            self.lease
+            self.spec_of(LEASE_NAME)
+        }
+
+        fn spec_of(&self, name: &str) -> Value {
+            self.leases
                 .lock()
                 .expect("lock")
-                .as_ref()
+                .get(name)
                 .map_or(Value::Null, |l| l["spec"].clone())
         }
 
         fn holder(&self) -> Option<String> {
-            self.spec()["holderIdentity"].as_str().map(str::to_string)
+            self.holder_of(LEASE_NAME)
+        }
+
+        fn holder_of(&self, name: &str) -> Option<String> {
+            self.spec_of(name)["holderIdentity"]
+                .as_str()
+                .map(str::to_string)
         }
 
         async fn answer(&self, req: Request<Body>) -> Response<Body> {
@@ -147,8 +178,14 @@ mod tests {
             } else {
                 serde_json::from_slice(&bytes).expect("JSON body")
             };
-            let named = path == format!("{LEASES}/{LEASE_NAME}");
-            let mut lease = self.lease.lock().expect("lock");
+            let name = path.strip_prefix(&format!("{LEASES}/")).map(str::to_string);
+            let named = name.is_some();
+            let mut leases = self.leases.lock().expect("lock");
+            let key = name
+                .clone()
+                .or_else(|| body["metadata"]["name"].as_str().map(str::to_string))
+                .unwrap_or_default();
+            let mut lease = leases.remove(&key);
             let mut version = self.version.lock().expect("lock");
             let status = |code: u16, reason: &str| json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason, "code": code});
             let (code, reply) = match (method, named) {
@@ -164,7 +201,7 @@ mod tests {
                         let mut l = body.clone();
                         l["metadata"]["namespace"] = json!(NS);
                         l["metadata"]["resourceVersion"] = json!(version.to_string());
-                        *lease = Some(l.clone());
+                        lease = Some(l.clone());
                         (StatusCode::CREATED, l)
                     }
                 }
@@ -172,7 +209,7 @@ mod tests {
                     *version += 1;
                     let l = lease.get_or_insert_with(|| {
                         json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                               "metadata": {"name": LEASE_NAME, "namespace": NS}, "spec": {}})
+                               "metadata": {"name": key, "namespace": NS}, "spec": {}})
                     });
                     if !l["spec"].is_object() {
                         l["spec"] = json!({});
@@ -193,6 +230,9 @@ mod tests {
                 }
                 _ => (StatusCode::NOT_FOUND, status(404, "NotFound")),
             };
+            if let Some(l) = lease {
+                leases.insert(key, l);
+            }
             Response::builder()
                 .status(code)
                 .header("content-type", "application/json")
@@ -202,7 +242,11 @@ mod tests {
     }
 
     async fn start(api: &FakeLeases, identity: &str) -> Lease {
-        Lease::start_with(api.client(), NS, identity, 2, 1)
+        start_named(api, LEASE_NAME, identity).await
+    }
+
+    async fn start_named(api: &FakeLeases, name: &str, identity: &str) -> Lease {
+        Lease::start_with(api.client(), NS, name, identity, 2, 1)
             .await
             .expect("lease manager starts")
     }
@@ -270,6 +314,40 @@ mod tests {
         assert_eq!(api.holder().as_deref(), Some("replica-b"));
         b.release().await;
         assert_eq!(api.holder(), None);
+    }
+
+    /// Issue 32: two releases in one namespace each hold their own Lease, and both lead at
+    /// once (before, both competed for `dot-proxy-operator`: one release had no leader).
+    #[tokio::test]
+    async fn two_releases_in_one_namespace_each_lead_their_own_lease() {
+        let api = FakeLeases::default();
+        let (a_name, b_name) = (lease_name(Some("pool-a")), lease_name(Some("pool-b")));
+        assert_eq!(
+            (a_name.as_str(), b_name.as_str(), lease_name(None).as_str()),
+            (
+                "dot-proxy-operator-pool-a",
+                "dot-proxy-operator-pool-b",
+                "dot-proxy-operator"
+            )
+        );
+        let mut a = start_named(&api, &a_name, "pool-a-replica-1").await;
+        let mut a2 = start_named(&api, &a_name, "pool-a-replica-2").await;
+        let mut b = start_named(&api, &b_name, "pool-b-replica-1").await;
+        assert!(leads_within(&mut a, Duration::from_secs(5)).await);
+        assert!(
+            leads_within(&mut b, Duration::from_secs(5)).await,
+            "the other release leads too"
+        );
+        assert!(
+            !leads_within(&mut a2, Duration::from_millis(2500)).await,
+            "one leader per release"
+        );
+        assert_eq!(api.holder_of(&a_name).as_deref(), Some("pool-a-replica-1"));
+        assert_eq!(api.holder_of(&b_name).as_deref(), Some("pool-b-replica-1"));
+        assert_eq!(api.holder(), None, "the release-less Lease is not used");
+        a.release().await;
+        a2.release().await;
+        b.release().await;
     }
 
     #[tokio::test(start_paused = true)]

@@ -28,6 +28,9 @@ pub const HASH_ANNOTATION: &str = "dns.dot-proxy.io/config-hash";
 pub const CONFIG_LABEL: &str = "dns.dot-proxy.io/config";
 /// Label telling the main ConfigMap (`config`) from the override shards (`overrides`).
 pub const ROLE_LABEL: &str = "dns.dot-proxy.io/role";
+/// Label on a DotProxyConfig naming the release whose operator acts on it (see
+/// `controller::scope`).
+pub const RELEASE_LABEL: &str = "dns.dot-proxy.io/release";
 /// Standard label on everything the operator writes.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 /// Where the Helm chart mounts the override shards inside the proxy pod.

@@ -47,6 +47,10 @@ fn main() -> ExitCode {
             }
         },
         Command::Run(args) => {
+            if let Some(Err(e)) = args.release.as_deref().map(controller::valid_release) {
+                eprintln!("dot-proxy-operator: --release: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
             if let Err(e) = init_logging(&args.log) {
                 eprintln!("dot-proxy-operator: --log: {e}");
                 return ExitCode::from(EXIT_USAGE);
@@ -116,12 +120,13 @@ async fn run(args: RunArgs) -> anyhow::Result<Stop> {
             .clone()
             .or_else(|| std::env::var("HOSTNAME").ok())
             .unwrap_or_else(|| format!("dot-proxy-operator-{}", std::process::id()));
-        let mut l = Lease::start(client.clone(), &ns, &identity)
+        let lease_name = leader::lease_name(args.release.as_deref());
+        let mut l = Lease::start(client.clone(), &ns, &lease_name, &identity)
             .await
             .context("cannot start leader election")?;
         // A standby is healthy and ready; it just does not write.
         health.set_ready(true);
-        info!(lease = leader::LEASE_NAME, namespace = %ns, %identity, "waiting for the leader lease");
+        info!(lease = %lease_name, release = ?args.release, namespace = %ns, %identity, "waiting for the leader lease");
         tokio::select! {
             led = leader::until_leading(&mut l.leading) => {
                 if !led {
@@ -164,6 +169,7 @@ async fn run(args: RunArgs) -> anyhow::Result<Stop> {
     };
     let opts = RunOptions {
         namespace: args.namespace.clone(),
+        release: args.release.clone(),
         debounce: args.debounce.get(),
         stop_grace: controller::STOP_GRACE,
     };

@@ -20,6 +20,8 @@ pub enum ReconcileResult {
     Waiting,
     /// An API call failed.
     Error,
+    /// A ConfigMap it would write belongs to someone else; nothing was written but status.
+    Refused,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -68,7 +70,7 @@ macro_rules! label_values {
 }
 
 label_values! {
-    ReconcileResult { Applied => "applied", Invalid => "invalid", Waiting => "waiting", Error => "error" }
+    ReconcileResult { Applied => "applied", Invalid => "invalid", Waiting => "waiting", Error => "error", Refused => "refused" }
     WriteKind { Config => "config", Overrides => "overrides", Status => "status", Delete => "delete", Event => "event" }
     WatchKind { Pods => "pods", Nodes => "nodes", Namespaces => "namespaces", ConfigMaps => "configmaps", Other => "other" }
 }

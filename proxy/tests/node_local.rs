@@ -914,3 +914,29 @@ fn node_local_heartbeat_fails_the_liveness_check_when_the_loop_is_stuck() {
     );
     assert_eq!(nl.term(T), Some(0), "{}", nl.log());
 }
+
+/// Issue 32, part 3: `node-local` turns on `net.ipv4.tcp_migrate_req` in its network
+/// namespace (a new one starts with it off) and says so in its log.
+#[test]
+fn node_local_turns_on_tcp_migrate_req_in_its_network_namespace() {
+    const TEST: &str = "node_local_turns_on_tcp_migrate_req_in_its_network_namespace";
+    let Some(ns) = Netns::create(TEST) else {
+        return;
+    };
+    let sysctl = || {
+        ns.ok(&["cat", "/proc/sys/net/ipv4/tcp_migrate_req"])
+            .trim()
+            .to_string()
+    };
+    assert_eq!(sysctl(), "0", "a new network namespace starts with it off");
+    let cfg = ns.config("none", "127.0.0.1:5353".parse().expect("addr"));
+    let cfg = cfg.to_str().expect("utf-8 path");
+    let mut nl = ns.spawn("node-local", &node_local_args(cfg, &[]));
+    assert!(wait_until(T, || sysctl() == "1"), "never set\n{}", nl.log());
+    assert!(
+        wait_until(T, || nl.log().contains("net.ipv4.tcp_migrate_req set to 1")),
+        "not logged\n{}",
+        nl.log()
+    );
+    assert_eq!(nl.term(T), Some(0), "{}", nl.log());
+}

@@ -50,6 +50,7 @@ from chartlib import (  # noqa: E402
     MANIFESTS,
     OBSERVABILITY_MD,
     NAMESPACE,
+    RELEASE,
     ROOT,
     RULES_COPY,
     RULES_FILE,
@@ -505,6 +506,9 @@ def check_invariants(variant: str, values: dict[str, Any], docs: list[Doc], note
             # namespaced Role does not allow.
             p.check(env.get("DOT_PROXY_OPERATOR_NAMESPACE") == {"fieldRef": {"fieldPath": "metadata.namespace"}},
                     f"{tag} DOT_PROXY_OPERATOR_NAMESPACE must be the release namespace")
+            # Its own Lease and only its own DotProxyConfigs (docs/operator.md, several
+            # releases in one namespace).
+            p.check(env.get("DOT_PROXY_OPERATOR_RELEASE") == RELEASE, f"{tag} DOT_PROXY_OPERATOR_RELEASE must be the release name")
             p.check(env.get("DOT_PROXY_OPERATOR_METRICS_ADDR", "").endswith(f":{v['operator']['port']}"), f"{tag} operator metrics address must use operator.port")
             p.check(c["ports"] == [{"name": "http", "containerPort": v["operator"]["port"], "protocol": "TCP"}], f"{tag} operator port")
             p.check(c["livenessProbe"]["httpGet"]["path"] == "/healthz" and c["readinessProbe"]["httpGet"]["path"] == "/readyz", f"{tag} operator probes")
@@ -657,7 +661,7 @@ def check_rbac(tag: str, v: dict[str, Any], docs: list[Doc], p: Problems) -> Non
     p.check(cluster == want_cluster, f"{tag} ClusterRole grants {cluster}, want {want_cluster}")
     ns = grants(rules_of("Role"))
     want_ns = {
-        ("", "configmaps"): {"get", "list", "watch", "create", "patch", "update", "delete"},
+        ("", "configmaps"): {"get", "list", "watch", "create", "patch", "delete"},
         ("dns.dot-proxy.io", "dotproxyconfigs"): {"get", "list", "watch"},
         ("dns.dot-proxy.io", "dotproxyconfigs/status"): {"get", "patch", "update"},
         ("dns.dot-proxy.io", "dotproxyconfigs/finalizers"): {"update"},
@@ -666,7 +670,7 @@ def check_rbac(tag: str, v: dict[str, Any], docs: list[Doc], p: Problems) -> Non
     p.check(ns == want_ns, f"{tag} Role grants {ns}, want {want_ns}")
     for r in rules_of("Role"):
         if r["resources"] == ["leases"] and set(r["verbs"]) & {"get", "patch", "update"}:
-            p.check(r.get("resourceNames") == ["dot-proxy-operator"], f"{tag} lease updates must be limited to the dot-proxy-operator Lease")
+            p.check(r.get("resourceNames") == [f"dot-proxy-operator-{RELEASE}"], f"{tag} lease updates must be limited to the release's Lease dot-proxy-operator-{RELEASE}")
         if r["resources"] == ["configmaps"] and "delete" in r["verbs"] and v["operator"]["rbac"]["restrictConfigMapNames"]:
             cm = v["config"]["configMapName"] or "dot-proxy-config"
             want = [cm] + [f"{cm}-overrides-{i}" for i in range(64)]
@@ -684,6 +688,8 @@ def check_dotproxyconfig(tag: str, v: dict[str, Any], cfg: dict[str, Any], p: Pr
                                              "hostSearchDomains": sc["hostSearchDomains"], "types": sc["types"]},
             f"{tag} spec.searchCompletion must follow the searchCompletion values, got {spec.get('searchCompletion')}")
     p.check(cfg["apiVersion"] == "dns.dot-proxy.io/v1alpha1", f"{tag} DotProxyConfig apiVersion")
+    p.check(cfg["metadata"].get("labels", {}).get("dns.dot-proxy.io/release") == RELEASE,
+            f"{tag} the DotProxyConfig must carry dns.dot-proxy.io/release: {RELEASE} (only its release's operator acts on it)")
     groups = {g["name"]: g for g in spec.get("upstreamGroups", [])}
     p.check(len(groups) == len(spec.get("upstreamGroups", [])), f"{tag} upstream group names repeat")
     zones = {z["zone"]: z["group"] for z in spec.get("zones", [])}

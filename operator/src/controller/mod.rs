@@ -13,6 +13,7 @@
 //! reconcile with nothing new makes one LIST and no write.
 
 mod objects;
+mod scope;
 mod status;
 
 #[cfg(test)]
@@ -34,7 +35,8 @@ use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::{watch, Mutex};
 use tracing::{debug, info, warn};
 
-pub use objects::{config_map, selector, stale, up_to_date, Role};
+pub use objects::{config_map, ownership, selector, stale, up_to_date, Ownership, Role};
+pub use scope::{scope, valid_release, Scope};
 pub use status::{desired as desired_status, Outcome};
 
 use crate::admin::Health;
@@ -73,6 +75,8 @@ pub struct Context {
     reported: Mutex<HashMap<String, BTreeSet<String>>>,
     /// The clock for condition times (tests use a fixed one).
     now: fn() -> Time,
+    /// The release this operator acts for (`None`: every resource of its namespace).
+    release: Option<String>,
 }
 
 impl Context {
@@ -102,7 +106,14 @@ impl Context {
             recorder,
             reported: Mutex::default(),
             now,
+            release: None,
         }
+    }
+
+    /// Acts only on the resources of `release` (see [`scope`]).
+    pub fn for_release(mut self, release: Option<String>) -> Self {
+        self.release = release;
+        self
     }
 }
 
@@ -114,6 +125,21 @@ fn now() -> Time {
 
 /// Reconciles one resource.
 pub async fn reconcile(dpc: Arc<DotProxyConfig>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let mut dpc = dpc;
+    match scope(&dpc, ctx.release.as_deref()) {
+        Scope::Ours => {}
+        // Another release's: not reconciled, not counted.
+        Scope::NotOurs => return Ok(Action::await_change()),
+        Scope::Claim => match claim(&dpc, &ctx).await {
+            Ok(claimed) => dpc = Arc::new(claimed),
+            // Another release claimed it first; the watch brings its claim.
+            Err(Error::Kube(kube::Error::Api(e))) if e.is_conflict() => {
+                info!(namespace = ?dpc.namespace(), name = %dpc.name_any(), "another release claimed this resource first");
+                return Ok(Action::requeue(WAIT_FOR_SYNC));
+            }
+            Err(e) => return Err(e),
+        },
+    }
     let started = tokio::time::Instant::now();
     let result = reconcile_inner(&dpc, &ctx).await;
     let label = match &result {
@@ -170,13 +196,50 @@ async fn reconcile_inner(
             .iter()
             .map(|s| (config_map(dpc, s, Role::Overrides), Role::Overrides)),
     );
+    let desired: Vec<(ConfigMap, Role)> = desired.collect();
+    // Ownership first, for every name, before anything is written: a ConfigMap another
+    // resource or someone else made is never overwritten, and a refusal leaves all of
+    // this resource's ConfigMaps as they were.
+    let mut found: Vec<Option<ConfigMap>> = Vec::with_capacity(desired.len());
+    for (cm, _) in &desired {
+        let cm_name = cm.name_any();
+        let current = match existing.iter().find(|e| e.name_any() == cm_name) {
+            Some(e) => Some(e.clone()),
+            // Not labeled as this resource's: only a GET can tell a free name from a
+            // ConfigMap someone else made.
+            None => match api.get_opt(&cm_name).await {
+                Ok(found) => found,
+                Err(e) => {
+                    // Said in the status like a failed write (RBAC that does not name
+                    // this ConfigMap, the API server), then retried.
+                    let why = format!("could not read ConfigMap {cm_name}: {e}");
+                    if let Err(se) = write_status(dpc, ctx, &ns, Outcome::WriteFailed(&why)).await {
+                        warn!(error = %se, namespace = %ns, name = %name, "could not record the failed read in the status");
+                    }
+                    return Err(e.into());
+                }
+            },
+        };
+        match current.as_ref().map(|c| ownership(dpc, c)) {
+            Some(Ownership::NotOurs(why)) => {
+                let why = format!("ConfigMap {cm_name} is not overwritten: {why}. Delete it, or set another spec.target.configMapName");
+                warn!(namespace = %ns, name = %name, configmap = %cm_name, reason = %why, "refusing to write a ConfigMap this resource does not own");
+                write_status(dpc, ctx, &ns, Outcome::NotOwned(&why)).await?;
+                return Ok((ReconcileResult::Refused, Action::requeue(RETRY)));
+            }
+            Some(Ownership::Adopt) => {
+                info!(namespace = %ns, name = %name, configmap = %cm_name, "adopting a ConfigMap this operator wrote without an owner reference");
+            }
+            Some(Ownership::Ours) | None => {}
+        }
+        found.push(current);
+    }
     let mut names = Vec::new();
     let mut written = 0;
-    for (cm, role) in desired {
+    for ((cm, role), current) in desired.into_iter().zip(found) {
         let cm_name = cm.name_any();
-        let current = existing.iter().find(|e| e.name_any() == cm_name);
         names.push(cm_name.clone());
-        if current.is_some_and(|e| up_to_date(e, &cm)) {
+        if current.as_ref().is_some_and(|e| up_to_date(e, &cm)) {
             continue;
         }
         if let Err(e) = api.patch(&cm_name, &pp, &Patch::Apply(&cm)).await {
@@ -233,18 +296,50 @@ async fn reconcile_inner(
     Ok((ReconcileResult::Applied, Action::requeue(RESYNC)))
 }
 
+/// Claims an unlabeled resource for this operator's release: its status names the release,
+/// written only if the resource is still the version read (`resourceVersion` in the apply:
+/// of two releases claiming at once, the second gets a conflict). Returns the resource as
+/// claimed.
+async fn claim(dpc: &DotProxyConfig, ctx: &Context) -> Result<DotProxyConfig, Error> {
+    let ns = dpc.namespace().ok_or(Error::NoNamespace)?;
+    let mut status = dpc.status.clone().unwrap_or_default();
+    status.release = ctx.release.clone();
+    let patch = serde_json::json!({
+        "apiVersion": DotProxyConfig::api_version(&()),
+        "kind": DotProxyConfig::kind(&()),
+        "metadata": {"resourceVersion": dpc.resource_version()},
+        "status": serde_json::to_value(&status)?,
+    });
+    let api: Api<DotProxyConfig> = Api::namespaced(ctx.client.clone(), &ns);
+    api.patch_status(
+        &dpc.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    ctx.metrics.wrote(WriteKind::Status);
+    info!(namespace = %ns, name = %dpc.name_any(), release = ?ctx.release, "claimed a resource without a release label");
+    let mut claimed = dpc.clone();
+    claimed.status = Some(status);
+    Ok(claimed)
+}
+
 async fn write_status(
     dpc: &DotProxyConfig,
     ctx: &Context,
     ns: &str,
     outcome: Outcome<'_>,
 ) -> Result<(), Error> {
-    let status = desired_status(
+    let mut status = desired_status(
         dpc.status.as_ref(),
         dpc.metadata.generation,
         outcome,
         &(ctx.now)(),
     );
+    if ctx.release.is_some() {
+        // Every status write carries the claim (the one field manager owns the whole status).
+        status.release = ctx.release.clone();
+    }
     if dpc.status.as_ref() == Some(&status) {
         return Ok(());
     }
@@ -319,6 +414,8 @@ pub fn error_policy(dpc: Arc<DotProxyConfig>, error: &Error, _ctx: Arc<Context>)
 pub struct RunOptions {
     /// Watch DotProxyConfigs (and write ConfigMaps) only here; `None`: every namespace.
     pub namespace: Option<String>,
+    /// Act only on this release's DotProxyConfigs ([`scope`]); `None`: on every one.
+    pub release: Option<String>,
     /// Quiet time before a burst of pod changes is rendered.
     pub debounce: Duration,
     /// How long the controller may take to stop once `shutdown` completes; past it, it is
@@ -366,7 +463,7 @@ pub async fn run(
         None => Api::all(client.clone()),
     };
     let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={FIELD_MANAGER}"));
-    let ctx = Arc::new(Context::new(client, rx.clone(), metrics));
+    let ctx = Arc::new(Context::new(client, rx.clone(), metrics).for_release(opts.release.clone()));
     // A graceful stop lets reconciles in progress finish; it cannot end a watch that never
     // synced (an API server out of reach), so past `stop_grace` the controller is dropped.
     let shutdown = futures::FutureExt::shared(shutdown);

@@ -88,6 +88,70 @@ pub fn up_to_date(existing: &ConfigMap, desired: &ConfigMap) -> bool {
     data_same && annotation_same && labels_same && owner_same && existing.binary_data.is_none()
 }
 
+/// Whether a ConfigMap that already exists under a name `dpc` wants to write may be written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ownership {
+    /// Its controller owner reference is `dpc`.
+    Ours,
+    /// No controller owner reference, but written by this operator's field manager for a
+    /// resource of this name (a ConfigMap left by an orphaning delete of an earlier
+    /// resource, or written before it had a uid): taken over, the write adds the owner
+    /// reference.
+    Adopt,
+    /// Someone else's: never written. The text says whose, for the status.
+    NotOurs(String),
+}
+
+/// Decides [`Ownership`] of `existing` for `dpc`. The marker is the controller owner
+/// reference every write sets (and that garbage collection follows): one ConfigMap has at
+/// most one controller, so two resources naming the same ConfigMap cannot both own it.
+pub fn ownership(dpc: &DotProxyConfig, existing: &ConfigMap) -> Ownership {
+    let uid = dpc.uid();
+    if let Some(owner) = existing
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true))
+    {
+        if uid.as_ref() == Some(&owner.uid) {
+            return Ownership::Ours;
+        }
+        let ns = existing.namespace().unwrap_or_default();
+        return Ownership::NotOurs(if owner.kind == DotProxyConfig::kind(&()) {
+            format!(
+                "it belongs to DotProxyConfig {ns}/{} (uid {})",
+                owner.name, owner.uid
+            )
+        } else {
+            format!("it is controlled by {} {ns}/{}", owner.kind, owner.name)
+        });
+    }
+    let ours_by_label = existing.labels().get(MANAGED_BY_LABEL).map(String::as_str)
+        == Some(FIELD_MANAGER)
+        && existing.labels().get(CONFIG_LABEL) == Some(&dpc.name_any());
+    let our_manager = existing
+        .managed_fields()
+        .iter()
+        .any(|f| f.manager.as_deref() == Some(FIELD_MANAGER));
+    if ours_by_label && our_manager {
+        return Ownership::Adopt;
+    }
+    let mut managers: Vec<&str> = existing
+        .managed_fields()
+        .iter()
+        .filter_map(|f| f.manager.as_deref())
+        .collect();
+    managers.sort_unstable();
+    managers.dedup();
+    Ownership::NotOurs(if managers.is_empty() {
+        "it was not written by dot-proxy-operator for this resource".to_string()
+    } else {
+        format!(
+            "it was not written by dot-proxy-operator for this resource (written by {})",
+            managers.join(", ")
+        )
+    })
+}
+
 /// ConfigMaps written earlier for this resource that the current render no longer produces
 /// (a renamed target, fewer shards). Only those this resource controls are returned.
 pub fn stale<'a>(
@@ -167,6 +231,70 @@ mod tests {
             .get_or_insert_with(BTreeMap::new)
             .insert("other".into(), "x".into());
         assert!(!up_to_date(&extra_key, &cm));
+    }
+
+    #[test]
+    fn ownership_follows_the_controller_reference_then_the_field_manager() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+        let d = dpc();
+        let content = ConfigMapContent::new(
+            "dot-proxy-config".into(),
+            "config.yaml".into(),
+            "listen: []\n".into(),
+        );
+        let ours = config_map(&d, &content, Role::Config);
+        assert_eq!(ownership(&d, &ours), Ownership::Ours);
+
+        // The same name, recreated (another uid): the old one's until collected.
+        let mut recreated = d.clone();
+        recreated.metadata.uid = Some("uid-2".into());
+        match ownership(&recreated, &ours) {
+            Ownership::NotOurs(why) => assert_eq!(
+                why,
+                "it belongs to DotProxyConfig dot-proxy/default (uid uid-1)"
+            ),
+            other => panic!("{other:?}"),
+        }
+
+        let manager = |m: &str| ManagedFieldsEntry {
+            manager: Some(m.into()),
+            operation: Some("Apply".into()),
+            ..Default::default()
+        };
+        let mut orphan = ours.clone();
+        orphan.metadata.owner_references = None;
+        orphan.metadata.managed_fields = Some(vec![manager(FIELD_MANAGER)]);
+        assert_eq!(ownership(&recreated, &orphan), Ownership::Adopt);
+        // Our labels but written by someone else (kubectl apply of a rendered file):
+        // not ours to take.
+        orphan.metadata.managed_fields = Some(vec![manager("kubectl"), manager("kubectl")]);
+        match ownership(&d, &orphan) {
+            Ownership::NotOurs(why) => assert!(why.ends_with("(written by kubectl)"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        // Our manager but another resource's label: not adopted by this one.
+        let mut other = ours.clone();
+        other.metadata.owner_references = None;
+        other.metadata.managed_fields = Some(vec![manager(FIELD_MANAGER)]);
+        other
+            .metadata
+            .labels
+            .get_or_insert_with(BTreeMap::new)
+            .insert(CONFIG_LABEL.into(), "other".into());
+        assert!(matches!(ownership(&d, &other), Ownership::NotOurs(_)));
+        // Controlled by something else entirely.
+        let mut helm = ours.clone();
+        if let Some(o) = helm.metadata.owner_references.as_mut() {
+            o[0].kind = "HelmRelease".into();
+            o[0].name = "web".into();
+            o[0].uid = "uid-9".into();
+        }
+        match ownership(&d, &helm) {
+            Ownership::NotOurs(why) => {
+                assert_eq!(why, "it is controlled by HelmRelease dot-proxy/web")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -24,6 +24,9 @@ pub enum Outcome<'a> {
     Invalid(&'a Invalid),
     /// Rendered, but writing a ConfigMap failed (the API server's error, with the name).
     WriteFailed(&'a str),
+    /// Rendered, but a ConfigMap it would write belongs to someone else (the message says
+    /// which and whose): nothing was written.
+    NotOwned(&'a str),
 }
 
 /// The status to write. Conditions whose status, reason and message are unchanged keep their
@@ -86,12 +89,16 @@ pub fn desired(
             ("False", "WriteFailed", format!("{error}; retrying")),
             ("False", "Valid", String::new()),
         ),
+        Outcome::NotOwned(why) => (
+            ("False", "ConfigMapNotOwned", why.to_string()),
+            ("False", "Valid", String::new()),
+        ),
     };
     let old_conditions = std::mem::take(&mut st.conditions);
     let ignored = match outcome {
         Outcome::Applied { rendered, .. } => Some(ignored_condition(rendered)),
         // Not rendered or not written: what the last render found still holds.
-        Outcome::Invalid(_) | Outcome::WriteFailed(_) => old_conditions
+        Outcome::Invalid(_) | Outcome::WriteFailed(_) | Outcome::NotOwned(_) => old_conditions
             .iter()
             .find(|c| c.type_ == ANNOTATIONS_IGNORED)
             .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone())),
@@ -99,7 +106,7 @@ pub fn desired(
     .unwrap_or_else(|| ("False".into(), "None".into(), String::new()));
     let truncated = match outcome {
         Outcome::Applied { rendered, .. } => Some(truncated_condition(rendered)),
-        Outcome::Invalid(_) | Outcome::WriteFailed(_) => old_conditions
+        Outcome::Invalid(_) | Outcome::WriteFailed(_) | Outcome::NotOwned(_) => old_conditions
             .iter()
             .find(|c| c.type_ == OVERRIDES_TRUNCATED)
             .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone())),

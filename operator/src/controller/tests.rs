@@ -45,7 +45,13 @@ struct FakeApi {
     handle: Handle,
     config_maps: BTreeMap<String, Value>,
     status: Option<Value>,
+    /// The status last written for each resource, by name (`status` is "default"'s).
+    statuses: BTreeMap<String, Value>,
+    /// Each resource's resourceVersion (1 until its status is first written).
+    versions: BTreeMap<String, u64>,
     fail_patches: bool,
+    /// GETs of one ConfigMap answer 403 (a Role that does not name it).
+    forbid_gets: bool,
 }
 
 impl FakeApi {
@@ -81,6 +87,23 @@ impl FakeApi {
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
+        // `k=v,k=v` of a label selector, as the reconciler sends it (the fake lists only
+        // what matches, like the API server).
+        let req_labels: Option<Vec<(String, String)>> = req.uri().query().and_then(|q| {
+            let sel = q
+                .split('&')
+                .find_map(|p| p.strip_prefix("labelSelector="))?;
+            let sel = sel
+                .replace("%2F", "/")
+                .replace("%3D", "=")
+                .replace("%2C", ",");
+            Some(
+                sel.split(',')
+                    .filter_map(|kv| kv.split_once('='))
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
+        });
         let bytes = req.into_body().collect_bytes().await.expect("request body");
         let body: Value = if bytes.is_empty() {
             Value::Null
@@ -94,12 +117,34 @@ impl FakeApi {
             .map(str::to_string);
         let (code, reply) = match (&method, cm_name) {
             (&Method::GET, None) if path == CM_PATH => {
-                let items: Vec<Value> = self.config_maps.values().cloned().collect();
+                let selector = req_labels.unwrap_or_default();
+                let items: Vec<Value> = self
+                    .config_maps
+                    .values()
+                    .filter(|cm| {
+                        selector
+                            .iter()
+                            .all(|(k, v)| cm["metadata"]["labels"][k] == *v.as_str())
+                    })
+                    .cloned()
+                    .collect();
                 (
                     StatusCode::OK,
                     json!({"apiVersion": "v1", "kind": "ConfigMapList", "metadata": {"resourceVersion": "7"}, "items": items}),
                 )
             }
+            (&Method::GET, Some(_)) if self.forbid_gets => (
+                StatusCode::FORBIDDEN,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403,
+                       "message": "configmaps \"x\" is forbidden: User cannot get resource"}),
+            ),
+            (&Method::GET, Some(name)) => match self.config_maps.get(&name) {
+                Some(cm) => (StatusCode::OK, cm.clone()),
+                None => (
+                    StatusCode::NOT_FOUND,
+                    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}),
+                ),
+            },
             (&Method::PATCH, Some(_)) if self.fail_patches => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": "etcdserver: request timed out", "reason": "InternalError", "code": 500}),
@@ -115,9 +160,37 @@ impl FakeApi {
                     json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
                 )
             }
-            (&Method::PATCH, None) if path.ends_with("/dotproxyconfigs/default/status") => {
-                self.status = body.get("status").cloned();
+            (&Method::PATCH, None)
+                if path.ends_with("/status") && path.contains("/dotproxyconfigs/") =>
+            {
+                let name = path.rsplit('/').nth(1).unwrap_or_default().to_string();
+                let version = self.versions.entry(name.clone()).or_insert(1);
+                // An apply that names a resourceVersion is refused when it is not the
+                // current one (optimistic concurrency, as the API server does).
+                if let Some(rv) = body["metadata"]["resourceVersion"].as_str() {
+                    if rv != version.to_string() {
+                        let conflict = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409,
+                                              "message": "the object has been modified"});
+                        respond.send_response(
+                            Response::builder()
+                                .status(StatusCode::CONFLICT)
+                                .body(Body::from(serde_json::to_vec(&conflict).expect("json")))
+                                .expect("response"),
+                        );
+                        return Sent {
+                            line,
+                            content_type,
+                            body,
+                        };
+                    }
+                }
+                *version += 1;
+                self.statuses.insert(name.clone(), body["status"].clone());
+                if name == "default" {
+                    self.status = body.get("status").cloned();
+                }
                 let mut obj = serde_json::to_value(dpc(1)).expect("json");
+                obj["metadata"]["name"] = json!(name);
                 obj["status"] = body["status"].clone();
                 (StatusCode::OK, obj)
             }
@@ -205,7 +278,10 @@ fn setup(initial: Arc<Snapshot>) -> Setup {
             handle,
             config_maps: BTreeMap::new(),
             status: None,
+            statuses: BTreeMap::new(),
+            versions: BTreeMap::new(),
             fail_patches: false,
+            forbid_gets: false,
         },
         ctx,
         view,
@@ -215,6 +291,31 @@ fn setup(initial: Arc<Snapshot>) -> Setup {
 fn lines(sent: &[Sent]) -> Vec<&str> {
     sent.iter().map(|s| s.line.as_str()).collect()
 }
+
+fn cm_get(name: &str) -> String {
+    format!("GET {CM_PATH}/{name}")
+}
+
+/// The GETs of names not yet labeled as the resource's (the ownership check before a
+/// first write) are asserted, then left out, so the writes keep their places.
+fn after_gets(sent: Vec<Sent>, names: &[&str]) -> Vec<Sent> {
+    let gets: Vec<&str> = sent
+        .iter()
+        .filter(|s| s.line.starts_with(&format!("GET {CM_PATH}/")))
+        .map(|s| s.line.as_str())
+        .collect();
+    let want: Vec<String> = names.iter().map(|n| cm_get(n)).collect();
+    assert_eq!(gets, want, "the ownership check GETs each new name once");
+    sent.into_iter()
+        .filter(|s| !s.line.starts_with(&format!("GET {CM_PATH}/")))
+        .collect()
+}
+
+const ALL3: [&str; 3] = [
+    "dot-proxy-config",
+    "dot-proxy-config-overrides-0",
+    "dot-proxy-config-overrides-1",
+];
 
 fn cm_patch(name: &str) -> String {
     format!("PATCH {CM_PATH}/{name}{APPLY}")
@@ -253,6 +354,7 @@ async fn create_noop_update_pod_churn_invalid_and_back() {
     //    with the bad annotation, then the status.
     let d = api.resource(1, |_| {});
     let (action, sent) = api.serve_while(reconcile(d, ctx.clone())).await;
+    let sent = after_gets(sent, &ALL3);
     assert_eq!(
         action.expect("reconciled"),
         Action::requeue(Duration::from_secs(300))
@@ -523,6 +625,7 @@ async fn fewer_shards_delete_the_extra_ones_and_hand_edits_are_undone() {
     let (_, sent) = api
         .serve_while(reconcile(api.resource(1, |_| {}), ctx.clone()))
         .await;
+    let sent = after_gets(sent, &ALL3);
     assert_eq!(sent.len(), 5, "{:?}", lines(&sent));
 
     // Someone edits the main ConfigMap by hand: it is applied again.
@@ -567,6 +670,7 @@ async fn a_failed_write_is_an_error_for_retry() {
     api.fail_patches = true;
     let d = api.resource(1, |_| {});
     let (result, sent) = api.serve_while(reconcile(d.clone(), ctx.clone())).await;
+    let sent = after_gets(sent, &ALL3);
     // The failure is said in the status too: Ready must not keep saying the config is
     // written when it is not.
     assert_eq!(
@@ -631,6 +735,7 @@ async fn a_shard_overflow_still_writes_the_main_config_map() {
     let (action, sent) = api
         .serve_while(reconcile(api.resource(1, one), ctx.clone()))
         .await;
+    let sent = after_gets(sent, &ALL3[..2]);
     action.expect("reconciled");
     assert_eq!(
         lines(&sent),
@@ -671,6 +776,7 @@ async fn a_shard_overflow_still_writes_the_main_config_map() {
     let (_, sent) = api
         .serve_while(reconcile(api.resource(2, grow), ctx.clone()))
         .await;
+    let sent = after_gets(sent, &ALL3[2..]);
     assert_eq!(
         lines(&sent),
         [
@@ -788,6 +894,7 @@ async fn stops_on_shutdown_with_the_api_server_out_of_reach() {
     let client = Client::try_from(config).expect("client");
     let opts = RunOptions {
         namespace: Some(NS.into()),
+        release: None,
         debounce: Duration::from_millis(10),
         stop_grace: Duration::from_millis(500),
     };
@@ -802,3 +909,6 @@ async fn stops_on_shutdown_with_the_api_server_out_of_reach() {
         .await
         .expect("the controller stopped after shutdown");
 }
+
+mod ownership;
+mod releases;

@@ -26,6 +26,11 @@ pub struct DotProxyConfigStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 
+    /// The release whose operator acts on this resource (the `dns.dot-proxy.io/release`
+    /// label, or the first release to claim an unlabeled resource).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
+
     /// `Ready` and `Invalid`.
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]

@@ -12,6 +12,10 @@
 //! 4. on SIGTERM removes the rules, unless another instance runs ([`presence`]). The
 //!    interface and its addresses stay: with nothing listening, the kernel refuses
 //!    queries to a local address at once, so resolvers move to their next nameserver.
+//!
+//! Beside that it sets `net.ipv4.tcp_migrate_req=1` in the host's network namespace when
+//! it may, and warns when it cannot ([`sysctl`]): a proxy's SIGTERM handover then loses
+//! no TCP connection.
 
 pub mod firewall;
 pub mod health;
@@ -19,6 +23,7 @@ pub mod link;
 pub mod presence;
 pub mod probe;
 pub mod status;
+pub mod sysctl;
 
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
@@ -167,6 +172,7 @@ async fn run(cfg: &Config, args: &NodeLocalArgs) -> Result<(), SetupError> {
         addresses = ?nl.addresses,
         "interface ready"
     );
+    migrate_req(std::path::Path::new("/proc"), None);
     let backend = Backend::choose(nl.firewall).await?;
     match backend {
         Some(b) => tracing::info!(firewall = %b, "NOTRACK rules go in once the proxy answers"),
@@ -194,6 +200,25 @@ fn warn_unserved(cfg: &Config) {
             tracing::warn!(address = %ip, port = nl.port, "the proxy's `listen` does not include this address and port");
         }
     }
+}
+
+/// Sets `net.ipv4.tcp_migrate_req=1` and logs what came of it: at start (`before` is
+/// `None`), and afterwards only when it changed.
+fn migrate_req(proc: &std::path::Path, before: Option<&sysctl::MigrateReq>) -> sysctl::MigrateReq {
+    let now = sysctl::ensure_tcp_migrate_req(proc);
+    let changed = match before {
+        None => true,
+        // Found off again after being on (or the other way): said again.
+        Some(b) => b.is_on() != now.is_on() || now == sysctl::MigrateReq::TurnedOn,
+    };
+    if changed {
+        if now.is_on() {
+            tracing::info!(sysctl = "net.ipv4.tcp_migrate_req", "{}", now.describe());
+        } else {
+            tracing::warn!(sysctl = "net.ipv4.tcp_migrate_req", "{}", now.describe());
+        }
+    }
+    now
 }
 
 fn targets(nl: &NodeLocalConfig) -> Vec<SocketAddr> {
@@ -256,6 +281,7 @@ async fn watch(
     let mut next_verify = Instant::now() + verify_every;
     let mut tick = tokio::time::interval(args.probe_interval.get());
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut migrate = sysctl::ensure_tcp_migrate_req(std::path::Path::new("/proc"));
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -289,6 +315,8 @@ async fn watch(
         let verify_due = now >= next_verify;
         if verify_due {
             next_verify = now + verify_every;
+            // Someone may have turned it off again (a node tuning agent).
+            migrate = migrate_req(std::path::Path::new("/proc"), Some(&migrate));
             match netlink.ensure(&nl.interface, &nl.addresses).await {
                 Ok(e) if e.created || e.brought_up || !e.added.is_empty() => tracing::warn!(
                     interface = %nl.interface,
