@@ -178,6 +178,16 @@ async fn until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     dot_proxy_testkit::within(limit, || std::future::ready(f())).await
 }
 
+/// The pod watch of `node-a` through `client`, filling a table of its own.
+fn follow_node_a(client: Client) -> (Arc<PodTable>, WatchMetrics, tokio::task::JoinHandle<()>) {
+    let table = Arc::new(PodTable::default());
+    let metrics = WatchMetrics::default();
+    let events = watcher(Api::<PodAddresses>::all(client), watch_config("node-a"));
+    let (t, m) = (table.clone(), metrics.clone());
+    let task = tokio::spawn(async move { follow(events, &t, &m).await });
+    (table, metrics, task)
+}
+
 #[tokio::test]
 async fn watch_lists_and_follows_the_nodes_pods() {
     let (client, api) = fake_api(
@@ -193,11 +203,7 @@ async fn watch_lists_and_follows_the_nodes_pods() {
         ],
         false,
     );
-    let table = Arc::new(PodTable::default());
-    let metrics = WatchMetrics::default();
-    let events = watcher(Api::<PodAddresses>::all(client), watch_config("node-a"));
-    let (t, m) = (table.clone(), metrics.clone());
-    let task = tokio::spawn(async move { follow(events, &t, &m).await });
+    let (table, metrics, task) = follow_node_a(client);
     let b: IpAddr = "10.1.0.6".parse().expect("ip");
     let a: IpAddr = "10.1.0.5".parse().expect("ip");
     assert!(
@@ -235,11 +241,7 @@ async fn an_api_server_failing_keeps_the_last_table() {
         vec![],
         true,
     );
-    let table = Arc::new(PodTable::default());
-    let metrics = WatchMetrics::default();
-    let events = watcher(Api::<PodAddresses>::all(client), watch_config("node-a"));
-    let (t, m) = (table.clone(), metrics.clone());
-    let task = tokio::spawn(async move { follow(events, &t, &m).await });
+    let (table, metrics, task) = follow_node_a(client);
     let a: IpAddr = "10.1.0.5".parse().expect("ip");
     assert!(until(Duration::from_secs(5), || table.namespace_of(a).is_some()).await);
     assert!(
