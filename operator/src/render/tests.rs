@@ -6,6 +6,7 @@ use dot_proxy_config::{
 };
 
 use super::*;
+use crate::render::annotations::{BURST, EXEMPT, GROUP, QPS};
 use crate::resource::{Checked, DotProxyConfig, DotProxyConfigSpec};
 
 const EXAMPLE: &str = include_str!("../../examples/dotproxyconfig.yaml");
@@ -519,11 +520,6 @@ fn ranges_the_schema_should_catch_are_still_checked() {
     );
 }
 
-const QPS: &str = "dns.dot-proxy.io/qps";
-const BURST: &str = "dns.dot-proxy.io/burst";
-const EXEMPT: &str = "dns.dot-proxy.io/rate-limit-exempt";
-const GROUP: &str = "dns.dot-proxy.io/upstream-group";
-
 #[test]
 fn annotated_pods_become_host_entries_in_their_nodes_shard() {
     let mut spec = spec_from(MINIMAL);
@@ -651,31 +647,18 @@ fn shard_entries_pass_the_proxys_own_checks() {
 #[test]
 fn invalid_annotations_are_reported_and_never_break_other_pods() {
     let spec = spec_from(MINIMAL);
+    fn on_a(name: &str, ip: &str, ann: &[(&str, &str)]) -> PodInfo {
+        pod(name, "node-a", &[ip], ann)
+    }
     let pods = vec![
-        pod("good", "node-a", &["10.244.1.5"], &[(QPS, "50")]),
-        pod(
-            "bad-qps",
-            "node-a",
-            &["10.244.1.6"],
-            &[(QPS, "lots"), (BURST, "9")],
-        ),
-        pod(
-            "bad-group",
-            "node-a",
-            &["10.244.1.7"],
-            &[(GROUP, "secret-resolvers")],
-        ),
-        pod(
-            "bad-exempt",
-            "node-a",
-            &["10.244.1.8"],
-            &[(EXEMPT, "yes please")],
-        ),
+        on_a("good", "10.244.1.5", &[(QPS, "50")]),
+        on_a("bad-qps", "10.244.1.6", &[(QPS, "lots"), (BURST, "9")]),
+        on_a("bad-group", "10.244.1.7", &[(GROUP, "secret-resolvers")]),
+        on_a("bad-exempt", "10.244.1.8", &[(EXEMPT, "yes please")]),
         // Every name of this pod would go out as plain DNS, and allowPlainDefault is off.
-        pod(
+        on_a(
             "plain-group",
-            "node-a",
-            &["10.244.1.9"],
+            "10.244.1.9",
             &[(GROUP, "cluster"), (QPS, "7")],
         ),
     ];
@@ -843,18 +826,8 @@ fn node_selector_pending_pods_host_network_and_duplicate_ips() {
 #[test]
 fn rate_limit_annotations_while_limiting_is_off_are_reported() {
     let pods = [
-        pod(
-            "limited",
-            "node-1",
-            &["10.1.0.5"],
-            &[("dns.dot-proxy.io/qps", "50")],
-        ),
-        pod(
-            "routed",
-            "node-1",
-            &["10.1.0.6"],
-            &[("dns.dot-proxy.io/upstream-group", "public")],
-        ),
+        pod("limited", "node-1", &["10.1.0.5"], &[(QPS, "50")]),
+        pod("routed", "node-1", &["10.1.0.6"], &[(GROUP, "public")]),
     ];
     let mut spec = spec_from(MINIMAL);
     spec.rate_limit.enabled = false;
