@@ -39,7 +39,11 @@ pub fn edns(size: u16, dnssec_ok: bool, ecs: bool) -> Edns {
 /// The EDNS option codes of a message.
 pub fn option_codes(m: &Message) -> Vec<u16> {
     let options = m.edns.as_ref().expect("edns").options();
-    options.as_ref().iter().map(|(c, _)| u16::from(*c)).collect()
+    options
+        .as_ref()
+        .iter()
+        .map(|(c, _)| u16::from(*c))
+        .collect()
 }
 
 /// An HTTPS record for `name` with both address hints (192.0.2.1 and 2001:db8::1), so the

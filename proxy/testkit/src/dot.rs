@@ -162,7 +162,8 @@ impl Upstream {
         for _ in 0..N {
             ups.push(Self::start().await);
         }
-        ups.try_into().unwrap_or_else(|_| unreachable!("N upstreams"))
+        ups.try_into()
+            .unwrap_or_else(|_| unreachable!("N upstreams"))
     }
 
     pub async fn start_with(pki: Pki) -> Arc<Upstream> {

@@ -8,8 +8,8 @@ use clap::Parser;
 use dot_proxy::config::{Config, Dur, UpstreamServer};
 use dot_proxy::server::Server;
 
-use crate::dot::{Behaviour, Upstream};
 use crate::client::free_port;
+use crate::dot::{Behaviour, Upstream};
 use crate::metrics::{http_get, metric_with};
 
 /// A config for tests: listens on 127.0.0.1:0, admin on 127.0.0.1:0, one group.

@@ -95,16 +95,7 @@ impl Capture {
         });
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let out = Command::new("dnstap-read")
-            .arg("-y")
-            .arg(&self.out)
-            .output()
-            .expect("dnstap-read runs");
-        assert!(
-            out.status.success(),
-            "dnstap-read failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = run_ok(Command::new("dnstap-read").arg("-y").arg(&self.out));
         let raw = std::fs::read(&self.out).expect("capture file");
         (
             serde_yaml_like::docs(&String::from_utf8_lossy(&out.stdout)),

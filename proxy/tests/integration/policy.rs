@@ -10,67 +10,25 @@ use dot_proxy::config::{BlockAction, BlockList, PolicyConfig, RewriteRule, Stati
 
 use crate::support::*;
 
+/// The rules these tests use, as a config file writes them.
 fn policy() -> PolicyConfig {
-    PolicyConfig {
-        static_answers: vec![
-            StaticRule {
-                name: "pinned.corp.test".into(),
-                ttl: 120,
-                a: vec!["10.1.2.3".parse().expect("ip")],
-                aaaa: vec!["fd00::3".parse().expect("ip")],
-                cname: None,
-                txt: vec!["hello".into()],
-            },
-            StaticRule {
-                name: "*.wild.corp.test".into(),
-                ttl: 60,
-                a: vec!["10.9.9.9".parse().expect("ip")],
-                aaaa: vec![],
-                cname: None,
-                txt: vec![],
-            },
-            StaticRule {
-                name: "alias.corp.test".into(),
-                ttl: 60,
-                a: vec![],
-                aaaa: vec![],
-                cname: Some("www.example.test".into()),
-                txt: vec![],
-            },
-        ],
-        blocklists: vec![
-            BlockList {
-                name: "ads".into(),
-                names: vec!["ads.example.test".into()],
-                file: None,
-                action: BlockAction::Nxdomain,
-            },
-            BlockList {
-                name: "malware".into(),
-                names: vec!["bad.example.test".into()],
-                file: None,
-                action: BlockAction::Refused,
-            },
-            BlockList {
-                name: "sink".into(),
-                names: vec!["sink.example.test".into()],
-                file: None,
-                action: BlockAction::NullAddress,
-            },
-        ],
-        rewrites: vec![
-            RewriteRule {
-                from: "legacy.corp.test".into(),
-                to: "current.example.test".into(),
-                suffix: false,
-            },
-            RewriteRule {
-                from: "old.corp.test".into(),
-                to: "new.example.test".into(),
-                suffix: true,
-            },
-        ],
-    }
+    let yaml = r#"
+policy:
+  static_answers:
+  - {name: pinned.corp.test, ttl: 120, a: [10.1.2.3], aaaa: ["fd00::3"], txt: [hello]}
+  - {name: "*.wild.corp.test", ttl: 60, a: [10.9.9.9]}
+  - {name: alias.corp.test, ttl: 60, cname: www.example.test}
+  blocklists:
+  - {name: ads, names: [ads.example.test], action: nxdomain}
+  - {name: malware, names: [bad.example.test], action: refused}
+  - {name: sink, names: [sink.example.test], action: null_address}
+  rewrites:
+  - {from: legacy.corp.test, to: current.example.test, suffix: false}
+  - {from: old.corp.test, to: new.example.test, suffix: true}
+"#;
+    dot_proxy::config::Config::from_yaml(yaml)
+        .expect("policy")
+        .policy
 }
 
 async fn both(

@@ -1,8 +1,7 @@
 use super::*;
 use crate::test_util;
-use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
-use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
-use hickory_proto::rr::{Name, RecordType};
+use hickory_proto::op::Message;
+use hickory_proto::rr::RecordType;
 
 /// An AAAA query (ID 0x1234), with `edns` an OPT (4000, DO) carrying an ECS option.
 fn q(name: &str, edns: bool) -> Vec<u8> {
