@@ -316,12 +316,7 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     );
     let r_aaaa = hickory_response(&q_aaaa, ResponseCode::NoError, vec![aaaa], vec![]);
     let r_cname = hickory_response(
-        &hickory_query(
-            0x1111,
-            "www.example.org.",
-            RecordType::A,
-            Some(edns(1232, true, vec![])),
-        ),
+        &q(0x1111, "www.example.org.", T::A, 1232, true, vec![]),
         ResponseCode::NoError,
         vec![
             Record::from_rdata(
@@ -333,19 +328,14 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         ],
         vec![],
     );
-    let q_nx = hickory_query(
-        0x2222,
-        "nx.example.com.",
-        RecordType::A,
-        Some(edns(1232, false, vec![])),
-    );
+    let q_nx = q(0x2222, "nx.example.com.", T::A, 1232, false, vec![]);
     let r_nx = hickory_response(
         &q_nx,
         ResponseCode::NXDomain,
         vec![],
         vec![soa("example.com.", 3600, 300)],
     );
-    let q_nodata = hickory_query(0x3333, "example.com.", RecordType::AAAA, None);
+    let q_nodata = hickory_query(0x3333, "example.com.", T::AAAA, None);
     let r_nodata = hickory_response(
         &q_nodata,
         ResponseCode::NoError,
@@ -357,12 +347,7 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     let r_refused = hickory_response(&q_a, ResponseCode::Refused, vec![], vec![]);
     let mut r_tc = hickory_response(&q_a, ResponseCode::NoError, vec![], vec![]);
     r_tc.metadata.truncation = true;
-    let q_big = hickory_query(
-        0x4444,
-        "big.example.com.",
-        RecordType::TXT,
-        Some(edns(4096, false, vec![])),
-    );
+    let q_big = q(0x4444, "big.example.com.", T::TXT, 4096, false, vec![]);
     let txts = (0..8).map(|i| {
         Record::from_rdata(
             name("big.example.com."),
