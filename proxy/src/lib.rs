@@ -32,4 +32,7 @@ pub mod policy;
 pub mod reload;
 pub mod route;
 pub mod server;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod test_util;
 pub mod upstream;

@@ -10,13 +10,14 @@
 #[path = "common/netns.rs"]
 mod netns;
 use dot_proxy_testkit::skip;
+use hickory_proto::rr::RecordType;
 
-use netns::{enter, wait_until, Netns, BIN};
+use netns::{enter, wait_until, Netns, Proc, BIN};
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -72,27 +73,9 @@ node_local:
 
 // ---------------------------------------------------------------- DNS
 
-fn query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
-    let mut q = vec![
-        (id >> 8) as u8,
-        id as u8,
-        0x01,
-        0x00,
-        0,
-        1,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-    ];
-    for label in name.trim_end_matches('.').split('.') {
-        q.push(label.len() as u8);
-        q.extend_from_slice(label.as_bytes());
-    }
-    q.extend_from_slice(&[0, (qtype >> 8) as u8, qtype as u8, 0, 1]);
-    q
+/// An A query (the test kit's, with RD and no EDNS).
+fn query(id: u16, name: &str) -> Vec<u8> {
+    dot_proxy_testkit::query(id, name, RecordType::A, None)
 }
 
 /// The upstream's answer: A 192.0.2.53 for any A question, no data otherwise.
@@ -204,7 +187,7 @@ fn udp(ns: &Netns, ip: &str, timeout: Duration) -> (Reply, Duration) {
         sock.set_read_timeout(Some(timeout)).expect("timeout");
         let r = sock
             .connect(target)
-            .and_then(|_| sock.send(&query(0x1234, "example.test", 1)));
+            .and_then(|_| sock.send(&query(0x1234, "example.test")));
         if let Err(e) = r {
             return (Reply::Error(e.to_string()), start.elapsed());
         }
@@ -235,7 +218,7 @@ fn tcp(ns: &Netns, ip: &str, timeout: Duration) -> (Reply, Duration) {
             Err(e) => return (Reply::Error(e.to_string()), start.elapsed()),
         };
         s.set_read_timeout(Some(timeout)).expect("timeout");
-        let q = query(0x4321, "example.test", 1);
+        let q = query(0x4321, "example.test");
         let mut framed = (q.len() as u16).to_be_bytes().to_vec();
         framed.extend_from_slice(&q);
         if let Err(e) = s.write_all(&framed) {
@@ -259,7 +242,17 @@ fn tcp(ns: &Netns, ip: &str, timeout: Duration) -> (Reply, Duration) {
 /// A UDP query to `ip` is refused at once (ICMP port unreachable, not silence): what a
 /// resolver needs to move to its next nameserver without waiting for a timeout.
 fn assert_refused_at_once(ns: &Netns, ip: &str, why: &str) {
-    let (r, took) = udp(ns, ip, Duration::from_secs(3));
+    assert_refused_at_once_over(udp, ns, ip, why);
+}
+
+/// The same over `transport` (`udp` or `tcp`: an RST for TCP).
+fn assert_refused_at_once_over(
+    transport: fn(&Netns, &str, Duration) -> (Reply, Duration),
+    ns: &Netns,
+    ip: &str,
+    why: &str,
+) {
+    let (r, took) = transport(ns, ip, Duration::from_secs(3));
     assert_eq!(r, Reply::Refused, "{why}");
     assert!(
         took < Duration::from_millis(500),
@@ -306,6 +299,53 @@ fn node_local_args<'a>(config: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
 
 const T: Duration = Duration::from_secs(10);
 
+/// The namespace for `test` with an upstream in it and the config for `firewall`, or
+/// `None` (the test skipped, saying `missing`) when one of `tools` is not installed.
+fn firewall_rig(
+    test: &str,
+    tools: &[&str],
+    missing: &str,
+    firewall: &str,
+) -> Option<(Netns, Upstream, String)> {
+    let ns = Netns::create(test)?;
+    if !tools.iter().all(|tool| ns.has(tool)) {
+        skip::skip(test, missing);
+        return None;
+    }
+    let upstream = Upstream::start(&ns);
+    let cfg = ns.config(firewall, upstream.addr);
+    let cfg = cfg.to_str().expect("utf-8 path").to_owned();
+    Some((ns, upstream, cfg))
+}
+
+/// Starts a proxy with `cfg` and waits until it answers on the IPv4 address.
+fn start_proxy(ns: &Netns, name: &str, cfg: &str) -> Proc {
+    let proxy = ns.spawn(name, &["--config", cfg]);
+    assert!(
+        wait_until(T, || answered(ns, V4)),
+        "{name} never answered on {V4}\n{}",
+        proxy.log()
+    );
+    proxy
+}
+
+/// Waits until the NOTRACK table is there (`installed`) or gone; `by` is the node-local
+/// instance expected to do it, whose log a failure shows.
+fn wait_for_rules(ns: &Netns, installed: bool, why: &str, by: &Proc) {
+    assert!(
+        wait_until(T, || ns.nft_table().is_some() == installed),
+        "{why}\n{}",
+        by.log()
+    );
+}
+
+/// `dot-proxy node-local --cleanup` with `extra` arguments.
+fn cleanup(ns: &Netns, cfg: &str, extra: &[&str]) -> Output {
+    let mut args = vec![BIN, "--config", cfg, "node-local", "--cleanup"];
+    args.extend_from_slice(extra);
+    ns.exec(&args)
+}
+
 // ---------------------------------------------------------------- tests
 
 /// The whole life of the node-local address with nftables: set up, rules only once the
@@ -314,19 +354,15 @@ const T: Duration = Duration::from_secs(10);
 /// instance during an upgrade, SIGTERM, and uninstall.
 #[test]
 fn nftables_lifecycle_crash_upgrade_and_uninstall() {
-    let Some(ns) = Netns::create("nftables_lifecycle_crash_upgrade_and_uninstall") else {
+    let Some((ns, _upstream, cfg)) = firewall_rig(
+        "nftables_lifecycle_crash_upgrade_and_uninstall",
+        &["nft"],
+        "`nft` is not installed (apt-get install nftables)",
+        "nftables",
+    ) else {
         return;
     };
-    if !ns.has("nft") {
-        skip::skip(
-            "nftables_lifecycle_crash_upgrade_and_uninstall",
-            "`nft` is not installed (apt-get install nftables)",
-        );
-        return;
-    }
-    let upstream = Upstream::start(&ns);
-    let cfg = ns.config("nftables", upstream.addr);
-    let cfg = cfg.to_str().expect("utf-8 path");
+    let cfg = cfg.as_str();
     let mut a = ns.spawn("node-local-a", &node_local_args(cfg, &[]));
 
     // The interface and both addresses appear.
@@ -357,12 +393,7 @@ fn nftables_lifecycle_crash_upgrade_and_uninstall() {
     );
 
     // The proxy starts: queries to both addresses are answered, over UDP and TCP.
-    let mut proxy = ns.spawn("proxy-1", &["--config", cfg]);
-    assert!(
-        wait_until(T, || answered(&ns, V4)),
-        "proxy never answered on {V4}\n{}",
-        proxy.log()
-    );
+    let mut proxy = start_proxy(&ns, "proxy-1", cfg);
     assert_eq!(
         udp(&ns, V6, Duration::from_secs(2)).0,
         Reply::Answer,
@@ -375,11 +406,7 @@ fn nftables_lifecycle_crash_upgrade_and_uninstall() {
     );
 
     // Then the NOTRACK rules appear, for both addresses, and the queries hit them.
-    assert!(
-        wait_until(T, || ns.nft_table().is_some()),
-        "rules never installed\n{}",
-        a.log()
-    );
+    wait_for_rules(&ns, true, "rules never installed", &a);
     let table = ns.nft_table().unwrap_or_default();
     assert!(
         table.contains(&format!("ip daddr {V4} udp dport 53")),
@@ -407,37 +434,19 @@ fn nftables_lifecycle_crash_upgrade_and_uninstall() {
     // resolver moves to its next nameserver without waiting for a timeout...
     proxy.kill9();
     assert_refused_at_once(&ns, V4, "UDP after the proxy died");
-    let (r, took) = tcp(&ns, V4, Duration::from_secs(3));
-    assert_eq!(r, Reply::Refused, "TCP after the proxy died");
-    assert!(
-        took < Duration::from_millis(500),
-        "TCP refusal took {took:?}"
-    );
+    assert_refused_at_once_over(tcp, &ns, V4, "TCP after the proxy died");
     assert_eq!(
         udp(&ns, V6, Duration::from_secs(3)).0,
         Reply::Refused,
         "UDP to {V6}"
     );
     // ... and node-local removes the rules once the proxy stops answering; the address stays.
-    assert!(
-        wait_until(T, || ns.nft_table().is_none()),
-        "rules not removed after the proxy died\n{}",
-        a.log()
-    );
+    wait_for_rules(&ns, false, "rules not removed after the proxy died", &a);
     assert!(ns.addresses().contains(V4), "the address must stay");
 
     // The proxy comes back: rules come back.
-    let mut proxy = ns.spawn("proxy-2", &["--config", cfg]);
-    assert!(
-        wait_until(T, || answered(&ns, V4)),
-        "proxy-2 never answered\n{}",
-        proxy.log()
-    );
-    assert!(
-        wait_until(T, || ns.nft_table().is_some()),
-        "rules not reinstalled\n{}",
-        a.log()
-    );
+    let mut proxy = start_proxy(&ns, "proxy-2", cfg);
+    wait_for_rules(&ns, true, "rules not reinstalled", &a);
 
     // Someone deletes the rules or the address: both are restored at the next check.
     ns.ok(&["nft", "delete", "table", TABLE[0], TABLE[1]]);
@@ -465,22 +474,9 @@ fn nftables_lifecycle_crash_upgrade_and_uninstall() {
 
     // A new node-local takes over: the proxy does not answer, so it removes the leftovers.
     let mut b = ns.spawn("node-local-b", &node_local_args(cfg, &[]));
-    assert!(
-        wait_until(T, || ns.nft_table().is_none()),
-        "leftover rules not removed\n{}",
-        b.log()
-    );
-    let mut proxy = ns.spawn("proxy-3", &["--config", cfg]);
-    assert!(
-        wait_until(T, || answered(&ns, V4)),
-        "proxy-3 never answered\n{}",
-        proxy.log()
-    );
-    assert!(
-        wait_until(T, || ns.nft_table().is_some()),
-        "rules not installed by b\n{}",
-        b.log()
-    );
+    wait_for_rules(&ns, false, "leftover rules not removed", &b);
+    let mut proxy = start_proxy(&ns, "proxy-3", cfg);
+    wait_for_rules(&ns, true, "rules not installed by b", &b);
 
     // Surge upgrade: a second instance starts; the first one stops and, seeing the other,
     // leaves the rules and the address alone.
@@ -519,14 +515,7 @@ fn nftables_lifecycle_crash_upgrade_and_uninstall() {
     assert_eq!(udp(&ns, V4, Duration::from_secs(3)).0, Reply::Refused);
 
     // Uninstall: --cleanup --remove-interface deletes the interface.
-    let out = ns.exec(&[
-        BIN,
-        "--config",
-        cfg,
-        "node-local",
-        "--cleanup",
-        "--remove-interface",
-    ]);
+    let out = cleanup(&ns, cfg, &["--remove-interface"]);
     assert!(
         out.status.success(),
         "cleanup failed: {}",
@@ -548,19 +537,15 @@ fn nftables_lifecycle_crash_upgrade_and_uninstall() {
 /// ip6tables, removes the rules when the proxy is gone, and `--cleanup` leaves nothing.
 #[test]
 fn iptables_once_never_piles_up_duplicates() {
-    let Some(ns) = Netns::create("iptables_once_never_piles_up_duplicates") else {
+    let Some((ns, _upstream, cfg)) = firewall_rig(
+        "iptables_once_never_piles_up_duplicates",
+        &["iptables-restore", "ip6tables-restore"],
+        "iptables is not installed (apt-get install iptables)",
+        "iptables",
+    ) else {
         return;
     };
-    if !ns.has("iptables-restore") || !ns.has("ip6tables-restore") {
-        skip::skip(
-            "iptables_once_never_piles_up_duplicates",
-            "iptables is not installed (apt-get install iptables)",
-        );
-        return;
-    }
-    let upstream = Upstream::start(&ns);
-    let cfg = ns.config("iptables", upstream.addr);
-    let cfg = cfg.to_str().expect("utf-8 path");
+    let cfg = cfg.as_str();
     let mut proxy = ns.spawn("proxy", &["--config", cfg]);
     let once = |wait: &str| {
         let out = ns.exec(&[
@@ -589,10 +574,17 @@ fn iptables_once_never_piles_up_duplicates() {
             })
             .count()
     };
-    let chain_rules = |save: &str| {
-        save.lines()
+    // (jumps from PREROUTING, jumps from OUTPUT, rules in the chain)
+    let counts = |save: &str| {
+        let chain_rules = save
+            .lines()
             .filter(|l| l.starts_with("-A DOT-PROXY-NOTRACK "))
-            .count()
+            .count();
+        (
+            jumps(save, "PREROUTING"),
+            jumps(save, "OUTPUT"),
+            chain_rules,
+        )
     };
 
     let log = once("10s");
@@ -603,15 +595,7 @@ fn iptables_once_never_piles_up_duplicates() {
     );
     for _ in 0..2 {
         let v4 = raw("iptables-save");
-        assert_eq!(
-            (
-                jumps(&v4, "PREROUTING"),
-                jumps(&v4, "OUTPUT"),
-                chain_rules(&v4)
-            ),
-            (1, 1, 4),
-            "{v4}\n{log}"
-        );
+        assert_eq!(counts(&v4), (1, 1, 4), "{v4}\n{log}");
         assert!(
             v4.contains(&format!(
                 "-A DOT-PROXY-NOTRACK -d {V4}/32 -p udp -m udp --dport 53 -j CT --notrack"
@@ -619,15 +603,7 @@ fn iptables_once_never_piles_up_duplicates() {
             "{v4}"
         );
         let v6 = raw("ip6tables-save");
-        assert_eq!(
-            (
-                jumps(&v6, "PREROUTING"),
-                jumps(&v6, "OUTPUT"),
-                chain_rules(&v6)
-            ),
-            (1, 1, 4),
-            "{v6}"
-        );
+        assert_eq!(counts(&v6), (1, 1, 4), "{v6}");
         assert!(
             v6.contains(&format!("-s {V6}/128 -p tcp -m tcp --sport 53")),
             "{v6}"
@@ -663,15 +639,7 @@ fn iptables_once_never_piles_up_duplicates() {
     assert_eq!(jumps(&raw("iptables-save"), "PREROUTING"), 3);
     once("10s");
     let v4 = raw("iptables-save");
-    assert_eq!(
-        (
-            jumps(&v4, "PREROUTING"),
-            jumps(&v4, "OUTPUT"),
-            chain_rules(&v4)
-        ),
-        (1, 1, 4),
-        "{v4}"
-    );
+    assert_eq!(counts(&v4), (1, 1, 4), "{v4}");
     assert!(answered(&ns, V4));
 
     // The proxy gone: --once finds nobody answering and removes the rules.
@@ -683,14 +651,10 @@ fn iptables_once_never_piles_up_duplicates() {
 
     // Rules from some earlier run, then --cleanup (the interface stays without
     // --remove-interface).
-    let _proxy = ns.spawn("proxy-2", &["--config", cfg]);
-    assert!(
-        wait_until(T, || answered(&ns, V4)),
-        "proxy-2 never answered"
-    );
+    let _proxy = start_proxy(&ns, "proxy-2", cfg);
     once("10s");
     assert!(raw("iptables-save").contains("DOT-PROXY-NOTRACK"));
-    let out = ns.exec(&[BIN, "--config", cfg, "node-local", "--cleanup"]);
+    let out = cleanup(&ns, cfg, &[]);
     assert!(
         out.status.success(),
         "cleanup failed: {}",
@@ -716,14 +680,7 @@ fn cleanup_refuses_while_an_instance_runs() {
         "no interface\n{}",
         a.log()
     );
-    let out = ns.exec(&[
-        BIN,
-        "--config",
-        cfg,
-        "node-local",
-        "--cleanup",
-        "--remove-interface",
-    ]);
+    let out = cleanup(&ns, cfg, &["--remove-interface"]);
     assert_eq!(
         out.status.code(),
         Some(75),
@@ -732,14 +689,7 @@ fn cleanup_refuses_while_an_instance_runs() {
     );
     assert!(ns.addresses().contains(V4));
     assert_eq!(a.term(T), Some(0), "{}", a.log());
-    let out = ns.exec(&[
-        BIN,
-        "--config",
-        cfg,
-        "node-local",
-        "--cleanup",
-        "--remove-interface",
-    ]);
+    let out = cleanup(&ns, cfg, &["--remove-interface"]);
     assert!(
         out.status.success(),
         "{}",
@@ -758,7 +708,7 @@ fn ask_from(ns: &Netns, from: &'static str, to: SocketAddr, n: u16) -> (usize, u
         let (mut ok, mut refused) = (0, 0);
         let mut buf = [0u8; 512];
         for id in 0..n {
-            sock.send_to(&query(id, "pod.test", 1), to).expect("send");
+            sock.send_to(&query(id, "pod.test"), to).expect("send");
             while let Ok((len, _)) = sock.recv_from(&mut buf) {
                 if len >= 12 && u16::from_be_bytes([buf[0], buf[1]]) == id {
                     match buf[3] & 0xF {

@@ -184,70 +184,27 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     let ecs6 = EdnsOption::Subnet(ClientSubnet::new("2001:db8::".parse().expect("ip"), 56, 0));
     let cookie = EdnsOption::Unknown(10, vec![1, 2, 3, 4, 5, 6, 7, 8]);
 
-    // Queries, as stub resolvers send them.
-    let q_a = hickory_query(0x1234, "example.com.", RecordType::A, None);
-    let q_aaaa = hickory_query(
-        0x2345,
-        "www.example.com.",
-        RecordType::AAAA,
-        Some(edns(1232, false, vec![])),
-    );
-    let q_do = hickory_query(
-        0x3456,
-        "example.org.",
-        RecordType::A,
-        Some(edns(4096, true, vec![])),
-    );
-    let q_ecs = hickory_query(
-        0x4567,
-        "cdn.example.net.",
-        RecordType::A,
-        Some(edns(1232, false, vec![ecs4])),
-    );
-    let q_ecs6 = hickory_query(
-        0x5678,
-        "cdn.example.net.",
-        RecordType::AAAA,
-        Some(edns(1232, false, vec![ecs6])),
-    );
-    let q_cookie = hickory_query(
-        0x6789,
-        "example.com.",
-        RecordType::TXT,
-        Some(edns(1232, false, vec![cookie])),
-    );
-    let q_keep = hickory_query(
-        0x789a,
-        "svc.cluster.local.",
-        RecordType::SRV,
-        Some(edns(
-            1232,
-            false,
-            vec![
-                EdnsOption::Unknown(11, vec![]),
-                EdnsOption::Unknown(12, vec![0; 24]),
-            ],
-        )),
-    );
-    let mut q_cd = hickory_query(
-        0x89ab,
-        "example.com.",
-        RecordType::MX,
-        Some(edns(512, true, vec![])),
-    );
+    // Queries, as stub resolvers send them; `q` with an OPT of (UDP size, DO bit, options).
+    use RecordType as T;
+    let q = |id, qname, qtype, size, dnssec_ok, options| {
+        hickory_query(id, qname, qtype, Some(edns(size, dnssec_ok, options)))
+    };
+    let q_a = hickory_query(0x1234, "example.com.", T::A, None);
+    let q_aaaa = q(0x2345, "www.example.com.", T::AAAA, 1232, false, vec![]);
+    let q_do = q(0x3456, "example.org.", T::A, 4096, true, vec![]);
+    let q_ecs = q(0x4567, "cdn.example.net.", T::A, 1232, false, vec![ecs4]);
+    let q_ecs6 = q(0x5678, "cdn.example.net.", T::AAAA, 1232, false, vec![ecs6]);
+    let q_cookie = q(0x6789, "example.com.", T::TXT, 1232, false, vec![cookie]);
+    // TCP keepalive (11) and padding (12).
+    let keep = vec![
+        EdnsOption::Unknown(11, vec![]),
+        EdnsOption::Unknown(12, vec![0; 24]),
+    ];
+    let q_keep = q(0x789a, "svc.cluster.local.", T::SRV, 1232, false, keep);
+    let mut q_cd = q(0x89ab, "example.com.", T::MX, 512, true, vec![]);
     q_cd.metadata.checking_disabled = true;
-    let q_case = hickory_query(
-        0x9abc,
-        "WwW.ExAmPlE.CoM.",
-        RecordType::A,
-        Some(edns(1232, false, vec![])),
-    );
-    let q_small = hickory_query(
-        0xabcd,
-        "example.com.",
-        RecordType::A,
-        Some(edns(100, false, vec![])),
-    );
+    let q_case = q(0x9abc, "WwW.ExAmPlE.CoM.", T::A, 1232, false, vec![]);
+    let q_small = q(0xabcd, "example.com.", T::A, 100, false, vec![]);
     s.push(("query-a", encode(&q_a)));
     s.push(("query-aaaa-edns", encode(&q_aaaa)));
     s.push(("query-a-edns-do", encode(&q_do)));
@@ -270,32 +227,14 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     s.push(("query-mx-cd-do", encode(&q_cd)));
     s.push(("query-mixed-case", encode(&q_case)));
     s.push(("query-edns-size-100", encode(&q_small)));
-    s.push((
-        "query-root-ns",
-        encode(&hickory_query(1, ".", RecordType::NS, None)),
-    ));
-    s.push((
-        "query-ptr",
-        encode(&hickory_query(
-            2,
-            "1.2.0.192.in-addr.arpa.",
-            RecordType::PTR,
-            None,
-        )),
-    ));
-    s.push((
-        "query-https",
-        encode(&hickory_query(
-            3,
-            "example.com.",
-            RecordType::HTTPS,
-            Some(edns(1232, false, vec![])),
-        )),
-    ));
-    s.push((
-        "query-any",
-        encode(&hickory_query(4, "example.com.", RecordType::ANY, None)),
-    ));
+    let q_root = hickory_query(1, ".", T::NS, None);
+    let q_ptr = hickory_query(2, "1.2.0.192.in-addr.arpa.", T::PTR, None);
+    let q_https = q(3, "example.com.", T::HTTPS, 1232, false, vec![]);
+    let q_any = hickory_query(4, "example.com.", T::ANY, None);
+    s.push(("query-root-ns", encode(&q_root)));
+    s.push(("query-ptr", encode(&q_ptr)));
+    s.push(("query-https", encode(&q_https)));
+    s.push(("query-any", encode(&q_any)));
     s.push((
         "query-name-255",
         raw_query(5, 0x0100, [1, 0, 0, 0], &name_of_wire_len(255), 1, &[]),
@@ -340,18 +279,12 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         "query-no-question",
         raw_query(10, 0x0100, [0, 0, 0, 0], &[], 0, &[])[..12].to_vec(),
     ));
-    s.push((
-        "query-opcode-notify",
-        raw_query(11, 0x2100, [1, 0, 0, 0], EXAMPLE, 6, &[]),
-    ));
-    s.push((
-        "query-axfr",
-        raw_query(12, 0x0000, [1, 0, 0, 0], EXAMPLE, 252, &[]),
-    ));
-    s.push((
-        "query-trailing-garbage",
-        raw_query(13, 0x0100, [1, 0, 0, 0], EXAMPLE, 1, b"junk"),
-    ));
+    // One question for example. of `qtype`, with `flags`, then `rest`.
+    let one =
+        |id, flags, qtype, rest: &[u8]| raw_query(id, flags, [1, 0, 0, 0], EXAMPLE, qtype, rest);
+    s.push(("query-opcode-notify", one(11, 0x2100, 6, &[])));
+    s.push(("query-axfr", one(12, 0x0000, 252, &[])));
+    s.push(("query-trailing-garbage", one(13, 0x0100, 1, b"junk")));
     s.push((
         "query-name-past-end",
         raw_query(14, 0x0100, [1, 0, 0, 0], b"\x07exam", 1, &[])[..17].to_vec(),
@@ -383,12 +316,7 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     );
     let r_aaaa = hickory_response(&q_aaaa, ResponseCode::NoError, vec![aaaa], vec![]);
     let r_cname = hickory_response(
-        &hickory_query(
-            0x1111,
-            "www.example.org.",
-            RecordType::A,
-            Some(edns(1232, true, vec![])),
-        ),
+        &q(0x1111, "www.example.org.", T::A, 1232, true, vec![]),
         ResponseCode::NoError,
         vec![
             Record::from_rdata(
@@ -400,19 +328,14 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         ],
         vec![],
     );
-    let q_nx = hickory_query(
-        0x2222,
-        "nx.example.com.",
-        RecordType::A,
-        Some(edns(1232, false, vec![])),
-    );
+    let q_nx = q(0x2222, "nx.example.com.", T::A, 1232, false, vec![]);
     let r_nx = hickory_response(
         &q_nx,
         ResponseCode::NXDomain,
         vec![],
         vec![soa("example.com.", 3600, 300)],
     );
-    let q_nodata = hickory_query(0x3333, "example.com.", RecordType::AAAA, None);
+    let q_nodata = hickory_query(0x3333, "example.com.", T::AAAA, None);
     let r_nodata = hickory_response(
         &q_nodata,
         ResponseCode::NoError,
@@ -424,12 +347,7 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     let r_refused = hickory_response(&q_a, ResponseCode::Refused, vec![], vec![]);
     let mut r_tc = hickory_response(&q_a, ResponseCode::NoError, vec![], vec![]);
     r_tc.metadata.truncation = true;
-    let q_big = hickory_query(
-        0x4444,
-        "big.example.com.",
-        RecordType::TXT,
-        Some(edns(4096, false, vec![])),
-    );
+    let q_big = q(0x4444, "big.example.com.", T::TXT, 4096, false, vec![]);
     let txts = (0..8).map(|i| {
         Record::from_rdata(
             name("big.example.com."),
@@ -503,6 +421,12 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         raw_query(0x0010, 0x8180, [1, 1, 0, 0], EXAMPLE, 1, rr)
     }));
     s
+}
+
+/// The seed named `name`.
+fn seed(name: &str) -> Vec<u8> {
+    let mut all = seeds().into_iter();
+    all.find(|(f, _)| *f == name).map(|(_, b)| b).expect("seed")
 }
 
 /// The committed corpus holds every generated seed, byte for byte; with
@@ -1073,30 +997,16 @@ fn question_names_over_255_bytes_are_refused() {
 /// RDLENGTH took its MINIMUM from the next record (the OPT, which the stored answer drops).
 #[test]
 fn soa_fields_past_the_record_are_refused() {
-    let bytes = seeds()
-        .into_iter()
-        .find(|(f, _)| *f == "response-soa-runs-into-opt")
-        .map(|(_, b)| b)
-        .expect("seed");
-    assert!(
-        wire::parse_response(&bytes).is_err(),
-        "accepted an SOA of 18 bytes"
-    );
+    let refused = wire::parse_response(&seed("response-soa-runs-into-opt")).is_err();
+    assert!(refused, "accepted an SOA of 18 bytes");
 }
 
 /// A name pointing into bytes that rendering rewrites (here the ID) would decode differently
 /// for each client: such responses are refused (found by the fuzzer).
 #[test]
 fn pointers_into_rewritten_bytes_are_refused() {
-    let bytes = seeds()
-        .into_iter()
-        .find(|(f, _)| *f == "response-pointer-into-header")
-        .map(|(_, b)| b)
-        .expect("seed");
-    assert!(
-        wire::parse_response(&bytes).is_err(),
-        "accepted a pointer to offset 0"
-    );
+    let refused = wire::parse_response(&seed("response-pointer-into-header")).is_err();
+    assert!(refused, "accepted a pointer to offset 0");
 }
 
 /// A TCP query of nearly 64 KiB whose OPT record carries a large option must not become an

@@ -254,16 +254,11 @@ fn glibc_and_musl_resolve_the_same_with_fewer_queries() {
     let gai = ns.dir.path().join("gai-musl");
     let src = ns.dir.path().join("gai.c");
     std::fs::write(&src, GAI_C).expect("source");
-    let cc = Command::new("musl-gcc")
-        .args(["-static", "-O1", "-o"])
-        .arg(&gai)
-        .arg(&src)
-        .output()
-        .expect("musl-gcc");
-    assert!(
-        cc.status.success(),
-        "{}",
-        String::from_utf8_lossy(&cc.stderr)
+    dot_proxy_testkit::run_ok(
+        Command::new("musl-gcc")
+            .args(["-static", "-O1", "-o"])
+            .arg(&gai)
+            .arg(&src),
     );
     let servers = start_servers(&ns);
     let pod_resolv = resolv_conf(ns.dir.path(), POD);

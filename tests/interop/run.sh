@@ -39,6 +39,22 @@ printf 'subjectAltName=DNS:upstream.test,IP:%s\n' "$UP_IP" > "$work/ext"
 openssl x509 -req -in "$work/up.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" -CAcreateserial -days 2 \
   -extfile "$work/ext" -out "$work/up.pem" 2>/dev/null
 
+# The server settings both Unbound instances share: in the foreground, one thread, their
+# files under $work as `$1`.{pid,log}, answering loopback clients.
+unbound_common() {
+  cat <<CONF
+  username: ""
+  chroot: ""
+  directory: "$work"
+  pidfile: "$work/$1.pid"
+  use-syslog: no
+  logfile: "$work/$1.log"
+  do-daemonize: no
+  num-threads: 1
+  access-control: 127.0.0.0/8 allow
+CONF
+}
+
 cat > "$work/unbound.conf" <<CONF
 server:
   interface: $UP_IP@$UP_PORT
@@ -49,15 +65,7 @@ server:
   http-endpoint: "/dns-query"
   tls-service-key: "$work/up.key"
   tls-service-pem: "$work/up.pem"
-  username: ""
-  chroot: ""
-  directory: "$work"
-  pidfile: "$work/unbound.pid"
-  use-syslog: no
-  logfile: "$work/unbound.log"
-  do-daemonize: no
-  num-threads: 1
-  access-control: 127.0.0.0/8 allow
+$(unbound_common unbound)
   local-zone: "interop.test." static
   local-data: "www.interop.test. 300 IN A 192.0.2.10"
   local-data: "www.interop.test. 300 IN AAAA 2001:db8::10"
@@ -173,15 +181,7 @@ if command -v fstrm_capture >/dev/null && command -v dnstap-read >/dev/null; the
   cat > "$work/fwd.conf" <<CONF
 server:
   interface: 127.0.0.1@$FWD_PORT
-  username: ""
-  chroot: ""
-  directory: "$work"
-  pidfile: "$work/fwd.pid"
-  use-syslog: no
-  logfile: "$work/fwd.log"
-  do-daemonize: no
-  num-threads: 1
-  access-control: 127.0.0.0/8 allow
+$(unbound_common fwd)
   do-not-query-localhost: no
   # test. is one of Unbound's built-in empty zones (RFC 6761): forward it like any name.
   local-zone: "test." nodefault

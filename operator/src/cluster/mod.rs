@@ -49,38 +49,42 @@ pub struct Snapshot {
 /// Watch events folded into the current set of annotated pods and node labels.
 #[derive(Debug, Default)]
 pub struct ClusterState {
-    pods: BTreeMap<PodKey, PodInfo>,
-    pods_relist: Option<BTreeMap<PodKey, PodInfo>>,
-    pods_synced: bool,
-    nodes: LabelView,
-    namespaces: LabelView,
+    pods: View<PodKey, PodInfo>,
+    nodes: View<String, BTreeMap<String, String>>,
+    namespaces: View<String, BTreeMap<String, String>>,
 }
 
-/// The labels of one kind of object (nodes, namespaces) by name, from a metadata-only watch.
-#[derive(Debug, Default)]
-struct LabelView {
-    current: BTreeMap<String, BTreeMap<String, String>>,
-    relist: Option<BTreeMap<String, BTreeMap<String, String>>>,
+/// What one watch has shown: a map changed in place by `Apply` and `Delete`, and replaced
+/// whole by a relist (`Init`, `InitApply`s, `InitDone`).
+#[derive(Debug)]
+struct View<K, V> {
+    current: BTreeMap<K, V>,
+    relist: Option<BTreeMap<K, V>>,
     synced: bool,
 }
 
-impl LabelView {
-    /// Applies one watch event; true when an object appeared, went, or changed labels.
-    fn apply<K>(&mut self, event: watcher::Event<PartialObjectMeta<K>>) -> bool {
-        fn upsert<K>(
-            map: &mut BTreeMap<String, BTreeMap<String, String>>,
-            o: PartialObjectMeta<K>,
-        ) -> bool {
-            let name = o.metadata.name.unwrap_or_default();
-            let labels = o.metadata.labels.unwrap_or_default();
-            map.insert(name, labels.clone()).as_ref() != Some(&labels)
+impl<K, V> Default for View<K, V> {
+    fn default() -> Self {
+        View {
+            current: BTreeMap::new(),
+            relist: None,
+            synced: false,
         }
+    }
+}
+
+impl<K: Ord, V: PartialEq> View<K, V> {
+    /// Applies one watch event; true when the map changed. `upsert` puts an object in a map
+    /// (or takes it out) and says whether that changed it; `key` names a deleted object.
+    fn apply<O>(
+        &mut self,
+        event: watcher::Event<O>,
+        upsert: fn(&mut BTreeMap<K, V>, O) -> bool,
+        key: fn(&O) -> K,
+    ) -> bool {
         match event {
             watcher::Event::Apply(o) => upsert(&mut self.current, o),
-            watcher::Event::Delete(o) => self
-                .current
-                .remove(&o.metadata.name.unwrap_or_default())
-                .is_some(),
+            watcher::Event::Delete(o) => self.current.remove(&key(&o)).is_some(),
             watcher::Event::Init => {
                 self.relist = Some(BTreeMap::new());
                 false
@@ -100,61 +104,58 @@ impl LabelView {
     }
 }
 
+/// The labels of an object from a metadata-only watch (nodes, namespaces), by name.
+fn upsert_labels<K>(
+    map: &mut BTreeMap<String, BTreeMap<String, String>>,
+    o: PartialObjectMeta<K>,
+) -> bool {
+    let name = o.metadata.name.unwrap_or_default();
+    let labels = o.metadata.labels.unwrap_or_default();
+    map.insert(name, labels.clone()).as_ref() != Some(&labels)
+}
+
+fn object_name<K>(o: &PartialObjectMeta<K>) -> String {
+    o.metadata.name.clone().unwrap_or_default()
+}
+
 impl ClusterState {
     /// Applies one pod watch event; true when what rendering sees has changed.
     pub fn apply_pod(&mut self, event: watcher::Event<PodLite>) -> bool {
-        match event {
-            watcher::Event::Apply(pod) => upsert_pod(&mut self.pods, &pod),
-            watcher::Event::Delete(pod) => {
-                let key = (pod.namespace().unwrap_or_default(), pod.name_any());
-                self.pods.remove(&key).is_some()
-            }
-            watcher::Event::Init => {
-                self.pods_relist = Some(BTreeMap::new());
-                false
-            }
-            watcher::Event::InitApply(pod) => {
-                upsert_pod(self.pods_relist.get_or_insert_with(BTreeMap::new), &pod);
-                false
-            }
-            watcher::Event::InitDone => {
-                let relisted = self.pods_relist.take().unwrap_or_default();
-                let changed = relisted != self.pods || !self.pods_synced;
-                self.pods = relisted;
-                self.pods_synced = true;
-                changed
-            }
-        }
+        self.pods.apply(event, upsert_pod, pod_key)
     }
 
     /// Applies one node (metadata) watch event; true when a node appeared, went, or changed labels.
     pub fn apply_node(&mut self, event: watcher::Event<PartialObjectMeta<Node>>) -> bool {
-        self.nodes.apply(event)
+        self.nodes.apply(event, upsert_labels, object_name)
     }
 
     /// Applies one namespace (metadata) watch event; true when a namespace appeared, went,
     /// or changed labels.
     pub fn apply_namespace(&mut self, event: watcher::Event<PartialObjectMeta<Namespace>>) -> bool {
-        self.namespaces.apply(event)
+        self.namespaces.apply(event, upsert_labels, object_name)
     }
 
     pub fn synced(&self) -> bool {
-        self.pods_synced && self.nodes.synced && self.namespaces.synced
+        self.pods.synced && self.nodes.synced && self.namespaces.synced
     }
 
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             synced: self.synced(),
-            pods: self.pods.values().cloned().collect(),
+            pods: self.pods.current.values().cloned().collect(),
             nodes: self.nodes.current.clone(),
             namespaces: self.namespaces.current.clone(),
         }
     }
 }
 
-fn upsert_pod(pods: &mut BTreeMap<PodKey, PodInfo>, pod: &PodLite) -> bool {
-    let key = (pod.namespace().unwrap_or_default(), pod.name_any());
-    match PodInfo::from_lite(pod) {
+fn pod_key(pod: &PodLite) -> PodKey {
+    (pod.namespace().unwrap_or_default(), pod.name_any())
+}
+
+fn upsert_pod(pods: &mut BTreeMap<PodKey, PodInfo>, pod: PodLite) -> bool {
+    let key = pod_key(&pod);
+    match PodInfo::from_lite(&pod) {
         Some(info) => pods.insert(key, info.clone()).as_ref() != Some(&info),
         None => pods.remove(&key).is_some(),
     }
@@ -211,43 +212,12 @@ pub async fn follow(
         } else {
             None
         };
-        tokio::select! {
-            ev = pods.next() => match ev {
-                Some(Ok(ev)) => {
-                    if state.apply_pod(ev) {
-                        debouncer.changed(tokio::time::Instant::now());
-                    }
-                }
-                Some(Err(error)) => {
-                    metrics.watch_error("pods");
-                    warn!(%error, "pod watch failed; retrying");
-                }
-                None => return,
-            },
-            ev = nodes.next() => match ev {
-                Some(Ok(ev)) => {
-                    if state.apply_node(ev) {
-                        debouncer.changed(tokio::time::Instant::now());
-                    }
-                }
-                Some(Err(error)) => {
-                    metrics.watch_error("nodes");
-                    warn!(%error, "node watch failed; retrying");
-                }
-                None => return,
-            },
-            ev = namespaces.next() => match ev {
-                Some(Ok(ev)) => {
-                    if state.apply_namespace(ev) {
-                        debouncer.changed(tokio::time::Instant::now());
-                    }
-                }
-                Some(Err(error)) => {
-                    metrics.watch_error("namespaces");
-                    warn!(%error, "namespace watch failed; retrying");
-                }
-                None => return,
-            },
+        let changed = tokio::select! {
+            ev = pods.next() => watch_event(ev, |e| state.apply_pod(e), ("pods", "pod"), &metrics),
+            ev = nodes.next() => watch_event(ev, |e| state.apply_node(e), ("nodes", "node"), &metrics),
+            ev = namespaces.next() => {
+                watch_event(ev, |e| state.apply_namespace(e), ("namespaces", "namespace"), &metrics)
+            }
             _ = sleep_until(deadline) => {
                 debouncer.reset();
                 let snapshot = state.snapshot();
@@ -263,7 +233,32 @@ pub async fn follow(
                 if tx.is_closed() {
                     return;
                 }
+                Some(false)
             }
+        };
+        match changed {
+            Some(true) => debouncer.changed(tokio::time::Instant::now()),
+            Some(false) => {}
+            None => return,
+        }
+    }
+}
+
+/// What a watch's next item did: `Some(true)` when it changed the state, `None` when the
+/// stream ended. An error is counted and logged (`watch` is the metric's label, `kind` the
+/// log's word); the watcher retries by itself.
+fn watch_event<K>(
+    ev: Option<Result<watcher::Event<K>, watcher::Error>>,
+    apply: impl FnOnce(watcher::Event<K>) -> bool,
+    (watch, kind): (&'static str, &str),
+    metrics: &Metrics,
+) -> Option<bool> {
+    match ev? {
+        Ok(ev) => Some(apply(ev)),
+        Err(error) => {
+            metrics.watch_error(watch);
+            warn!(%error, "{kind} watch failed; retrying");
+            Some(false)
         }
     }
 }

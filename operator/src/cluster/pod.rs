@@ -24,11 +24,9 @@ pub struct PodLite {
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(default, rename_all = "camelCase")]
 pub struct PodLiteSpec {
-    #[serde(default)]
     pub node_name: Option<String>,
-    #[serde(default)]
     pub host_network: Option<bool>,
 }
 

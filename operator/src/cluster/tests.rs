@@ -11,10 +11,7 @@ use tokio::sync::watch;
 
 use super::*;
 
-type PodEvents = mpsc::UnboundedSender<Result<Event<PodLite>, watcher::Error>>;
-type NodeEvents = mpsc::UnboundedSender<Result<Event<PartialObjectMeta<Node>>, watcher::Error>>;
-type NamespaceEvents =
-    mpsc::UnboundedSender<Result<Event<PartialObjectMeta<Namespace>>, watcher::Error>>;
+type Events<K> = mpsc::UnboundedSender<Result<Event<K>, watcher::Error>>;
 
 fn pod(name: &str, node: &str, ip: &str, annotations: &[(&str, &str)]) -> PodLite {
     PodLite {
@@ -100,9 +97,9 @@ fn state_keeps_only_annotated_pods_and_reports_real_changes() {
 }
 
 struct Harness {
-    pods: PodEvents,
-    nodes: NodeEvents,
-    namespaces: NamespaceEvents,
+    pods: Events<PodLite>,
+    nodes: Events<PartialObjectMeta<Node>>,
+    namespaces: Events<PartialObjectMeta<Namespace>>,
     rx: watch::Receiver<Arc<Snapshot>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -129,29 +126,52 @@ async fn settle() {
     }
 }
 
+/// Sends `events` to a watch, in order.
+fn send<K>(watch: &Events<K>, events: impl IntoIterator<Item = Event<K>>) {
+    for e in events {
+        watch.unbounded_send(Ok(e)).expect("send");
+    }
+}
+
+/// Lets the follower take in what was sent, then `d` pass.
+async fn settle_then_wait(d: Duration) {
+    settle().await;
+    tokio::time::sleep(d).await;
+}
+
+impl Harness {
+    /// Every watch synced (empty), and the first snapshot taken.
+    async fn synced(&mut self) {
+        send(&self.pods, [Event::Init, Event::InitDone]);
+        send(&self.nodes, [Event::Init, Event::InitDone]);
+        send(&self.namespaces, [Event::Init, Event::InitDone]);
+        settle_then_wait(Duration::from_secs(3)).await;
+        assert!(self.rx.has_changed().expect("open"));
+        self.rx.borrow_and_update();
+    }
+
+    fn changed(&self) -> bool {
+        self.rx.has_changed().expect("open")
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn nothing_is_published_before_every_watch_syncs() {
     let mut h = start(Duration::from_secs(2));
-    h.pods.unbounded_send(Ok(Event::Init)).expect("send");
-    h.pods
-        .unbounded_send(Ok(Event::InitApply(pod("a", "n1", "10.0.0.1", &[QPS]))))
-        .expect("send");
-    h.pods.unbounded_send(Ok(Event::InitDone)).expect("send");
-    settle().await;
-    tokio::time::sleep(Duration::from_secs(60)).await;
-    assert!(
-        !h.rx.has_changed().expect("open"),
-        "published before the node watch synced"
+    send(
+        &h.pods,
+        [
+            Event::Init,
+            Event::InitApply(pod("a", "n1", "10.0.0.1", &[QPS])),
+            Event::InitDone,
+        ],
     );
+    settle_then_wait(Duration::from_secs(60)).await;
+    assert!(!h.changed(), "published before the node watch synced");
 
-    h.nodes.unbounded_send(Ok(Event::Init)).expect("send");
-    h.nodes.unbounded_send(Ok(Event::InitDone)).expect("send");
-    settle().await;
-    tokio::time::sleep(Duration::from_secs(60)).await;
-    assert!(
-        !h.rx.has_changed().expect("open"),
-        "published before the namespace watch synced"
-    );
+    send(&h.nodes, [Event::Init, Event::InitDone]);
+    settle_then_wait(Duration::from_secs(60)).await;
+    assert!(!h.changed(), "published before the namespace watch synced");
     let ns = PartialObjectMeta::<Namespace> {
         metadata: ObjectMeta {
             name: Some("apps".into()),
@@ -160,16 +180,12 @@ async fn nothing_is_published_before_every_watch_syncs() {
         },
         ..Default::default()
     };
-    h.namespaces.unbounded_send(Ok(Event::Init)).expect("send");
-    h.namespaces
-        .unbounded_send(Ok(Event::InitApply(ns)))
-        .expect("send");
-    h.namespaces
-        .unbounded_send(Ok(Event::InitDone))
-        .expect("send");
-    settle().await;
-    tokio::time::sleep(Duration::from_millis(2100)).await;
-    assert!(h.rx.has_changed().expect("open"));
+    send(
+        &h.namespaces,
+        [Event::Init, Event::InitApply(ns), Event::InitDone],
+    );
+    settle_then_wait(Duration::from_millis(2100)).await;
+    assert!(h.changed());
     let snap = h.rx.borrow_and_update().clone();
     assert!(snap.synced);
     assert_eq!(snap.pods.len(), 1);
@@ -180,71 +196,44 @@ async fn nothing_is_published_before_every_watch_syncs() {
 #[tokio::test(start_paused = true)]
 async fn a_burst_of_churn_is_published_once() {
     let mut h = start(Duration::from_secs(2));
-    h.pods.unbounded_send(Ok(Event::Init)).expect("send");
-    h.pods.unbounded_send(Ok(Event::InitDone)).expect("send");
-    h.nodes.unbounded_send(Ok(Event::Init)).expect("send");
-    h.nodes.unbounded_send(Ok(Event::InitDone)).expect("send");
-    h.namespaces
-        .unbounded_send(Ok(Event::InitDone))
-        .expect("send");
-    settle().await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(h.rx.has_changed().expect("open"));
-    h.rx.borrow_and_update();
+    h.synced().await;
 
     // 300 pods created 10 ms apart: 3 s of churn.
     for i in 0..300u32 {
         let ip = format!("10.1.{}.{}", i / 250, i % 250);
-        h.pods
-            .unbounded_send(Ok(Event::Apply(pod(&format!("p{i}"), "n1", &ip, &[QPS]))))
-            .expect("send");
-        settle().await;
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        assert!(
-            !h.rx.has_changed().expect("open"),
-            "published mid-burst at pod {i}"
+        send(
+            &h.pods,
+            [Event::Apply(pod(&format!("p{i}"), "n1", &ip, &[QPS]))],
         );
+        settle_then_wait(Duration::from_millis(10)).await;
+        assert!(!h.changed(), "published mid-burst at pod {i}");
     }
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    assert!(h.rx.has_changed().expect("open"));
+    assert!(h.changed());
     assert_eq!(h.rx.borrow_and_update().pods.len(), 300);
 
     // Events that change nothing rendering sees publish nothing.
-    h.pods
-        .unbounded_send(Ok(Event::Apply(pod("p0", "n1", "10.1.0.0", &[QPS]))))
-        .expect("send");
-    settle().await;
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    assert!(!h.rx.has_changed().expect("open"));
+    send(&h.pods, [Event::Apply(pod("p0", "n1", "10.1.0.0", &[QPS]))]);
+    settle_then_wait(Duration::from_secs(10)).await;
+    assert!(!h.changed());
     h.task.abort();
 }
 
 #[tokio::test(start_paused = true)]
 async fn steady_churn_still_publishes_within_the_ceiling() {
     let mut h = start(Duration::from_secs(2));
-    h.pods.unbounded_send(Ok(Event::InitDone)).expect("send");
-    h.nodes.unbounded_send(Ok(Event::InitDone)).expect("send");
-    h.namespaces
-        .unbounded_send(Ok(Event::InitDone))
-        .expect("send");
-    settle().await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    h.rx.borrow_and_update();
+    h.synced().await;
     // One change per second for 40 s: never 2 s of quiet, yet a publish at most 10 s after
     // the first unpublished change (about every 11 s).
     let mut publishes = 0;
     for i in 0..40u32 {
-        h.pods
-            .unbounded_send(Ok(Event::Apply(pod(
-                &format!("p{i}"),
-                "n1",
-                &format!("10.2.0.{i}"),
-                &[QPS],
-            ))))
-            .expect("send");
-        settle().await;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        if h.rx.has_changed().expect("open") {
+        let ip = format!("10.2.0.{i}");
+        send(
+            &h.pods,
+            [Event::Apply(pod(&format!("p{i}"), "n1", &ip, &[QPS]))],
+        );
+        settle_then_wait(Duration::from_secs(1)).await;
+        if h.changed() {
             h.rx.borrow_and_update();
             publishes += 1;
         }

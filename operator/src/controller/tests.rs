@@ -317,6 +317,20 @@ const ALL3: [&str; 3] = [
     "dot-proxy-config-overrides-1",
 ];
 
+/// What a reconcile that applies everything sends: the LIST, the main ConfigMap and
+/// `shards` override shards applied, then `then`.
+fn requests(shards: usize, then: &[&str]) -> Vec<String> {
+    let mut want = vec![LIST.to_string(), cm_patch("dot-proxy-config")];
+    want.extend((0..shards).map(|i| cm_patch(&format!("dot-proxy-config-overrides-{i}"))));
+    want.extend(then.iter().map(|s| s.to_string()));
+    want
+}
+
+/// What a reconcile that changes only `node`'s shard sends: the LIST, that shard, the status.
+fn shard_update(node: &str) -> [String; 3] {
+    [LIST.to_string(), shard_patch(node), STATUS.to_string()]
+}
+
 fn cm_patch(name: &str) -> String {
     format!("PATCH {CM_PATH}/{name}{APPLY}")
 }
@@ -359,17 +373,7 @@ async fn create_noop_update_pod_churn_invalid_and_back() {
         action.expect("reconciled"),
         Action::requeue(Duration::from_secs(300))
     );
-    assert_eq!(
-        lines(&sent),
-        [
-            LIST.to_string(),
-            cm_patch("dot-proxy-config"),
-            cm_patch("dot-proxy-config-overrides-0"),
-            cm_patch("dot-proxy-config-overrides-1"),
-            EVENT.to_string(),
-            STATUS.to_string(),
-        ]
-    );
+    assert_eq!(lines(&sent), requests(2, &[EVENT, STATUS]));
     for s in &sent[1..4] {
         assert_eq!(
             s.content_type.as_deref(),
@@ -492,14 +496,7 @@ async fn create_noop_update_pod_churn_invalid_and_back() {
     // 3. A spec change: only the main ConfigMap (the shards are the same), then the status.
     let d = api.resource(2, |d| d.spec.cache.max_ttl = 600);
     let (_, sent) = api.serve_while(reconcile(d, ctx.clone())).await;
-    assert_eq!(
-        lines(&sent),
-        [
-            LIST.to_string(),
-            cm_patch("dot-proxy-config"),
-            STATUS.to_string()
-        ]
-    );
+    assert_eq!(lines(&sent), requests(0, &[STATUS]));
     let new_hash = sent[2].body["status"]["configHash"]
         .as_str()
         .expect("hash")
@@ -523,10 +520,7 @@ async fn create_noop_update_pod_churn_invalid_and_back() {
     let (_, sent) = api
         .serve_while(reconcile(api.resource(2, spec2), ctx.clone()))
         .await;
-    assert_eq!(
-        lines(&sent),
-        [LIST.to_string(), shard_patch("node-b"), STATUS.to_string()]
-    );
+    assert_eq!(lines(&sent), shard_update("node-b"));
     let file = patched_shard(&sent[1], "node-b");
     let groups: Vec<_> = file["node-b"]
         .client_groups
@@ -541,10 +535,7 @@ async fn create_noop_update_pod_churn_invalid_and_back() {
     let (_, sent) = api
         .serve_while(reconcile(api.resource(2, spec2), ctx.clone()))
         .await;
-    assert_eq!(
-        lines(&sent),
-        [LIST.to_string(), shard_patch("node-a"), STATUS.to_string()]
-    );
+    assert_eq!(lines(&sent), shard_update("node-a"));
     assert!(!patched_shard(&sent[1], "node-a").contains_key("node-a"));
     assert_eq!(sent[2].body["status"]["podOverrides"], 1);
 
@@ -673,14 +664,7 @@ async fn a_failed_write_is_an_error_for_retry() {
     let sent = after_gets(sent, &ALL3);
     // The failure is said in the status too: Ready must not keep saying the config is
     // written when it is not.
-    assert_eq!(
-        lines(&sent),
-        [
-            LIST.to_string(),
-            cm_patch("dot-proxy-config"),
-            STATUS.to_string()
-        ]
-    );
+    assert_eq!(lines(&sent), requests(0, &[STATUS]));
     let status = api.status.clone().expect("status written");
     let ready = status["conditions"]
         .as_array()
@@ -737,15 +721,7 @@ async fn a_shard_overflow_still_writes_the_main_config_map() {
         .await;
     let sent = after_gets(sent, &ALL3[..2]);
     action.expect("reconciled");
-    assert_eq!(
-        lines(&sent),
-        [
-            LIST.to_string(),
-            cm_patch("dot-proxy-config"),
-            cm_patch("dot-proxy-config-overrides-0"),
-            STATUS.to_string()
-        ]
-    );
+    assert_eq!(lines(&sent), requests(1, &[STATUS]));
     let status = api.status.clone().expect("status");
     let cut = status["overridesTruncated"].as_u64().expect("count");
     assert!(cut > 0, "{status}");
@@ -777,16 +753,7 @@ async fn a_shard_overflow_still_writes_the_main_config_map() {
         .serve_while(reconcile(api.resource(2, grow), ctx.clone()))
         .await;
     let sent = after_gets(sent, &ALL3[2..]);
-    assert_eq!(
-        lines(&sent),
-        [
-            LIST.to_string(),
-            cm_patch("dot-proxy-config"),
-            cm_patch("dot-proxy-config-overrides-0"),
-            cm_patch("dot-proxy-config-overrides-1"),
-            STATUS.to_string()
-        ]
-    );
+    assert_eq!(lines(&sent), requests(2, &[STATUS]));
     let cfg = Config::from_yaml(
         sent[1].body["data"]["config.yaml"]
             .as_str()

@@ -130,10 +130,11 @@ fn parse_bool(v: &str) -> Result<bool, String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn ann(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    /// A string map (annotations, labels) from pairs; the grants' tests use it too.
+    pub(in crate::render) fn ann(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))

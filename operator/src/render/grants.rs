@@ -188,14 +188,8 @@ impl Grants {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::render::annotations::tests::ann as labels;
     use crate::resource::SelectorRequirement;
-
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
 
     fn grant(names: &[&str], selector: Option<NamespaceSelector>) -> Grant {
         let g = NamespaceGrant {

@@ -6,6 +6,7 @@ use dot_proxy_config::{
 };
 
 use super::*;
+use crate::render::annotations::{BURST, EXEMPT, GROUP, QPS};
 use crate::resource::{Checked, DotProxyConfig, DotProxyConfigSpec};
 
 const EXAMPLE: &str = include_str!("../../examples/dotproxyconfig.yaml");
@@ -53,12 +54,32 @@ fn pod(name: &str, node: &str, ips: &[&str], ann: &[(&str, &str)]) -> PodInfo {
     PodInfo::scheduled("apps", name, node, ips, ann)
 }
 
+/// Pod `p{i}` on node `node-{i % nodes}`, with one address.
+fn numbered(i: usize, nodes: usize, ip: &str, ann: &[(&str, &str)]) -> PodInfo {
+    pod(&format!("p{i}"), &format!("node-{}", i % nodes), &[ip], ann)
+}
+
 fn no_nodes() -> NodeLabels {
     BTreeMap::new()
 }
 
 fn no_ns() -> NamespaceLabels {
     BTreeMap::new()
+}
+
+/// The entries rendered for `node`, which must have some.
+fn entries(r: &Rendered, node: &str) -> NodeOverrides {
+    let e = node_overrides(r, node).expect("parses");
+    e.unwrap_or_else(|| panic!("{node} present"))
+}
+
+fn cidr(s: &str) -> dot_proxy_config::Cidr {
+    s.parse().expect("cidr")
+}
+
+/// A rate-limit entry of `cidr` (not an exemption).
+fn limit(c: &str, qps: Option<f64>, burst: Option<u32>) -> RateLimitOverride {
+    RateLimitOverride::limit(cidr(c), qps, burst)
 }
 
 fn invalid_messages(r: Result<Rendered, Invalid>) -> Vec<String> {
@@ -155,18 +176,17 @@ fn the_example_renders_and_loads() {
             "tls://8.8.4.4:853#dns.google"
         ]
     );
-    let zones: Vec<_> = cfg
-        .zones
-        .iter()
-        .map(|z| (z.zone.as_str(), z.group.as_str()))
-        .collect();
+    let route = |zone: &str, group: &str| dot_proxy_config::ZoneRoute {
+        zone: zone.into(),
+        group: group.into(),
+    };
     assert_eq!(
-        zones,
+        cfg.zones,
         [
-            (".", "public"),
-            ("cluster.local", "cluster"),
-            ("10.in-addr.arpa", "cluster"),
-            ("d.f.ip6.arpa", "cluster")
+            route(".", "public"),
+            route("cluster.local", "cluster"),
+            route("10.in-addr.arpa", "cluster"),
+            route("d.f.ip6.arpa", "cluster"),
         ]
     );
     assert!(cfg.rate_limit.enabled);
@@ -519,11 +539,6 @@ fn ranges_the_schema_should_catch_are_still_checked() {
     );
 }
 
-const QPS: &str = "dns.dot-proxy.io/qps";
-const BURST: &str = "dns.dot-proxy.io/burst";
-const EXEMPT: &str = "dns.dot-proxy.io/rate-limit-exempt";
-const GROUP: &str = "dns.dot-proxy.io/upstream-group";
-
 #[test]
 fn annotated_pods_become_host_entries_in_their_nodes_shard() {
     let mut spec = spec_from(MINIMAL);
@@ -553,41 +568,26 @@ fn annotated_pods_become_host_entries_in_their_nodes_shard() {
     assert_eq!(r.stats.entries, 6);
     assert_eq!(r.stats.nodes, 2);
 
-    let a = node_overrides(&r, "node-a")
-        .expect("parses")
-        .expect("node-a present");
-    let cidrs: Vec<_> = a
-        .rate_limits
-        .iter()
-        .map(|o| (o.cidr.to_string(), o.qps, o.burst, o.exempt))
-        .collect();
+    let a = entries(&r, "node-a");
     assert_eq!(
-        cidrs,
+        a.rate_limits,
         [
-            ("10.244.1.5/32".to_string(), Some(50.0), Some(100), false),
-            ("10.244.1.6/32".to_string(), None, None, true),
-            (
-                "fd00:10:244::5/128".to_string(),
-                Some(50.0),
-                Some(100),
-                false
-            ),
+            limit("10.244.1.5/32", Some(50.0), Some(100)),
+            RateLimitOverride::exempt(cidr("10.244.1.6/32")),
+            limit("fd00:10:244::5/128", Some(50.0), Some(100)),
         ]
     );
     assert!(a.client_groups.is_empty());
-    let b = node_overrides(&r, "node-b")
-        .expect("parses")
-        .expect("node-b present");
-    let groups: Vec<_> = b
-        .client_groups
-        .iter()
-        .map(|c| (c.cidr.to_string(), c.group.as_str()))
-        .collect();
+    let b = entries(&r, "node-b");
+    let client = |c: &str, group: &str| ClientGroup {
+        cidr: cidr(c),
+        group: group.into(),
+    };
     assert_eq!(
-        groups,
+        b.client_groups,
         [
-            ("10.244.2.7/32".to_string(), "cluster"),
-            ("10.244.2.8/32".to_string(), "public")
+            client("10.244.2.7/32", "cluster"),
+            client("10.244.2.8/32", "public")
         ]
     );
     assert_eq!(b.rate_limits.len(), 1);
@@ -629,7 +629,7 @@ fn shard_entries_pass_the_proxys_own_checks() {
                 2 => &[(GROUP, "cloudflare")],
                 _ => &[(GROUP, "cluster"), (QPS, "2.5")],
             };
-            pod(&format!("p{i}"), &format!("node-{}", i % 17), &[&ip], ann)
+            numbered(i, 17, &ip, ann)
         })
         .collect();
     let r = render("default", &spec, &pods, &no_nodes(), &no_ns()).expect("renders");
@@ -651,31 +651,18 @@ fn shard_entries_pass_the_proxys_own_checks() {
 #[test]
 fn invalid_annotations_are_reported_and_never_break_other_pods() {
     let spec = spec_from(MINIMAL);
+    fn on_a(name: &str, ip: &str, ann: &[(&str, &str)]) -> PodInfo {
+        pod(name, "node-a", &[ip], ann)
+    }
     let pods = vec![
-        pod("good", "node-a", &["10.244.1.5"], &[(QPS, "50")]),
-        pod(
-            "bad-qps",
-            "node-a",
-            &["10.244.1.6"],
-            &[(QPS, "lots"), (BURST, "9")],
-        ),
-        pod(
-            "bad-group",
-            "node-a",
-            &["10.244.1.7"],
-            &[(GROUP, "secret-resolvers")],
-        ),
-        pod(
-            "bad-exempt",
-            "node-a",
-            &["10.244.1.8"],
-            &[(EXEMPT, "yes please")],
-        ),
+        on_a("good", "10.244.1.5", &[(QPS, "50")]),
+        on_a("bad-qps", "10.244.1.6", &[(QPS, "lots"), (BURST, "9")]),
+        on_a("bad-group", "10.244.1.7", &[(GROUP, "secret-resolvers")]),
+        on_a("bad-exempt", "10.244.1.8", &[(EXEMPT, "yes please")]),
         // Every name of this pod would go out as plain DNS, and allowPlainDefault is off.
-        pod(
+        on_a(
             "plain-group",
-            "node-a",
-            &["10.244.1.9"],
+            "10.244.1.9",
             &[(GROUP, "cluster"), (QPS, "7")],
         ),
     ];
@@ -726,14 +713,7 @@ fn invalid_annotations_are_reported_and_never_break_other_pods() {
 fn pod_removal_and_ip_change_update_only_that_shard() {
     let spec = spec_from(MINIMAL);
     let mut pods: Vec<PodInfo> = (0..40)
-        .map(|i| {
-            pod(
-                &format!("p{i}"),
-                &format!("node-{}", i % 8),
-                &[&format!("10.244.0.{}", i + 10)],
-                &[(QPS, "10")],
-            )
-        })
+        .map(|i| numbered(i, 8, &format!("10.244.0.{}", i + 10), &[(QPS, "10")]))
         .collect();
     let before = render("default", &spec, &pods, &no_nodes(), &no_ns()).expect("renders");
 
@@ -783,14 +763,7 @@ fn pod_removal_and_ip_change_update_only_that_shard() {
 fn output_does_not_depend_on_pod_order() {
     let spec = spec_from(MINIMAL);
     let mut pods: Vec<PodInfo> = (0..50)
-        .map(|i| {
-            pod(
-                &format!("p{i}"),
-                &format!("node-{}", i % 3),
-                &[&format!("10.3.0.{}", 200 - i)],
-                &[(QPS, "3")],
-            )
-        })
+        .map(|i| numbered(i, 3, &format!("10.3.0.{}", 200 - i), &[(QPS, "3")]))
         .collect();
     let a = render("default", &spec, &pods, &no_nodes(), &no_ns()).expect("renders");
     pods.reverse();
@@ -843,18 +816,8 @@ fn node_selector_pending_pods_host_network_and_duplicate_ips() {
 #[test]
 fn rate_limit_annotations_while_limiting_is_off_are_reported() {
     let pods = [
-        pod(
-            "limited",
-            "node-1",
-            &["10.1.0.5"],
-            &[("dns.dot-proxy.io/qps", "50")],
-        ),
-        pod(
-            "routed",
-            "node-1",
-            &["10.1.0.6"],
-            &[("dns.dot-proxy.io/upstream-group", "public")],
-        ),
+        pod("limited", "node-1", &["10.1.0.5"], &[(QPS, "50")]),
+        pod("routed", "node-1", &["10.1.0.6"], &[(GROUP, "public")]),
     ];
     let mut spec = spec_from(MINIMAL);
     spec.rate_limit.enabled = false;
@@ -947,14 +910,9 @@ fn ungranted_exemption_and_raised_rate_are_refused() {
     let e = node_overrides(&r, "node-1")
         .expect("parses")
         .unwrap_or_default();
-    let got: Vec<_> = e
-        .rate_limits
-        .iter()
-        .map(|o| (o.cidr.to_string(), o.exempt, o.qps, o.burst))
-        .collect();
     // The exempt pod asked for nothing else: no entry at all. The greedy pod keeps its
     // burst of 20 (below the default 400) and loses its qps (above the default 200).
-    assert_eq!(got, [("10.1.0.6/32".to_string(), false, None, Some(20))]);
+    assert_eq!(e.rate_limits, [limit("10.1.0.6/32", None, Some(20))]);
     assert!(e.client_groups.is_empty(), "public is granted to apps only");
     let refused: Vec<_> = r
         .problems
@@ -984,24 +942,12 @@ fn ungranted_exemption_and_raised_rate_are_refused() {
     .into();
     let r = render("default", &spec, &pods, &no_nodes(), &ns).expect("renders");
     assert!(r.problems.is_empty(), "{:?}", r.problems);
-    let e = node_overrides(&r, "node-1")
-        .expect("parses")
-        .expect("entries");
-    let got: Vec<_> = e
-        .rate_limits
-        .iter()
-        .map(|o| (o.cidr.to_string(), o.exempt, o.qps, o.burst))
-        .collect();
+    let e = entries(&r, "node-1");
     assert_eq!(
-        got,
+        e.rate_limits,
         [
-            ("10.1.0.5/32".to_string(), true, None, None),
-            (
-                "10.1.0.6/32".to_string(),
-                false,
-                Some(1_000_000.0),
-                Some(20)
-            )
+            RateLimitOverride::exempt(cidr("10.1.0.5/32")),
+            limit("10.1.0.6/32", Some(1_000_000.0), Some(20)),
         ]
     );
     assert_eq!(e.client_groups.len(), 1);

@@ -11,6 +11,7 @@ use dot_proxy_operator::render::{render, Rendered};
 use dot_proxy_operator::resource::Checked;
 
 use crate::support::{example, temp_dir};
+use dot_proxy_operator::render::annotations::{BURST, EXEMPT, GROUP, QPS};
 
 fn pods() -> Vec<PodInfo> {
     let pod = |name: &str, node: &str, ips: &[&str], ann: &[(&str, &str)]| {
@@ -21,10 +22,7 @@ fn pods() -> Vec<PodInfo> {
             "crawler",
             "node-1",
             &["10.244.1.4", "fd00:10:244:1::4"],
-            &[
-                ("dns.dot-proxy.io/qps", "1000"),
-                ("dns.dot-proxy.io/burst", "2000"),
-            ],
+            &[(QPS, "1000"), (BURST, "2000")],
         ),
         // The example grants exemption to the namespace monitoring only.
         PodInfo::scheduled(
@@ -32,20 +30,15 @@ fn pods() -> Vec<PodInfo> {
             "resolver-test",
             "node-1",
             &["10.244.1.5"],
-            &[("dns.dot-proxy.io/rate-limit-exempt", "true")],
+            &[(EXEMPT, "true")],
         ),
         pod(
             "payments",
             "node-2",
             &["10.244.2.9"],
-            &[("dns.dot-proxy.io/upstream-group", "cloudflare")],
+            &[(GROUP, "cloudflare")],
         ),
-        pod(
-            "typo",
-            "node-2",
-            &["10.244.2.10"],
-            &[("dns.dot-proxy.io/upstream-group", "cloudfare")],
-        ),
+        pod("typo", "node-2", &["10.244.2.10"], &[(GROUP, "cloudfare")]),
     ]
 }
 

@@ -110,15 +110,12 @@ fn five_thousand_nodes_150k_pods_20k_annotated() {
         g.granted_to = all.clone();
     }
     let nodes = NodeLabels::new();
+    let render_all = || {
+        let (pods, namespaces) = (&snapshot.pods, &snapshot.namespaces);
+        render("default", &spec, pods, &nodes, namespaces).expect("renders")
+    };
     let started = Instant::now();
-    let r = render(
-        "default",
-        &spec,
-        &snapshot.pods,
-        &nodes,
-        &snapshot.namespaces,
-    )
-    .expect("renders");
+    let r = render_all();
     let took = started.elapsed();
 
     let s = &r.stats;
@@ -189,13 +186,6 @@ fn five_thousand_nodes_150k_pods_20k_annotated() {
     let _ = std::fs::remove_dir_all(&dir);
 
     // Determinism: an identical cluster renders identically.
-    let again = render(
-        "default",
-        &spec,
-        &snapshot.pods,
-        &nodes,
-        &snapshot.namespaces,
-    )
-    .expect("renders");
+    let again = render_all();
     assert_eq!(again.overrides_hash, r.overrides_hash);
 }

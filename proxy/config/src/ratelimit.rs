@@ -80,6 +80,26 @@ pub struct RateLimitOverride {
 }
 
 impl RateLimitOverride {
+    /// No limit at all for the clients in `cidr`.
+    pub fn exempt(cidr: Cidr) -> RateLimitOverride {
+        RateLimitOverride {
+            cidr,
+            qps: None,
+            burst: None,
+            exempt: true,
+        }
+    }
+
+    /// The clients in `cidr` limited to `qps` and `burst` (the section's where `None`).
+    pub fn limit(cidr: Cidr, qps: Option<f64>, burst: Option<u32>) -> RateLimitOverride {
+        RateLimitOverride {
+            cidr,
+            qps,
+            burst,
+            exempt: false,
+        }
+    }
+
     /// What is wrong with it, by field: validation and the merge of per-pod overrides both
     /// ask this.
     pub fn problems(&self) -> impl Iterator<Item = (&'static str, &'static str)> {

@@ -9,6 +9,16 @@ fn default_config_is_valid_and_round_trips() {
     assert_eq!(Config::from_yaml("").expect("empty"), c);
 }
 
+/// Fails unless `yaml` is refused with errors that say each of `says`.
+#[track_caller]
+fn assert_refused(yaml: &str, says: &[&str]) {
+    let e = errors(yaml);
+    assert!(!e.is_empty(), "accepted");
+    for s in says {
+        assert!(e.contains(s), "{s}: {e}");
+    }
+}
+
 fn errors(yaml: &str) -> String {
     match Config::from_yaml(yaml) {
         Err(e) => e.to_string(),
@@ -221,15 +231,10 @@ fn https_and_quic_servers_are_checked_like_tls() {
 #[test]
 fn a_group_does_not_mix_plain_dns_with_encrypted_servers() {
     let mixed = "upstream_groups:\n- name: default\n  servers:\n  - {address: 1.1.1.1:853, tls_name: cloudflare-dns.com}\n- name: cluster\n  servers:\n  - {address: 10.96.0.11:853, tls_name: dns.cluster}\n  - {address: 10.96.0.10:53, protocol: plain}\nzones:\n- {zone: ., group: default}\n- {zone: cluster.local, group: cluster}\n";
-    let e = errors(mixed);
-    assert!(
-        e.contains("upstream_groups[1].servers[1].protocol") && e.contains("plain"),
-        "{e}"
-    );
+    assert_refused(mixed, &["upstream_groups[1].servers[1].protocol", "plain"]);
     // Also when plain DNS may serve ".": the opt-in is for a plain group, not a fallback.
     let default_mixed = "allow_plain_default: true\nupstream_groups:\n- name: default\n  servers:\n  - {address: 10.96.0.10:53, protocol: plain}\n  - {address: 1.1.1.1:443, protocol: https, tls_name: cloudflare-dns.com}\n";
-    let e = errors(default_mixed);
-    assert!(e.contains("upstream_groups[0].servers[0].protocol"), "{e}");
+    assert_refused(default_mixed, &["upstream_groups[0].servers[0].protocol"]);
     // Encrypted protocols mix freely, and so do plain servers among themselves.
     let fine = "upstream_groups:\n- name: default\n  servers:\n  - {address: 1.1.1.1:853, tls_name: cloudflare-dns.com}\n  - {address: 1.1.1.1:443, protocol: https, tls_name: cloudflare-dns.com}\n  - {address: 1.1.1.1:853, protocol: quic, tls_name: cloudflare-dns.com}\n- name: cluster\n  servers:\n  - {address: 10.96.0.10:53, protocol: plain}\n  - {address: 10.96.0.11:53, protocol: plain}\nzones:\n- {zone: ., group: default}\n- {zone: cluster.local, group: cluster}\n";
     assert_eq!(errors(fine), "");
@@ -240,11 +245,7 @@ fn a_group_does_not_mix_plain_dns_with_encrypted_servers() {
 #[test]
 fn a_client_group_of_plain_dns_needs_the_plain_default_opt_in() {
     let yaml = "upstream_groups:\n- name: default\n  servers:\n  - {address: 1.1.1.1:853, tls_name: cloudflare-dns.com}\n- name: cluster\n  servers:\n  - {address: 10.96.0.10:53, protocol: plain}\nzones:\n- {zone: ., group: default}\n- {zone: cluster.local, group: cluster}\nclient_groups:\n- {cidr: 10.244.0.0/16, group: cluster}\n";
-    let e = errors(yaml);
-    assert!(
-        e.contains("client_groups[0].group") && e.contains("allow_plain_default"),
-        "{e}"
-    );
+    assert_refused(yaml, &["client_groups[0].group", "allow_plain_default"]);
     assert_eq!(errors(&format!("{yaml}allow_plain_default: true\n")), "");
     let encrypted = yaml.replace("group: cluster}\n", "group: default}\n");
     assert!(encrypted.ends_with("group: default}\n"));

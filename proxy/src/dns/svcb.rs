@@ -36,32 +36,14 @@ pub fn without_ipv6_hints(resp: &[u8]) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
     use hickory_proto::op::{MessageType, OpCode, Query};
-    use hickory_proto::rr::rdata::svcb::{IpHint, SvcParamValue, SVCB};
-    use hickory_proto::rr::rdata::{A, AAAA, HTTPS};
-    use hickory_proto::rr::{Name, Record, RecordType};
+    use hickory_proto::rr::{Name, RecordType};
 
     #[test]
     fn removes_ipv6_hints_only() {
         let name = Name::from_ascii("example.com.").expect("name");
         let mut m = Message::new(7, MessageType::Response, OpCode::Query);
         m.add_query(Query::query(name.clone(), RecordType::HTTPS));
-        let svcb = SVCB::new(
-            1,
-            Name::root(),
-            vec![
-                (
-                    SvcParamKey::Ipv4Hint,
-                    SvcParamValue::Ipv4Hint(IpHint(vec![A::new(192, 0, 2, 1)])),
-                ),
-                (
-                    SvcParamKey::Ipv6Hint,
-                    SvcParamValue::Ipv6Hint(IpHint(vec![AAAA::new(
-                        0x2001, 0xdb8, 0, 0, 0, 0, 0, 1,
-                    )])),
-                ),
-            ],
-        );
-        m.add_answer(Record::from_rdata(name, 300, RData::HTTPS(HTTPS(svcb))));
+        m.add_answer(crate::test_util::https_with_both_hints(name, 300));
         let bytes = m.to_vec().expect("wire");
         let out = without_ipv6_hints(&bytes).expect("changed");
         let back = Message::from_vec(&out).expect("parses");

@@ -425,18 +425,8 @@ mod tests {
     async fn ipv6_grouped_by_prefix_and_overrides() {
         let mut c = cfg();
         c.overrides = vec![
-            RateLimitOverride {
-                cidr: "10.0.0.9/32".parse().expect("cidr"),
-                qps: None,
-                burst: None,
-                exempt: true,
-            },
-            RateLimitOverride {
-                cidr: "10.0.1.0/24".parse().expect("cidr"),
-                qps: Some(1.0),
-                burst: Some(1),
-                exempt: false,
-            },
+            RateLimitOverride::exempt("10.0.0.9/32".parse().expect("cidr")),
+            RateLimitOverride::limit("10.0.1.0/24".parse().expect("cidr"), Some(1.0), Some(1)),
         ];
         let rl = RateLimiter::new(&c, &GuardMetrics::default());
         let now = Instant::now();
@@ -476,12 +466,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_ipv6_override_longer_than_the_prefix_gets_its_own_bucket() {
         let mut c = cfg();
-        c.overrides = vec![RateLimitOverride {
-            cidr: "2001:db8::7/128".parse().expect("cidr"),
-            qps: Some(10.0),
-            burst: Some(3),
-            exempt: false,
-        }];
+        c.overrides = vec![RateLimitOverride::limit(
+            "2001:db8::7/128".parse().expect("cidr"),
+            Some(10.0),
+            Some(3),
+        )];
         let rl = RateLimiter::new(&c, &GuardMetrics::default());
         let now = Instant::now();
         let pod: IpAddr = "2001:db8::7".parse().expect("ip");
@@ -498,12 +487,11 @@ mod tests {
         assert_eq!(rl.check(pod, false, now), Decision::Refuse);
         // A /128 key whose low bits are zero is not the /64's key.
         let mut c = cfg();
-        c.overrides = vec![RateLimitOverride {
-            cidr: "2001:db8:1::/128".parse().expect("cidr"),
-            qps: None,
-            burst: Some(2),
-            exempt: false,
-        }];
+        c.overrides = vec![RateLimitOverride::limit(
+            "2001:db8:1::/128".parse().expect("cidr"),
+            None,
+            Some(2),
+        )];
         let rl = RateLimiter::new(&c, &GuardMetrics::default());
         for _ in 0..5 {
             rl.check("2001:db8:1::9".parse().expect("ip"), false, now);

@@ -46,30 +46,25 @@ pub struct PodAddresses {
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(default, rename_all = "camelCase")]
 pub struct PodAddressesSpec {
-    #[serde(default)]
     pub host_network: Option<bool>,
-    #[serde(default)]
     pub dns_policy: Option<String>,
-    #[serde(default)]
     pub dns_config: Option<PodDnsConfig>,
 }
 
 /// `spec.dnsConfig`: what completion needs of it.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct PodDnsConfig {
-    #[serde(default)]
     pub searches: Option<Vec<String>>,
-    #[serde(default)]
     pub options: Option<Vec<PodDnsOption>>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct PodDnsOption {
-    #[serde(default)]
     pub name: String,
-    #[serde(default)]
     pub value: Option<String>,
 }
 

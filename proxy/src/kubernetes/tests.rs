@@ -27,6 +27,11 @@ fn decode(v: Value) -> PodAddresses {
     serde_json::from_value(v).expect("pod")
 }
 
+/// A pod of the node, not on the host network, with one address, as the watch decodes it.
+fn running(ns: &str, name: &str, ip: &str) -> PodAddresses {
+    decode(pod(ns, name, &[ip], false))
+}
+
 #[test]
 fn folds_events_into_ip_to_namespace() {
     let mut s = PodState::default();
@@ -69,12 +74,9 @@ fn folds_events_into_ip_to_namespace() {
         &["fd00::5", "10.1.0.5"],
         false
     )))));
-    assert!(s.apply(watcher::Event::Apply(decode(pod(
-        "team-b",
-        "api-0",
-        &["10.1.0.6"],
-        false
-    )))));
+    assert!(s.apply(watcher::Event::Apply(running(
+        "team-b", "api-0", "10.1.0.6"
+    ))));
     assert_eq!(s.table().len(), 3);
     let mut done = pod("team-b", "api-0", &["10.1.0.6"], false);
     done["status"]["phase"] = json!("Succeeded");
@@ -98,20 +100,12 @@ fn folds_events_into_ip_to_namespace() {
         &[],
         false
     )))));
-    assert!(s.apply(watcher::Event::Apply(decode(pod(
-        "team-c",
-        "new",
-        &["10.1.0.9"],
-        false
-    )))));
+    assert!(s.apply(watcher::Event::Apply(running("team-c", "new", "10.1.0.9"))));
     // A relist that finds the same pods is no change.
     s.apply(watcher::Event::Init);
-    s.apply(watcher::Event::InitApply(decode(pod(
-        "team-c",
-        "new",
-        &["10.1.0.9"],
-        false,
-    ))));
+    s.apply(watcher::Event::InitApply(running(
+        "team-c", "new", "10.1.0.9",
+    )));
     assert!(!s.apply(watcher::Event::InitDone));
 }
 
@@ -178,6 +172,16 @@ async fn until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     dot_proxy_testkit::within(limit, || std::future::ready(f())).await
 }
 
+/// The pod watch of `node-a` through `client`, filling a table of its own.
+fn follow_node_a(client: Client) -> (Arc<PodTable>, WatchMetrics, tokio::task::JoinHandle<()>) {
+    let table = Arc::new(PodTable::default());
+    let metrics = WatchMetrics::default();
+    let events = watcher(Api::<PodAddresses>::all(client), watch_config("node-a"));
+    let (t, m) = (table.clone(), metrics.clone());
+    let task = tokio::spawn(async move { follow(events, &t, &m).await });
+    (table, metrics, task)
+}
+
 #[tokio::test]
 async fn watch_lists_and_follows_the_nodes_pods() {
     let (client, api) = fake_api(
@@ -193,11 +197,7 @@ async fn watch_lists_and_follows_the_nodes_pods() {
         ],
         false,
     );
-    let table = Arc::new(PodTable::default());
-    let metrics = WatchMetrics::default();
-    let events = watcher(Api::<PodAddresses>::all(client), watch_config("node-a"));
-    let (t, m) = (table.clone(), metrics.clone());
-    let task = tokio::spawn(async move { follow(events, &t, &m).await });
+    let (table, metrics, task) = follow_node_a(client);
     let b: IpAddr = "10.1.0.6".parse().expect("ip");
     let a: IpAddr = "10.1.0.5".parse().expect("ip");
     assert!(
@@ -235,11 +235,7 @@ async fn an_api_server_failing_keeps_the_last_table() {
         vec![],
         true,
     );
-    let table = Arc::new(PodTable::default());
-    let metrics = WatchMetrics::default();
-    let events = watcher(Api::<PodAddresses>::all(client), watch_config("node-a"));
-    let (t, m) = (table.clone(), metrics.clone());
-    let task = tokio::spawn(async move { follow(events, &t, &m).await });
+    let (table, metrics, task) = follow_node_a(client);
     let a: IpAddr = "10.1.0.5".parse().expect("ip");
     assert!(until(Duration::from_secs(5), || table.namespace_of(a).is_some()).await);
     assert!(
@@ -271,26 +267,15 @@ fn namespace_names_go_with_their_last_pod() {
         ))));
         s.apply(watcher::Event::Delete(decode(pod(&ns, "job", &[], false))));
     }
-    s.apply(watcher::Event::Apply(decode(pod(
-        "team-a",
-        "web-0",
-        &["10.1.0.5"],
-        false,
-    ))));
+    s.apply(watcher::Event::Apply(running(
+        "team-a", "web-0", "10.1.0.5",
+    )));
     // A relist that no longer has a pod drops its namespace too.
-    s.apply(watcher::Event::Apply(decode(pod(
-        "gone",
-        "x",
-        &["10.1.0.7"],
-        false,
-    ))));
+    s.apply(watcher::Event::Apply(running("gone", "x", "10.1.0.7")));
     s.apply(watcher::Event::Init);
-    s.apply(watcher::Event::InitApply(decode(pod(
-        "team-a",
-        "web-0",
-        &["10.1.0.5"],
-        false,
-    ))));
+    s.apply(watcher::Event::InitApply(running(
+        "team-a", "web-0", "10.1.0.5",
+    )));
     s.apply(watcher::Event::InitDone);
     assert_eq!(s.interned_namespaces(), 1);
     assert_eq!(s.table().len(), 1);

@@ -13,33 +13,21 @@ impl Collector for ProcessCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let Some(p) = read_proc() else { return Ok(()) };
         let cpu = ConstCounter::new(p.cpu_seconds);
-        cpu.encode(enc.encode_descriptor(
-            "process_cpu_seconds",
-            "User and system CPU time spent",
-            None,
-            cpu.metric_type(),
-        )?)?;
-        let rss = ConstGauge::new(p.rss_bytes as i64);
-        rss.encode(enc.encode_descriptor(
-            "process_resident_memory_bytes",
-            "Resident memory size",
-            None,
-            rss.metric_type(),
-        )?)?;
-        let fds = ConstGauge::new(p.open_fds as i64);
-        fds.encode(enc.encode_descriptor(
-            "process_open_fds",
-            "Open file descriptors",
-            None,
-            fds.metric_type(),
-        )?)?;
-        let th = ConstGauge::new(p.threads as i64);
-        th.encode(enc.encode_descriptor(
-            "process_threads",
-            "OS threads",
-            None,
-            th.metric_type(),
-        )?)?;
+        let (cpu_name, cpu_help) = ("process_cpu_seconds", "User and system CPU time spent");
+        cpu.encode(enc.encode_descriptor(cpu_name, cpu_help, None, cpu.metric_type())?)?;
+        let gauges = [
+            (
+                "process_resident_memory_bytes",
+                "Resident memory size",
+                p.rss_bytes,
+            ),
+            ("process_open_fds", "Open file descriptors", p.open_fds),
+            ("process_threads", "OS threads", p.threads),
+        ];
+        for (name, help, value) in gauges {
+            let g = ConstGauge::new(value as i64);
+            g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)?;
+        }
         Ok(())
     }
 }

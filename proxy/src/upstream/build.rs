@@ -12,6 +12,7 @@ use crate::dns::message::UpstreamQueryOptions;
 
 use super::https::HttpsUpstream;
 use super::plain::PlainUpstream;
+use super::pool::Endpoint;
 use super::quic::QuicUpstream;
 use super::tls::TlsUpstream;
 use super::{tls_config, ConnOptions, Exchange, Group, UpstreamStats};
@@ -93,20 +94,19 @@ fn upstream(
         label: label.clone(),
         source: tls_config::TlsConfigError::Setup(e),
     };
+    // What the pooled transports are built for (plain DNS keeps no pool).
+    let server = |stats| Endpoint {
+        label: label.clone(),
+        addr: s.address,
+        opts,
+        stats,
+    };
     let up: Arc<dyn Exchange> = match s.protocol {
-        Protocol::Https => HttpsUpstream::new(
-            label.clone(),
-            s.address,
-            setup()?,
-            s.doh_path(),
-            opts,
-            stats,
-        )
-        .map_err(other)?,
-        Protocol::Quic => {
-            QuicUpstream::new(label.clone(), s.address, setup()?, opts, stats).map_err(other)?
+        Protocol::Https => {
+            HttpsUpstream::new(server(stats), setup()?, s.doh_path()).map_err(other)?
         }
-        Protocol::Tls => TlsUpstream::new(label.clone(), s.address, setup()?, opts, stats),
+        Protocol::Quic => QuicUpstream::new(server(stats), setup()?).map_err(other)?,
+        Protocol::Tls => TlsUpstream::new(server(stats), setup()?),
         Protocol::Plain => PlainUpstream::new(label.clone(), s.address, s.force_tcp, stats),
     };
     Ok(up)

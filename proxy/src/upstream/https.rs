@@ -25,9 +25,8 @@ use hyper::header::{ACCEPT, CONTENT_TYPE};
 use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use super::pool::{ConnOptions, Connector, End, Opened, Pool, Sender, StreamConn, Transport};
+use super::pool::{Connector, End, Endpoint, Opened, Pool, Sender, StreamConn, Transport};
 use super::stats::UpstreamErrorKind;
-use super::stats::UpstreamStats;
 use super::tls::TlsDialer;
 use super::tls_config::TlsSetup;
 use super::{exchange_id_zero, Failure, UpstreamError};
@@ -115,13 +114,11 @@ pub struct HttpsUpstream {
 impl HttpsUpstream {
     /// `setup` must offer ALPN `h2` (`tls_config::build` does for HTTPS servers).
     pub fn new(
-        label: String,
-        addr: SocketAddr,
+        server: Endpoint,
         setup: TlsSetup,
         path: &str,
-        opts: ConnOptions,
-        stats: UpstreamStats,
     ) -> Result<Arc<HttpsUpstream>, String> {
+        let addr = server.addr;
         let host = match &setup.server_name {
             rustls_pki_types::ServerName::DnsName(n) => n.as_ref().to_string(),
             _ => match addr {
@@ -138,11 +135,11 @@ impl HttpsUpstream {
             .parse()
             .map_err(|e| format!("URL https://{authority}{path}: {e}"))?;
         let connector = DohConnector {
-            dialer: TlsDialer::new(addr, setup, &opts, &stats),
+            dialer: TlsDialer::new(addr, setup, &server.opts, &server.stats),
             uri,
         };
         Ok(Arc::new(HttpsUpstream {
-            pool: Pool::new(label, addr, connector, opts, stats),
+            pool: Pool::new(server, connector),
         }))
     }
 

@@ -175,14 +175,24 @@ pub(crate) struct Pool<K: Connector> {
     last_used: AtomicU64,
 }
 
+/// The server a pooled transport talks to, and how: its label (in logs and metrics), its
+/// address, how its connections are kept, and where they are counted. Each transport
+/// adds only its connector.
+pub struct Endpoint {
+    pub label: String,
+    pub addr: SocketAddr,
+    pub opts: ConnOptions,
+    pub stats: UpstreamStats,
+}
+
 impl<K: Connector> Pool<K> {
-    pub fn new(
-        label: String,
-        addr: SocketAddr,
-        connector: K,
-        opts: ConnOptions,
-        stats: UpstreamStats,
-    ) -> Arc<Self> {
+    pub fn new(server: Endpoint, connector: K) -> Arc<Self> {
+        let Endpoint {
+            label,
+            addr,
+            opts,
+            stats,
+        } = server;
         Arc::new(Pool {
             label,
             addr,

@@ -24,7 +24,7 @@ use arc_swap::ArcSwapOption;
 use bytes::{Bytes, BytesMut};
 use quinn::crypto::rustls::QuicClientConfig;
 
-use super::pool::{ConnOptions, Connection, Connector, End, Opened, Pool, Transport};
+use super::pool::{ConnOptions, Connection, Connector, End, Endpoint, Opened, Pool, Transport};
 use super::stats::UpstreamErrorKind;
 use super::stats::UpstreamStats;
 use super::tls_config::TlsSetup;
@@ -74,19 +74,13 @@ pub struct QuicUpstream {
 
 impl QuicUpstream {
     /// `setup` must offer ALPN `doq` (`tls_config::build` does for QUIC servers).
-    pub fn new(
-        label: String,
-        addr: SocketAddr,
-        setup: TlsSetup,
-        opts: ConnOptions,
-        stats: UpstreamStats,
-    ) -> Result<Arc<QuicUpstream>, String> {
+    pub fn new(server: Endpoint, setup: TlsSetup) -> Result<Arc<QuicUpstream>, String> {
         let crypto = QuicClientConfig::try_from(setup.config.clone())
             .map_err(|e| format!("QUIC needs TLS 1.3: {e}"))?;
         let mut client = quinn::ClientConfig::new(Arc::new(crypto));
         let mut transport = quinn::TransportConfig::default();
         transport
-            .max_idle_timeout(quinn::IdleTimeout::try_from(opts.idle_timeout).ok())
+            .max_idle_timeout(quinn::IdleTimeout::try_from(server.opts.idle_timeout).ok())
             // The server opens no streams (RFC 9250 §4.2): neither kind is allowed, so a
             // server cannot make us hold stream state or receive windows.
             .max_concurrent_uni_streams(0u8.into())
@@ -99,19 +93,19 @@ impl QuicUpstream {
         // One connection: its streams carry every query at once.
         let opts = ConnOptions {
             pool_size: 1,
-            ..opts
+            ..server.opts
         };
         let connector = DoqConnector {
-            addr,
+            addr: server.addr,
             server_name,
             setup,
             client,
             endpoint: ArcSwapOption::empty(),
             opts: opts.clone(),
-            stats: stats.clone(),
+            stats: server.stats.clone(),
         };
         Ok(Arc::new(QuicUpstream {
-            pool: Pool::new(label, addr, connector, opts, stats),
+            pool: Pool::new(Endpoint { opts, ..server }, connector),
         }))
     }
 

@@ -24,8 +24,8 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use super::pool::{
-    ConnOptions, Connector, Counted, End, Opened, Pool, Sender, StreamConn, StreamSignals,
-    Transport,
+    ConnOptions, Connector, Counted, End, Endpoint, Opened, Pool, Sender, StreamConn,
+    StreamSignals, Transport,
 };
 use super::stats::UpstreamErrorKind;
 use super::stats::UpstreamStats;
@@ -124,16 +124,10 @@ pub struct TlsUpstream {
 }
 
 impl TlsUpstream {
-    pub fn new(
-        label: String,
-        addr: SocketAddr,
-        setup: TlsSetup,
-        opts: ConnOptions,
-        stats: UpstreamStats,
-    ) -> Arc<Self> {
-        let dialer = TlsDialer::new(addr, setup, &opts, &stats);
+    pub fn new(server: Endpoint, setup: TlsSetup) -> Arc<Self> {
+        let dialer = TlsDialer::new(server.addr, setup, &server.opts, &server.stats);
         Arc::new(TlsUpstream {
-            pool: Pool::new(label, addr, dialer, opts, stats),
+            pool: Pool::new(server, dialer),
         })
     }
 }

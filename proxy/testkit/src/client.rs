@@ -5,27 +5,18 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
-use hickory_proto::rr::{DNSClass, Name, RData, RecordType};
+use dot_proxy::test_util;
+use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::rr::{RData, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
-/// Builds a query message.
+pub use dot_proxy::test_util::option_codes;
+
+/// Builds a query message (RD set), with an OPT record of `(UDP size, DO bit)` when given.
 pub fn query(id: u16, name: &str, qtype: RecordType, edns: Option<(u16, bool)>) -> Vec<u8> {
-    let mut m = Message::new(id, MessageType::Query, OpCode::Query);
-    m.metadata.recursion_desired = true;
-    let mut q = Query::new();
-    q.set_name(Name::from_ascii(name).expect("name"))
-        .set_query_type(qtype)
-        .set_query_class(DNSClass::IN);
-    m.add_query(q);
-    if let Some((size, dnssec_ok)) = edns {
-        let mut e = Edns::new();
-        e.set_max_payload(size);
-        e.set_dnssec_ok(dnssec_ok);
-        m.set_edns(e);
-    }
-    m.to_vec().expect("encode")
+    let edns = edns.map(|(size, dnssec_ok)| test_util::edns(size, dnssec_ok, false));
+    test_util::query(id, name, qtype, edns)
 }
 
 /// Runs `n` clients at once, client `i` being `client(i)`; fails if any client fails.
@@ -38,6 +29,25 @@ where
     for t in tasks {
         t.await.expect("client");
     }
+}
+
+/// `n` clients at once, client `i` asking `name(i)` (A, over UDP); every answer's response
+/// code must be `want` (`what` says why).
+pub async fn concurrently_expect(
+    addr: SocketAddr,
+    n: usize,
+    name: impl Fn(usize) -> String,
+    want: ResponseCode,
+    what: &str,
+) {
+    concurrently(n, |i| {
+        let (name, what) = (name(i), what.to_string());
+        async move {
+            let m = udp(addr, &name, RecordType::A).await;
+            assert_eq!(m.metadata.response_code, want, "{what}: {name}");
+        }
+    })
+    .await;
 }
 
 /// `clients` clients at once, each asking `per_client` distinct A names under `prefix`
@@ -68,18 +78,6 @@ pub async fn udp_raw_answer(addr: SocketAddr, msg: Vec<u8>) -> Vec<u8> {
         .expect("answer")
 }
 
-/// The EDNS option codes of a message.
-pub fn option_codes(m: &Message) -> Vec<u16> {
-    m.edns
-        .as_ref()
-        .expect("edns")
-        .options()
-        .as_ref()
-        .iter()
-        .map(|(c, _)| u16::from(*c))
-        .collect()
-}
-
 pub async fn udp_raw(addr: SocketAddr, msg: &[u8], wait: Duration) -> Option<Vec<u8>> {
     let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
     sock.send_to(msg, addr).await.expect("send");
@@ -102,6 +100,12 @@ pub async fn udp(addr: SocketAddr, name: &str, qtype: RecordType) -> Message {
     let m = Message::from_vec(&r).expect("parse answer");
     assert_eq!(m.metadata.id, id);
     m
+}
+
+/// Asks `name` over UDP; fails unless the answer's response code is `want`.
+pub async fn assert_rcode(addr: SocketAddr, name: &str, qtype: RecordType, want: ResponseCode) {
+    let m = udp(addr, name, qtype).await;
+    assert_eq!(m.metadata.response_code, want, "{name} {qtype}");
 }
 
 pub async fn tcp_send(s: &mut TcpStream, msg: &[u8]) {
@@ -150,6 +154,11 @@ pub fn free_port() -> u16 {
             return port;
         }
     }
+}
+
+/// `port` on 127.0.0.1.
+pub fn on(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 /// What a load run saw.

@@ -6,11 +6,11 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::{A, SOA};
+use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use tokio::net::UdpSocket;
 
-use crate::dot::Upstream;
+use crate::dot::{soa, Upstream};
 use crate::proxy::config_for;
 use dot_proxy::config::{Config, Dur, Policy, UpstreamGroup, UpstreamServer, ZoneRoute};
 
@@ -75,19 +75,7 @@ impl ClusterDns {
             .iter()
             .find(|z| name == format!("{z}.") || name.ends_with(&format!(".{z}.")))?;
         let apex = Name::from_ascii(format!("{zone}.")).ok()?;
-        let soa = Record::from_rdata(
-            apex.clone(),
-            5,
-            RData::SOA(SOA::new(
-                Name::from_ascii("ns.dns.").ok()?,
-                Name::from_ascii("hostmaster.").ok()?,
-                1,
-                7200,
-                1800,
-                86400,
-                5,
-            )),
-        );
+        let soa = soa(&apex, 5, 5);
         let exact = RECORDS.iter().find(|(n, _)| *n == name);
         let above = RECORDS
             .iter()

@@ -158,6 +158,16 @@ impl Upstream {
         Self::start_with(Pki::new()).await
     }
 
+    /// `N` upstreams, each with its own PKI: `let [a, b] = Upstream::start_n().await;`
+    pub async fn start_n<const N: usize>() -> [Arc<Upstream>; N] {
+        let mut ups = Vec::with_capacity(N);
+        for _ in 0..N {
+            ups.push(Self::start().await);
+        }
+        ups.try_into()
+            .unwrap_or_else(|_| unreachable!("N upstreams"))
+    }
+
     pub async fn start_with(pki: Pki) -> Arc<Upstream> {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
@@ -383,6 +393,22 @@ impl Upstream {
     }
 }
 
+/// The SOA record of `apex` (for the authority section of negative answers): `ttl`, and
+/// `minimum` the negative-caching TTL; its names are `ns.` and `hostmaster.` under the apex.
+pub fn soa(apex: &Name, ttl: u32, minimum: u32) -> Record {
+    let under = |label: &str| Name::from_labels([label]).and_then(|l| l.append_domain(apex));
+    let soa = SOA::new(
+        under("ns").expect("name"),
+        under("hostmaster").expect("name"),
+        1,
+        7200,
+        1800,
+        86400,
+        minimum,
+    );
+    Record::from_rdata(apex.clone(), ttl, RData::SOA(soa))
+}
+
 /// The synthetic zone:
 /// - `nx*.example.test` and names outside `example.test`: NXDOMAIN with SOA (TTL 60, minimum 30)
 /// - `nodata.example.test`: NOERROR, no answer, SOA
@@ -419,19 +445,7 @@ pub fn zone_answer(behaviour: &Behaviour, raw: &[u8]) -> Option<Vec<u8>> {
     let name = query.name().to_lowercase();
     let text = name.to_ascii();
     let zone = Name::from_ascii("example.test.").ok()?;
-    let soa = Record::from_rdata(
-        zone.clone(),
-        60,
-        RData::SOA(SOA::new(
-            Name::from_ascii("ns.example.test.").ok()?,
-            Name::from_ascii("admin.example.test.").ok()?,
-            1,
-            3600,
-            600,
-            86400,
-            30,
-        )),
-    );
+    let soa = soa(&zone, 60, 30);
     let first = text.split('.').next().unwrap_or("");
     if !zone.zone_of(&name) || first.starts_with("nx") || behaviour.nxdomain.load(Ordering::SeqCst)
     {
@@ -481,27 +495,9 @@ pub fn zone_answer(behaviour: &Behaviour, raw: &[u8]) -> Option<Vec<u8>> {
         ));
     } else if query.query_type() == RecordType::HTTPS {
         // Both address hints, so filter_aaaa's removal of the IPv6 one can be seen.
-        use hickory_proto::rr::rdata::svcb::{IpHint, SvcParamKey, SvcParamValue, SVCB};
-        let svcb = SVCB::new(
-            1,
-            Name::root(),
-            vec![
-                (
-                    SvcParamKey::Ipv4Hint,
-                    SvcParamValue::Ipv4Hint(IpHint(vec![A::new(192, 0, 2, 1)])),
-                ),
-                (
-                    SvcParamKey::Ipv6Hint,
-                    SvcParamValue::Ipv6Hint(IpHint(vec![hickory_proto::rr::rdata::AAAA::new(
-                        0x2001, 0xdb8, 0, 0, 0, 0, 0, 1,
-                    )])),
-                ),
-            ],
-        );
-        m.add_answer(Record::from_rdata(
+        m.add_answer(dot_proxy::test_util::https_with_both_hints(
             query.name().clone(),
             300,
-            RData::HTTPS(hickory_proto::rr::rdata::HTTPS(svcb)),
         ));
     } else {
         m.add_authority(soa);

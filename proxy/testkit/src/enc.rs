@@ -82,6 +82,11 @@ impl EncServer {
         }
     }
 
+    /// Connections accepted so far.
+    pub fn connection_count(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
     pub fn set_mode(&self, mode: Mode) {
         self.mode.store(mode as u8, Ordering::SeqCst);
     }
@@ -138,6 +143,14 @@ impl EncServer {
 }
 
 // ------------------------------------------------------------------ DoH
+
+/// A DoH server for `Protocol::Https`, a DoQ one otherwise.
+pub async fn enc_server(protocol: Protocol, mode: Mode) -> Arc<EncServer> {
+    match protocol {
+        Protocol::Https => doh_server(mode).await,
+        _ => doq_server(mode).await,
+    }
+}
 
 pub async fn doh_server(mode: Mode) -> Arc<EncServer> {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -19,6 +19,7 @@
 
 pub mod client;
 pub mod cluster_dns;
+pub mod command;
 pub mod dot;
 pub mod enc;
 pub mod exchange;
@@ -31,6 +32,7 @@ pub mod wait;
 
 pub use clap::Parser;
 pub use client::*;
+pub use command::run_ok;
 pub use dot::*;
 pub use exchange::{group, settle, FakeServer, Rig, CLIENT};
 pub use metrics::*;

@@ -75,12 +75,8 @@ impl Netns {
 
     /// Runs a command in the namespace and returns its output; panics when it fails.
     pub fn ok(&self, cmd: &[&str]) -> String {
-        let out = self.exec(cmd);
-        assert!(
-            out.status.success(),
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let mut ip = Command::new("ip");
+        let out = dot_proxy_testkit::run_ok(ip.args(["netns", "exec", &self.name]).args(cmd));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 

@@ -12,19 +12,49 @@ fn adv(p: &Proxy, secs: u64) {
     p.server.clock.advance(Duration::from_secs(secs));
 }
 
+/// An A query for `name` over UDP.
+async fn ask(p: &Proxy, name: &str) -> Message {
+    p.ask(name).await
+}
+
+async fn rcode_of(p: &Proxy, name: &str) -> ResponseCode {
+    ask(p, name).await.metadata.response_code
+}
+
+/// The TTL of the first answer record.
+async fn ttl_of(p: &Proxy, name: &str) -> u32 {
+    ask(p, name).await.answers[0].ttl
+}
+
+/// `secs` later, asks for each of `labels` under `example.test`; then fails unless the
+/// upstream has been asked `n` queries in all.
+async fn later(p: &Proxy, up: &Upstream, secs: u64, labels: &[&str], n: usize, why: &str) {
+    adv(p, secs);
+    for label in labels {
+        ask(p, &format!("{label}.example.test.")).await;
+    }
+    assert_asked(up, n, why);
+}
+
+/// Fails unless the upstream has been asked `n` queries in all.
+#[track_caller]
+fn assert_asked(up: &Upstream, n: usize, why: &str) {
+    assert_eq!(up.query_count(), n, "upstream queries: {why}");
+}
+
 #[tokio::test]
 async fn ttls_count_down_and_expiry_refetches() {
     let (up, p) = start_with(|_| {}).await;
-    let m = udp(p.addr, "ttl100.example.test.", RecordType::A).await;
+    let m = ask(&p, "ttl100.example.test.").await;
     assert_eq!(m.answers[0].ttl, 100);
     adv(&p, 40);
-    let m = udp(p.addr, "ttl100.example.test.", RecordType::A).await;
+    let m = ask(&p, "ttl100.example.test.").await;
     assert_eq!(m.answers[0].ttl, 60, "TTL counts down");
-    assert_eq!(up.query_count(), 1, "served from cache");
+    assert_asked(&up, 1, "served from cache");
     adv(&p, 61);
-    let m = udp(p.addr, "ttl100.example.test.", RecordType::A).await;
+    let m = ask(&p, "ttl100.example.test.").await;
     assert_eq!(m.answers[0].ttl, 100);
-    assert_eq!(up.query_count(), 2, "expired: asked again");
+    assert_asked(&up, 2, "expired: asked again");
 }
 
 #[tokio::test]
@@ -32,27 +62,24 @@ async fn negative_answers_cached_from_the_soa() {
     let (up, p) = start_with(|_| {}).await;
     // SOA TTL 60, MINIMUM 30: cached for 30 s (RFC 2308).
     assert_eq!(
-        udp(p.addr, "nxcache.example.test.", RecordType::A)
-            .await
-            .metadata
-            .response_code,
+        rcode_of(&p, "nxcache.example.test.").await,
         ResponseCode::NXDomain
     );
     adv(&p, 29);
-    let m = udp(p.addr, "nxcache.example.test.", RecordType::A).await;
+    let m = ask(&p, "nxcache.example.test.").await;
     assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
     assert_eq!(
         m.authorities[0].ttl, 1,
         "SOA TTL counts down from the negative TTL"
     );
-    assert_eq!(up.query_count(), 1);
+    assert_asked(&up, 1, "");
     adv(&p, 2);
-    udp(p.addr, "nxcache.example.test.", RecordType::A).await;
-    assert_eq!(up.query_count(), 2);
+    ask(&p, "nxcache.example.test.").await;
+    assert_asked(&up, 2, "");
     // NODATA too.
-    udp(p.addr, "nodata.example.test.", RecordType::A).await;
-    udp(p.addr, "nodata.example.test.", RecordType::A).await;
-    assert_eq!(up.query_count(), 3);
+    ask(&p, "nodata.example.test.").await;
+    ask(&p, "nodata.example.test.").await;
+    assert_asked(&up, 3, "");
 }
 
 #[tokio::test]
@@ -63,35 +90,13 @@ async fn ttl_clamps() {
         cfg.cache.negative_max_ttl = 10;
     })
     .await;
-    assert_eq!(
-        udp(p.addr, "ttl5.example.test.", RecordType::A)
-            .await
-            .answers[0]
-            .ttl,
-        60
-    );
-    assert_eq!(
-        udp(p.addr, "ttl900.example.test.", RecordType::A)
-            .await
-            .answers[0]
-            .ttl,
-        120
-    );
-    udp(p.addr, "nxclamp.example.test.", RecordType::A).await;
-    adv(&p, 59);
-    udp(p.addr, "ttl5.example.test.", RecordType::A).await;
-    assert_eq!(up.query_count(), 3, "short TTL kept for min_ttl");
-    adv(&p, 2);
-    udp(p.addr, "ttl5.example.test.", RecordType::A).await;
-    udp(p.addr, "nxclamp.example.test.", RecordType::A).await;
-    assert_eq!(
-        up.query_count(),
-        5,
-        "min_ttl over, negative cap (10 s) over"
-    );
-    adv(&p, 60);
-    udp(p.addr, "ttl900.example.test.", RecordType::A).await;
-    assert_eq!(up.query_count(), 6, "long TTL capped at max_ttl");
+    assert_eq!(ttl_of(&p, "ttl5.example.test.").await, 60);
+    assert_eq!(ttl_of(&p, "ttl900.example.test.").await, 120);
+    ask(&p, "nxclamp.example.test.").await;
+    later(&p, &up, 59, &["ttl5"], 3, "short TTL kept for min_ttl").await;
+    let why = "min_ttl over, negative cap (10 s) over";
+    later(&p, &up, 2, &["ttl5", "nxclamp"], 5, why).await;
+    later(&p, &up, 60, &["ttl900"], 6, "long TTL capped at max_ttl").await;
 }
 
 /// `cache.zones`: names under a zone get its clamps (the longest zone wins), others the
@@ -117,42 +122,20 @@ async fn per_zone_ttl_clamps() {
         ];
     })
     .await;
-    let ttl = |m: hickory_proto::op::Message| m.answers[0].ttl;
-    assert_eq!(
-        ttl(udp(p.addr, "ttl900.example.test.", RecordType::A).await),
-        30
-    );
-    assert_eq!(
-        ttl(udp(p.addr, "ttl5.long.example.test.", RecordType::A).await),
-        100
-    );
-    assert_eq!(
-        ttl(udp(p.addr, "ttl900.long.example.test.", RecordType::A).await),
-        900
-    );
-    udp(p.addr, "nxzone.example.test.", RecordType::A).await;
-    assert_eq!(up.query_count(), 4);
-    adv(&p, 6);
-    udp(p.addr, "nxzone.example.test.", RecordType::A).await;
-    assert_eq!(
-        up.query_count(),
-        5,
-        "negative answers capped at 5 s in the zone"
-    );
-    adv(&p, 25);
-    udp(p.addr, "ttl900.example.test.", RecordType::A).await;
-    udp(p.addr, "ttl5.long.example.test.", RecordType::A).await;
-    assert_eq!(
-        up.query_count(),
-        6,
-        "30 s cap over; the longer zone's 100 s floor holds"
-    );
+    assert_eq!(ttl_of(&p, "ttl900.example.test.").await, 30);
+    assert_eq!(ttl_of(&p, "ttl5.long.example.test.").await, 100);
+    assert_eq!(ttl_of(&p, "ttl900.long.example.test.").await, 900);
+    later(&p, &up, 0, &["nxzone"], 4, "").await;
+    let why = "negative answers capped at 5 s in the zone";
+    later(&p, &up, 6, &["nxzone"], 5, why).await;
+    let why = "30 s cap over; the longer zone's 100 s floor holds";
+    later(&p, &up, 25, &["ttl900", "ttl5.long"], 6, why).await;
 }
 
 #[tokio::test]
 async fn each_client_gets_its_id_and_question_case() {
     let (up, p) = start_with(|_| {}).await;
-    udp(p.addr, "case.example.test.", RecordType::A).await;
+    ask(&p, "case.example.test.").await;
     let r = udp_raw(
         p.addr,
         &query(31337, "CaSe.ExAmPlE.tEsT.", RecordType::A, None),
@@ -164,11 +147,7 @@ async fn each_client_gets_its_id_and_question_case() {
     assert_eq!(m.metadata.id, 31337);
     assert_eq!(m.queries[0].name().to_ascii(), "CaSe.ExAmPlE.tEsT.");
     assert_eq!(a_records(&m).len(), 1);
-    assert_eq!(
-        up.query_count(),
-        1,
-        "same cache entry, case-insensitive key"
-    );
+    assert_asked(&up, 1, "same cache entry, case-insensitive key");
 }
 
 #[tokio::test]
@@ -194,11 +173,7 @@ async fn do_and_cd_bits_are_part_of_the_key() {
             .expect("answer");
         assert_eq!(r[0..2], q[0..2]);
     }
-    assert_eq!(
-        up.query_count(),
-        3,
-        "one upstream query per (DO, CD) combination"
-    );
+    assert_asked(&up, 3, "one upstream query per (DO, CD) combination");
     let raw = up.raw.lock().expect("lock").clone();
     let sent_do: Vec<bool> = raw
         .iter()
@@ -225,27 +200,18 @@ async fn servfail_kept_briefly_and_truncated_never() {
     let (up, p) = start_with(|cfg| cfg.cache.servfail_ttl = 3).await;
     up.behaviour.servfail.store(true, Ordering::SeqCst);
     assert_eq!(
-        udp(p.addr, "sf.example.test.", RecordType::A)
-            .await
-            .metadata
-            .response_code,
+        rcode_of(&p, "sf.example.test.").await,
         ResponseCode::ServFail
     );
     up.behaviour.servfail.store(false, Ordering::SeqCst);
     assert_eq!(
-        udp(p.addr, "sf.example.test.", RecordType::A)
-            .await
-            .metadata
-            .response_code,
+        rcode_of(&p, "sf.example.test.").await,
         ResponseCode::ServFail
     );
     let n = up.query_count();
     adv(&p, 4);
     assert_eq!(
-        udp(p.addr, "sf.example.test.", RecordType::A)
-            .await
-            .metadata
-            .response_code,
+        rcode_of(&p, "sf.example.test.").await,
         ResponseCode::NoError
     );
     assert_eq!(up.query_count(), n + 1);
@@ -256,15 +222,15 @@ async fn stale_answer_served_when_the_upstream_fails_then_refreshed() {
     let (up, p) =
         start_with(|cfg| cfg.upstream_groups[0].timeout = dot_proxy::config::Dur::millis(400))
             .await;
-    udp(p.addr, "ttl10.example.test.", RecordType::A).await;
+    ask(&p, "ttl10.example.test.").await;
     up.behaviour.stall.store(true, Ordering::SeqCst);
     adv(&p, 3600);
-    let m = udp(p.addr, "ttl10.example.test.", RecordType::A).await;
+    let m = ask(&p, "ttl10.example.test.").await;
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
     assert_eq!(m.answers[0].ttl, 30, "stale answers carry TTL 30");
     // Beyond stale_max_age (1 day): SERVFAIL.
     adv(&p, 86_400);
-    let m = udp(p.addr, "ttl10.example.test.", RecordType::A).await;
+    let m = ask(&p, "ttl10.example.test.").await;
     assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
     let metrics = p.metrics().await;
     assert!(metric(&metrics, "dot_proxy_cache_stale_answers_total") >= 1.0);
@@ -272,17 +238,17 @@ async fn stale_answer_served_when_the_upstream_fails_then_refreshed() {
 #[tokio::test]
 async fn prefetch_keeps_a_hot_name_from_ever_missing() {
     let (up, p) = start_with(|_| {}).await;
-    udp(p.addr, "ttl20.example.test.", RecordType::A).await;
+    ask(&p, "ttl20.example.test.").await;
     let mut upstream_before = up.query_count();
     for round in 0..4 {
         // Asked often during its TTL...
         for _ in 0..3 {
-            udp(p.addr, "ttl20.example.test.", RecordType::A).await;
+            ask(&p, "ttl20.example.test.").await;
             adv(&p, 6);
         }
         // ...and at 18 s of 20, inside the last 10 %: a hit that triggers a refresh.
         for _ in 0..3 {
-            let m = udp(p.addr, "ttl20.example.test.", RecordType::A).await;
+            let m = ask(&p, "ttl20.example.test.").await;
             assert_eq!(m.metadata.response_code, ResponseCode::NoError);
         }
         until(
@@ -310,9 +276,7 @@ async fn prefetch_keeps_a_hot_name_from_ever_missing() {
 
 #[tokio::test]
 async fn concurrent_identical_misses_send_one_upstream_query() {
-    let up = Upstream::start().await;
-    up.behaviour.delay_ms.store(300, Ordering::SeqCst);
-    let p = Proxy::start(config_for(vec![up.server()])).await;
+    let (up, p) = start_behaving(|b| b.delay_ms.store(300, Ordering::SeqCst)).await;
     let addr = p.addr;
     concurrently(100, |i| async move {
         let i = i as u16;
@@ -328,18 +292,14 @@ async fn concurrent_identical_misses_send_one_upstream_query() {
         assert_eq!(a_records(&m).len(), 1);
     })
     .await;
-    assert_eq!(
-        up.query_count(),
-        1,
-        "100 identical misses, one upstream query"
-    );
+    assert_asked(&up, 1, "100 identical misses, one upstream query");
 }
 
 #[tokio::test]
 async fn cache_bounded_by_entries() {
     let (_up, p) = start_with(|cfg| cfg.cache.max_entries = 50).await;
     for i in 0..300 {
-        udp(p.addr, &format!("bound{i}.example.test."), RecordType::A).await;
+        ask(&p, &format!("bound{i}.example.test.")).await;
     }
     let metrics = p.metrics().await;
     let entries = metric(&metrics, "dot_proxy_cache_entries ");
@@ -351,19 +311,17 @@ async fn cache_bounded_by_entries() {
 /// answers, over UDP and TCP (Unbound, Knot Resolver and CoreDNS answer AA=0 too).
 #[tokio::test]
 async fn authoritative_bit_is_cleared_on_forwarded_and_cached_answers() {
-    let up = Upstream::start().await;
-    up.behaviour.authoritative.store(true, Ordering::SeqCst);
-    let p = Proxy::start(config_for(vec![up.server()])).await;
+    let (up, p) = start_behaving(|b| b.authoritative.store(true, Ordering::SeqCst)).await;
     for name in ["aa.example.test.", "nxaa.example.test."] {
-        let fresh = udp(p.addr, name, RecordType::A).await;
-        let cached_udp = udp(p.addr, name, RecordType::A).await;
+        let fresh = ask(&p, name).await;
+        let cached_udp = ask(&p, name).await;
         let cached_tcp = tcp(p.addr, name, RecordType::A).await;
         for m in [&fresh, &cached_udp, &cached_tcp] {
             assert!(!m.metadata.authoritative, "{name}: AA cleared");
         }
         assert_ne!(fresh.metadata.response_code, ResponseCode::ServFail);
     }
-    assert_eq!(up.query_count(), 2, "the repeats came from the cache");
+    assert_asked(&up, 2, "the repeats came from the cache");
     // Uncached (cache off): the forwarded answer has AA=0 as well.
     let mut cfg = config_for(vec![up.server()]);
     cfg.cache.enabled = false;
@@ -388,10 +346,10 @@ async fn rd_and_ad_bits_are_part_of_the_cache_key() {
         hickory_proto::op::Message::from_vec(&udp_raw_answer(p.addr, rec).await).expect("parse");
     assert!(m.metadata.recursion_desired);
     assert_eq!(a_records(&m).len(), 1);
-    assert_eq!(
-        up.query_count(),
+    assert_asked(
+        &up,
         2,
-        "the recursive query was not answered from the RD=0 one"
+        "the recursive query was not answered from the RD=0 one",
     );
     let sent: Vec<bool> = up
         .raw
@@ -405,11 +363,11 @@ async fn rd_and_ad_bits_are_part_of_the_cache_key() {
     let mut ad = query(3, "norec.example.test.", RecordType::A, None);
     ad[3] |= 0x20;
     udp_raw_answer(p.addr, ad).await;
-    assert_eq!(up.query_count(), 3);
+    assert_asked(&up, 3, "");
     // And each is cached under its own key.
     let rec = query(4, "norec.example.test.", RecordType::A, None);
     udp_raw_answer(p.addr, rec).await;
-    assert_eq!(up.query_count(), 3);
+    assert_asked(&up, 3, "");
 }
 
 /// `cache.rotate` (on by default): each hit of a cached answer with several addresses

@@ -3,7 +3,6 @@
 //! variables, the `--metrics-listen` alias and `--no-cache`.
 
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use hickory_proto::op::ResponseCode;
@@ -24,6 +23,14 @@ fn run(args: &[&str]) -> Output {
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
+}
+
+/// Fails unless the process exited with `code` and its stderr says `says`.
+#[track_caller]
+fn assert_exit(out: &Output, code: i32, says: &str) {
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "{stderr}");
+    assert!(stderr.contains(says), "{stderr}");
 }
 
 /// A running `dot-proxy` child, killed when dropped.
@@ -116,17 +123,12 @@ fn a_bad_config_file_exits_64_naming_the_field() {
     let file = dir.path().join("bad.yaml");
     std::fs::write(&file, "rate_limit:\n  enabled: true\n  qps: 0\n").expect("write");
     let out = run(&["--config", &file.display().to_string()]);
-    assert_eq!(out.status.code(), Some(64), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stderr).contains("rate_limit.qps"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_exit(&out, 64, "rate_limit.qps");
     let out = run(&[
         "--config",
         &dir.path().join("missing.yaml").display().to_string(),
     ]);
-    assert_eq!(out.status.code(), Some(64), "{}", text(&out.stderr));
+    assert_exit(&out, 64, "");
 }
 
 #[test]
@@ -142,32 +144,27 @@ fn a_listener_that_cannot_be_bound_exits_71() {
         "--upstream",
         "tls://127.0.0.1:9#upstream.test",
     ]);
-    assert_eq!(out.status.code(), Some(71), "{}", text(&out.stderr));
+    assert_exit(&out, 71, "");
 }
 
 #[test]
 fn check_config_and_print_config_as_commands() {
     // The built-in defaults, printed, are a config that checks.
     let out = run(&["print-config"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_exit(&out, 0, "");
     let yaml = text(&out.stdout);
     assert!(yaml.contains("upstream_groups"), "{yaml}");
     let dir = tempfile::tempdir().expect("tmp");
     let good = dir.path().join("good.yaml");
     std::fs::write(&good, &yaml).expect("write");
     let out = run(&["check-config", &good.display().to_string()]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_exit(&out, 0, "");
     assert!(text(&out.stdout).contains("ok"), "{}", text(&out.stdout));
     // A bad one: exit 1, the field named.
     let bad = dir.path().join("bad.yaml");
     std::fs::write(&bad, "workers: many\n").expect("write");
     let out = run(&["check-config", &bad.display().to_string()]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stderr).contains("workers"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_exit(&out, 1, "workers");
 }
 
 /// `check-config` judges a file as the proxy would load it, with the same flags and
@@ -187,14 +184,24 @@ fn check_config_takes_the_node_name_from_flags_and_environment() {
         text(&out.stderr)
     );
     let out = run(&["--node-name", "node-a", "check-config", &path]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_exit(&out, 0, "");
     let out = Command::new(BIN)
         .args(["check-config", &path])
         .env_clear()
         .env("DOT_PROXY_NODE_NAME", "node-a")
         .output()
         .expect("run");
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_exit(&out, 0, "");
+}
+
+/// Asks one name twice on port `dns`; fails unless both are answered and `up` was asked
+/// `n` queries in all.
+async fn ask_twice(dns: u16, up: &Upstream, n: usize, why: &str) {
+    for _ in 0..2 {
+        let m = udp(loopback(dns), "www.example.test.", RecordType::A).await;
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    }
+    assert_eq!(up.query_count(), n, "{why}");
 }
 
 fn ca(up: &Upstream) -> String {
@@ -221,15 +228,13 @@ async fn flags_from_environment_variables_and_no_cache() {
         ("DOT_PROXY_NO_CACHE", "true".to_string()),
     ];
     let _p = start(&[], &env, loopback(admin)).await;
-    for _ in 0..2 {
-        let m = udp(loopback(dns), "www.example.test.", RecordType::A).await;
-        assert_eq!(m.metadata.response_code, ResponseCode::NoError);
-    }
-    assert_eq!(
-        up.queries.load(Ordering::SeqCst),
+    ask_twice(
+        dns,
+        &up,
         2,
-        "DOT_PROXY_NO_CACHE: both queries went upstream"
-    );
+        "DOT_PROXY_NO_CACHE: both queries went upstream",
+    )
+    .await;
 }
 
 /// `--metrics-listen` is an alias of `--admin-listen`; without `--no-cache` the second
@@ -252,15 +257,7 @@ async fn metrics_listen_alias_and_the_cache_on_by_default() {
     ];
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let _p = start(&args, &[], loopback(admin)).await;
-    for _ in 0..2 {
-        let m = udp(loopback(dns), "www.example.test.", RecordType::A).await;
-        assert_eq!(m.metadata.response_code, ResponseCode::NoError);
-    }
-    assert_eq!(
-        up.queries.load(Ordering::SeqCst),
-        1,
-        "the second was cached"
-    );
+    ask_twice(dns, &up, 1, "the second was cached").await;
     let (code, body) = http_get(loopback(admin), "/metrics").await;
     assert_eq!(code, 200);
     assert!(body.contains("dot_proxy_cache_hits_total"), "{body}");

@@ -12,7 +12,7 @@ use crate::support::*;
 #[tokio::test]
 async fn udp_and_tcp_answers_and_nxdomain() {
     let (_up, p) = start_with(|_| {}).await;
-    let m = udp(p.addr, "www.example.test.", RecordType::A).await;
+    let m = p.ask("www.example.test.").await;
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
     assert_eq!(
         a_records(&m),
@@ -20,7 +20,7 @@ async fn udp_and_tcp_answers_and_nxdomain() {
     );
     let m = tcp(p.addr, "tcp.example.test.", RecordType::A).await;
     assert_eq!(a_records(&m).len(), 1);
-    let m = udp(p.addr, "nx1.example.test.", RecordType::A).await;
+    let m = p.ask("nx1.example.test.").await;
     assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
     assert_eq!(m.authorities.len(), 1, "SOA kept in the authority section");
     let m = tcp(p.addr, "nx2.example.test.", RecordType::A).await;
@@ -96,9 +96,7 @@ async fn pipelined_tcp_queries_answered_out_of_order_and_matched() {
 
 #[tokio::test]
 async fn concurrent_clients_with_the_same_id_get_their_own_answers() {
-    let up = Upstream::start().await;
-    up.behaviour.delay_ms.store(20, Ordering::SeqCst);
-    let p = Proxy::start(config_for(vec![up.server()])).await;
+    let (_up, p) = start_behaving(|b| b.delay_ms.store(20, Ordering::SeqCst)).await;
     let addr = p.addr;
     concurrently(50, |i| async move {
         let name = format!("same{i}.example.test.");
@@ -119,22 +117,12 @@ async fn concurrent_clients_with_the_same_id_get_their_own_answers() {
 
 #[tokio::test]
 async fn upstream_closing_idle_connections_loses_no_query() {
-    let up = Upstream::start().await;
-    up.behaviour.idle_close_ms.store(150, Ordering::SeqCst);
-    let p = Proxy::start(config_for(vec![up.server()])).await;
+    let (up, p) = start_behaving(|b| b.idle_close_ms.store(150, Ordering::SeqCst)).await;
     for round in 0..6 {
         for i in 0..5 {
-            let m = udp(
-                p.addr,
-                &format!("idle{round}-{i}.example.test."),
-                RecordType::A,
-            )
-            .await;
-            assert_eq!(
-                m.metadata.response_code,
-                ResponseCode::NoError,
-                "round {round}"
-            );
+            let name = format!("idle{round}-{i}.example.test.");
+            let m = p.ask(&name).await;
+            assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{name}");
             assert_eq!(a_records(&m).len(), 1);
         }
         // Past the upstream's idle timeout: it closes the connections this round used (the
@@ -148,9 +136,7 @@ async fn upstream_closing_idle_connections_loses_no_query() {
 async fn upstream_closing_after_each_answer_loses_no_query() {
     // A server that closes right after answering: queries in flight on the dying
     // connection are retried once on a fresh one.
-    let up = Upstream::start().await;
-    up.behaviour.close_after.store(5, Ordering::SeqCst);
-    let p = Proxy::start(config_for(vec![up.server()])).await;
+    let (up, p) = start_behaving(|b| b.close_after.store(5, Ordering::SeqCst)).await;
     load_noerror(p.addr, "churn", 10, 4).await;
     assert!(
         up.connections.load(Ordering::SeqCst) >= 8,
@@ -160,10 +146,8 @@ async fn upstream_closing_after_each_answer_loses_no_query() {
 
 #[tokio::test]
 async fn edns_keepalive_from_the_server_shortens_our_idle_timeout() {
-    let up = Upstream::start().await;
-    up.behaviour.keepalive_units.store(3, Ordering::SeqCst); // 300 ms
-    let p = Proxy::start(config_for(vec![up.server()])).await;
-    udp(p.addr, "ka.example.test.", RecordType::A).await;
+    let (up, p) = start_behaving(|b| b.keepalive_units.store(3, Ordering::SeqCst)).await; // 300 ms
+    p.ask("ka.example.test.").await;
     // The query carried the keepalive option (RFC 7828, client side).
     let raw = up
         .raw
@@ -180,10 +164,7 @@ async fn edns_keepalive_from_the_server_shortens_our_idle_timeout() {
     );
     closed_within_800ms(&p, "").await;
     // And the next query works on a fresh connection.
-    assert_eq!(
-        a_records(&udp(p.addr, "ka2.example.test.", RecordType::A).await).len(),
-        1
-    );
+    assert_eq!(a_records(&p.ask("ka2.example.test.").await).len(), 1);
 }
 
 /// RFC 7828: the server's timeout counts on every answer, not only a connection's first.
@@ -193,10 +174,10 @@ async fn edns_keepalive_on_a_later_answer_is_honoured() {
     let mut s = up.server();
     s.pool_size = 1;
     let p = Proxy::start(config_for(vec![s])).await;
-    udp(p.addr, "ka-first.example.test.", RecordType::A).await;
+    p.ask("ka-first.example.test.").await;
     // The first answer carried no keepalive; the second, on the same connection, 300 ms.
     up.behaviour.keepalive_units.store(3, Ordering::SeqCst);
-    udp(p.addr, "ka-second.example.test.", RecordType::A).await;
+    p.ask("ka-second.example.test.").await;
     assert_eq!(up.connections.load(Ordering::SeqCst), 1, "one connection");
     closed_within_800ms(&p, " (default idle timeout is 30 s)").await;
 }
@@ -219,8 +200,8 @@ async fn wrong_certificate_name_gives_servfail_and_no_plaintext() {
     let mut s = up.server();
     s.tls_name = Some("wrong.test".into());
     let p = Proxy::start(config_for(vec![s])).await;
-    let m = udp(p.addr, "www.example.test.", RecordType::A).await;
-    assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+    p.assert_rcode("www.example.test.", ResponseCode::ServFail)
+        .await;
     assert_eq!(up.query_count(), 0, "nothing reached the upstream");
 }
 
@@ -231,8 +212,8 @@ async fn unrelated_ca_gives_servfail() {
     let mut s = up.server();
     s.ca_file = Some(other.ca_file.clone());
     let p = Proxy::start(config_for(vec![s])).await;
-    let m = udp(p.addr, "www.example.test.", RecordType::A).await;
-    assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+    p.assert_rcode("www.example.test.", ResponseCode::ServFail)
+        .await;
     assert_eq!(up.query_count(), 0);
 }
 
@@ -244,8 +225,8 @@ async fn stalled_upstream_gives_servfail_within_the_timeout() {
     cfg.upstream_groups[0].timeout = dot_proxy::config::Dur::millis(500);
     let p = Proxy::start(cfg).await;
     let t = Instant::now();
-    let m = udp(p.addr, "stall.example.test.", RecordType::A).await;
-    assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+    p.assert_rcode("stall.example.test.", ResponseCode::ServFail)
+        .await;
     let took = t.elapsed();
     assert!(
         took >= Duration::from_millis(450) && took < Duration::from_millis(1500),
@@ -347,7 +328,7 @@ async fn malformed_input_is_dropped_or_refused_without_harm() {
     tcp_send(&mut s, &[0xff; 40]).await;
     let _ = tcp_recv(&mut s).await;
     // After all that, the proxy still answers others.
-    let m = udp(p.addr, "still.example.test.", RecordType::A).await;
+    let m = p.ask("still.example.test.").await;
     assert_eq!(a_records(&m).len(), 1);
     assert_eq!(up.query_count(), 1, "nothing malformed was forwarded");
 }
@@ -396,8 +377,7 @@ async fn connection_pool_stays_small_under_load() {
 
 #[tokio::test]
 async fn client_groups_and_node_overrides_route_a_client_elsewhere() {
-    let a = Upstream::start().await;
-    let b = Upstream::start().await;
+    let [a, b] = Upstream::start_n().await;
     let mut cfg = config_for(vec![a.server()]);
     cfg.upstream_groups.push(dot_proxy::config::UpstreamGroup {
         name: "special".into(),
@@ -417,7 +397,7 @@ async fn client_groups_and_node_overrides_route_a_client_elsewhere() {
     dot_proxy::config::merge_overrides(&mut cfg).expect("merge");
     assert_eq!(cfg.client_groups.len(), 1, "only this node's entries");
     let p = Proxy::start(cfg).await;
-    udp(p.addr, "who.example.test.", RecordType::A).await;
+    p.ask("who.example.test.").await;
     assert_eq!(
         (a.query_count(), b.query_count()),
         (0, 1),
@@ -492,10 +472,7 @@ async fn udp_bursts_around_the_batch_size_are_all_answered() {
     let (_up, p) = start_with(|c| c.workers = 1).await;
     let names: Vec<String> = (0..4).map(|i| format!("burst{i}.example.test.")).collect();
     for n in &names {
-        assert_eq!(
-            udp(p.addr, n, RecordType::A).await.metadata.response_code,
-            ResponseCode::NoError
-        );
+        p.assert_rcode(n, ResponseCode::NoError).await;
     }
     let client = tokio::net::UdpSocket::bind("127.0.0.1:0")
         .await
@@ -540,7 +517,7 @@ async fn datagrams_queued_before_the_receive_loop_runs_are_all_answered() {
     use dot_proxy::metrics::Transport;
     let (_up, p) = start_with(|c| c.workers = 1).await;
     let name = "queued.example.test.";
-    udp(p.addr, name, RecordType::A).await;
+    p.ask(name).await;
     let sock = std::sync::Arc::new(
         dot_proxy::listener::bind_udp("127.0.0.1:0".parse().expect("addr")).expect("bind"),
     );
@@ -593,7 +570,7 @@ async fn datagrams_queued_before_the_receive_loop_runs_are_all_answered() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_udp_flood_does_not_starve_the_other_tasks_of_its_worker() {
     let (_up, p) = start_with(|c| c.workers = 1).await;
-    udp(p.addr, "hot.example.test.", RecordType::A).await;
+    p.ask("hot.example.test.").await;
     let addr = p.addr;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flooding = stop.clone();

@@ -22,6 +22,20 @@ fn have(tool: &str) -> bool {
 
 /// A scratch directory for a test that needs the collector tools, or None after a skip (a
 /// failure in CI) when they are missing.
+/// [`scratch`], with a collector on the Unix socket `tap.sock` in it, writing to `out.fstrm`.
+/// Turns the tap on in `cfg`, writing to the collector on `sock`.
+fn tap_to(cfg: &mut dot_proxy::config::Config, sock: &Path) {
+    cfg.dnstap.enabled = true;
+    cfg.dnstap.socket = Some(sock.to_path_buf());
+}
+
+fn unix_tap(test: &str) -> Option<(tempfile::TempDir, PathBuf, Capture)> {
+    let dir = scratch(test)?;
+    let sock = dir.path().join("tap.sock");
+    let cap = Capture::unix(&sock, &dir.path().join("out.fstrm"));
+    Some((dir, sock, cap))
+}
+
 fn scratch(test: &str) -> Option<tempfile::TempDir> {
     for t in ["fstrm_capture", "dnstap-read"] {
         if !have(t) {
@@ -81,16 +95,7 @@ impl Capture {
         });
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let out = Command::new("dnstap-read")
-            .arg("-y")
-            .arg(&self.out)
-            .output()
-            .expect("dnstap-read runs");
-        assert!(
-            out.status.success(),
-            "dnstap-read failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = run_ok(Command::new("dnstap-read").arg("-y").arg(&self.out));
         let raw = std::fs::read(&self.out).expect("capture file");
         (
             serde_yaml_like::docs(&String::from_utf8_lossy(&out.stdout)),
@@ -190,11 +195,10 @@ async fn forwarded_once(
 ) -> Vec<dot_proxy::dnstap::proto::Message> {
     let sock = dir.join(format!("{tag}.sock"));
     let cap = Capture::unix(&sock, &dir.join(format!("{tag}.fstrm")));
-    cfg.dnstap.enabled = true;
-    cfg.dnstap.socket = Some(sock);
+    tap_to(&mut cfg, &sock);
     let p = Proxy::start(cfg).await;
     wait_connected(&p).await;
-    let m = udp(p.addr, name, RecordType::A).await;
+    let m = p.ask(name).await;
     assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{tag}");
     wait_for(&p, "four messages written", |m| {
         metric(m, "dot_proxy_dnstap_messages_total") >= 4.0
@@ -240,22 +244,21 @@ fn forwarder_messages(
 
 #[tokio::test]
 async fn unix_socket_collector_gets_client_and_forwarder_messages() {
-    let Some(dir) = scratch("unix_socket_collector_gets_client_and_forwarder_messages") else {
+    let Some((_dir, sock, cap)) =
+        unix_tap("unix_socket_collector_gets_client_and_forwarder_messages")
+    else {
         return;
     };
-    let sock = dir.path().join("tap.sock");
-    let cap = Capture::unix(&sock, &dir.path().join("out.fstrm"));
     let (up, p) = start_with(|cfg| {
-        cfg.dnstap.enabled = true;
-        cfg.dnstap.socket = Some(sock.clone());
+        tap_to(cfg, &sock);
         cfg.dnstap.identity = "node-a".into();
     })
     .await;
     wait_connected(&p).await;
     // A miss (client pair and forwarder pair), then a hit (client pair only).
     for _ in 0..2 {
-        let m = udp(p.addr, "tap.example.test.", RecordType::A).await;
-        assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+        p.assert_rcode("tap.example.test.", ResponseCode::NoError)
+            .await;
     }
     let m = wait_for(&p, "six messages written", |m| {
         metric(m, "dot_proxy_dnstap_messages_total") >= 6.0
@@ -319,7 +322,7 @@ async fn unix_socket_collector_gets_client_and_forwarder_messages() {
 /// the server's address and port, and the query and answer.
 #[tokio::test]
 async fn doh_and_doq_exchanges_are_tapped_with_their_transport() {
-    use crate::support::enc::{doh_server, doq_server, Mode};
+    use crate::support::enc::{enc_server, Mode};
     use dot_proxy::config::Protocol;
     use dot_proxy::dnstap::proto::SocketProtocol;
     let Some(dir) = scratch("doh_and_doq_exchanges_are_tapped_with_their_transport") else {
@@ -329,10 +332,7 @@ async fn doh_and_doq_exchanges_are_tapped_with_their_transport() {
         (Protocol::Https, SocketProtocol::Doh),
         (Protocol::Quic, SocketProtocol::Doq),
     ] {
-        let server = match protocol {
-            Protocol::Https => doh_server(Mode::Good).await,
-            _ => doq_server(Mode::Good).await,
-        };
+        let server = enc_server(protocol, Mode::Good).await;
         let upstream = server.server(protocol);
         let port = upstream.address.port();
         let cfg = config_for(vec![upstream]);
@@ -362,19 +362,15 @@ async fn plain_dns_exchanges_are_tapped_as_udp() {
 /// unchanged, and turns it off: only the queries made while it was on are logged.
 #[tokio::test]
 async fn reloads_turn_the_tap_on_keep_it_and_turn_it_off() {
-    let Some(dir) = scratch("reloads_turn_the_tap_on_keep_it_and_turn_it_off") else {
+    let Some((_dir, sock, cap)) = unix_tap("reloads_turn_the_tap_on_keep_it_and_turn_it_off")
+    else {
         return;
     };
-    let sock = dir.path().join("tap.sock");
-    let cap = Capture::unix(&sock, &dir.path().join("out.fstrm"));
-    let up = Upstream::start().await;
-    let mut off = config_for(vec![up.server()]);
-    let p = Proxy::start(off.clone()).await;
+    let (_up, p) = start_with(|_| {}).await;
     // Reloads keep the address the proxy is serving on (port 0 would ask for a new one).
-    p.keep_addresses(&mut off);
+    let off = p.config_for_reload();
     let mut on = off.clone();
-    on.dnstap.enabled = true;
-    on.dnstap.socket = Some(sock.clone());
+    tap_to(&mut on, &sock);
     let ask = |name: &'static str| {
         let addr = p.addr;
         async move {
@@ -464,18 +460,14 @@ async fn a_collector_that_appears_later_gets_messages_and_drops_are_counted() {
     };
     let sock = dir.path().join("late.sock");
     let (_up, p) = start_with(|cfg| {
-        cfg.dnstap.enabled = true;
-        cfg.dnstap.socket = Some(sock.clone());
+        tap_to(cfg, &sock);
         cfg.dnstap.queue_size = 10;
     })
     .await;
+    // Answered without a collector.
     for i in 0..40 {
-        let m = udp(p.addr, &format!("early{i}.example.test."), RecordType::A).await;
-        assert_eq!(
-            m.metadata.response_code,
-            ResponseCode::NoError,
-            "answered without a collector"
-        );
+        let name = format!("early{i}.example.test.");
+        p.assert_rcode(&name, ResponseCode::NoError).await;
     }
     let m = p.metrics().await;
     assert!(
@@ -498,7 +490,7 @@ async fn a_collector_that_appears_later_gets_messages_and_drops_are_counted() {
         metric(m, "dot_proxy_dnstap_messages_total") >= 20.0
     })
     .await;
-    udp(p.addr, "late.example.test.", RecordType::A).await;
+    p.ask("late.example.test.").await;
     wait_for(&p, "late messages written", |m| {
         metric(m, "dot_proxy_dnstap_messages_total") >= 24.0
     })
@@ -552,8 +544,7 @@ async fn misbehaving_collectors_never_hold_back_queries() {
         }
     });
     let (_up, p) = start_with(|cfg| {
-        cfg.dnstap.enabled = true;
-        cfg.dnstap.socket = Some(sock.clone());
+        tap_to(cfg, &sock);
         cfg.dnstap.queue_size = 100;
         cfg.cache.enabled = false;
     })
@@ -574,8 +565,8 @@ async fn misbehaving_collectors_never_hold_back_queries() {
     .await;
     assert!(accepted.load(Ordering::SeqCst) >= 2, "reconnected:\n{m}");
     // Still answering after all that.
-    let m = udp(p.addr, "after.example.test.", RecordType::A).await;
-    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    p.assert_rcode("after.example.test.", ResponseCode::NoError)
+        .await;
 }
 
 /// A reload that is refused (here: a new listen address that cannot be bound) changes
@@ -583,17 +574,11 @@ async fn misbehaving_collectors_never_hold_back_queries() {
 /// the running config, not switched off by the config that was refused.
 #[tokio::test]
 async fn a_refused_reload_leaves_the_tap_as_it_was() {
-    let Some(dir) = scratch("a_refused_reload_leaves_the_tap_as_it_was") else {
+    let Some((_dir, sock, cap)) = unix_tap("a_refused_reload_leaves_the_tap_as_it_was") else {
         return;
     };
-    let sock = dir.path().join("tap.sock");
-    let cap = Capture::unix(&sock, &dir.path().join("out.fstrm"));
-    let up = Upstream::start().await;
-    let mut on = config_for(vec![up.server()]);
-    on.dnstap.enabled = true;
-    on.dnstap.socket = Some(sock.clone());
-    let p = Proxy::start(on.clone()).await;
-    p.keep_addresses(&mut on);
+    let (_up, p) = start_with(|cfg| tap_to(cfg, &sock)).await;
+    let on = p.config_for_reload();
     wait_connected(&p).await;
     // The refused config: tap off, and an address held by a socket without SO_REUSEPORT.
     let taken = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
@@ -601,7 +586,7 @@ async fn a_refused_reload_leaves_the_tap_as_it_was() {
     refused.dnstap.enabled = false;
     refused.listen.push(taken.local_addr().expect("addr"));
     assert!(p.server.apply(refused).is_err(), "refused");
-    let m = udp(p.addr, "after-refusal.example.test.", RecordType::A).await;
+    let m = p.ask("after-refusal.example.test.").await;
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
     wait_for(&p, "the miss written, both sides", |m| {
         metric(m, "dot_proxy_dnstap_messages_total") >= 4.0

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::RecordType;
 
-use crate::support::enc::{doh_server, doq_server, EncServer, Mode};
+use crate::support::enc::{doh_server, doq_server, enc_server, EncServer, Mode};
 use crate::support::*;
 use dot_proxy::config::{Config, Protocol, UpstreamServer};
 use std::net::SocketAddr;
@@ -32,7 +32,7 @@ fn group_of(servers: Vec<UpstreamServer>) -> Config {
 
 async fn answers_through(protocol: Protocol, server: &EncServer) -> Proxy {
     let p = Proxy::start(group_of(vec![server.server(protocol)])).await;
-    let m = udp(p.addr, "www.example.test.", RecordType::A).await;
+    let m = p.ask("www.example.test.").await;
     assert_eq!(
         m.metadata.response_code,
         ResponseCode::NoError,
@@ -45,20 +45,11 @@ async fn answers_through(protocol: Protocol, server: &EncServer) -> Proxy {
 #[tokio::test]
 async fn doh_and_doq_answer_with_id_zero_on_one_connection() {
     for protocol in [Protocol::Https, Protocol::Quic] {
-        let server = match protocol {
-            Protocol::Https => doh_server(Mode::Good).await,
-            _ => doq_server(Mode::Good).await,
-        };
+        let server = enc_server(protocol, Mode::Good).await;
         let p = answers_through(protocol, &server).await;
         // Many at once: multiplexed, each answered under its own ID.
-        concurrently(50, |i| {
-            let addr = p.addr;
-            async move {
-                let m = udp(addr, &format!("host{i}.example.test."), RecordType::A).await;
-                assert_eq!(m.metadata.response_code, ResponseCode::NoError);
-            }
-        })
-        .await;
+        let name = |i| format!("host{i}.example.test.");
+        concurrently_expect(p.addr, 50, name, ResponseCode::NoError, "many at once").await;
         assert!(
             server.ids.lock().expect("lock").iter().all(|&id| id == 0),
             "{protocol:?}: ID 0 on the wire (RFC 8484 4.1, RFC 9250 4.2.1)"
@@ -70,7 +61,7 @@ async fn doh_and_doq_answer_with_id_zero_on_one_connection() {
         );
         // The answer's TTLs rule the cache, whatever Cache-Control said.
         let before = server.queries.load(Ordering::SeqCst);
-        let m = udp(p.addr, "www.example.test.", RecordType::A).await;
+        let m = p.ask("www.example.test.").await;
         assert_eq!(m.answers.len(), 1);
         assert_eq!(
             server.queries.load(Ordering::SeqCst),
@@ -89,10 +80,7 @@ async fn doh_and_doq_answer_with_id_zero_on_one_connection() {
 #[tokio::test]
 async fn doh_and_doq_verify_like_dot() {
     for protocol in [Protocol::Https, Protocol::Quic] {
-        let server = match protocol {
-            Protocol::Https => doh_server(Mode::Good).await,
-            _ => doq_server(Mode::Good).await,
-        };
+        let server = enc_server(protocol, Mode::Good).await;
         let other = Pki::new();
         let mut wrong_name = server.server(protocol);
         wrong_name.tls_name = Some("other.test".into());
@@ -113,7 +101,7 @@ async fn doh_and_doq_verify_like_dot() {
             let mut cfg = group_of(vec![s]);
             cfg.upstream_groups[0].timeout = dot_proxy::config::Dur::millis(800);
             let p = Proxy::start(cfg).await;
-            let m = udp(p.addr, "www.example.test.", RecordType::A).await;
+            let m = p.ask("www.example.test.").await;
             let want = if ok {
                 ResponseCode::NoError
             } else {
@@ -148,26 +136,14 @@ async fn misbehaving_servers_fail_over_and_lose_no_query() {
         (Protocol::Quic, Mode::Reset, "closed"),
     ];
     for (protocol, mode, kind) in cases {
-        let bad = match protocol {
-            Protocol::Https => doh_server(mode).await,
-            _ => doq_server(mode).await,
-        };
+        let bad = enc_server(protocol, mode).await;
         let good = doh_server(Mode::Good).await;
         let mut cfg = group_of(vec![bad.server(protocol), good.server(Protocol::Https)]);
         cfg.upstream_groups[0].timeout = dot_proxy::config::Dur::secs(2);
         let p = Proxy::start(cfg).await;
-        concurrently(20, |i| {
-            let addr = p.addr;
-            async move {
-                let m = udp(addr, &format!("q{i}.example.test."), RecordType::A).await;
-                assert_eq!(
-                    m.metadata.response_code,
-                    ResponseCode::NoError,
-                    "{protocol:?} {mode:?}: every query answered by the good server"
-                );
-            }
-        })
-        .await;
+        let what = format!("{protocol:?} {mode:?}: every query answered by the good server");
+        let name = |i| format!("q{i}.example.test.");
+        concurrently_expect(p.addr, 20, name, ResponseCode::NoError, &what).await;
         let text = p.metrics().await;
         let label = bad.server(protocol).label();
         let errors: f64 = if kind == "slow" {
@@ -193,14 +169,8 @@ async fn doh_goaway_moves_queries_to_a_fresh_connection() {
     let server = doh_server(Mode::GoawayEvery2).await;
     let p = Proxy::start(group_of(vec![server.server(Protocol::Https)])).await;
     for round in 0..3 {
-        concurrently(10, |i| {
-            let addr = p.addr;
-            async move {
-                let m = udp(addr, &format!("r{round}-{i}.example.test."), RecordType::A).await;
-                assert_eq!(m.metadata.response_code, ResponseCode::NoError);
-            }
-        })
-        .await;
+        let name = |i| format!("r{round}-{i}.example.test.");
+        concurrently_expect(p.addr, 10, name, ResponseCode::NoError, "after GOAWAY").await;
     }
     assert!(
         server.connections.load(Ordering::SeqCst) >= 2,
@@ -229,14 +199,8 @@ async fn a_dead_doh_or_doq_server_is_not_reconnected_for_every_query() {
         let label = dead.label();
         let p = Proxy::start(group_of(vec![dead])).await;
         for round in 0..4 {
-            concurrently(20, |i| {
-                let addr = p.addr;
-                async move {
-                    let m = udp(addr, &format!("d{round}-{i}.example.test."), RecordType::A).await;
-                    assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
-                }
-            })
-            .await;
+            let name = |i| format!("d{round}-{i}.example.test.");
+            concurrently_expect(p.addr, 20, name, ResponseCode::ServFail, "dead server").await;
         }
         let text = p.metrics().await;
         let connects = upstream_errors(&text, &label, "connect");
@@ -250,15 +214,20 @@ async fn a_dead_doh_or_doq_server_is_not_reconnected_for_every_query() {
 /// A DoH connection that goes dark (open, but nothing comes back, not even PING acks) is
 /// found dead and replaced while queries are outstanding, within seconds, not left in use
 /// until the kernel gives up on it or `max_connection_age`.
-#[tokio::test]
-async fn a_doh_connection_that_goes_dark_is_replaced() {
+/// A DoH server and a proxy with one connection to it, so that every query goes to it.
+async fn one_doh_connection() -> (Arc<EncServer>, Proxy) {
     let server = doh_server(Mode::Good).await;
-    // One connection, so that every query goes to it.
     let mut one = server.server(Protocol::Https);
     one.pool_size = 1;
     let p = Proxy::start(group_of(vec![one])).await;
-    let m = udp(p.addr, "lit.example.test.", RecordType::A).await;
-    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    (server, p)
+}
+
+#[tokio::test]
+async fn a_doh_connection_that_goes_dark_is_replaced() {
+    let (server, p) = one_doh_connection().await;
+    p.assert_rcode("lit.example.test.", ResponseCode::NoError)
+        .await;
     assert_eq!(server.connections.load(Ordering::SeqCst), 1);
     server.freeze.notify_waiters();
     let started = std::time::Instant::now();
@@ -266,7 +235,7 @@ async fn a_doh_connection_that_goes_dark_is_replaced() {
     let tries = std::sync::atomic::AtomicUsize::new(0);
     let answered = within(std::time::Duration::from_secs(10), || async {
         let i = tries.fetch_add(1, Ordering::SeqCst);
-        let m = udp(p.addr, &format!("dark{i}.example.test."), RecordType::A).await;
+        let m = p.ask(&format!("dark{i}.example.test.")).await;
         m.metadata.response_code == ResponseCode::NoError
     })
     .await;
@@ -275,11 +244,7 @@ async fn a_doh_connection_that_goes_dark_is_replaced() {
         "no answer {:?} after the connection went dark",
         started.elapsed()
     );
-    assert_eq!(
-        server.connections.load(Ordering::SeqCst),
-        2,
-        "a new connection"
-    );
+    assert_eq!(server.connection_count(), 2, "a new connection");
 }
 
 /// When a DoH connection dies with many queries on it, their retries share one new
@@ -288,12 +253,9 @@ async fn a_doh_connection_that_goes_dark_is_replaced() {
 /// the group's timeout).
 #[tokio::test]
 async fn retries_after_a_dead_doh_connection_share_one_new_connection() {
-    let server = doh_server(Mode::Good).await;
-    let mut one = server.server(Protocol::Https);
-    one.pool_size = 1;
-    let p = Proxy::start(group_of(vec![one])).await;
-    let m = udp(p.addr, "first.example.test.", RecordType::A).await;
-    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    let (server, p) = one_doh_connection().await;
+    p.assert_rcode("first.example.test.", ResponseCode::NoError)
+        .await;
     // Eight queries held open on the connection, then the connection closed under them.
     server.set_mode(Mode::Stall);
     let addr = p.addr;
@@ -317,7 +279,7 @@ async fn retries_after_a_dead_doh_connection_share_one_new_connection() {
         assert_eq!(m.metadata.response_code, ResponseCode::NoError);
     }
     assert_eq!(
-        server.connections.load(Ordering::SeqCst),
+        server.connection_count(),
         2,
         "one new connection for all the retries"
     );
@@ -456,8 +418,8 @@ async fn a_doq_connection_that_goes_dark_is_replaced() {
     let mut s = server.server(Protocol::Quic);
     s.address = path.addr;
     let p = Proxy::start(group_of(vec![s])).await;
-    let m = udp(p.addr, "lit.example.test.", RecordType::A).await;
-    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    p.assert_rcode("lit.example.test.", ResponseCode::NoError)
+        .await;
     assert_eq!(server.connections.load(Ordering::SeqCst), 1);
     path.freeze_for(std::time::Duration::from_secs(6));
     // Steady traffic, as a node sends: queries keep waiting on the connection.
@@ -475,7 +437,7 @@ async fn a_doq_connection_that_goes_dark_is_replaced() {
     let started = std::time::Instant::now();
     let mut answered = false;
     for i in 0..80 {
-        let m = udp(p.addr, &format!("dark{i}.example.test."), RecordType::A).await;
+        let m = p.ask(&format!("dark{i}.example.test.")).await;
         if m.metadata.response_code == ResponseCode::NoError && !path.frozen() {
             answered = true;
             break;
@@ -492,7 +454,7 @@ async fn a_doq_connection_that_goes_dark_is_replaced() {
         started.elapsed()
     );
     assert_eq!(
-        server.connections.load(Ordering::SeqCst),
+        server.connection_count(),
         2,
         "the dark connection was replaced by a new one"
     );

@@ -19,6 +19,15 @@ use dot_proxy::config::{Config, Dur, Policy, UpstreamGroup, UpstreamServer, Zone
 
 use crate::support::*;
 
+/// A first upstream that behaves as `behave` sets it, a good one, and a proxy failing over
+/// from the first to the good one ([`two_servers`]).
+async fn bad_then_good(behave: impl FnOnce(&Behaviour)) -> (Arc<Upstream>, Arc<Upstream>, Proxy) {
+    let [bad, good] = Upstream::start_n().await;
+    behave(&bad.behaviour);
+    let p = Proxy::start(two_servers(bad.server(), &good)).await;
+    (bad, good, p)
+}
+
 /// Failover over `[first, good]` with the 2 s group timeout, no cache.
 fn two_servers(first: UpstreamServer, good: &Upstream) -> Config {
     let mut c = config_for(vec![first, good.server()]);
@@ -34,7 +43,7 @@ async fn all_answered_quickly(p: &Proxy, prefix: &str, n: usize) -> Duration {
     let mut slowest = Duration::ZERO;
     for i in 0..n {
         let t = Instant::now();
-        let m = udp(p.addr, &format!("{prefix}{i}.example.test."), RecordType::A).await;
+        let m = p.ask(&format!("{prefix}{i}.example.test.")).await;
         let took = t.elapsed();
         assert_eq!(
             m.metadata.response_code,
@@ -60,10 +69,7 @@ fn failovers(metrics: &str, reason: &str) -> f64 {
 
 #[tokio::test]
 async fn a_stalled_first_server_costs_at_most_its_attempt_timeout() {
-    let stalled = Upstream::start().await;
-    stalled.behaviour.stall.store(true, Ordering::SeqCst);
-    let good = Upstream::start().await;
-    let p = Proxy::start(two_servers(stalled.server(), &good)).await;
+    let (stalled, good, p) = bad_then_good(|b| b.stall.store(true, Ordering::SeqCst)).await;
     all_answered_quickly(&p, "stall", 12).await;
     assert!(
         stalled.query_count() >= 1,
@@ -102,10 +108,7 @@ async fn a_black_holed_first_server_costs_at_most_its_attempt_timeout() {
 
 #[tokio::test]
 async fn a_slow_first_server_costs_at_most_its_attempt_timeout() {
-    let slow = Upstream::start().await;
-    slow.behaviour.delay_ms.store(1500, Ordering::SeqCst);
-    let good = Upstream::start().await;
-    let p = Proxy::start(two_servers(slow.server(), &good)).await;
+    let (_slow, good, p) = bad_then_good(|b| b.delay_ms.store(1500, Ordering::SeqCst)).await;
     let slowest = all_answered_quickly(&p, "late", 12).await;
     assert!(slowest < Duration::from_millis(1000), "{slowest:?}");
     assert_eq!(
@@ -117,10 +120,7 @@ async fn a_slow_first_server_costs_at_most_its_attempt_timeout() {
 
 #[tokio::test]
 async fn an_erroring_first_server_fails_over_at_once() {
-    let bad = Upstream::start().await;
-    bad.behaviour.servfail.store(true, Ordering::SeqCst);
-    let good = Upstream::start().await;
-    let p = Proxy::start(two_servers(bad.server(), &good)).await;
+    let (_bad, _good, p) = bad_then_good(|b| b.servfail.store(true, Ordering::SeqCst)).await;
     let slowest = all_answered_quickly(&p, "sf", 5).await;
     assert!(slowest < Duration::from_millis(300), "{slowest:?}");
     assert!(failovers(&p.metrics().await, "servfail") >= 1.0);
@@ -372,7 +372,12 @@ async fn plain_server(drop_first: bool, spoof: bool) -> PlainServer {
     }
 }
 
-async fn cluster_proxy(plain: UpstreamServer, tls: &Upstream) -> Proxy {
+/// What the stand-in kube-dns answers for a name it knows.
+const SVC_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 0, 0, 1);
+
+/// A DoT upstream for everything, and a proxy that sends `cluster.local` to `plain`.
+async fn cluster_proxy(plain: UpstreamServer) -> (Arc<Upstream>, Proxy) {
+    let tls = Upstream::start().await;
     let mut cfg = config_for(vec![tls.server()]);
     cfg.cache.enabled = false;
     cfg.upstream_groups.push(UpstreamGroup {
@@ -385,24 +390,19 @@ async fn cluster_proxy(plain: UpstreamServer, tls: &Upstream) -> Proxy {
         zone: "cluster.local".into(),
         group: "cluster".into(),
     });
-    Proxy::start(cfg).await
+    let p = Proxy::start(cfg).await;
+    (tls, p)
 }
 
 #[tokio::test]
 async fn plain_udp_lost_on_the_way_is_sent_again_within_the_timeout() {
-    let tls = Upstream::start().await;
     let kube_dns = plain_server(true, false).await;
-    let p = cluster_proxy(UpstreamServer::plain(kube_dns.addr), &tls).await;
+    let (_tls, p) = cluster_proxy(UpstreamServer::plain(kube_dns.addr)).await;
     for i in 0..5 {
         let t = Instant::now();
-        let m = udp(
-            p.addr,
-            &format!("svc{i}.ns.svc.cluster.local."),
-            RecordType::A,
-        )
-        .await;
+        let m = p.ask(&format!("svc{i}.ns.svc.cluster.local.")).await;
         assert_eq!(m.metadata.response_code, ResponseCode::NoError);
-        assert_eq!(a_records(&m), vec![std::net::Ipv4Addr::new(10, 0, 0, 1)]);
+        assert_eq!(a_records(&m), vec![SVC_IP]);
         assert!(
             t.elapsed() < Duration::from_millis(1000),
             "{:?}",
@@ -419,39 +419,23 @@ async fn plain_udp_lost_on_the_way_is_sent_again_within_the_timeout() {
 
 #[tokio::test]
 async fn plain_udp_accepts_only_the_answer_from_the_server_with_its_id_and_question() {
-    let tls = Upstream::start().await;
     let kube_dns = plain_server(false, true).await;
-    let p = cluster_proxy(UpstreamServer::plain(kube_dns.addr), &tls).await;
+    let (_tls, p) = cluster_proxy(UpstreamServer::plain(kube_dns.addr)).await;
     for i in 0..5 {
-        let m = udp(
-            p.addr,
-            &format!("spoofed{i}.ns.svc.cluster.local."),
-            RecordType::A,
-        )
-        .await;
-        assert_eq!(
-            a_records(&m),
-            vec![std::net::Ipv4Addr::new(10, 0, 0, 1)],
-            "no forged answer got through"
-        );
+        let m = p.ask(&format!("spoofed{i}.ns.svc.cluster.local.")).await;
+        assert_eq!(a_records(&m), vec![SVC_IP], "no forged answer got through");
     }
 }
 
 #[tokio::test]
 async fn force_tcp_asks_a_plain_server_over_tcp_only() {
-    let tls = Upstream::start().await;
     let kube_dns = plain_server(false, false).await;
     let mut s = UpstreamServer::plain(kube_dns.addr);
     s.force_tcp = true;
-    let p = cluster_proxy(s, &tls).await;
+    let (tls, p) = cluster_proxy(s).await;
     for i in 0..3 {
-        let m = udp(
-            p.addr,
-            &format!("tcp{i}.ns.svc.cluster.local."),
-            RecordType::A,
-        )
-        .await;
-        assert_eq!(a_records(&m), vec![std::net::Ipv4Addr::new(10, 0, 0, 1)]);
+        let m = p.ask(&format!("tcp{i}.ns.svc.cluster.local.")).await;
+        assert_eq!(a_records(&m), vec![SVC_IP]);
     }
     assert_eq!(*kube_dns.tcp_queries.lock().expect("lock"), 3);
     assert_eq!(*kube_dns.udp_queries.lock().expect("lock"), 0);
@@ -477,8 +461,8 @@ async fn tls_sessions_are_resumed_on_reconnect() {
     cfg.cache.enabled = false;
     let p = Proxy::start(cfg).await;
     for i in 0..4 {
-        let m = udp(p.addr, &format!("resume{i}.example.test."), RecordType::A).await;
-        assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+        p.assert_rcode(&format!("resume{i}.example.test."), ResponseCode::NoError)
+            .await;
         // The server closed after its one answer, and the proxy has seen it.
         let open = "dot_proxy_upstream_connections_open{";
         wait_metric_zero(&p.server, open, Duration::from_secs(5)).await;

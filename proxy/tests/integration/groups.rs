@@ -22,6 +22,22 @@ fn group_config(policy: Policy, servers: Vec<UpstreamServer>) -> dot_proxy::conf
     c
 }
 
+/// A group of a slow upstream (answering after `delay_ms`) and a fast one, under `policy`.
+async fn slow_and_fast(policy: Policy, delay_ms: u64) -> (Arc<Upstream>, Arc<Upstream>, Proxy) {
+    let [slow, fast] = Upstream::start_n().await;
+    slow.behaviour.delay_ms.store(delay_ms, Ordering::SeqCst);
+    let p = Proxy::start(group_config(policy, vec![slow.server(), fast.server()])).await;
+    (slow, fast, p)
+}
+
+/// Asks `name`; fails unless it is answered NOERROR within `limit`.
+async fn answered_within(p: &Proxy, name: &str, limit: Duration, what: &str) {
+    let t = Instant::now();
+    p.assert_rcode(name, ResponseCode::NoError).await;
+    let took = t.elapsed();
+    assert!(took < limit, "{what}: took {took:?}");
+}
+
 /// A TLS server address where nothing listens.
 fn dead_server() -> UpstreamServer {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -41,55 +57,38 @@ async fn failover_skips_a_dead_server_within_one_timeout() {
         vec![dead_server(), good.server()],
     ))
     .await;
-    let t = Instant::now();
-    let m = udp(p.addr, "fo1.example.test.", RecordType::A).await;
-    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
-    assert!(
-        t.elapsed() < Duration::from_millis(800),
-        "failed over within one query timeout: {:?}",
-        t.elapsed()
-    );
+    let what = "failed over within one query timeout";
+    answered_within(&p, "fo1.example.test.", Duration::from_millis(800), what).await;
     for i in 0..10 {
-        assert_eq!(
-            udp(p.addr, &format!("fo-{i}.example.test."), RecordType::A)
-                .await
-                .metadata
-                .response_code,
-            ResponseCode::NoError
-        );
+        p.assert_rcode(&format!("fo-{i}.example.test."), ResponseCode::NoError)
+            .await;
     }
     assert_eq!(good.query_count(), 11);
-    let metrics = p.metrics().await;
-    assert_eq!(
-        metric(&metrics, "dot_proxy_group_healthy_upstreams{"),
-        1.0,
-        "the dead one is marked down"
-    );
+    // The dead one is marked down.
+    p.assert_metrics(&[("dot_proxy_group_healthy_upstreams{", "", 1.0)])
+        .await;
 }
 
 #[tokio::test]
 async fn failover_prefers_the_first_server() {
-    let a = Upstream::start().await;
-    let b = Upstream::start().await;
+    let [a, b] = Upstream::start_n().await;
     let p = Proxy::start(group_config(Policy::Failover, vec![a.server(), b.server()])).await;
     for i in 0..10 {
-        udp(p.addr, &format!("first{i}.example.test."), RecordType::A).await;
+        p.ask(&format!("first{i}.example.test.")).await;
     }
     assert_eq!((a.query_count(), b.query_count()), (10, 0));
 }
 
 #[tokio::test]
 async fn round_robin_spreads_queries() {
-    let a = Upstream::start().await;
-    let b = Upstream::start().await;
-    let c = Upstream::start().await;
+    let [a, b, c] = Upstream::start_n().await;
     let p = Proxy::start(group_config(
         Policy::RoundRobin,
         vec![a.server(), b.server(), c.server()],
     ))
     .await;
     for i in 0..30 {
-        udp(p.addr, &format!("rr{i}.example.test."), RecordType::A).await;
+        p.ask(&format!("rr{i}.example.test.")).await;
     }
     assert_eq!(
         (a.query_count(), b.query_count(), c.query_count()),
@@ -99,16 +98,9 @@ async fn round_robin_spreads_queries() {
 
 #[tokio::test]
 async fn fastest_prefers_the_fast_server_and_keeps_probing_the_slow_one() {
-    let slow = Upstream::start().await;
-    slow.behaviour.delay_ms.store(60, Ordering::SeqCst);
-    let fast = Upstream::start().await;
-    let p = Proxy::start(group_config(
-        Policy::Fastest,
-        vec![slow.server(), fast.server()],
-    ))
-    .await;
+    let (slow, fast, p) = slow_and_fast(Policy::Fastest, 60).await;
     for i in 0..80 {
-        udp(p.addr, &format!("fast{i}.example.test."), RecordType::A).await;
+        p.ask(&format!("fast{i}.example.test.")).await;
     }
     let (s, f) = (slow.query_count(), fast.query_count());
     assert!(f > 60, "fast server carries most: slow {s}, fast {f}");
@@ -117,23 +109,10 @@ async fn fastest_prefers_the_fast_server_and_keeps_probing_the_slow_one() {
 
 #[tokio::test]
 async fn race_answers_at_the_speed_of_the_faster_server() {
-    let slow = Upstream::start().await;
-    slow.behaviour.delay_ms.store(400, Ordering::SeqCst);
-    let fast = Upstream::start().await;
-    let p = Proxy::start(group_config(
-        Policy::Race,
-        vec![slow.server(), fast.server()],
-    ))
-    .await;
+    let (slow, fast, p) = slow_and_fast(Policy::Race, 400).await;
     for i in 0..5 {
-        let t = Instant::now();
-        let m = udp(p.addr, &format!("race{i}.example.test."), RecordType::A).await;
-        assert_eq!(m.metadata.response_code, ResponseCode::NoError);
-        assert!(
-            t.elapsed() < Duration::from_millis(250),
-            "race took {:?}",
-            t.elapsed()
-        );
+        let name = format!("race{i}.example.test.");
+        answered_within(&p, &name, Duration::from_millis(250), "race").await;
     }
     assert_eq!(fast.query_count(), 5);
     assert_eq!(slow.query_count(), 5, "both asked every time");
@@ -150,31 +129,17 @@ async fn timeouts_never_take_the_last_server_out_of_use() {
     let p = Proxy::start(cfg).await;
     up.behaviour.stall.store(true, Ordering::SeqCst);
     for i in 0..4 {
-        assert_eq!(
-            udp(p.addr, &format!("down{i}.example.test."), RecordType::A)
-                .await
-                .metadata
-                .response_code,
-            ResponseCode::ServFail
-        );
+        p.assert_rcode(&format!("down{i}.example.test."), ResponseCode::ServFail)
+            .await;
     }
-    let metrics = p.metrics().await;
-    assert_eq!(
-        metric(&metrics, "dot_proxy_upstream_healthy{"),
-        1.0,
-        "still in use:\n{metrics}"
-    );
+    // Still in use.
+    p.assert_metrics(&[("dot_proxy_upstream_healthy{", "", 1.0)])
+        .await;
     let (_, ready) = http_get(p.server.admin_addr().expect("admin"), "/readyz").await;
     assert!(!ready.contains("not ready"), "{ready}");
     up.behaviour.stall.store(false, Ordering::SeqCst);
-    let t = Instant::now();
-    let m = udp(p.addr, "back.example.test.", RecordType::A).await;
-    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
-    assert!(
-        t.elapsed() < Duration::from_millis(300),
-        "{:?}",
-        t.elapsed()
-    );
+    let what = "answered the moment the server is back";
+    answered_within(&p, "back.example.test.", Duration::from_millis(300), what).await;
 }
 
 #[tokio::test]
@@ -184,13 +149,8 @@ async fn spki_pins_refuse_a_mismatch_and_accept_a_rotated_key_with_its_pin() {
     let mut s = up.server();
     s.spki_pins = vec![Pki::new().spki_pin()];
     let p = Proxy::start(group_config(Policy::Failover, vec![s])).await;
-    assert_eq!(
-        udp(p.addr, "pin1.example.test.", RecordType::A)
-            .await
-            .metadata
-            .response_code,
-        ResponseCode::ServFail
-    );
+    p.assert_rcode("pin1.example.test.", ResponseCode::ServFail)
+        .await;
     assert_eq!(up.query_count(), 0);
 
     // Current pin plus the next key's pin: accepted before and after rotation.
@@ -206,23 +166,13 @@ async fn spki_pins_refuse_a_mismatch_and_accept_a_rotated_key_with_its_pin() {
     let mut cfg = group_config(Policy::Failover, vec![s]);
     cfg.upstream_groups[0].servers[0].idle_timeout = Dur::millis(200);
     let p = Proxy::start(cfg).await;
-    assert_eq!(
-        udp(p.addr, "pin2.example.test.", RecordType::A)
-            .await
-            .metadata
-            .response_code,
-        ResponseCode::NoError
-    );
+    p.assert_rcode("pin2.example.test.", ResponseCode::NoError)
+        .await;
     up.set_cert(&next_cert, &next_key);
     // Our idle timeout (200 ms) closes the old connection.
     up.wait_closed("the idle connection is closed").await;
-    assert_eq!(
-        udp(p.addr, "pin3.example.test.", RecordType::A)
-            .await
-            .metadata
-            .response_code,
-        ResponseCode::NoError
-    );
+    p.assert_rcode("pin3.example.test.", ResponseCode::NoError)
+        .await;
     assert!(
         up.connections.load(Ordering::SeqCst) >= 2,
         "a new handshake with the rotated key happened"
@@ -235,13 +185,8 @@ async fn spki_pins_refuse_a_mismatch_and_accept_a_rotated_key_with_its_pin() {
     s.spki_pins = vec![up.pki.spki_pin()];
     s.verify_ca = false;
     let p = Proxy::start(group_config(Policy::Failover, vec![s])).await;
-    assert_eq!(
-        udp(p.addr, "pin4.example.test.", RecordType::A)
-            .await
-            .metadata
-            .response_code,
-        ResponseCode::NoError
-    );
+    p.assert_rcode("pin4.example.test.", ResponseCode::NoError)
+        .await;
 }
 
 /// A pin of a CA key counts only for a chain that key signed: a rogue server presenting its
@@ -280,7 +225,7 @@ async fn a_pinned_ca_certificate_sent_along_with_a_rogue_leaf_is_refused() {
             let p = Proxy::start(group_config(Policy::Failover, vec![s])).await;
             for n in 0..3 {
                 let name = format!("rogue{n}-{verify_ca}.example.test.");
-                let m = udp(p.addr, &name, RecordType::A).await;
+                let m = p.ask(&name).await;
                 assert_eq!(m.metadata.response_code, want, "verify_ca={verify_ca}");
             }
             if want == ResponseCode::ServFail {
@@ -328,7 +273,7 @@ async fn queries_over_tls_are_padded_and_carry_no_client_subnet() {
             ResponseCode::NoError
         );
     }
-    udp(p.addr, "no-edns.example.test.", RecordType::A).await;
+    p.ask("no-edns.example.test.").await;
     let raw = up.raw.lock().expect("lock").clone();
     assert_eq!(raw.len(), 3);
     for q in &raw {
@@ -358,13 +303,13 @@ async fn cluster_zone_goes_to_a_plain_upstream_and_nothing_else_does() {
         });
     }
     let p = Proxy::start(cfg).await;
-    let m = udp(p.addr, "svc.ns.svc.cluster.local.", RecordType::A).await;
+    let m = p.ask("svc.ns.svc.cluster.local.").await;
     assert_eq!(a_records(&m).len(), 1);
     assert_eq!(m.queries[0].name().to_ascii(), "svc.ns.svc.cluster.local.");
     let m = tcp(p.addr, "other.cluster.local.", RecordType::A).await;
     assert_eq!(a_records(&m).len(), 1);
     for name in ["www.example.test.", "notcluster.local.", "xcluster.local."] {
-        udp(p.addr, name, RecordType::A).await;
+        p.ask(name).await;
     }
     assert_eq!(
         plain_count.load(Ordering::SeqCst),
@@ -453,7 +398,7 @@ async fn oversized_plain_udp_answer_is_asked_again_over_tcp() {
     let mut cfg = config_for(vec![UpstreamServer::plain(addr)]);
     cfg.allow_plain_default = true;
     let p = Proxy::start(cfg).await;
-    let m = udp(p.addr, "big.example.test.", RecordType::A).await;
+    let m = p.ask("big.example.test.").await;
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
     assert_eq!(
         a_records(&m),
@@ -489,8 +434,8 @@ async fn readiness_follows_the_group_serving_the_root() {
     cluster(&mut cfg);
     let p = Proxy::start(cfg).await;
     let admin = p.server.admin_addr().expect("admin");
-    let m = udp(p.addr, "svc.ns.svc.cluster.local.", RecordType::A).await;
-    assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+    p.assert_rcode("svc.ns.svc.cluster.local.", ResponseCode::ServFail)
+        .await;
     let metrics = p.metrics().await;
     assert_eq!(
         metric_with(
@@ -507,7 +452,7 @@ async fn readiness_follows_the_group_serving_the_root() {
     cluster(&mut cfg);
     let p = Proxy::start(cfg).await;
     let admin = p.server.admin_addr().expect("admin");
-    udp(p.addr, "www.example.test.", RecordType::A).await;
+    p.ask("www.example.test.").await;
     let (code, body) = http_get(admin, "/readyz").await;
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("\"default\""), "{body}");

@@ -137,28 +137,11 @@ fn framed(q: &[u8]) -> Vec<u8> {
 /// A query for `name` with an EDNS padding option of `pad` bytes (a frame of up to
 /// 64 KiB that is a well-formed query).
 fn padded_query(id: u16, name: &str, pad: usize) -> Vec<u8> {
-    let mut q = vec![
-        (id >> 8) as u8,
-        id as u8,
-        0x01,
-        0x00,
-        0,
-        1,
-        0,
-        0,
-        0,
-        0,
-        0,
-        1,
-    ];
-    for label in name.trim_end_matches('.').split('.') {
-        q.push(label.len() as u8);
-        q.extend_from_slice(label.as_bytes());
-    }
-    q.extend_from_slice(&[0, 0, 1, 0, 1]);
-    // OPT: root, type 41, UDP size 4096, TTL 0, RDLENGTH, then option 12 (padding).
-    q.extend_from_slice(&[0, 0, 41, 0x10, 0, 0, 0, 0, 0]);
+    // The OPT record is the last thing in the query, its RDLENGTH (0) its last two bytes.
+    let mut q = query(id, name, RecordType::A, Some((4096, false)));
+    q.truncate(q.len() - 2);
     q.extend_from_slice(&((pad + 4) as u16).to_be_bytes());
+    // Option 12 (padding).
     q.extend_from_slice(&12u16.to_be_bytes());
     q.extend_from_slice(&(pad as u16).to_be_bytes());
     q.resize(q.len() + pad, 0);
@@ -209,24 +192,52 @@ fn well_behaved(dns: SocketAddr, stop: Arc<AtomicBool>) -> tokio::task::JoinHand
     })
 }
 
+/// The proxy with the memory budget against a fresh upstream, holding `SERIAL` (one
+/// hostile test at a time).
+async fn budgeted_alone() -> (tokio::sync::MutexGuard<'static, ()>, Arc<Upstream>, Proc) {
+    let one = SERIAL.lock().await;
+    let up = Upstream::start().await;
+    let p = start(&up, &budgeted(""), None).await;
+    (one, up, p)
+}
+
+/// The well-behaved client, running until `finish`.
+struct Bystander {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<(u64, u64)>,
+}
+
+impl Bystander {
+    fn start(dns: SocketAddr) -> Bystander {
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = well_behaved(dns, stop.clone());
+        Bystander { stop, task }
+    }
+
+    /// Stops it: (lookups, lookups with no answer).
+    async fn finish(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.expect("well-behaved client")
+    }
+}
+
+/// Asks for `CACHED`, so it is in the cache.
+async fn cache(p: &Proc) {
+    let m = udp(p.dns, CACHED, RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+}
+
 /// Caches `CACHED`, then makes the upstream silent (connections stay up, nothing is ever
 /// answered), so every miss waits its whole group timeout.
 async fn cache_then_silence(up: &Upstream, p: &Proc) {
-    let m = udp(p.dns, CACHED, RecordType::A).await;
-    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    cache(p).await;
     up.behaviour.stall.store(true, Ordering::SeqCst);
 }
 
 /// Checks the run: the process alive, its peak within the budget, the well-behaved
 /// client answered every time. Returns the peak for the report.
-async fn judge(
-    p: &mut Proc,
-    name: &str,
-    good: tokio::task::JoinHandle<(u64, u64)>,
-    stop: &AtomicBool,
-) -> u64 {
-    stop.store(true, Ordering::Relaxed);
-    let (lookups, failed) = good.await.expect("well-behaved client");
+async fn judge(p: &mut Proc, name: &str, good: Bystander) -> u64 {
+    let (lookups, failed) = good.finish().await;
     assert!(p.alive(), "{name}: the proxy died");
     let peak = p.peak_rss();
     let metrics = p.metrics().await;
@@ -249,8 +260,7 @@ async fn judge(
 /// for unique names, against an upstream that never answers. Before the budget: 322 MB.
 async fn big_pipelined_tcp(p: &mut Proc, up: &Upstream, name: &str) -> u64 {
     cache_then_silence(up, p).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let good = well_behaved(p.dns, stop.clone());
+    let good = Bystander::start(p.dns);
     let written = Arc::new(AtomicU64::new(0));
     let mut conns = Vec::new();
     for c in 0..16u16 {
@@ -281,14 +291,12 @@ async fn big_pipelined_tcp(p: &mut Proc, up: &Upstream, name: &str) -> u64 {
         "hostile {name}: {} frames of 65 KB written",
         written.load(Ordering::Relaxed)
     );
-    judge(p, name, good, &stop).await
+    judge(p, name, good).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_big_pipelined_tcp_queries_against_a_silent_upstream() {
-    let _one = SERIAL.lock().await;
-    let up = Upstream::start().await;
-    let mut p = start(&up, &budgeted(""), None).await;
+    let (_one, up, mut p) = budgeted_alone().await;
     big_pipelined_tcp(&mut p, &up, "big-tcp").await;
 }
 
@@ -305,8 +313,7 @@ async fn hostile_dnstap_without_a_collector_and_big_queries() {
     ));
     let mut p = start(&up, &extra, None).await;
     cache_then_silence(&up, &p).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let good = well_behaved(p.dns, stop.clone());
+    let good = Bystander::start(p.dns);
     let mut conns = Vec::new();
     for _ in 0..16 {
         let dns = p.dns;
@@ -349,19 +356,16 @@ async fn hostile_dnstap_without_a_collector_and_big_queries() {
         metric(&metrics, "dot_proxy_dnstap_dropped_total") > 0.0,
         "the query log dropped what did not fit"
     );
-    judge(&mut p, "dnstap", good, &stop).await;
+    judge(&mut p, "dnstap", good).await;
 }
 
 /// 10,000 queries a second for unique names, for 30 s, against an upstream that never
 /// answers: misses past the inflight share are answered REFUSED instead of queued.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_unique_names_at_10000_qps_against_a_silent_upstream() {
-    let _one = SERIAL.lock().await;
-    let up = Upstream::start().await;
-    let mut p = start(&up, &budgeted(""), None).await;
+    let (_one, up, mut p) = budgeted_alone().await;
     cache_then_silence(&up, &p).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let good = well_behaved(p.dns, stop.clone());
+    let good = Bystander::start(p.dns);
     let sock = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
     let answers = Arc::new(AtomicU64::new(0));
     let reader = {
@@ -402,20 +406,16 @@ async fn hostile_unique_names_at_10000_qps_against_a_silent_upstream() {
         ) > 0.0,
         "misses past the share were shed"
     );
-    judge(&mut p, "flood", good, &stop).await;
+    judge(&mut p, "flood", good).await;
 }
 
 /// A slowloris flood: connections from 20 addresses (64 each, the per-client limit) that
 /// send one byte of a frame, or nothing, and hold.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_slowloris_and_half_open_connections() {
-    let _one = SERIAL.lock().await;
-    let up = Upstream::start().await;
-    let mut p = start(&up, &budgeted(""), None).await;
-    let m = udp(p.dns, CACHED, RecordType::A).await;
-    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
-    let stop = Arc::new(AtomicBool::new(false));
-    let good = well_behaved(p.dns, stop.clone());
+    let (_one, _up, mut p) = budgeted_alone().await;
+    cache(&p).await;
+    let good = Bystander::start(p.dns);
     let mut held = Vec::new();
     for a in 10..30u8 {
         for i in 0..64 {
@@ -439,7 +439,7 @@ async fn hostile_slowloris_and_half_open_connections() {
     eprintln!("hostile slowloris: {} connections held", held.len());
     assert_eq!(m, Some(ResponseCode::NoError), "a TCP client still served");
     drop(held);
-    judge(&mut p, "slowloris", good, &stop).await;
+    judge(&mut p, "slowloris", good).await;
 }
 
 /// One TCP query from `src`: its rcode, or None.

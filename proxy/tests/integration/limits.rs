@@ -7,7 +7,7 @@ use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::RecordType;
 use tokio::net::{TcpStream, UdpSocket};
 
-use dot_proxy::config::{LimitAction, RateLimitOverride};
+use dot_proxy::config::{Config, LimitAction, RateLimitOverride};
 
 use crate::support::*;
 
@@ -25,29 +25,24 @@ async fn from(src: &str, addr: SocketAddr, id: u16, name: &str) -> Option<Messag
     }
 }
 
+/// Turns rate limiting on in `cfg`: `qps` per client, `burst`.
+fn limit_to(cfg: &mut Config, qps: f64, burst: u32) {
+    cfg.rate_limit.enabled = true;
+    cfg.rate_limit.qps = qps;
+    cfg.rate_limit.burst = burst;
+}
+
 #[tokio::test]
 async fn over_limit_queries_are_refused_and_overrides_apply() {
     let up = Upstream::start().await;
     let mut cfg = config_for(vec![up.server()]);
-    cfg.rate_limit.enabled = true;
-    cfg.rate_limit.qps = 5.0;
-    cfg.rate_limit.burst = 5;
+    limit_to(&mut cfg, 5.0, 5);
     cfg.rate_limit.overrides = vec![
-        RateLimitOverride {
-            cidr: "127.0.0.3/32".parse().expect("cidr"),
-            qps: None,
-            burst: None,
-            exempt: true,
-        },
-        RateLimitOverride {
-            cidr: "127.0.0.4/32".parse().expect("cidr"),
-            qps: Some(2.0),
-            burst: Some(2),
-            exempt: false,
-        },
+        RateLimitOverride::exempt("127.0.0.3/32".parse().expect("cidr")),
+        RateLimitOverride::limit("127.0.0.4/32".parse().expect("cidr"), Some(2.0), Some(2)),
     ];
     let p = Proxy::start(cfg).await;
-    udp(p.addr, "rl.example.test.", RecordType::A).await;
+    p.ask("rl.example.test.").await;
     let mut codes = Vec::new();
     for i in 0..10 {
         codes.push(
@@ -111,9 +106,7 @@ async fn over_limit_queries_are_refused_and_overrides_apply() {
 async fn drop_action_and_slip() {
     let up = Upstream::start().await;
     let mut cfg = config_for(vec![up.server()]);
-    cfg.rate_limit.enabled = true;
-    cfg.rate_limit.qps = 0.05; // no refill during the test
-    cfg.rate_limit.burst = 1;
+    limit_to(&mut cfg, 0.05, 1); // no refill during the test
     cfg.rate_limit.action = LimitAction::Drop;
     cfg.rate_limit.slip = 2;
     let p = Proxy::start(cfg).await;
@@ -204,13 +197,11 @@ async fn well_behaved(addr: SocketAddr, secs: u64) -> (Vec<Duration>, usize) {
 #[tokio::test]
 async fn a_flooding_client_does_not_slow_a_well_behaved_one() {
     let (_up, p) = start_with(|cfg| {
-        cfg.rate_limit.enabled = true;
-        cfg.rate_limit.qps = 100.0;
-        cfg.rate_limit.burst = 100;
+        limit_to(cfg, 100.0, 100);
     })
     .await;
     for i in 0..20 {
-        udp(p.addr, &format!("fair{i}.example.test."), RecordType::A).await;
+        p.ask(&format!("fair{i}.example.test.")).await;
     }
     let (base, refused) = well_behaved(p.addr, 3).await;
     assert_eq!(refused, 0);
@@ -302,11 +293,9 @@ async fn tcp_connection_limits() {
 async fn buckets_survive_a_reload_that_changes_another_clients_override() {
     let up = Upstream::start().await;
     let mut cfg = config_for(vec![up.server()]);
-    cfg.rate_limit.enabled = true;
-    cfg.rate_limit.qps = 0.1;
-    cfg.rate_limit.burst = 3;
+    limit_to(&mut cfg, 0.1, 3);
     let p = Proxy::start(cfg.clone()).await;
-    udp(p.addr, "rl.example.test.", RecordType::A).await;
+    p.ask("rl.example.test.").await;
     let answered = |src: &'static str, n: u16| {
         let addr = p.addr;
         async move {
@@ -325,12 +314,11 @@ async fn buckets_survive_a_reload_that_changes_another_clients_override() {
     assert_eq!(answered("127.0.0.2", 5).await, 3, "the burst, then refused");
     // Another client's override comes and goes; the default limit stays.
     let mut with = cfg.clone();
-    with.rate_limit.overrides = vec![RateLimitOverride {
-        cidr: "127.0.0.9/32".parse().expect("cidr"),
-        qps: Some(1.0),
-        burst: None,
-        exempt: false,
-    }];
+    with.rate_limit.overrides = vec![RateLimitOverride::limit(
+        "127.0.0.9/32".parse().expect("cidr"),
+        Some(1.0),
+        None,
+    )];
     for mut c in [with, cfg] {
         p.keep_addresses(&mut c);
         p.server.apply(c).expect("reload applies");

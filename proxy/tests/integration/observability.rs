@@ -17,8 +17,8 @@ async fn counters_and_histograms_move_and_health_endpoints_answer() {
     assert_eq!(http_get(admin, "/readyz").await.0, 200);
     assert_eq!(http_get(admin, "/nope").await.0, 404);
     let before = p.metrics().await;
-    udp(p.addr, "m1.example.test.", RecordType::A).await;
-    udp(p.addr, "m1.example.test.", RecordType::A).await;
+    p.ask("m1.example.test.").await;
+    p.ask("m1.example.test.").await;
     tcp(p.addr, "nxm.example.test.", RecordType::A).await;
     udp(p.addr, "m2.example.test.", RecordType::AAAA).await;
     let after = p.metrics().await;
@@ -83,7 +83,7 @@ async fn promtool_check_metrics_reports_nothing() {
         return;
     };
     let (_up, p) = start_with(|_| {}).await;
-    udp(p.addr, "pt.example.test.", RecordType::A).await;
+    p.ask("pt.example.test.").await;
     let text = p.metrics().await;
     let mut child = Command::new("promtool")
         .args(["check", "metrics"])

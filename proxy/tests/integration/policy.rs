@@ -10,67 +10,25 @@ use dot_proxy::config::{BlockAction, BlockList, PolicyConfig, RewriteRule, Stati
 
 use crate::support::*;
 
+/// The rules these tests use, as a config file writes them.
 fn policy() -> PolicyConfig {
-    PolicyConfig {
-        static_answers: vec![
-            StaticRule {
-                name: "pinned.corp.test".into(),
-                ttl: 120,
-                a: vec!["10.1.2.3".parse().expect("ip")],
-                aaaa: vec!["fd00::3".parse().expect("ip")],
-                cname: None,
-                txt: vec!["hello".into()],
-            },
-            StaticRule {
-                name: "*.wild.corp.test".into(),
-                ttl: 60,
-                a: vec!["10.9.9.9".parse().expect("ip")],
-                aaaa: vec![],
-                cname: None,
-                txt: vec![],
-            },
-            StaticRule {
-                name: "alias.corp.test".into(),
-                ttl: 60,
-                a: vec![],
-                aaaa: vec![],
-                cname: Some("www.example.test".into()),
-                txt: vec![],
-            },
-        ],
-        blocklists: vec![
-            BlockList {
-                name: "ads".into(),
-                names: vec!["ads.example.test".into()],
-                file: None,
-                action: BlockAction::Nxdomain,
-            },
-            BlockList {
-                name: "malware".into(),
-                names: vec!["bad.example.test".into()],
-                file: None,
-                action: BlockAction::Refused,
-            },
-            BlockList {
-                name: "sink".into(),
-                names: vec!["sink.example.test".into()],
-                file: None,
-                action: BlockAction::NullAddress,
-            },
-        ],
-        rewrites: vec![
-            RewriteRule {
-                from: "legacy.corp.test".into(),
-                to: "current.example.test".into(),
-                suffix: false,
-            },
-            RewriteRule {
-                from: "old.corp.test".into(),
-                to: "new.example.test".into(),
-                suffix: true,
-            },
-        ],
-    }
+    let yaml = r#"
+policy:
+  static_answers:
+  - {name: pinned.corp.test, ttl: 120, a: [10.1.2.3], aaaa: ["fd00::3"], txt: [hello]}
+  - {name: "*.wild.corp.test", ttl: 60, a: [10.9.9.9]}
+  - {name: alias.corp.test, ttl: 60, cname: www.example.test}
+  blocklists:
+  - {name: ads, names: [ads.example.test], action: nxdomain}
+  - {name: malware, names: [bad.example.test], action: refused}
+  - {name: sink, names: [sink.example.test], action: null_address}
+  rewrites:
+  - {from: legacy.corp.test, to: current.example.test, suffix: false}
+  - {from: old.corp.test, to: new.example.test, suffix: true}
+"#;
+    dot_proxy::config::Config::from_yaml(yaml)
+        .expect("policy")
+        .policy
 }
 
 async fn both(
@@ -109,7 +67,7 @@ async fn static_answers_over_udp_and_tcp() {
             vec!["10.9.9.9".parse::<std::net::Ipv4Addr>().expect("ip")]
         );
     }
-    let m = udp(p.addr, "alias.corp.test.", RecordType::A).await;
+    let m = p.ask("alias.corp.test.").await;
     assert!(matches!(m.answers[0].data, RData::CNAME(_)));
     // Label boundaries: these go upstream.
     for name in [
@@ -117,7 +75,7 @@ async fn static_answers_over_udp_and_tcp() {
         "wild.corp.test.",
         "unpinned.corp.test.",
     ] {
-        udp(p.addr, name, RecordType::A).await;
+        p.ask(name).await;
     }
     assert_eq!(up.query_count(), 3);
     let metrics = p.metrics().await;
@@ -149,7 +107,7 @@ async fn block_lists_with_each_action() {
         "ads.example.test.evil.",
         "example.test.",
     ] {
-        udp(p.addr, name, RecordType::A).await;
+        p.ask(name).await;
     }
     assert_eq!(
         up.query_count(),
@@ -185,7 +143,7 @@ async fn rewrites_restore_the_asked_name_and_are_cached() {
         "current.example.test.",
         "sent upstream as the new name"
     );
-    let m = udp(p.addr, "svc.old.corp.test.", RecordType::A).await;
+    let m = p.ask("svc.old.corp.test.").await;
     assert_eq!(m.answers[0].name.to_ascii(), "svc.old.corp.test.");
     let raw = up.raw.lock().expect("lock").clone();
     let sent = hickory_proto::op::Message::from_vec(raw.last().expect("sent")).expect("parse");
@@ -205,8 +163,7 @@ async fn rewrites_restore_the_asked_name_and_are_cached() {
 #[tokio::test]
 async fn rewritten_queries_are_routed_by_the_name_they_are_sent_as() {
     use dot_proxy::config::{Policy, UpstreamGroup, ZoneRoute};
-    let public = Upstream::start().await;
-    let cluster = Upstream::start().await;
+    let [public, cluster] = Upstream::start_n().await;
     let mut cfg = config_for(vec![public.server()]);
     cfg.upstream_groups.push(UpstreamGroup {
         name: "cluster".into(),
@@ -224,7 +181,7 @@ async fn rewritten_queries_are_routed_by_the_name_they_are_sent_as() {
         suffix: true,
     }];
     let p = Proxy::start(cfg).await;
-    let m = udp(p.addr, "svc.ns.old-cluster.example.test.", RecordType::A).await;
+    let m = p.ask("svc.ns.old-cluster.example.test.").await;
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
     assert_eq!(
         m.answers[0].name.to_ascii(),
@@ -242,7 +199,7 @@ async fn rewritten_queries_are_routed_by_the_name_they_are_sent_as() {
         "svc.ns.cluster.example.test."
     );
     // A name the rule does not touch still goes by its own zone.
-    udp(p.addr, "www.example.test.", RecordType::A).await;
+    p.ask("www.example.test.").await;
     assert_eq!((public.query_count(), cluster.query_count()), (1, 1));
 }
 
@@ -276,28 +233,16 @@ async fn a_million_name_list_loads_and_blocks() {
     let mut c = config_for(vec![up.server()]);
     c.policy = cfg;
     let p = Proxy::start(c).await;
-    assert_eq!(
-        udp(p.addr, "t999999.tracker999.test.", RecordType::A)
-            .await
-            .metadata
-            .response_code,
-        ResponseCode::NXDomain
-    );
-    assert_eq!(
-        udp(p.addr, "www.example.test.", RecordType::A)
-            .await
-            .metadata
-            .response_code,
-        ResponseCode::NoError
-    );
+    p.assert_rcode("t999999.tracker999.test.", ResponseCode::NXDomain)
+        .await;
+    p.assert_rcode("www.example.test.", ResponseCode::NoError)
+        .await;
 }
 
 #[tokio::test]
 async fn rules_change_under_load_without_a_lost_query() {
-    let up = Upstream::start().await;
-    let dir = tempfile::tempdir().expect("tmp");
+    let (up, dir, port) = site().await;
     let file = dir.path().join("config.yaml");
-    let port = free_port();
     let base = format!(
         "listen: [127.0.0.1:{port}]\nadmin: {{listen: 127.0.0.1:0}}\nlog: {{level: warn}}\ntcp: {{max_connections_per_client: 1024}}\nupstream_groups:\n- name: default\n  servers:\n  - {{address: \"{}\", tls_name: upstream.test, ca_file: \"{}\"}}\n",
         up.addr,
@@ -309,7 +254,7 @@ async fn rules_change_under_load_without_a_lost_query() {
     )
     .expect("write");
     let server = start_reloading(&["--config", &file.display().to_string()]).await;
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let addr = on(port);
     let f2 = file.clone();
     let b2 = base.clone();
     let reloading = server.clone();
@@ -339,13 +284,13 @@ async fn rules_change_under_load_without_a_lost_query() {
     assert_eq!(rep.tcp_answered, rep.tcp_sent, "{rep:?}");
     assert_eq!(rep.udp_servfail + rep.tcp_servfail, 0);
     // The last valid rules are in force (the changer saw them applied).
-    assert_eq!(
-        udp(addr, "blocked9.example.test.", RecordType::A)
-            .await
-            .metadata
-            .response_code,
-        ResponseCode::NXDomain
-    );
+    assert_rcode(
+        addr,
+        "blocked9.example.test.",
+        RecordType::A,
+        ResponseCode::NXDomain,
+    )
+    .await;
     assert_eq!(
         a_records(&udp(addr, "s9.corp.test.", RecordType::A).await),
         vec!["10.0.0.9".parse::<std::net::Ipv4Addr>().expect("ip")]

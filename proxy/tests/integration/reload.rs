@@ -56,6 +56,17 @@ async fn wait_serving(addr: std::net::SocketAddr) -> bool {
     false
 }
 
+/// Waits (at most 5 s) until a query to `addr` is answered (`answering`), or until it is
+/// not.
+async fn wait_answering(addr: std::net::SocketAddr, answering: bool, what: &str) {
+    until(what, Duration::from_secs(5), || async {
+        let q = query(1, "k.example.test.", RecordType::A, None);
+        let answer = udp_raw(addr, &q, Duration::from_millis(300)).await;
+        answer.is_some() == answering
+    })
+    .await;
+}
+
 fn sha256_hex(text: &str) -> String {
     use sha2::{Digest, Sha256};
     Sha256::digest(text.as_bytes())
@@ -69,10 +80,8 @@ fn sha256_hex(text: &str) -> String {
 /// the last good hash.
 #[tokio::test]
 async fn config_info_carries_the_hash_of_the_applied_file() {
-    let up = Upstream::start().await;
-    let dir = tempfile::tempdir().expect("tmp");
-    let port = free_port();
-    let v1 = yaml_for(&up, &format!("127.0.0.1:{port}"), "");
+    let (up, dir, port) = site().await;
+    let v1 = yaml_on(&up, &[port], "");
     write_kubelet_version(dir.path(), "..h1", &v1);
     let server = start_watched(dir.path()).await;
     let admin = server.admin_addr().expect("admin");
@@ -92,7 +101,7 @@ async fn config_info_carries_the_hash_of_the_applied_file() {
             sha256_hex(&v1)
         )]
     );
-    let v2 = yaml_for(&up, &format!("127.0.0.1:{port}"), "cache: {min_ttl: 7}\n");
+    let v2 = yaml_on(&up, &[port], "cache: {min_ttl: 7}\n");
     write_kubelet_version(dir.path(), "..h2", &v2);
     let want = vec![format!(
         "dot_proxy_config_info{{hash=\"{}\"}} 1",
@@ -111,6 +120,13 @@ async fn config_info_carries_the_hash_of_the_applied_file() {
     );
 }
 
+/// A config file's text: listening on `ports` of 127.0.0.1, forwarding to `up`, with
+/// `extra` appended.
+fn yaml_on(up: &Upstream, ports: &[u16], extra: &str) -> String {
+    let listen: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    yaml_for(up, &listen.join(", "), extra)
+}
+
 fn yaml_for(up: &Upstream, listen: &str, extra: &str) -> String {
     format!(
         "listen: [{listen}]\nadmin: {{listen: 127.0.0.1:0}}\nlog: {{level: warn}}\nupstream_groups:\n- name: default\n  timeout: 1500ms\n  servers:\n  - address: {}\n    tls_name: upstream.test\n    ca_file: {}\n{extra}",
@@ -121,13 +137,11 @@ fn yaml_for(up: &Upstream, listen: &str, extra: &str) -> String {
 
 #[tokio::test]
 async fn kubelet_configmap_swap_triggers_a_reload() {
-    let up = Upstream::start().await;
-    let dir = tempfile::tempdir().expect("tmp");
-    let port = free_port();
+    let (up, dir, port) = site().await;
     write_kubelet_version(
         dir.path(),
         "..2026_11_22_04_00_00.1",
-        &yaml_for(&up, &format!("127.0.0.1:{port}"), ""),
+        &yaml_on(&up, &[port], ""),
     );
     let server = start_watched(dir.path()).await;
 
@@ -136,20 +150,11 @@ async fn kubelet_configmap_swap_triggers_a_reload() {
     write_kubelet_version(
         dir.path(),
         "..2026_11_22_04_05_00.2",
-        &yaml_for(&up, &format!("127.0.0.1:{port}, 127.0.0.1:{port2}"), ""),
+        &yaml_on(&up, &[port, port2], ""),
     );
-    let addr2: std::net::SocketAddr = format!("127.0.0.1:{port2}").parse().expect("addr");
-    until(
-        "the swap of ..data seen and the new listener bound",
-        Duration::from_secs(5),
-        || async {
-            let q = query(1, "k.example.test.", RecordType::A, None);
-            udp_raw(addr2, &q, Duration::from_millis(300))
-                .await
-                .is_some()
-        },
-    )
-    .await;
+    let addr2 = on(port2);
+    let what = "the swap of ..data seen and the new listener bound";
+    wait_answering(addr2, true, what).await;
 
     // An invalid version is refused; the proxy keeps serving on the last good config.
     write_kubelet_version(
@@ -161,41 +166,17 @@ async fn kubelet_configmap_swap_triggers_a_reload() {
     let m = udp(addr2, "still.example.test.", RecordType::A).await;
     assert_eq!(a_records(&m).len(), 1);
     let admin = server.admin_addr().expect("admin");
-    let (_, metrics) = http_get(admin, "/metrics").await;
-    assert_eq!(
-        metric(
-            &metrics,
-            "dot_proxy_config_reloads_total{result=\"failure\"}"
-        ),
-        1.0,
-        "{metrics}"
-    );
-    assert_eq!(
-        metric(
-            &metrics,
-            "dot_proxy_config_reloads_total{result=\"success\"}"
-        ),
-        2.0
-    );
+    assert_eq!(reloads(&server, "failure").await, 1);
+    assert_eq!(reloads(&server, "success").await, 2);
     assert_eq!(http_get(admin, "/readyz").await.0, 200, "still ready");
 
     // Removing the second address closes that listener.
     write_kubelet_version(
         dir.path(),
         "..2026_11_22_04_15_00.4",
-        &yaml_for(&up, &format!("127.0.0.1:{port}"), ""),
+        &yaml_on(&up, &[port], ""),
     );
-    until(
-        "removed listen address closed",
-        Duration::from_secs(5),
-        || async {
-            let q = query(2, "gone.example.test.", RecordType::A, None);
-            udp_raw(addr2, &q, Duration::from_millis(200))
-                .await
-                .is_none()
-        },
-    )
-    .await;
+    wait_answering(addr2, false, "removed listen address closed").await;
 }
 
 fn hot(i: u64) -> String {
@@ -204,19 +185,13 @@ fn hot(i: u64) -> String {
 
 #[tokio::test]
 async fn reloads_under_load_lose_nothing_and_keep_the_cache() {
-    let up = Upstream::start().await;
-    let dir = tempfile::tempdir().expect("tmp");
+    let (up, dir, port) = site().await;
     let file = dir.path().join("config.yaml");
-    let port = free_port();
     // One client address opens hundreds of TCP connections a second here.
-    let good = yaml_for(
-        &up,
-        &format!("127.0.0.1:{port}"),
-        "tcp: {max_connections_per_client: 1024}\n",
-    );
+    let good = yaml_on(&up, &[port], "tcp: {max_connections_per_client: 1024}\n");
     std::fs::write(&file, &good).expect("write");
     let server = start_reloading(&["--config", &file.display().to_string()]).await;
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let addr = on(port);
     let admin = server.admin_addr().expect("admin");
     // Warm the cache.
     for i in 0..50 {
@@ -413,26 +388,20 @@ async fn second_process_takes_over_on_sigterm_without_losing_queries() {
 /// the list (and nothing else changes), the proxy re-reads it.
 #[tokio::test]
 async fn a_changed_block_list_file_is_reloaded_without_a_config_change() {
-    let up = Upstream::start().await;
-    let cfg_dir = tempfile::tempdir().expect("tmp");
+    let (up, cfg_dir, port) = site().await;
     let list_dir = tempfile::tempdir().expect("tmp");
     let write_list = |version: &str, names: &str| {
         write_kubelet_file(list_dir.path(), version, "ads.hosts", names)
     };
     write_list("..v1", "0.0.0.0 first.example.test\n");
     symlink("..data/ads.hosts", list_dir.path().join("ads.hosts")).expect("list symlink");
-    let port = free_port();
     let extra = format!(
         "policy:\n  blocklists:\n  - {{name: ads, file: {}}}\n",
         list_dir.path().join("ads.hosts").display()
     );
-    write_kubelet_version(
-        cfg_dir.path(),
-        "..c1",
-        &yaml_for(&up, &format!("127.0.0.1:{port}"), &extra),
-    );
+    write_kubelet_version(cfg_dir.path(), "..c1", &yaml_on(&up, &[port], &extra));
     let server = start_watched(cfg_dir.path()).await;
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let addr = on(port);
     let rcode = |name: &'static str| async move {
         udp(addr, name, RecordType::A).await.metadata.response_code
     };
@@ -450,11 +419,7 @@ async fn a_changed_block_list_file_is_reloaded_without_a_config_change() {
     write_kubelet_version(
         cfg_dir.path(),
         "..c2",
-        &yaml_for(
-            &up,
-            &format!("127.0.0.1:{port}"),
-            &format!("{extra}cache: {{min_ttl: 5}}\n"),
-        ),
+        &yaml_on(&up, &[port], &format!("{extra}cache: {{min_ttl: 5}}\n")),
     );
     wait_reloads(&server, "success", reloads as u32 + 1).await;
     assert_eq!(
@@ -486,8 +451,7 @@ async fn a_changed_block_list_file_is_reloaded_without_a_config_change() {
 /// applied.
 #[tokio::test]
 async fn only_a_change_of_this_nodes_own_overrides_reloads_it() {
-    let up = Upstream::start().await;
-    let dir = tempfile::tempdir().expect("tmp");
+    let (up, dir, port) = site().await;
     let odir = tempfile::tempdir().expect("tmp");
     let shard = |a: &str, b: &str| {
         format!("node-a:\n  rate_limits: [{a}]\nnode-b:\n  rate_limits: [{b}]\n")
@@ -500,16 +464,11 @@ async fn only_a_change_of_this_nodes_own_overrides_reloads_it() {
     );
     // As the kubelet lays out a ConfigMap volume: the key a symlink into `..data`.
     symlink("..data/shard-0.yaml", odir.path().join("shard-0.yaml")).expect("symlink");
-    let port = free_port();
     let extra = format!(
         "rate_limit: {{enabled: true, qps: 0.5, burst: 2}}\noverrides: {{dir: {}, shards: 1}}\n",
         odir.path().display()
     );
-    write_kubelet_version(
-        dir.path(),
-        "..c1",
-        &yaml_for(&up, &format!("127.0.0.1:{port}"), &extra),
-    );
+    write_kubelet_version(dir.path(), "..c1", &yaml_on(&up, &[port], &extra));
     symlink("..data/config.yaml", dir.path().join("config.yaml")).expect("symlink");
     let server = start_reloading(&[
         "--config",
@@ -518,7 +477,7 @@ async fn only_a_change_of_this_nodes_own_overrides_reloads_it() {
         "node-a",
     ])
     .await;
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let addr = on(port);
     let before = reloads(&server, "success").await;
     // Limited at first: 0.5 qps, burst 2.
     let mut refused = 0;
@@ -564,12 +523,10 @@ async fn only_a_change_of_this_nodes_own_overrides_reloads_it() {
 /// `debug`/JSON by a reload logs the next query's forwarding as a JSON line.
 #[tokio::test]
 async fn log_level_and_format_apply_on_reload() {
-    let up = Upstream::start().await;
-    let dir = tempfile::tempdir().expect("tmp");
+    let (up, dir, port) = site().await;
     let file = dir.path().join("config.yaml");
-    let port = free_port();
-    let base = yaml_for(&up, &format!("127.0.0.1:{port}"), "")
-        .replace("log: {level: warn}", "log: {level: warn, format: text}");
+    let base =
+        yaml_on(&up, &[port], "").replace("log: {level: warn}", "log: {level: warn, format: text}");
     std::fs::write(&file, &base).expect("write");
     let log_path = dir.path().join("stderr.log");
     let log = std::fs::File::create(&log_path).expect("log");
@@ -582,7 +539,7 @@ async fn log_level_and_format_apply_on_reload() {
             .spawn()
             .expect("spawn dot-proxy"),
     );
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let addr = on(port);
     assert!(wait_serving(addr).await, "serves");
     let read = || std::fs::read_to_string(&log_path).unwrap_or_default();
     assert!(
@@ -623,9 +580,7 @@ async fn log_level_and_format_apply_on_reload() {
 #[tokio::test]
 async fn a_reload_that_changes_the_routes_starts_the_cache_afresh() {
     use dot_proxy::config::{ClientGroup, Dur, UpstreamGroup};
-    let a = Upstream::start().await;
-    let b = Upstream::start().await;
-    let c = Upstream::start().await;
+    let [a, b, c] = Upstream::start_n().await;
     let group = |name: &str, up: &Upstream| UpstreamGroup {
         name: name.into(),
         policy: Default::default(),
@@ -641,14 +596,14 @@ async fn a_reload_that_changes_the_routes_starts_the_cache_afresh() {
     let p = Proxy::start(cfg.clone()).await;
     // Reloads keep the addresses bound at start.
     p.keep_addresses(&mut cfg);
-    udp(p.addr, "routed.example.test.", RecordType::A).await;
+    p.ask("routed.example.test.").await;
     assert_eq!((a.query_count(), b.query_count()), (0, 1));
     // A group inserted before "special", and the client sent to it: it now has the
     // position (and so the key tag) "special" had.
     cfg.upstream_groups.insert(1, group("other", &c));
     cfg.client_groups[0].group = "other".into();
     p.server.apply(cfg.clone()).expect("reload");
-    udp(p.addr, "routed.example.test.", RecordType::A).await;
+    p.ask("routed.example.test.").await;
     assert_eq!(
         (b.query_count(), c.query_count()),
         (1, 1),
@@ -657,7 +612,7 @@ async fn a_reload_that_changes_the_routes_starts_the_cache_afresh() {
     // A reload that changes nothing of the routes keeps the cache.
     cfg.log.level = "error".into();
     p.server.apply(cfg).expect("reload");
-    udp(p.addr, "routed.example.test.", RecordType::A).await;
+    p.ask("routed.example.test.").await;
     assert_eq!(c.query_count(), 1, "still cached");
 }
 
@@ -667,16 +622,11 @@ async fn a_reload_that_changes_the_routes_starts_the_cache_afresh() {
 #[tokio::test]
 async fn a_changed_tcp_connection_limit_is_reported_as_waiting_for_a_restart() {
     let (_up, p) = start_with(|_| {}).await;
-    let mut cfg = (*p.server.current_config()).clone();
-    p.keep_addresses(&mut cfg);
+    let mut cfg = p.config_for_reload();
     cfg.tcp.max_connections += 1;
     p.server.apply(cfg).expect("reload");
-    let text = p.metrics().await;
-    assert_eq!(
-        metric(&text, "dot_proxy_config_restart_pending_settings"),
-        1.0,
-        "{text}"
-    );
+    p.assert_metrics(&[("dot_proxy_config_restart_pending_settings", "", 1.0)])
+        .await;
 }
 
 /// A CA bundle rotated in place (same path, new contents: a renewed cert-manager or
@@ -695,13 +645,13 @@ async fn a_ca_bundle_rotated_in_place_is_used_after_a_reload() {
     let mut cfg = config_for(vec![server]);
     let p = Proxy::start(cfg.clone()).await;
     p.keep_addresses(&mut cfg);
-    let m = udp(p.addr, "before.example.test.", RecordType::A).await;
-    assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+    p.assert_rcode("before.example.test.", ResponseCode::ServFail)
+        .await;
     // The right CA written over it, and the same config reloaded.
     std::fs::copy(&up.pki.ca_file, &bundle).expect("copy");
     p.server.apply(cfg).expect("reload");
-    let m = udp(p.addr, "after.example.test.", RecordType::A).await;
-    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    p.assert_rcode("after.example.test.", ResponseCode::NoError)
+        .await;
 }
 
 /// A reload that moves the admin server to an address it cannot bind is refused as a
@@ -713,8 +663,7 @@ async fn a_reload_that_cannot_bind_the_new_admin_address_is_refused() {
     let admin = p.server.admin_addr().expect("admin");
     // Held by a socket without SO_REUSEPORT: nobody else can bind it.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let mut cfg = (*p.server.current_config()).clone();
-    p.keep_addresses(&mut cfg);
+    let mut cfg = p.config_for_reload();
     cfg.admin.listen = Some(taken.local_addr().expect("addr"));
     cfg.log.level = "error".into();
     assert!(p.server.apply(cfg).is_err(), "refused");
@@ -732,25 +681,15 @@ async fn a_reload_that_cannot_bind_the_new_admin_address_is_refused() {
 /// was read, before the watch runs) is applied, not taken for the one already running.
 #[tokio::test]
 async fn a_change_during_start_up_is_applied() {
-    let up = Upstream::start().await;
-    let dir = tempfile::tempdir().expect("tmp");
-    let port = free_port();
-    write_kubelet_version(
-        dir.path(),
-        "..v1",
-        &yaml_for(&up, &format!("127.0.0.1:{port}"), ""),
-    );
+    let (up, dir, port) = site().await;
+    write_kubelet_version(dir.path(), "..v1", &yaml_on(&up, &[port], ""));
     symlink("..data/config.yaml", dir.path().join("config.yaml")).expect("config symlink");
     let path = dir.path().join("config.yaml").display().to_string();
     let cli = dot_proxy::cli::Cli::parse_from(["dot-proxy", "--config", &path]);
     let loaded = dot_proxy::load::load(&cli).expect("valid");
     // The kubelet swaps in a new version while the proxy starts.
     let port2 = free_port();
-    write_kubelet_version(
-        dir.path(),
-        "..v2",
-        &yaml_for(&up, &format!("127.0.0.1:{port}, 127.0.0.1:{port2}"), ""),
-    );
+    write_kubelet_version(dir.path(), "..v2", &yaml_on(&up, &[port, port2], ""));
     let server = dot_proxy::server::Server::start(loaded.config)
         .await
         .expect("start");
@@ -760,7 +699,7 @@ async fn a_change_during_start_up_is_applied() {
         Arc::new(cli),
         loaded.inputs,
     ));
-    let addr2: std::net::SocketAddr = format!("127.0.0.1:{port2}").parse().expect("addr");
+    let addr2 = on(port2);
     assert!(
         wait_serving(addr2).await,
         "the version written during start-up was applied"
@@ -778,11 +717,7 @@ async fn a_change_during_an_apply_is_applied_next() {
     let made = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
     assert!(made.success(), "mkfifo");
     let port = free_port();
-    write_kubelet_version(
-        dir.path(),
-        "..v1",
-        &yaml_for(&up, &format!("127.0.0.1:{port}"), ""),
-    );
+    write_kubelet_version(dir.path(), "..v1", &yaml_on(&up, &[port], ""));
     let server = start_watched(dir.path()).await;
     let before = reloads(&server, "success").await;
     // v2 names the FIFO: its apply blocks reading it.
@@ -790,11 +725,7 @@ async fn a_change_during_an_apply_is_applied_next() {
         "policy:\n  blocklists:\n  - {{name: slow, file: {}}}\n",
         fifo.display()
     );
-    write_kubelet_version(
-        dir.path(),
-        "..v2",
-        &yaml_for(&up, &format!("127.0.0.1:{port}"), &extra),
-    );
+    write_kubelet_version(dir.path(), "..v2", &yaml_on(&up, &[port], &extra));
     // Wait (at most 10 s) until the apply has the FIFO open for reading.
     let writer = {
         let fifo = fifo.clone();
@@ -820,11 +751,7 @@ async fn a_change_during_an_apply_is_applied_next() {
     };
     // While it is held, v3 lands (another listener, no block list).
     let port2 = free_port();
-    write_kubelet_version(
-        dir.path(),
-        "..v3",
-        &yaml_for(&up, &format!("127.0.0.1:{port}, 127.0.0.1:{port2}"), ""),
-    );
+    write_kubelet_version(dir.path(), "..v3", &yaml_on(&up, &[port, port2], ""));
     // Let the watcher see v3 while the apply still waits, then let it finish. (A thread
     // sleep: the runtime's workers may all be waiting on the held apply.)
     std::thread::sleep(Duration::from_millis(300));
@@ -834,7 +761,7 @@ async fn a_change_during_an_apply_is_applied_next() {
         w.write_all(b"0.0.0.0 blocked.example.test\n")
             .expect("write list");
     }
-    let addr2: std::net::SocketAddr = format!("127.0.0.1:{port2}").parse().expect("addr");
+    let addr2 = on(port2);
     assert!(
         wait_serving(addr2).await,
         "v3, written during v2's apply, was applied"

@@ -1,28 +1,14 @@
 use super::*;
 use crate::dns::wire::parse_query;
+use crate::test_util::{self, option_codes};
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
-use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
 use hickory_proto::rr::rdata::{A, SOA};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
+/// An A query (ID 77) with, when `edns` gives a UDP size, an ECS option.
 fn query(name: &str, edns: Option<u16>) -> Vec<u8> {
-    let mut m = Message::new(77, MessageType::Query, OpCode::Query);
-    m.metadata.recursion_desired = true;
-    let mut q = Query::new();
-    q.set_name(Name::from_ascii(name).expect("name"))
-        .set_query_type(RecordType::A);
-    m.add_query(q);
-    if let Some(size) = edns {
-        let mut e = Edns::new();
-        e.set_max_payload(size);
-        e.options_mut().insert(EdnsOption::Subnet(ClientSubnet::new(
-            "192.0.2.0".parse().expect("ip"),
-            24,
-            0,
-        )));
-        m.set_edns(e);
-    }
-    m.to_vec().expect("encode")
+    let edns = edns.map(|size| test_util::edns(size, false, true));
+    test_util::query(77, name, RecordType::A, edns)
 }
 
 fn response(name: &str, ttls: &[u32], rcode: ResponseCode, soa: Option<(u32, u32)>) -> Vec<u8> {
@@ -64,18 +50,6 @@ fn upstream_with(q: &[u8], strip_ecs: bool, padding_block: u16, keepalive: bool)
     };
     upstream_query(q, &qi, &opts, &mut out);
     out
-}
-
-/// The EDNS option codes of a message.
-fn option_codes(m: &Message) -> Vec<u16> {
-    m.edns
-        .as_ref()
-        .expect("edns")
-        .options()
-        .as_ref()
-        .iter()
-        .map(|(c, _)| u16::from(*c))
-        .collect()
 }
 
 #[test]

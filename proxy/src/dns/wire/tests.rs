@@ -1,27 +1,12 @@
 use super::*;
-use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
-use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
-use hickory_proto::rr::{Name, RecordType};
+use crate::test_util;
+use hickory_proto::op::Message;
+use hickory_proto::rr::RecordType;
 
+/// An AAAA query (ID 0x1234), with `edns` an OPT (4000, DO) carrying an ECS option.
 fn q(name: &str, edns: bool) -> Vec<u8> {
-    let mut m = Message::new(0x1234, MessageType::Query, OpCode::Query);
-    m.metadata.recursion_desired = true;
-    let mut qq = Query::new();
-    qq.set_name(Name::from_ascii(name).expect("name"))
-        .set_query_type(RecordType::AAAA);
-    m.add_query(qq);
-    if edns {
-        let mut e = Edns::new();
-        e.set_max_payload(4000);
-        e.set_dnssec_ok(true);
-        e.options_mut().insert(EdnsOption::Subnet(ClientSubnet::new(
-            "192.0.2.0".parse().expect("ip"),
-            24,
-            0,
-        )));
-        m.set_edns(e);
-    }
-    m.to_vec().expect("encode")
+    let edns = edns.then(|| test_util::edns(4000, true, true));
+    test_util::query(0x1234, name, RecordType::AAAA, edns)
 }
 
 #[test]
