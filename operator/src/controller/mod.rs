@@ -1,16 +1,22 @@
 //! The reconciler: render, write what changed, report.
 //!
 //! One reconcile of a `DotProxyConfig`:
+//! 0. if the operator runs for a release, leave the resource alone unless it is that
+//!    release's (its label, or a claim this operator wins first; [`scope`]);
 //! 1. render it with the current (debounced) view of annotated pods and nodes;
 //! 2. if it is invalid: write only the status (Ready=False, Invalid=True with the message);
 //!    the ConfigMaps keep the last good content;
 //! 3. otherwise, once the pod view has synced: list the ConfigMaps written for it (one call),
-//!    server-side apply those whose content differs (main ConfigMap first, then the shards),
-//!    delete the ones it no longer produces, put a Warning Event on each pod with an ignored
-//!    annotation (once per pod and message), and write the status if it changed.
+//!    check that every ConfigMap it would write is its own or free (a GET for a name not in
+//!    the list; [`ownership`]) and write nothing if one is not (Ready=False
+//!    ConfigMapNotOwned), server-side apply those whose content differs (main ConfigMap
+//!    first, then the shards), delete the ones it no longer produces, put a Warning Event
+//!    on each pod with an ignored annotation (once per pod and message), and write the
+//!    status if it changed.
 //!
 //! Every write uses server-side apply under the one field manager `dot-proxy-operator`. A
-//! reconcile with nothing new makes one LIST and no write.
+//! reconcile with nothing new makes one LIST and no write (the GETs happen only for names
+//! the resource has not written yet).
 
 mod objects;
 mod scope;

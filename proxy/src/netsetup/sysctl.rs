@@ -67,6 +67,31 @@ pub fn ensure_tcp_migrate_req(proc: &Path) -> MigrateReq {
     judge(current.as_deref(), || std::fs::write(&path, "1"))
 }
 
+/// `dot_proxy_tcp_migrate_req`: the sysctl as the serving process sees it (its own network
+/// namespace: the host's with the chart), read at scrape time, so a node where a
+/// handover can reset TCP connections shows 0. Absent on a kernel without it.
+#[derive(Debug)]
+pub struct MigrateReqCollector;
+
+impl prometheus_client::collector::Collector for MigrateReqCollector {
+    fn encode(
+        &self,
+        mut enc: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        let Ok(text) = std::fs::read_to_string(Path::new("/proc").join(TCP_MIGRATE_REQ)) else {
+            return Ok(());
+        };
+        let g = prometheus_client::metrics::gauge::ConstGauge::new(i64::from(text.trim() == "1"));
+        g.encode(enc.encode_descriptor(
+            "tcp_migrate_req",
+            "net.ipv4.tcp_migrate_req in the proxy's network namespace: 1 when a SIGTERM handover moves connections not yet accepted to the new process, 0 when they can be reset",
+            None,
+            g.metric_type(),
+        )?)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,6 +112,21 @@ mod tests {
         assert!(!ro.is_on());
         assert!(ro.describe().contains("set it on the node"));
         assert!(MigrateReq::TurnedOn.is_on() && MigrateReq::AlreadyOn.is_on());
+    }
+
+    #[test]
+    fn the_gauge_follows_the_sysctl() {
+        let mut r = prometheus_client::registry::Registry::with_prefix("dot_proxy");
+        r.register_collector(Box::new(MigrateReqCollector));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &r).expect("encode");
+        match std::fs::read_to_string(Path::new("/proc").join(TCP_MIGRATE_REQ)) {
+            Ok(v) => assert!(
+                out.contains(&format!("dot_proxy_tcp_migrate_req {}", v.trim())),
+                "{out}"
+            ),
+            Err(_) => assert!(!out.contains("dot_proxy_tcp_migrate_req "), "{out}"),
+        }
     }
 
     #[test]
