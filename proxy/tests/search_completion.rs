@@ -235,19 +235,26 @@ fn tools_missing() -> Option<String> {
     None
 }
 
-#[test]
-fn glibc_and_musl_resolve_the_same_with_fewer_queries() {
-    const TEST: &str = "glibc_and_musl_resolve_the_same_with_fewer_queries";
+/// The test's network namespace with the two client addresses on its loopback, or None
+/// (skipped) without the tools or root.
+fn pod_netns(test: &str) -> Option<Netns> {
     if let Some(why) = tools_missing() {
-        skip::skip(TEST, &why);
-        return;
+        skip::skip(test, &why);
+        return None;
     }
-    let Some(ns) = Netns::create(TEST) else {
-        return;
-    };
+    let ns = Netns::create(test)?;
     for ip in [POD, HOST_NETWORK_POD] {
         ns.ok(&["ip", "addr", "add", &format!("{ip}/32"), "dev", "lo"]);
     }
+    Some(ns)
+}
+
+#[test]
+fn glibc_and_musl_resolve_the_same_with_fewer_queries() {
+    const TEST: &str = "glibc_and_musl_resolve_the_same_with_fewer_queries";
+    let Some(ns) = pod_netns(TEST) else {
+        return;
+    };
     // A global IPv6 address, as a dual-stack pod has: glibc's getaddrinfo (AI_ADDRCONFIG)
     // then asks AAAA as well as A.
     ns.ok(&["ip", "addr", "add", "fd00:77::5/128", "dev", "lo", "nodad"]);
@@ -358,16 +365,9 @@ fn glibc_and_musl_resolve_the_same_with_fewer_queries() {
 #[test]
 fn glibc_sees_cached_addresses_in_turn() {
     const TEST: &str = "glibc_sees_cached_addresses_in_turn";
-    if let Some(why) = tools_missing() {
-        skip::skip(TEST, &why);
-        return;
-    }
-    let Some(ns) = Netns::create(TEST) else {
+    let Some(ns) = pod_netns(TEST) else {
         return;
     };
-    for ip in [POD, HOST_NETWORK_POD] {
-        ns.ok(&["ip", "addr", "add", &format!("{ip}/32"), "dev", "lo"]);
-    }
     let servers = start_servers(&ns);
     let resolv = resolv_conf(ns.dir.path(), POD);
     let proxy = start_proxy(&ns, &servers, false);

@@ -316,14 +316,7 @@ async fn claim(dpc: &DotProxyConfig, ctx: &Context) -> Result<DotProxyConfig, Er
         "metadata": {"resourceVersion": dpc.resource_version()},
         "status": serde_json::to_value(&status)?,
     });
-    let api: Api<DotProxyConfig> = Api::namespaced(ctx.client.clone(), &ns);
-    api.patch_status(
-        &dpc.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    ctx.metrics.wrote(WriteKind::Status);
+    apply_status(ctx, &ns, &dpc.name_any(), &patch).await?;
     info!(namespace = %ns, name = %dpc.name_any(), release = ?ctx.release, "claimed a resource without a release label");
     let mut claimed = dpc.clone();
     claimed.status = Some(status);
@@ -349,16 +342,26 @@ async fn write_status(
     if dpc.status.as_ref() == Some(&status) {
         return Ok(());
     }
-    let api: Api<DotProxyConfig> = Api::namespaced(ctx.client.clone(), ns);
     let patch = serde_json::json!({
         "apiVersion": DotProxyConfig::api_version(&()),
         "kind": DotProxyConfig::kind(&()),
         "status": serde_json::to_value(&status)?,
     });
+    apply_status(ctx, ns, &dpc.name_any(), &patch).await
+}
+
+/// Server-side applies a status patch as the operator's field manager, counted.
+async fn apply_status(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    patch: &serde_json::Value,
+) -> Result<(), Error> {
+    let api: Api<DotProxyConfig> = Api::namespaced(ctx.client.clone(), ns);
     api.patch_status(
-        &dpc.name_any(),
+        name,
         &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
+        &Patch::Apply(patch),
     )
     .await?;
     ctx.metrics.wrote(WriteKind::Status);

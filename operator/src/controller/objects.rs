@@ -186,14 +186,15 @@ mod tests {
         d
     }
 
+    /// The content of a ConfigMap `name` holding `body` under `key`.
+    fn content(name: &str, key: &str, body: &str) -> ConfigMapContent {
+        ConfigMapContent::new(name.into(), key.into(), body.into())
+    }
+
     #[test]
     fn objects_carry_labels_hash_and_owner() {
         let d = dpc();
-        let content = ConfigMapContent::new(
-            "dot-proxy-config".into(),
-            "config.yaml".into(),
-            "listen: []\n".into(),
-        );
+        let content = content("dot-proxy-config", "config.yaml", "listen: []\n");
         let cm = config_map(&d, &content, Role::Config);
         assert_eq!(cm.metadata.namespace.as_deref(), Some("dot-proxy"));
         assert_eq!(cm.annotations().get(HASH_ANNOTATION), Some(&content.hash));
@@ -237,12 +238,11 @@ mod tests {
     fn ownership_follows_the_controller_reference_then_the_field_manager() {
         use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
         let d = dpc();
-        let content = ConfigMapContent::new(
-            "dot-proxy-config".into(),
-            "config.yaml".into(),
-            "listen: []\n".into(),
+        let ours = config_map(
+            &d,
+            &content("dot-proxy-config", "config.yaml", "listen: []\n"),
+            Role::Config,
         );
-        let ours = config_map(&d, &content, Role::Config);
         assert_eq!(ownership(&d, &ours), Ownership::Ours);
 
         // The same name, recreated (another uid): the old one's until collected.
@@ -300,12 +300,11 @@ mod tests {
     #[test]
     fn stale_maps_are_only_our_own() {
         let d = dpc();
-        let content = ConfigMapContent::new(
-            "dot-proxy-config-overrides-9".into(),
-            "shard-9.yaml".into(),
-            "{}\n".into(),
+        let ours = config_map(
+            &d,
+            &content("dot-proxy-config-overrides-9", "shard-9.yaml", "{}\n"),
+            Role::Overrides,
         );
-        let ours = config_map(&d, &content, Role::Overrides);
         let mut foreign = ours.clone();
         foreign.metadata.owner_references = None;
         let existing = [ours, foreign];

@@ -309,19 +309,7 @@ async fn second_process_takes_over_on_sigterm_without_losing_queries() {
         return;
     }
     let up = Upstream::start().await;
-    let dir = tempfile::tempdir().expect("tmp");
-    let file = dir.path().join("config.yaml");
-    let port = free_port();
-    std::fs::write(
-        &file,
-        yaml_for(
-            &up,
-            &format!("127.0.0.1:{port}"),
-            "shutdown_grace: 5s\ntcp: {max_connections_per_client: 1024}\n",
-        ),
-    )
-    .expect("write");
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let (_dir, file, addr) = handover::handover_config(&up, 1024);
     // Both processes share the admin port (SO_REUSEPORT), as a surge pod beside the old one
     // does on a host-network DaemonSet: probed throughout, it must only ever be answered by
     // a process that serves (bound once ready, released first when draining).

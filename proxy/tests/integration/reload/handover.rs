@@ -20,6 +20,28 @@ pub(super) fn tcp_migrate_req_on(test: &str) -> bool {
     }
 }
 
+/// A config file for `up` on a free loopback port, as the handover tests run it (a 5 s
+/// drain, `per_client` TCP connections per client): its directory, path and address.
+pub(super) fn handover_config(
+    up: &Upstream,
+    per_client: usize,
+) -> (tempfile::TempDir, std::path::PathBuf, std::net::SocketAddr) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("config.yaml");
+    let port = free_port();
+    std::fs::write(
+        &file,
+        yaml_for(
+            up,
+            &format!("127.0.0.1:{port}"),
+            &format!("shutdown_grace: 5s\ntcp: {{max_connections_per_client: {per_client}}}\n"),
+        ),
+    )
+    .expect("write");
+    let addr = format!("127.0.0.1:{port}").parse().expect("addr");
+    (dir, file, addr)
+}
+
 /// GET /readyz on `admin` answers 200 (the process serves) within `limit`.
 async fn ready_within(admin: std::net::SocketAddr, limit: Duration) -> bool {
     let end = std::time::Instant::now() + limit;
@@ -43,19 +65,7 @@ async fn twenty_sigterm_handovers_under_load_lose_no_tcp_query() {
         return;
     }
     let up = Upstream::start().await;
-    let dir = tempfile::tempdir().expect("tmp");
-    let file = dir.path().join("config.yaml");
-    let port = free_port();
-    std::fs::write(
-        &file,
-        yaml_for(
-            &up,
-            &format!("127.0.0.1:{port}"),
-            "shutdown_grace: 5s\ntcp: {max_connections_per_client: 4096}\n",
-        ),
-    )
-    .expect("write");
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let (_dir, file, addr) = handover_config(&up, 4096);
     // Each process its own admin port, to tell when the new one is ready.
     let admin =
         || -> std::net::SocketAddr { format!("127.0.0.1:{}", free_port()).parse().expect("addr") };
