@@ -4,6 +4,12 @@
 
 use super::{opt, rtype};
 
+mod names;
+mod rotation;
+use names::{check_name, check_rdata_names, Rewritten};
+pub use rotation::Rotation;
+use rotation::{first_rotation, AddrRecord, CLASS_IN};
+
 pub const HEADER_LEN: usize = 12;
 const MAX_NAME_LEN: usize = 255;
 const MAX_POINTERS: usize = 64;
@@ -485,86 +491,6 @@ pub struct ResponseInfo {
     pub rotation: Option<Rotation>,
 }
 
-/// Where the addresses of one RRset lie in a message: `n` records, `stride` bytes apart,
-/// each address `len` bytes long, the first at `at`. Names never point into them
-/// ([`parse_response`] refuses a message whose names do), so their order may change per
-/// client without changing any name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Rotation {
-    pub at: u16,
-    pub stride: u16,
-    pub n: u16,
-    pub len: u8,
-}
-
-impl Rotation {
-    /// Writes the addresses of `src` into `out` (a copy of it) turned `turn` places: the
-    /// address first in `src` is the `turn % n`-th in `out`, the others following in
-    /// their order (round robin).
-    pub fn apply(&self, src: &[u8], turn: u32, out: &mut [u8]) {
-        let n = usize::from(self.n);
-        if n < 2 {
-            return;
-        }
-        let r = turn as usize % n;
-        if r == 0 {
-            return;
-        }
-        let (at, stride, len) = (
-            usize::from(self.at),
-            usize::from(self.stride),
-            usize::from(self.len),
-        );
-        for k in 0..n {
-            let from = at + ((k + r) % n) * stride;
-            let to = at + k * stride;
-            if let (Some(s), Some(d)) = (src.get(from..from + len), out.get_mut(to..to + len)) {
-                d.copy_from_slice(s);
-            }
-        }
-    }
-}
-
-const CLASS_IN: u16 = 1;
-
-/// An address record of the answer section: where it starts, where its address is, and
-/// where it ends.
-#[derive(Debug, Clone, Copy)]
-struct AddrRecord {
-    start: usize,
-    ttl_at: usize,
-    rdata_at: usize,
-    end: usize,
-}
-
-/// The first run of at least two address records that follow each other with the same
-/// owner bytes, type and class, and the same length.
-fn first_rotation(b: &[u8], recs: &[AddrRecord]) -> Option<Rotation> {
-    let same = |x: &AddrRecord, y: &AddrRecord| {
-        x.end == y.start
-            && x.end - x.start == y.end - y.start
-            && b.get(x.start..x.ttl_at) == b.get(y.start..y.ttl_at)
-    };
-    let mut i = 0;
-    while i < recs.len() {
-        let mut j = i + 1;
-        while j < recs.len() && same(&recs[j - 1], &recs[j]) {
-            j += 1;
-        }
-        if j - i >= 2 {
-            let first = recs[i];
-            return Some(Rotation {
-                at: u16::try_from(first.rdata_at).ok()?,
-                stride: u16::try_from(first.end - first.start).ok()?,
-                n: u16::try_from(j - i).ok()?,
-                len: u8::try_from(first.end - first.rdata_at).ok()?,
-            });
-        }
-        i = j;
-    }
-    None
-}
-
 /// Walks a response, checking every record fits, and collects TTL positions.
 pub fn parse_response(b: &[u8]) -> Result<ResponseInfo, WireError> {
     if b.len() < HEADER_LEN {
@@ -640,120 +566,6 @@ pub fn parse_response(b: &[u8]) -> Result<ResponseInfo, WireError> {
     }
     info.rotation = first_rotation(b, &addrs);
     Ok(info)
-}
-
-/// Bytes of a response that the proxy rewrites for each client: the header (ID, flags,
-/// counts), the question (copied from the client's), every TTL field, and the addresses of
-/// the answer section (their order turns from one client to the next).
-struct Rewritten<'a> {
-    question_end: usize,
-    /// TTL offsets, ascending.
-    ttls: &'a [(u32, u32)],
-    /// Address records of the answer section, ascending.
-    addrs: &'a [AddrRecord],
-}
-
-impl Rewritten<'_> {
-    /// True for byte `pos`. Names may point into the question's name (the client's own
-    /// letter case then shows in them, as it should) but not into its type and class.
-    fn contains(&self, pos: usize) -> bool {
-        pos < HEADER_LEN
-            || (self.question_end.saturating_sub(4)..self.question_end).contains(&pos)
-            || rewritten_ttl(pos, self.ttls)
-            || {
-                let i = self.addrs.partition_point(|r| r.end <= pos);
-                self.addrs.get(i).is_some_and(|r| r.rdata_at <= pos)
-            }
-    }
-}
-
-fn rewritten_ttl(pos: usize, ttls: &[(u32, u32)]) -> bool {
-    let i = ttls.partition_point(|&(at, _)| at as usize + 4 <= pos);
-    ttls.get(i).is_some_and(|&(at, _)| at as usize <= pos)
-}
-
-/// Follows a (possibly compressed) name of a response, checking that every byte it reads
-/// lies outside the bytes rewritten per client: a name that points into the ID or a TTL
-/// would read differently for each client it is served to. A pointer leads to a prior
-/// occurrence (RFC 1035 4.1.4): the name it leads to must lie wholly before the pointer,
-/// so no walk ends in bytes the stored answer drops (the OPT record, always last).
-/// Returns the name's end.
-fn check_name(b: &[u8], start: usize, rw: &Rewritten<'_>) -> Result<usize, WireError> {
-    let mut at = start;
-    let mut end = None;
-    // Bytes from here on may not be read: the position of the last pointer followed.
-    let mut limit = b.len();
-    let mut total = 0usize;
-    let mut jumps = 0;
-    loop {
-        let len = *b
-            .get(at)
-            .filter(|_| at < limit)
-            .ok_or(WireError::Malformed(
-                "name runs past the end or its pointer",
-            ))?;
-        if rw.contains(at) {
-            return Err(WireError::Malformed(
-                "name inside bytes rewritten per client",
-            ));
-        }
-        match len & 0xC0 {
-            0x00 if len == 0 => return Ok(end.unwrap_or(at + 1)),
-            0x00 => {
-                let l = len as usize;
-                total += 1 + l;
-                if total > MAX_NAME_LEN || at + 1 + l > limit {
-                    return Err(WireError::Malformed("bad label"));
-                }
-                if (at + 1..at + 1 + l).any(|p| rw.contains(p)) {
-                    return Err(WireError::Malformed(
-                        "name inside bytes rewritten per client",
-                    ));
-                }
-                at += 1 + l;
-            }
-            0xC0 => {
-                let ptr = (u16_at(b, at).ok_or(WireError::Malformed("truncated pointer"))? & 0x3FFF)
-                    as usize;
-                jumps += 1;
-                if jumps > MAX_POINTERS || ptr >= at || at + 2 > limit || rw.contains(at + 1) {
-                    return Err(WireError::Malformed("forward compression pointer"));
-                }
-                end.get_or_insert(at + 2);
-                limit = at;
-                at = ptr;
-            }
-            _ => return Err(WireError::Malformed("unknown label type")),
-        }
-    }
-}
-
-/// Checks the names inside the RDATA of the record types that may be compressed (RFC 3597
-/// section 4: only the types of RFC 1035, plus MX and SRV in practice): each must lie
-/// inside its own RDATA and read the same for every client.
-fn check_rdata_names(b: &[u8], rec: &RecordPos, rw: &Rewritten<'_>) -> Result<(), WireError> {
-    let single = |at: usize| -> Result<(), WireError> {
-        if check_name(b, at, rw)? == rec.end {
-            Ok(())
-        } else {
-            Err(WireError::Malformed("name does not fit its RDATA"))
-        }
-    };
-    match rec.rtype {
-        rtype::NS | rtype::CNAME | rtype::PTR | rtype::DNAME => single(rec.rdata_at),
-        rtype::MX => single(rec.rdata_at + 2),
-        rtype::SRV => single(rec.rdata_at + 6),
-        rtype::SOA => {
-            let mname_end = check_name(b, rec.rdata_at, rw)?;
-            let rname_end = check_name(b, mname_end, rw)?;
-            if rname_end + 20 == rec.end {
-                Ok(())
-            } else {
-                Err(WireError::Malformed("SOA fields do not fit its RDATA"))
-            }
-        }
-        _ => Ok(()),
-    }
 }
 
 /// Compares two wire-format names case-insensitively (both uncompressed).
