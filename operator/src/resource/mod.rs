@@ -1,19 +1,16 @@
 //! The custom resource: `DotProxyConfig` in `dns.dot-proxy.io/v1alpha1`.
 
 mod camel;
-mod checked;
 mod sections;
 mod spec;
 mod status;
 
 pub use camel::{camel_case, Camel, Section};
-pub use checked::Checked;
 pub use spec::{
-    AnnotationGrantsSpec, BlockListSpec, CacheSpec, CacheZoneSpec, DnstapSpec, DotProxyConfig,
-    DotProxyConfigSpec, FilterAaaaSpec, LogSpec, NamespaceGrant, NamespaceSelector, NodeLocalSpec,
-    PolicySpec, PrefetchSpec, PrivacySpec, RateLimitSpec, RewriteSpec, SearchCompletionSpec,
-    SelectorOperator, SelectorRequirement, StaticAnswerSpec, TargetSpec, UpstreamGroupSpec,
-    UpstreamServerSpec, ZoneSpec, MAX_OVERRIDE_SHARDS,
+    AnnotationGrantsSpec, CacheSpec, CacheZoneSpec, DnstapSpec, DotProxyConfig, DotProxyConfigSpec,
+    FilterAaaaSpec, LogSpec, NamespaceGrant, NamespaceSelector, NodeLocalSpec, PolicySpec,
+    PrefetchSpec, PrivacySpec, RateLimitSpec, SearchCompletionSpec, SelectorOperator,
+    SelectorRequirement, TargetSpec, UpstreamGroupSpec, ZoneSpec, MAX_OVERRIDE_SHARDS,
 };
 pub use status::{DotProxyConfigStatus, ANNOTATIONS_IGNORED, INVALID, OVERRIDES_TRUNCATED, READY};
 

@@ -327,12 +327,12 @@ const REFUSED: &[(&str, Change, &str)] = &[
     ),
     (
         "cname with an address",
-        |d| d.spec.policy.static_answers[2].a = vec!["10.0.0.1".into()],
+        |d| d.spec.policy.static_answers[2].a = vec![std::net::Ipv4Addr::new(10, 0, 0, 1)],
         "a static answer with cname takes no a, aaaa or txt",
     ),
     (
         "cname with aaaa",
-        |d| d.spec.policy.static_answers[2].aaaa = vec!["fd00::1".into()],
+        |d| d.spec.policy.static_answers[2].aaaa = vec!["fd00::1".parse().expect("ip")],
         "a static answer with cname takes no a, aaaa or txt",
     ),
     (
@@ -379,8 +379,7 @@ const REFUSED: &[(&str, Change, &str)] = &[
         "DoH without a name",
         |d| {
             let s = &mut d.spec.upstream_groups[0].servers[0];
-            s.protocol =
-                dot_proxy_operator::resource::Checked::Known(dot_proxy_config::Protocol::Https);
+            s.protocol = dot_proxy_config::Protocol::Https;
             s.tls_name = None;
         },
         "a TLS server needs tlsName",
@@ -443,20 +442,21 @@ const ACCEPTED: &[(&str, Change)] = &[
     }),
     ("DNS over HTTPS on 443 with its own path", |d| {
         let s = &mut d.spec.upstream_groups[0].servers[0];
-        s.protocol =
-            dot_proxy_operator::resource::Checked::Known(dot_proxy_config::Protocol::Https);
-        s.address = "1.1.1.1".into();
+        s.protocol = dot_proxy_config::Protocol::Https;
+        s.address = "1.1.1.1:443".parse().expect("addr");
         s.path = Some("/dns-query".into());
     }),
     ("DNS over QUIC", |d| {
         let s = &mut d.spec.upstream_groups[0].servers[0];
-        s.protocol = dot_proxy_operator::resource::Checked::Known(dot_proxy_config::Protocol::Quic);
+        s.protocol = dot_proxy_config::Protocol::Quic;
     }),
     ("pin-only TLS", |d| {
         let s = &mut d.spec.upstream_groups[0].servers[0];
         s.tls_name = None;
         s.verify_ca = false;
-        s.spki_pins = vec!["YLh1dUR9y6Kja30RrAn7JKnbQG/uEtLMkBgFF2Fuihg=".into()];
+        s.spki_pins = vec!["YLh1dUR9y6Kja30RrAn7JKnbQG/uEtLMkBgFF2Fuihg="
+            .parse()
+            .expect("pin")];
     }),
 ];
 
