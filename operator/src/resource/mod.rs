@@ -4,13 +4,12 @@ mod camel;
 mod sections;
 mod spec;
 mod status;
+mod unknown;
 
 pub use camel::{camel_case, Camel, Section};
 pub use spec::{
-    AnnotationGrantsSpec, CacheSpec, CacheZoneSpec, DnstapSpec, DotProxyConfig, DotProxyConfigSpec,
-    FilterAaaaSpec, LogSpec, NamespaceGrant, NamespaceSelector, NodeLocalSpec, PolicySpec,
-    PrefetchSpec, PrivacySpec, RateLimitSpec, SearchCompletionSpec, SelectorOperator,
-    SelectorRequirement, TargetSpec, UpstreamGroupSpec, ZoneSpec, MAX_OVERRIDE_SHARDS,
+    AnnotationGrantsSpec, DotProxyConfig, DotProxyConfigSpec, NamespaceGrant, NamespaceSelector,
+    SelectorOperator, SelectorRequirement, TargetSpec, UpstreamGroupSpec, MAX_OVERRIDE_SHARDS,
 };
 pub use status::{DotProxyConfigStatus, ANNOTATIONS_IGNORED, INVALID, OVERRIDES_TRUNCATED, READY};
 

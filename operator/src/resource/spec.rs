@@ -74,7 +74,9 @@ pub const MAX_OVERRIDE_SHARDS: u32 = 64;
         json_path = ".metadata.creationTimestamp"
     )
 )]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+// `remote = "Self"`: the derived (strict) serde is `DotProxyConfigSpec::{serialize,
+// deserialize}`; the trait impls (unknown.rs) decode leniently around it.
+#[serde(rename_all = "camelCase", deny_unknown_fields, remote = "Self")]
 #[schemars(extend("x-kubernetes-validations" = [
     {
         "rule": "self.zones.exists(z, z.zone == '.')",
@@ -164,6 +166,11 @@ pub struct DotProxyConfigSpec {
     /// pick an upstream group is each group's `grantedTo`.)
     #[serde(default)]
     pub annotation_grants: AnnotationGrantsSpec,
+
+    /// Fields of the object this build does not know (written under a newer CRD), as
+    /// paths (`spec.cache.newSetting`): left out when decoding, reported in the status.
+    #[serde(skip)]
+    pub unknown_fields: Vec<String>,
 }
 
 impl NamespaceGrant {
@@ -310,16 +317,3 @@ impl Default for TargetSpec {
         }
     }
 }
-
-/// The proxy's own sections as the resource names them (kept for callers of the old names).
-pub type CacheSpec = Camel<CacheConfig>;
-pub type RateLimitSpec = Camel<RateLimitConfig>;
-pub type PrivacySpec = Camel<PrivacyConfig>;
-pub type LogSpec = Camel<LogConfig>;
-pub type DnstapSpec = Camel<DnstapConfig>;
-pub type SearchCompletionSpec = Camel<SearchCompletionConfig>;
-pub type FilterAaaaSpec = Camel<FilterAaaaConfig>;
-pub type NodeLocalSpec = Camel<NodeLocalConfig>;
-pub type PolicySpec = Camel<PolicyConfig>;
-pub type ZoneSpec = ZoneRoute;
-pub use dot_proxy_config::{CacheZone as CacheZoneSpec, PrefetchConfig as PrefetchSpec};

@@ -416,7 +416,7 @@ const ACCEPTED: &[(&str, Change)] = &[
         d.spec.allow_plain_default = true;
     }),
     ("the cluster domain cached briefly", |d| {
-        d.spec.cache.zones = vec![dot_proxy_operator::resource::CacheZoneSpec {
+        d.spec.cache.zones = vec![dot_proxy_config::CacheZone {
             zone: "cluster.local".into(),
             min_ttl: None,
             max_ttl: Some(30),
