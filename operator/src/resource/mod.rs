@@ -1,17 +1,20 @@
 //! The custom resource: `DotProxyConfig` in `dns.dot-proxy.io/v1alpha1`.
 
 mod camel;
+mod grants;
 mod sections;
 mod spec;
 mod status;
+mod target;
 mod unknown;
 
 pub use camel::{camel_case, Camel, Section};
-pub use spec::{
-    AnnotationGrantsSpec, DotProxyConfig, DotProxyConfigSpec, NamespaceGrant, NamespaceSelector,
-    SelectorOperator, SelectorRequirement, TargetSpec, UpstreamGroupSpec, MAX_OVERRIDE_SHARDS,
+pub use grants::{
+    AnnotationGrantsSpec, NamespaceGrant, NamespaceSelector, SelectorOperator, SelectorRequirement,
 };
+pub use spec::{DotProxyConfig, DotProxyConfigSpec, UpstreamGroupSpec, MAX_OVERRIDE_SHARDS};
 pub use status::{DotProxyConfigStatus, ANNOTATIONS_IGNORED, INVALID, OVERRIDES_TRUNCATED, READY};
+pub use target::TargetSpec;
 
 use kube::CustomResourceExt;
 

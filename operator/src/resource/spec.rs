@@ -11,8 +11,6 @@
 //! lengths, and CEL rules (`x-kubernetes-validations`) for references between fields. Whatever
 //! passes still goes through the proxy's `Config::validate()` before anything is written.
 
-use std::collections::BTreeMap;
-
 use dot_proxy_config::{
     CacheConfig, DnstapConfig, FilterAaaaConfig, LogConfig, NodeLocalConfig, PolicyConfig,
     PrivacyConfig, RateLimitConfig, SearchCompletionConfig, UpstreamGroup, ZoneRoute,
@@ -22,7 +20,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::camel::Camel;
+use super::grants::{AnnotationGrantsSpec, NamespaceGrant};
 use super::status::DotProxyConfigStatus;
+use super::target::TargetSpec;
 
 /// Most shards a resource may use (`target.overrideShards` and `target.maxOverrideShards`
 /// stop here; the chart's Role names this many).
@@ -173,77 +173,6 @@ pub struct DotProxyConfigSpec {
     pub unknown_fields: Vec<String>,
 }
 
-impl NamespaceGrant {
-    pub fn is_empty(&self) -> bool {
-        self.namespaces.is_empty() && self.namespace_selector.is_none()
-    }
-}
-
-/// `spec.annotationGrants`: one namespace grant per privileged annotation.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
-pub struct AnnotationGrantsSpec {
-    /// `dns.dot-proxy.io/rate-limit-exempt: "true"` (no limit at all).
-    pub rate_limit_exempt: NamespaceGrant,
-    /// `dns.dot-proxy.io/qps` above `rateLimit.qps`, or `dns.dot-proxy.io/burst` above
-    /// `rateLimit.burst`. A rate at or below the default needs no grant: it only limits the
-    /// pod itself.
-    pub rate_above_default: NamespaceGrant,
-}
-
-/// The namespaces granted something: those named in `namespaces`, and those whose labels
-/// match `namespaceSelector` (a standard label selector; `{}` selects every namespace).
-/// Empty (the default): no namespace.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
-pub struct NamespaceGrant {
-    /// Namespace names.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 256), inner(length(min = 1, max = 63)))]
-    pub namespaces: Vec<String>,
-    /// Namespaces whose labels match (`matchLabels`, `matchExpressions`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub namespace_selector: Option<NamespaceSelector>,
-}
-
-/// A label selector on namespaces, as Kubernetes writes one (`matchLabels` and
-/// `matchExpressions`, all of which must match; `{}` matches every namespace), with bounds
-/// on every list and string so the API server's CEL cost estimate stays bounded.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
-pub struct NamespaceSelector {
-    /// Labels the namespace must carry, with these values.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(extend("maxProperties" = 16))]
-    pub match_labels: BTreeMap<String, String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 16))]
-    pub match_expressions: Vec<SelectorRequirement>,
-}
-
-/// One `matchExpressions` entry.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct SelectorRequirement {
-    /// The label key.
-    #[schemars(length(min = 1, max = 317))]
-    pub key: String,
-    pub operator: SelectorOperator,
-    /// For `In` and `NotIn` (at least one); empty for `Exists` and `DoesNotExist`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64), inner(length(max = 63)))]
-    pub values: Vec<String>,
-}
-
-/// A `matchExpressions` operator.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub enum SelectorOperator {
-    In,
-    NotIn,
-    Exists,
-    DoesNotExist,
-}
-
 fn default_listen() -> Vec<String> {
     vec!["169.254.20.10:53".into()]
 }
@@ -277,43 +206,5 @@ impl std::ops::Deref for UpstreamGroupSpec {
 impl std::ops::DerefMut for UpstreamGroupSpec {
     fn deref_mut(&mut self) -> &mut UpstreamGroup {
         &mut self.group
-    }
-}
-
-/// Which proxies this resource configures.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
-pub struct TargetSpec {
-    /// Name of the main ConfigMap, written in this resource's namespace with key `config.yaml`.
-    /// The override shards are `<configMapName>-overrides-<i>`.
-    #[schemars(
-        length(min = 1, max = 200),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-    )]
-    pub config_map_name: String,
-    /// Number of override shard ConfigMaps. The chart mounts exactly this many, so change both
-    /// together. Each node's pod overrides go to shard `fnv1a64(nodeName) % overrideShards`.
-    #[schemars(range(min = 1, max = MAX_OVERRIDE_SHARDS))]
-    pub override_shards: u32,
-    /// Largest shard count the operator may grow to when a shard would pass 900 KiB: it
-    /// doubles `overrideShards` up to this (the proxies must mount this many; the chart
-    /// does). Unset, or below `overrideShards`: no growth. When a shard still does not fit,
-    /// pods are left out of it (fair share by namespace) and counted in the status
-    /// (`overridesTruncated`); the main ConfigMap is always written.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = MAX_OVERRIDE_SHARDS))]
-    pub max_override_shards: Option<u32>,
-    /// Only pods on nodes with all these labels get their annotation overrides. Empty: all nodes.
-    pub node_selector: BTreeMap<String, String>,
-}
-
-impl Default for TargetSpec {
-    fn default() -> Self {
-        TargetSpec {
-            config_map_name: "dot-proxy-config".into(),
-            override_shards: 8,
-            max_override_shards: None,
-            node_selector: BTreeMap::new(),
-        }
     }
 }
