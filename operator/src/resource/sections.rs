@@ -139,13 +139,10 @@ impl Section for NodeLocalConfig {
 /// address may be a bare IP, for its protocol's default port; the servers' own CA files are
 /// not offered (the proxies' filesystem is the chart's).
 impl Section for UpstreamGroup {
+    /// The proxy's defaults for every field that has one (a new field needs nothing here).
     fn k8s_default() -> Self {
-        UpstreamGroup {
-            name: String::new(),
-            policy: Default::default(),
-            timeout: dot_proxy_config::default_query_timeout(),
-            servers: Vec::new(),
-        }
+        serde_json::from_value(json!({"name": "", "servers": []}))
+            .expect("a group needs only a name and servers")
     }
     const HIDDEN: &'static [&'static str] = &["servers.[].ca_file"];
     fn prepare(value: &mut Value) {
