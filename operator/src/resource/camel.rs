@@ -185,24 +185,25 @@ fn properties_mut(schema: &mut Value) -> Option<&mut Map<String, Value>> {
     if schema.get("properties").is_some_and(Value::is_object) {
         return schema.get_mut("properties").and_then(Value::as_object_mut);
     }
-    let obj = schema.as_object_mut()?;
-    obj.iter_mut()
-        .filter(|(k, _)| ["anyOf", "oneOf", "allOf"].contains(&k.as_str()))
-        .filter_map(|(_, v)| v.as_array_mut())
-        .flatten()
-        .find_map(properties_mut)
+    branches_mut(schema).find_map(properties_mut)
 }
 
 fn elements_mut(schema: &mut Value) -> Option<&mut Value> {
     if schema.get("items").is_some() {
         return schema.get_mut("items");
     }
-    let obj = schema.as_object_mut()?;
-    obj.iter_mut()
+    branches_mut(schema).find_map(elements_mut)
+}
+
+/// The `anyOf`/`oneOf`/`allOf` branches of a schema (an optional struct has two).
+fn branches_mut(schema: &mut Value) -> impl Iterator<Item = &mut Value> {
+    schema
+        .as_object_mut()
+        .into_iter()
+        .flat_map(|o| o.iter_mut())
         .filter(|(k, _)| ["anyOf", "oneOf", "allOf"].contains(&k.as_str()))
         .filter_map(|(_, v)| v.as_array_mut())
         .flatten()
-        .find_map(elements_mut)
 }
 
 /// Renames the keys of struct objects in `value` (guided by `schema`): to camelCase when
