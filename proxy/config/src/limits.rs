@@ -26,7 +26,9 @@ impl<T: PartialOrd + Copy + std::fmt::Display> Range<T> {
 
 pub const WORKERS: Range<u64> = Range::new(0, 1024);
 pub const POOL_SIZE: Range<u64> = Range::new(1, 64);
-/// Servers in one upstream group, and SPKI pins on one server.
+/// Servers in one upstream group, and SPKI pins on one server. This and the `policy` list
+/// bounds below are the CRD's only (they bound the API server's CEL cost estimate); a
+/// standalone proxy takes longer lists.
 pub const SERVERS: Range<u64> = Range::new(1, 8);
 pub const SPKI_PINS: Range<u64> = Range::new(0, 8);
 

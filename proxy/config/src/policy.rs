@@ -161,13 +161,6 @@ pub struct RewriteRule {
 
 impl PolicyConfig {
     pub(crate) fn check(&self, e: &mut Errors) {
-        e.length(
-            "static_answers",
-            self.static_answers.len(),
-            limits::STATIC_ANSWERS,
-        );
-        e.length("blocklists", self.blocklists.len(), limits::BLOCKLISTS);
-        e.length("rewrites", self.rewrites.len(), limits::REWRITES);
         for (i, r) in self.static_answers.iter().enumerate() {
             r.check(&mut e.at("static_answers").index(i));
         }
@@ -187,13 +180,6 @@ impl StaticRule {
             e.field("name", m);
         }
         e.range("ttl", self.ttl.into(), limits::STATIC_TTL);
-        for (field, n) in [
-            ("a", self.a.len()),
-            ("aaaa", self.aaaa.len()),
-            ("txt", self.txt.len()),
-        ] {
-            e.length(field, n, limits::RECORDS);
-        }
         if self.a.is_empty() && self.aaaa.is_empty() && self.cname.is_none() && self.txt.is_empty()
         {
             e.here("needs at least one of a, aaaa, cname, txt");
@@ -217,8 +203,6 @@ impl BlockList {
         if self.names.is_empty() && self.file.is_none() {
             e.here("needs names or a file");
         }
-        e.length("name", self.name.len(), limits::LABEL_LEN);
-        e.length("names", self.names.len(), limits::BLOCKED_NAMES);
         for (j, n) in self.names.iter().enumerate() {
             if let Err(m) = normalize_name(n, "") {
                 e.at("names").index(j).here(m);
