@@ -168,10 +168,17 @@ pub fn render_files(args: &RenderArgs) -> Result<RenderOutput, RenderCommandErro
             &serde_saphyr::to_string(&cm).map_err(|e| RenderCommandError::Print(e.to_string()))?,
         );
     }
-    let warnings = rendered
-        .problems
+    let warnings = dpc
+        .spec
+        .unknown_fields
         .iter()
-        .map(|p| format!("{}/{}: {}", p.namespace, p.name, p.message))
+        .map(|f| format!("{f}: unknown field, ignored (not in this operator's CRD)"))
+        .chain(
+            rendered
+                .problems
+                .iter()
+                .map(|p| format!("{}/{}: {}", p.namespace, p.name, p.message)),
+        )
         .chain(rendered.truncated.iter().map(|pod| {
             format!("{pod}: overrides left out: its shard is full even at the largest shard count (spec.target.maxOverrideShards)")
         }))

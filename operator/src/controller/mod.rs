@@ -166,6 +166,9 @@ async fn reconcile_inner(
         // Garbage collection removes the ConfigMaps through their owner references.
         return Ok((ReconcileResult::Applied, Action::await_change()));
     }
+    if !dpc.spec.unknown_fields.is_empty() {
+        warn!(namespace = %ns, name = %name, fields = ?dpc.spec.unknown_fields, "fields this operator does not know are ignored (written for a newer CRD); see status.unknownFields");
+    }
     let snapshot = ctx.cluster.borrow().clone();
     let rendered = match render(
         &name,
@@ -339,6 +342,7 @@ async fn write_status(
         // Every status write carries the claim (the one field manager owns the whole status).
         status.release = ctx.release.clone();
     }
+    status.unknown_fields = dpc.spec.unknown_fields.iter().take(64).cloned().collect();
     if dpc.status.as_ref() == Some(&status) {
         return Ok(());
     }

@@ -24,7 +24,7 @@ pub use shards::{
 };
 
 use crate::cluster::{NamespaceLabels, NodeLabels, PodInfo};
-use crate::resource::{Checked, DotProxyConfigSpec};
+use crate::resource::DotProxyConfigSpec;
 use crate::CONFIG_KEY;
 
 /// The data of one ConfigMap to write: a single key.
@@ -172,7 +172,7 @@ pub fn render<'a>(
             if !spec.allow_plain_default
                 && x.servers
                     .iter()
-                    .any(|s| matches!(s.protocol, Checked::Known(Protocol::Plain))) =>
+                    .any(|s| s.protocol == Protocol::Plain) =>
         {
             Err(format!(
                 "group {g:?} is plain DNS and would answer every name the pod asks; allowPlainDefault is off"

@@ -29,21 +29,26 @@ pub trait Section:
 {
     /// The value when the resource leaves the section (or a field of it) out.
     fn k8s_default() -> Self;
-    /// Proxy fields (snake_case) that the resource does not offer.
+    /// Proxy fields that the resource does not offer, as paths in the proxy's names
+    /// (`ca_file`, `servers.[].ca_file`: `[]` is a list's items).
     const HIDDEN: &'static [&'static str] = &[];
+    /// Kubernetes-only shorthands, rewritten into the proxy's form (proxy names) before
+    /// decoding.
+    fn prepare(_value: &mut Value) {}
     /// Kubernetes-only additions to the (camelCase) schema: CEL rules, a description.
     fn patch(_schema: &mut Map<String, Value>) {}
 }
 
 /// A section `T` with camelCase keys. A value the schema refuses but that gets past it (an
 /// object stored under an older CRD, a file given to `dot-proxy-operator render`) still
-/// parses: the section keeps its defaults and [`Camel::problem`] names the field, so
-/// rendering reports an Invalid condition instead of one bad object breaking the watch.
+/// parses: the faulty values are left out (the rest kept) and [`Camel::problems`] names
+/// each, so rendering reports an Invalid condition instead of one bad object breaking the
+/// watch.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Camel<T> {
     value: T,
-    /// What was written, and the (camelCase, relative) field at fault with the reason.
-    invalid: Option<(Value, String, String)>,
+    /// What was written, and each (camelCase, relative) field at fault with the reason.
+    invalid: Option<(Value, Vec<(String, String)>)>,
 }
 
 impl<T: Section> Camel<T> {
@@ -54,11 +59,12 @@ impl<T: Section> Camel<T> {
         }
     }
 
-    /// The field that could not be read (relative to the section, camelCase) and why.
-    pub fn problem(&self) -> Option<(&str, &str)> {
+    /// The fields that could not be read (relative to the section, camelCase; empty for the
+    /// section itself) and why.
+    pub fn problems(&self) -> impl Iterator<Item = (&str, &str)> {
         self.invalid
-            .as_ref()
-            .map(|(_, f, m)| (f.as_str(), m.as_str()))
+            .iter()
+            .flat_map(|(_, p)| p.iter().map(|(f, m)| (f.as_str(), m.as_str())))
     }
 }
 
@@ -75,8 +81,11 @@ impl<T> std::ops::Deref for Camel<T> {
     }
 }
 
+/// A value changed in code is what it holds: what was written, and its problems, are
+/// dropped.
 impl<T> std::ops::DerefMut for Camel<T> {
     fn deref_mut(&mut self) -> &mut T {
+        self.invalid = None;
         &mut self.value
     }
 }
@@ -87,27 +96,46 @@ impl<T: Section> From<T> for Camel<T> {
     }
 }
 
-/// The section's schema as the proxy writes it (snake_case), every subschema inline;
-/// generated once per type.
-fn proxy_schema<T: JsonSchema + 'static>() -> &'static Value {
+/// The section's schema as the proxy writes it (snake_case), every subschema inline, less
+/// the [`Section::HIDDEN`] fields; generated once per type.
+fn proxy_schema<T: Section>() -> &'static Value {
     static SCHEMAS: OnceLock<Mutex<HashMap<TypeId, &'static Value>>> = OnceLock::new();
     let mut schemas = SCHEMAS
         .get_or_init(Mutex::default)
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
-    schemas
-        .entry(TypeId::of::<T>())
-        .or_insert_with(|| Box::leak(Box::new(generate_proxy_schema::<T>())))
+    schemas.entry(TypeId::of::<T>()).or_insert_with(|| {
+        let mut generator = schemars::generate::SchemaSettings::openapi3()
+            .with(|s| {
+                s.inline_subschemas = true;
+                s.meta_schema = None;
+            })
+            .into_generator();
+        let mut schema = Value::from(T::json_schema(&mut generator));
+        hide::<T>(&mut schema);
+        Box::leak(Box::new(schema))
+    })
 }
 
-fn generate_proxy_schema<T: JsonSchema>() -> Value {
-    let mut generator = schemars::generate::SchemaSettings::openapi3()
-        .with(|s| {
-            s.inline_subschemas = true;
-            s.meta_schema = None;
-        })
-        .into_generator();
-    Value::from(T::json_schema(&mut generator))
+/// Removes the [`Section::HIDDEN`] properties from a (snake_case) schema.
+fn hide<T: Section>(schema: &mut Value) {
+    for path in T::HIDDEN {
+        let mut at = Some(&mut *schema);
+        let steps: Vec<&str> = path.split('.').collect();
+        let (last, parents) = steps.split_last().unwrap_or((&"", &[]));
+        for step in parents {
+            at = at.and_then(|s| {
+                if *step == "[]" {
+                    elements_mut(s)
+                } else {
+                    properties_mut(s).and_then(|p| p.get_mut(*step))
+                }
+            });
+        }
+        if let Some(props) = at.and_then(properties_mut) {
+            props.remove(*last);
+        }
+    }
 }
 
 pub fn camel_case(snake: &str) -> String {
@@ -153,9 +181,35 @@ fn elements(schema: &Value) -> Option<&Value> {
     })
 }
 
+fn properties_mut(schema: &mut Value) -> Option<&mut Map<String, Value>> {
+    if schema.get("properties").is_some_and(Value::is_object) {
+        return schema.get_mut("properties").and_then(Value::as_object_mut);
+    }
+    branches_mut(schema).find_map(properties_mut)
+}
+
+fn elements_mut(schema: &mut Value) -> Option<&mut Value> {
+    if schema.get("items").is_some() {
+        return schema.get_mut("items");
+    }
+    branches_mut(schema).find_map(elements_mut)
+}
+
+/// The `anyOf`/`oneOf`/`allOf` branches of a schema (an optional struct has two).
+fn branches_mut(schema: &mut Value) -> impl Iterator<Item = &mut Value> {
+    schema
+        .as_object_mut()
+        .into_iter()
+        .flat_map(|o| o.iter_mut())
+        .filter(|(k, _)| ["anyOf", "oneOf", "allOf"].contains(&k.as_str()))
+        .filter_map(|(_, v)| v.as_array_mut())
+        .flatten()
+}
+
 /// Renames the keys of struct objects in `value` (guided by `schema`): to camelCase when
-/// `to_camel`, back to the proxy's names otherwise, where a key that names no field (a
-/// snake_case one included) is an error. Map keys are kept.
+/// `to_camel` (dropping fields the resource does not offer), back to the proxy's names
+/// otherwise, where a key that names no field (a snake_case one included) is an error. Map
+/// keys are kept.
 fn rename(value: &mut Value, schema: &Value, to_camel: bool) -> Result<(), String> {
     match value {
         Value::Object(obj) => {
@@ -171,7 +225,6 @@ fn rename(value: &mut Value, schema: &Value, to_camel: bool) -> Result<(), Strin
                     });
                     let Some((name, sub)) = found else {
                         if to_camel {
-                            obj.insert(k, v);
                             continue;
                         }
                         return Err(format!("unknown field `{k}`"));
@@ -266,38 +319,54 @@ fn merge(base: &mut Value, over: Value, schema: &Value) {
     }
 }
 
-/// The path (proxy keys and list indices) to the value whose removal makes `ok` pass, as
-/// deep as one goes; empty when no one value does.
-fn locate(root: &Value, at: &[PathStep], ok: &dyn Fn(&Value) -> bool) -> Vec<PathStep> {
-    let Some(node) = walk(root, at) else {
-        return at.to_vec();
-    };
-    let steps: Vec<PathStep> = match node {
+/// The path (proxy keys and list indices) to the value whose removal lets decoding get
+/// further (`further` is given the value and the removed step), as deep as one goes.
+fn locate(
+    root: &Value,
+    at: &[PathStep],
+    further: &dyn Fn(&Value, &PathStep) -> bool,
+) -> Option<Vec<PathStep>> {
+    let steps: Vec<PathStep> = match walk(root, at)? {
         Value::Object(o) => o.keys().cloned().map(PathStep::Key).collect(),
         Value::Array(a) => (0..a.len()).map(PathStep::Index).collect(),
-        _ => return at.to_vec(),
+        _ => return None,
     };
-    for step in steps {
-        let mut trial = root.clone();
-        if let Some(Value::Object(o)) = walk_mut(&mut trial, at) {
-            if let PathStep::Key(k) = &step {
-                o.remove(k);
-            }
-        } else if let Some(Value::Array(a)) = walk_mut(&mut trial, at) {
-            if let PathStep::Index(i) = step {
-                a.remove(i);
-            }
-        }
-        if ok(&trial) {
-            let mut deeper = at.to_vec();
-            deeper.push(step);
-            return locate(root, &deeper, ok);
-        }
+    let child = |step: &PathStep| {
+        let mut p = at.to_vec();
+        p.push(step.clone());
+        p
+    };
+    if let Some(step) = steps
+        .iter()
+        .find(|step| further(&without(root, &child(step)), step))
+    {
+        let p = child(step);
+        return Some(locate(root, &p, further).unwrap_or(p));
     }
-    at.to_vec()
+    // No one removal helps here: the fault may be inside a field that cannot be left out.
+    steps
+        .iter()
+        .find_map(|step| locate(root, &child(step), further))
 }
 
-#[derive(Clone, Debug)]
+/// `root` without the value at `path`.
+fn without(root: &Value, path: &[PathStep]) -> Value {
+    let mut v = root.clone();
+    if let Some((last, parent)) = path.split_last() {
+        match (walk_mut(&mut v, parent), last) {
+            (Some(Value::Object(o)), PathStep::Key(k)) => {
+                o.remove(k);
+            }
+            (Some(Value::Array(a)), PathStep::Index(i)) if *i < a.len() => {
+                a.remove(*i);
+            }
+            _ => {}
+        }
+    }
+    v
+}
+
+#[derive(Clone, Debug, PartialEq)]
 enum PathStep {
     Key(String),
     Index(usize),
@@ -342,29 +411,62 @@ fn describe(path: &[PathStep], schema: &Value) -> (String, Option<String>) {
             }
         }
     }
-    let expected = cur
-        .and_then(|s| s.get("enum"))
-        .and_then(Value::as_array)
-        .map(|vs| {
-            vs.iter()
-                .filter_map(Value::as_str)
-                .collect::<Vec<_>>()
-                .join(", ")
-        });
-    (out, expected)
+    // An enum, or (variants with their own docs) one constant per `oneOf` branch.
+    let values: Vec<&str> = match cur.and_then(|s| s.get("enum")).and_then(Value::as_array) {
+        Some(vs) => vs.iter().filter_map(Value::as_str).collect(),
+        None => cur
+            .and_then(|s| s.get("oneOf"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .flat_map(|b| match (b.get("const"), b.get("enum")) {
+                (Some(c), _) => vec![c],
+                (None, Some(Value::Array(vs))) => vs.iter().collect(),
+                _ => Vec::new(),
+            })
+            .filter_map(Value::as_str)
+            .collect(),
+    };
+    (out, (!values.is_empty()).then(|| values.join(", ")))
+}
+
+/// `path` (in `cur`, from which the `removed` paths were taken out, in that order) as a
+/// path in the value before any was: later list items moved up when one was removed.
+fn original(path: &[PathStep], removed: &[Vec<PathStep>]) -> Vec<PathStep> {
+    let mut out: Vec<PathStep> = Vec::with_capacity(path.len());
+    for step in path {
+        let step = match step {
+            PathStep::Index(i) => {
+                let mut gone: Vec<usize> = removed
+                    .iter()
+                    .filter(|r| r.len() == out.len() + 1 && r.starts_with(&out))
+                    .filter_map(|r| match r.last() {
+                        Some(PathStep::Index(j)) => Some(*j),
+                        _ => None,
+                    })
+                    .collect();
+                gone.sort_unstable();
+                let mut i = *i;
+                for j in gone {
+                    if j <= i {
+                        i += 1;
+                    }
+                }
+                PathStep::Index(i)
+            }
+            key => key.clone(),
+        };
+        out.push(step);
+    }
+    out
 }
 
 impl<T: Section> Serialize for Camel<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if let Some((raw, _, _)) = &self.invalid {
+        if let Some((raw, _)) = &self.invalid {
             return raw.serialize(s);
         }
         let mut v = serde_json::to_value(&self.value).map_err(serde::ser::Error::custom)?;
-        if let Value::Object(o) = &mut v {
-            for h in T::HIDDEN {
-                o.remove(*h);
-            }
-        }
         rename(&mut v, proxy_schema::<T>(), true).map_err(serde::ser::Error::custom)?;
         v.serialize(s)
     }
@@ -375,43 +477,73 @@ impl<'de, T: Section> Deserialize<'de> for Camel<T> {
         let raw = Value::deserialize(d)?;
         let schema = proxy_schema::<T>();
         let mut input = raw.clone();
-        if let Value::Object(o) = &input {
-            // A hidden field is not the resource's: refused as unknown.
-            if let Some(h) = T::HIDDEN.iter().find(|h| o.contains_key(&camel_case(h))) {
-                return Err(serde::de::Error::custom(format!(
-                    "unknown field `{}`",
-                    camel_case(h)
-                )));
-            }
-        }
         rename(&mut input, schema, false).map_err(serde::de::Error::custom)?;
+        T::prepare(&mut input);
         let mut merged =
             serde_json::to_value(T::k8s_default()).map_err(serde::de::Error::custom)?;
         merge(&mut merged, input.clone(), schema);
-        match T::deserialize(&merged) {
-            Ok(value) => Ok(Camel::new(value)),
-            // Unknown fields and wrong shapes are the schema's to refuse, as for any type.
-            Err(e) if !matches!(input, Value::Object(_)) => Err(serde::de::Error::custom(e)),
-            Err(e) => {
-                let ok = |v: &Value| T::deserialize(v).is_ok();
-                let at = locate(&merged, &[], &ok);
-                if at.is_empty() {
-                    return Err(serde::de::Error::custom(e));
+        let mut cur = merged.clone();
+        let mut problems: Vec<(Vec<PathStep>, String, String)> = Vec::new();
+        // What was left out, each as a path in `merged`.
+        let mut removed: Vec<Vec<PathStep>> = Vec::new();
+        // Each round finds the value decoding stops at, reports it and leaves it out.
+        for _ in 0..MAX_PROBLEMS {
+            let e = match T::deserialize(&cur) {
+                Ok(value) if problems.is_empty() => return Ok(Camel::new(value)),
+                Ok(value) => return Ok(Camel::invalid(value, raw, problems)),
+                // Wrong shapes are the schema's to refuse, as for any type.
+                Err(e) if !matches!(input, Value::Object(_) | Value::Array(_)) => {
+                    return Err(serde::de::Error::custom(e))
                 }
+                Err(e) => e.to_string(),
+            };
+            let further = |v: &Value, step: &PathStep| match T::deserialize(v) {
+                Ok(_) => true,
+                // Missing fields are reported once the rest of their struct is read: the
+                // removed field was the struct's only fault.
+                Err(m) => {
+                    let m = m.to_string();
+                    m != e
+                        && (!m.starts_with("missing field")
+                            || matches!(step, PathStep::Key(k) if m == format!("missing field `{k}`")))
+                }
+            };
+            let Some(at_now) = locate(&cur, &[], &further) else {
+                break;
+            };
+            let at = original(&at_now, &removed);
+            // A container left out because a required field of it was: already reported.
+            if !problems.iter().any(|(p, ..)| p.starts_with(&at)) {
                 let (field, expected) = describe(&at, schema);
-                let written = walk(&merged, &at).map_or_else(String::new, |v| match v {
-                    Value::String(s) => format!("{s:?}"),
-                    other => other.to_string(),
-                });
-                let message = match expected {
-                    Some(x) => format!("{written} is not a valid value (expected {x})"),
-                    None => format!("{written} is not a valid value: {e}"),
+                let message = match (walk(&merged, &at), expected) {
+                    (Some(Value::String(w)), Some(x)) => {
+                        format!("{w:?} is not a valid value (expected {x})")
+                    }
+                    (Some(Value::Object(_) | Value::Array(_)) | None, _) => e,
+                    (Some(Value::String(w)), None) => format!("{w:?} is not a valid value: {e}"),
+                    (Some(w), _) => format!("{w} is not a valid value: {e}"),
                 };
-                Ok(Camel {
-                    value: T::k8s_default(),
-                    invalid: Some((raw, field, message)),
-                })
+                problems.push((at.clone(), field, message));
             }
+            cur = without(&cur, &at_now);
+            removed.push(at);
+        }
+        // Nothing left out lets it decode: the section keeps its defaults.
+        let e = T::deserialize(&cur).err().map(|e| e.to_string());
+        problems.push((Vec::new(), String::new(), e.unwrap_or_default()));
+        Ok(Camel::invalid(T::k8s_default(), raw, problems))
+    }
+}
+
+/// Most faulty values named in one section.
+const MAX_PROBLEMS: usize = 16;
+
+impl<T: Section> Camel<T> {
+    fn invalid(value: T, raw: Value, problems: Vec<(Vec<PathStep>, String, String)>) -> Self {
+        let problems = problems.into_iter().map(|(_, f, m)| (f, m)).collect();
+        Camel {
+            value,
+            invalid: Some((raw, problems)),
         }
     }
 }
@@ -427,11 +559,7 @@ impl<T: Section> JsonSchema for Camel<T> {
 
     fn json_schema(generator: &mut SchemaGenerator) -> Schema {
         let mut v = Value::from(T::json_schema(generator));
-        if let Some(Value::Object(props)) = v.get_mut("properties") {
-            for h in T::HIDDEN {
-                props.remove(*h);
-            }
-        }
+        hide::<T>(&mut v);
         camel_schema(&mut v);
         if let Ok(defaults) = serde_json::to_value(Camel::new(T::k8s_default())) {
             set_defaults(&mut v, &defaults);
@@ -472,13 +600,17 @@ mod tests {
         let r: Camel<RateLimitConfig> =
             serde_json::from_str(r#"{"qps": 5, "action": "tarpit"}"#).expect("still parses");
         assert_eq!(
-            r.problem(),
-            Some((
+            r.problems().collect::<Vec<_>>(),
+            [(
                 "action",
                 "\"tarpit\" is not a valid value (expected refused, drop)"
-            ))
+            )]
         );
-        assert_eq!(r.action, LimitAction::Refused);
+        assert_eq!(
+            (r.action, r.qps),
+            (LimitAction::Refused, 5.0),
+            "the rest kept"
+        );
         assert_eq!(
             serde_json::to_value(&r).expect("json")["action"],
             "tarpit",
@@ -487,6 +619,20 @@ mod tests {
         let c: Camel<CacheConfig> =
             serde_json::from_str(r#"{"zones": [{"zone": "a.example", "maxTtl": "x"}]}"#)
                 .expect("still parses");
-        assert_eq!(c.problem().map(|p| p.0), Some("zones[0].maxTtl"));
+        assert_eq!(
+            c.problems().map(|p| p.0).collect::<Vec<_>>(),
+            ["zones[0].maxTtl"]
+        );
+    }
+
+    #[test]
+    fn every_bad_value_is_named_and_the_rest_kept() {
+        let c: Camel<CacheConfig> = serde_json::from_str(
+            r#"{"maxTtl": "x", "prefetch": {"minHits": -1, "topN": 3}, "zones": [{"zone": 5}]}"#,
+        )
+        .expect("still parses");
+        let fields: Vec<_> = c.problems().map(|p| p.0).collect();
+        assert_eq!(fields, ["maxTtl", "prefetch.minHits", "zones[0].zone"]);
+        assert_eq!(c.prefetch.top_n, 3);
     }
 }

@@ -1,21 +1,20 @@
 //! The custom resource: `DotProxyConfig` in `dns.dot-proxy.io/v1alpha1`.
 
 mod camel;
-mod checked;
+mod grants;
 mod sections;
 mod spec;
 mod status;
+mod target;
+mod unknown;
 
 pub use camel::{camel_case, Camel, Section};
-pub use checked::Checked;
-pub use spec::{
-    AnnotationGrantsSpec, BlockListSpec, CacheSpec, CacheZoneSpec, DnstapSpec, DotProxyConfig,
-    DotProxyConfigSpec, FilterAaaaSpec, LogSpec, NamespaceGrant, NamespaceSelector, NodeLocalSpec,
-    PolicySpec, PrefetchSpec, PrivacySpec, RateLimitSpec, RewriteSpec, SearchCompletionSpec,
-    SelectorOperator, SelectorRequirement, StaticAnswerSpec, TargetSpec, UpstreamGroupSpec,
-    UpstreamServerSpec, ZoneSpec, MAX_OVERRIDE_SHARDS,
+pub use grants::{
+    AnnotationGrantsSpec, NamespaceGrant, NamespaceSelector, SelectorOperator, SelectorRequirement,
 };
+pub use spec::{DotProxyConfig, DotProxyConfigSpec, UpstreamGroupSpec, MAX_OVERRIDE_SHARDS};
 pub use status::{DotProxyConfigStatus, ANNOTATIONS_IGNORED, INVALID, OVERRIDES_TRUNCATED, READY};
+pub use target::TargetSpec;
 
 use kube::CustomResourceExt;
 

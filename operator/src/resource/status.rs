@@ -75,4 +75,11 @@ pub struct DotProxyConfigStatus {
     /// `OverridesTruncated` condition).
     #[serde(default)]
     pub overrides_truncated: u32,
+
+    /// Fields of the spec this operator does not know, as paths (`spec.cache.newSetting`):
+    /// written for a newer CRD than the operator's (after a rollback, say). They are ignored;
+    /// everything else is applied. Upgrade the operator, or remove them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(max = 512)))]
+    pub unknown_fields: Vec<String>,
 }

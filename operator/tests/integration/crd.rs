@@ -327,12 +327,12 @@ const REFUSED: &[(&str, Change, &str)] = &[
     ),
     (
         "cname with an address",
-        |d| d.spec.policy.static_answers[2].a = vec!["10.0.0.1".into()],
+        |d| d.spec.policy.static_answers[2].a = vec![std::net::Ipv4Addr::new(10, 0, 0, 1)],
         "a static answer with cname takes no a, aaaa or txt",
     ),
     (
         "cname with aaaa",
-        |d| d.spec.policy.static_answers[2].aaaa = vec!["fd00::1".into()],
+        |d| d.spec.policy.static_answers[2].aaaa = vec!["fd00::1".parse().expect("ip")],
         "a static answer with cname takes no a, aaaa or txt",
     ),
     (
@@ -379,8 +379,7 @@ const REFUSED: &[(&str, Change, &str)] = &[
         "DoH without a name",
         |d| {
             let s = &mut d.spec.upstream_groups[0].servers[0];
-            s.protocol =
-                dot_proxy_operator::resource::Checked::Known(dot_proxy_config::Protocol::Https);
+            s.protocol = dot_proxy_config::Protocol::Https;
             s.tls_name = None;
         },
         "a TLS server needs tlsName",
@@ -417,7 +416,7 @@ const ACCEPTED: &[(&str, Change)] = &[
         d.spec.allow_plain_default = true;
     }),
     ("the cluster domain cached briefly", |d| {
-        d.spec.cache.zones = vec![dot_proxy_operator::resource::CacheZoneSpec {
+        d.spec.cache.zones = vec![dot_proxy_config::CacheZone {
             zone: "cluster.local".into(),
             min_ttl: None,
             max_ttl: Some(30),
@@ -444,20 +443,21 @@ const ACCEPTED: &[(&str, Change)] = &[
     }),
     ("DNS over HTTPS on 443 with its own path", |d| {
         let s = &mut d.spec.upstream_groups[0].servers[0];
-        s.protocol =
-            dot_proxy_operator::resource::Checked::Known(dot_proxy_config::Protocol::Https);
-        s.address = "1.1.1.1".into();
+        s.protocol = dot_proxy_config::Protocol::Https;
+        s.address = "1.1.1.1:443".parse().expect("addr");
         s.path = Some("/dns-query".into());
     }),
     ("DNS over QUIC", |d| {
         let s = &mut d.spec.upstream_groups[0].servers[0];
-        s.protocol = dot_proxy_operator::resource::Checked::Known(dot_proxy_config::Protocol::Quic);
+        s.protocol = dot_proxy_config::Protocol::Quic;
     }),
     ("pin-only TLS", |d| {
         let s = &mut d.spec.upstream_groups[0].servers[0];
         s.tls_name = None;
         s.verify_ca = false;
-        s.spki_pins = vec!["YLh1dUR9y6Kja30RrAn7JKnbQG/uEtLMkBgFF2Fuihg=".into()];
+        s.spki_pins = vec!["YLh1dUR9y6Kja30RrAn7JKnbQG/uEtLMkBgFF2Fuihg="
+            .parse()
+            .expect("pin")];
     }),
 ];
 
@@ -491,44 +491,63 @@ fn cel_rules_and_the_proxys_validation_agree_on_one_table() {
     }
 }
 
-/// Numeric bounds come from `dot_proxy_config::limits`: the CRD's minimum and maximum are
-/// those constants, and the proxy's validation takes the bound and refuses one past it.
+/// Numeric bounds come from `dot_proxy_config::limits`, written once on the proxy's fields:
+/// every `minimum`/`maximum` in the CRD's spec schema (found by walking it, so a new bound
+/// is tested without a new row) is taken by the proxy's validation, and one step past it is
+/// refused.
 #[test]
 fn numeric_bounds_are_the_proxys_own() {
-    use dot_proxy_config::limits::{self, Range};
     use dot_proxy_operator::render::proxy_config;
+    use serde_json::{json, Value};
 
-    let s = schema();
-    // Each row: the field's path in the resource (and so in its schema) and its bounds.
-    let rows: &[(&str, Range<u64>)] = &[
-        ("spec.cache.maxTtl", limits::CACHE_MAX_TTL),
-        ("spec.cache.servfailTtl", limits::CACHE_SERVFAIL_TTL),
-        ("spec.cache.staleTtl", limits::CACHE_STALE_TTL),
-        ("spec.cache.negativeMaxTtl", limits::CACHE_NEGATIVE_MAX_TTL),
-        ("spec.cache.maxEntries", limits::CACHE_MAX_ENTRIES),
-        ("spec.cache.maxBytes", limits::CACHE_MAX_BYTES),
-        ("spec.cache.prefetch.minHits", limits::PREFETCH_MIN_HITS),
-        ("spec.cache.prefetch.topN", limits::PREFETCH_TOP_N),
-        ("spec.rateLimit.burst", limits::RATE_BURST),
-        ("spec.rateLimit.ipv6Prefix", limits::RATE_IPV6_PREFIX),
-        ("spec.rateLimit.slip", limits::RATE_SLIP),
-        ("spec.rateLimit.maxClients", limits::RATE_MAX_CLIENTS),
-        ("spec.privacy.paddingBlock", limits::PADDING_BLOCK),
-        (
-            "spec.upstreamGroups.[].servers.[].poolSize",
-            limits::POOL_SIZE,
-        ),
-        ("spec.policy.staticAnswers.[].ttl", limits::STATIC_TTL),
-        ("spec.dnstap.clientIpv4Prefix", limits::DNSTAP_IPV4_PREFIX),
-        ("spec.dnstap.clientIpv6Prefix", limits::DNSTAP_IPV6_PREFIX),
-        ("spec.dnstap.queueSize", limits::DNSTAP_QUEUE),
-    ];
-    // The resource with `path` (the first item of each list) set to `v`, or None when the
-    // value does not fit the field's Rust type.
-    let with = |path: &str, v: u64| -> Option<DotProxyConfig> {
-        let mut doc = serde_json::to_value(crate::support::example()).expect("json");
-        // minTtl is zeroed so that the cross-field rule does not decide a row.
-        doc["spec"]["cache"]["minTtl"] = 0.into();
+    /// (path, minimum, maximum, integer, minimum excluded) of every bounded number under `v`.
+    type Bound = (String, f64, f64, bool, bool);
+    fn walk(at: &str, v: &Value, out: &mut Vec<Bound>) {
+        if let Some(max) = v.get("maximum").and_then(Value::as_f64) {
+            let min = v.get("minimum").and_then(Value::as_f64).unwrap_or(f64::MIN);
+            let excluded = v["exclusiveMinimum"] == true;
+            out.push((at.to_string(), min, max, v["type"] == "integer", excluded));
+        }
+        for (k, sub) in v
+            .get("properties")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
+            walk(&format!("{at}.{k}"), sub, out);
+        }
+        if let Some(items) = v.get("items") {
+            walk(&format!("{at}.[]"), items, out);
+        }
+    }
+    let spec = serde_json::to_value(schema()).expect("json")["properties"]["spec"].clone();
+    let mut bounds = Vec::new();
+    walk("spec", &spec, &mut bounds);
+    // The operator's own: how many shard ConfigMaps it writes (MAX_OVERRIDE_SHARDS), not a
+    // proxy setting.
+    bounds.retain(|b| !b.0.starts_with("spec.target."));
+    let found: BTreeSet<&str> = bounds.iter().map(|b| b.0.as_str()).collect();
+    for must in [
+        "spec.cache.maxTtl",
+        "spec.cache.zones.[].negativeMaxTtl",
+        "spec.rateLimit.qps",
+        "spec.upstreamGroups.[].servers.[].poolSize",
+        "spec.policy.staticAnswers.[].ttl",
+        "spec.dnstap.sampleRate",
+    ] {
+        assert!(
+            found.contains(must),
+            "{must} is bounded in the CRD: {found:?}"
+        );
+    }
+
+    // The example, with a list item wherever a bound sits in an item.
+    let mut example = serde_json::to_value(crate::support::example()).expect("json");
+    example["spec"]["cache"]["zones"] = json!([{"zone": "cluster.local"}]);
+    // minTtl is zeroed so that the cross-field rule does not decide a row.
+    example["spec"]["cache"]["minTtl"] = 0.into();
+    let accepted = |path: &str, v: Value| -> bool {
+        let mut doc = example.clone();
         let mut at = &mut doc;
         for part in path.split('.') {
             at = if part == "[]" {
@@ -537,29 +556,34 @@ fn numeric_bounds_are_the_proxys_own() {
                 &mut at[part]
             };
         }
-        *at = v.into();
-        serde_json::from_value(doc).ok()
+        *at = v;
+        // A value the field's type cannot hold is refused by the schema and by parsing alike.
+        serde_json::from_value::<DotProxyConfig>(doc).is_ok_and(|d| proxy_config(&d.spec).is_ok())
     };
-    for (name, range) in rows {
-        let path: Vec<&str> = name.split('.').collect();
-        let p = prop(&s, &path);
-        assert_eq!(p.maximum, Some(range.max as f64), "{name}: CRD maximum");
-        assert_eq!(
-            p.minimum.unwrap_or(0.0),
-            range.min as f64,
-            "{name}: CRD minimum"
-        );
-        let mut cases = vec![(range.min, true), (range.max, true), (range.max + 1, false)];
-        if range.min > 0 {
-            cases.push((range.min - 1, false));
-        }
+    for (path, min, max, integer, excluded) in &bounds {
+        let (min, max) = (*min, *max);
+        let cases: Vec<(Value, bool)> = if *integer {
+            let (lo, hi) = (min as i64, max as i64);
+            vec![
+                (lo.into(), true),
+                (hi.into(), true),
+                ((hi + 1).into(), false),
+                ((lo - 1).into(), false),
+            ]
+        } else {
+            let step = (max.abs() * 1e-3).max(1e-3);
+            vec![
+                (min.into(), !excluded),
+                (max.into(), true),
+                ((max + step).into(), false),
+                ((min - step).into(), false),
+            ]
+        };
         for (v, ok) in cases {
-            // A value the field's type cannot hold is refused by the API server's schema
-            // and by parsing alike.
-            let accepted = with(name, v).is_some_and(|d| proxy_config(&d.spec).is_ok());
             assert_eq!(
-                accepted, ok,
-                "{name} = {v}: the proxy's validation disagrees with the CRD's bounds"
+                accepted(path, v.clone()),
+                ok,
+                "{path} = {v} (CRD bounds {min}..={max}): the proxy's validation disagrees"
             );
         }
     }

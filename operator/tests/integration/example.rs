@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use dot_proxy_config::{Config, Policy, Protocol};
 use dot_proxy_operator::cluster::{NodeLabels, PodInfo};
 use dot_proxy_operator::render::{render, Rendered};
-use dot_proxy_operator::resource::Checked;
 
 use crate::support::{example, temp_dir};
 use dot_proxy_operator::render::annotations::{BURST, EXEMPT, GROUP, QPS};
@@ -70,19 +69,19 @@ fn the_example_parses_into_the_rust_type() {
     assert_eq!(d.metadata.name.as_deref(), Some("default"));
     let s = &d.spec;
     let public = &s.upstream_groups[0];
-    assert_eq!(public.policy, Checked::Known(Policy::Fastest));
+    assert_eq!(public.policy, Policy::Fastest);
     let servers: Vec<_> = public
         .servers
         .iter()
-        .map(|v| (v.address.as_str(), v.tls_name.as_deref()))
+        .map(|v| (v.address.to_string(), v.tls_name.as_deref()))
         .collect();
     assert_eq!(
         servers,
         [
-            ("1.1.1.1:853", Some("cloudflare-dns.com")),
-            ("1.0.0.1:853", Some("cloudflare-dns.com")),
-            ("8.8.8.8:853", Some("dns.google")),
-            ("8.8.4.4:853", Some("dns.google")),
+            ("1.1.1.1:853".to_string(), Some("cloudflare-dns.com")),
+            ("1.0.0.1:853".to_string(), Some("cloudflare-dns.com")),
+            ("8.8.8.8:853".to_string(), Some("dns.google")),
+            ("8.8.4.4:853".to_string(), Some("dns.google")),
         ]
     );
     let cluster = s
@@ -90,8 +89,8 @@ fn the_example_parses_into_the_rust_type() {
         .iter()
         .find(|g| g.name == "cluster")
         .expect("cluster group");
-    assert_eq!(cluster.servers[0].address, "10.96.0.10:53");
-    assert_eq!(cluster.servers[0].protocol, Checked::Known(Protocol::Plain));
+    assert_eq!(cluster.servers[0].address.to_string(), "10.96.0.10:53");
+    assert_eq!(cluster.servers[0].protocol, Protocol::Plain);
     let zones: BTreeMap<_, _> = s
         .zones
         .iter()

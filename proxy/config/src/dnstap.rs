@@ -50,7 +50,7 @@ pub struct DnstapConfig {
     /// Log only exchanges whose response is SERVFAIL, REFUSED or NXDOMAIN.
     pub only_errors: bool,
     /// Share of client queries logged (with their forwarder messages), 0 < rate <= 1.
-    #[cfg_attr(feature = "schema", schemars(range(min = limits::DNSTAP_SAMPLE_RATE.min, max = limits::DNSTAP_SAMPLE_RATE.max)))]
+    #[cfg_attr(feature = "schema", schemars(range(min = limits::DNSTAP_SAMPLE_RATE.min, max = limits::DNSTAP_SAMPLE_RATE.max), extend("exclusiveMinimum" = true)))]
     pub sample_rate: f64,
     /// Exchanges (a query and its response: two messages) waiting for the collector at
     /// most; past that, messages are dropped and counted (`dot_proxy_dnstap_dropped_total`),

@@ -26,6 +26,11 @@ impl<T: PartialOrd + Copy + std::fmt::Display> Range<T> {
 
 pub const WORKERS: Range<u64> = Range::new(0, 1024);
 pub const POOL_SIZE: Range<u64> = Range::new(1, 64);
+/// Servers in one upstream group, and SPKI pins on one server. This and the `policy` list
+/// bounds below are the CRD's only (they bound the API server's CEL cost estimate); a
+/// standalone proxy takes longer lists.
+pub const SERVERS: Range<u64> = Range::new(1, 8);
+pub const SPKI_PINS: Range<u64> = Range::new(0, 8);
 
 /// `memory.limit`: from 32 MiB (the reserve and room for the shares) to 1 TiB.
 pub const MEMORY_LIMIT: Range<u64> = Range::new(32 * 1024 * 1024, 1 << 40);
@@ -57,6 +62,14 @@ pub const DNSTAP_IPV6_PREFIX: Range<u64> = Range::new(0, 128);
 pub const DNSTAP_SAMPLE_RATE: Range<f64> = Range::new(0.0, 1.0);
 pub const DNSTAP_QUEUE: Range<u64> = Range::new(1, 1_000_000);
 pub const STATIC_TTL: Range<u64> = Range::new(0, 604_800);
+/// `policy`: rules of each kind, records of one static answer, names of one block list.
+pub const STATIC_ANSWERS: Range<u64> = Range::new(0, 1024);
+pub const BLOCKLISTS: Range<u64> = Range::new(0, 32);
+pub const REWRITES: Range<u64> = Range::new(0, 256);
+pub const RECORDS: Range<u64> = Range::new(0, 16);
+pub const BLOCKED_NAMES: Range<u64> = Range::new(0, 1024);
+/// A block list's name (a label for logs).
+pub const LABEL_LEN: Range<u64> = Range::new(1, 63);
 
 /// Lengths (characters of a string, items of a list) the schema bounds and the proxy checks.
 pub const LOG_LEVEL_LEN: Range<u64> = Range::new(1, 256);

@@ -14,30 +14,72 @@ use crate::{limits, normalize_zone, Errors};
 #[cfg_attr(feature = "schema", derive(JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct PolicyConfig {
-    /// Names answered locally, like a hosts file. Checked first.
+    /// Names answered locally, like a hosts file. Checked first. Names unique.
+    #[cfg_attr(feature = "schema", schemars(length(max = limits::STATIC_ANSWERS.max)))]
     pub static_answers: Vec<StaticRule>,
-    /// Names answered NXDOMAIN, REFUSED or a null address. Checked second.
+    /// Names answered NXDOMAIN, REFUSED or a null address. Checked second. Names unique.
+    #[cfg_attr(feature = "schema", schemars(length(max = limits::BLOCKLISTS.max)))]
     pub blocklists: Vec<BlockList>,
-    /// Names sent upstream as another name. Checked last.
+    /// Names sent upstream as another name; the answer goes back under the name asked for.
+    /// Checked last. `from` unique.
+    #[cfg_attr(feature = "schema", schemars(length(max = limits::REWRITES.max)))]
     pub rewrites: Vec<RewriteRule>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(JsonSchema))]
 #[serde(deny_unknown_fields)]
+/// Records served for a name (A, AAAA, TXT), or an alias (CNAME) for every type.
 pub struct StaticRule {
     /// `host.example.com`, or `*.example.com` for every name below it (not the name itself).
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            length(min = 1, max = 255),
+            regex(pattern = r"^(\*\.)?[A-Za-z0-9_-]{1,63}(\.[A-Za-z0-9_-]{1,63})*\.?$")
+        )
+    )]
     pub name: String,
+    /// TTL of the answers, seconds.
     #[serde(default = "default_static_ttl")]
+    #[cfg_attr(feature = "schema", schemars(range(min = limits::STATIC_TTL.min, max = limits::STATIC_TTL.max)))]
     pub ttl: u32,
+    /// IPv4 addresses answered to A queries.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            length(max = limits::RECORDS.max),
+            inner(length(max = 15), regex(pattern = r"^[0-9]{1,3}(\.[0-9]{1,3}){3}$"))
+        )
+    )]
     pub a: Vec<std::net::Ipv4Addr>,
+    /// IPv6 addresses answered to AAAA queries.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            length(max = limits::RECORDS.max),
+            inner(length(min = 2, max = 45), regex(pattern = r"^[0-9A-Fa-f:.]+$"))
+        )
+    )]
     pub aaaa: Vec<std::net::Ipv6Addr>,
-    /// An alias; excludes `a` and `aaaa`.
+    /// An alias answered to every query type; excludes `a`, `aaaa` and `txt`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            length(min = 1, max = 254),
+            regex(pattern = r"^[A-Za-z0-9_-]{1,63}(\.[A-Za-z0-9_-]{1,63})*\.?$")
+        )
+    )]
     pub cname: Option<String>,
+    /// Strings answered to TXT queries, one record each, at most 255 bytes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(length(max = limits::RECORDS.max), inner(length(max = 255)))
+    )]
     pub txt: Vec<String>,
 }
 
@@ -49,16 +91,31 @@ pub fn default_static_ttl() -> u32 {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(JsonSchema))]
 #[serde(deny_unknown_fields)]
+/// Blocked names, inline and/or from a file on the proxy's filesystem.
 pub struct BlockList {
-    /// A label for logs.
+    /// A label for the proxies' logs.
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = 63)))]
     pub name: String,
-    /// Blocked names; each blocks itself and every name below it.
+    /// Blocked names; each blocks itself and every name below it. Long lists belong in a file.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            length(max = limits::BLOCKED_NAMES.max),
+            inner(length(min = 1, max = 254), regex(pattern = r"^[A-Za-z0-9_-]{1,63}(\.[A-Za-z0-9_-]{1,63})*\.?$"))
+        )
+    )]
     pub names: Vec<String>,
-    /// A file in hosts format (`0.0.0.0 ads.example.com`) or one name per line; `#`
-    /// comments. Re-read on every config reload.
+    /// Absolute path, inside the proxy container, of a hosts-format file (`0.0.0.0
+    /// ads.example.com`) or one name per line (`#` comments); re-read on every reload. (The
+    /// operator cannot see the proxies' files: a missing file shows in the proxies' logs.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(length(min = 2, max = 1024), regex(pattern = r"^/"))
+    )]
     pub file: Option<PathBuf>,
+    /// `nxdomain`, `refused`, or `null_address` (0.0.0.0 / :: to A / AAAA, NODATA otherwise).
     #[serde(default)]
     pub action: BlockAction,
 }
@@ -77,12 +134,27 @@ pub enum BlockAction {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(JsonSchema))]
 #[serde(deny_unknown_fields)]
+/// A name sent upstream as another.
 pub struct RewriteRule {
     /// The name clients ask for.
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            length(min = 1, max = 254),
+            regex(pattern = r"^[A-Za-z0-9_-]{1,63}(\.[A-Za-z0-9_-]{1,63})*\.?$")
+        )
+    )]
     pub from: String,
     /// The name sent upstream instead.
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            length(min = 1, max = 254),
+            regex(pattern = r"^[A-Za-z0-9_-]{1,63}(\.[A-Za-z0-9_-]{1,63})*\.?$")
+        )
+    )]
     pub to: String,
-    /// Also rewrite names below `from` (`a.from` is sent as `a.to`).
+    /// Also rewrite names below `from`: `a.from` is sent as `a.to`.
     #[serde(default)]
     pub suffix: bool,
 }
@@ -137,7 +209,14 @@ impl BlockList {
             }
         }
         if let Some(file) = &self.file {
-            e.readable("file", file);
+            if file.is_absolute() {
+                e.readable("file", file);
+            } else {
+                e.field(
+                    "file",
+                    format!("{:?} must be an absolute path", file.display().to_string()),
+                );
+            }
         }
     }
 }

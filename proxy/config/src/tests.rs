@@ -33,6 +33,11 @@ fn errors(yaml: &str) -> String {
 #[test]
 fn bad_fields_are_named() {
     assert!(errors("listn: []").contains("listn"), "unknown field named");
+    // The proxy's own file stays strict (only the operator ignores fields of a newer CRD):
+    // unknown fields inside sections are refused and named too.
+    assert!(errors("cache:\n  shards: 16\n").contains("shards"));
+    let e = errors("upstream_groups:\n- name: d\n  servers:\n  - address: 1.1.1.1:853\n    tls_name: x\n    ech: true\n");
+    assert!(e.contains("unknown field `ech`"), "{e}");
     assert!(errors("listen: [nonsense]").contains("listen"));
     assert!(errors("cache:\n  min_ttl: 100\n  max_ttl: 10\n").contains("cache.min_ttl"));
     let e = errors("upstream_groups:\n- name: default\n  servers:\n  - address: 1.1.1.1:853\n");

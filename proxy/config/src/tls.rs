@@ -45,6 +45,7 @@ impl fmt::Display for SpkiPin {
 
 string_type!(SpkiPin, "invalid SPKI pin: ", "SpkiPin", {
     "type": "string",
+    "pattern": "^[A-Za-z0-9+/]{43}=$",
     "description": "Base64 SHA-256 of a SubjectPublicKeyInfo (44 characters ending in '=')."
 });
 

@@ -15,12 +15,23 @@ use crate::{limits, valid_server_name, Dur, Errors, SpkiPin};
 #[cfg_attr(feature = "schema", derive(JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamGroup {
+    /// Referenced by `zones[].group` and by the `dns.dot-proxy.io/upstream-group` pod annotation.
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            length(min = 1, max = 63),
+            regex(pattern = r"^[a-z0-9]([-a-z0-9_]*[a-z0-9])?$")
+        )
+    )]
     pub name: String,
+    /// `failover` (first healthy server, in order), `round_robin`, `fastest` (lowest smoothed
+    /// latency) or `race` (ask two at once).
     #[serde(default)]
     pub policy: Policy,
     /// Time to wait for an answer before the client gets SERVFAIL (or a stale answer).
     #[serde(default = "default_query_timeout")]
     pub timeout: Dur,
+    #[cfg_attr(feature = "schema", schemars(length(min = limits::SERVERS.min, max = limits::SERVERS.max)))]
     pub servers: Vec<UpstreamServer>,
 }
 
@@ -94,34 +105,49 @@ pub const DEFAULT_DOH_PATH: &str = "/dns-query";
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(JsonSchema))]
 #[serde(deny_unknown_fields)]
+/// One upstream resolver.
 pub struct UpstreamServer {
-    /// IP address and port, e.g. `1.1.1.1:853` or `[2606:4700::1111]:853`.
+    /// `IP:PORT` (IPv6 in brackets), e.g. `1.1.1.1:853` or `[2606:4700::1111]:853`. (The
+    /// operator's resource also takes a bare IP, for the protocol's default port: 853 for
+    /// TLS and QUIC, 443 for HTTPS, 53 for plain.)
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            length(min = 1, max = 64),
+            regex(pattern = r"^(\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f:.]+)(:[0-9]{1,5})?$")
+        )
+    )]
     pub address: SocketAddr,
+    /// `tls` (DNS over TLS, RFC 7858), `https` (DNS over HTTPS, RFC 8484, HTTP/2 on port
+    /// 443), `quic` (DNS over QUIC, RFC 9250), all three always verified; or `plain` (UDP
+    /// with TCP fallback; only for in-cluster resolvers).
     #[serde(default)]
     pub protocol: Protocol,
-    /// Name the certificate must be valid for. Required for TLS unless `spki_pins` is set
-    /// and `verify_ca` is false.
+    /// Name the server's certificate must be valid for, e.g. `cloudflare-dns.com`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = 253)))]
     pub tls_name: Option<String>,
-    /// Base64 SHA-256 digests of the server's SubjectPublicKeyInfo (RFC 7858 section 4.2).
-    /// With pins, the server's key must match one of them.
+    /// Base64 SHA-256 digests of the server's SubjectPublicKeyInfo (RFC 7858 section 4.2);
+    /// with pins the server's key must match one of them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "schema", schemars(length(max = limits::SPKI_PINS.max)))]
     pub spki_pins: Vec<SpkiPin>,
-    /// Also verify the chain against the CAs (default true). Setting false with pins gives
-    /// pin-only authentication.
+    /// Also verify the certificate chain against the CAs. `false` with pins gives pin-only
+    /// authentication.
     #[serde(default = "yes")]
     pub verify_ca: bool,
     /// CA bundle for this server only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
-    /// Long-lived TLS connections kept to this server.
+    /// Long-lived connections each proxy keeps to this server.
     #[serde(default = "default_pool_size")]
+    #[cfg_attr(feature = "schema", schemars(range(min = limits::POOL_SIZE.min, max = limits::POOL_SIZE.max)))]
     pub pool_size: usize,
     /// Close a connection after this long without traffic (the server's own
     /// edns-tcp-keepalive timeout is used when shorter).
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: Dur,
-    /// Re-open connections at least this often so certificates are verified again.
+    /// Re-open connections at least this often, so certificates are verified again.
     #[serde(default = "default_max_age")]
     pub max_connection_age: Dur,
     /// Time allowed for TCP connect plus TLS handshake.
@@ -133,6 +159,10 @@ pub struct UpstreamServer {
     pub force_tcp: bool,
     /// HTTPS servers only: the URL path queries are POSTed to (default `/dns-query`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(length(min = 1, max = 256), regex(pattern = r"^/[^ ?#]*$"))
+    )]
     pub path: Option<String>,
 }
 

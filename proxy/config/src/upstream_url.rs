@@ -88,6 +88,11 @@ mod tests {
         assert_eq!(u.address.port(), 853);
         let u = parse_upstream_url("1.1.1.1#cloudflare-dns.com").expect("valid");
         assert_eq!(u.address.port(), 853);
+        assert_eq!(
+            parse_server_address("2606:4700::1111", 853),
+            Some("[2606:4700::1111]:853".parse().expect("addr"))
+        );
+        assert_eq!(parse_server_address("1.1.1.999:853", 853), None);
         let u = parse_upstream_url("udp://10.96.0.10").expect("valid");
         assert_eq!((u.protocol, u.address.port()), (Protocol::Plain, 53));
         for bad in [

@@ -232,7 +232,7 @@ impl FakeApi {
 
 fn dpc(generation: i64) -> DotProxyConfig {
     let mut d: DotProxyConfig =
-        serde_saphyr::from_str(include_str!("../../examples/dotproxyconfig.yaml"))
+        serde_saphyr::from_str(include_str!("../../../examples/dotproxyconfig.yaml"))
             .expect("example");
     d.metadata.uid = Some("uid-1".into());
     d.metadata.generation = Some(generation);
@@ -879,3 +879,4 @@ async fn stops_on_shutdown_with_the_api_server_out_of_reach() {
 
 mod ownership;
 mod releases;
+mod unknown_fields;
