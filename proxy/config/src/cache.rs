@@ -3,6 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 #[cfg(feature = "schema")]
+use crate::patterns;
+#[cfg(feature = "schema")]
 use schemars::JsonSchema;
 
 use crate::{limits, normalize_zone, Dur, Errors, FieldPath, Message};
@@ -61,13 +63,7 @@ pub struct CacheConfig {
 #[serde(deny_unknown_fields)]
 pub struct CacheZone {
     /// A domain (`cluster.local`); `.` is not allowed (that is the cache-wide setting).
-    #[cfg_attr(
-        feature = "schema",
-        schemars(
-            length(min = 1, max = 254),
-            regex(pattern = r"^[A-Za-z0-9_-]{1,63}(\.[A-Za-z0-9_-]{1,63})*\.?$")
-        )
-    )]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = 254), regex(pattern = patterns::DOMAIN)))]
     pub zone: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "schema", schemars(range(min = limits::CACHE_MIN_TTL.min, max = limits::CACHE_MIN_TTL.max)))]

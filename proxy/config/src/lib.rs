@@ -51,6 +51,7 @@ mod memory;
 mod node_local;
 mod overrides;
 pub mod path;
+pub mod patterns;
 pub mod pod;
 mod policy;
 mod privacy;

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 #[cfg(feature = "schema")]
+use crate::patterns;
+#[cfg(feature = "schema")]
 use schemars::JsonSchema;
 
 use crate::zones::normalize_name;
@@ -32,13 +34,7 @@ pub struct PolicyConfig {
 /// Records served for a name (A, AAAA, TXT), or an alias (CNAME) for every type.
 pub struct StaticRule {
     /// `host.example.com`, or `*.example.com` for every name below it (not the name itself).
-    #[cfg_attr(
-        feature = "schema",
-        schemars(
-            length(min = 1, max = 255),
-            regex(pattern = r"^(\*\.)?[A-Za-z0-9_-]{1,63}(\.[A-Za-z0-9_-]{1,63})*\.?$")
-        )
-    )]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = 255), regex(pattern = patterns::WILDCARD_NAME)))]
     pub name: String,
     /// TTL of the answers, seconds.
     #[serde(default = "default_static_ttl")]
@@ -66,13 +62,7 @@ pub struct StaticRule {
     pub aaaa: Vec<std::net::Ipv6Addr>,
     /// An alias answered to every query type; excludes `a`, `aaaa` and `txt`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(
-        feature = "schema",
-        schemars(
-            length(min = 1, max = 254),
-            regex(pattern = r"^[A-Za-z0-9_-]{1,63}(\.[A-Za-z0-9_-]{1,63})*\.?$")
-        )
-    )]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = 254), regex(pattern = patterns::DOMAIN)))]
     pub cname: Option<String>,
     /// Strings answered to TXT queries, one record each, at most 255 bytes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -137,22 +127,10 @@ pub enum BlockAction {
 /// A name sent upstream as another.
 pub struct RewriteRule {
     /// The name clients ask for.
-    #[cfg_attr(
-        feature = "schema",
-        schemars(
-            length(min = 1, max = 254),
-            regex(pattern = r"^[A-Za-z0-9_-]{1,63}(\.[A-Za-z0-9_-]{1,63})*\.?$")
-        )
-    )]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = 254), regex(pattern = patterns::DOMAIN)))]
     pub from: String,
     /// The name sent upstream instead.
-    #[cfg_attr(
-        feature = "schema",
-        schemars(
-            length(min = 1, max = 254),
-            regex(pattern = r"^[A-Za-z0-9_-]{1,63}(\.[A-Za-z0-9_-]{1,63})*\.?$")
-        )
-    )]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = 254), regex(pattern = patterns::DOMAIN)))]
     pub to: String,
     /// Also rewrite names below `from`: `a.from` is sent as `a.to`.
     #[serde(default)]

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 #[cfg(feature = "schema")]
+use crate::patterns;
+#[cfg(feature = "schema")]
 use schemars::JsonSchema;
 
 use crate::{limits, valid_server_name, Dur, Errors, SpkiPin};
@@ -16,13 +18,7 @@ use crate::{limits, valid_server_name, Dur, Errors, SpkiPin};
 #[serde(deny_unknown_fields)]
 pub struct UpstreamGroup {
     /// Referenced by `zones[].group` and by the `dns.dot-proxy.io/upstream-group` pod annotation.
-    #[cfg_attr(
-        feature = "schema",
-        schemars(
-            length(min = 1, max = 63),
-            regex(pattern = r"^[a-z0-9]([-a-z0-9_]*[a-z0-9])?$")
-        )
-    )]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = 63), regex(pattern = patterns::GROUP_NAME)))]
     pub name: String,
     /// `failover` (first healthy server, in order), `round_robin`, `fastest` (lowest smoothed
     /// latency) or `race` (ask two at once).
@@ -110,13 +106,7 @@ pub struct UpstreamServer {
     /// `IP:PORT` (IPv6 in brackets), e.g. `1.1.1.1:853` or `[2606:4700::1111]:853`. (The
     /// operator's resource also takes a bare IP, for the protocol's default port: 853 for
     /// TLS and QUIC, 443 for HTTPS, 53 for plain.)
-    #[cfg_attr(
-        feature = "schema",
-        schemars(
-            length(min = 1, max = 64),
-            regex(pattern = r"^(\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f:.]+)(:[0-9]{1,5})?$")
-        )
-    )]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = 64), regex(pattern = patterns::SOCKET_ADDRESS)))]
     pub address: SocketAddr,
     /// `tls` (DNS over TLS, RFC 7858), `https` (DNS over HTTPS, RFC 8484, HTTP/2 on port
     /// 443), `quic` (DNS over QUIC, RFC 9250), all three always verified; or `plain` (UDP

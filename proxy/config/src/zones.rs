@@ -4,6 +4,8 @@
 use serde::{Deserialize, Serialize};
 
 #[cfg(feature = "schema")]
+use crate::patterns;
+#[cfg(feature = "schema")]
 use schemars::JsonSchema;
 
 use crate::{limits, Cidr, Errors, FieldPath, Message, UpstreamGroup};
@@ -14,13 +16,7 @@ use crate::{limits, Cidr, Errors, FieldPath, Message, UpstreamGroup};
 #[serde(deny_unknown_fields)]
 pub struct ZoneRoute {
     /// A domain (`cluster.local`, `10.in-addr.arpa`) or `.` for everything else.
-    #[cfg_attr(
-        feature = "schema",
-        schemars(
-            length(min = 1, max = 254),
-            regex(pattern = r"^(\.|[A-Za-z0-9_-]{1,63}(\.[A-Za-z0-9_-]{1,63})*\.?)$")
-        )
-    )]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = 254), regex(pattern = patterns::ZONE)))]
     pub zone: String,
     /// Name of the upstream group that answers this zone.
     #[cfg_attr(feature = "schema", schemars(length(min = 1, max = 63)))]
