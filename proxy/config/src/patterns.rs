@@ -13,3 +13,7 @@ pub const WILDCARD_NAME: &str = r"^(\*\.)?[A-Za-z0-9_-]{1,63}(\.[A-Za-z0-9_-]{1,
 pub const GROUP_NAME: &str = r"^[a-z0-9]([-a-z0-9_]*[a-z0-9])?$";
 /// `IP` or `IP:PORT`, IPv6 in brackets when a port follows.
 pub const SOCKET_ADDRESS: &str = r"^(\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f:.]+)(:[0-9]{1,5})?$";
+/// An IPv4 address (the proxy parses it; this only keeps obvious mistakes out).
+pub const IPV4: &str = r"^[0-9]{1,3}(\.[0-9]{1,3}){3}$";
+/// An IPv6 address (hex digits, colons, and dots for an embedded IPv4 part).
+pub const IPV6: &str = r"^[0-9A-Fa-f:.]+$";

@@ -42,23 +42,11 @@ pub struct StaticRule {
     pub ttl: u32,
     /// IPv4 addresses answered to A queries.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[cfg_attr(
-        feature = "schema",
-        schemars(
-            length(max = limits::RECORDS.max),
-            inner(length(max = 15), regex(pattern = r"^[0-9]{1,3}(\.[0-9]{1,3}){3}$"))
-        )
-    )]
+    #[cfg_attr(feature = "schema", schemars(length(max = limits::RECORDS.max), inner(length(max = 15), regex(pattern = patterns::IPV4))))]
     pub a: Vec<std::net::Ipv4Addr>,
     /// IPv6 addresses answered to AAAA queries.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[cfg_attr(
-        feature = "schema",
-        schemars(
-            length(max = limits::RECORDS.max),
-            inner(length(min = 2, max = 45), regex(pattern = r"^[0-9A-Fa-f:.]+$"))
-        )
-    )]
+    #[cfg_attr(feature = "schema", schemars(length(max = limits::RECORDS.max), inner(length(min = 2, max = 45), regex(pattern = patterns::IPV6))))]
     pub aaaa: Vec<std::net::Ipv6Addr>,
     /// An alias answered to every query type; excludes `a`, `aaaa` and `txt`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -88,13 +76,7 @@ pub struct BlockList {
     pub name: String,
     /// Blocked names; each blocks itself and every name below it. Long lists belong in a file.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[cfg_attr(
-        feature = "schema",
-        schemars(
-            length(max = limits::BLOCKED_NAMES.max),
-            inner(length(min = 1, max = 254), regex(pattern = r"^[A-Za-z0-9_-]{1,63}(\.[A-Za-z0-9_-]{1,63})*\.?$"))
-        )
-    )]
+    #[cfg_attr(feature = "schema", schemars(length(max = limits::BLOCKED_NAMES.max), inner(length(min = 1, max = 254), regex(pattern = patterns::DOMAIN))))]
     pub names: Vec<String>,
     /// Absolute path, inside the proxy container, of a hosts-format file (`0.0.0.0
     /// ads.example.com`) or one name per line (`#` comments); re-read on every reload. (The
