@@ -280,6 +280,21 @@ impl Drop for Proc {
     }
 }
 
+impl Proc {
+    /// SIGTERM, then its exit status (waited for off the runtime's threads).
+    async fn terminate(self) -> std::process::ExitStatus {
+        let pid = self.0.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        tokio::task::spawn_blocking(move || {
+            let mut p = self;
+            p.0.wait()
+        })
+        .await
+        .expect("join")
+        .expect("wait")
+    }
+}
+
 fn spawn_proxy(config: &Path, admin: &str) -> Proc {
     Proc(
         Command::new(env!("CARGO_BIN_EXE_dot-proxy"))
@@ -317,7 +332,7 @@ async fn second_process_takes_over_on_sigterm_without_losing_queries() {
         format!("127.0.0.1:{}", free_port()).parse().expect("addr");
     let admin = admin_addr.to_string();
     let admin2 = admin.clone();
-    let mut old = spawn_proxy(&file, &admin);
+    let old = spawn_proxy(&file, &admin);
     assert!(wait_serving(addr).await, "first process serves");
     let file2 = file.clone();
     let handoff = tokio::spawn(async move {
@@ -325,12 +340,7 @@ async fn second_process_takes_over_on_sigterm_without_losing_queries() {
         let new = spawn_proxy(&file2, &admin2);
         tokio::time::sleep(Duration::from_secs(2)).await;
         // The surge pod is up beside the old one; now the old one is told to stop.
-        let pid = old.0.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let status = tokio::task::spawn_blocking(move || old.0.wait())
-            .await
-            .expect("join")
-            .expect("wait");
+        let status = old.terminate().await;
         (new, status)
     });
     let probes = tokio::spawn(async move {
