@@ -218,7 +218,10 @@ impl Server {
                 grace,
             ));
         }
-        tokio::spawn(crate::listener::tcp::serve(
+        // Tracked like the UDP loops: the drain must wait for the accept loop's last pass
+        // (the connections the kernel had already queued), or the process could exit between
+        // the stop and that pass spawning their tasks, closing them unanswered.
+        self.tracker.spawn(crate::listener::tcp::serve(
             bound.tcp,
             self.pipeline.clone(),
             self.tcp_limits.clone(),
