@@ -12,9 +12,10 @@ pub use camel::{camel_case, Camel, Section};
 pub use grants::{
     AnnotationGrantsSpec, NamespaceGrant, NamespaceSelector, SelectorOperator, SelectorRequirement,
 };
-pub use spec::{DotProxyConfig, DotProxyConfigSpec, UpstreamGroupSpec, MAX_OVERRIDE_SHARDS};
+pub use spec::{DotProxyConfig, DotProxyConfigSpec, UpstreamGroupSpec};
 pub use status::{DotProxyConfigStatus, ANNOTATIONS_IGNORED, INVALID, OVERRIDES_TRUNCATED, READY};
 pub use target::TargetSpec;
+pub use target::MAX_OVERRIDE_SHARDS;
 
 use kube::CustomResourceExt;
 

@@ -24,10 +24,6 @@ use super::grants::{AnnotationGrantsSpec, NamespaceGrant};
 use super::status::DotProxyConfigStatus;
 use super::target::TargetSpec;
 
-/// Most shards a resource may use (`target.overrideShards` and `target.maxOverrideShards`
-/// stop here; the chart's Role names this many).
-pub const MAX_OVERRIDE_SHARDS: u32 = 64;
-
 /// Configuration of the node-local DNS proxies: upstream groups reached over TLS, zone routes,
 /// cache, rate limits, and which ConfigMaps the proxies read.
 // The repeated `type_`/`priority` keys belong to separate `printcolumn(...)` entries.

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::spec::MAX_OVERRIDE_SHARDS;
+/// Most shards a resource may use (`target.overrideShards` and `target.maxOverrideShards`
+/// stop here; the chart's Role names this many).
+pub const MAX_OVERRIDE_SHARDS: u32 = 64;
 
 /// Which proxies this resource configures.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
