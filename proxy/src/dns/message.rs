@@ -121,7 +121,8 @@ pub enum AnswerKind {
     Uncacheable,
 }
 
-/// TTL rules applied when an answer arrives.
+/// What is applied to an answer as it is stored: the TTL clamps of its zone, and whether
+/// its addresses are handed out in turn.
 #[derive(Clone, Copy, Debug)]
 pub struct TtlPolicy {
     pub min_ttl: u32,

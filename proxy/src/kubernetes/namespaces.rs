@@ -72,6 +72,12 @@ impl Default for NamespaceQueries {
 }
 
 impl NamespaceQueries {
+    /// Registers `dot_proxy_namespace_queries_total`, exported from these counts at each
+    /// scrape (nothing while the top N is 0).
+    pub fn register(self: &Arc<Self>, r: &mut prometheus_client::registry::Registry) {
+        r.register_collector(Box::new(NamespaceCollector(self.clone())));
+    }
+
     /// How many namespaces are exported on their own (`kubernetes.namespace_metrics`).
     pub fn set_top(&self, n: usize) {
         self.top.store(n, Ordering::Relaxed);
@@ -162,7 +168,7 @@ struct Labels {
 
 /// Exports [`NamespaceQueries`] at each scrape.
 #[derive(Debug)]
-pub struct NamespaceCollector(pub Arc<NamespaceQueries>);
+struct NamespaceCollector(Arc<NamespaceQueries>);
 
 impl Collector for NamespaceCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {

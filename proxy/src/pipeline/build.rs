@@ -11,7 +11,7 @@ use crate::completion::{Completion, CompletionMetrics};
 use crate::config::Config;
 use crate::dnstap::{Tap, TapMetrics};
 use crate::guard::{GuardMetrics, RateLimiter};
-use crate::kubernetes::namespaces::{Attribution, NamespaceCollector, NamespaceQueries};
+use crate::kubernetes::namespaces::{Attribution, NamespaceQueries};
 use crate::kubernetes::PodTable;
 use crate::policy::{Policy, PolicyMetrics};
 use crate::route::Routes;
@@ -58,7 +58,7 @@ impl Shared {
         shared.tap.register(r);
         shared.completion.register(r);
         shared.budget.register(r);
-        r.register_collector(Box::new(NamespaceCollector(shared.namespaces.clone())));
+        shared.namespaces.register(r);
         shared
     }
 }
@@ -150,10 +150,9 @@ impl Pipeline {
         );
         let completion =
             Completion::from_config(&cfg.search_completion, &shared.pods, &shared.completion);
-        let top = match &cfg.kubernetes {
-            k if k.enabled => k.namespace_metrics,
-            _ => 0,
-        };
+        // Counting by namespace needs the pod watch.
+        let k = &cfg.kubernetes;
+        let top = if k.enabled { k.namespace_metrics } else { 0 };
         shared.namespaces.set_top(top);
         let attribution = (top > 0).then(|| Attribution {
             pods: shared.pods.clone(),
