@@ -6,7 +6,7 @@
 #     Dockerfile.operator, when the builder can pull their base images (rust, debian);
 #   - offline, where it cannot: the release binary from this machine's cargo build, the root
 #     filesystem from Debian packages (images/rootfs.sh, which the Dockerfiles run too),
-#     assembled with buildah from scratch. Needs buildah, mmdebstrap and setcap, as root.
+#     assembled with buildah from scratch. Needs buildah, mmdebstrap, setcap, objcopy and python3, as root.
 # Either way the image gets the same user (65532), entrypoint, PATH, file capability and
 # labels, and a CycloneDX SBOM is written beside the build (images/sbom.py).
 #
@@ -95,7 +95,6 @@ for tool in buildah mmdebstrap setcap objcopy python3; do
 done
 [ "$(id -u)" = 0 ] || { log "offline build runs as root (the image's files are root's; buildah mount)"; exit 77; }
 
-# The same cargo command as the Dockerfiles.
 # The command of `make release` and the Dockerfiles (both binaries: features unify the same way,
 # and after `make test` nothing is rebuilt). Unquoted: CARGO may be a command with arguments.
 $CARGO build --release --locked -p dot-proxy -p dot-proxy-operator
@@ -107,6 +106,10 @@ bash images/rootfs.sh "$image" "$work/rootfs"
 # the unstripped binary stays in the target dir.
 objcopy --strip-debug "$bin" "$work/rootfs/usr/local/bin/$name"
 chmod 0755 "$work/rootfs/usr/local/bin/$name"
+# The binary is the host's build: it must run on the image's (bookworm's) glibc. A newer
+# host glibc would give an image whose every pod fails to start, so refuse it here.
+chroot "$work/rootfs" "/usr/local/bin/$name" --version >/dev/null \
+  || { log "the $name binary built here does not run on the image's glibc (build on Debian 12 or older)"; exit 1; }
 if [ "$image" = proxy ]; then
   # Port 53 as a non-root user: a file capability is the only way Kubernetes can give
   # NET_BIND_SERVICE to a non-root process (it sets no ambient capabilities).
@@ -130,6 +133,11 @@ esac
 buildah config "${cfg[@]}" "$ctr"
 buildah commit --quiet --format oci --rm "$ctr" "$ref" >/dev/null
 trap - EXIT
+# A Docker engine that answered but could not pull the base images: hand it the image, so
+# that `make push-images` (which pushes with the same builder) finds it.
+if [ "$BUILDER" = docker ]; then
+  buildah push --quiet "$ref" "docker-daemon:$ref"
+fi
 
 python3 images/sbom.py --name "$name" --version "$TAG" --revision "$revision" \
   --status-dir "$work/rootfs/var/lib/dpkg/status.d" --cargo "$CARGO" --out "$sbom"

@@ -537,8 +537,9 @@ def check_invariants(variant: str, values: dict[str, Any], docs: list[Doc], note
         p.check(cm["metadata"]["labels"].get("grafana_dashboard") == "1", f"{tag} dashboard ConfigMap needs label grafana_dashboard: \"1\"")
         p.check(json.loads(cm["data"]["dot-proxy.json"]) == json.loads(DASHBOARD_FILE.read_text()), f"{tag} dashboard ConfigMap differs from files/dashboard.json")
 
-    # The DotProxyConfig.
     check_images(tag, v, docs, p)
+
+    # The DotProxyConfig.
 
     cfgs = find(docs, "DotProxyConfig")
     p.check(len(cfgs) == 1, f"{tag} expected one DotProxyConfig")
