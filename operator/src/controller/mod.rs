@@ -25,6 +25,7 @@ mod status;
 #[cfg(test)]
 mod tests;
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,8 +42,10 @@ use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::{watch, Mutex};
 use tracing::{debug, info, warn};
 
-pub use objects::{config_map, ownership, selector, stale, up_to_date, Ownership, Role};
-pub use scope::{scope, valid_release, Scope};
+pub use objects::{config_map, selector, stale, up_to_date, Role};
+use objects::{ownership, Ownership};
+pub use scope::valid_release;
+use scope::{scope, Scope};
 pub use status::{desired as desired_status, Outcome};
 
 use crate::admin::Health;
@@ -138,9 +141,10 @@ pub async fn reconcile(dpc: Arc<DotProxyConfig>, ctx: Arc<Context>) -> Result<Ac
         Scope::NotOurs => return Ok(Action::await_change()),
         Scope::Claim => match claim(&dpc, &ctx).await {
             Ok(claimed) => dpc = Arc::new(claimed),
-            // Another release claimed it first; the watch brings its claim.
+            // It changed since it was read (another release's claim, or any edit); the
+            // watch brings the new version, decided again then.
             Err(Error::Kube(kube::Error::Api(e))) if e.is_conflict() => {
-                info!(namespace = ?dpc.namespace(), name = %dpc.name_any(), "another release claimed this resource first");
+                info!(namespace = ?dpc.namespace(), name = %dpc.name_any(), "the resource changed while claiming it (another release may have claimed it); trying again with the new version");
                 return Ok(Action::requeue(WAIT_FOR_SYNC));
             }
             Err(e) => return Err(e),
@@ -209,22 +213,22 @@ async fn reconcile_inner(
     // Ownership first, for every name, before anything is written: a ConfigMap another
     // resource or someone else made is never overwritten, and a refusal leaves all of
     // this resource's ConfigMaps as they were.
-    let mut found: Vec<Option<ConfigMap>> = Vec::with_capacity(desired.len());
+    // Borrowed from the LIST where it has them (no copy of up to 65 large maps per
+    // reconcile), owned when fetched.
+    let mut found: Vec<Option<Cow<'_, ConfigMap>>> = Vec::with_capacity(desired.len());
     for (cm, _) in &desired {
         let cm_name = cm.name_any();
         let current = match existing.iter().find(|e| e.name_any() == cm_name) {
-            Some(e) => Some(e.clone()),
+            Some(e) => Some(Cow::Borrowed(e)),
             // Not labeled as this resource's: only a GET can tell a free name from a
             // ConfigMap someone else made.
             None => match api.get_opt(&cm_name).await {
-                Ok(found) => found,
+                Ok(found) => found.map(Cow::Owned),
                 Err(e) => {
                     // Said in the status like a failed write (RBAC that does not name
                     // this ConfigMap, the API server), then retried.
                     let why = format!("could not read ConfigMap {cm_name}: {e}");
-                    if let Err(se) = write_status(dpc, ctx, &ns, Outcome::WriteFailed(&why)).await {
-                        warn!(error = %se, namespace = %ns, name = %name, "could not record the failed read in the status");
-                    }
+                    write_failed(dpc, ctx, &ns, &why).await;
                     return Err(e.into());
                 }
             },
@@ -255,9 +259,7 @@ async fn reconcile_inner(
             // Said in the status (best effort: the API server may be what fails), then
             // retried by the error policy.
             let why = format!("could not write ConfigMap {cm_name}: {e}");
-            if let Err(se) = write_status(dpc, ctx, &ns, Outcome::WriteFailed(&why)).await {
-                warn!(error = %se, namespace = %ns, name = %name, "could not record the failed write in the status");
-            }
+            write_failed(dpc, ctx, &ns, &why).await;
             return Err(e.into());
         }
         written += 1;
@@ -326,6 +328,14 @@ async fn claim(dpc: &DotProxyConfig, ctx: &Context) -> Result<DotProxyConfig, Er
     Ok(claimed)
 }
 
+/// Says a failed read or write in the status, best effort (the API server may be what
+/// fails); the caller returns the error, which the error policy retries.
+async fn write_failed(dpc: &DotProxyConfig, ctx: &Context, ns: &str, why: &str) {
+    if let Err(e) = write_status(dpc, ctx, ns, Outcome::WriteFailed(why)).await {
+        warn!(error = %e, namespace = %ns, name = %dpc.name_any(), "could not record the failure in the status");
+    }
+}
+
 async fn write_status(
     dpc: &DotProxyConfig,
     ctx: &Context,
@@ -342,7 +352,7 @@ async fn write_status(
         // Every status write carries the claim (the one field manager owns the whole status).
         status.release = ctx.release.clone();
     }
-    status.unknown_fields = dpc.spec.unknown_fields.iter().take(64).cloned().collect();
+    status.unknown_fields = dpc.spec.unknown_fields.clone();
     if dpc.status.as_ref() == Some(&status) {
         return Ok(());
     }

@@ -142,13 +142,21 @@ pub fn ownership(dpc: &DotProxyConfig, existing: &ConfigMap) -> Ownership {
         .collect();
     managers.sort_unstable();
     managers.dedup();
-    Ownership::NotOurs(if managers.is_empty() {
-        "it was not written by dot-proxy-operator for this resource".to_string()
-    } else {
-        format!(
+    // The first few names say enough; the list is the API server's, so it is cut (and the
+    // message stays well inside the condition's bound, with what to do after it).
+    const NAMED: usize = 3;
+    let more = managers.len().saturating_sub(NAMED);
+    managers.truncate(NAMED);
+    Ownership::NotOurs(match (managers.is_empty(), more) {
+        (true, _) => "it was not written by dot-proxy-operator for this resource".to_string(),
+        (false, 0) => format!(
             "it was not written by dot-proxy-operator for this resource (written by {})",
             managers.join(", ")
-        )
+        ),
+        (false, n) => format!(
+            "it was not written by dot-proxy-operator for this resource (written by {} and {n} more)",
+            managers.join(", ")
+        ),
     })
 }
 
@@ -159,17 +167,10 @@ pub fn stale<'a>(
     existing: &'a [ConfigMap],
     desired: &[String],
 ) -> Vec<&'a ConfigMap> {
-    let uid = dpc.uid();
     existing
         .iter()
         .filter(|cm| !desired.contains(&cm.name_any()))
-        .filter(|cm| {
-            uid.is_some()
-                && cm
-                    .owner_references()
-                    .iter()
-                    .any(|o| Some(&o.uid) == uid.as_ref() && o.controller == Some(true))
-        })
+        .filter(|cm| ownership(dpc, cm) == Ownership::Ours)
         .collect()
 }
 
@@ -270,6 +271,16 @@ mod tests {
         orphan.metadata.managed_fields = Some(vec![manager("kubectl"), manager("kubectl")]);
         match ownership(&d, &orphan) {
             Ownership::NotOurs(why) => assert!(why.ends_with("(written by kubectl)"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        // Many writers: three named, the rest counted.
+        let many: Vec<String> = (0..100).map(|i| format!("agent-{i:03}")).collect();
+        orphan.metadata.managed_fields = Some(many.iter().map(|m| manager(m)).collect());
+        match ownership(&d, &orphan) {
+            Ownership::NotOurs(why) => assert!(
+                why.ends_with("(written by agent-000, agent-001, agent-002 and 97 more)"),
+                "{why}"
+            ),
             other => panic!("{other:?}"),
         }
         // Our manager but another resource's label: not adopted by this one.

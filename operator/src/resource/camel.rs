@@ -156,7 +156,7 @@ pub fn camel_case(snake: &str) -> String {
 
 /// The struct properties of a schema, looking through `anyOf`/`oneOf`/`allOf` (optional
 /// structs).
-fn properties(schema: &Value) -> Option<&Map<String, Value>> {
+pub(super) fn properties(schema: &Value) -> Option<&Map<String, Value>> {
     if let Some(p) = schema.get("properties").and_then(Value::as_object) {
         return Some(p);
     }
@@ -168,7 +168,7 @@ fn properties(schema: &Value) -> Option<&Map<String, Value>> {
 }
 
 /// The schema of a list's items or a map's values.
-fn elements(schema: &Value) -> Option<&Value> {
+pub(super) fn elements(schema: &Value) -> Option<&Value> {
     let direct = schema
         .get("items")
         .or_else(|| schema.get("additionalProperties").filter(|v| v.is_object()));
@@ -209,7 +209,8 @@ fn branches_mut(schema: &mut Value) -> impl Iterator<Item = &mut Value> {
 /// Renames the keys of struct objects in `value` (guided by `schema`): to camelCase when
 /// `to_camel` (dropping fields the resource does not offer), back to the proxy's names
 /// otherwise, where a key that names no field (a snake_case one included) is an error. Map
-/// keys are kept.
+/// keys are kept. (A resource's spec meets this only after the keys its CRD schema does not
+/// have were taken out and listed: `resource/unknown.rs`.)
 fn rename(value: &mut Value, schema: &Value, to_camel: bool) -> Result<(), String> {
     match value {
         Value::Object(obj) => {
@@ -481,7 +482,8 @@ impl<'de, T: Section> Deserialize<'de> for Camel<T> {
         T::prepare(&mut input);
         let mut merged =
             serde_json::to_value(T::k8s_default()).map_err(serde::de::Error::custom)?;
-        merge(&mut merged, input.clone(), schema);
+        let structured = matches!(input, Value::Object(_) | Value::Array(_));
+        merge(&mut merged, input, schema);
         let mut cur = merged.clone();
         let mut problems: Vec<(Vec<PathStep>, String, String)> = Vec::new();
         // What was left out, each as a path in `merged`.
@@ -492,9 +494,7 @@ impl<'de, T: Section> Deserialize<'de> for Camel<T> {
                 Ok(value) if problems.is_empty() => return Ok(Camel::new(value)),
                 Ok(value) => return Ok(Camel::invalid(value, raw, problems)),
                 // Wrong shapes are the schema's to refuse, as for any type.
-                Err(e) if !matches!(input, Value::Object(_) | Value::Array(_)) => {
-                    return Err(serde::de::Error::custom(e))
-                }
+                Err(e) if !structured => return Err(serde::de::Error::custom(e)),
                 Err(e) => e.to_string(),
             };
             let further = |v: &Value, step: &PathStep| match T::deserialize(v) {
@@ -528,10 +528,20 @@ impl<'de, T: Section> Deserialize<'de> for Camel<T> {
             cur = without(&cur, &at_now);
             removed.push(at);
         }
-        // Nothing left out lets it decode: the section keeps its defaults.
-        let e = T::deserialize(&cur).err().map(|e| e.to_string());
-        problems.push((Vec::new(), String::new(), e.unwrap_or_default()));
-        Ok(Camel::invalid(T::k8s_default(), raw, problems))
+        match T::deserialize(&cur) {
+            // The last round's value was the last fault.
+            Ok(value) => Ok(Camel::invalid(value, raw, problems)),
+            // More faults than are named (or nothing left out lets it decode): the section
+            // keeps its defaults, and says so.
+            Err(e) => {
+                problems.push((
+                    Vec::new(),
+                    String::new(),
+                    format!("{e} (and possibly more)"),
+                ));
+                Ok(Camel::invalid(T::k8s_default(), raw, problems))
+            }
+        }
     }
 }
 
@@ -634,5 +644,36 @@ mod tests {
         let fields: Vec<_> = c.problems().map(|p| p.0).collect();
         assert_eq!(fields, ["maxTtl", "prefetch.minHits", "zones[0].zone"]);
         assert_eq!(c.prefetch.top_n, 3);
+    }
+
+    /// At most MAX_PROBLEMS values are named: with exactly that many the rest is kept; with
+    /// more, the section keeps its defaults and says there may be more.
+    #[test]
+    fn the_named_problems_are_bounded() {
+        let zones = |n: usize| {
+            let z: Vec<String> = (0..n)
+                // Each its own wrong value: equal faults are named together.
+                .map(|i| format!(r#"{{"zone": "z{i}.example", "maxTtl": "x{i}"}}"#))
+                .collect();
+            format!(r#"{{"minTtl": 7, "zones": [{}]}}"#, z.join(","))
+        };
+        let c: Camel<CacheConfig> =
+            serde_json::from_str(&zones(MAX_PROBLEMS)).expect("still parses");
+        assert_eq!(
+            c.problems().count(),
+            MAX_PROBLEMS,
+            "{:?}",
+            c.problems().collect::<Vec<_>>()
+        );
+        assert!(c.problems().all(|(f, _)| f.ends_with(".maxTtl")));
+        assert_eq!(c.min_ttl, 7, "the rest kept");
+        let c: Camel<CacheConfig> =
+            serde_json::from_str(&zones(MAX_PROBLEMS + 1)).expect("still parses");
+        assert_eq!(c.problems().count(), MAX_PROBLEMS + 1);
+        assert!(c
+            .problems()
+            .last()
+            .is_some_and(|(_, m)| m.ends_with("(and possibly more)")));
+        assert_eq!(c.min_ttl, CacheConfig::default().min_ttl, "defaults");
     }
 }

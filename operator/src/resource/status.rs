@@ -4,6 +4,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// Most paths `status.unknownFields` lists, and the longest one (the rest is cut).
+pub const MAX_UNKNOWN_FIELDS: usize = 64;
+pub const MAX_UNKNOWN_FIELD_LEN: usize = 512;
+
 /// Condition type: the current spec is rendered and written.
 pub const READY: &str = "Ready";
 /// Condition type: the current spec (or the overrides it produces) cannot be rendered; the
@@ -80,6 +84,6 @@ pub struct DotProxyConfigStatus {
     /// written for a newer CRD than the operator's (after a rollback, say). They are ignored;
     /// everything else is applied. Upgrade the operator, or remove them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64), inner(length(max = 512)))]
+    #[schemars(length(max = MAX_UNKNOWN_FIELDS), inner(length(max = MAX_UNKNOWN_FIELD_LEN)))]
     pub unknown_fields: Vec<String>,
 }

@@ -6,13 +6,16 @@
 //! What is known is what this build's CRD schema has: the JSON is walked along it, so the
 //! one list of fields is the Rust types the schema is generated from.
 
+use std::collections::BTreeSet;
 use std::sync::OnceLock;
 
 use kube::CustomResourceExt;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
+use super::camel::{elements, properties};
 use super::spec::{DotProxyConfig, DotProxyConfigSpec};
+use super::status::{MAX_UNKNOWN_FIELDS, MAX_UNKNOWN_FIELD_LEN};
 
 impl Serialize for DotProxyConfigSpec {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -23,13 +26,30 @@ impl Serialize for DotProxyConfigSpec {
 impl<'de> Deserialize<'de> for DotProxyConfigSpec {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let mut value = Value::deserialize(d)?;
-        let mut unknown = Vec::new();
+        let mut unknown = BTreeSet::new();
         strip(&mut value, spec_schema(), "spec", &mut unknown);
         let mut spec = DotProxyConfigSpec::deserialize(value).map_err(serde::de::Error::custom)?;
-        unknown.sort();
-        spec.unknown_fields = unknown;
+        spec.unknown_fields = unknown.into_iter().collect();
         Ok(spec)
     }
+}
+
+/// Notes an unknown field's path: each once (list items and map values share one path), at
+/// most [`MAX_UNKNOWN_FIELDS`] of them, each cut to [`MAX_UNKNOWN_FIELD_LEN`] bytes, so what
+/// the status says is bounded however the object is written.
+fn note(unknown: &mut BTreeSet<String>, path: String) {
+    if unknown.len() >= MAX_UNKNOWN_FIELDS {
+        return;
+    }
+    let mut path = path;
+    if path.len() > MAX_UNKNOWN_FIELD_LEN {
+        let mut end = MAX_UNKNOWN_FIELD_LEN;
+        while !path.is_char_boundary(end) {
+            end -= 1;
+        }
+        path.truncate(end);
+    }
+    unknown.insert(path);
 }
 
 /// The CRD's schema of `spec`, as this build generates it.
@@ -51,33 +71,39 @@ fn spec_schema() -> &'static Value {
     })
 }
 
-/// Takes out of `value` the object keys `schema` does not have, pushing each one's path.
-fn strip(value: &mut Value, schema: &Value, at: &str, unknown: &mut Vec<String>) {
+/// Takes out of `value` the object keys `schema` does not have, noting each one's path
+/// (`[]` for any list item, `[*]` for any map value). The schema is read as the `Camel`
+/// sections read it (through `anyOf`/`oneOf`/`allOf`), so both agree on what is known.
+fn strip(value: &mut Value, schema: &Value, at: &str, unknown: &mut BTreeSet<String>) {
+    // Only objects and lists can hold keys: scalars need no path.
+    let nested = |v: &Value| v.is_object() || v.is_array();
     match value {
         Value::Object(obj) => {
-            if let Some(props) = schema.get("properties").and_then(Value::as_object) {
-                obj.retain(|k, _| {
-                    let known = props.contains_key(k);
-                    if !known {
-                        unknown.push(format!("{at}.{k}"));
+            if let Some(props) = properties(schema) {
+                obj.retain(|k, v| match props.get(k) {
+                    Some(sub) => {
+                        if nested(v) {
+                            strip(v, sub, &format!("{at}.{k}"), unknown);
+                        }
+                        true
                     }
-                    known
+                    None => {
+                        note(unknown, format!("{at}.{k}"));
+                        false
+                    }
                 });
-                for (k, v) in obj.iter_mut() {
-                    if let Some(sub) = props.get(k) {
-                        strip(v, sub, &format!("{at}.{k}"), unknown);
-                    }
-                }
-            } else if let Some(sub) = schema.get("additionalProperties").filter(|s| s.is_object()) {
-                for (k, v) in obj.iter_mut() {
-                    strip(v, sub, &format!("{at}[{k:?}]"), unknown);
+            } else if let Some(sub) = elements(schema) {
+                let at = format!("{at}[*]");
+                for v in obj.values_mut().filter(|v| nested(v)) {
+                    strip(v, sub, &at, unknown);
                 }
             }
         }
         Value::Array(items) => {
-            if let Some(sub) = schema.get("items") {
-                for (i, v) in items.iter_mut().enumerate() {
-                    strip(v, sub, &format!("{at}[{i}]"), unknown);
+            if let Some(sub) = elements(schema) {
+                let at = format!("{at}[]");
+                for v in items.iter_mut().filter(|v| nested(v)) {
+                    strip(v, sub, &at, unknown);
                 }
             }
         }
@@ -106,8 +132,8 @@ mod tests {
             [
                 "spec.cache.shards",
                 "spec.quic",
-                "spec.upstreamGroups[0].hedging",
-                "spec.upstreamGroups[0].servers[0].ech",
+                "spec.upstreamGroups[].hedging",
+                "spec.upstreamGroups[].servers[].ech",
             ]
         );
         assert_eq!(spec.cache.max_ttl, 600, "what is known is kept");
@@ -119,6 +145,38 @@ mod tests {
         let known: DotProxyConfigSpec =
             serde_json::from_value(serde_json::to_value(&spec).expect("json")).expect("decodes");
         assert!(known.unknown_fields.is_empty(), "written back without them");
+    }
+
+    /// The list is bounded by the fields, not by the data: one path for every list item,
+    /// at most 64 paths, each at most 512 bytes.
+    #[test]
+    fn the_list_of_unknown_fields_is_bounded() {
+        let servers: Vec<Value> = (0..65)
+            .map(|i| serde_json::json!({"address": format!("10.0.0.{i}"), "tlsName": "x.test", "ech": true}))
+            .collect();
+        let mut doc: Value = serde_json::from_str(NEWER).expect("json");
+        doc["upstreamGroups"][0]["servers"] = Value::Array(servers);
+        let spec: DotProxyConfigSpec = serde_json::from_value(doc.clone()).expect("decodes");
+        assert_eq!(spec.unknown_fields.len(), 4, "{:?}", spec.unknown_fields);
+        assert!(spec
+            .unknown_fields
+            .contains(&"spec.upstreamGroups[].servers[].ech".to_string()));
+        for i in 0..100 {
+            doc[format!("newField{i:03}")] = Value::Bool(true);
+        }
+        doc["a".repeat(2000)] = Value::Bool(true);
+        let spec: DotProxyConfigSpec = serde_json::from_value(doc).expect("decodes");
+        assert_eq!(spec.unknown_fields.len(), MAX_UNKNOWN_FIELDS);
+        assert!(spec
+            .unknown_fields
+            .iter()
+            .all(|p| p.len() <= MAX_UNKNOWN_FIELD_LEN));
+        assert!(
+            spec.unknown_fields
+                .iter()
+                .any(|p| p.len() == MAX_UNKNOWN_FIELD_LEN),
+            "the long one, cut"
+        );
     }
 
     #[test]

@@ -118,3 +118,28 @@ fn render_refuses_an_invalid_resource_with_the_field_named() {
     // Unknown fields are named.
     assert_render_refuses(&typo, &["upstreamGroup"]);
 }
+
+/// A field this operator's CRD does not have (a newer CRD's, or a typo of an optional one)
+/// is left out with a warning naming it, as the running operator does (status.unknownFields),
+/// and the rest renders.
+#[test]
+fn render_warns_about_fields_it_does_not_know() {
+    let dir = temp_dir("cli-unknown");
+    let text = std::fs::read_to_string(example_path())
+        .expect("example")
+        .replacen("spec:\n", "spec:\n  hedging: {after: 50ms}\n", 1);
+    let newer = dir.join("newer.yaml");
+    std::fs::write(&newer, text).expect("write");
+    let out = bin()
+        .args(["render", "--resource"])
+        .arg(&newer)
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("spec.hedging: unknown field, ignored (not in this operator's CRD)"),
+        "{stderr}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("config.yaml"));
+}

@@ -66,6 +66,36 @@ async fn a_foreign_config_map_of_the_same_name_is_not_overwritten() {
     assert_eq!(ready(api.status.as_ref().expect("status")).0, "True");
 }
 
+/// Ownership is checked for every name before anything is written: a foreign ConfigMap
+/// under the name of the last shard leaves the main ConfigMap and the first shard unwritten
+/// too (a check inside the write loop would have written them first).
+#[tokio::test]
+async fn a_foreign_shard_name_stops_every_write() {
+    let Setup { mut api, ctx, .. } = setup(snapshot(vec![]));
+    let last = "dot-proxy-config-overrides-1";
+    api.config_maps.insert(last.into(), foreign(last));
+    let before = api.config_maps.clone();
+    let (action, sent) = api
+        .serve_while(reconcile(api.resource(1, |_| {}), ctx.clone()))
+        .await;
+    assert_eq!(
+        action.expect("a refusal is not an error"),
+        Action::requeue(Duration::from_secs(15))
+    );
+    assert!(
+        !sent.iter().any(|s| s.line.starts_with("PATCH /api/v1/")),
+        "no ConfigMap written: {:?}",
+        lines(&sent)
+    );
+    assert_eq!(api.config_maps, before);
+    let (status, reason, message) = ready(api.status.as_ref().expect("status"));
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "ConfigMapNotOwned")
+    );
+    assert!(message.contains(last), "{message}");
+}
+
 /// Fails without the ownership check: the second resource overwrote the first one's
 /// ConfigMaps (and took them over by its owner reference).
 #[tokio::test]
