@@ -192,6 +192,8 @@ pub fn registry() -> Registry {
         .set(1);
     r.register("build_info", "Build information", build);
     r.register_collector(Box::new(ProcessCollector));
-    r.register_collector(Box::new(crate::netsetup::sysctl::MigrateReqCollector));
+    r.register_collector(Box::new(
+        crate::netsetup::sysctl::MigrateReqCollector::default(),
+    ));
     r
 }

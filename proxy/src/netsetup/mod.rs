@@ -26,6 +26,7 @@ pub mod status;
 pub mod sysctl;
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -172,7 +173,7 @@ async fn run(cfg: &Config, args: &NodeLocalArgs) -> Result<(), SetupError> {
         addresses = ?nl.addresses,
         "interface ready"
     );
-    migrate_req(std::path::Path::new("/proc"), None);
+    let migrate = migrate_req(Path::new(sysctl::PROC), None);
     let backend = Backend::choose(nl.firewall).await?;
     match backend {
         Some(b) => tracing::info!(firewall = %b, "NOTRACK rules go in once the proxy answers"),
@@ -183,7 +184,7 @@ async fn run(cfg: &Config, args: &NodeLocalArgs) -> Result<(), SetupError> {
     let Some(presence) = presence else {
         return once(nl, args, backend).await;
     };
-    watch(nl, args, &netlink, backend, &mut term, &mut status).await;
+    watch(nl, args, &netlink, backend, migrate, &mut term, &mut status).await;
     shutdown(nl, backend, &presence).await
 }
 
@@ -204,7 +205,7 @@ fn warn_unserved(cfg: &Config) {
 
 /// Sets `net.ipv4.tcp_migrate_req=1` and logs what came of it: at start (`before` is
 /// `None`), and afterwards only when it changed.
-fn migrate_req(proc: &std::path::Path, before: Option<&sysctl::MigrateReq>) -> sysctl::MigrateReq {
+fn migrate_req(proc: &Path, before: Option<&sysctl::MigrateReq>) -> sysctl::MigrateReq {
     let now = sysctl::ensure_tcp_migrate_req(proc);
     let changed = match before {
         None => true,
@@ -267,6 +268,7 @@ async fn watch(
     args: &NodeLocalArgs,
     netlink: &Netlink,
     backend: Option<Backend>,
+    mut migrate: sysctl::MigrateReq,
     term: &mut tokio::signal::unix::Signal,
     status: &mut StatusFile,
 ) {
@@ -281,7 +283,6 @@ async fn watch(
     let mut next_verify = Instant::now() + verify_every;
     let mut tick = tokio::time::interval(args.probe_interval.get());
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut migrate = sysctl::ensure_tcp_migrate_req(std::path::Path::new("/proc"));
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -316,7 +317,7 @@ async fn watch(
         if verify_due {
             next_verify = now + verify_every;
             // Someone may have turned it off again (a node tuning agent).
-            migrate = migrate_req(std::path::Path::new("/proc"), Some(&migrate));
+            migrate = migrate_req(Path::new(sysctl::PROC), Some(&migrate));
             match netlink.ensure(&nl.interface, &nl.addresses).await {
                 Ok(e) if e.created || e.brought_up || !e.added.is_empty() => tracing::warn!(
                     interface = %nl.interface,

@@ -43,7 +43,7 @@ impl MigrateReq {
 /// Decides from what the sysctl file held and, if it was written, how that went. Pure.
 /// `current`: the file's content, or `None` when it does not exist; `write`: the result
 /// of writing "1", when a write was needed.
-pub fn judge(current: Option<&str>, write: impl FnOnce() -> std::io::Result<()>) -> MigrateReq {
+fn judge(current: Option<&str>, write: impl FnOnce() -> std::io::Result<()>) -> MigrateReq {
     match current.map(str::trim) {
         None => MigrateReq::Unsupported,
         Some("1") => MigrateReq::AlreadyOn,
@@ -71,7 +71,21 @@ pub fn ensure_tcp_migrate_req(proc: &Path) -> MigrateReq {
 /// namespace: the host's with the chart), read at scrape time, so a node where a
 /// handover can reset TCP connections shows 0. Absent on a kernel without it.
 #[derive(Debug)]
-pub struct MigrateReqCollector;
+pub struct MigrateReqCollector {
+    /// Where procfs is mounted: `/proc` but in tests.
+    pub proc: PathBuf,
+}
+
+impl Default for MigrateReqCollector {
+    fn default() -> Self {
+        MigrateReqCollector {
+            proc: PathBuf::from(PROC),
+        }
+    }
+}
+
+/// Where procfs is mounted.
+pub const PROC: &str = "/proc";
 
 impl prometheus_client::collector::Collector for MigrateReqCollector {
     fn encode(
@@ -79,7 +93,7 @@ impl prometheus_client::collector::Collector for MigrateReqCollector {
         mut enc: prometheus_client::encoding::DescriptorEncoder,
     ) -> Result<(), std::fmt::Error> {
         use prometheus_client::encoding::EncodeMetric;
-        let Ok(text) = std::fs::read_to_string(Path::new("/proc").join(TCP_MIGRATE_REQ)) else {
+        let Ok(text) = std::fs::read_to_string(self.proc.join(TCP_MIGRATE_REQ)) else {
             return Ok(());
         };
         let g = prometheus_client::metrics::gauge::ConstGauge::new(i64::from(text.trim() == "1"));
@@ -116,16 +130,27 @@ mod tests {
 
     #[test]
     fn the_gauge_follows_the_sysctl() {
+        let dir = tempfile::tempdir().expect("tmp");
         let mut r = prometheus_client::registry::Registry::with_prefix("dot_proxy");
-        r.register_collector(Box::new(MigrateReqCollector));
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &r).expect("encode");
-        match std::fs::read_to_string(Path::new("/proc").join(TCP_MIGRATE_REQ)) {
-            Ok(v) => assert!(
-                out.contains(&format!("dot_proxy_tcp_migrate_req {}", v.trim())),
+        r.register_collector(Box::new(MigrateReqCollector {
+            proc: dir.path().to_path_buf(),
+        }));
+        let scrape = || {
+            let mut out = String::new();
+            prometheus_client::encoding::text::encode(&mut out, &r).expect("encode");
+            out
+        };
+        // A kernel without the sysctl: no series.
+        assert!(!scrape().contains("dot_proxy_tcp_migrate_req "));
+        let file = dir.path().join(TCP_MIGRATE_REQ);
+        std::fs::create_dir_all(file.parent().expect("parent")).expect("dirs");
+        for (content, want) in [("0\n", 0), ("1\n", 1)] {
+            std::fs::write(&file, content).expect("write");
+            let out = scrape();
+            assert!(
+                out.contains(&format!("dot_proxy_tcp_migrate_req {want}\n")),
                 "{out}"
-            ),
-            Err(_) => assert!(!out.contains("dot_proxy_tcp_migrate_req "), "{out}"),
+            );
         }
     }
 
