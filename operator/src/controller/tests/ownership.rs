@@ -18,12 +18,10 @@ fn ready(status: &Value) -> (String, String, String) {
     (s("status"), s("reason"), s("message"))
 }
 
-/// Fails without the ownership check: the foreign ConfigMap was force-applied over.
-#[tokio::test]
-async fn a_foreign_config_map_of_the_same_name_is_not_overwritten() {
-    let Setup { mut api, ctx, .. } = setup(snapshot(vec![]));
-    api.config_maps
-        .insert("dot-proxy-config".into(), foreign("dot-proxy-config"));
+/// A foreign ConfigMap under `name`, then a reconcile that must refuse (requeued, not an
+/// error) and leave every ConfigMap as it was; what it sent.
+async fn refused_with_foreign(api: &mut FakeApi, ctx: &Arc<Context>, name: &str) -> Vec<Sent> {
+    api.config_maps.insert(name.into(), foreign(name));
     let before = api.config_maps.clone();
     let (action, sent) = api
         .serve_while(reconcile(api.resource(1, |_| {}), ctx.clone()))
@@ -32,6 +30,15 @@ async fn a_foreign_config_map_of_the_same_name_is_not_overwritten() {
         action.expect("a refusal is not an error"),
         Action::requeue(Duration::from_secs(15))
     );
+    assert_eq!(api.config_maps, before, "nothing written");
+    sent
+}
+
+/// Fails without the ownership check: the foreign ConfigMap was force-applied over.
+#[tokio::test]
+async fn a_foreign_config_map_of_the_same_name_is_not_overwritten() {
+    let Setup { mut api, ctx, .. } = setup(snapshot(vec![]));
+    let sent = refused_with_foreign(&mut api, &ctx, "dot-proxy-config").await;
     assert_eq!(
         lines(&sent),
         [
@@ -40,7 +47,6 @@ async fn a_foreign_config_map_of_the_same_name_is_not_overwritten() {
             STATUS.to_string()
         ]
     );
-    assert_eq!(api.config_maps, before, "nothing written, no shard either");
     let (status, reason, message) = ready(api.status.as_ref().expect("status"));
     assert_eq!(
         (status.as_str(), reason.as_str()),
@@ -73,21 +79,12 @@ async fn a_foreign_config_map_of_the_same_name_is_not_overwritten() {
 async fn a_foreign_shard_name_stops_every_write() {
     let Setup { mut api, ctx, .. } = setup(snapshot(vec![]));
     let last = "dot-proxy-config-overrides-1";
-    api.config_maps.insert(last.into(), foreign(last));
-    let before = api.config_maps.clone();
-    let (action, sent) = api
-        .serve_while(reconcile(api.resource(1, |_| {}), ctx.clone()))
-        .await;
-    assert_eq!(
-        action.expect("a refusal is not an error"),
-        Action::requeue(Duration::from_secs(15))
-    );
+    let sent = refused_with_foreign(&mut api, &ctx, last).await;
     assert!(
         !sent.iter().any(|s| s.line.starts_with("PATCH /api/v1/")),
         "no ConfigMap written: {:?}",
         lines(&sent)
     );
-    assert_eq!(api.config_maps, before);
     let (status, reason, message) = ready(api.status.as_ref().expect("status"));
     assert_eq!(
         (status.as_str(), reason.as_str()),
