@@ -39,13 +39,7 @@ fn render_prints_configmaps_and_warns_about_pods() {
            "status":{"phase":"Running","podIP":"10.244.1.9"}}]}"#,
     )
     .expect("write pods");
-    let out = bin()
-        .args(["render", "--resource"])
-        .arg(example_path())
-        .arg("--pods")
-        .arg(&pods)
-        .output()
-        .expect("runs");
+    let out = render(&example_path(), &["--pods".as_ref(), pods.as_os_str()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(
@@ -85,13 +79,19 @@ fn render_prints_configmaps_and_warns_about_pods() {
     assert_eq!(entries, 1);
 }
 
-/// Fails unless `render --resource file` fails saying each of `says`.
-fn assert_render_refuses(file: &std::path::Path, says: &[&str]) {
-    let out = bin()
+/// `render --resource file` with more arguments.
+fn render(file: &std::path::Path, more: &[&std::ffi::OsStr]) -> std::process::Output {
+    bin()
         .args(["render", "--resource"])
         .arg(file)
+        .args(more)
         .output()
-        .expect("runs");
+        .expect("runs")
+}
+
+/// Fails unless `render --resource file` fails saying each of `says`.
+fn assert_render_refuses(file: &std::path::Path, says: &[&str]) {
+    let out = render(file, &[]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     for s in says {
@@ -130,11 +130,7 @@ fn render_warns_about_fields_it_does_not_know() {
         .replacen("spec:\n", "spec:\n  hedging: {after: 50ms}\n", 1);
     let newer = dir.join("newer.yaml");
     std::fs::write(&newer, text).expect("write");
-    let out = bin()
-        .args(["render", "--resource"])
-        .arg(&newer)
-        .output()
-        .expect("runs");
+    let out = render(&newer, &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(
